@@ -1,0 +1,26 @@
+"""holyroute: route, fail over and cost every OpenAI SDK call from inside the process, as an httpx2 transport.
+
+>>> from openai import OpenAI
+>>> import holyroute
+>>> client = OpenAI(api_key="unused", http_client=holyroute.client("holyroute.yaml"))  # doctest: +SKIP
+"""
+
+from ._core import Router
+from ._transport import AsyncTransport, Transport, async_client, client
+from .config import Config, load_config
+from .exceptions import ConfigError, HolyrouteError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncTransport",
+    "Config",
+    "ConfigError",
+    "HolyrouteError",
+    "Router",
+    "Transport",
+    "__version__",
+    "async_client",
+    "client",
+    "load_config",
+]

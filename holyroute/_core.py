@@ -1,0 +1,681 @@
+"""The decision core: plan a call, judge each attempt, decide the next step, account for the result.
+
+Sans-I/O in the manner of h11 and tenacity's ``iter()``: a :class:`Router` turns a request description into a
+:class:`Call`, and a call answers ``next_step()`` with what to do next: :class:`Send` an attempt, :class:`Wait`,
+:class:`Respond` with a finished answer, or :class:`GiveUp` with the last transport error. The transports
+(``_transport.py``) perform exactly those steps and report back with ``on_response`` / ``on_error``. Every rule about
+where traffic goes lives here: the split and stickiness (``_routing``), cooldowns (``_health``), the retry schedule
+(tenacity's wait objects), fallbacks, the attempt bound, and the events that explain each decision.
+
+Failover never crosses to another arm of the same split (that would corrupt the split): it walks the chosen arm's
+endpoints in order, then the fallback aliases in order. This module never performs I/O, never sleeps, and reads time
+only from the clocks it is given; it never logs a key or prompt text.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import structlog
+import tenacity
+
+from ._health import HeaderLookup, HealthBook, server_delay
+from ._prices import PriceRow
+from ._routing import SplitPicker
+from ._usage import Usage, cost_usd, find_price
+from .config import Config, EndpointRef
+
+__all__ = [
+    "OPERATIONS",
+    "Call",
+    "EventSink",
+    "GiveUp",
+    "Respond",
+    "Router",
+    "Send",
+    "Wait",
+]
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+#: Path suffix -> API family, for the model-bearing operations holyroute routes.
+OPERATIONS: Final = {
+    "chat/completions": "chat",
+    "responses": "responses",
+    "embeddings": "embeddings",
+    "completions": "completions",
+}
+_INJECT_USAGE_APIS: Final = frozenset({"chat", "completions"})
+PIN_HEADER: Final = "x-holyroute-arm"
+#: Headers that belong to the caller's own account or to the hop, never forwarded to a routed endpoint.
+DROPPED_HEADERS: Final = frozenset(
+    {
+        "host",
+        "authorization",
+        "api-key",
+        "openai-organization",
+        "openai-project",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "accept-encoding",
+        PIN_HEADER,
+    }
+)
+RETRYABLE_STATUS: Final = frozenset({408, 409, 429})
+_IDENTITY: Final = ("accept-encoding", "identity")
+_GZIP_DEFLATE: Final = ("accept-encoding", "gzip, deflate")
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One endpoint serving one arm's model: everything needed to address it, precomputed at load."""
+
+    endpoint: str
+    model: str
+    base_url: str
+    headers: tuple[tuple[str, str], ...]  # auth and configured headers; holds the secret, never logged
+    query: str
+    timeout: float | None
+    price: PriceRow | None
+    stream_usage: bool
+
+    def __repr__(self) -> str:  # the headers hold the key
+        return f"Upstream(endpoint={self.endpoint!r}, model={self.model!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    name: str
+    model: str
+    upstreams: tuple[Upstream, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    alias: str
+    arms: tuple[Arm, ...]
+    picker: SplitPicker
+    sticky: str | None
+    fallbacks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """The arm chosen for the route or for one of its fallbacks."""
+
+    route: str
+    arm: Arm
+    fallback: str | None
+    sticky: bool
+
+
+# ---- steps the core asks the transports to take ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send one attempt: ``url``, replace the headers named in ``DROPPED_HEADERS`` with ``headers``, send ``body``."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    timeout: float | None
+    endpoint: str
+
+    def __repr__(self) -> str:
+        return f"Send(url={self.url!r}, endpoint={self.endpoint!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Sleep this long, then ask again."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Hand this answer to the caller as the final response."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Every attempt failed without an HTTP answer: re-raise ``error`` (a timeout when ``timeout``)."""
+
+    error: BaseException
+    timeout: bool
+    summary: str
+
+
+Step = Send | Wait | Respond | GiveUp
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """How the transport should watch the body of an accepted answer."""
+
+    event_stream: bool
+    hide_usage_chunk: bool
+    content_encoding: str | None
+
+
+class _WaitState:
+    """The slice of tenacity's ``RetryCallState`` its wait strategies read."""
+
+    __slots__ = ("attempt_number", "outcome", "seconds_since_start")
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number
+        self.outcome = None
+        self.seconds_since_start = 0.0
+
+
+def _structlog_sink() -> EventSink:
+    logger = structlog.get_logger("holyroute")
+
+    def emit(event: str, fields: dict[str, Any]) -> None:
+        if event == "holyroute.request":
+            logger.info(event, **fields)
+        else:
+            logger.warning(event, **fields)
+
+    return emit
+
+
+class Router:
+    """Compiled configuration plus shared state (cooldowns). One per client; safe to share across threads.
+
+    ``clock`` is monotonic seconds (durations, cooldowns), ``wall_clock`` is Unix time (HTTP-date headers), ``rng``
+    draws non-sticky splits, ``sinks`` receive every event (default: structlog's ``holyroute`` logger).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        sinks: Sequence[EventSink] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.rng = rng or random.Random()
+        self.health = HealthBook(clock)
+        self.sinks: tuple[EventSink, ...] = tuple(sinks) if sinks is not None else (_structlog_sink(),)
+        self.routes = _compile(config)
+        retry = config.retry
+        self.max_attempts = retry.max_attempts
+        self.max_wait_s = retry.max_wait_s
+        self.default_cooldown_s = retry.default_cooldown_s
+        self.max_cooldown_s = retry.max_cooldown_s
+        self.backoff: Callable[[Any], float] = tenacity.wait_exponential_jitter(
+            initial=retry.backoff_initial_s, max=retry.backoff_max_s, jitter=retry.backoff_jitter_s
+        )
+
+    def emit(self, event: str, fields: dict[str, Any]) -> None:
+        for sink in self.sinks:
+            sink(event, fields)
+
+    def begin(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: HeaderLookup,
+        body: bytes | None,
+        *,
+        timeout: float | None = None,
+    ) -> Call | None:
+        """A :class:`Call` for a request to a routed alias, or ``None``: send the request through untouched."""
+        if method != "POST" or not body or body[:1] != b"{":
+            return None
+        api = _operation(path)
+        if api is None:
+            return None
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        model = data.get("model")
+        plan = self.routes.get(model) if isinstance(model, str) else None
+        if plan is None:
+            return None
+        return Call(self, plan, api=api[0], operation=api[1], query=query, headers=headers, data=data, timeout=timeout)
+
+    def pick(self, plan: RoutePlan, data: Mapping[str, Any], headers: HeaderLookup) -> Leg:
+        """The arm of ``plan`` this request goes to: sticky when the route has a key and the request carries it."""
+        key = _sticky_key(plan.sticky, data, headers) if plan.sticky else None
+        if key is not None:
+            return Leg(plan.alias, plan.arms[plan.picker.sticky(key)], None, True)
+        return Leg(plan.alias, plan.arms[plan.picker.random(self.rng)], None, False)
+
+
+class Call:
+    """One logical call: its plan, the attempts made so far, and what comes next."""
+
+    def __init__(
+        self,
+        router: Router,
+        plan: RoutePlan,
+        *,
+        api: str,
+        operation: str,
+        query: str,
+        headers: HeaderLookup,
+        data: dict[str, Any],
+        timeout: float | None,
+    ) -> None:
+        self._router = router
+        self._plan = plan
+        self._api = api
+        self._operation = operation
+        self._query = query
+        self._data = data
+        self.started = router.clock()
+        self._deadline = self.started + timeout if timeout else None
+        self._headers = headers
+        self.stream = data.get("stream") is True
+        own = data.get("stream_options")
+        self._wants_usage_injected = (
+            self.stream
+            and api in _INJECT_USAGE_APIS
+            and not (isinstance(own, Mapping) and own.get("include_usage") is True)
+        )
+        self._bodies: dict[tuple[str, bool], bytes] = {}
+        self._attempts = 0
+        self._passes = 0
+        self._cursor = 0
+        self._current: Upstream | None = None
+        self._current_leg: Leg | None = None
+        self._legs: list[Leg] = []
+        self._sequence: list[tuple[Leg, Upstream]] = []
+        self._last_response: tuple[int, tuple[tuple[str, str], ...], bytes] | None = None
+        self._last_error: tuple[BaseException, bool] | None = None
+        self._failure: dict[str, Any] | None = None
+        self._final: Step | None = None
+        self._first_byte: float | None = None
+        self._hide_usage = False
+        self.done = False
+
+        pinned = headers.get(PIN_HEADER)
+        if pinned is not None:
+            arm = next((a for a in plan.arms if pinned in (a.name, a.model)), None)
+            if arm is None:
+                names = ", ".join(a.name for a in plan.arms)
+                self._final = self._local_answer(
+                    400,
+                    f"holyroute: {PIN_HEADER} '{pinned}' matches no arm of route '{plan.alias}'; arms: {names}",
+                    "invalid_request_error",
+                    "holyroute_unknown_arm",
+                )
+                self._legs = [Leg(plan.alias, plan.arms[0], None, False)]
+                return
+            self._legs = [Leg(plan.alias, arm, None, False)]
+        else:
+            self._legs = [router.pick(plan, data, headers)]
+        self._extend_sequence(self._legs[0])
+        self._fallbacks_added = False
+
+    # ---- the step machine ---------------------------------------------------------------------------------------
+
+    def next_step(self) -> Step:
+        """What the transport should do next."""
+        if self._final is not None:
+            return self._final
+        router = self._router
+        now = router.clock()
+        failure, self._failure = self._failure, None
+        if self._attempts < router.max_attempts:
+            upstream = self._next_available(now)
+            if upstream is not None:
+                if failure is not None:
+                    self._emit_failover(failure, 0.0, upstream.endpoint)
+                return self._send(upstream)
+            wait = self._wait_before_next_pass(now)
+            if wait is not None:
+                if failure is not None:
+                    self._emit_failover(failure, wait, None)
+                self._passes += 1
+                self._cursor = 0
+                return Wait(wait)
+        self._final = self._give_up(now)
+        return self._final
+
+    def on_response(self, status: int, headers: HeaderLookup) -> Accepted | None:
+        """Judge an answer's status line. An :class:`Accepted` means hand it to the caller, watched as it says;
+        ``None`` means it failed over: read its (error) body, pass it to :meth:`on_rejected_body`, ask again."""
+        upstream = self._current
+        assert upstream is not None, "on_response without a Send"
+        if status < 400 or (status < 500 and status not in RETRYABLE_STATUS):
+            self._status = status
+            self._request_id = headers.get("x-request-id")
+            content_type = headers.get("content-type") or ""
+            event_stream = content_type.startswith("text/event-stream")
+            return Accepted(event_stream, self._hide_usage and event_stream, headers.get("content-encoding"))
+        now = self._router.clock()
+        reason = f"{status} from upstream"
+        delay = server_delay(headers, self._router.wall_clock())
+        if status == 429 or delay is not None:
+            seconds, said = delay if delay is not None else (self._router.default_cooldown_s, "no retry header")
+            seconds = min(seconds, self._router.max_cooldown_s)
+            reason = f"{status} from upstream; cooldown {seconds:.3g}s ({said})"
+            self._cool(upstream, seconds, f"{status} {said}", now)
+        self._pending_response = (status, _response_headers(headers))
+        self._failure = self._failure_fields(status=status, error=None, reason=reason)
+        return None
+
+    def on_rejected_body(self, body: bytes) -> None:
+        """The body of the answer :meth:`on_response` rejected; kept to hand back if nothing better comes."""
+        status, headers = self._pending_response
+        self._last_response = (status, headers, body)
+
+    def on_error(self, error: BaseException, *, timeout: bool) -> None:
+        """The attempt raised a transport error (connection refused or reset, protocol error, timeout)."""
+        kind = "timeout" if timeout else "connection error"
+        self._last_error = (error, timeout)
+        self._failure = self._failure_fields(
+            status=None, error=type(error).__name__, reason=f"{kind}: {type(error).__name__}"
+        )
+
+    # ---- what the stream tap reports ----------------------------------------------------------------------------
+
+    def on_first_byte(self) -> None:
+        if self._first_byte is None:
+            self._first_byte = self._router.clock()
+
+    def on_complete(self, usage: Usage | None, *, error: str | None = None, cancelled: bool = False) -> None:
+        """The accepted answer's body ended (or broke, or was closed early); emit the call's one request event."""
+        if self.done:
+            return
+        status = self._status
+        if error is not None or status >= 400:
+            outcome = "error"
+        elif cancelled:
+            outcome = "cancelled"
+        else:
+            outcome = "ok"
+        self._emit_request(status, outcome, usage, error, self._request_id)
+
+    # ---- internals ----------------------------------------------------------------------------------------------
+
+    def _next_available(self, now: float) -> Upstream | None:
+        health = self._router.health
+        while True:
+            while self._cursor < len(self._sequence):
+                leg, upstream = self._sequence[self._cursor]
+                self._cursor += 1
+                if health.cooldown(upstream.endpoint, upstream.model, now) is None:
+                    self._current_leg = leg
+                    return upstream
+            if self._fallbacks_added:
+                return None
+            self._add_fallbacks()
+
+    def _add_fallbacks(self) -> None:
+        self._fallbacks_added = True
+        router = self._router
+        for alias in self._plan.fallbacks:
+            plan = router.routes[alias]
+            picked = router.pick(plan, self._data, self._headers)
+            leg = Leg(alias, picked.arm, alias, picked.sticky)
+            self._legs.append(leg)
+            self._extend_sequence(leg)
+
+    def _extend_sequence(self, leg: Leg) -> None:
+        self._sequence.extend((leg, upstream) for upstream in leg.arm.upstreams)
+
+    def _wait_before_next_pass(self, now: float) -> float | None:
+        """Seconds to wait before walking the endpoints again, or None to give up."""
+        router = self._router
+        if self._passes + 1 >= router.max_attempts:
+            return None
+        health = router.health
+        cooldowns = [health.cooldown(u.endpoint, u.model, now) for _, u in self._sequence]
+        backoff = router.backoff(_WaitState(self._passes + 1)) if self._attempts else 0.0
+        wait = backoff
+        if all(c is not None for c in cooldowns):
+            wait = max(wait, min(c.until for c in cooldowns if c is not None) - now)
+        if wait > router.max_wait_s or (self._deadline is not None and now + wait >= self._deadline):
+            return None
+        return wait
+
+    def _send(self, upstream: Upstream) -> Send:
+        self._attempts += 1
+        self._current = upstream
+        self._last_leg = self._current_leg
+        # Ask for stream usage on the wire when the caller did not, so every stream is costed; the tap hides
+        # the extra usage-only chunk again.
+        inject = self._wants_usage_injected and upstream.stream_usage
+        self._hide_usage = inject
+        body = self._bodies.get((upstream.model, inject))
+        if body is None:
+            data = dict(self._data)
+            data["model"] = upstream.model
+            if inject:
+                options = data.get("stream_options")
+                data["stream_options"] = {
+                    **(options if isinstance(options, Mapping) else {}),
+                    "include_usage": True,
+                }
+            body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            self._bodies[(upstream.model, inject)] = body
+        query = self._query
+        if upstream.query:
+            query = f"{query}&{upstream.query}" if query else upstream.query
+        url = f"{upstream.base_url}/{self._operation}"
+        if query:
+            url = f"{url}?{query}"
+        # Streams uncompressed (events pass as they come); JSON only in encodings the usage reader can open.
+        encoding = _IDENTITY if self.stream else _GZIP_DEFLATE
+        return Send(url, (*upstream.headers, encoding), body, upstream.timeout, upstream.endpoint)
+
+    def _cool(self, upstream: Upstream, seconds: float, reason: str, now: float) -> None:
+        cooldown = self._router.health.cool(upstream.endpoint, upstream.model, seconds, reason, now)
+        if cooldown is not None:
+            self._router.emit(
+                "holyroute.cooldown",
+                {
+                    "endpoint": upstream.endpoint,
+                    "upstream_model": upstream.model,
+                    "cooldown_s": round(seconds, 3),
+                    "reason": reason,
+                },
+            )
+
+    def _failure_fields(self, *, status: int | None, error: str | None, reason: str) -> dict[str, Any]:
+        upstream, leg = self._current, self._last_leg
+        assert upstream is not None
+        assert leg is not None
+        return {
+            "route": self._plan.alias,
+            "arm": leg.arm.name,
+            "endpoint": upstream.endpoint,
+            "upstream_model": upstream.model,
+            "attempt": self._attempts,
+            "status": status,
+            "error": error,
+            "reason": reason,
+        }
+
+    def _emit_failover(self, failure: dict[str, Any], wait: float, next_endpoint: str | None) -> None:
+        failure["wait_s"] = round(wait, 3)
+        failure["next_endpoint"] = next_endpoint
+        self._router.emit("holyroute.failover", failure)
+
+    def _give_up(self, now: float) -> Step:
+        if self._last_response is not None:
+            status, headers, body = self._last_response
+            self._status = status
+            self._request_id = next((v for k, v in headers if k == "x-request-id"), None)
+            self._emit_request(status, "error", None, f"upstream {status}", self._request_id)
+            return Respond(status, (*headers, ("x-should-retry", "false")), body)
+        if self._last_error is not None:
+            error, timeout = self._last_error
+            summary = (
+                f"holyroute: {self._attempts} attempt(s) for '{self._plan.alias}' failed; last: {type(error).__name__}"
+            )
+            self._emit_request(None, "error", None, type(error).__name__, None)
+            return GiveUp(error, timeout, summary)
+        # Nothing was sent: every endpoint is cooling down for longer than this call may wait.
+        health = self._router.health
+        cooling = [c for c in (health.cooldown(u.endpoint, u.model, now) for _, u in self._sequence) if c]
+        soonest = min((c.until - now for c in cooling), default=self._router.default_cooldown_s)
+        detail = "; ".join(f"{c.endpoint}/{c.model} for {c.until - now:.1f}s ({c.reason})" for c in cooling)
+        answer = self._local_answer(
+            429,
+            f"holyroute: no endpoint for '{self._plan.alias}' can take a call now; cooling down: {detail}",
+            "rate_limit_exceeded",
+            "holyroute_all_cooling_down",
+            retry_after=soonest,
+        )
+        self._emit_request(429, "error", None, "all endpoints cooling down", None)
+        return answer
+
+    def _local_answer(
+        self, status: int, message: str, kind: str, code: str, *, retry_after: float | None = None
+    ) -> Respond:
+        self._status = status
+        body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+        headers = [("content-type", "application/json"), ("x-should-retry", "false")]
+        if retry_after is not None:
+            headers.append(("retry-after-ms", str(max(1, round(retry_after * 1000)))))
+            headers.append(("retry-after", str(max(1, round(retry_after)))))
+        return Respond(status, tuple(headers), body)
+
+    def _emit_request(
+        self, status: int | None, outcome: str, usage: Usage | None, error: str | None, request_id: str | None
+    ) -> None:
+        self.done = True
+        now = self._router.clock()
+        upstream = self._current
+        leg = self._last_leg if upstream is not None else self._legs[0]
+        price = upstream.price if upstream is not None else None
+        cost = cost_usd(usage, price) if usage is not None and price is not None else None
+        self._router.emit(
+            "holyroute.request",
+            {
+                "route": self._plan.alias,
+                "arm": leg.arm.name if leg is not None else None,
+                "model": self._plan.alias,
+                "upstream_model": upstream.model if upstream is not None else None,
+                "endpoint": upstream.endpoint if upstream is not None else None,
+                "api": self._api,
+                "status": status,
+                "outcome": outcome,
+                "error": error,
+                "attempts": self._attempts,
+                "fallback": leg.fallback if leg is not None else None,
+                "sticky": leg.sticky if leg is not None else False,
+                "stream": self.stream,
+                "latency_ms": round((now - self.started) * 1000, 3),
+                "ttft_ms": round((self._first_byte - self.started) * 1000, 3)
+                if self.stream and self._first_byte is not None
+                else None,
+                "prompt_tokens": usage.prompt_tokens if usage else None,
+                "completion_tokens": usage.completion_tokens if usage else None,
+                "cached_tokens": usage.cached_tokens if usage else None,
+                "reasoning_tokens": usage.reasoning_tokens if usage else None,
+                "cost_usd": cost,
+                "priced": price is not None,
+                "request_id": request_id,
+            },
+        )
+
+    _status: int
+    _request_id: str | None
+    _pending_response: tuple[int, tuple[tuple[str, str], ...]]
+    _last_leg: Leg | None = None
+
+
+_FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
+
+
+def _response_headers(headers: HeaderLookup) -> tuple[tuple[str, str], ...]:
+    items = getattr(headers, "items", None)
+    if items is None:
+        return ()
+    # The body is handed back decoded, so framing and encoding headers would lie about it.
+    return tuple((k.lower(), v) for k, v in items() if k.lower() not in _FRAMING_HEADERS)
+
+
+def _operation(path: str) -> tuple[str, str] | None:
+    """The API family and operation path of a request path, e.g. ``/v1/chat/completions`` -> chat."""
+    trimmed = path.rstrip("/")
+    for suffix, api in OPERATIONS.items():
+        if trimmed.endswith(suffix) and (len(trimmed) == len(suffix) or trimmed[-len(suffix) - 1] == "/"):
+            return api, suffix
+    return None
+
+
+def _sticky_key(spec: str, data: Mapping[str, Any], headers: HeaderLookup) -> str | None:
+    if spec == "user":
+        value = data.get("user") or data.get("safety_identifier")
+    elif spec.startswith("header:"):
+        value = headers.get(spec[7:].lower())
+    else:
+        value = data
+        for part in spec[5:].split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+    if value is None or value == "" or isinstance(value, dict | list):
+        return None
+    return str(value)
+
+
+def _compile(config: Config) -> dict[str, RoutePlan]:
+    prices = {
+        name: PriceRow(p.input, p.input if p.cached_input is None else p.cached_input, p.output)
+        for name, p in config.prices.items()
+    }
+    routes = {}
+    for alias, route in config.routes.items():
+        arms = []
+        for target in route.targets:
+            upstreams = []
+            for entry in target.endpoints:
+                ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
+                upstreams.append(_upstream(config, ref.endpoint, ref.model or target.model, prices))
+            arms.append(Arm(target.arm, target.model, tuple(upstreams)))
+        picker = SplitPicker(alias, [a.name for a in arms], [t.weight for t in route.targets])
+        routes[alias] = RoutePlan(alias, tuple(arms), picker, route.sticky, tuple(route.fallbacks))
+    return routes
+
+
+def _upstream(config: Config, name: str, model: str, prices: Mapping[str, PriceRow]) -> Upstream:
+    endpoint = config.endpoints[name]
+    headers: list[tuple[str, str]] = []
+    if endpoint.api_key is not None:
+        key = endpoint.api_key.get_secret_value()
+        if endpoint.auth == "bearer":
+            headers.append(("authorization", f"Bearer {key}"))
+        elif endpoint.auth == "api-key":
+            headers.append(("api-key", key))
+    if endpoint.organization:
+        headers.append(("openai-organization", endpoint.organization))
+    if endpoint.project:
+        headers.append(("openai-project", endpoint.project))
+    headers.extend((k.lower(), v) for k, v in endpoint.headers.items())
+    return Upstream(
+        endpoint=name,
+        model=model,
+        base_url=endpoint.base_url,
+        headers=tuple(headers),
+        query=urlencode(endpoint.query),
+        timeout=endpoint.timeout,
+        price=find_price(model, prices),
+        stream_usage=endpoint.stream_usage,
+    )

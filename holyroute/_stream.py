@@ -1,0 +1,138 @@
+"""Pass-through body streams that watch what flows to the caller and report the call's end to the core.
+
+:class:`BodyWatch` is the sans-I/O part: fed each chunk, it returns what to hand on (the chunk itself, or for an
+event stream whose usage chunk holyroute injected, the events minus that one), notes the first byte, and at the end
+works out usage and whether the stream ended properly. :class:`SyncTap` and :class:`AsyncTap` are the two thin
+drivers, ``httpx2`` byte streams around the upstream's. Nothing here buffers a stream: a chunk is handed on as soon
+as it (or, when one event must be hidden, the event it completes) arrives. A stream that stops without the end its
+protocol defines raises in the caller instead of ending quietly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx2
+
+from ._core import Accepted, Call
+from ._usage import SSEScanner, Usage, usage_from_body
+
+__all__ = ["AsyncTap", "BodyWatch", "SyncTap"]
+
+
+class BodyWatch:
+    """Watches one accepted answer's body on behalf of its :class:`Call`."""
+
+    __slots__ = ("_call", "_chunks", "_encoding", "_ended", "_scanner", "_seen")
+
+    def __init__(self, call: Call, accepted: Accepted) -> None:
+        self._call = call
+        self._scanner = SSEScanner(hide_usage_chunk=accepted.hide_usage_chunk) if accepted.event_stream else None
+        self._chunks: list[bytes] = []
+        self._encoding = accepted.content_encoding
+        self._seen = 0
+        self._ended = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self._seen:
+            self._call.on_first_byte()
+        self._seen += len(chunk)
+        if self._scanner is not None:
+            return self._scanner.feed(chunk)
+        self._chunks.append(chunk)
+        return chunk
+
+    def end(self) -> tuple[bytes, str | None]:
+        """The upstream finished the body. Returns bytes still to hand on and, for a torn stream, why."""
+        self._ended = True
+        scanner = self._scanner
+        if scanner is None:
+            usage = usage_from_body(b"".join(self._chunks), self._encoding) if self._chunks else None
+            self._chunks = []
+            self._call.on_complete(usage)
+            return b"", None
+        rest = scanner.end()
+        torn = None
+        if not scanner.complete:
+            torn = (
+                f"holyroute: the upstream's event stream ended without its final event after "
+                f"{scanner.events} events ({self._seen} bytes): the answer is incomplete"
+            )
+        self._call.on_complete(scanner.usage, error=torn or scanner.error)
+        return rest, torn
+
+    def fail(self, error: BaseException) -> None:
+        """The upstream's body broke off with ``error``."""
+        self._ended = True
+        usage = self._scanner.usage if self._scanner is not None else None
+        self._call.on_complete(usage, error=f"stream broken: {type(error).__name__}")
+
+    def close(self) -> None:
+        """The caller closed the body. After the stream's final event that is a normal end (the SDK closes right
+        after ``[DONE]``); before it, the call was cancelled."""
+        if self._ended:
+            return
+        self._ended = True
+        scanner = self._scanner
+        if scanner is not None and scanner.done:
+            scanner.end()
+            self._call.on_complete(scanner.usage, error=scanner.error)
+            return
+        usage: Usage | None = scanner.usage if scanner is not None else None
+        self._call.on_complete(usage, cancelled=True)
+
+
+class SyncTap(httpx2.SyncByteStream):
+    """The upstream's byte stream, handed on chunk by chunk through a :class:`BodyWatch`."""
+
+    def __init__(self, stream: httpx2.SyncByteStream, watch: BodyWatch) -> None:
+        self._stream = stream
+        self._watch = watch
+
+    def __iter__(self) -> Iterator[bytes]:
+        watch = self._watch
+        try:
+            for chunk in self._stream:
+                out = watch.feed(chunk)
+                if out:
+                    yield out
+        except httpx2.TransportError as error:
+            watch.fail(error)
+            raise
+        rest, torn = watch.end()
+        if rest:
+            yield rest
+        if torn is not None:
+            raise httpx2.RemoteProtocolError(torn)
+
+    def close(self) -> None:
+        self._watch.close()
+        self._stream.close()
+
+
+class AsyncTap(httpx2.AsyncByteStream):
+    """The async twin of :class:`SyncTap`."""
+
+    def __init__(self, stream: httpx2.AsyncByteStream, watch: BodyWatch) -> None:
+        self._stream = stream
+        self._watch = watch
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        watch = self._watch
+        try:
+            async for chunk in self._stream:
+                out = watch.feed(chunk)
+                if out:
+                    yield out
+        except httpx2.TransportError as error:
+            watch.fail(error)
+            raise
+        rest, torn = watch.end()
+        if rest:
+            yield rest
+        if torn is not None:
+            raise httpx2.RemoteProtocolError(torn)
+
+    async def aclose(self) -> None:
+        self._watch.close()
+        await self._stream.aclose()

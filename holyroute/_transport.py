@@ -1,0 +1,228 @@
+"""The two drivers: ``httpx2`` transports that carry out what the core decides.
+
+:class:`Transport` (sync) and :class:`AsyncTransport` (async) each ask the :class:`~holyroute._core.Router` whether
+a request is routed; a request that is not goes to the inner transport untouched. For a routed one they loop over
+the call's steps: send an attempt through the inner transport, wait, hand back an answer, or raise. They decide
+nothing themselves, so the two cannot drift apart; what they share is in the helpers at the bottom.
+
+When every attempt failed without an HTTP answer, the caller gets the error its client family expects: for the
+OpenAI SDK (recognised by its ``x-stainless-*`` headers) ``openai.APITimeoutError`` / ``APIConnectionError``, which the
+SDK passes on without retrying; otherwise the last ``httpx2`` error. A failed answer goes back unchanged with
+``x-should-retry: false``. Either way the SDK's own retries do not multiply holyroute's attempts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import httpx2
+
+from ._core import DROPPED_HEADERS, Accepted, Call, EventSink, GiveUp, Respond, Router, Send, Wait
+from ._stream import AsyncTap, BodyWatch, SyncTap
+from .config import Config, load_config
+
+__all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "AsyncTransport", "Transport", "async_client", "client"]
+
+#: The OpenAI SDK's own connection limits and timeouts, so holyroute's client behaves like the SDK's default one.
+DEFAULT_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+DEFAULT_TIMEOUT = httpx2.Timeout(timeout=600.0, connect=5.0)
+
+ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | Config | None
+
+
+def _router(config: ConfigSource, router: Router | None, sinks: Sequence[EventSink] | None) -> Router:
+    if router is not None:
+        return router
+    return Router(load_config(config), sinks=sinks)
+
+
+class Transport(httpx2.BaseTransport):
+    """Routes, fails over and costs requests to configured model aliases; passes everything else through.
+
+    >>> transport = Transport({"endpoints": {"local": {"base_url": "http://127.0.0.1:8000/v1"}},
+    ...                        "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["local"]}]}}})
+    >>> transport.close()
+    """
+
+    def __init__(
+        self,
+        config: ConfigSource = None,
+        *,
+        transport: httpx2.BaseTransport | None = None,
+        router: Router | None = None,
+        sinks: Sequence[EventSink] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.router = _router(config, router, sinks)
+        self._inner = transport if transport is not None else httpx2.HTTPTransport(limits=DEFAULT_LIMITS)
+        self._sleep = sleep
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        call = _begin(self.router, request)
+        if call is None:
+            return self._inner.handle_request(request)
+        while True:
+            step = call.next_step()
+            if isinstance(step, Send):
+                try:
+                    response = _in_memory(self._inner.handle_request(_attempt(request, step)))
+                except httpx2.TransportError as error:
+                    call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
+                    continue
+                accepted = call.on_response(response.status_code, response.headers)
+                if accepted is not None:
+                    assert isinstance(response.stream, httpx2.SyncByteStream)
+                    response.stream = SyncTap(response.stream, _watch(response, call, accepted))
+                    return response
+                try:
+                    call.on_rejected_body(response.read())
+                finally:
+                    response.close()
+            elif isinstance(step, Wait):
+                self._sleep(step.seconds)
+            elif isinstance(step, Respond):
+                return _respond(request, step)
+            else:
+                raise _give_up(request, step)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class AsyncTransport(httpx2.AsyncBaseTransport):
+    """The async twin of :class:`Transport`; ``sleep`` defaults to ``anyio.sleep`` (asyncio and trio)."""
+
+    def __init__(
+        self,
+        config: ConfigSource = None,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        router: Router | None = None,
+        sinks: Sequence[EventSink] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self.router = _router(config, router, sinks)
+        self._inner = transport if transport is not None else httpx2.AsyncHTTPTransport(limits=DEFAULT_LIMITS)
+        if sleep is None:
+            import anyio
+
+            sleep = anyio.sleep
+        self._sleep = sleep
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        call = _begin(self.router, request)
+        if call is None:
+            return await self._inner.handle_async_request(request)
+        while True:
+            step = call.next_step()
+            if isinstance(step, Send):
+                try:
+                    response = _in_memory(await self._inner.handle_async_request(_attempt(request, step)))
+                except httpx2.TransportError as error:
+                    call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
+                    continue
+                accepted = call.on_response(response.status_code, response.headers)
+                if accepted is not None:
+                    assert isinstance(response.stream, httpx2.AsyncByteStream)
+                    response.stream = AsyncTap(response.stream, _watch(response, call, accepted))
+                    return response
+                try:
+                    call.on_rejected_body(await response.aread())
+                finally:
+                    await response.aclose()
+            elif isinstance(step, Wait):
+                await self._sleep(step.seconds)
+            elif isinstance(step, Respond):
+                return _respond(request, step)
+            else:
+                raise _give_up(request, step)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def client(config: ConfigSource = None, **kwargs: Any) -> httpx2.Client:
+    """An ``httpx2.Client`` for ``OpenAI(http_client=...)``, with the SDK's limits and timeouts.
+
+    ``config`` is a YAML/TOML path, a dict or a :class:`Config` (default: ``$HOLYROUTE_CONFIG`` or
+    ``./holyroute.yaml``). Other keyword arguments go to ``httpx2.Client``.
+    """
+    kwargs.setdefault("timeout", DEFAULT_TIMEOUT)
+    return httpx2.Client(transport=Transport(config), **kwargs)
+
+
+def async_client(config: ConfigSource = None, **kwargs: Any) -> httpx2.AsyncClient:
+    """An ``httpx2.AsyncClient`` for ``AsyncOpenAI(http_client=...)``; see :func:`client`."""
+    kwargs.setdefault("timeout", DEFAULT_TIMEOUT)
+    return httpx2.AsyncClient(transport=AsyncTransport(config), **kwargs)
+
+
+# ---- what both drivers share: translating between httpx2 objects and the core's plain data ---------------------
+
+
+def _begin(router: Router, request: httpx2.Request) -> Call | None:
+    try:
+        body = request.content
+    except httpx2.RequestNotRead:
+        return None  # a streamed upload: not a model call holyroute routes
+    url = request.url
+    timeout = request.extensions.get("timeout")
+    read = timeout.get("read") if isinstance(timeout, dict) else None
+    return router.begin(request.method, url.path, url.query.decode("ascii"), request.headers, body, timeout=read)
+
+
+def _attempt(request: httpx2.Request, step: Send) -> httpx2.Request:
+    headers = [(k, v) for k, v in request.headers.multi_items() if k not in DROPPED_HEADERS]
+    headers.extend(step.headers)
+    extensions = request.extensions
+    if step.timeout is not None:
+        timeout = extensions.get("timeout")
+        limits = dict(timeout) if isinstance(timeout, dict) else {}
+        for phase in ("connect", "read", "write", "pool"):
+            current = limits.get(phase)
+            limits[phase] = step.timeout if current is None else min(current, step.timeout)
+        extensions = {**extensions, "timeout": limits}
+    return httpx2.Request(request.method, step.url, headers=headers, content=step.body, extensions=extensions)
+
+
+def _in_memory(response: httpx2.Response) -> httpx2.Response:
+    """An answer some inner transports build already read (test doubles), as an unread one the tap can watch."""
+    if not response.is_stream_consumed:
+        return response
+    headers = [(k, v) for k, v in response.headers.multi_items() if k not in ("content-encoding", "content-length")]
+    return httpx2.Response(
+        response.status_code,
+        headers=headers,
+        stream=httpx2.ByteStream(response.content),
+        extensions=response.extensions,
+    )
+
+
+def _watch(response: httpx2.Response, call: Call, accepted: Accepted) -> BodyWatch:
+    if accepted.hide_usage_chunk:
+        response.headers.pop("content-length", None)  # one event will be left out
+    return BodyWatch(call, accepted)
+
+
+def _respond(request: httpx2.Request, step: Respond) -> httpx2.Response:
+    return httpx2.Response(step.status, headers=list(step.headers), content=step.body, request=request)
+
+
+def _give_up(request: httpx2.Request, step: GiveUp) -> BaseException:
+    error = step.error
+    if "x-stainless-retry-count" in request.headers:
+        # The OpenAI SDK passes its own errors through without retrying: no multiplication of attempts.
+        import openai
+
+        sdk_error: BaseException
+        if step.timeout:
+            sdk_error = openai.APITimeoutError(request=request)
+        else:
+            sdk_error = openai.APIConnectionError(message=step.summary, request=request)
+        sdk_error.__cause__ = error
+        return sdk_error
+    error.add_note(step.summary)
+    return error

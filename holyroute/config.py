@@ -1,0 +1,369 @@
+"""The configuration schema: endpoints, routes and prices, loaded from YAML, TOML or a dict.
+
+This module decides what a valid configuration is and says precisely why an invalid one is not: every problem is
+reported with its key path (``routes.chat-default.targets[1].endpoints[0]``) and the fix. ``${VAR}`` and
+``${VAR:-default}`` are read from the environment at load time. It never prints a secret: API keys are held as
+:class:`pydantic.SecretStr` and no error message echoes the value of a key or a header.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from .exceptions import ConfigError
+
+__all__ = [
+    "Config",
+    "Endpoint",
+    "EndpointRef",
+    "Price",
+    "Retry",
+    "Route",
+    "Target",
+    "load_config",
+]
+
+_ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_STICKY_PATTERN = re.compile(r"^(user|header:[A-Za-z0-9_-]+|body:[A-Za-z0-9_.-]+)$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Endpoint(_Model):
+    """One OpenAI-compatible HTTP endpoint and the credentials that belong to it alone."""
+
+    base_url: str
+    api_key: SecretStr | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    auth: Literal["bearer", "api-key", "none"] = "bearer"
+    headers: dict[str, str] = Field(default_factory=dict)
+    query: dict[str, str] = Field(default_factory=dict)
+    organization: str | None = None
+    project: str | None = None
+    stream_usage: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an absolute http(s) URL such as https://api.openai.com/v1")
+        if "?" in value or "#" in value:
+            raise ValueError("must not carry a query or fragment; put query parameters under 'query'")
+        return value.rstrip("/")
+
+
+class EndpointRef(_Model):
+    """An endpoint of a target, with the name the provider gives the model there (Azure deployments)."""
+
+    endpoint: str
+    model: str | None = None
+
+
+class Target(_Model):
+    """One arm of a split: a model served by equivalent endpoints, tried in order."""
+
+    model: str
+    endpoints: Annotated[list[str | EndpointRef], Field(min_length=1)]
+    weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    name: str | None = None
+
+    @property
+    def arm(self) -> str:
+        """The arm's name: ``name`` when given, else the model."""
+        return self.name or self.model
+
+
+class Route(_Model):
+    """A model alias the application sends, split across targets, with fallback aliases."""
+
+    targets: Annotated[list[Target], Field(min_length=1)]
+    sticky: str | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+
+    @field_validator("sticky")
+    @classmethod
+    def _check_sticky(cls, value: str | None) -> str | None:
+        if value is not None and not _STICKY_PATTERN.match(value):
+            raise ValueError(f"sticky must be 'user', 'header:<name>' or 'body:<field>', got {value!r}")
+        return value
+
+
+class Retry(_Model):
+    """How hard one call tries before it hands the last answer back."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=50)] = 3
+    backoff_initial_s: Annotated[float, Field(ge=0)] = 0.5
+    backoff_max_s: Annotated[float, Field(ge=0)] = 8.0
+    backoff_jitter_s: Annotated[float, Field(ge=0)] = 0.25
+    max_wait_s: Annotated[float, Field(ge=0)] = 10.0
+    default_cooldown_s: Annotated[float, Field(ge=0)] = 1.0
+    max_cooldown_s: Annotated[float, Field(gt=0)] = 600.0
+
+
+class Price(_Model):
+    """USD per one million tokens."""
+
+    input: Annotated[float, Field(ge=0)]
+    output: Annotated[float, Field(ge=0)] = 0.0
+    cached_input: Annotated[float, Field(ge=0)] | None = None
+
+
+class Config(_Model):
+    """A whole holyroute configuration. Build one with :func:`load_config` or ``Config.load(...)``."""
+
+    endpoints: dict[str, Endpoint]
+    routes: dict[str, Route]
+    prices: dict[str, Price] = Field(default_factory=dict)
+    retry: Retry = Field(default_factory=Retry)
+
+    @classmethod
+    def load(cls, source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Config:
+        """Load from a YAML/TOML path, a mapping or an existing Config (returned as is)."""
+        return load_config(source)
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | Config | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build a validated :class:`Config`.
+
+    ``source`` is a path to a ``.yaml``/``.yml``/``.toml`` file, a mapping, a ``Config``, or ``None`` to read
+    ``$HOLYROUTE_CONFIG`` or ``./holyroute.yaml``. Raises :class:`ConfigError` listing every problem found.
+
+    >>> cfg = load_config({"endpoints": {"main": {"base_url": "http://127.0.0.1:1/v1"}},
+    ...                    "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["main"]}]}}})
+    >>> sorted(cfg.routes)
+    ['chat']
+    """
+    if isinstance(source, Config):
+        return source
+    env = os.environ if environ is None else environ
+    origin = "configuration"
+    if source is None:
+        source = _default_path(env)
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        origin = str(path)
+        raw = _read_file(path)
+    elif isinstance(source, Mapping):
+        raw = source
+    else:
+        raise ConfigError(f"cannot load a configuration from {type(source).__name__}; pass a path, a dict or a Config")
+    problems: list[str] = []
+    interpolated = _interpolate(raw, (), env, problems)
+    if problems:
+        raise ConfigError(_summary(origin, problems))
+    if not isinstance(interpolated, Mapping):
+        raise ConfigError(f"{origin}: the top level must be a mapping with 'endpoints' and 'routes'")
+    try:
+        config = Config.model_validate(interpolated)
+    except ValidationError as exc:
+        raise ConfigError(_summary(origin, _pydantic_problems(exc, interpolated))) from None
+    problems = _cross_check(config)
+    if problems:
+        raise ConfigError(_summary(origin, problems))
+    return config
+
+
+def _default_path(env: Mapping[str, str]) -> Path:
+    explicit = env.get("HOLYROUTE_CONFIG")
+    if explicit:
+        return Path(explicit)
+    for name in ("holyroute.yaml", "holyroute.yml", "holyroute.toml"):
+        if Path(name).is_file():
+            return Path(name)
+    raise ConfigError(
+        "no configuration given: pass a path or dict to holyroute.client(...), set HOLYROUTE_CONFIG, "
+        "or create ./holyroute.yaml"
+    )
+
+
+def _read_file(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; check the path or set HOLYROUTE_CONFIG") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if suffix in (".yaml", ".yml", ".json", ""):
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        return {} if loaded is None else loaded
+    raise ConfigError(f"{path}: unknown file type {suffix!r}; use .yaml, .yml or .toml")
+
+
+def _interpolate(value: Any, path: tuple[str | int, ...], env: Mapping[str, str], problems: list[str]) -> Any:
+    if isinstance(value, str):
+        if "$" not in value:
+            return value
+
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            found = env.get(name)
+            if found is not None and (found or default is None):
+                return found
+            if default is not None:
+                return default
+            problems.append(
+                f"{_dotted(path)}: environment variable {name} is not set; "
+                f"export {name}=... or write ${{{name}:-default}}"
+            )
+            return ""
+
+        return _ENV_PATTERN.sub(substitute, value)
+    if isinstance(value, Mapping):
+        return {key: _interpolate(item, (*path, str(key)), env, problems) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, (*path, index), env, problems) for index, item in enumerate(value)]
+    return value
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _pydantic_problems(exc: ValidationError, raw: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        # Drop pydantic's internal union tags ("str", "EndpointRef") from the location.
+        loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part[:1].isupper()))
+        loc = tuple(part for part in loc if part not in ("str", "float", "int", "constrained-float"))
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            *parent, key = loc
+            known = _known_keys(tuple(parent), raw)
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            fix = f"did you mean '{hint[0]}'?" if hint else f"known keys: {', '.join(sorted(known))}"
+            problems.append(f"{_dotted(loc)}: unknown key; {fix}")
+        elif kind == "missing":
+            problems.append(f"{_dotted(loc)}: required; add it")
+        else:
+            message = error["msg"]
+            if isinstance(message, str) and message.startswith("Value error, "):
+                message = message[len("Value error, ") :]
+            problems.append(f"{_dotted(loc)}: {message}")
+    # One problem per location: a union ("name" or {endpoint, model}) reports each branch; keep the first.
+    seen: set[str] = set()
+    unique = []
+    for problem in problems:
+        where = problem.split(": ", 1)[0]
+        if where not in seen:
+            seen.add(where)
+            unique.append(problem)
+    return unique
+
+
+def _known_keys(parent: tuple[str | int, ...], raw: Mapping[str, Any]) -> list[str]:
+    model: type[BaseModel] | None = Config
+    for part in parent:
+        if model is None:
+            break
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            # A free-form mapping level (endpoint names, route aliases): the model stays the value type.
+            continue
+        model = _model_of(field.annotation)
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    for arg in getattr(annotation, "__metadata__", ()) or ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    origin = getattr(annotation, "__origin__", None)
+    return _model_of(origin) if origin is not None and origin is not annotation else None
+
+
+def _cross_check(config: Config) -> list[str]:
+    """Checks that span keys: references to endpoints and aliases, and weights."""
+    problems: list[str] = []
+    known_endpoints = ", ".join(sorted(config.endpoints)) or "(none defined)"
+    known_routes = ", ".join(sorted(config.routes)) or "(none defined)"
+    if not config.routes:
+        problems.append("routes: no route defined; add at least one alias under 'routes'")
+    for alias, route in config.routes.items():
+        base = f"routes.{alias}"
+        arms: set[str] = set()
+        for t_index, target in enumerate(route.targets):
+            if target.arm in arms:
+                problems.append(
+                    f"{base}.targets[{t_index}]: arm '{target.arm}' appears twice in this route; "
+                    "give one of them a distinct 'name'"
+                )
+            arms.add(target.arm)
+            for e_index, entry in enumerate(target.endpoints):
+                name = entry if isinstance(entry, str) else entry.endpoint
+                if name not in config.endpoints:
+                    hint = difflib.get_close_matches(name, list(config.endpoints), n=1)
+                    maybe = f" (did you mean '{hint[0]}'?)" if hint else ""
+                    problems.append(
+                        f"{base}.targets[{t_index}].endpoints[{e_index}]: unknown endpoint '{name}'{maybe}; "
+                        f"known: {known_endpoints}"
+                    )
+        if not any(target.weight > 0 for target in route.targets):
+            problems.append(f"{base}.targets: every weight is 0; give at least one target a positive weight")
+        for f_index, fallback in enumerate(route.fallbacks):
+            if fallback == alias:
+                problems.append(f"{base}.fallbacks[{f_index}]: a route cannot fall back to itself")
+            elif fallback not in config.routes:
+                problems.append(f"{base}.fallbacks[{f_index}]: unknown route '{fallback}'; known: {known_routes}")
+    for name, endpoint in config.endpoints.items():
+        if endpoint.auth != "none" and endpoint.api_key is None:
+            continue  # keyless local servers are common; the upstream will answer 401 if it needs one
+        if endpoint.auth == "none" and endpoint.api_key is not None:
+            problems.append(f"endpoints.{name}.auth: 'none' but an api_key is set; remove one of them")
+    if config.retry.backoff_max_s < config.retry.backoff_initial_s:
+        problems.append("retry.backoff_max_s: smaller than backoff_initial_s; raise it")
+    return problems
+
+
+def _summary(origin: str, problems: list[str]) -> str:
+    head = f"invalid holyroute configuration ({origin}): {len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    return "\n".join([head, *(f"  - {problem}" for problem in problems)])
