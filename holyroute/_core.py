@@ -222,7 +222,7 @@ class Router:
         self.default_cooldown_s = retry.default_cooldown_s
         self.max_cooldown_s = retry.max_cooldown_s
         self.backoff: Callable[[Any], float] = tenacity.wait_exponential_jitter(
-            initial=retry.backoff_initial_s, max=retry.backoff_max_s, jitter=retry.backoff_jitter_s
+            multiplier=retry.backoff_initial_s, max=retry.backoff_max_s, jitter=retry.backoff_jitter_s
         )
 
     def emit(self, event: str, fields: dict[str, Any]) -> None:

@@ -161,7 +161,9 @@ class SSEScanner:
     def end(self) -> bytes:
         """At the end of the stream: scan and return what is left of an unterminated last event."""
         rest, self._pending = self._pending, b""
-        if rest.strip():
+        # A last event cut off mid-line is discarded (as the SSE spec says); one missing only its blank line
+        # (`data: [DONE]\n`) still counts.
+        if rest.strip() and rest.endswith((b"\n", b"\r")):
             self._scan(rest)
         return rest if self._hide else b""
 

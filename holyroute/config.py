@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 _ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SHIELD_PATTERN = re.compile(r"__holyroute_ref_\d+__")
 _STICKY_PATTERN = re.compile(r"^(user|header:[A-Za-z0-9_-]+|body:[A-Za-z0-9_.-]+)$")
 
 
@@ -214,12 +215,35 @@ def _read_file(path: Path) -> Any:
     if suffix in (".yaml", ".yml", ".json", ""):
         import yaml
 
+        # `{api_key: ${KEY}}` is how people write it, but `{` starts a YAML flow mapping: shield the references
+        # from the parser and put them back for interpolation, which then knows each one's key path.
+        shielded: dict[str, str] = {}
+
+        def shield(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$$"
+            token = f"__holyroute_ref_{len(shielded)}__"
+            shielded[token] = match.group(0)
+            return token
+
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yaml.safe_load(_ENV_PATTERN.sub(shield, text))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        return {} if loaded is None else loaded
+        return _unshield({} if loaded is None else loaded, shielded)
     raise ConfigError(f"{path}: unknown file type {suffix!r}; use .yaml, .yml or .toml")
+
+
+def _unshield(value: Any, shielded: Mapping[str, str]) -> Any:
+    if not shielded:
+        return value
+    if isinstance(value, str):
+        return _SHIELD_PATTERN.sub(lambda match: shielded.get(match.group(0), match.group(0)), value)
+    if isinstance(value, Mapping):
+        return {_unshield(key, shielded): _unshield(item, shielded) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshield(item, shielded) for item in value]
+    return value
 
 
 def _interpolate(value: Any, path: tuple[str | int, ...], env: Mapping[str, str], problems: list[str]) -> Any:

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from holyroute import Router, load_config
+from holyroute._core import Accepted, Call, GiveUp, Respond, Send, Wait
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Events:
+    """Collects every event a router emits."""
+
+    items: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def __call__(self, name: str, fields: dict[str, Any]) -> None:
+        self.items.append((name, dict(fields)))
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [fields for event, fields in self.items if event == name]
+
+
+def base_config(**overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "endpoints": {
+            "main": {"base_url": "https://main.example/v1", "api_key": "key-main"},
+            "backup": {"base_url": "https://backup.example/v1", "api_key": "key-backup"},
+            "deep": {"base_url": "https://deep.example/v1", "api_key": "key-deep"},
+            "cheap": {"base_url": "https://cheap.example/v1", "api_key": "key-cheap"},
+        },
+        "routes": {
+            "chat-default": {
+                "targets": [
+                    {"model": "gpt-4.1", "endpoints": ["main", "backup"], "weight": 90},
+                    {"model": "deepseek-chat", "endpoints": ["deep"], "weight": 10},
+                ],
+                "fallbacks": ["chat-cheap"],
+            },
+            "chat-cheap": {"targets": [{"model": "gemini-2.5-flash", "endpoints": ["cheap"]}]},
+        },
+        "retry": {"max_attempts": 3, "backoff_jitter_s": 0},
+    }
+    config.update(overrides)
+    return config
+
+
+@dataclass
+class Harness:
+    router: Router
+    clock: FakeClock
+    events: Events
+
+    def call(
+        self,
+        body: dict[str, Any] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        path: str = "/v1/chat/completions",
+        timeout: float | None = None,
+    ) -> Call:
+        payload = {"model": "chat-default", "messages": [{"role": "user", "content": "hi"}]}
+        payload.update(body or {})
+        call = self.router.begin(
+            "POST", path, "", dict(headers or {}), json.dumps(payload).encode(), timeout=timeout
+        )
+        assert call is not None, "expected a routed call"
+        return call
+
+
+Answer = tuple[int, dict[str, str], bytes] | BaseException
+
+
+@dataclass
+class Outcome:
+    sent: list[Send]
+    waits: list[float]
+    final: Accepted | Respond | GiveUp
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [send.endpoint for send in self.sent]
+
+
+def drive(call: Call, answers: Sequence[Answer], clock: FakeClock | None = None) -> Outcome:
+    """Play a call against scripted answers, as a transport would; waits advance the fake clock."""
+    queue = list(answers)
+    sent: list[Send] = []
+    waits: list[float] = []
+    while True:
+        step = call.next_step()
+        if isinstance(step, Send):
+            sent.append(step)
+            answer = queue.pop(0)
+            if isinstance(answer, BaseException):
+                call.on_error(answer, timeout=isinstance(answer, TimeoutError))
+                continue
+            status, headers, body = answer
+            accepted = call.on_response(status, {k.lower(): v for k, v in headers.items()})
+            if accepted is not None:
+                return Outcome(sent, waits, accepted)
+            call.on_rejected_body(body)
+        elif isinstance(step, Wait):
+            waits.append(step.seconds)
+            if clock is not None:
+                clock.advance(step.seconds)
+        else:
+            return Outcome(sent, waits, step)
+
+
+def ok(headers: dict[str, str] | None = None) -> Answer:
+    return (200, {"content-type": "application/json", **(headers or {})}, b"{}")
+
+
+def status(code: int, headers: dict[str, str] | None = None, body: bytes | None = None) -> Answer:
+    payload = body or json.dumps({"error": {"message": f"status {code}", "type": "x", "code": None}}).encode()
+    return (code, {"content-type": "application/json", **(headers or {})}, payload)
+
+
+@pytest.fixture
+def make_harness() -> Callable[..., Harness]:
+    def make(config: dict[str, Any] | None = None, *, seed: int = 7) -> Harness:
+        import random
+
+        clock = FakeClock()
+        events = Events()
+        router = Router(
+            load_config(config or base_config()),
+            clock=clock,
+            wall_clock=lambda: 1_700_000_000.0 + clock.now,
+            rng=random.Random(seed),
+            sinks=[events],
+        )
+        return Harness(router, clock, events)
+
+    return make
+
+
+@pytest.fixture
+def harness(make_harness: Callable[..., Harness]) -> Harness:
+    return make_harness()
+
+
+@pytest.fixture
+def instant_sdk_retries() -> Iterator[None]:
+    """The SDK's own retry sleeps made instant, as openai-python's tests do."""
+    with mock.patch("openai._base_client.BaseClient._calculate_retry_timeout", lambda *args, **kwargs: 0.0):
+        yield
