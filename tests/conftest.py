@@ -78,9 +78,7 @@ class Harness:
     ) -> Call:
         payload = {"model": "chat-default", "messages": [{"role": "user", "content": "hi"}]}
         payload.update(body or {})
-        call = self.router.begin(
-            "POST", path, "", dict(headers or {}), json.dumps(payload).encode(), timeout=timeout
-        )
+        call = self.router.begin("POST", path, "", dict(headers or {}), json.dumps(payload).encode(), timeout=timeout)
         assert call is not None, "expected a routed call"
         return call
 
@@ -161,5 +159,5 @@ def harness(make_harness: Callable[..., Harness]) -> Harness:
 @pytest.fixture
 def instant_sdk_retries() -> Iterator[None]:
     """The SDK's own retry sleeps made instant, as openai-python's tests do."""
-    with mock.patch("openai._base_client.BaseClient._calculate_retry_timeout", lambda *args, **kwargs: 0.0):
+    with mock.patch("openai._base_client.BaseClient._calculate_retry_timeout", return_value=0.0):
         yield

@@ -77,7 +77,7 @@ class TestLoading:
 
     def test_no_config_anywhere(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.chdir(tmp_path)
-        with pytest.raises(ConfigError, match="set HOLYROUTE_CONFIG, or create ./holyroute.yaml"):
+        with pytest.raises(ConfigError, match=r"set HOLYROUTE_CONFIG, or create \./holyroute\.yaml"):
             load_config(None, environ={})
 
     def test_env_default_and_escape(self) -> None:
@@ -179,7 +179,8 @@ class TestErrors:
         config = base_config()
         config["routes"]["chat-default"]["targets"][1]["model"] = "gpt-4.1"
         assert problems(config) == [
-            "routes.chat-default.targets[1]: arm 'gpt-4.1' appears twice in this route; give one of them a distinct 'name'"
+            "routes.chat-default.targets[1]: arm 'gpt-4.1' appears twice in this route; "
+            "give one of them a distinct 'name'"
         ]
 
     def test_missing_required(self) -> None:
@@ -192,8 +193,8 @@ class TestErrors:
             load_config(broken)
         with pytest.raises(ConfigError, match="no such file"):
             load_config(tmp_path / "absent.yaml")
-        with pytest.raises(ConfigError, match="unknown file type '.ini'"):
-            (tmp_path / "x.ini").write_text("")
+        (tmp_path / "x.ini").write_text("")
+        with pytest.raises(ConfigError, match=r"unknown file type '\.ini'"):
             load_config(tmp_path / "x.ini")
 
     def test_client_fails_at_construction(self) -> None:

@@ -52,7 +52,10 @@ class TestOutgoingRequest:
         )
         assert call is not None
         sent = drive(call, [ok()]).sent[0]
-        assert sent.url in ("https://main.example/v1/chat/completions?a=1", "https://deep.example/v1/chat/completions?a=1")
+        assert sent.url in (
+            "https://main.example/v1/chat/completions?a=1",
+            "https://deep.example/v1/chat/completions?a=1",
+        )
         body = json.loads(sent.body)
         assert body["model"] in ("gpt-4.1", "deepseek-chat")
         auth = dict(sent.headers)["authorization"]

@@ -1,0 +1,161 @@
+"""The ``holyroute`` command: ``demo`` runs the whole path offline on local fake upstreams.
+
+The demo is an application, so unlike the library it configures structlog: events go as JSON lines to the file it
+names. Nothing here touches the network beyond 127.0.0.1, and no real key is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="holyroute", description=__doc__.split("\n")[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="route a few hundred SDK calls across local fake upstreams, offline")
+    demo.add_argument("--calls", type=int, default=300, help="total calls, split sync / async / streaming")
+    demo.add_argument(
+        "--events", type=Path, default=Path("holyroute-demo-events.jsonl"), help="JSON-lines event log to write"
+    )
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        if args.calls < 10:
+            parser.error("--calls must be at least 10")
+        return run_demo(args.calls, args.events, sys.stdout)
+    return 2  # pragma: no cover - argparse requires a command
+
+
+def demo_config(primary: str, secondary: str, slow: str) -> dict[str, Any]:
+    """The demo's routing: a 90/10 sticky split, two equivalent endpoints for the main arm, a cheap fallback."""
+    return {
+        "endpoints": {
+            "primary": {"base_url": primary, "api_key": "demo-key-primary"},
+            "secondary": {"base_url": secondary, "api_key": "demo-key-secondary"},
+            "slow": {"base_url": slow, "api_key": "demo-key-slow"},
+        },
+        "routes": {
+            "chat-default": {
+                "sticky": "user",
+                "targets": [
+                    {"model": "gpt-4.1", "endpoints": ["primary", "secondary"], "weight": 90},
+                    {"model": "deepseek-chat", "endpoints": ["slow"], "weight": 10},
+                ],
+                "fallbacks": ["chat-cheap"],
+            },
+            "chat-cheap": {"targets": [{"model": "gemini-2.5-flash", "endpoints": ["secondary"]}]},
+        },
+    }
+
+
+def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
+    import structlog
+    from openai import AsyncOpenAI, OpenAI
+
+    from . import async_client, client
+    from ._report import read_events, render_table, summarise
+    from .testing import FakeUpstream, Reply
+
+    events_path.parent.mkdir(parents=True, exist_ok=True)
+    with events_path.open("w", encoding="utf-8") as log_file:
+        structlog.configure(
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.JSONRenderer(),
+            ],
+            logger_factory=structlog.WriteLoggerFactory(file=log_file),
+            cache_logger_on_first_use=False,
+        )
+        with (
+            FakeUpstream("primary") as primary,
+            FakeUpstream("secondary") as secondary,
+            FakeUpstream("slow", latency_s=0.05) as slow,
+        ):
+            config = demo_config(primary.base_url, secondary.base_url, slow.base_url)
+            primary.fail_for(1.5, Reply.rate_limited(retry_after_s=0.5))
+            out.write(
+                "holyroute demo: 3 local upstreams on 127.0.0.1 (primary answers 429 for its first 1.5 s, "
+                "slow adds 50 ms)\nroute chat-default: gpt-4.1 90% on [primary, secondary], deepseek-chat 10% on "
+                "[slow], sticky per user, fallback chat-cheap\n\n"
+            )
+            sync_n = calls * 2 // 5
+            async_n = calls * 2 // 5
+            stream_n = calls - sync_n - async_n
+            started = time.perf_counter()
+            sdk = OpenAI(api_key="unused-holyroute-routes", http_client=client(config))
+            with sdk:
+                _phase("sync calls", sync_n, out, lambda i: _chat(sdk, i))
+                _phase("streaming calls", stream_n, out, lambda i: _stream(sdk, i))
+            asyncio.run(_async_phase(AsyncOpenAI, async_client(config), async_n, out))
+            elapsed = time.perf_counter() - started
+        structlog.reset_defaults()
+    rows = summarise(read_events(events_path))
+    out.write(f"\n{calls} calls in {elapsed:.1f} s\n\n")
+    out.write(render_table(rows) + "\n\n")
+    out.write(f"events: {events_path} (JSON lines; one holyroute.request per call)\n")
+    return 0
+
+
+def _chat(sdk: Any, i: int) -> None:
+    sdk.chat.completions.create(
+        model="chat-default", messages=[{"role": "user", "content": f"question {i}"}], user=f"user-{i % 40}"
+    )
+
+
+def _stream(sdk: Any, i: int) -> None:
+    stream = sdk.chat.completions.create(
+        model="chat-default",
+        messages=[{"role": "user", "content": f"tell me a story {i}"}],
+        user=f"user-{i % 40}",
+        stream=True,
+    )
+    for _ in stream:
+        pass
+
+
+def _phase(label: str, count: int, out: TextIO, one: Callable[[int], None]) -> None:
+    for i in range(count):
+        one(i)
+        _progress(label, i + 1, count, out)
+    out.write("\n")
+
+
+async def _async_phase(factory: Any, http_client: Any, count: int, out: TextIO) -> None:
+    sdk = factory(api_key="unused-holyroute-routes", http_client=http_client)
+    done = 0
+    limit = asyncio.Semaphore(8)
+
+    async def one(i: int) -> None:
+        nonlocal done
+        async with limit:
+            await sdk.chat.completions.create(
+                model="chat-default",
+                messages=[{"role": "user", "content": f"async question {i}"}],
+                user=f"user-{i % 40}",
+            )
+        done += 1
+        _progress("async calls (8 at a time)", done, count, out)
+
+    async with sdk:
+        await asyncio.gather(*(one(i) for i in range(count)))
+    out.write("\n")
+
+
+def _progress(label: str, done: int, total: int, out: TextIO) -> None:
+    width = 30
+    filled = width * done // total
+    if out.isatty() or done == total:
+        out.write(f"\r  {label:<28} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        out.flush()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
