@@ -85,6 +85,7 @@ class Upstream:
     timeout: float | None
     price: PriceRow | None
     stream_usage: bool
+    token: bytes  # the model as a JSON string token, for swapping it into a body
 
     def __repr__(self) -> str:  # the headers hold the key
         return f"Upstream(endpoint={self.endpoint!r}, model={self.model!r})"
@@ -104,6 +105,7 @@ class RoutePlan:
     picker: SplitPicker
     sticky: str | None
     fallbacks: tuple[str, ...]
+    token: bytes  # the alias as a JSON string token
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +257,17 @@ class Router:
         plan = self.routes.get(model) if isinstance(model, str) else None
         if plan is None:
             return None
-        return Call(self, plan, api=api[0], operation=api[1], query=query, headers=headers, data=data, timeout=timeout)
+        return Call(
+            self,
+            plan,
+            api=api[0],
+            operation=api[1],
+            query=query,
+            headers=headers,
+            data=data,
+            body=body,
+            timeout=timeout,
+        )
 
     def pick(self, plan: RoutePlan, data: Mapping[str, Any], headers: HeaderLookup) -> Leg:
         """The arm of ``plan`` this request goes to: sticky when the route has a key and the request carries it."""
@@ -268,6 +280,41 @@ class Router:
 class Call:
     """One logical call: its plan, the attempts made so far, and what comes next."""
 
+    __slots__ = (
+        "_api",
+        "_attempts",
+        "_bodies",
+        "_current",
+        "_current_leg",
+        "_cursor",
+        "_data",
+        "_deadline",
+        "_failure",
+        "_fallbacks_added",
+        "_final",
+        "_first_byte",
+        "_headers",
+        "_hide_usage",
+        "_last_error",
+        "_last_leg",
+        "_last_response",
+        "_legs",
+        "_operation",
+        "_passes",
+        "_pending_response",
+        "_plan",
+        "_query",
+        "_raw_body",
+        "_request_id",
+        "_router",
+        "_sequence",
+        "_status",
+        "_wants_usage_injected",
+        "done",
+        "started",
+        "stream",
+    )
+
     def __init__(
         self,
         router: Router,
@@ -278,6 +325,7 @@ class Call:
         query: str,
         headers: HeaderLookup,
         data: dict[str, Any],
+        body: bytes,
         timeout: float | None,
     ) -> None:
         self._router = router
@@ -286,6 +334,7 @@ class Call:
         self._operation = operation
         self._query = query
         self._data = data
+        self._raw_body = body
         self.started = router.clock()
         self._deadline = self.started + timeout if timeout else None
         self._headers = headers
@@ -310,6 +359,10 @@ class Call:
         self._final: Step | None = None
         self._first_byte: float | None = None
         self._hide_usage = False
+        self._fallbacks_added = False
+        self._last_leg: Leg | None = None
+        self._status = 0
+        self._request_id: str | None = None
         self.done = False
 
         pinned = headers.get(PIN_HEADER)
@@ -329,7 +382,6 @@ class Call:
         else:
             self._legs = [router.pick(plan, data, headers)]
         self._extend_sequence(self._legs[0])
-        self._fallbacks_added = False
 
     # ---- the step machine ---------------------------------------------------------------------------------------
 
@@ -395,7 +447,7 @@ class Call:
     # ---- what the stream tap reports ----------------------------------------------------------------------------
 
     def on_first_byte(self) -> None:
-        if self._first_byte is None:
+        if self.stream and self._first_byte is None:
             self._first_byte = self._router.clock()
 
     def on_complete(self, usage: Usage | None, *, error: str | None = None, cancelled: bool = False) -> None:
@@ -463,6 +515,8 @@ class Call:
         inject = self._wants_usage_injected and upstream.stream_usage
         self._hide_usage = inject
         body = self._bodies.get((upstream.model, inject))
+        if body is None and not inject:
+            body = _swap_model(self._raw_body, self._plan.token, upstream.token)
         if body is None:
             data = dict(self._data)
             data["model"] = upstream.model
@@ -473,7 +527,7 @@ class Call:
                     "include_usage": True,
                 }
             body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-            self._bodies[(upstream.model, inject)] = body
+        self._bodies[(upstream.model, inject)] = body
         query = self._query
         if upstream.query:
             query = f"{query}&{upstream.query}" if query else upstream.query
@@ -596,10 +650,7 @@ class Call:
             },
         )
 
-    _status: int
-    _request_id: str | None
     _pending_response: tuple[int, tuple[tuple[str, str], ...]]
-    _last_leg: Leg | None = None
 
 
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
@@ -611,6 +662,18 @@ def _response_headers(headers: HeaderLookup) -> tuple[tuple[str, str], ...]:
         return ()
     # The body is handed back decoded, so framing and encoding headers would lie about it.
     return tuple((k.lower(), v) for k, v in items() if k.lower() not in _FRAMING_HEADERS)
+
+
+def _swap_model(body: bytes, alias: bytes, model: bytes) -> bytes | None:
+    """``body`` with its top-level model replaced, without re-serialising; ``None`` when that is not certain.
+
+    ``alias`` and ``model`` are JSON string tokens (``b'"chat-default"'``). The top-level ``"model": "<alias>"``
+    value is always in the body, so if the alias token occurs exactly once, that occurrence is the model's value (an
+    escaped quote inside a longer string could only add a second occurrence, never remove this one).
+    """
+    if body.count(alias) != 1:
+        return None
+    return body.replace(alias, model)
 
 
 def _operation(path: str) -> tuple[str, str] | None:
@@ -651,7 +714,8 @@ def _compile(config: Config) -> dict[str, RoutePlan]:
                 upstreams.append(_upstream(config, ref.endpoint, ref.model or target.model, prices))
             arms.append(Arm(target.arm, target.model, tuple(upstreams)))
         picker = SplitPicker(alias, [a.name for a in arms], [t.weight for t in route.targets])
-        routes[alias] = RoutePlan(alias, tuple(arms), picker, route.sticky, tuple(route.fallbacks))
+        token = json.dumps(alias).encode("utf-8")
+        routes[alias] = RoutePlan(alias, tuple(arms), picker, route.sticky, tuple(route.fallbacks), token)
     return routes
 
 
@@ -678,4 +742,5 @@ def _upstream(config: Config, name: str, model: str, prices: Mapping[str, PriceR
         timeout=endpoint.timeout,
         price=find_price(model, prices),
         stream_usage=endpoint.stream_usage,
+        token=json.dumps(model).encode("utf-8"),
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx2
 
+from ._compat import attempt_request
 from ._core import DROPPED_HEADERS, Accepted, Call, EventSink, GiveUp, Respond, Router, Send, Wait
 from ._stream import AsyncTap, BodyWatch, SyncTap
 from .config import Config, load_config
@@ -175,9 +176,7 @@ def _begin(router: Router, request: httpx2.Request) -> Call | None:
 
 
 def _attempt(request: httpx2.Request, step: Send) -> httpx2.Request:
-    headers = [(k, v) for k, v in request.headers.multi_items() if k not in DROPPED_HEADERS]
-    headers.extend(step.headers)
-    extensions = request.extensions
+    extensions: Mapping[str, Any] = request.extensions
     if step.timeout is not None:
         timeout = extensions.get("timeout")
         limits = dict(timeout) if isinstance(timeout, dict) else {}
@@ -185,7 +184,9 @@ def _attempt(request: httpx2.Request, step: Send) -> httpx2.Request:
             current = limits.get(phase)
             limits[phase] = step.timeout if current is None else min(current, step.timeout)
         extensions = {**extensions, "timeout": limits}
-    return httpx2.Request(request.method, step.url, headers=headers, content=step.body, extensions=extensions)
+    return attempt_request(
+        request, step.url, drop=DROPPED_HEADERS, add=step.headers, body=step.body, extensions=extensions
+    )
 
 
 def _in_memory(response: httpx2.Response) -> httpx2.Response:

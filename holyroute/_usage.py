@@ -21,9 +21,13 @@ from ._prices import BUILTIN_PRICES, PriceRow, normalise_model_name
 
 __all__ = ["SSEScanner", "Usage", "cost_usd", "find_price", "usage_from_body", "usage_from_mapping"]
 
+_DECODER = json.JSONDecoder()
 _USAGE_KEY = re.compile(rb'"usage"\s*:\s*\{')
 _FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
 _TERMINAL_TYPE = re.compile(rb'"type"\s*:\s*"(response\.completed|response\.incomplete|response\.failed|error)"')
+_INTERESTING = re.compile(
+    rb'"finish_reason"\s*:\s*"|"usage"\s*:\s*\{|"error"|"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"'
+)
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
@@ -73,7 +77,7 @@ def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
         match = _USAGE_KEY.match(body, position)
         if match is not None:
             try:
-                found, _ = json.JSONDecoder().raw_decode(body[match.end() - 1 :].decode("utf-8"))
+                found, _ = _DECODER.raw_decode(body[match.end() - 1 :].decode("utf-8"))
             except (ValueError, UnicodeDecodeError):
                 break
             if isinstance(found, Mapping):
@@ -145,12 +149,15 @@ class SSEScanner:
         return self.done or self.finished
 
     def feed(self, data: bytes) -> bytes:
+        if not self._pending and data.endswith(b"\n\n") and data.find(b"\n\n") == len(data) - 2:
+            # The common case: one whole event per chunk, as providers write them.
+            keep = self._scan(data[:-2])
+            return data if keep or not self._hide else b""
         buffer = self._pending + data if self._pending else data
         kept: list[bytes] = []
         start = 0
         for boundary in _BOUNDARY.finditer(buffer):
-            event = buffer[start : boundary.start()]
-            if self._scan(event) or not self._hide:
+            if self._scan(buffer[start : boundary.start()]) or not self._hide:
                 kept.append(buffer[start : boundary.end()])
             start = boundary.end()
         self._pending = buffer[start:]
@@ -169,14 +176,19 @@ class SSEScanner:
 
     def _scan(self, event: bytes) -> bool:
         """Record what the event says; return False when it is the hidden usage-only chunk."""
-        data_lines = [line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")]
-        if not data_lines:
-            return True
-        data = b"\n".join(data_lines)
+        if event.startswith(b"data: ") and b"\n" not in event:
+            data = event[6:]
+        else:
+            lines = [line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")]
+            if not lines:
+                return True
+            data = b"\n".join(lines)
         self.events += 1
         if data == b"[DONE]":
             self.done = True
             return True
+        if _INTERESTING.search(data) is None:
+            return True  # a content delta: nothing to record
         if _FINISH.search(data):
             self.finished = True
         terminal = _TERMINAL_TYPE.search(data)

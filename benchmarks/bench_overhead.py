@@ -1,0 +1,210 @@
+"""Per-call overhead of holyroute against the raw OpenAI SDK, measured side by side in one run.
+
+Two comparisons, each alternating the two clients call by call (the order flips every pair) and reporting the
+median of the paired differences, which is what survives a noisy shared machine:
+
+* ``loopback``: the official SDK against a local fake upstream on 127.0.0.1 in its own process (as a provider would
+  be; an in-process server thread would share the GIL with the client and distort both timings), raw vs. through
+  ``holyroute.client`` (alias routed to the same upstream). This is what an application sees.
+* ``in-memory``: the same SDK calls with an in-memory inner transport that answers instantly, so the difference is
+  holyroute's own work (parse, pick, rewrite, tap, usage, cost event) without socket noise.
+
+Events go through structlog's JSONRenderer to /dev/null, as in a production JSON pipeline.
+
+    python benchmarks/bench_overhead.py            # default 2000 pairs per comparison
+    python benchmarks/bench_overhead.py --pairs 500 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx2
+import openai
+import structlog
+
+import holyroute
+from holyroute.testing import FakeUpstream
+
+MESSAGES = [{"role": "user", "content": "Summarise the plot of Hamlet in one sentence."}]
+CHAT_BODY = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4.1",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "A prince avenges."}, "finish_reason": "stop"}
+    ],
+    "usage": {
+        "prompt_tokens": 19,
+        "completion_tokens": 4,
+        "total_tokens": 23,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    },
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def paired(
+    name: str, raw: Callable[[], Any], routed: Callable[[], Any], pairs: int, warmup: int
+) -> dict[str, float | str | int]:
+    for _ in range(warmup):
+        raw()
+        routed()
+    raw_t: list[float] = []
+    routed_t: list[float] = []
+    clock = time.perf_counter
+    for i in range(pairs):
+        order = (raw, routed) if i % 2 == 0 else (routed, raw)
+        timings = []
+        for fn in order:
+            start = clock()
+            fn()
+            timings.append(clock() - start)
+        if i % 2 == 0:
+            raw_t.append(timings[0])
+            routed_t.append(timings[1])
+        else:
+            routed_t.append(timings[0])
+            raw_t.append(timings[1])
+    diffs = [(b - a) * 1e6 for a, b in zip(raw_t, routed_t, strict=True)]
+    return {
+        "comparison": name,
+        "pairs": pairs,
+        "raw_p50_us": percentile(raw_t, 50) * 1e6,
+        "raw_p99_us": percentile(raw_t, 99) * 1e6,
+        "holyroute_p50_us": percentile(routed_t, 50) * 1e6,
+        "holyroute_p99_us": percentile(routed_t, 99) * 1e6,
+        "overhead_p50_us": statistics.median(diffs),
+        "overhead_p99_us": percentile(diffs, 99),
+        "ratio_p50": percentile(routed_t, 50) / percentile(raw_t, 50),
+    }
+
+
+def config_for(base_url: str) -> dict[str, Any]:
+    return {
+        "endpoints": {"bench": {"base_url": base_url, "api_key": "bench-key"}},
+        "routes": {"chat-default": {"targets": [{"model": "gpt-4.1", "endpoints": ["bench"]}]}},
+    }
+
+
+def canned(request: httpx2.Request) -> httpx2.Response:
+    return httpx2.Response(
+        200,
+        headers={"content-type": "application/json", "x-request-id": "req_bench"},
+        stream=httpx2.ByteStream(json.dumps(CHAT_BODY).encode()),
+    )
+
+
+def _serve(conn: Any) -> None:
+    with FakeUpstream("bench") as upstream:
+        conn.send(upstream.base_url)
+        conn.recv()  # until the parent says stop
+
+
+@contextlib.contextmanager
+def upstream_process() -> Iterator[str]:
+    """The fake upstream in its own process, as a real provider would be: no GIL shared with the client."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_serve, args=(child,), daemon=True)
+    process.start()
+    try:
+        if not parent.poll(30):
+            raise RuntimeError("the fake upstream process did not start within 30 s")
+        yield parent.recv()
+    finally:
+        parent.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    args = parser.parse_args()
+
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        logger_factory=structlog.WriteLoggerFactory(file=devnull),
+        cache_logger_on_first_use=True,
+    )
+    results = []
+
+    with upstream_process() as base_url:
+        raw = openai.OpenAI(base_url=base_url, api_key="bench-key")
+        routed = openai.OpenAI(base_url=base_url, api_key="unused", http_client=holyroute.client(config_for(base_url)))
+        with raw, routed:
+            results.append(
+                paired(
+                    "loopback chat",
+                    lambda: raw.chat.completions.create(model="gpt-4.1", messages=MESSAGES),
+                    lambda: routed.chat.completions.create(model="chat-default", messages=MESSAGES),
+                    args.pairs,
+                    args.warmup,
+                )
+            )
+            results.append(
+                paired(
+                    "loopback stream",
+                    lambda: list(raw.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)),
+                    lambda: list(routed.chat.completions.create(model="chat-default", messages=MESSAGES, stream=True)),
+                    max(100, args.pairs // 4),
+                    args.warmup // 4,
+                )
+            )
+
+    mock = httpx2.MockTransport(canned)
+    raw_mem = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=mock))
+    routed_transport = holyroute.Transport(config_for("http://127.0.0.1:9/v1"), transport=httpx2.MockTransport(canned))
+    routed_mem = openai.OpenAI(
+        base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=routed_transport)
+    )
+    with raw_mem, routed_mem:
+        results.append(
+            paired(
+                "in-memory chat",
+                lambda: raw_mem.chat.completions.create(model="gpt-4.1", messages=MESSAGES),
+                lambda: routed_mem.chat.completions.create(model="chat-default", messages=MESSAGES),
+                args.pairs,
+                args.warmup,
+            )
+        )
+    devnull.close()
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"holyroute {holyroute.__version__}, openai {openai.__version__}, python {sys.version.split()[0]}")
+    print("per-call times in microseconds; overhead = median of paired differences (holyroute - raw)\n")
+    header = f"{'comparison':<18}{'pairs':>7}{'raw p50':>10}{'raw p99':>10}{'hr p50':>10}{'hr p99':>10}"
+    header += f"{'ovh p50':>10}{'ovh p99':>10}{'ratio':>8}"
+    print(header)
+    for r in results:
+        print(
+            f"{r['comparison']:<18}{r['pairs']:>7}{r['raw_p50_us']:>10.0f}{r['raw_p99_us']:>10.0f}"
+            f"{r['holyroute_p50_us']:>10.0f}{r['holyroute_p99_us']:>10.0f}{r['overhead_p50_us']:>10.0f}"
+            f"{r['overhead_p99_us']:>10.0f}{r['ratio_p50']:>8.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""The one place that knows how the HTTP client library is built inside.
+
+Building an ``httpx2.Request`` through its public constructor re-parses the URL and re-normalises every header, which
+is most of holyroute's per-call cost. :func:`attempt_request` instead copies the caller's already-normalised header
+list, drops the hop and credential headers, appends the endpoint's, and hands the body over as a ready stream. It uses
+``Headers._list`` (stable across httpx and httpx2 for years) only when that attribute has the expected shape, and
+falls back to the public API otherwise, so a change inside httpx2 costs speed, never correctness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx2
+
+__all__ = ["attempt_request", "fast_headers_supported"]
+
+_URL_CACHE: dict[str, httpx2.URL] = {}
+_URL_CACHE_LIMIT = 512
+
+
+def fast_headers_supported(headers: httpx2.Headers) -> bool:
+    """Whether ``headers`` keeps the ``(raw, lower, value)`` byte triples the fast path relies on."""
+    if type(headers) is httpx2.Headers:
+        return _FAST_HEADERS
+    items = getattr(headers, "_list", None)
+    return isinstance(items, list) and all(isinstance(item, tuple) and len(item) == 3 for item in items[:1])
+
+
+def _probe() -> bool:
+    probe = httpx2.Headers({"X-Probe": "1"})
+    items = getattr(probe, "_list", None)
+    return items == [(b"X-Probe", b"x-probe", b"1")]
+
+
+_FAST_HEADERS = _probe()
+
+
+def _url(url: str) -> httpx2.URL:
+    found = _URL_CACHE.get(url)
+    if found is None:
+        if len(_URL_CACHE) >= _URL_CACHE_LIMIT:
+            _URL_CACHE.clear()
+        found = _URL_CACHE[url] = httpx2.URL(url)
+    return found
+
+
+def attempt_request(
+    request: httpx2.Request,
+    url: str,
+    *,
+    drop: frozenset[str],
+    add: Sequence[tuple[str, str]],
+    body: bytes,
+    extensions: Mapping[str, Any],
+    fast: bool = True,
+) -> httpx2.Request:
+    """A copy of ``request`` sent to ``url`` with ``body``: headers named in ``drop`` removed, ``add`` appended,
+    ``Host`` and ``Content-Length`` set for the new target. The caller's request is not modified."""
+    target = _url(url)
+    framing = ((b"Host", target.netloc), (b"Content-Length", str(len(body)).encode("ascii")))
+    if fast and fast_headers_supported(request.headers):
+        dropped = _drop_bytes(drop)
+        headers = httpx2.Headers()
+        items = [item for item in request.headers._list if item[1] not in dropped]
+        items.insert(0, (b"Host", b"host", framing[0][1]))
+        items.extend(_triples(add))
+        items.append((b"Content-Length", b"content-length", framing[1][1]))
+        headers._list = items
+    else:
+        pairs: list[tuple[bytes, bytes]] = [framing[0]]
+        pairs.extend((k, v) for k, v in request.headers.raw if k.lower().decode("latin-1") not in drop)
+        pairs.extend((k.encode("ascii"), v.encode("latin-1")) for k, v in add)
+        pairs.append(framing[1])
+        headers = httpx2.Headers(pairs)
+    return httpx2.Request(
+        request.method, target, headers=headers, stream=httpx2.ByteStream(body), extensions=dict(extensions)
+    )
+
+
+_DROP_CACHE: dict[frozenset[str], frozenset[bytes]] = {}
+_TRIPLES_CACHE: dict[Sequence[tuple[str, str]], list[tuple[bytes, bytes, bytes]]] = {}
+
+
+def _triples(add: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes, bytes]]:
+    found = _TRIPLES_CACHE.get(add)
+    if found is None:
+        if len(_TRIPLES_CACHE) >= _URL_CACHE_LIMIT:
+            _TRIPLES_CACHE.clear()
+        found = _TRIPLES_CACHE[add] = [
+            (k.encode("ascii"), k.encode("ascii").lower(), v.encode("latin-1")) for k, v in add
+        ]
+    return found
+
+
+def _drop_bytes(drop: frozenset[str]) -> frozenset[bytes]:
+    found = _DROP_CACHE.get(drop)
+    if found is None:
+        found = _DROP_CACHE[drop] = frozenset(name.encode("ascii") for name in drop)
+    return found
