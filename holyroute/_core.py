@@ -22,9 +22,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlencode
 
-import structlog
-import tenacity
-
 from ._health import HeaderLookup, HealthBook, server_delay
 from ._prices import PriceRow
 from ._routing import SplitPicker
@@ -184,6 +181,8 @@ class _WaitState:
 
 
 def _structlog_sink() -> EventSink:
+    import structlog  # imported when the first client is built, keeping `import holyroute` light
+
     logger = structlog.get_logger("holyroute")
 
     def emit(event: str, fields: dict[str, Any]) -> None:
@@ -223,6 +222,8 @@ class Router:
         self.max_wait_s = retry.max_wait_s
         self.default_cooldown_s = retry.default_cooldown_s
         self.max_cooldown_s = retry.max_cooldown_s
+        import tenacity
+
         self.backoff: Callable[[Any], float] = tenacity.wait_exponential_jitter(
             multiplier=retry.backoff_initial_s, max=retry.backoff_max_s, jitter=retry.backoff_jitter_s
         )

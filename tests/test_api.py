@@ -1,0 +1,97 @@
+"""The public surface: what `import holyroute` exports and costs, the compat fallback, and the demo command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2
+import pytest
+
+import holyroute
+from holyroute import _compat
+from holyroute._core import DROPPED_HEADERS
+from holyroute.cli import main
+
+
+def test_exported_names() -> None:
+    assert holyroute.__all__ == [
+        "AsyncTransport",
+        "Config",
+        "ConfigError",
+        "HolyrouteError",
+        "Router",
+        "Transport",
+        "__version__",
+        "async_client",
+        "client",
+        "load_config",
+    ]
+
+
+def test_import_is_light() -> None:
+    """`import holyroute` loads neither the OpenAI SDK, YAML, tenacity nor structlog; clients load what they need."""
+    heavy = "('openai', 'yaml', 'tenacity', 'structlog')"
+    code = f"import sys, holyroute; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_clients_are_httpx2() -> None:
+    config = {
+        "endpoints": {"local": {"base_url": "http://127.0.0.1:1/v1"}},
+        "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["local"]}]}},
+    }
+    with holyroute.client(config) as sync_client:
+        assert isinstance(sync_client, httpx2.Client)
+        assert sync_client.timeout.read == 600
+        assert sync_client.timeout.connect == 5
+    assert isinstance(holyroute.async_client(config), httpx2.AsyncClient)
+
+
+class TestCompat:
+    """The fast request builder and the public-API fallback produce the same request."""
+
+    def request(self) -> httpx2.Request:
+        return httpx2.Request(
+            "POST",
+            "http://sdk.example/v1/chat/completions?x=1",
+            headers={"Authorization": "Bearer caller", "OpenAI-Organization": "org-caller", "X-Custom": "kept"},
+            content=b'{"model":"alias"}',
+        )
+
+    @pytest.mark.parametrize("fast", [True, False])
+    def test_same_result(self, fast: bool) -> None:
+        built = _compat.attempt_request(
+            self.request(),
+            "https://up.example/v1/chat/completions",
+            drop=DROPPED_HEADERS,
+            add=(("authorization", "Bearer endpoint"),),
+            body=b'{"model":"gpt-4.1"}',
+            extensions={},
+            fast=fast,
+        )
+        assert str(built.url) == "https://up.example/v1/chat/completions"
+        assert built.headers["host"] == "up.example"
+        assert built.headers["authorization"] == "Bearer endpoint"
+        assert built.headers["content-length"] == "19"
+        assert built.headers["x-custom"] == "kept"
+        assert "openai-organization" not in built.headers
+        assert built.read() == b'{"model":"gpt-4.1"}'
+
+    def test_probe_matches_this_httpx2(self) -> None:
+        assert _compat.fast_headers_supported(httpx2.Headers({"a": "b"})) is True
+
+
+def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`holyroute demo` runs offline, prints the table and writes one request event per call."""
+    events = tmp_path / "events.jsonl"
+    assert main(["demo", "--calls", "20", "--events", str(events)]) == 0
+    out = capsys.readouterr().out
+    assert "route" in out
+    assert "chat-default" in out
+    assert "total" in out
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert sum(1 for e in lines if e["event"] == "holyroute.request") == 20
