@@ -9,7 +9,9 @@ median of the paired differences, which is what survives a noisy shared machine:
 * ``in-memory``: the same SDK calls with an in-memory inner transport that answers instantly, so the difference is
   holyroute's own work (parse, pick, rewrite, tap, usage, cost event) without socket noise.
 
-Events go through structlog's JSONRenderer to /dev/null, as in a production JSON pipeline.
+Each comparison runs with holyroute's events rendered by structlog's JSONRenderer to /dev/null (a production JSON
+pipeline) and with its info-level events dropped by a level filter, to show what the routing itself costs and what
+rendering one cost event per call adds.
 
     python benchmarks/bench_overhead.py            # default 2000 pairs per comparison
     python benchmarks/bench_overhead.py --pairs 500 --json
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import statistics
@@ -141,52 +144,69 @@ def main() -> int:
     args = parser.parse_args()
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-        logger_factory=structlog.WriteLoggerFactory(file=devnull),
-        cache_logger_on_first_use=True,
-    )
     results = []
+    chat = {"model": "gpt-4.1", "messages": MESSAGES}
+    alias = {"model": "chat-default", "messages": MESSAGES}
+
+    def events(rendered: bool) -> None:
+        """JSON lines to /dev/null (a production pipeline), or info events dropped by a level filter."""
+        structlog.configure(
+            processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO if rendered else logging.WARNING),
+            logger_factory=structlog.WriteLoggerFactory(file=devnull),
+            cache_logger_on_first_use=True,
+        )
 
     with upstream_process() as base_url:
         raw = openai.OpenAI(base_url=base_url, api_key="bench-key")
-        routed = openai.OpenAI(base_url=base_url, api_key="unused", http_client=holyroute.client(config_for(base_url)))
-        with raw, routed:
+        for rendered in (True, False):
+            events(rendered)  # a new holyroute client per setting: its logger binds on first use
+            routed = openai.OpenAI(
+                base_url=base_url, api_key="unused", http_client=holyroute.client(config_for(base_url))
+            )
+            label = "events json" if rendered else "events off"
             results.append(
                 paired(
-                    "loopback chat",
-                    lambda: raw.chat.completions.create(model="gpt-4.1", messages=MESSAGES),
-                    lambda: routed.chat.completions.create(model="chat-default", messages=MESSAGES),
+                    f"loopback chat, {label}",
+                    lambda: raw.chat.completions.create(**chat),
+                    lambda r=routed: r.chat.completions.create(**alias),
                     args.pairs,
                     args.warmup,
                 )
             )
+            if rendered:
+                results.append(
+                    paired(
+                        f"loopback stream, {label}",
+                        lambda: list(raw.chat.completions.create(stream=True, **chat)),
+                        lambda r=routed: list(r.chat.completions.create(stream=True, **alias)),
+                        max(100, args.pairs // 4),
+                        args.warmup // 4,
+                    )
+                )
+            routed.close()
+        raw.close()
+
+    for rendered in (True, False):
+        events(rendered)
+        mock = httpx2.MockTransport(canned)
+        raw_mem = openai.OpenAI(
+            base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=mock)
+        )
+        routed_transport = holyroute.Transport(config_for("http://127.0.0.1:9/v1"), transport=mock)
+        routed_mem = openai.OpenAI(
+            base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=routed_transport)
+        )
+        with raw_mem, routed_mem:
             results.append(
                 paired(
-                    "loopback stream",
-                    lambda: list(raw.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)),
-                    lambda: list(routed.chat.completions.create(model="chat-default", messages=MESSAGES, stream=True)),
-                    max(100, args.pairs // 4),
-                    args.warmup // 4,
+                    f"in-memory chat, {'events json' if rendered else 'events off'}",
+                    lambda c=raw_mem: c.chat.completions.create(**chat),
+                    lambda c=routed_mem: c.chat.completions.create(**alias),
+                    args.pairs,
+                    args.warmup,
                 )
             )
-
-    mock = httpx2.MockTransport(canned)
-    raw_mem = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=mock))
-    routed_transport = holyroute.Transport(config_for("http://127.0.0.1:9/v1"), transport=httpx2.MockTransport(canned))
-    routed_mem = openai.OpenAI(
-        base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=routed_transport)
-    )
-    with raw_mem, routed_mem:
-        results.append(
-            paired(
-                "in-memory chat",
-                lambda: raw_mem.chat.completions.create(model="gpt-4.1", messages=MESSAGES),
-                lambda: routed_mem.chat.completions.create(model="chat-default", messages=MESSAGES),
-                args.pairs,
-                args.warmup,
-            )
-        )
     devnull.close()
 
     if args.json:
@@ -194,12 +214,12 @@ def main() -> int:
         return 0
     print(f"holyroute {holyroute.__version__}, openai {openai.__version__}, python {sys.version.split()[0]}")
     print("per-call times in microseconds; overhead = median of paired differences (holyroute - raw)\n")
-    header = f"{'comparison':<18}{'pairs':>7}{'raw p50':>10}{'raw p99':>10}{'hr p50':>10}{'hr p99':>10}"
+    header = f"{'comparison':<32}{'pairs':>7}{'raw p50':>10}{'raw p99':>10}{'hr p50':>10}{'hr p99':>10}"
     header += f"{'ovh p50':>10}{'ovh p99':>10}{'ratio':>8}"
     print(header)
     for r in results:
         print(
-            f"{r['comparison']:<18}{r['pairs']:>7}{r['raw_p50_us']:>10.0f}{r['raw_p99_us']:>10.0f}"
+            f"{r['comparison']:<32}{r['pairs']:>7}{r['raw_p50_us']:>10.0f}{r['raw_p99_us']:>10.0f}"
             f"{r['holyroute_p50_us']:>10.0f}{r['holyroute_p99_us']:>10.0f}{r['overhead_p50_us']:>10.0f}"
             f"{r['overhead_p99_us']:>10.0f}{r['ratio_p50']:>8.2f}"
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx2
 
-__all__ = ["attempt_request", "fast_headers_supported"]
+__all__ = ["attempt_request", "fast_headers_supported", "header_view"]
 
 _URL_CACHE: dict[str, httpx2.URL] = {}
 _URL_CACHE_LIMIT = 512
@@ -35,6 +35,22 @@ def _probe() -> bool:
 
 
 _FAST_HEADERS = _probe()
+
+
+def header_view(headers: httpx2.Headers) -> dict[str, str]:
+    """Lower-case name -> value (repeated names joined by ", "), read in one pass: what the core looks at.
+
+    ``httpx2.Headers.get`` re-derives the header encoding and re-normalises the key on every call; the core reads a
+    handful of headers per answer, so one pass into a dict is cheaper.
+    """
+    if fast_headers_supported(headers):
+        view: dict[str, str] = {}
+        for _, lower, value in headers._list:
+            name = lower.decode("latin-1")
+            text = value.decode("latin-1")
+            view[name] = f"{view[name]}, {text}" if name in view else text
+        return view
+    return {name.lower(): value for name, value in headers.items()}
 
 
 def _url(url: str) -> httpx2.URL:

@@ -409,7 +409,7 @@ class Call:
         self._final = self._give_up(now)
         return self._final
 
-    def on_response(self, status: int, headers: HeaderLookup) -> Accepted | None:
+    def on_response(self, status: int, headers: Mapping[str, str]) -> Accepted | None:
         """Judge an answer's status line. An :class:`Accepted` means hand it to the caller, watched as it says;
         ``None`` means it failed over: read its (error) body, pass it to :meth:`on_rejected_body`, ask again."""
         upstream = self._current
@@ -657,12 +657,9 @@ class Call:
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
 
 
-def _response_headers(headers: HeaderLookup) -> tuple[tuple[str, str], ...]:
-    items = getattr(headers, "items", None)
-    if items is None:
-        return ()
+def _response_headers(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     # The body is handed back decoded, so framing and encoding headers would lie about it.
-    return tuple((k.lower(), v) for k, v in items() if k.lower() not in _FRAMING_HEADERS)
+    return tuple((k.lower(), v) for k, v in headers.items() if k.lower() not in _FRAMING_HEADERS)
 
 
 def _swap_model(body: bytes, alias: bytes, model: bytes) -> bytes | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx2
 
-from ._compat import attempt_request
+from ._compat import attempt_request, header_view
 from ._core import DROPPED_HEADERS, Accepted, Call, EventSink, GiveUp, Respond, Router, Send, Wait
 from ._stream import AsyncTap, BodyWatch, SyncTap
 from .config import Config, load_config
@@ -73,7 +73,7 @@ class Transport(httpx2.BaseTransport):
                 except httpx2.TransportError as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
-                accepted = call.on_response(response.status_code, response.headers)
+                accepted = call.on_response(response.status_code, header_view(response.headers))
                 if accepted is not None:
                     assert isinstance(response.stream, httpx2.SyncByteStream)
                     response.stream = SyncTap(response.stream, _watch(response, call, accepted))
@@ -125,7 +125,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                 except httpx2.TransportError as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
-                accepted = call.on_response(response.status_code, response.headers)
+                accepted = call.on_response(response.status_code, header_view(response.headers))
                 if accepted is not None:
                     assert isinstance(response.stream, httpx2.AsyncByteStream)
                     response.stream = AsyncTap(response.stream, _watch(response, call, accepted))
