@@ -14,6 +14,7 @@ SDK passes on without retrying; otherwise the last ``httpx2`` error. A failed an
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -30,6 +31,9 @@ __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "AsyncTransport", "Transport", "
 #: The OpenAI SDK's own connection limits and timeouts, so holyroute's client behaves like the SDK's default one.
 DEFAULT_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
 DEFAULT_TIMEOUT = httpx2.Timeout(timeout=600.0, connect=5.0)
+
+#: What an attempt may raise that means "this endpoint did not answer": fail over.
+_ATTEMPT_ERRORS: tuple[type[BaseException], ...] = (httpx2.TransportError, ssl.SSLError)
 
 ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | Config | None
 
@@ -70,7 +74,7 @@ class Transport(httpx2.BaseTransport):
             if isinstance(step, Send):
                 try:
                     response = _in_memory(self._inner.handle_request(_attempt(request, step)))
-                except httpx2.TransportError as error:
+                except _ATTEMPT_ERRORS as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
                 accepted = call.on_response(response.status_code, header_view(response.headers))
@@ -107,11 +111,11 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
     ) -> None:
         self.router = _router(config, router, sinks)
         self._inner = transport if transport is not None else httpx2.AsyncHTTPTransport(limits=DEFAULT_LIMITS)
-        if sleep is None:
-            import anyio
+        import anyio
 
-            sleep = anyio.sleep
-        self._sleep = sleep
+        self._sleep = sleep if sleep is not None else anyio.sleep
+        # TLS failures can still escape httpx2's async transport unmapped (the OpenAI SDK catches these too).
+        self._errors: tuple[type[BaseException], ...] = (*_ATTEMPT_ERRORS, anyio.EndOfStream)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         call = _begin(self.router, request)
@@ -122,7 +126,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
             if isinstance(step, Send):
                 try:
                     response = _in_memory(await self._inner.handle_async_request(_attempt(request, step)))
-                except httpx2.TransportError as error:
+                except self._errors as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
                 accepted = call.on_response(response.status_code, header_view(response.headers))
