@@ -86,43 +86,16 @@ def summarise(events: Iterable[Mapping[str, Any]]) -> list[Row]:
 def render_table(rows: list[Row]) -> str:
     """A fixed-width text table of the rows, with a total line."""
     header = ("route", "arm", "endpoint", "calls", "errors", "failovers", "p50 ms", "p95 ms", "tokens", "cost USD")
-    lines: list[tuple[str, ...]] = []
     total = Row("total", "", "")
     for r in rows:
-        lines.append(
-            (
-                r.route,
-                r.arm,
-                r.endpoint,
-                str(r.calls),
-                str(r.errors),
-                str(r.failovers),
-                _ms(r.percentile(50)),
-                _ms(r.percentile(95)),
-                str(r.tokens),
-                f"{r.cost_usd:.6f}" + ("*" if r.unpriced else ""),
-            )
-        )
         total.calls += r.calls
         total.errors += r.errors
         total.failovers += r.failovers
         total.latencies.extend(r.latencies)
         total.tokens += r.tokens
         total.cost_usd += r.cost_usd
-    lines.append(
-        (
-            "total",
-            "",
-            "",
-            str(total.calls),
-            str(total.errors),
-            str(total.failovers),
-            _ms(total.percentile(50)),
-            _ms(total.percentile(95)),
-            str(total.tokens),
-            f"{total.cost_usd:.6f}",
-        )
-    )
+        total.unpriced += r.unpriced
+    lines = [_cells(r) for r in [*rows, total]]
     widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
     numeric = range(3, len(header))
 
@@ -133,9 +106,24 @@ def render_table(rows: list[Row]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     out = [fmt(header), rule, *(fmt(line) for line in lines[:-1]), rule, fmt(lines[-1])]
-    if any(r.unpriced for r in rows):
+    if total.unpriced:
         out.append("* some calls have no price for their model; add it under 'prices'")
     return "\n".join(out)
+
+
+def _cells(r: Row) -> tuple[str, ...]:
+    return (
+        r.route,
+        r.arm,
+        r.endpoint,
+        str(r.calls),
+        str(r.errors),
+        str(r.failovers),
+        _ms(r.percentile(50)),
+        _ms(r.percentile(95)),
+        str(r.tokens),
+        f"{r.cost_usd:.6f}" + ("*" if r.unpriced else ""),
+    )
 
 
 def _ms(value: float | None) -> str:
