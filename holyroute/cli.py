@@ -97,8 +97,14 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
             asyncio.run(_async_phase(AsyncOpenAI, async_client(config), async_n, out))
             elapsed = time.perf_counter() - started
         structlog.reset_defaults()
-    rows = summarise(read_events(events_path))
-    out.write(f"\n{calls} calls in {elapsed:.1f} s\n\n")
+    events = list(read_events(events_path))
+    rows = summarise(events)
+    requests = [e for e in events if e["event"] == "holyroute.request"]
+    attempts = sum(int(e.get("attempts") or 0) for e in requests)
+    cooldowns = sum(1 for e in events if e["event"] == "holyroute.cooldown")
+    failed = sum(1 for e in requests if e.get("outcome") == "error")
+    out.write(f"\n{calls} calls in {elapsed:.1f} s: {attempts} upstream attempts, {cooldowns} cooldowns, ")
+    out.write(f"{failed} errors seen by the application\n\n")
     out.write(render_table(rows) + "\n\n")
     out.write(f"events: {events_path} (JSON lines; one holyroute.request per call)\n")
     return 0

@@ -280,6 +280,24 @@ class TestFailover:
         assert failover["reason"] == "timeout: ReadTimeout"
         assert request_events(logs)[0]["endpoint"] == "backup"
 
+    def test_all_timeouts_raise_timeout_error(
+        self, make_sdk: Callable[..., SDK], upstreams: dict[str, FakeUpstream], instant_sdk_retries: None
+    ) -> None:
+        """Every endpoint too slow: APITimeoutError after 3 attempts, none added by the SDK."""
+        config = config_for(upstreams)
+        for name in ("main", "backup", "cheap"):
+            config["endpoints"][name]["timeout"] = 0.05
+        hold = threading.Event()
+        for name in ("main", "backup", "cheap"):
+            upstreams[name].push(*[Reply(gate=hold, gate_after=0, gate_timeout_s=5)] * 3)
+        sdk = make_sdk(config)
+        try:
+            with pytest.raises(openai.APITimeoutError):
+                sdk.chat(extra_headers=PIN_MAIN)
+        finally:
+            hold.set()
+        assert sum(requests_to(upstreams[n]) for n in ("main", "backup", "cheap")) == 3
+
     def test_caller_error_returned_at_once(
         self, make_sdk: Callable[..., SDK], upstreams: dict[str, FakeUpstream]
     ) -> None:
