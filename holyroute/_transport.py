@@ -149,20 +149,47 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def client(config: ConfigSource = None, **kwargs: Any) -> httpx2.Client:
-    """An ``httpx2.Client`` for ``OpenAI(http_client=...)``, with the SDK's limits and timeouts.
+#: Keyword arguments that configure a connection pool, not a client: they go to the inner transport. (Given to
+#: ``httpx2.Client`` next to ``transport=``, they would be silently ignored.)
+TRANSPORT_OPTIONS = frozenset(
+    {"verify", "cert", "trust_env", "http1", "http2", "limits", "proxy", "uds", "local_address", "retries"}
+)
+
+
+def _split_options(kwargs: dict[str, Any], transport: object) -> dict[str, Any]:
+    options = {name: kwargs.pop(name) for name in list(kwargs) if name in TRANSPORT_OPTIONS}
+    if options and transport is not None:
+        raise TypeError(
+            f"holyroute.client(): {', '.join(sorted(options))} configure the inner transport; "
+            "pass them to the transport you give as transport=..., or drop transport=..."
+        )
+    options.setdefault("limits", DEFAULT_LIMITS)
+    kwargs.setdefault("timeout", DEFAULT_TIMEOUT)
+    return options
+
+
+def client(
+    config: ConfigSource = None, *, transport: httpx2.BaseTransport | None = None, **kwargs: Any
+) -> httpx2.Client:
+    """An ``httpx2.Client`` for ``OpenAI(http_client=...)``, with the SDK's connection limits and timeouts.
 
     ``config`` is a YAML/TOML path, a dict or a :class:`Config` (default: ``$HOLYROUTE_CONFIG`` or
-    ``./holyroute.yaml``). Other keyword arguments go to ``httpx2.Client``.
+    ``./holyroute.yaml``). ``transport`` is the inner transport holyroute sends through (default: httpx2's).
+    Pool options (``verify``, ``cert``, ``proxy``, ``limits``, ``http2``, ...) configure that default inner
+    transport; every other keyword argument goes to ``httpx2.Client``.
     """
-    kwargs.setdefault("timeout", DEFAULT_TIMEOUT)
-    return httpx2.Client(transport=Transport(config), **kwargs)
+    options = _split_options(kwargs, transport)
+    inner = transport if transport is not None else httpx2.HTTPTransport(**options)
+    return httpx2.Client(transport=Transport(config, transport=inner), **kwargs)
 
 
-def async_client(config: ConfigSource = None, **kwargs: Any) -> httpx2.AsyncClient:
+def async_client(
+    config: ConfigSource = None, *, transport: httpx2.AsyncBaseTransport | None = None, **kwargs: Any
+) -> httpx2.AsyncClient:
     """An ``httpx2.AsyncClient`` for ``AsyncOpenAI(http_client=...)``; see :func:`client`."""
-    kwargs.setdefault("timeout", DEFAULT_TIMEOUT)
-    return httpx2.AsyncClient(transport=AsyncTransport(config), **kwargs)
+    options = _split_options(kwargs, transport)
+    inner = transport if transport is not None else httpx2.AsyncHTTPTransport(**options)
+    return httpx2.AsyncClient(transport=AsyncTransport(config, transport=inner), **kwargs)
 
 
 # ---- what both drivers share: translating between httpx2 objects and the core's plain data ---------------------

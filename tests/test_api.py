@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx2
 import pytest
@@ -49,6 +50,36 @@ def test_clients_are_httpx2() -> None:
         assert sync_client.timeout.read == 600
         assert sync_client.timeout.connect == 5
     assert isinstance(holyroute.async_client(config), httpx2.AsyncClient)
+
+
+class TestClientOptions:
+    """Pool options reach the inner transport instead of being silently ignored by httpx2.Client."""
+
+    config: ClassVar[dict[str, Any]] = {
+        "endpoints": {"local": {"base_url": "http://127.0.0.1:1/v1"}},
+        "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["local"]}]}},
+    }
+
+    def test_limits_reach_inner_pool(self) -> None:
+        with holyroute.client(self.config, limits=httpx2.Limits(max_connections=3), headers={"x-a": "1"}) as c:
+            inner = c._transport._inner  # type: ignore[attr-defined]
+            assert inner._pool._max_connections == 3
+            assert c.headers["x-a"] == "1"
+
+    def test_own_inner_transport(self) -> None:
+        seen: list[str] = []
+
+        def handler(request: httpx2.Request) -> httpx2.Response:
+            seen.append(str(request.url))
+            return httpx2.Response(200, json={})
+
+        with holyroute.client(self.config, transport=httpx2.MockTransport(handler)) as c:
+            c.post("http://sdk.example/v1/chat/completions", json={"model": "chat"})
+        assert seen == ["http://127.0.0.1:1/v1/chat/completions"]
+
+    def test_conflicting_options(self) -> None:
+        with pytest.raises(TypeError, match="verify configure the inner transport"):
+            holyroute.client(self.config, transport=httpx2.MockTransport(lambda r: httpx2.Response(200)), verify=False)
 
 
 class TestCompat:
