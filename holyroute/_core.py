@@ -354,7 +354,7 @@ class Call:
         self._current_leg: Leg | None = None
         self._legs: list[Leg] = []
         self._sequence: list[tuple[Leg, Upstream]] = []
-        self._last_response: tuple[int, tuple[tuple[str, str], ...], bytes] | None = None
+        self._last_response: tuple[int, tuple[tuple[str, str], ...], bytes, Upstream, Leg | None] | None = None
         self._last_error: tuple[BaseException, bool] | None = None
         self._failure: dict[str, Any] | None = None
         self._final: Step | None = None
@@ -428,14 +428,14 @@ class Call:
             seconds = min(seconds, self._router.max_cooldown_s)
             reason = f"{status} from upstream; cooldown {seconds:.3g}s ({said})"
             self._cool(upstream, seconds, f"{status} {said}", now)
-        self._pending_response = (status, _response_headers(headers))
+        self._pending_response = (status, _response_headers(headers), upstream, self._last_leg)
         self._failure = self._failure_fields(status=status, error=None, reason=reason)
         return None
 
     def on_rejected_body(self, body: bytes) -> None:
         """The body of the answer :meth:`on_response` rejected; kept to hand back if nothing better comes."""
-        status, headers = self._pending_response
-        self._last_response = (status, headers, body)
+        status, headers, upstream, leg = self._pending_response
+        self._last_response = (status, headers, body, upstream, leg)
 
     def on_error(self, error: BaseException, *, timeout: bool) -> None:
         """The attempt raised a transport error (connection refused or reset, protocol error, timeout)."""
@@ -574,7 +574,9 @@ class Call:
 
     def _give_up(self, now: float) -> Step:
         if self._last_response is not None:
-            status, headers, body = self._last_response
+            status, headers, body, upstream, leg = self._last_response
+            # The event names the endpoint whose answer is handed back, not a later one that raised.
+            self._current, self._last_leg = upstream, leg
             self._status = status
             self._request_id = next((v for k, v in headers if k == "x-request-id"), None)
             self._emit_request(status, "error", None, f"upstream {status}", self._request_id)
@@ -651,7 +653,7 @@ class Call:
             },
         )
 
-    _pending_response: tuple[int, tuple[tuple[str, str], ...]]
+    _pending_response: tuple[int, tuple[tuple[str, str], ...], Upstream, Leg | None]
 
 
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})

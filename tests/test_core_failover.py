@@ -109,6 +109,8 @@ class TestGiveUp:
         outcome = drive(harness.call(headers=PRIMARY), [status(503), ConnectionError(), ConnectionError()])
         assert isinstance(outcome.final, Respond)
         assert outcome.final.status == 503
+        event = harness.events.named("holyroute.request")[-1]
+        assert (event["endpoint"], event["status"], event["attempts"]) == ("main", 503, 3)
 
     def test_attempts_bounded(self, make_harness: Callable[..., Harness]) -> None:
         """`retry.max_attempts` bounds upstream attempts per call, passes and fallbacks included."""
