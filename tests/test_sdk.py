@@ -444,6 +444,27 @@ class TestUsageAndCost:
         assert event["api"] == "responses"
         assert event["completion_tokens"] > 0
 
+    def test_legacy_completions_stream(self, make_sdk: Callable[..., SDK], upstreams: dict[str, FakeUpstream]) -> None:
+        """Legacy Completions streams get usage injected and hidden like chat streams."""
+        sdk = make_sdk()
+        with capture_logs() as logs:
+            stream = sdk.call(
+                "completions.create", model="chat-default", prompt="hi", stream=True, extra_headers=PIN_MAIN
+            )
+            if sdk.mode == "sync":
+                chunks = list(stream)
+            else:
+
+                async def consume() -> list[Any]:
+                    return [chunk async for chunk in stream]
+
+                chunks = sdk._runner.run(consume())
+        assert upstreams["main"].requests[0].json["stream_options"] == {"include_usage": True}
+        assert all(chunk.choices for chunk in chunks)
+        (event,) = request_events(logs)
+        assert (event["api"], event["outcome"]) == ("completions", "ok")
+        assert event["completion_tokens"] > 0
+
     def test_event_has_no_secrets_or_prompt(self, make_sdk: Callable[..., SDK]) -> None:
         sdk = make_sdk()
         with capture_logs() as logs:
