@@ -14,9 +14,12 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
-__all__ = ["Cooldown", "HeaderLookup", "HealthBook", "parse_duration", "server_delay"]
+__all__ = ["Cooldown", "HeaderLookup", "HealthBook", "ProbeStatus", "parse_duration", "server_delay"]
+
+#: What an active health check concluded about an endpoint.
+ProbeStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -94,12 +97,34 @@ class Cooldown:
 class HealthBook:
     """Cooldowns of endpoint/model pairs, read against an injected monotonic clock. Thread-safe."""
 
-    __slots__ = ("_clock", "_cooldowns", "_lock")
+    __slots__ = ("_clock", "_cooldowns", "_lock", "_probes")
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._cooldowns: dict[tuple[str, str], Cooldown] = {}
+        self._probes: dict[str, tuple[ProbeStatus, float, float | None, str | None]] = {}
         self._lock = threading.Lock()
+
+    def record_probe(
+        self,
+        endpoint: str,
+        status: ProbeStatus,
+        now: float,
+        *,
+        latency_ms: float | None = None,
+        error: str | None = None,
+    ) -> ProbeStatus | None:
+        """Store an active health check's verdict; returns the previous status when it changed, else None."""
+        with self._lock:
+            previous = self._probes.get(endpoint)
+            self._probes[endpoint] = (status, now, latency_ms, error)
+        old: ProbeStatus = previous[0] if previous is not None else "unknown"
+        return old if old != status else None
+
+    def probe_status(self, endpoint: str) -> ProbeStatus:
+        """The last active health check verdict for ``endpoint`` ("unknown" when never probed)."""
+        found = self._probes.get(endpoint)
+        return found[0] if found is not None else "unknown"
 
     def cooldown(self, endpoint: str, model: str, now: float) -> Cooldown | None:
         """The cooldown in force for this pair at ``now``, if any."""

@@ -30,6 +30,8 @@ __all__ = [
     "Config",
     "Endpoint",
     "EndpointRef",
+    "Health",
+    "HealthCheck",
     "Price",
     "Retry",
     "Route",
@@ -46,6 +48,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class HealthCheck(_Model):
+    """Active probing of one endpoint by a background thread (sync client) or task (async client)."""
+
+    interval_s: Annotated[float, Field(gt=0)] = 30.0
+    timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    probe: Literal["models", "chat"] = "models"
+    model: str | None = None  # chat probes: the model to ask (default: the first model routed to this endpoint)
+    slow_ms: Annotated[float, Field(gt=0)] = 2000.0  # slower than this: degraded
+
+
 class Endpoint(_Model):
     """One OpenAI-compatible HTTP endpoint and the credentials that belong to it alone."""
 
@@ -58,6 +70,9 @@ class Endpoint(_Model):
     organization: str | None = None
     project: str | None = None
     stream_usage: bool = True
+    rpm: Annotated[int, Field(gt=0)] | None = None  # client-side requests per minute for this endpoint
+    tpm: Annotated[int, Field(gt=0)] | None = None  # client-side tokens per minute (estimated at send)
+    health_check: HealthCheck | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -83,6 +98,7 @@ class Target(_Model):
     endpoints: Annotated[list[str | EndpointRef], Field(min_length=1)]
     weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
     name: str | None = None
+    balance: Literal["ordered", "round_robin", "least_busy", "latency"] = "ordered"
 
     @property
     def arm(self) -> str:
@@ -115,6 +131,22 @@ class Retry(_Model):
     max_wait_s: Annotated[float, Field(ge=0)] = 10.0
     default_cooldown_s: Annotated[float, Field(ge=0)] = 1.0
     max_cooldown_s: Annotated[float, Field(gt=0)] = 600.0
+    budget_ratio: Annotated[float, Field(ge=0, le=10)] = 0.2  # retries allowed per call, over the window
+    budget_min_per_s: Annotated[float, Field(ge=0)] = 1.0  # retries always allowed per second (the floor)
+    budget_window_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    when_limited: Literal["failover", "wait"] = "failover"  # an arm out of rpm/tpm/headroom: fallbacks, or wait
+    headers_timeout_s: Annotated[float, Field(gt=0)] | None = None  # per attempt, until response headers
+    stream_headers_timeout_s: Annotated[float, Field(gt=0)] | None = 20.0  # the same for streamed calls
+
+
+class Health(_Model):
+    """Passive health (outlier ejection) of endpoints, judged from the answers of real calls."""
+
+    consecutive_failures: Annotated[int, Field(ge=1)] = 5
+    base_ejection_s: Annotated[float, Field(gt=0)] = 30.0
+    max_ejection_s: Annotated[float, Field(gt=0)] = 300.0
+    max_ejected_percent: Annotated[float, Field(ge=0, le=100)] = 50.0
+    quota_ejection_s: Annotated[float, Field(gt=0)] = 3600.0
 
 
 class Price(_Model):
@@ -132,6 +164,7 @@ class Config(_Model):
     routes: dict[str, Route]
     prices: dict[str, Price] = Field(default_factory=dict)
     retry: Retry = Field(default_factory=Retry)
+    health: Health = Field(default_factory=Health)
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Config:
