@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx2
 
-__all__ = ["attempt_request", "fast_headers_supported", "header_view"]
+__all__ = ["attempt_request", "fast_headers_supported", "header_view", "restore_read_timeout"]
 
 _URL_CACHE: dict[str, httpx2.URL] = {}
 _URL_CACHE_LIMIT = 512
@@ -51,6 +51,18 @@ def header_view(headers: httpx2.Headers) -> dict[str, str]:
             view[name] = f"{view[name]}, {text}" if name in view else text
         return view
     return {name.lower(): value for name, value in headers.items()}
+
+
+def restore_read_timeout(sent: httpx2.Request, read: float | None) -> None:
+    """After the headers of ``sent`` arrived, give its body reads ``read`` instead of the time-to-headers limit.
+
+    httpcore reads ``extensions["timeout"]`` when the body starts to be read, not when the request is sent, so
+    changing the (per-attempt) dict in place reaches the body reads. Should that ever change, the body would keep
+    the shorter limit: a slow stream would time out, loudly, rather than hang.
+    """
+    timeout = sent.extensions.get("timeout")
+    if isinstance(timeout, dict):
+        timeout["read"] = read
 
 
 def _url(url: str) -> httpx2.URL:

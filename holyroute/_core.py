@@ -14,15 +14,17 @@ only from the clocks it is given; it never logs a key or prompt text.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlencode
 
-from ._health import HeaderLookup, HealthBook, server_delay
+from ._budget import RetryBudget
+from ._health import HeaderLookup, HealthBook, Transition, server_delay
 from ._prices import PriceRow
 from ._routing import SplitPicker
 from ._usage import Usage, cost_usd, find_price
@@ -93,6 +95,12 @@ class Arm:
     name: str
     model: str
     upstreams: tuple[Upstream, ...]
+    balance: str = "ordered"
+    turns: itertools.count[int] = field(default_factory=itertools.count, compare=False)  # round robin
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(u.endpoint for u in self.upstreams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +128,18 @@ class Leg:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Send one attempt: ``url``, replace the headers named in ``DROPPED_HEADERS`` with ``headers``, send ``body``."""
+    """Send one attempt: ``url``, replace the headers named in ``DROPPED_HEADERS`` with ``headers``, send ``body``.
+
+    ``timeout`` caps every phase of the attempt (the endpoint's timeout and the caller's remaining deadline);
+    ``headers_timeout`` caps the wait for the response headers only.
+    """
 
     url: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
     timeout: float | None
     endpoint: str
+    headers_timeout: float | None = None
 
     def __repr__(self) -> str:
         return f"Send(url={self.url!r}, endpoint={self.endpoint!r})"
@@ -195,7 +208,7 @@ def _structlog_sink() -> EventSink:
 
 
 class Router:
-    """Compiled configuration plus shared state (cooldowns). One per client; safe to share across threads.
+    """Compiled configuration plus shared state (health, budgets). One per client; safe to share across threads.
 
     ``clock`` is monotonic seconds (durations, cooldowns), ``wall_clock`` is Unix time (HTTP-date headers), ``rng``
     draws non-sticky splits, ``sinks`` receive every event (default: structlog's ``holyroute`` logger).
@@ -214,14 +227,18 @@ class Router:
         self.clock = clock
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
-        self.health = HealthBook(clock)
+        limits = {name: (e.rpm, e.tpm) for name, e in config.endpoints.items() if e.rpm or e.tpm}
+        self.health = HealthBook(clock, config.health, limits)
         self.sinks: tuple[EventSink, ...] = tuple(sinks) if sinks is not None else (_structlog_sink(),)
         self.routes = _compile(config)
         retry = config.retry
-        self.max_attempts = retry.max_attempts
-        self.max_wait_s = retry.max_wait_s
-        self.default_cooldown_s = retry.default_cooldown_s
-        self.max_cooldown_s = retry.max_cooldown_s
+        self.retry = retry
+        self.budget = RetryBudget(
+            ratio=retry.budget_ratio, min_per_s=retry.budget_min_per_s, window_s=retry.budget_window_s
+        )
+        self.probing = any(e.health_check is not None for e in config.endpoints.values())
+        self._budget_spent = False
+        self._panicking: set[tuple[str, str]] = set()
         import tenacity
 
         self.backoff: Callable[[Any], float] = tenacity.wait_exponential_jitter(
@@ -231,6 +248,14 @@ class Router:
     def emit(self, event: str, fields: dict[str, Any]) -> None:
         for sink in self.sinks:
             sink(event, fields)
+
+    def transition(self, change: Transition | None) -> None:
+        """Emit an endpoint's state change, if there was one."""
+        if change is not None:
+            fields: dict[str, Any] = {"endpoint": change.endpoint, "reason": change.reason}
+            if change.ejection_s is not None:
+                fields["ejection_s"] = round(change.ejection_s, 3)
+            self.emit(change.event, fields)
 
     def begin(
         self,
@@ -258,7 +283,7 @@ class Router:
         plan = self.routes.get(model) if isinstance(model, str) else None
         if plan is None:
             return None
-        return Call(
+        call = Call(
             self,
             plan,
             api=api[0],
@@ -269,6 +294,8 @@ class Router:
             body=body,
             timeout=timeout,
         )
+        self.budget.record_call(call.started)
+        return call
 
     def pick(self, plan: RoutePlan, data: Mapping[str, Any], headers: HeaderLookup) -> Leg:
         """The arm of ``plan`` this request goes to: sticky when the route has a key and the request carries it."""
@@ -276,6 +303,64 @@ class Router:
         if key is not None:
             return Leg(plan.alias, plan.arms[plan.picker.sticky(key)], None, True)
         return Leg(plan.alias, plan.arms[plan.picker.random(self.rng)], None, False)
+
+    def spend_retry(self, now: float) -> bool:
+        """Take one retry from the budget; the first refusal after a good spell emits an event."""
+        if self.budget.try_spend(now):
+            self._budget_spent = False
+            return True
+        if not self._budget_spent:
+            self._budget_spent = True
+            calls, retries = self.budget.state(now)
+            retry = self.retry
+            self.emit(
+                "holyroute.retry_budget_exhausted",
+                {
+                    "calls": calls,
+                    "retries": retries,
+                    "reason": f"retries ({retries}) + 1 > {retry.budget_ratio:g} x calls ({calls}) + "
+                    f"{retry.budget_min_per_s:g}/s x {retry.budget_window_s:g}s",
+                },
+            )
+        return False
+
+    def panicking(self, leg: Leg, now: float) -> bool:
+        """Panic mode: fewer than half of the arm's endpoints are healthy, so health is ignored for it."""
+        health = self.health
+        upstreams = leg.arm.upstreams
+        healthy = sum(
+            1
+            for u in upstreams
+            if health.ejected(u.endpoint, now) is None
+            and not (self.probing and health.probe_status(u.endpoint) == "unhealthy")
+        )
+        panic = healthy * 2 < len(upstreams)
+        key = (leg.route, leg.arm.name)
+        if panic != (key in self._panicking):
+            if panic:
+                self._panicking.add(key)
+                event, reason = "holyroute.panic", f"{healthy} of {len(upstreams)} endpoints healthy (< half)"
+            else:
+                self._panicking.discard(key)
+                event, reason = "holyroute.panic_over", f"{healthy} of {len(upstreams)} endpoints healthy"
+            self.emit(event, {"route": leg.route, "arm": leg.arm.name, "reason": reason})
+        return panic
+
+    def order(self, arm: Arm) -> list[Upstream]:
+        """The arm's endpoints in the order to try them: by its ``balance``, degraded ones (active checks) last."""
+        upstreams = list(arm.upstreams)
+        if len(upstreams) > 1:
+            health = self.health
+            if arm.balance == "round_robin":
+                turn = next(arm.turns) % len(upstreams)
+                upstreams = upstreams[turn:] + upstreams[:turn]
+            elif arm.balance == "least_busy":
+                upstreams.sort(key=lambda u: health.in_flight(u.endpoint))
+            elif arm.balance == "latency":
+                upstreams.sort(key=lambda u: health.latency(u.endpoint) or 0.0)
+            if self.probing:
+                upstreams.sort(key=lambda u: health.probe_status(u.endpoint) == "degraded")
+        return upstreams
 
 
 class Call:
@@ -290,6 +375,7 @@ class Call:
         "_cursor",
         "_data",
         "_deadline",
+        "_excluded",
         "_failure",
         "_fallbacks_added",
         "_final",
@@ -300,7 +386,9 @@ class Call:
         "_last_leg",
         "_last_response",
         "_legs",
+        "_limited",
         "_operation",
+        "_panic",
         "_passes",
         "_pending_response",
         "_plan",
@@ -308,8 +396,13 @@ class Call:
         "_raw_body",
         "_request_id",
         "_router",
+        "_sent_at",
         "_sequence",
+        "_skipped",
         "_status",
+        "_stop_reason",
+        "_tokens",
+        "_trial",
         "_wants_usage_injected",
         "done",
         "started",
@@ -346,6 +439,7 @@ class Call:
             and api in _INJECT_USAGE_APIS
             and not (isinstance(own, Mapping) and own.get("include_usage") is True)
         )
+        self._tokens = _estimate_tokens(body, data)
         self._bodies: dict[tuple[str, bool], bytes] = {}
         self._attempts = 0
         self._passes = 0
@@ -354,6 +448,10 @@ class Call:
         self._current_leg: Leg | None = None
         self._legs: list[Leg] = []
         self._sequence: list[tuple[Leg, Upstream]] = []
+        self._skipped: dict[tuple[str, str], tuple[str, float | None]] = {}
+        self._excluded: set[str] = set()
+        self._panic: dict[int, bool] = {}
+        self._limited = False
         self._last_response: tuple[int, tuple[tuple[str, str], ...], bytes, Upstream, Leg | None] | None = None
         self._last_error: tuple[BaseException, bool] | None = None
         self._failure: dict[str, Any] | None = None
@@ -364,6 +462,9 @@ class Call:
         self._last_leg: Leg | None = None
         self._status = 0
         self._request_id: str | None = None
+        self._sent_at = 0.0
+        self._trial = False
+        self._stop_reason: str | None = None
         self.done = False
 
         pinned = headers.get(PIN_HEADER)
@@ -393,19 +494,23 @@ class Call:
         router = self._router
         now = router.clock()
         failure, self._failure = self._failure, None
-        if self._attempts < router.max_attempts:
-            upstream = self._next_available(now)
-            if upstream is not None:
-                if failure is not None:
-                    self._emit_failover(failure, 0.0, upstream.endpoint)
-                return self._send(upstream)
-            wait = self._wait_before_next_pass(now)
-            if wait is not None:
-                if failure is not None:
-                    self._emit_failover(failure, wait, None)
-                self._passes += 1
-                self._cursor = 0
-                return Wait(wait)
+        if self._attempts < router.retry.max_attempts and not self._past_deadline(now):
+            if self._attempts and not router.spend_retry(now):
+                self._stop_reason = "retry budget exhausted"
+            else:
+                upstream = self._next_available(now)
+                if upstream is not None:
+                    if failure is not None:
+                        self._emit_failover(failure, 0.0, upstream.endpoint)
+                    return self._send(upstream, now)
+                wait = self._wait_before_next_pass(now)
+                if wait is not None:
+                    if failure is not None:
+                        self._emit_failover(failure, wait, None)
+                    self._passes += 1
+                    self._cursor = 0
+                    self._skipped.clear()
+                    return Wait(wait)
         self._final = self._give_up(now)
         return self._final
 
@@ -414,20 +519,27 @@ class Call:
         ``None`` means it failed over: read its (error) body, pass it to :meth:`on_rejected_body`, ask again."""
         upstream = self._current
         assert upstream is not None, "on_response without a Send"
+        router = self._router
+        health = router.health
+        now = router.clock()
+        health.record_headroom(upstream.endpoint, upstream.model, headers, now)
         if status < 400 or (status < 500 and status not in RETRYABLE_STATUS):
+            router.transition(health.success(upstream.endpoint, now, now - self._sent_at, trial=self._trial))
             self._status = status
             self._request_id = headers.get("x-request-id")
             content_type = headers.get("content-type") or ""
             event_stream = content_type.startswith("text/event-stream")
             return Accepted(event_stream, self._hide_usage and event_stream, headers.get("content-encoding"))
-        now = self._router.clock()
         reason = f"{status} from upstream"
-        delay = server_delay(headers, self._router.wall_clock())
+        delay = server_delay(headers, router.wall_clock())
         if status == 429 or delay is not None:
-            seconds, said = delay if delay is not None else (self._router.default_cooldown_s, "no retry header")
-            seconds = min(seconds, self._router.max_cooldown_s)
+            seconds, said = delay if delay is not None else (router.retry.default_cooldown_s, "no retry header")
+            seconds = min(seconds, router.retry.max_cooldown_s)
             reason = f"{status} from upstream; cooldown {seconds:.3g}s ({said})"
             self._cool(upstream, seconds, f"{status} {said}", now)
+        if status >= 500 or status == 408:
+            peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
+            router.transition(health.failure(upstream.endpoint, str(status), now, peers, trial=self._trial))
         self._pending_response = (status, _response_headers(headers), upstream, self._last_leg)
         self._failure = self._failure_fields(status=status, error=None, reason=reason)
         return None
@@ -436,14 +548,27 @@ class Call:
         """The body of the answer :meth:`on_response` rejected; kept to hand back if nothing better comes."""
         status, headers, upstream, leg = self._pending_response
         self._last_response = (status, headers, body, upstream, leg)
+        router = self._router
+        if status == 429 and b"insufficient_quota" in body:
+            # Out of credit is not a rate limit: no waiting fixes it, so never again in this call, and not for long.
+            self._excluded.add(upstream.endpoint)
+            router.transition(router.health.quota_exhausted(upstream.endpoint, router.clock()))
+            if self._failure is not None:
+                self._failure["reason"] = "429 insufficient_quota"
+        router.health.end_attempt(upstream.endpoint, trial=self._trial)
 
     def on_error(self, error: BaseException, *, timeout: bool) -> None:
         """The attempt raised a transport error (connection refused or reset, protocol error, timeout)."""
+        upstream = self._current
+        assert upstream is not None, "on_error without a Send"
+        router = self._router
         kind = "timeout" if timeout else "connection error"
+        label = type(error).__name__
+        peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
+        router.transition(router.health.failure(upstream.endpoint, label, router.clock(), peers, trial=self._trial))
+        router.health.end_attempt(upstream.endpoint, trial=self._trial)
         self._last_error = (error, timeout)
-        self._failure = self._failure_fields(
-            status=None, error=type(error).__name__, reason=f"{kind}: {type(error).__name__}"
-        )
+        self._failure = self._failure_fields(status=None, error=label, reason=f"{kind}: {label}")
 
     # ---- what the stream tap reports ----------------------------------------------------------------------------
 
@@ -455,6 +580,8 @@ class Call:
         """The accepted answer's body ended (or broke, or was closed early); emit the call's one request event."""
         if self.done:
             return
+        if self._current is not None:
+            self._router.health.end_attempt(self._current.endpoint, trial=self._trial)
         status = self._status
         if error is not None or status >= 400:
             outcome = "error"
@@ -466,18 +593,54 @@ class Call:
 
     # ---- internals ----------------------------------------------------------------------------------------------
 
+    def _past_deadline(self, now: float) -> bool:
+        if self._deadline is not None and now >= self._deadline:
+            self._stop_reason = "deadline reached"
+            return True
+        return False
+
+    def _unavailable(self, leg: Leg, upstream: Upstream, now: float) -> tuple[str, float | None] | None:
+        """Why this endpoint cannot take the call now, and until when if that is known; None when it can."""
+        router = self._router
+        health = router.health
+        name = upstream.endpoint
+        if name in self._excluded or health.out_of_quota(name, now):
+            return "out of quota", None
+        if not self._panicking(leg, now):
+            why = health.ejected(name, now)
+            if why is None and router.probing and health.probe_status(name) == "unhealthy":
+                why = "unhealthy (active health check)"
+            if why is not None:
+                return why, None
+        return health.blocked(name, upstream.model, now, self._tokens)
+
     def _next_available(self, now: float) -> Upstream | None:
-        health = self._router.health
+        router = self._router
         while True:
             while self._cursor < len(self._sequence):
                 leg, upstream = self._sequence[self._cursor]
                 self._cursor += 1
-                if health.cooldown(upstream.endpoint, upstream.model, now) is None:
+                why = self._unavailable(leg, upstream, now)
+                if why is None:
                     self._current_leg = leg
                     return upstream
+                self._skipped[(upstream.endpoint, upstream.model)] = why
+                if leg.fallback is None and why[1] is not None and not why[0].startswith("cooling"):
+                    self._limited = True
             if self._fallbacks_added:
                 return None
+            # An arm out of rpm/tpm/headroom with `when_limited: wait` waits for it (if acceptable) before falling back.
+            limited = self._limited and router.retry.when_limited == "wait" and self._passes == 0
+            if limited and self._wait_for_limits(now) is not None:
+                return None
             self._add_fallbacks()
+
+    def _panicking(self, leg: Leg, now: float) -> bool:
+        key = id(leg.arm)
+        found = self._panic.get(key)
+        if found is None:
+            found = self._panic[key] = self._router.panicking(leg, now)
+        return found
 
     def _add_fallbacks(self) -> None:
         self._fallbacks_added = True
@@ -490,27 +653,42 @@ class Call:
             self._extend_sequence(leg)
 
     def _extend_sequence(self, leg: Leg) -> None:
-        self._sequence.extend((leg, upstream) for upstream in leg.arm.upstreams)
+        arm = leg.arm
+        upstreams = arm.upstreams if arm.balance == "ordered" and not self._router.probing else self._router.order(arm)
+        self._sequence.extend((leg, upstream) for upstream in upstreams)
+
+    def _wait_for_limits(self, now: float) -> float | None:
+        untils = [until for _, until in self._skipped.values() if until is not None]
+        if not untils:
+            return None
+        wait = min(untils) - now
+        return wait if self._acceptable_wait(wait, now) else None
+
+    def _acceptable_wait(self, wait: float, now: float) -> bool:
+        return wait <= self._router.retry.max_wait_s and (self._deadline is None or now + wait < self._deadline)
 
     def _wait_before_next_pass(self, now: float) -> float | None:
         """Seconds to wait before walking the endpoints again, or None to give up."""
         router = self._router
-        if self._passes + 1 >= router.max_attempts:
+        if self._passes + 1 >= router.retry.max_attempts:
             return None
-        health = router.health
-        cooldowns = [health.cooldown(u.endpoint, u.model, now) for _, u in self._sequence]
-        backoff = router.backoff(_WaitState(self._passes + 1)) if self._attempts else 0.0
-        wait = backoff
-        if all(c is not None for c in cooldowns):
-            wait = max(wait, min(c.until for c in cooldowns if c is not None) - now)
-        if wait > router.max_wait_s or (self._deadline is not None and now + wait >= self._deadline):
-            return None
-        return wait
+        wait = router.backoff(_WaitState(self._passes + 1)) if self._attempts else 0.0
+        states = [self._unavailable(leg, u, now) for leg, u in self._sequence if u.endpoint not in self._excluded]
+        if all(state is not None for state in states):
+            # Nothing is usable now: wait for the first to come back, if anything says when.
+            known = [state[1] for state in states if state is not None and state[1] is not None]
+            if not known:
+                return None
+            wait = max(wait, min(known) - now)
+        return wait if self._acceptable_wait(wait, now) else None
 
-    def _send(self, upstream: Upstream) -> Send:
+    def _send(self, upstream: Upstream, now: float) -> Send:
+        router = self._router
         self._attempts += 1
         self._current = upstream
         self._last_leg = self._current_leg
+        self._sent_at = now
+        self._trial = router.health.begin_attempt(upstream.endpoint, now, self._tokens)
         # Ask for stream usage on the wire when the caller did not, so every stream is costed; the tap hides
         # the extra usage-only chunk again.
         inject = self._wants_usage_injected and upstream.stream_usage
@@ -535,9 +713,17 @@ class Call:
         url = f"{upstream.base_url}/{self._operation}"
         if query:
             url = f"{url}?{query}"
+        timeout = upstream.timeout
+        if self._deadline is not None:
+            left = self._deadline - now
+            timeout = left if timeout is None else min(timeout, left)
+        retry = router.retry
+        headers_timeout = retry.stream_headers_timeout_s if self.stream else retry.headers_timeout_s
+        if headers_timeout is not None and timeout is not None:
+            headers_timeout = min(headers_timeout, timeout)
         # Streams uncompressed (events pass as they come); JSON only in encodings the usage reader can open.
         encoding = _IDENTITY if self.stream else _GZIP_DEFLATE
-        return Send(url, (*upstream.headers, encoding), body, upstream.timeout, upstream.endpoint)
+        return Send(url, (*upstream.headers, encoding), body, timeout, upstream.endpoint, headers_timeout)
 
     def _cool(self, upstream: Upstream, seconds: float, reason: str, now: float) -> None:
         cooldown = self._router.health.cool(upstream.endpoint, upstream.model, seconds, reason, now)
@@ -573,34 +759,38 @@ class Call:
         self._router.emit("holyroute.failover", failure)
 
     def _give_up(self, now: float) -> Step:
+        stop = f"; {self._stop_reason}" if self._stop_reason else ""
         if self._last_response is not None:
             status, headers, body, upstream, leg = self._last_response
             # The event names the endpoint whose answer is handed back, not a later one that raised.
             self._current, self._last_leg = upstream, leg
             self._status = status
             self._request_id = next((v for k, v in headers if k == "x-request-id"), None)
-            self._emit_request(status, "error", None, f"upstream {status}", self._request_id)
+            self._emit_request(status, "error", None, f"upstream {status}{stop}", self._request_id)
             return Respond(status, (*headers, ("x-should-retry", "false")), body)
         if self._last_error is not None:
             error, timeout = self._last_error
             summary = (
-                f"holyroute: {self._attempts} attempt(s) for '{self._plan.alias}' failed; last: {type(error).__name__}"
+                f"holyroute: {self._attempts} attempt(s) for '{self._plan.alias}' failed; "
+                f"last: {type(error).__name__}{stop}"
             )
-            self._emit_request(None, "error", None, type(error).__name__, None)
+            self._emit_request(None, "error", None, f"{type(error).__name__}{stop}", None)
             return GiveUp(error, timeout, summary)
-        # Nothing was sent: every endpoint is cooling down for longer than this call may wait.
-        health = self._router.health
-        cooling = [c for c in (health.cooldown(u.endpoint, u.model, now) for _, u in self._sequence) if c]
-        soonest = min((c.until - now for c in cooling), default=self._router.default_cooldown_s)
-        detail = "; ".join(f"{c.endpoint}/{c.model} for {c.until - now:.1f}s ({c.reason})" for c in cooling)
+        # Nothing was sent: every endpoint is cooling down, ejected or out of budget for longer than we may wait.
+        untils = [until - now for _, until in self._skipped.values() if until is not None and until > now]
+        soonest = min(untils, default=None)
+        detail = "; ".join(
+            f"{endpoint}/{model} {why}" + (f" for {until - now:.1f}s" if until is not None and until > now else "")
+            for (endpoint, model), (why, until) in self._skipped.items()
+        )
         answer = self._local_answer(
             429,
-            f"holyroute: no endpoint for '{self._plan.alias}' can take a call now; cooling down: {detail}",
+            f"holyroute: no endpoint for '{self._plan.alias}' can take a call now: {detail or self._stop_reason}",
             "rate_limit_exceeded",
-            "holyroute_all_cooling_down",
+            "holyroute_no_endpoint_available",
             retry_after=soonest,
         )
-        self._emit_request(429, "error", None, "all endpoints cooling down", None)
+        self._emit_request(429, "error", None, f"no endpoint available{stop}", None)
         return answer
 
     def _local_answer(
@@ -654,6 +844,12 @@ class Call:
         )
 
     _pending_response: tuple[int, tuple[tuple[str, str], ...], Upstream, Leg | None]
+
+
+def _estimate_tokens(body: bytes, data: Mapping[str, Any]) -> int:
+    """A cheap upper-bound guess of a call's tokens: the body's size / 4 plus the output it asks for at most."""
+    out = data.get("max_completion_tokens") or data.get("max_tokens") or data.get("max_output_tokens") or 0
+    return len(body) // 4 + (out if isinstance(out, int) and out > 0 else 0)
 
 
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
@@ -712,7 +908,7 @@ def _compile(config: Config) -> dict[str, RoutePlan]:
             for entry in target.endpoints:
                 ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
                 upstreams.append(_upstream(config, ref.endpoint, ref.model or target.model, prices))
-            arms.append(Arm(target.arm, target.model, tuple(upstreams)))
+            arms.append(Arm(target.arm, target.model, tuple(upstreams), target.balance))
         picker = SplitPicker(alias, [a.name for a in arms], [t.weight for t in route.targets])
         token = json.dumps(alias).encode("utf-8")
         routes[alias] = RoutePlan(alias, tuple(arms), picker, route.sticky, tuple(route.fallbacks), token)

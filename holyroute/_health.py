@@ -10,13 +10,25 @@ this module performs no I/O and never sleeps.
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-__all__ = ["Cooldown", "HeaderLookup", "HealthBook", "ProbeStatus", "parse_duration", "server_delay"]
+from ._budget import TokenBucket
+from .config import Health
+
+__all__ = [
+    "Cooldown",
+    "HeaderLookup",
+    "HealthBook",
+    "ProbeStatus",
+    "Transition",
+    "parse_duration",
+    "server_delay",
+]
 
 #: What an active health check concluded about an endpoint.
 ProbeStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]
@@ -94,16 +106,83 @@ class Cooldown:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """An endpoint changed state; the core turns this into an event."""
+
+    event: str  # "holyroute.endpoint_ejected" | "holyroute.endpoint_restored"
+    endpoint: str
+    reason: str
+    ejection_s: float | None = None
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    """Mutable per-endpoint state; changed only under the book's lock."""
+
+    failures: int = 0
+    labels: list[str] = field(default_factory=list)
+    ejected_until: float = 0.0
+    ejected_for: float = 0.0
+    level: int = 0  # ejections in a row: the multiplier of the next ejection
+    healthy_since: float | None = None
+    half_open: bool = False
+    trial: bool = False  # the half-open trial request is in flight
+    quota_until: float = 0.0
+    in_flight: int = 0
+    latency_s: float | None = None  # moving average time to headers of successful attempts
+    rpm: TokenBucket | None = None
+    tpm: TokenBucket | None = None
+
+
+@dataclass(slots=True)
+class _Headroom:
+    """What an endpoint's rate-limit headers last said for one model."""
+
+    requests_until: float = 0.0
+    tokens_left: int | None = None
+    tokens_reset: str | None = None
+    tokens_seen_at: float = 0.0
+
+
 class HealthBook:
-    """Cooldowns of endpoint/model pairs, read against an injected monotonic clock. Thread-safe."""
+    """Everything known about endpoint health, against an injected monotonic clock. Thread-safe.
 
-    __slots__ = ("_clock", "_cooldowns", "_lock", "_probes")
+    Passive health follows Envoy's outlier detection: ``consecutive_failures`` 5xx / connection errors / timeouts
+    eject an endpoint for ``base_ejection_s`` x (ejections in a row), capped at ``max_ejection_s``; when the ejection
+    ends, one trial request is let through (half-open) and its answer restores or re-ejects the endpoint; the
+    multiplier decays by one for every ``base_ejection_s`` of health. 429s are not failures here: they cool the
+    endpoint/model pair down instead (:meth:`cool`), and ``insufficient_quota`` ejects for ``quota_ejection_s``.
+    """
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    __slots__ = ("_clock", "_cooldowns", "_endpoints", "_headroom", "_lock", "_policy", "_probes")
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        policy: Health | None = None,
+        limits: Mapping[str, tuple[int | None, int | None]] | None = None,
+    ) -> None:
         self._clock = clock
+        self._policy = policy or Health()
         self._cooldowns: dict[tuple[str, str], Cooldown] = {}
+        self._headroom: dict[tuple[str, str], _Headroom] = {}
         self._probes: dict[str, tuple[ProbeStatus, float, float | None, str | None]] = {}
+        self._endpoints: dict[str, _Endpoint] = {}
         self._lock = threading.Lock()
+        now = clock()
+        for name, (rpm, tpm) in (limits or {}).items():
+            state = self._state(name)
+            state.rpm = TokenBucket(rpm, now) if rpm else None
+            state.tpm = TokenBucket(tpm, now) if tpm else None
+
+    def _state(self, endpoint: str) -> _Endpoint:
+        found = self._endpoints.get(endpoint)
+        if found is None:
+            found = self._endpoints.setdefault(endpoint, _Endpoint())
+        return found
+
+    # ---- active health checks -----------------------------------------------------------------------------------
 
     def record_probe(
         self,
@@ -125,6 +204,185 @@ class HealthBook:
         """The last active health check verdict for ``endpoint`` ("unknown" when never probed)."""
         found = self._probes.get(endpoint)
         return found[0] if found is not None else "unknown"
+
+    # ---- may this endpoint take a request? ----------------------------------------------------------------------
+
+    def ejected(self, endpoint: str, now: float) -> str | None:
+        """Why the endpoint is out of rotation (ejected, half-open trial in flight, out of quota), or None."""
+        state = self._endpoints.get(endpoint)
+        if state is None:
+            return None
+        if state.quota_until > now:
+            return f"out of quota for {state.quota_until - now:.0f}s more"
+        if state.ejected_until > now:
+            return f"ejected for {state.ejected_until - now:.1f}s more"
+        if state.trial:
+            return "half-open: its trial request is in flight"
+        return None
+
+    def out_of_quota(self, endpoint: str, now: float) -> bool:
+        """Whether the provider said ``insufficient_quota`` recently (no panic mode brings it back)."""
+        state = self._endpoints.get(endpoint)
+        return state is not None and state.quota_until > now
+
+    def blocked(self, endpoint: str, model: str, now: float, tokens: int) -> tuple[str, float] | None:
+        """Why the pair cannot take a request of ``tokens`` estimated tokens now, and until when; or None."""
+        cooldown = self.cooldown(endpoint, model, now)
+        if cooldown is not None:
+            return f"cooling down ({cooldown.reason})", cooldown.until
+        room = self._headroom.get((endpoint, model))
+        if room is not None:
+            if room.requests_until > now:
+                return "x-ratelimit-remaining-requests 0", room.requests_until
+            if room.tokens_left is not None and tokens > room.tokens_left:
+                reset = parse_duration(room.tokens_reset or "") or 0.0
+                until = room.tokens_seen_at + reset
+                if until > now:
+                    return f"x-ratelimit-remaining-tokens {room.tokens_left} < estimate {tokens}", until
+        state = self._endpoints.get(endpoint)
+        if state is not None and (state.rpm is not None or state.tpm is not None):
+            with self._lock:
+                if state.rpm is not None:
+                    wait = state.rpm.wait_for(1, now)
+                    if wait > 0:
+                        return f"rpm {state.rpm.capacity:.0f} reached", now + wait
+                if state.tpm is not None:
+                    wait = state.tpm.wait_for(tokens, now)
+                    if wait > 0:
+                        return f"tpm {state.tpm.capacity:.0f} reached", now + wait
+        return None
+
+    # ---- what attempts report -----------------------------------------------------------------------------------
+
+    def begin_attempt(self, endpoint: str, now: float, tokens: int) -> bool:
+        """An attempt is being sent: count it in flight and charge the client-side budgets. Returns True when this
+        attempt is the half-open trial of an endpoint whose ejection just ended (only its answer restores it)."""
+        with self._lock:
+            state = self._state(endpoint)
+            state.in_flight += 1
+            if state.rpm is not None:
+                state.rpm.take(1, now)
+            if state.tpm is not None:
+                state.tpm.take(tokens, now)
+            if state.half_open and not state.trial and state.ejected_until <= now:
+                state.trial = True
+                return True
+            return False
+
+    def end_attempt(self, endpoint: str, *, trial: bool) -> None:
+        """The attempt's answer (or error) is in; a trial that neither restored nor re-ejected is released."""
+        with self._lock:
+            state = self._state(endpoint)
+            state.in_flight = max(0, state.in_flight - 1)
+            if trial:
+                state.trial = False
+
+    def success(
+        self, endpoint: str, now: float, latency_s: float | None = None, *, trial: bool = False
+    ) -> Transition | None:
+        """The endpoint answered (any status that is not a failure). The trial's success restores it."""
+        state = self._endpoints.get(endpoint)
+        if state is None or (not state.failures and not trial and latency_s is None):
+            return None
+        with self._lock:
+            if latency_s is not None:
+                state.latency_s = latency_s if state.latency_s is None else 0.8 * state.latency_s + 0.2 * latency_s
+            if state.ejected_until > now:
+                return None  # an answer to a request sent before the ejection
+            state.failures = 0
+            state.labels.clear()
+            if not (trial and state.half_open):
+                return None
+            state.half_open = False
+            state.trial = False
+            state.healthy_since = now
+            return Transition(
+                "holyroute.endpoint_restored",
+                endpoint,
+                f"trial request succeeded after a {state.ejected_for:.3g}s ejection",
+            )
+
+    def failure(
+        self, endpoint: str, label: str, now: float, peers: Sequence[str], *, trial: bool = False
+    ) -> Transition | None:
+        """A 5xx, connection error or timeout (``label`` says which). May eject the endpoint; returns that change.
+
+        ``peers`` are the endpoints of the target being served, for ``max_ejected_percent``.
+        """
+        policy = self._policy
+        with self._lock:
+            state = self._state(endpoint)
+            if trial and state.half_open:
+                return self._eject(state, endpoint, now, f"trial request failed ({label})")
+            if state.ejected_until > now or state.half_open:
+                return None  # an answer to a request sent before the ejection
+            state.failures += 1
+            state.labels.append(label)
+            if state.failures < policy.consecutive_failures:
+                return None
+            ejected = sum(1 for peer in peers if peer != endpoint and self.ejected(peer, now) is not None)
+            allowed = max(1, math.floor(policy.max_ejected_percent / 100 * len(peers)))
+            if ejected + 1 > allowed:
+                return None
+            kinds = sorted(set(state.labels))
+            what = kinds[0] if len(kinds) == 1 else f"failures ({', '.join(kinds)})"
+            reason = f"{state.failures} consecutive {what} >= consecutive_failures ({policy.consecutive_failures})"
+            return self._eject(state, endpoint, now, reason)
+
+    def _eject(self, state: _Endpoint, endpoint: str, now: float, reason: str) -> Transition:
+        policy = self._policy
+        if state.healthy_since is not None and not state.half_open:
+            decay = math.floor((now - state.healthy_since) / policy.base_ejection_s)
+            state.level = max(0, state.level - decay)
+        state.level += 1
+        seconds = min(policy.base_ejection_s * state.level, policy.max_ejection_s)
+        state.ejected_until = now + seconds
+        state.ejected_for = seconds
+        state.half_open = True  # when the ejection ends, one trial decides
+        state.trial = False
+        state.failures = 0
+        state.labels.clear()
+        state.healthy_since = None
+        return Transition("holyroute.endpoint_ejected", endpoint, f"{reason}; ejected for {seconds:.3g}s", seconds)
+
+    def quota_exhausted(self, endpoint: str, now: float) -> Transition:
+        """The provider said ``insufficient_quota``: out of rotation for ``quota_ejection_s``."""
+        seconds = self._policy.quota_ejection_s
+        with self._lock:
+            self._state(endpoint).quota_until = now + seconds
+        return Transition(
+            "holyroute.endpoint_ejected", endpoint, f"429 insufficient_quota; ejected for {seconds:.3g}s", seconds
+        )
+
+    def record_headroom(self, endpoint: str, model: str, headers: Mapping[str, str], now: float) -> None:
+        """Remember OpenAI's ``x-ratelimit-remaining-*`` / ``-reset-*`` for this endpoint and model."""
+        requests = headers.get("x-ratelimit-remaining-requests")
+        tokens = headers.get("x-ratelimit-remaining-tokens")
+        if requests is None and tokens is None:
+            return
+        room = self._headroom.get((endpoint, model))
+        if room is None:
+            room = self._headroom.setdefault((endpoint, model), _Headroom())
+        if requests is not None and requests.strip() == "0":
+            reset = parse_duration(headers.get("x-ratelimit-reset-requests") or "")
+            room.requests_until = now + (reset if reset is not None else 1.0)
+        if tokens is not None:
+            try:
+                room.tokens_left = int(tokens)
+            except ValueError:
+                room.tokens_left = None
+            room.tokens_reset = headers.get("x-ratelimit-reset-tokens")
+            room.tokens_seen_at = now
+
+    def in_flight(self, endpoint: str) -> int:
+        state = self._endpoints.get(endpoint)
+        return state.in_flight if state is not None else 0
+
+    def latency(self, endpoint: str) -> float | None:
+        state = self._endpoints.get(endpoint)
+        return state.latency_s if state is not None else None
+
+    # ---- cooldowns (429s) ---------------------------------------------------------------------------------------
 
     def cooldown(self, endpoint: str, model: str, now: float) -> Cooldown | None:
         """The cooldown in force for this pair at ``now``, if any."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx2
 
-from ._compat import attempt_request, header_view
+from ._compat import attempt_request, header_view, restore_read_timeout
 from ._core import DROPPED_HEADERS, Accepted, Call, EventSink, GiveUp, Respond, Router, Send, Wait
 from ._stream import AsyncTap, BodyWatch, SyncTap
 from .config import Config, load_config
@@ -72,12 +72,15 @@ class Transport(httpx2.BaseTransport):
         while True:
             step = call.next_step()
             if isinstance(step, Send):
+                sent, body_read = _attempt(request, step)
                 try:
-                    response = _in_memory(self._inner.handle_request(_attempt(request, step)))
+                    response = _in_memory(self._inner.handle_request(sent))
                 except _ATTEMPT_ERRORS as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
                 accepted = call.on_response(response.status_code, header_view(response.headers))
+                if step.headers_timeout is not None:
+                    restore_read_timeout(sent, body_read)
                 if accepted is not None:
                     assert isinstance(response.stream, httpx2.SyncByteStream)
                     response.stream = SyncTap(response.stream, _watch(response, call, accepted))
@@ -124,12 +127,15 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         while True:
             step = call.next_step()
             if isinstance(step, Send):
+                sent, body_read = _attempt(request, step)
                 try:
-                    response = _in_memory(await self._inner.handle_async_request(_attempt(request, step)))
+                    response = _in_memory(await self._inner.handle_async_request(sent))
                 except self._errors as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
                 accepted = call.on_response(response.status_code, header_view(response.headers))
+                if step.headers_timeout is not None:
+                    restore_read_timeout(sent, body_read)
                 if accepted is not None:
                     assert isinstance(response.stream, httpx2.AsyncByteStream)
                     response.stream = AsyncTap(response.stream, _watch(response, call, accepted))
@@ -206,18 +212,26 @@ def _begin(router: Router, request: httpx2.Request) -> Call | None:
     return router.begin(request.method, url.path, url.query.decode("ascii"), request.headers, body, timeout=read)
 
 
-def _attempt(request: httpx2.Request, step: Send) -> httpx2.Request:
+def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float | None]:
+    """The request for one attempt, and the read timeout its body should get once the headers are in."""
     extensions: Mapping[str, Any] = request.extensions
-    if step.timeout is not None:
+    body_read: float | None = None
+    if step.timeout is not None or step.headers_timeout is not None:
         timeout = extensions.get("timeout")
         limits = dict(timeout) if isinstance(timeout, dict) else {}
-        for phase in ("connect", "read", "write", "pool"):
-            current = limits.get(phase)
-            limits[phase] = step.timeout if current is None else min(current, step.timeout)
+        if step.timeout is not None:
+            for phase in ("connect", "read", "write", "pool"):
+                current = limits.get(phase)
+                limits[phase] = step.timeout if current is None else min(current, step.timeout)
+        if step.headers_timeout is not None:
+            body_read = limits.get("read")
+            current = limits.get("read")
+            limits["read"] = step.headers_timeout if current is None else min(current, step.headers_timeout)
         extensions = {**extensions, "timeout": limits}
-    return attempt_request(
+    sent = attempt_request(
         request, step.url, drop=DROPPED_HEADERS, add=step.headers, body=step.body, extensions=extensions
     )
+    return sent, body_read
 
 
 def _in_memory(response: httpx2.Response) -> httpx2.Response:

@@ -224,7 +224,7 @@ class TestCooldown:
         assert headers["x-should-retry"] == "false"
         assert headers["retry-after"] == "30"
         message = json.loads(outcome.final.body)["error"]["message"]
-        assert "main/gpt-4.1 for 30.0s (429 retry-after 30s)" in message
+        assert "main/gpt-4.1 cooling down (429 retry-after 30s) for 30.0s" in message
 
     def test_cooldown_capped(self, make_harness: Callable[..., Harness]) -> None:
         """An absurd retry-after is capped at retry.max_cooldown_s."""

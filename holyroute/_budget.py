@@ -1,0 +1,102 @@
+"""Budgets: how many requests and tokens an endpoint may still take, and how many retries the router may still spend.
+
+:class:`TokenBucket` holds a client-side ``rpm`` or ``tpm`` limit: it refills continuously and says how long a
+request must wait for room. :class:`RetryBudget` is Finagle's retry budget: over a sliding window, retries (failovers
+included) may be at most ``ratio`` of the calls seen plus a small floor per second, so a total outage costs about
+``1 + ratio`` upstream attempts per call instead of ``max_attempts``. Both read time only from the ``now`` they are
+given and never sleep.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+__all__ = ["RetryBudget", "TokenBucket"]
+
+
+class TokenBucket:
+    """A continuously refilling bucket of ``per_minute`` units. Not locked: the health book holds the lock."""
+
+    __slots__ = ("capacity", "level", "rate", "updated")
+
+    def __init__(self, per_minute: float, now: float) -> None:
+        self.capacity = float(per_minute)
+        self.rate = self.capacity / 60.0
+        self.level = self.capacity
+        self.updated = now
+
+    def _refill(self, now: float) -> None:
+        if now > self.updated:
+            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+            self.updated = now
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until ``amount`` units are available (0.0: now). More than the capacity waits for a full bucket."""
+        self._refill(now)
+        needed = min(amount, self.capacity)
+        return 0.0 if self.level >= needed else (needed - self.level) / self.rate
+
+    def take(self, amount: float, now: float) -> None:
+        """Spend ``amount`` (the level may go negative for a request larger than what is left: it is paid back)."""
+        self._refill(now)
+        self.level -= amount
+
+
+class RetryBudget:
+    """Retries allowed over the last ``window_s``: ``ratio * calls + min_per_s * window_s``. Thread-safe.
+
+    >>> budget = RetryBudget(ratio=0.2, min_per_s=0.0, window_s=10.0)
+    >>> for _ in range(10):
+    ...     budget.record_call(0.0)
+    >>> [budget.try_spend(0.0) for _ in range(3)]
+    [True, True, False]
+    """
+
+    __slots__ = ("_calls", "_lock", "_retries", "_slots", "_stamp", "min_per_s", "ratio", "window_s")
+
+    def __init__(self, *, ratio: float, min_per_s: float, window_s: float) -> None:
+        self.ratio = ratio
+        self.min_per_s = min_per_s
+        self.window_s = window_s
+        self._slots = max(1, math.ceil(window_s))
+        self._calls = [0] * self._slots
+        self._retries = [0] * self._slots
+        self._stamp = [-1] * self._slots  # which whole second each slot holds
+        self._lock = threading.Lock()
+
+    def _slot(self, now: float) -> int:
+        second = math.floor(now)
+        index = second % self._slots
+        if self._stamp[index] != second:
+            self._stamp[index] = second
+            self._calls[index] = 0
+            self._retries[index] = 0
+        return index
+
+    def _totals(self, now: float) -> tuple[int, int]:
+        oldest = math.floor(now) - self._slots + 1
+        calls = retries = 0
+        for index in range(self._slots):
+            if self._stamp[index] >= oldest:
+                calls += self._calls[index]
+                retries += self._retries[index]
+        return calls, retries
+
+    def record_call(self, now: float) -> None:
+        with self._lock:
+            self._calls[self._slot(now)] += 1
+
+    def try_spend(self, now: float) -> bool:
+        """Take one retry from the budget; False (and nothing taken) when it is spent."""
+        with self._lock:
+            calls, retries = self._totals(now)
+            if retries + 1 > self.ratio * calls + self.min_per_s * self.window_s:
+                return False
+            self._retries[self._slot(now)] += 1
+            return True
+
+    def state(self, now: float) -> tuple[int, int]:
+        """(calls, retries) in the current window."""
+        with self._lock:
+            return self._totals(now)
