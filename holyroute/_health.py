@@ -96,6 +96,11 @@ def server_delay(headers: HeaderLookup, now_wall: float) -> tuple[float, str] | 
     return None
 
 
+def _seconds(value: float) -> str:
+    """``30s``, ``1.5s``, ``3600s``: durations as people write them in reasons."""
+    return f"{value:.0f}s" if value >= 100 or value == int(value) else f"{value:.3g}s"
+
+
 @dataclass(frozen=True, slots=True)
 class Cooldown:
     """An endpoint/model pair that takes no traffic until ``until`` (monotonic seconds)."""
@@ -299,7 +304,7 @@ class HealthBook:
             return Transition(
                 "holyroute.endpoint_restored",
                 endpoint,
-                f"trial request succeeded after a {state.ejected_for:.3g}s ejection",
+                f"trial request succeeded after a {_seconds(state.ejected_for)} ejection",
             )
 
     def failure(
@@ -343,7 +348,7 @@ class HealthBook:
         state.failures = 0
         state.labels.clear()
         state.healthy_since = None
-        return Transition("holyroute.endpoint_ejected", endpoint, f"{reason}; ejected for {seconds:.3g}s", seconds)
+        return Transition("holyroute.endpoint_ejected", endpoint, f"{reason}; ejected for {_seconds(seconds)}", seconds)
 
     def quota_exhausted(self, endpoint: str, now: float) -> Transition:
         """The provider said ``insufficient_quota``: out of rotation for ``quota_ejection_s``."""
@@ -351,7 +356,7 @@ class HealthBook:
         with self._lock:
             self._state(endpoint).quota_until = now + seconds
         return Transition(
-            "holyroute.endpoint_ejected", endpoint, f"429 insufficient_quota; ejected for {seconds:.3g}s", seconds
+            "holyroute.endpoint_ejected", endpoint, f"429 insufficient_quota; ejected for {_seconds(seconds)}", seconds
         )
 
     def record_headroom(self, endpoint: str, model: str, headers: Mapping[str, str], now: float) -> None:
