@@ -27,7 +27,7 @@ from ._budget import RetryBudget
 from ._health import HeaderLookup, HealthBook, Transition, server_delay
 from ._prices import PriceRow
 from ._routing import SplitPicker
-from ._usage import Usage, cost_usd, find_price
+from ._usage import Usage, cost_usd, find_price, usage_from_body
 from .config import Config, EndpointRef
 
 __all__ = [
@@ -524,11 +524,14 @@ class Call:
         now = router.clock()
         health.record_headroom(upstream.endpoint, upstream.model, headers, now)
         if status < 400 or (status < 500 and status not in RETRYABLE_STATUS):
-            router.transition(health.success(upstream.endpoint, now, now - self._sent_at, trial=self._trial))
             self._status = status
             self._request_id = headers.get("x-request-id")
             content_type = headers.get("content-type") or ""
             event_stream = content_type.startswith("text/event-stream")
+            if event_stream:
+                router.transition(health.success(upstream.endpoint, now, now - self._sent_at, trial=self._trial))
+            else:
+                self._pending_response = (status, _response_headers(headers), upstream, self._last_leg)
             return Accepted(event_stream, self._hide_usage and event_stream, headers.get("content-encoding"))
         reason = f"{status} from upstream"
         delay = server_delay(headers, router.wall_clock())
@@ -543,6 +546,27 @@ class Call:
         self._pending_response = (status, _response_headers(headers), upstream, self._last_leg)
         self._failure = self._failure_fields(status=status, error=None, reason=reason)
         return None
+
+    def on_body(self, body: bytes) -> bool:
+        """The whole (decoded) body of an accepted answer that is not an event stream. True: hand it to the caller
+        (the call's event is emitted now); False: a 2xx whose body is not JSON failed over, ask again."""
+        router = self._router
+        upstream = self._current
+        assert upstream is not None, "on_body without a Send"
+        now = router.clock()
+        status = self._status
+        if 200 <= status < 300 and not _looks_like_json(body):
+            label = "malformed body"
+            peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
+            router.transition(router.health.failure(upstream.endpoint, label, now, peers, trial=self._trial))
+            self._failure = self._failure_fields(
+                status=status, error=label, reason=f"{status} with a body that is not JSON"
+            )
+            self.on_rejected_body(body)
+            return False
+        router.transition(router.health.success(upstream.endpoint, now, now - self._sent_at, trial=self._trial))
+        self.on_complete(usage_from_body(body) if status < 300 else None)
+        return True
 
     def on_rejected_body(self, body: bytes) -> None:
         """The body of the answer :meth:`on_response` rejected; kept to hand back if nothing better comes."""
@@ -844,6 +868,12 @@ class Call:
         )
 
     _pending_response: tuple[int, tuple[tuple[str, str], ...], Upstream, Leg | None]
+
+
+def _looks_like_json(body: bytes) -> bool:
+    """A cheap check that catches truncated bodies and HTML error pages without parsing the whole answer."""
+    text = body.strip()
+    return bool(text) and text[:1] in b"{[" and text[-1:] in b"}]"
 
 
 def _estimate_tokens(body: bytes, data: Mapping[str, Any]) -> int:

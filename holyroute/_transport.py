@@ -81,14 +81,21 @@ class Transport(httpx2.BaseTransport):
                 accepted = call.on_response(response.status_code, header_view(response.headers))
                 if step.headers_timeout is not None:
                     restore_read_timeout(sent, body_read)
-                if accepted is not None:
+                if accepted is not None and accepted.event_stream:
                     assert isinstance(response.stream, httpx2.SyncByteStream)
                     response.stream = SyncTap(response.stream, _watch(response, call, accepted))
                     return response
                 try:
-                    call.on_rejected_body(response.read())
+                    body = response.read()
+                except _ATTEMPT_ERRORS as error:
+                    call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
+                    continue
                 finally:
                     response.close()
+                if accepted is None:
+                    call.on_rejected_body(body)
+                elif call.on_body(body):
+                    return _read(response, body)
             elif isinstance(step, Wait):
                 self._sleep(step.seconds)
             elif isinstance(step, Respond):
@@ -136,14 +143,21 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                 accepted = call.on_response(response.status_code, header_view(response.headers))
                 if step.headers_timeout is not None:
                     restore_read_timeout(sent, body_read)
-                if accepted is not None:
+                if accepted is not None and accepted.event_stream:
                     assert isinstance(response.stream, httpx2.AsyncByteStream)
                     response.stream = AsyncTap(response.stream, _watch(response, call, accepted))
                     return response
                 try:
-                    call.on_rejected_body(await response.aread())
+                    body = await response.aread()
+                except self._errors as error:
+                    call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
+                    continue
                 finally:
                     await response.aclose()
+                if accepted is None:
+                    call.on_rejected_body(body)
+                elif call.on_body(body):
+                    return _read(response, body)
             elif isinstance(step, Wait):
                 await self._sleep(step.seconds)
             elif isinstance(step, Respond):
@@ -244,6 +258,14 @@ def _in_memory(response: httpx2.Response) -> httpx2.Response:
         headers=headers,
         stream=httpx2.ByteStream(response.content),
         extensions=response.extensions,
+    )
+
+
+def _read(response: httpx2.Response, body: bytes) -> httpx2.Response:
+    """The answer with its body already read (and decoded), for the caller's client to read again from memory."""
+    headers = [(k, v) for k, v in response.headers.multi_items() if k not in ("content-encoding", "content-length")]
+    return httpx2.Response(
+        response.status_code, headers=headers, stream=httpx2.ByteStream(body), extensions=response.extensions
     )
 
 

@@ -112,9 +112,10 @@ def drive(call: Call, answers: Sequence[Answer], clock: FakeClock | None = None)
                 continue
             status, headers, body = answer
             accepted = call.on_response(status, {k.lower(): v for k, v in headers.items()})
-            if accepted is not None:
+            if accepted is None:
+                call.on_rejected_body(body)
+            elif accepted.event_stream or call.on_body(body):
                 return Outcome(sent, waits, accepted)
-            call.on_rejected_body(body)
         elif isinstance(step, Wait):
             waits.append(step.seconds)
             if clock is not None:

@@ -30,6 +30,14 @@ class TestFailoverOrder:
         outcome = drive(harness.call(headers=PRIMARY), [ConnectionError("refused"), TimeoutError(), ok()])
         assert outcome.endpoints == ["main", "backup", "cheap"]
 
+    @pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b'{"id": "chatcmpl-1", "choices": [', b""])
+    def test_malformed_200_fails_over(self, harness: Harness, body: bytes) -> None:
+        """A 2xx whose body is not JSON (an HTML error page, a truncated answer) is an upstream fault."""
+        outcome = drive(harness.call(headers=PRIMARY), [(200, {"content-type": "application/json"}, body), ok()])
+        assert outcome.endpoints == ["main", "backup"]
+        (failover,) = harness.events.named("holyroute.failover")
+        assert failover["reason"] == "200 with a body that is not JSON"
+
     def test_then_fallback_alias(self, harness: Harness) -> None:
         """When the arm is exhausted the fallback alias serves, and the event names it."""
         call = harness.call(headers=PRIMARY)
