@@ -1,8 +1,9 @@
 """Pass-through body streams that watch what flows to the caller and report the call's end to the core.
 
-:class:`BodyWatch` is the sans-I/O part: fed each chunk, it returns what to hand on (the chunk itself, or for an
-event stream whose usage chunk holyroute injected, the events minus that one), notes the first byte, and at the end
-works out usage and whether the stream ended properly. :class:`SyncTap` and :class:`AsyncTap` are the two thin
+:class:`BodyWatch` is the sans-I/O part: fed each chunk of an event stream, it returns what to hand on (the chunk
+itself, or, when holyroute injected the usage chunk, the events minus that one), notes the first byte, and at the end
+works out usage and whether the stream ended properly. (Non-stream answers are read whole by the transports and
+judged by the core before the caller sees them.) :class:`SyncTap` and :class:`AsyncTap` are the two thin
 drivers, ``httpx2`` byte streams around the upstream's. Nothing here buffers a stream: a chunk is handed on as soon
 as it (or, when one event must be hidden, the event it completes) arrives. A stream that stops without the end its
 protocol defines raises in the caller instead of ending quietly.
@@ -15,21 +16,19 @@ from collections.abc import AsyncIterator, Iterator
 import httpx2
 
 from ._core import Accepted, Call
-from ._usage import SSEScanner, Usage, usage_from_body
+from ._usage import SSEScanner
 
 __all__ = ["AsyncTap", "BodyWatch", "SyncTap"]
 
 
 class BodyWatch:
-    """Watches one accepted answer's body on behalf of its :class:`Call`."""
+    """Watches one accepted event stream on behalf of its :class:`Call`."""
 
-    __slots__ = ("_call", "_chunks", "_encoding", "_ended", "_scanner", "_seen")
+    __slots__ = ("_call", "_ended", "_scanner", "_seen")
 
     def __init__(self, call: Call, accepted: Accepted) -> None:
         self._call = call
-        self._scanner = SSEScanner(hide_usage_chunk=accepted.hide_usage_chunk) if accepted.event_stream else None
-        self._chunks: list[bytes] = []
-        self._encoding = accepted.content_encoding
+        self._scanner = SSEScanner(hide_usage_chunk=accepted.hide_usage_chunk)
         self._seen = 0
         self._ended = False
 
@@ -37,20 +36,12 @@ class BodyWatch:
         if not self._seen:
             self._call.on_first_byte()
         self._seen += len(chunk)
-        if self._scanner is not None:
-            return self._scanner.feed(chunk)
-        self._chunks.append(chunk)
-        return chunk
+        return self._scanner.feed(chunk)
 
     def end(self) -> tuple[bytes, str | None]:
         """The upstream finished the body. Returns bytes still to hand on and, for a torn stream, why."""
         self._ended = True
         scanner = self._scanner
-        if scanner is None:
-            usage = usage_from_body(b"".join(self._chunks), self._encoding) if self._chunks else None
-            self._chunks = []
-            self._call.on_complete(usage)
-            return b"", None
         rest = scanner.end()
         torn = None
         if not scanner.complete:
@@ -64,8 +55,7 @@ class BodyWatch:
     def fail(self, error: BaseException) -> None:
         """The upstream's body broke off with ``error``."""
         self._ended = True
-        usage = self._scanner.usage if self._scanner is not None else None
-        self._call.on_complete(usage, error=f"stream broken: {type(error).__name__}")
+        self._call.on_complete(self._scanner.usage, error=f"stream broken: {type(error).__name__}")
 
     def close(self) -> None:
         """The caller closed the body. After the stream's final event that is a normal end (the SDK closes right
@@ -74,12 +64,11 @@ class BodyWatch:
             return
         self._ended = True
         scanner = self._scanner
-        if scanner is not None and scanner.done:
+        if scanner.done:
             scanner.end()
             self._call.on_complete(scanner.usage, error=scanner.error)
             return
-        usage: Usage | None = scanner.usage if scanner is not None else None
-        self._call.on_complete(usage, cancelled=True)
+        self._call.on_complete(scanner.usage, cancelled=True)
 
 
 class SyncTap(httpx2.SyncByteStream):
