@@ -64,6 +64,12 @@ class Transport(httpx2.BaseTransport):
         self.router = _router(config, router, sinks)
         self._inner = transport if transport is not None else httpx2.HTTPTransport(limits=DEFAULT_LIMITS)
         self._sleep = sleep
+        self._checker = None
+        if self.router.probing:  # active health checks: one background thread, stopped by close()
+            from ._probe import HealthChecker
+
+            self._checker = HealthChecker(self.router, self._inner)
+            self._checker.start()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         call = _begin(self.router, request)
@@ -104,6 +110,8 @@ class Transport(httpx2.BaseTransport):
                 raise _give_up(request, step)
 
     def close(self) -> None:
+        if self._checker is not None:
+            self._checker.close()
         self._inner.close()
 
 
@@ -126,8 +134,15 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         self._sleep = sleep if sleep is not None else anyio.sleep
         # TLS failures can still escape httpx2's async transport unmapped (the OpenAI SDK catches these too).
         self._errors: tuple[type[BaseException], ...] = (*_ATTEMPT_ERRORS, anyio.EndOfStream)
+        self._checker = None
+        if self.router.probing:  # active health checks: one task, started inside the event loop on first use
+            from ._probe import AsyncHealthChecker
+
+            self._checker = AsyncHealthChecker(self.router, self._inner)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if self._checker is not None:
+            self._checker.ensure_started()
         call = _begin(self.router, request)
         if call is None:
             return await self._inner.handle_async_request(request)
@@ -166,6 +181,8 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                 raise _give_up(request, step)
 
     async def aclose(self) -> None:
+        if self._checker is not None:
+            await self._checker.aclose()
         await self._inner.aclose()
 
 

@@ -1,7 +1,11 @@
-"""The ``holyroute`` command: ``demo`` runs the whole path offline on local fake upstreams.
+"""The ``holyroute`` command: ``demo`` runs offline on local fake upstreams, ``check`` probes a configuration.
+
+``demo`` runs the whole path on local fake upstreams; ``check`` probes every endpoint of a configuration once and says
+whether every route still has a healthy path.
 
 The demo is an application, so unlike the library it configures structlog: events go as JSON lines to the file it
-names. Nothing here touches the network beyond 127.0.0.1, and no real key is used.
+names. Nothing in the demo touches the network beyond 127.0.0.1, and no real key is used. ``check`` sends one probe
+per endpoint to the configured URLs, with the configured keys, and never prints a key.
 """
 
 from __future__ import annotations
@@ -25,12 +29,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--events", type=Path, default=Path("holyroute-demo-events.jsonl"), help="JSON-lines event log to write"
     )
+    check = commands.add_parser(
+        "check", help="probe every endpoint once; exit 1 when a route has no healthy path, 2 on a bad configuration"
+    )
+    check.add_argument("config", type=Path, help="the configuration file (YAML or TOML)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.calls < 10:
             parser.error("--calls must be at least 10")
         return run_demo(args.calls, args.events, sys.stdout)
+    if args.command == "check":
+        return run_check(args.config, sys.stdout, sys.stderr)
     return 2  # pragma: no cover - argparse requires a command
+
+
+def run_check(path: Path, out: TextIO, err: TextIO) -> int:
+    """Probe every endpoint once, print a table and one line per route; 0 when every route has a path."""
+    from ._probe import check_once, dead_arms, render_results, route_endpoints, route_paths
+    from .config import load_config
+    from .exceptions import ConfigError
+
+    try:
+        config = load_config(path)
+        results = check_once(config)
+    except ConfigError as exc:
+        err.write(f"{exc}\n")
+        return 2
+    by_endpoint = {result.endpoint: result for result in results}
+    out.write(render_results(results) + "\n\n")
+    paths = route_paths(config, by_endpoint)
+    for alias, ok in paths.items():
+        if ok:
+            dead = dead_arms(config, alias, by_endpoint)
+            note = f" (no healthy endpoint for arm {', '.join(dead)}; its calls will fail)" if dead else ""
+            out.write(f"route {alias}: ok{note}\n")
+        else:
+            names = route_endpoints(config, alias, fallbacks=True)
+            down = ", ".join(f"{name} {by_endpoint[name].status}" for name in names)
+            out.write(f"route {alias}: NO HEALTHY PATH ({down})\n")
+    return 0 if all(paths.values()) else 1
 
 
 def demo_config(primary: str, secondary: str, slow: str) -> dict[str, Any]:

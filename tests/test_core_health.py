@@ -281,3 +281,22 @@ class TestDeadline:
         assert isinstance(stream, Send)
         assert isinstance(plain, Send)
         assert (stream.headers_timeout, plain.headers_timeout) == (20.0, None)
+
+
+class TestActiveHealth:
+    """Active health check verdicts steer routing: unhealthy endpoints are skipped, degraded ones tried last."""
+
+    def config(self) -> dict[str, Any]:
+        config = base_config()
+        config["endpoints"]["main"]["health_check"] = {"interval_s": 60}
+        return config
+
+    def test_unhealthy_skipped(self, make_harness: Callable[..., Harness]) -> None:
+        h = make_harness(self.config())
+        h.router.health.record_probe("main", "unhealthy", h.clock.now)
+        assert drive(h.call(headers=PRIMARY), [ok()]).endpoints == ["backup"]
+
+    def test_degraded_tried_last(self, make_harness: Callable[..., Harness]) -> None:
+        h = make_harness(self.config())
+        h.router.health.record_probe("main", "degraded", h.clock.now)
+        assert drive(h.call(headers=PRIMARY), [status(503), ok()]).endpoints == ["backup", "main"]

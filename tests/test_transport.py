@@ -153,3 +153,25 @@ class TestDrivers:
         request = httpx2.Request("GET", "https://sdk.example/v1/models", headers={"authorization": "Bearer caller"})
         send(mode, handler, request, Events())
         assert seen == [("https://sdk.example/v1/models", "Bearer caller")]
+
+
+def test_health_checker_runs_with_the_transport() -> None:
+    """An endpoint with health_check is probed in the background from construction until close()."""
+    import threading
+    import time
+
+    from holyroute.testing import FakeUpstream
+
+    with FakeUpstream("probed") as up:
+        config = {
+            "endpoints": {"a": {"base_url": up.base_url, "health_check": {"interval_s": 0.05, "timeout_s": 1}}},
+            "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["a"]}]}},
+        }
+        transport = holyroute.Transport(config, sinks=[])
+        deadline = time.monotonic() + 5
+        while transport.router.health.probe_status("a") == "unknown" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert transport.router.health.probe_status("a") == "healthy"
+        assert any(r.path == "/v1/models" for r in up.requests)
+        transport.close()
+        assert not any(t.name == "holyroute-health" and t.is_alive() for t in threading.enumerate())
