@@ -582,6 +582,7 @@ class FakeUpstream:
         embedding_dims: int = 8,
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        record: bool = True,
     ) -> None:
         if not name or not name.isascii() or not name.isprintable():
             raise ValueError(f"FakeUpstream.name: {name!r} must be non-empty printable ASCII (it is a header value)")
@@ -599,6 +600,8 @@ class FakeUpstream:
             raise ValueError(f"FakeUpstream.port: {port!r} is not a TCP port; use 0 for a free one")
         self.name = name
         self.requests: list[RecordedRequest] = []
+        self.received = 0  # requests received, recorded or not
+        self._record = record  # False for long load runs: count requests without keeping them
         self.gate_log: list[str] = []
         self.connections = 0
         self._profile = _Profile(name, cached_tokens, reasoning_tokens, embedding_dims, latency_s)
@@ -693,7 +696,9 @@ class FakeUpstream:
     def _receive(self, request: RecordedRequest) -> tuple[Reply | None, int]:
         """Record ``request`` and take the scripted reply it gets, if any, with its sequence number."""
         with self._lock:
-            self.requests.append(request)
+            if self._record:
+                self.requests.append(request)
+            self.received += 1
             self._seq += 1
             if self._failing is not None:
                 until, reply = self._failing
