@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import ssl
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import httpx2
 from ._compat import attempt_request, header_view, restore_read_timeout
 from ._core import DROPPED_HEADERS, Accepted, Call, EventSink, GiveUp, Respond, Router, Send, Wait
 from ._stream import AsyncTap, BodyWatch, SyncTap
+from ._usage import decompress
 from .config import Config, load_config
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "AsyncTransport", "Transport", "async_client", "client"]
@@ -91,17 +93,17 @@ class Transport(httpx2.BaseTransport):
                     assert isinstance(response.stream, httpx2.SyncByteStream)
                     response.stream = SyncTap(response.stream, _watch(response, call, accepted))
                     return response
+                stream = response.stream
+                assert isinstance(stream, httpx2.SyncByteStream)
                 try:
-                    body = response.read()
+                    raw = b"".join(stream)
                 except _ATTEMPT_ERRORS as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
                 finally:
-                    response.close()
-                if accepted is None:
-                    call.on_rejected_body(body)
-                elif call.on_body(body):
-                    return _read(response, body)
+                    stream.close()  # the upstream's stream: the connection goes back to the pool
+                if _judged(call, accepted, response, raw):
+                    return response
             elif isinstance(step, Wait):
                 self._sleep(step.seconds)
             elif isinstance(step, Respond):
@@ -162,17 +164,17 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                     assert isinstance(response.stream, httpx2.AsyncByteStream)
                     response.stream = AsyncTap(response.stream, _watch(response, call, accepted))
                     return response
+                stream = response.stream
+                assert isinstance(stream, httpx2.AsyncByteStream)
                 try:
-                    body = await response.aread()
+                    raw = b"".join([chunk async for chunk in stream])
                 except self._errors as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
                 finally:
-                    await response.aclose()
-                if accepted is None:
-                    call.on_rejected_body(body)
-                elif call.on_body(body):
-                    return _read(response, body)
+                    await stream.aclose()
+                if _judged(call, accepted, response, raw):
+                    return response
             elif isinstance(step, Wait):
                 await self._sleep(step.seconds)
             elif isinstance(step, Respond):
@@ -278,12 +280,25 @@ def _in_memory(response: httpx2.Response) -> httpx2.Response:
     )
 
 
-def _read(response: httpx2.Response, body: bytes) -> httpx2.Response:
-    """The answer with its body already read (and decoded), for the caller's client to read again from memory."""
-    headers = [(k, v) for k, v in response.headers.multi_items() if k not in ("content-encoding", "content-length")]
-    return httpx2.Response(
-        response.status_code, headers=headers, stream=httpx2.ByteStream(body), extensions=response.extensions
-    )
+def _judged(call: Call, accepted: Accepted | None, response: httpx2.Response, raw: bytes) -> bool:
+    """Hand a whole non-stream body to the core. True: ``response`` now carries it, ready for the caller."""
+    encoding = response.headers.get("content-encoding")
+    body = raw
+    if encoding and encoding != "identity":
+        try:
+            body = decompress(raw, encoding)
+        except (zlib.error, ValueError):
+            body = b""  # judged as not JSON: the attempt fails over
+        else:
+            del response.headers["content-encoding"]  # the caller gets the decoded body
+            response.headers.pop("content-length", None)
+    if accepted is None:
+        call.on_rejected_body(body)
+        return False
+    if not call.on_body(body):
+        return False
+    response.stream = httpx2.ByteStream(body)
+    return True
 
 
 def _watch(response: httpx2.Response, call: Call, accepted: Accepted) -> BodyWatch:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ._prices import BUILTIN_PRICES, PriceRow, normalise_model_name
 
-__all__ = ["SSEScanner", "Usage", "cost_usd", "find_price", "usage_from_body", "usage_from_mapping"]
+__all__ = ["SSEScanner", "Usage", "cost_usd", "decompress", "find_price", "usage_from_body", "usage_from_mapping"]
 
 _DECODER = json.JSONDecoder()
 _USAGE_KEY = re.compile(rb'"usage"\s*:\s*\{')
@@ -67,7 +67,7 @@ def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
     """
     if encoding and encoding != "identity":
         try:
-            body = _decompress(body, encoding)
+            body = decompress(body, encoding)
         except (zlib.error, ValueError):
             return None
     # Providers put usage at the end; decoding from the last '"usage":{' avoids parsing a large body twice.
@@ -95,7 +95,8 @@ def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
     return None
 
 
-def _decompress(body: bytes, encoding: str) -> bytes:
+def decompress(body: bytes, encoding: str) -> bytes:
+    """``body`` decoded from gzip or deflate; ValueError for an encoding it cannot open."""
     if encoding in ("gzip", "x-gzip"):
         return zlib.decompress(body, 16 + zlib.MAX_WBITS)
     if encoding == "deflate":
