@@ -185,6 +185,38 @@ class TestConnectionFaults:
         assert served_by_backup(text, logs, ups)["reason"].startswith("connection error: ")
 
 
+class TestHeadersTimeout:
+    def test_body_gets_the_normal_read_timeout(self, ups: dict[str, FakeUpstream], mode: str) -> None:
+        """stream_headers_timeout_s bounds the wait for headers only: a pause between events later is fine."""
+        cfg = config(ups["main"].base_url, ups["backup"].base_url)
+        cfg["retry"]["stream_headers_timeout_s"] = 0.05
+        hold = threading.Event()  # never set: the upstream pauses 0.2 s after its first event, then goes on
+        ups["main"].push(Reply(gate=hold, gate_after=1, gate_timeout_s=0.2))
+        sdk = SDK(mode, cfg, base_url="http://x/v1")
+        try:
+            with capture_logs() as logs:
+                chunks = sdk.stream(model="chat", extra_headers=PIN)
+        finally:
+            sdk.close()
+        assert ups["main"].gate_log == ["timeout"], "the upstream really paused mid-stream"
+        assert "main" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert events(logs, "request")[0]["outcome"] == "ok"
+
+    def test_hung_stream_fails_over_fast(self, ups: dict[str, FakeUpstream], mode: str) -> None:
+        """No headers within stream_headers_timeout_s: the backup streams instead."""
+        cfg = config(ups["main"].base_url, ups["backup"].base_url)
+        cfg["retry"]["stream_headers_timeout_s"] = 0.05
+        ups["main"].push(Reply(delay_s=5))
+        sdk = SDK(mode, cfg, base_url="http://x/v1")
+        try:
+            with capture_logs() as logs:
+                chunks = sdk.stream(model="chat", extra_headers=PIN)
+        finally:
+            sdk.close()
+        assert "backup" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert events(logs, "failover")[0]["reason"] == "timeout: ReadTimeout"
+
+
 class TestBadAnswers:
     def test_malformed_json_with_200(self, ups: dict[str, FakeUpstream], run: Any) -> None:
         ups["main"].push(Reply(headers={"content-type": "application/json"}, body=b"<html>upstream error</html>"))
