@@ -947,23 +947,11 @@ def _compile(config: Config) -> dict[str, RoutePlan]:
 
 def _upstream(config: Config, name: str, model: str, prices: Mapping[str, PriceRow]) -> Upstream:
     endpoint = config.endpoints[name]
-    headers: list[tuple[str, str]] = []
-    if endpoint.api_key is not None:
-        key = endpoint.api_key.get_secret_value()
-        if endpoint.auth == "bearer":
-            headers.append(("authorization", f"Bearer {key}"))
-        elif endpoint.auth == "api-key":
-            headers.append(("api-key", key))
-    if endpoint.organization:
-        headers.append(("openai-organization", endpoint.organization))
-    if endpoint.project:
-        headers.append(("openai-project", endpoint.project))
-    headers.extend((k.lower(), v) for k, v in endpoint.headers.items())
     return Upstream(
         endpoint=name,
         model=model,
         base_url=endpoint.base_url,
-        headers=tuple(headers),
+        headers=endpoint.request_headers(),
         query=urlencode(endpoint.query),
         timeout=endpoint.timeout,
         price=find_price(model, prices),

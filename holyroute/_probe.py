@@ -204,19 +204,8 @@ def _plan(config: Config, name: str) -> _Plan:
         known = ", ".join(sorted(config.endpoints)) or "(none defined)"
         raise KeyError(f"unknown endpoint {name!r}; known: {known}") from None
     check = endpoint.health_check or HealthCheck()
-    headers: list[tuple[str, str]] = []
-    # The same credentials, in the same form, as _core._upstream gives a routed attempt (a test compares them).
-    if endpoint.api_key is not None:
-        key = endpoint.api_key.get_secret_value()
-        if endpoint.auth == "bearer":
-            headers.append(("authorization", f"Bearer {key}"))
-        elif endpoint.auth == "api-key":
-            headers.append(("api-key", key))
-    if endpoint.organization:
-        headers.append(("openai-organization", endpoint.organization))
-    if endpoint.project:
-        headers.append(("openai-project", endpoint.project))
-    headers.extend((k.lower(), v) for k, v in endpoint.headers.items())
+    # The same credentials, in the same form, as a routed attempt gets (one method builds both).
+    headers = list(endpoint.request_headers())
     query = urlencode(endpoint.query)
     suffix = f"?{query}" if query else ""
     if check.probe == "models":

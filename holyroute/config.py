@@ -74,6 +74,23 @@ class Endpoint(_Model):
     tpm: Annotated[int, Field(gt=0)] | None = None  # client-side tokens per minute (estimated at send)
     health_check: HealthCheck | None = None
 
+    def request_headers(self) -> tuple[tuple[str, str], ...]:
+        """The headers every request to this endpoint carries: its key (in the form ``auth`` says), organisation,
+        project and configured headers. They hold the secret: never log them."""
+        headers: list[tuple[str, str]] = []
+        if self.api_key is not None:
+            key = self.api_key.get_secret_value()
+            if self.auth == "bearer":
+                headers.append(("authorization", f"Bearer {key}"))
+            elif self.auth == "api-key":
+                headers.append(("api-key", key))
+        if self.organization:
+            headers.append(("openai-organization", self.organization))
+        if self.project:
+            headers.append(("openai-project", self.project))
+        headers.extend((k.lower(), v) for k, v in self.headers.items())
+        return tuple(headers)
+
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
