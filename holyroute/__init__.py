@@ -6,6 +6,7 @@
 """
 
 from ._core import Router
+from ._rollout import Rollouts
 from ._transport import AsyncTransport, Transport, async_client, client
 from .config import Config, load_config
 from .exceptions import ConfigError, HolyrouteError
@@ -17,6 +18,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "HolyrouteError",
+    "Rollouts",
     "Router",
     "Transport",
     "__version__",

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode
 
 from ._budget import RetryBudget
@@ -28,6 +28,9 @@ from ._health import HeaderLookup, HealthBook, Transition, server_delay
 from ._prices import PriceRow
 from ._routing import SplitPicker
 from ._usage import Usage, cost_usd, find_price, usage_from_body
+
+if TYPE_CHECKING:
+    from ._rollout import Rollouts
 from .config import Config, EndpointRef
 
 __all__ = [
@@ -237,6 +240,11 @@ class Router:
             ratio=retry.budget_ratio, min_per_s=retry.budget_min_per_s, window_s=retry.budget_window_s
         )
         self.probing = any(e.health_check is not None for e in config.endpoints.values())
+        self.rollouts: Rollouts | None = None
+        if any(route.rollout is not None for route in config.routes.values()):
+            from ._rollout import Rollouts
+
+            self.rollouts = Rollouts(config, emit=self.emit, clock=wall_clock)
         self._budget_spent = False
         self._panicking: set[tuple[str, str]] = set()
         import tenacity
@@ -299,10 +307,15 @@ class Router:
 
     def pick(self, plan: RoutePlan, data: Mapping[str, Any], headers: HeaderLookup) -> Leg:
         """The arm of ``plan`` this request goes to: sticky when the route has a key and the request carries it."""
+        picker = plan.picker
+        if self.rollouts is not None:
+            engine = self.rollouts.get(plan.alias)
+            if engine is not None:
+                picker = engine.picker()
         key = _sticky_key(plan.sticky, data, headers) if plan.sticky else None
         if key is not None:
-            return Leg(plan.alias, plan.arms[plan.picker.sticky(key)], None, True)
-        return Leg(plan.alias, plan.arms[plan.picker.random(self.rng)], None, False)
+            return Leg(plan.alias, plan.arms[picker.sticky(key)], None, True)
+        return Leg(plan.alias, plan.arms[picker.random(self.rng)], None, False)
 
     def spend_retry(self, now: float) -> bool:
         """Take one retry from the budget; the first refusal after a good spell emits an event."""
@@ -832,12 +845,24 @@ class Call:
         self, status: int | None, outcome: str, usage: Usage | None, error: str | None, request_id: str | None
     ) -> None:
         self.done = True
-        now = self._router.clock()
+        router = self._router
+        now = router.clock()
         upstream = self._current
         leg = self._last_leg if upstream is not None else self._legs[0]
         price = upstream.price if upstream is not None else None
         cost = cost_usd(usage, price) if usage is not None and price is not None else None
-        self._router.emit(
+        latency_ms = round((now - self.started) * 1000, 3)
+        ttft_ms = (
+            round((self._first_byte - self.started) * 1000, 3) if self.stream and self._first_byte is not None else None
+        )
+        if router.rollouts is not None and outcome != "cancelled":
+            engine = router.rollouts.get(self._plan.alias)
+            if engine is not None:
+                # Judged on the arm the split chose: a candidate call rescued by a fallback still failed the candidate.
+                primary = self._legs[0]
+                ok = outcome == "ok" and leg is primary
+                engine.observe(primary.arm.name, ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, cost_usd=cost)
+        router.emit(
             "holyroute.request",
             {
                 "route": self._plan.alias,
@@ -853,10 +878,8 @@ class Call:
                 "fallback": leg.fallback if leg is not None else None,
                 "sticky": leg.sticky if leg is not None else False,
                 "stream": self.stream,
-                "latency_ms": round((now - self.started) * 1000, 3),
-                "ttft_ms": round((self._first_byte - self.started) * 1000, 3)
-                if self.stream and self._first_byte is not None
-                else None,
+                "latency_ms": latency_ms,
+                "ttft_ms": ttft_ms,
                 "prompt_tokens": usage.prompt_tokens if usage else None,
                 "completion_tokens": usage.completion_tokens if usage else None,
                 "cached_tokens": usage.cached_tokens if usage else None,
@@ -933,13 +956,15 @@ def _compile(config: Config) -> dict[str, RoutePlan]:
     routes = {}
     for alias, route in config.routes.items():
         arms = []
-        for target in route.targets:
+        for target in route.arms:
             upstreams = []
             for entry in target.endpoints:
                 ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
                 upstreams.append(_upstream(config, ref.endpoint, ref.model or target.model, prices))
             arms.append(Arm(target.arm, target.model, tuple(upstreams), target.balance))
-        picker = SplitPicker(alias, [a.name for a in arms], [t.weight for t in route.targets])
+        # A rollout's split comes from its engine at each call; this one (all stable) is only its shape.
+        weights = [t.weight for t in route.targets] if route.rollout is None else [100.0, 0.0]
+        picker = SplitPicker(alias, [a.name for a in arms], weights)
         token = json.dumps(alias).encode("utf-8")
         routes[alias] = RoutePlan(alias, tuple(arms), picker, route.sticky, tuple(route.fallbacks), token)
     return routes

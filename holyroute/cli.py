@@ -33,6 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check", help="probe every endpoint once; exit 1 when a route has no healthy path, 2 on a bad configuration"
     )
     check.add_argument("config", type=Path, help="the configuration file (YAML or TOML)")
+    rollout = commands.add_parser("rollout", help="show or steer the rollouts of a configuration")
+    rollout.add_argument("action", choices=["status", "promote", "abort", "retry"])
+    rollout.add_argument("route", nargs="?", help="the route alias (every rollout for status)")
+    rollout.add_argument("--config", type=Path, required=True, help="the configuration file (YAML or TOML)")
+    rollout.add_argument("--full", action="store_true", help="promote: straight to 100%%")
+    rollout.add_argument("--reason", default="aborted by hand", help="abort: why (recorded in the event)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.calls < 10:
@@ -40,7 +46,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args.calls, args.events, sys.stdout)
     if args.command == "check":
         return run_check(args.config, sys.stdout, sys.stderr)
+    if args.command == "rollout":
+        return run_rollout(
+            args.action, args.route, args.config, sys.stdout, sys.stderr, full=args.full, reason=args.reason
+        )
     return 2  # pragma: no cover - argparse requires a command
+
+
+def run_rollout(
+    action: str, route: str | None, path: Path, out: TextIO, err: TextIO, *, full: bool = False, reason: str = ""
+) -> int:
+    """``holyroute rollout status|promote|abort|retry``: read or change the shared rollout state."""
+    from ._rollout import Rollouts
+    from .exceptions import ConfigError
+
+    try:
+        rollouts = Rollouts(path, emit=lambda event, fields: None)
+    except ConfigError as exc:
+        err.write(f"{exc}\n")
+        return 2
+    if action != "status":
+        if route is None:
+            err.write(f"holyroute rollout {action}: name the route, e.g. holyroute rollout {action} chat-default\n")
+            return 2
+        try:
+            engine = rollouts[route]
+        except KeyError as exc:
+            err.write(f"{exc.args[0]}\n")
+            return 2
+        if action == "promote":
+            engine.promote(full=full)
+        elif action == "abort":
+            engine.abort(reason)
+        else:
+            engine.retry()
+    rows = [engine_status for engine_status in rollouts.status() if route is None or engine_status["route"] == route]
+    if not rows:
+        out.write("no route in this configuration has a rollout\n")
+        return 0
+    header = f"{'route':<20}{'status':<13}{'step':>6}{'weight':>8}  reason"
+    out.write(header + "\n")
+    for row in rows:
+        step = f"{row['step']}/{row['steps']}"
+        out.write(f"{row['route']:<20}{row['status']:<13}{step:>6}{row['weight']:>7g}%  {row['reason']}\n")
+    return 0
 
 
 def run_check(path: Path, out: TextIO, err: TextIO) -> int:

@@ -17,16 +17,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from .exceptions import ConfigError
 
 __all__ = [
+    "Analysis",
     "Config",
     "Endpoint",
     "EndpointRef",
@@ -34,7 +37,10 @@ __all__ = [
     "HealthCheck",
     "Price",
     "Retry",
+    "Rollout",
+    "RolloutStep",
     "Route",
+    "State",
     "Target",
     "load_config",
 ]
@@ -123,12 +129,100 @@ class Target(_Model):
         return self.name or self.model
 
 
-class Route(_Model):
-    """A model alias the application sends, split across targets, with fallback aliases."""
+def parse_duration_s(value: object) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1h30m"`` or ``"250ms"``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        total, position = 0.0, 0
+        for match in re.finditer(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text):
+            if match.start() != position:
+                break
+            total += float(match.group(1)) * {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}[match.group(2)]
+            position = match.end()
+        if not text or position != len(text):
+            raise ValueError(f"{value!r} is not a duration; write seconds (90) or 90s, 10m, 1h30m")
+        seconds = total
+    else:
+        raise ValueError("a duration is seconds (90) or a string such as 90s, 10m, 1h30m")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
 
-    targets: Annotated[list[Target], Field(min_length=1)]
+
+Duration = Annotated[float, BeforeValidator(parse_duration_s)]
+
+
+class Analysis(_Model):
+    """How a rollout's candidate is judged against its stable arm, over the same time window."""
+
+    min_calls: Annotated[int, Field(ge=1)] = 100  # per arm, before any promotion
+    min_duration: Duration = 300.0  # before any promotion
+    max_duration: Duration | None = None  # then, without enough data: inconclusive (no candidate data: failed)
+    interval: Duration = 5.0  # at most one measurement per interval
+    max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.01  # the non-inferiority margin
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    max_latency_ratio: Annotated[float, Field(gt=0)] | None = 1.5  # candidate p95 <= ratio x stable p95
+    max_ttft_ratio: Annotated[float, Field(gt=0)] | None = 1.5  # the same for time to first token (streams)
+    max_cost_ratio: Annotated[float, Field(gt=0)] | None = None  # cost per call
+    failure_limit: Annotated[int, Field(ge=0)] = 0  # failed measurements tolerated (more aborts)
+    inconclusive_limit: Annotated[int, Field(ge=0)] = 0  # inconclusive measurements tolerated (more pauses)
+
+
+class Pause(_Model):
+    duration: Duration | None = None  # None: wait for a person (holyroute rollout promote)
+
+
+class RolloutStep(_Model):
+    """One step: exactly one of ``set_weight`` (candidate %), ``pause`` or ``analysis``."""
+
+    set_weight: Annotated[float, Field(ge=0, le=100)] | None = None
+    pause: Pause | None = None
+    analysis: dict[str, Any] | None = None  # overrides of the rollout's `analysis`
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> RolloutStep:
+        given = [name for name in ("set_weight", "pause", "analysis") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a step is exactly one of {set_weight: N}, {pause: {duration: 10m}}, {pause: {}} or {analysis: {...}}"
+            )
+        return self
+
+
+class Rollout(_Model):
+    """A progressive delivery of ``candidate`` against ``stable`` (each a target) through ``steps``."""
+
+    strategy: Literal["canary"] = "canary"
+    stable: Target
+    candidate: Target
+    steps: Annotated[list[RolloutStep], Field(min_length=1)]
+    analysis: Analysis = Field(default_factory=Analysis)
+
+
+class Route(_Model):
+    """A model alias the application sends, split across targets (or rolled out), with fallback aliases."""
+
+    targets: list[Target] = Field(default_factory=list)
+    rollout: Rollout | None = None
     sticky: str | None = None
     fallbacks: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _targets_or_rollout(self) -> Route:
+        if self.rollout is not None and self.targets:
+            raise ValueError("give either 'targets' or 'rollout' (whose stable and candidate are the targets)")
+        if self.rollout is None and not self.targets:
+            raise ValueError("needs 'targets' (at least one) or a 'rollout'")
+        return self
+
+    @property
+    def arms(self) -> list[Target]:
+        """The targets traffic is split across: the rollout's stable and candidate, or ``targets``."""
+        if self.rollout is not None:
+            return [self.rollout.stable, self.rollout.candidate]
+        return self.targets
 
     @field_validator("sticky")
     @classmethod
@@ -174,6 +268,13 @@ class Price(_Model):
     cached_input: Annotated[float, Field(ge=0)] | None = None
 
 
+class State(_Model):
+    """Where shared state (rollout steps and weights) lives: in this process, or in a file every process reads."""
+
+    backend: Literal["file", "memory"] = "file"
+    path: str = "holyroute-state.json"
+
+
 class Config(_Model):
     """A whole holyroute configuration. Build one with :func:`load_config` or ``Config.load(...)``."""
 
@@ -182,6 +283,7 @@ class Config(_Model):
     prices: dict[str, Price] = Field(default_factory=dict)
     retry: Retry = Field(default_factory=Retry)
     health: Health = Field(default_factory=Health)
+    state: State = Field(default_factory=State)
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Config:
@@ -405,11 +507,16 @@ def _cross_check(config: Config) -> list[str]:
     for alias, route in config.routes.items():
         base = f"routes.{alias}"
         arms: set[str] = set()
-        for t_index, target in enumerate(route.targets):
+        where = "rollout" if route.rollout is not None else "targets"
+        for t_index, target in enumerate(route.arms):
+            at = (
+                f"{base}.{where}[{t_index}]"
+                if where == "targets"
+                else f"{base}.rollout.{('stable', 'candidate')[t_index]}"
+            )
             if target.arm in arms:
                 problems.append(
-                    f"{base}.targets[{t_index}]: arm '{target.arm}' appears twice in this route; "
-                    "give one of them a distinct 'name'"
+                    f"{at}: arm '{target.arm}' appears twice in this route; give one of them a distinct 'name'"
                 )
             arms.add(target.arm)
             for e_index, entry in enumerate(target.endpoints):
@@ -418,10 +525,9 @@ def _cross_check(config: Config) -> list[str]:
                     hint = difflib.get_close_matches(name, list(config.endpoints), n=1)
                     maybe = f" (did you mean '{hint[0]}'?)" if hint else ""
                     problems.append(
-                        f"{base}.targets[{t_index}].endpoints[{e_index}]: unknown endpoint '{name}'{maybe}; "
-                        f"known: {known_endpoints}"
+                        f"{at}.endpoints[{e_index}]: unknown endpoint '{name}'{maybe}; known: {known_endpoints}"
                     )
-        if not any(target.weight > 0 for target in route.targets):
+        if route.rollout is None and not any(target.weight > 0 for target in route.targets):
             problems.append(f"{base}.targets: every weight is 0; give at least one target a positive weight")
         for f_index, fallback in enumerate(route.fallbacks):
             if fallback == alias:

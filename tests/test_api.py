@@ -23,6 +23,7 @@ def test_exported_names() -> None:
         "Config",
         "ConfigError",
         "HolyrouteError",
+        "Rollouts",
         "Router",
         "Transport",
         "__version__",

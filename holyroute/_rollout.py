@@ -1,0 +1,548 @@
+"""Progressive delivery: where a route's rollout stands, what its measurements say, and the next step.
+
+A :class:`RolloutEngine` walks a route's ``steps`` (``set_weight``, ``pause``, ``analysis``) against an injected wall
+clock. Weights change only at step boundaries. An analysis compares the candidate with the stable arm over the same
+window (both arms' calls since the last weight change, never history) with an always-valid sequential test for the
+error rate and quantile checks for latency and cost; its measurements count as Successful, Failed or Inconclusive
+with Argo Rollouts' ``failure_limit`` / ``inconclusive_limit`` semantics. Failed aborts (candidate to 0% at once,
+and it stays aborted until ``retry``); Inconclusive pauses for a person. The state (step, weight, status) lives in a
+:class:`StateStore` so it survives restarts and is shared by every process reading the same file; measurements are
+this process's own. Every change emits ``holyroute.rollout`` with a reason. No I/O here except through the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from ._routing import SplitPicker
+from ._stats import LatencySketch, SequentialNonInferiority, latency_regressed
+from .config import Analysis, Rollout
+
+__all__ = ["FileStore", "Measurements", "MemoryStore", "RolloutEngine", "RolloutState", "Rollouts", "StateStore"]
+
+Status = Literal["progressing", "paused", "aborted", "completed"]
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class RolloutState:
+    """What every process agrees on; persisted as JSON. ``version`` increases with every change."""
+
+    route: str
+    step: int = 0
+    weight: float = 0.0
+    status: Status = "progressing"
+    reason: str = "started"
+    step_started: float = 0.0
+    window: int = 0  # bumped whenever measurements must start afresh (weight change, retry)
+    failed: int = 0  # failed / inconclusive measurements in the current analysis step
+    inconclusive: int = 0
+    version: int = 0
+
+
+@dataclass(slots=True)
+class Measurements:
+    """One arm's results in the current window. Mergeable: counts and sketches, no raw lists."""
+
+    calls: int = 0
+    errors: int = 0
+    cost_usd: float = 0.0
+    latency: LatencySketch = field(default_factory=LatencySketch)
+    ttft: LatencySketch = field(default_factory=LatencySketch)
+
+
+class StateStore(Protocol):
+    """Where rollout state lives. ``update`` is an atomic read-modify-write across processes."""
+
+    def load(self, route: str) -> RolloutState | None: ...
+
+    def update(
+        self, route: str, change: Callable[[RolloutState | None], RolloutState | None]
+    ) -> RolloutState | None: ...
+
+
+class MemoryStore:
+    """State in this process only (tests, single-process apps that do not need restarts)."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, route: str) -> RolloutState | None:
+        found = self._states.get(route)
+        return RolloutState(**found) if found is not None else None
+
+    def update(self, route: str, change: Callable[[RolloutState | None], RolloutState | None]) -> RolloutState | None:
+        with self._lock:
+            new = change(self.load(route))
+            if new is not None:
+                self._states[route] = asdict(new)
+            return new
+
+
+class FileStore:
+    """State in a JSON file shared by every process on the host: reads are cheap, writes hold an flock."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._cache: tuple[float, dict[str, Any]] | None = None
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        if self._cache is not None and self._cache[0] == stat.st_mtime_ns:
+            return self._cache[1]
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        data = data if isinstance(data, dict) else {}
+        self._cache = (stat.st_mtime_ns, data)
+        return data
+
+    def load(self, route: str) -> RolloutState | None:
+        found = self._read().get(route)
+        if not isinstance(found, dict):
+            return None
+        try:
+            return RolloutState(**found)
+        except TypeError:
+            return None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def update(self, route: str, change: Callable[[RolloutState | None], RolloutState | None]) -> RolloutState | None:
+        with self._locked():
+            self._cache = None
+            data = dict(self._read())
+            new = change(self.load(route))
+            if new is None:
+                return None
+            data[route] = asdict(new)
+            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+            temporary.replace(self.path)  # atomic: readers see the old file or the new one
+            self._cache = None
+            return new
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One analysis measurement."""
+
+    result: Literal["running", "successful", "failed", "inconclusive"]
+    reason: str
+
+
+class RolloutEngine:
+    """One route's rollout: its steps, its state (shared through ``store``) and this process's measurements."""
+
+    def __init__(
+        self,
+        route: str,
+        rollout: Rollout,
+        store: StateStore,
+        *,
+        emit: EventSink,
+        clock: Callable[[], float],
+        sync_interval_s: float = 1.0,
+    ) -> None:
+        self.route = route
+        self.rollout = rollout
+        self.stable_arm = rollout.stable.arm
+        self.candidate_arm = rollout.candidate.arm
+        self._store = store
+        self._emit = emit
+        self._clock = clock
+        self._sync_interval = sync_interval_s
+        self._lock = threading.RLock()
+        now = clock()
+        state = store.load(route)
+        if state is None:
+            state = store.update(route, lambda found: found or RolloutState(route, step_started=now, version=1))
+        assert state is not None
+        self.state = state
+        self._synced = now
+        self._pickers: dict[float, SplitPicker] = {}
+        self._measured = now
+        self._new_window()
+        self.tick(now)
+
+    # ---- what routing asks -------------------------------------------------------------------------------------
+
+    def picker(self) -> SplitPicker:
+        """The split for the current weight (stable, candidate), stable for sticky users as the weight grows."""
+        weight = self.state.weight
+        found = self._pickers.get(weight)
+        if found is None:
+            found = self._pickers[weight] = SplitPicker(
+                self.route, [self.stable_arm, self.candidate_arm], [100.0 - weight, weight]
+            )
+        return found
+
+    def observe(self, arm: str, *, ok: bool, latency_ms: float, ttft_ms: float | None, cost_usd: float | None) -> None:
+        """One call's result on ``arm`` (the arm the split chose, whatever served it in the end)."""
+        with self._lock:
+            if self.state.window != self._window:
+                self._new_window()
+            measured = self._arms.get(arm)
+            if measured is None:
+                return
+            measured.calls += 1
+            if not ok:
+                measured.errors += 1
+            measured.latency.add(latency_ms)
+            if ttft_ms is not None:
+                measured.ttft.add(ttft_ms)
+            if cost_usd is not None:
+                measured.cost_usd += cost_usd
+        self.tick(self._clock())
+
+    # ---- the step machine --------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> RolloutState:
+        """Follow other processes' changes, then advance as far as the steps allow at ``now``."""
+        if now - self._synced >= self._sync_interval:
+            self._synced = now
+            found = self._store.load(self.route)
+            if found is not None and found.version > self.state.version:
+                self.state = found
+        if self.state.status != "progressing":
+            return self.state
+        with self._lock:
+            for _ in range(len(self.rollout.steps) + 1):  # bounded: at most one pass over the steps
+                moved = self._advance(now)
+                if not moved:
+                    break
+        return self.state
+
+    def _advance(self, now: float) -> bool:
+        state = self.state
+        steps = self.rollout.steps
+        if state.status != "progressing":
+            return False
+        if state.step >= len(steps):
+            self._commit(now, "completed", reason="all steps done: candidate at 100%", weight=100.0, status="completed")
+            return False
+        step = steps[state.step]
+        if step.set_weight is not None:
+            self._commit(
+                now,
+                "set_weight",
+                reason=f"step {state.step + 1}: set_weight {step.set_weight:g}",
+                weight=step.set_weight,
+                step=state.step + 1,
+                new_window=True,
+            )
+            return True
+        if step.pause is not None:
+            if step.pause.duration is None:
+                self._commit(now, "pause", reason=f"step {state.step + 1}: paused until promoted", status="paused")
+                return False
+            if now - state.step_started >= step.pause.duration:
+                self._commit(
+                    now,
+                    "pause_done",
+                    reason=f"step {state.step + 1}: paused {step.pause.duration:g}s",
+                    step=state.step + 1,
+                )
+                return True
+            return False
+        verdict = self._measure(now, self._analysis(state.step))
+        if verdict is None or verdict.result == "running":
+            return False
+        analysis = self._analysis(state.step)
+        if verdict.result == "failed":
+            failed = state.failed + 1
+            if failed > analysis.failure_limit:
+                self._commit(
+                    now,
+                    "abort",
+                    reason=f"analysis failed: {verdict.reason}",
+                    weight=0.0,
+                    status="aborted",
+                    failed=failed,
+                )
+                return False
+            self._commit(now, "measurement", reason=f"failed measurement {failed}: {verdict.reason}", failed=failed)
+            return False
+        if verdict.result == "inconclusive":
+            inconclusive = state.inconclusive + 1
+            if inconclusive > analysis.inconclusive_limit:
+                self._commit(
+                    now,
+                    "pause",
+                    reason=f"analysis inconclusive: {verdict.reason}",
+                    status="paused",
+                    inconclusive=inconclusive,
+                )
+                return False
+            self._commit(
+                now,
+                "measurement",
+                reason=f"inconclusive measurement {inconclusive}: {verdict.reason}",
+                inconclusive=inconclusive,
+            )
+            return False
+        self._commit(
+            now,
+            "analysis_passed",
+            reason=f"step {state.step + 1}: analysis passed: {verdict.reason}",
+            step=state.step + 1,
+        )
+        return True
+
+    def _analysis(self, step: int) -> Analysis:
+        overrides = self.rollout.steps[step].analysis or {}
+        return self.rollout.analysis.model_copy(update=overrides) if overrides else self.rollout.analysis
+
+    def _measure(self, now: float, analysis: Analysis) -> Verdict | None:
+        """One measurement, at most once per ``interval``; None between measurements."""
+        if now - self._measured < analysis.interval and analysis.interval > 0:
+            return None
+        self._measured = now
+        return judge(
+            self._arms[self.stable_arm],
+            self._arms[self.candidate_arm],
+            self._test,
+            analysis,
+            elapsed=now - self.state.step_started,
+        )
+
+    # ---- what people do ----------------------------------------------------------------------------------------
+
+    def promote(self, *, full: bool = False) -> RolloutState:
+        """Go on to the next step (out of a pause or a running analysis), or straight to 100% with ``full``."""
+        now = self._clock()
+        state = self.state
+        if state.status in ("aborted", "completed"):
+            return state
+        if full:
+            self._commit(
+                now,
+                "promote_full",
+                reason="promoted to 100% by hand",
+                step=len(self.rollout.steps),
+                weight=100.0,
+                status="completed",
+            )
+        else:
+            self._commit(
+                now,
+                "promote",
+                reason=f"step {state.step + 1} promoted by hand",
+                step=state.step + 1,
+                status="progressing",
+            )
+        return self.tick(now)
+
+    def abort(self, reason: str = "aborted by hand") -> RolloutState:
+        """Candidate to 0% at once; the rollout stays aborted until :meth:`retry`."""
+        now = self._clock()
+        self._commit(now, "abort", reason=reason, weight=0.0, status="aborted")
+        return self.state
+
+    def retry(self) -> RolloutState:
+        """Start an aborted (or finished) rollout again from its first step, with fresh measurements."""
+        now = self._clock()
+        self._commit(now, "retry", reason="retried by hand", step=0, weight=0.0, status="progressing", new_window=True)
+        return self.tick(now)
+
+    def status(self) -> dict[str, Any]:
+        state = self.tick(self._clock())
+        arms = {
+            name: {"calls": m.calls, "errors": m.errors, "p95_ms": m.latency.quantile(0.95)}
+            for name, m in self._arms.items()
+        }
+        return {**asdict(state), "steps": len(self.rollout.steps), "arms": arms}
+
+    # ---- internals ---------------------------------------------------------------------------------------------
+
+    def _new_window(self) -> None:
+        self._window = self.state.window
+        self._arms = {self.stable_arm: Measurements(), self.candidate_arm: Measurements()}
+        analysis = self.rollout.analysis
+        self._test = SequentialNonInferiority(margin=analysis.max_error_rate_increase, alpha=analysis.alpha)
+
+    def _commit(self, now: float, action: str, *, reason: str, new_window: bool = False, **changes: Any) -> None:
+        """Write a change through the store (compare-and-set on the version) and emit it."""
+        base = self.state
+
+        def change(found: RolloutState | None) -> RolloutState | None:
+            current = found if found is not None else base
+            if current.version != base.version:
+                return None  # another process moved first: adopt its state instead
+            fields = asdict(current)
+            fields.update(changes)
+            step_changed = changes.get("step", current.step) != current.step
+            if step_changed or new_window:
+                fields["step_started"] = now
+                fields["failed"] = changes.get("failed", 0)
+                fields["inconclusive"] = changes.get("inconclusive", 0)
+            if new_window:
+                fields["window"] = current.window + 1
+            fields["reason"] = reason
+            fields["version"] = current.version + 1
+            return RolloutState(**fields)
+
+        written = self._store.update(self.route, change)
+        if written is None:
+            adopted = self._store.load(self.route)
+            if adopted is not None:
+                self.state = adopted
+            return
+        self.state = written
+        if new_window:
+            self._new_window()
+        self._emit(
+            "holyroute.rollout",
+            {
+                "route": self.route,
+                "action": action,
+                "step": written.step,
+                "steps": len(self.rollout.steps),
+                "weight": written.weight,
+                "stable": self.stable_arm,
+                "candidate": self.candidate_arm,
+                "status": written.status,
+                "reason": reason,
+            },
+        )
+
+
+def judge(
+    stable: Measurements,
+    candidate: Measurements,
+    test: SequentialNonInferiority,
+    analysis: Analysis,
+    *,
+    elapsed: float,
+) -> Verdict:
+    """One measurement of candidate against stable (same window). Pure apart from the sequential test's memory."""
+    error = test.update(stable.calls, stable.errors, candidate.calls, candidate.errors)
+    if error.rejected:
+        return Verdict("failed", error.reason)
+    enough = stable.calls >= analysis.min_calls and candidate.calls >= analysis.min_calls
+    if enough:
+        for name, sketch_s, sketch_c, ratio in (
+            ("latency", stable.latency, candidate.latency, analysis.max_latency_ratio),
+            ("time to first token", stable.ttft, candidate.ttft, analysis.max_ttft_ratio),
+        ):
+            if ratio is None or sketch_c.count < analysis.min_calls or sketch_s.count < analysis.min_calls:
+                continue
+            latency = latency_regressed(sketch_s, sketch_c, max_ratio=ratio, q=0.95, min_count=analysis.min_calls)
+            if latency.failed:
+                return Verdict("failed", latency.reason if name == "latency" else f"{name}: {latency.reason}")
+        if analysis.max_cost_ratio is not None and stable.cost_usd > 0:
+            per_call_s = stable.cost_usd / stable.calls
+            per_call_c = candidate.cost_usd / candidate.calls
+            if per_call_c > analysis.max_cost_ratio * per_call_s:
+                return Verdict(
+                    "failed",
+                    f"cost per call ${per_call_c:.6f} vs ${per_call_s:.6f}: "
+                    f"{per_call_c / per_call_s:.2f}x > {analysis.max_cost_ratio:g}x",
+                )
+        # Not rejected is not proven: a candidate observed above the margin is never promoted, it keeps being
+        # measured (and is inconclusive at max_duration) until the evidence goes one way or the other.
+        above_margin = error.candidate_rate - error.stable_rate > analysis.max_error_rate_increase
+        if elapsed >= analysis.min_duration and not above_margin:
+            return Verdict("successful", f"{error.reason}; {candidate.calls} vs {stable.calls} calls")
+        if analysis.max_duration is not None and elapsed >= analysis.max_duration:
+            return Verdict("inconclusive", f"{error.reason} after {analysis.max_duration:g}s")
+        return Verdict(
+            "running", error.reason if above_margin else f"waiting for min_duration {analysis.min_duration:g}s"
+        )
+    if analysis.max_duration is not None and elapsed >= analysis.max_duration:
+        if candidate.calls == 0:
+            return Verdict("failed", f"no data for the candidate after {analysis.max_duration:g}s")
+        return Verdict(
+            "inconclusive",
+            f"{candidate.calls} candidate / {stable.calls} stable calls < min_calls {analysis.min_calls} "
+            f"after {analysis.max_duration:g}s",
+        )
+    return Verdict("running", "waiting for min_calls")
+
+
+class Rollouts:
+    """The rollouts of a configuration, for people and scripts: status, promote, abort, retry.
+
+    >>> rollouts = Rollouts("holyroute.yaml")          # doctest: +SKIP
+    >>> rollouts.promote("chat-default")                # doctest: +SKIP
+
+    A running client has its own, following the same state store: ``transport.router.rollouts``. Changes made here
+    reach every process reading the store within about a second.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        emit: EventSink | None = None,
+        clock: Callable[[], float] | None = None,
+        store: StateStore | None = None,
+    ) -> None:
+        import time
+
+        from .config import load_config
+
+        self.config = load_config(config)
+        if store is None:
+            state = self.config.state
+            store = FileStore(state.path) if state.backend == "file" else MemoryStore()
+        self.store = store
+        if emit is None:
+            from ._core import _structlog_sink
+
+            emit = _structlog_sink()
+        self._engines = {
+            alias: RolloutEngine(alias, route.rollout, store, emit=emit, clock=clock or time.time)
+            for alias, route in self.config.routes.items()
+            if route.rollout is not None
+        }
+
+    def __contains__(self, alias: object) -> bool:
+        return alias in self._engines
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._engines)
+
+    def __getitem__(self, alias: str) -> RolloutEngine:
+        try:
+            return self._engines[alias]
+        except KeyError:
+            known = ", ".join(sorted(self._engines)) or "(no route has a rollout)"
+            raise KeyError(f"route {alias!r} has no rollout; rollouts: {known}") from None
+
+    def get(self, alias: str) -> RolloutEngine | None:
+        return self._engines.get(alias)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [engine.status() for engine in self._engines.values()]
+
+    def promote(self, alias: str, *, full: bool = False) -> RolloutState:
+        return self[alias].promote(full=full)
+
+    def abort(self, alias: str, reason: str = "aborted by hand") -> RolloutState:
+        return self[alias].abort(reason)
+
+    def retry(self, alias: str) -> RolloutState:
+        return self[alias].retry()
