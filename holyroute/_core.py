@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +115,9 @@ class RoutePlan:
     sticky: str | None
     fallbacks: tuple[str, ...]
     token: bytes  # the alias as a JSON string token
+    shadow: Arm | None = None  # mirrors a sampled share of calls
+    shadow_sample: float = 0.0
+    shadow_cap_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +251,8 @@ class Router:
             self.rollouts = Rollouts(config, emit=self.emit, clock=wall_clock)
         self._budget_spent = False
         self._panicking: set[tuple[str, str]] = set()
+        self._shadow_spend: dict[str, tuple[int, float]] = {}  # route -> (UTC day, USD spent on shadows)
+        self._shadow_lock = threading.Lock()
         import tenacity
 
         self.backoff: Callable[[Any], float] = tenacity.wait_exponential_jitter(
@@ -303,7 +309,35 @@ class Router:
             timeout=timeout,
         )
         self.budget.record_call(call.started)
+        if plan.shadow is not None and self._shadow_wanted(plan):
+            call.shadow = Call(
+                self,
+                plan,
+                api=api[0],
+                operation=api[1],
+                query=query,
+                headers=_NO_HEADERS,
+                data=data,
+                body=body,
+                timeout=timeout,
+                shadow_of=call,
+            )
         return call
+
+    def _shadow_wanted(self, plan: RoutePlan) -> bool:
+        """Sampled, and today's shadow spend for the route is under its cap."""
+        if self.rng.random() >= plan.shadow_sample:
+            return False
+        if plan.shadow_cap_usd is None:
+            return True
+        day, spent = self._shadow_spend.get(plan.alias, (-1, 0.0))
+        return day != int(self.wall_clock() // 86400) or spent < plan.shadow_cap_usd
+
+    def add_shadow_spend(self, route: str, usd: float) -> None:
+        today = int(self.wall_clock() // 86400)
+        with self._shadow_lock:
+            day, spent = self._shadow_spend.get(route, (today, 0.0))
+            self._shadow_spend[route] = (today, (spent if day == today else 0.0) + usd)
 
     def pick(self, plan: RoutePlan, data: Mapping[str, Any], headers: HeaderLookup) -> Leg:
         """The arm of ``plan`` this request goes to: sticky when the route has a key and the request carries it."""
@@ -418,6 +452,8 @@ class Call:
         "_trial",
         "_wants_usage_injected",
         "done",
+        "shadow",
+        "shadow_of",
         "started",
         "stream",
     )
@@ -434,8 +470,11 @@ class Call:
         data: dict[str, Any],
         body: bytes,
         timeout: float | None,
+        shadow_of: Call | None = None,
     ) -> None:
         self._router = router
+        self.shadow: Call | None = None  # the background copy of this call, when it is mirrored
+        self.shadow_of = shadow_of  # for a shadow copy: the call it mirrors
         self._plan = plan
         self._api = api
         self._operation = operation
@@ -480,6 +519,11 @@ class Call:
         self._stop_reason: str | None = None
         self.done = False
 
+        if shadow_of is not None:
+            assert plan.shadow is not None
+            self._legs = [Leg(plan.alias, plan.shadow, None, False)]
+            self._extend_sequence(self._legs[0])
+            return
         pinned = headers.get(PIN_HEADER)
         if pinned is not None:
             arm = next((a for a in plan.arms if pinned in (a.name, a.model)), None)
@@ -507,7 +551,8 @@ class Call:
         router = self._router
         now = router.clock()
         failure, self._failure = self._failure, None
-        if self._attempts < router.retry.max_attempts and not self._past_deadline(now):
+        max_attempts = 1 if self.shadow_of is not None else router.retry.max_attempts
+        if self._attempts < max_attempts and not self._past_deadline(now):
             if self._attempts and not router.spend_retry(now):
                 self._stop_reason = "retry budget exhausted"
             else:
@@ -855,7 +900,10 @@ class Call:
         ttft_ms = (
             round((self._first_byte - self.started) * 1000, 3) if self.stream and self._first_byte is not None else None
         )
-        if router.rollouts is not None and outcome != "cancelled":
+        if self.shadow_of is not None:
+            if cost:
+                router.add_shadow_spend(self._plan.alias, cost)
+        elif router.rollouts is not None and outcome != "cancelled":
             engine = router.rollouts.get(self._plan.alias)
             if engine is not None:
                 # Judged on the arm the split chose: a candidate call rescued by a fallback still failed the candidate.
@@ -887,6 +935,7 @@ class Call:
                 "cost_usd": cost,
                 "priced": price is not None,
                 "request_id": request_id,
+                "shadow": self.shadow_of is not None,
             },
         )
 
@@ -905,6 +954,14 @@ def _estimate_tokens(body: bytes, data: Mapping[str, Any]) -> int:
     return len(body) // 4 + (out if isinstance(out, int) and out > 0 else 0)
 
 
+class _NoHeaders:
+    """An empty header view: shadow copies ignore the caller's pins and header-based stickiness."""
+
+    def get(self, key: str, /) -> str | None:
+        return None
+
+
+_NO_HEADERS: Final = _NoHeaders()
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
 
 
@@ -966,7 +1023,25 @@ def _compile(config: Config) -> dict[str, RoutePlan]:
         weights = [t.weight for t in route.targets] if route.rollout is None else [100.0, 0.0]
         picker = SplitPicker(alias, [a.name for a in arms], weights)
         token = json.dumps(alias).encode("utf-8")
-        routes[alias] = RoutePlan(alias, tuple(arms), picker, route.sticky, tuple(route.fallbacks), token)
+        shadow = route.shadow
+        shadow_arm = None
+        if shadow is not None:
+            shadow_ups = []
+            for entry in shadow.endpoints:
+                ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
+                shadow_ups.append(_upstream(config, ref.endpoint, ref.model or shadow.model, prices))
+            shadow_arm = Arm(shadow.arm, shadow.model, tuple(shadow_ups))
+        routes[alias] = RoutePlan(
+            alias,
+            tuple(arms),
+            picker,
+            route.sticky,
+            tuple(route.fallbacks),
+            token,
+            shadow_arm,
+            shadow.sample if shadow is not None else 0.0,
+            shadow.max_cost_usd_per_day if shadow is not None else None,
+        )
     return routes
 
 

@@ -13,11 +13,14 @@ SDK passes on without retrying; otherwise the last ``httpx2`` error. A failed an
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
+import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx2
@@ -33,6 +36,9 @@ __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "AsyncTransport", "Transport", "
 #: The OpenAI SDK's own connection limits and timeouts, so holyroute's client behaves like the SDK's default one.
 DEFAULT_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
 DEFAULT_TIMEOUT = httpx2.Timeout(timeout=600.0, connect=5.0)
+
+#: Shadow copies waiting or running per transport; beyond this they are dropped, never queued without bound.
+_MAX_SHADOWS_PENDING = 64
 
 #: What an attempt may raise that means "this endpoint did not answer": fail over.
 _ATTEMPT_ERRORS: tuple[type[BaseException], ...] = (httpx2.TransportError, ssl.SSLError)
@@ -72,11 +78,43 @@ class Transport(httpx2.BaseTransport):
 
             self._checker = HealthChecker(self.router, self._inner)
             self._checker.start()
+        self._shadows: ThreadPoolExecutor | None = None
+        self._shadows_pending = 0
+        self._shadows_lock = threading.Lock()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         call = _begin(self.router, request)
         if call is None:
             return self._inner.handle_request(request)
+        if call.shadow is not None:
+            self._mirror(request, call.shadow)
+        return self._drive(request, call)
+
+    def _mirror(self, request: httpx2.Request, shadow: Call) -> None:
+        """Run the shadow copy on a small background pool; when the pool is saturated, the copy is dropped."""
+        with self._shadows_lock:
+            if self._shadows_pending >= _MAX_SHADOWS_PENDING:
+                return
+            self._shadows_pending += 1
+            if self._shadows is None:
+                self._shadows = ThreadPoolExecutor(max_workers=4, thread_name_prefix="holyroute-shadow")
+            pool = self._shadows
+        pool.submit(self._run_shadow, request, shadow)
+
+    def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
+        try:
+            response = self._drive(request, shadow)
+            try:
+                response.read()  # a stream's tap reports at its end
+            finally:
+                response.close()
+        except Exception:
+            pass  # the shadow's own event records what happened; the caller never sees a shadow's error
+        finally:
+            with self._shadows_lock:
+                self._shadows_pending -= 1
+
+    def _drive(self, request: httpx2.Request, call: Call) -> httpx2.Response:
         while True:
             step = call.next_step()
             if isinstance(step, Send):
@@ -114,6 +152,8 @@ class Transport(httpx2.BaseTransport):
     def close(self) -> None:
         if self._checker is not None:
             self._checker.close()
+        if self._shadows is not None:
+            self._shadows.shutdown(wait=False, cancel_futures=True)
         self._inner.close()
 
 
@@ -141,6 +181,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
             from ._probe import AsyncHealthChecker
 
             self._checker = AsyncHealthChecker(self.router, self._inner)
+        self._shadows: set[asyncio.Task[None]] = set()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if self._checker is not None:
@@ -148,6 +189,23 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         call = _begin(self.router, request)
         if call is None:
             return await self._inner.handle_async_request(request)
+        if call.shadow is not None and len(self._shadows) < _MAX_SHADOWS_PENDING:
+            task = asyncio.get_running_loop().create_task(self._run_shadow(request, call.shadow))
+            self._shadows.add(task)  # a reference keeps the task alive; it removes itself when done
+            task.add_done_callback(self._shadows.discard)
+        return await self._drive(request, call)
+
+    async def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
+        try:
+            response = await self._drive(request, shadow)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        except Exception:
+            pass  # the shadow's own event records what happened; the caller never sees a shadow's error
+
+    async def _drive(self, request: httpx2.Request, call: Call) -> httpx2.Response:
         while True:
             step = call.next_step()
             if isinstance(step, Send):
@@ -185,6 +243,10 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._checker is not None:
             await self._checker.aclose()
+        for task in list(self._shadows):
+            task.cancel()
+        if self._shadows:
+            await asyncio.gather(*self._shadows, return_exceptions=True)
         await self._inner.aclose()
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "Rollout",
     "RolloutStep",
     "Route",
+    "Shadow",
     "State",
     "Target",
     "load_config",
@@ -201,11 +202,19 @@ class Rollout(_Model):
     analysis: Analysis = Field(default_factory=Analysis)
 
 
+class Shadow(Target):
+    """A target that receives a sampled copy of the route's calls in the background; callers never wait for it."""
+
+    sample: Annotated[float, Field(ge=0, le=1)] = 0.05
+    max_cost_usd_per_day: Annotated[float, Field(ge=0)] | None = None  # stop mirroring for the (UTC) day at this
+
+
 class Route(_Model):
     """A model alias the application sends, split across targets (or rolled out), with fallback aliases."""
 
     targets: list[Target] = Field(default_factory=list)
     rollout: Rollout | None = None
+    shadow: Shadow | None = None
     sticky: str | None = None
     fallbacks: list[str] = Field(default_factory=list)
 
@@ -526,6 +535,13 @@ def _cross_check(config: Config) -> list[str]:
                     maybe = f" (did you mean '{hint[0]}'?)" if hint else ""
                     problems.append(
                         f"{at}.endpoints[{e_index}]: unknown endpoint '{name}'{maybe}; known: {known_endpoints}"
+                    )
+        if route.shadow is not None:
+            for e_index, entry in enumerate(route.shadow.endpoints):
+                name = entry if isinstance(entry, str) else entry.endpoint
+                if name not in config.endpoints:
+                    problems.append(
+                        f"{base}.shadow.endpoints[{e_index}]: unknown endpoint '{name}'; known: {known_endpoints}"
                     )
         if route.rollout is None and not any(target.weight > 0 for target in route.targets):
             problems.append(f"{base}.targets: every weight is 0; give at least one target a positive weight")

@@ -1,0 +1,137 @@
+"""Shadow traffic: a sampled copy of each call goes to the shadow target in the background, never in the way."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+import holyroute
+from holyroute.testing import FakeUpstream, Reply
+
+from .conftest import Events
+
+
+@pytest.fixture
+def ups() -> Iterator[dict[str, FakeUpstream]]:
+    made = {name: FakeUpstream(name).start() for name in ("served", "shadow")}
+    yield made
+    for up in made.values():
+        up.stop()
+
+
+def config(ups: dict[str, FakeUpstream], **shadow: Any) -> dict[str, Any]:
+    return {
+        "endpoints": {name: {"base_url": up.base_url} for name, up in ups.items()},
+        "routes": {
+            "chat": {
+                "targets": [{"model": "gpt-4o", "endpoints": ["served"]}],
+                "shadow": {"model": "gpt-4.1", "endpoints": ["shadow"], "sample": 1.0, **shadow},
+            }
+        },
+    }
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert predicate(), "timed out waiting for the shadow call"
+
+
+def requests(events: Events, *, shadow: bool) -> list[dict[str, Any]]:
+    return [e for e in events.named("holyroute.request") if e["shadow"] is shadow]
+
+
+def test_caller_does_not_wait_for_a_slow_shadow(ups: dict[str, FakeUpstream]) -> None:
+    """The shadow's upstream holds its answer until after the caller has had its own."""
+    hold = threading.Event()
+    ups["shadow"].push(Reply(gate=hold, gate_after=0, gate_timeout_s=5))
+    events = Events()
+    transport = holyroute.Transport(config(ups), sinks=[events])
+    with openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=transport)) as sdk:
+        answer = sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        assert answer.model == "gpt-4o"
+        assert ups["shadow"].gate_log == [], "the caller got its answer while the shadow was still held"
+        hold.set()
+        wait_for(lambda: requests(events, shadow=True))
+    (shadow,) = requests(events, shadow=True)
+    (served,) = requests(events, shadow=False)
+    assert (shadow["arm"], shadow["upstream_model"], shadow["outcome"]) == ("gpt-4.1", "gpt-4.1", "ok")
+    assert shadow["cost_usd"] > 0
+    assert served["arm"] == "gpt-4o"
+    assert ups["shadow"].requests[0].model == "gpt-4.1"
+
+
+def test_failing_shadow_is_invisible(ups: dict[str, FakeUpstream]) -> None:
+    ups["shadow"].push(Reply.error(500), Reply(drop=True))
+    events = Events()
+    transport = holyroute.Transport(config(ups), sinks=[events])
+    with openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=transport)) as sdk:
+        for _ in range(2):
+            sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        wait_for(lambda: len(requests(events, shadow=True)) == 2)
+    assert [e["outcome"] for e in requests(events, shadow=True)] == ["error", "error"]
+    assert [e["outcome"] for e in requests(events, shadow=False)] == ["ok", "ok"]
+    assert len(ups["shadow"].requests) == 2, "a shadow gets one attempt, no failover or retries"
+
+
+def test_async_caller_does_not_wait(ups: dict[str, FakeUpstream]) -> None:
+    hold = threading.Event()
+    ups["shadow"].push(Reply(gate=hold, gate_after=0, gate_timeout_s=5))
+    events = Events()
+
+    async def main() -> None:
+        transport = holyroute.AsyncTransport(config(ups), sinks=[events])
+        async with openai.AsyncOpenAI(api_key="x", http_client=httpx2.AsyncClient(transport=transport)) as sdk:
+            answer = await sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+            assert answer.model == "gpt-4o"
+            assert ups["shadow"].gate_log == []
+            hold.set()
+            for _ in range(500):
+                if requests(events, shadow=True):
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert requests(events, shadow=True)[0]["outcome"] == "ok"
+
+
+def test_daily_cost_cap(ups: dict[str, FakeUpstream]) -> None:
+    """Mirroring stops for the day once the shadow spend reaches the cap, and starts again the next day."""
+    now = [1_700_000_000.0]
+    events = Events()
+    router = holyroute.Router(
+        holyroute.load_config(config(ups, max_cost_usd_per_day=0.0001)), wall_clock=lambda: now[0], sinks=[events]
+    )
+    transport = holyroute.Transport(router=router)
+    with openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=transport)) as sdk:
+
+        def call() -> None:
+            sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hello there"}])
+            wait_for(lambda: transport._shadows_pending == 0)  # its shadow (if any) has finished and been costed
+
+        for _ in range(5):
+            call()
+        costs = [e["cost_usd"] for e in requests(events, shadow=True)]
+        assert len(costs) == 2, "the first shadow leaves room under the cap, the second reaches it"
+        assert costs[0] < 0.0001 <= sum(costs)
+        now[0] += 86400
+        call()
+    assert len(requests(events, shadow=True)) == 3, "a new day, a new budget"
+
+
+def test_sample_share(ups: dict[str, FakeUpstream]) -> None:
+    events = Events()
+    transport = holyroute.Transport(config(ups, sample=0.1), sinks=[events])
+    with openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=transport)) as sdk:
+        for _ in range(300):
+            sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        wait_for(lambda: len(ups["shadow"].requests) == len(requests(events, shadow=True)))
+    assert 10 <= len(ups["shadow"].requests) <= 55
