@@ -168,6 +168,8 @@ class RolloutEngine:
     ) -> None:
         self.route = route
         self.rollout = rollout
+        self.steps = rollout.plan()
+        self._consecutive_errors = 0
         self.stable_arm = rollout.stable.arm
         self.candidate_arm = rollout.candidate.arm
         self._store = store
@@ -215,6 +217,13 @@ class RolloutEngine:
                 measured.ttft.add(ttft_ms)
             if cost_usd is not None:
                 measured.cost_usd += cost_usd
+            if arm == self.candidate_arm:
+                self._consecutive_errors = 0 if ok else self._consecutive_errors + 1
+        limit = self.rollout.consecutive_error_limit
+        if limit is not None and self._consecutive_errors >= limit and self.state.weight > 0:
+            self._consecutive_errors = 0
+            self.abort(f"{limit} consecutive candidate errors >= rollback_on_consecutive_errors ({limit})")
+            return
         self.tick(self._clock())
 
     # ---- the step machine --------------------------------------------------------------------------------------
@@ -229,7 +238,7 @@ class RolloutEngine:
         if self.state.status != "progressing":
             return self.state
         with self._lock:
-            for _ in range(len(self.rollout.steps) + 1):  # bounded: at most one pass over the steps
+            for _ in range(len(self.steps) + 1):  # bounded: at most one pass over the steps
                 moved = self._advance(now)
                 if not moved:
                     break
@@ -237,7 +246,7 @@ class RolloutEngine:
 
     def _advance(self, now: float) -> bool:
         state = self.state
-        steps = self.rollout.steps
+        steps = self.steps
         if state.status != "progressing":
             return False
         if state.step >= len(steps):
@@ -312,7 +321,7 @@ class RolloutEngine:
         return True
 
     def _analysis(self, step: int) -> Analysis:
-        overrides = self.rollout.steps[step].analysis or {}
+        overrides = self.steps[step].analysis or {}
         return self.rollout.analysis.model_copy(update=overrides) if overrides else self.rollout.analysis
 
     def _measure(self, now: float, analysis: Analysis) -> Verdict | None:
@@ -341,7 +350,7 @@ class RolloutEngine:
                 now,
                 "promote_full",
                 reason="promoted to 100% by hand",
-                step=len(self.rollout.steps),
+                step=len(self.steps),
                 weight=100.0,
                 status="completed",
             )
@@ -356,7 +365,7 @@ class RolloutEngine:
         return self.tick(now)
 
     def abort(self, reason: str = "aborted by hand") -> RolloutState:
-        """Candidate to 0% at once; the rollout stays aborted until :meth:`retry`."""
+        """Candidate to 0% at once (blue-green: back to blue); the rollout stays aborted until :meth:`retry`."""
         now = self._clock()
         self._commit(now, "abort", reason=reason, weight=0.0, status="aborted")
         return self.state
@@ -373,7 +382,7 @@ class RolloutEngine:
             name: {"calls": m.calls, "errors": m.errors, "p95_ms": m.latency.quantile(0.95)}
             for name, m in self._arms.items()
         }
-        return {**asdict(state), "steps": len(self.rollout.steps), "arms": arms}
+        return {**asdict(state), "steps": len(self.steps), "arms": arms}
 
     # ---- internals ---------------------------------------------------------------------------------------------
 
@@ -419,7 +428,7 @@ class RolloutEngine:
                 "route": self.route,
                 "action": action,
                 "step": written.step,
-                "steps": len(self.rollout.steps),
+                "steps": len(self.steps),
                 "weight": written.weight,
                 "stable": self.stable_arm,
                 "candidate": self.candidate_arm,

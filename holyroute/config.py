@@ -193,13 +193,40 @@ class RolloutStep(_Model):
 
 
 class Rollout(_Model):
-    """A progressive delivery of ``candidate`` against ``stable`` (each a target) through ``steps``."""
+    """A progressive delivery of ``candidate`` against ``stable`` (each a target).
 
-    strategy: Literal["canary"] = "canary"
+    ``canary`` walks ``steps``. ``blue_green`` switches 100% at once, after an analysis on ``preview_weight`` % when
+    that is set, and rolls back to stable instantly on ``rollback_on_consecutive_errors`` candidate errors in a row.
+    """
+
+    strategy: Literal["canary", "blue_green"] = "canary"
     stable: Target
     candidate: Target
-    steps: Annotated[list[RolloutStep], Field(min_length=1)]
+    steps: list[RolloutStep] = Field(default_factory=list)
     analysis: Analysis = Field(default_factory=Analysis)
+    preview_weight: Annotated[float, Field(ge=0, lt=100)] = 0.0  # blue_green: share for the pre-switch analysis
+    rollback_on_consecutive_errors: Annotated[int, Field(ge=1)] | None = None  # default 5 for blue_green
+
+    @model_validator(mode="after")
+    def _steps_for_strategy(self) -> Rollout:
+        if self.strategy == "canary" and not self.steps:
+            raise ValueError("a canary rollout needs steps, e.g. [{set_weight: 5}, {analysis: {}}, {set_weight: 50}]")
+        if self.strategy == "blue_green" and self.steps:
+            raise ValueError("a blue_green rollout has no steps: use preview_weight (and analysis) instead")
+        return self
+
+    def plan(self) -> list[RolloutStep]:
+        """The steps to walk: ``steps`` for a canary; preview, analysis and switch for blue-green."""
+        if self.strategy == "canary":
+            return self.steps
+        preview = [RolloutStep(set_weight=self.preview_weight), RolloutStep(analysis={})] if self.preview_weight else []
+        return [*preview, RolloutStep(set_weight=100)]
+
+    @property
+    def consecutive_error_limit(self) -> int | None:
+        if self.rollback_on_consecutive_errors is not None:
+            return self.rollback_on_consecutive_errors
+        return 5 if self.strategy == "blue_green" else None
 
 
 class Shadow(Target):

@@ -315,3 +315,68 @@ def test_rollout_config_errors() -> None:
                 },
             }
         )
+
+
+class TestBlueGreen:
+    """Switch 100% at once (after an optional preview analysis); roll back to blue on consecutive errors."""
+
+    def engine(self, **settings: Any) -> tuple[RolloutEngine, Events]:
+        config = Rollout.model_validate(
+            {
+                "strategy": "blue_green",
+                "stable": {"model": "blue", "endpoints": ["main"]},
+                "candidate": {"model": "green", "endpoints": ["main"]},
+                "analysis": {"min_calls": 20, "min_duration": 0, "interval": 0},
+                **settings,
+            }
+        )
+        events = Events()
+        return RolloutEngine("chat", config, MemoryStore(), emit=events, clock=FakeClock(1_700_000_000.0)), events
+
+    def test_switch_then_instant_rollback(self) -> None:
+        e, _ = self.engine()
+        assert (e.state.weight, e.state.status) == (100, "completed")
+        feed(e, "green", 20)
+        for _ in range(4):
+            e.observe("green", ok=False, latency_ms=100, ttft_ms=None, cost_usd=None)
+        assert e.state.weight == 100, "4 errors in a row are below the limit of 5"
+        e.observe("green", ok=False, latency_ms=100, ttft_ms=None, cost_usd=None)
+        assert (e.state.weight, e.state.status) == (0, "aborted")
+        assert e.state.reason == "5 consecutive candidate errors >= rollback_on_consecutive_errors (5)"
+
+    def test_preview_analysis_then_switch(self) -> None:
+        e, _ = self.engine(preview_weight=5)
+        assert e.state.weight == 5
+        feed(e, "blue", 100)
+        feed(e, "green", 20, seed=9)
+        assert (e.state.weight, e.state.status) == (100, "completed")
+
+    def test_failed_preview_never_switches(self) -> None:
+        e, _ = self.engine(preview_weight=5, rollback_on_consecutive_errors=100)
+        feed(e, "blue", 100, latency=100)
+        feed(e, "green", 20, latency=300, seed=10)
+        assert (e.state.weight, e.state.status) == (0, "aborted")
+
+    @pytest.mark.parametrize(
+        ("settings", "message"),
+        [
+            ({"strategy": "blue_green", "steps": [{"set_weight": 5}]}, "a blue_green rollout has no steps"),
+            ({"strategy": "canary"}, "a canary rollout needs steps"),
+        ],
+    )
+    def test_config(self, settings: dict[str, Any], message: str) -> None:
+        with pytest.raises(holyroute.ConfigError, match=message):
+            holyroute.load_config(
+                {
+                    "endpoints": {"main": {"base_url": "http://127.0.0.1:9/v1"}},
+                    "routes": {
+                        "chat": {
+                            "rollout": {
+                                "stable": {"model": "a", "endpoints": ["main"]},
+                                "candidate": {"model": "b", "endpoints": ["main"]},
+                                **settings,
+                            }
+                        }
+                    },
+                }
+            )
