@@ -119,14 +119,40 @@ def run_check(path: Path, out: TextIO, err: TextIO) -> int:
     return 0 if all(paths.values()) else 1
 
 
-def demo_config(primary: str, secondary: str, slow: str) -> dict[str, Any]:
-    """The demo's routing: a 90/10 sticky split, two equivalent endpoints for the main arm, a cheap fallback."""
+def _canary(candidate_endpoint: str) -> dict[str, Any]:
     return {
-        "endpoints": {
-            "primary": {"base_url": primary, "api_key": "demo-key-primary"},
-            "secondary": {"base_url": secondary, "api_key": "demo-key-secondary"},
-            "slow": {"base_url": slow, "api_key": "demo-key-slow"},
+        "sticky": "user",
+        "rollout": {
+            "stable": {"model": "gpt-4o", "endpoints": ["secondary"]},
+            "candidate": {"model": "gpt-4.1", "endpoints": [candidate_endpoint]},
+            "steps": [{"set_weight": 20}, {"analysis": {}}, {"set_weight": 50}, {"analysis": {}}],
+            # Local upstreams answer in about a millisecond, where latency ratios are noise: judge errors here.
+            "analysis": {"min_calls": 20, "min_duration": 0, "interval": 0, "max_latency_ratio": 5},
         },
+        "fallbacks": ["chat-stable"],
+    }
+
+
+def demo_config(primary: str, secondary: str, slow: str, good: str = "", bad: str = "") -> dict[str, Any]:
+    """The demo's routing: a 90/10 sticky split, two equivalent endpoints for the main arm, a cheap fallback; and
+    two canary rollouts of gpt-4.1 against gpt-4o, one on a healthy upstream and one on a failing one."""
+    endpoints = {
+        "primary": {"base_url": primary, "api_key": "demo-key-primary"},
+        "secondary": {"base_url": secondary, "api_key": "demo-key-secondary"},
+        "slow": {"base_url": slow, "api_key": "demo-key-slow"},
+    }
+    canaries: dict[str, Any] = {}
+    if good and bad:
+        endpoints["candidate-good"] = {"base_url": good, "api_key": "demo-key-good"}
+        endpoints["candidate-bad"] = {"base_url": bad, "api_key": "demo-key-bad"}
+        canaries = {
+            "canary-good": _canary("candidate-good"),
+            "canary-bad": _canary("candidate-bad"),
+            "chat-stable": {"targets": [{"model": "gpt-4o", "endpoints": ["secondary"]}]},
+        }
+    return {
+        "endpoints": endpoints,
+        "state": {"backend": "memory"},
         "routes": {
             "chat-default": {
                 "sticky": "user",
@@ -137,15 +163,17 @@ def demo_config(primary: str, secondary: str, slow: str) -> dict[str, Any]:
                 "fallbacks": ["chat-cheap"],
             },
             "chat-cheap": {"targets": [{"model": "gemini-2.5-flash", "endpoints": ["secondary"]}]},
+            **canaries,
         },
     }
 
 
 def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
+    import httpx2
     import structlog
     from openai import AsyncOpenAI, OpenAI
 
-    from . import async_client, client
+    from . import AsyncTransport, Router, Transport, load_config
     from ._report import read_events, render_table, summarise
     from .testing import FakeUpstream, Reply
 
@@ -164,9 +192,12 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
             FakeUpstream("primary") as primary,
             FakeUpstream("secondary") as secondary,
             FakeUpstream("slow", latency_s=0.05) as slow,
+            FakeUpstream("candidate-good") as good,
+            FakeUpstream("candidate-bad") as bad,
         ):
-            config = demo_config(primary.base_url, secondary.base_url, slow.base_url)
+            config = demo_config(primary.base_url, secondary.base_url, slow.base_url, good.base_url, bad.base_url)
             primary.fail_for(1.5, Reply.rate_limited(retry_after_s=0.5))
+            bad.push(*[Reply.error(500) if n % 3 else Reply() for n in range(1000)])  # 2 in 3 calls fail
             out.write(
                 "holyroute demo: 3 local upstreams on 127.0.0.1 (primary answers 429 for its first 1.5 s, "
                 "slow adds 50 ms)\nroute chat-default: gpt-4.1 90% on [primary, secondary], deepseek-chat 10% on "
@@ -176,11 +207,20 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
             async_n = calls * 2 // 5
             stream_n = calls - sync_n - async_n
             started = time.perf_counter()
-            sdk = OpenAI(api_key="unused-holyroute-routes", http_client=client(config))
+            # One router for the sync and the async client: one set of cooldowns, budgets and rollout states.
+            router = Router(load_config(config))
+            sdk = OpenAI(
+                api_key="unused-holyroute-routes", http_client=httpx2.Client(transport=Transport(router=router))
+            )
+            rollout_n = max(40, calls * 2 // 3)
             with sdk:
                 _phase("sync calls", sync_n, out, lambda i: _chat(sdk, i))
                 _phase("streaming calls", stream_n, out, lambda i: _stream(sdk, i))
-            asyncio.run(_async_phase(AsyncOpenAI, async_client(config), async_n, out))
+                _phase("canary-good (healthy)", rollout_n, out, lambda i: _chat(sdk, i, "canary-good", 400))
+                _phase("canary-bad (2/3 fail)", rollout_n, out, lambda i: _chat(sdk, i, "canary-bad", 400))
+            asyncio.run(
+                _async_phase(AsyncOpenAI, httpx2.AsyncClient(transport=AsyncTransport(router=router)), async_n, out)
+            )
             elapsed = time.perf_counter() - started
         structlog.reset_defaults()
     events = list(read_events(events_path))
@@ -189,16 +229,20 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
     attempts = sum(int(e.get("attempts") or 0) for e in requests)
     cooldowns = sum(1 for e in events if e["event"] == "holyroute.cooldown")
     failed = sum(1 for e in requests if e.get("outcome") == "error")
-    out.write(f"\n{calls} calls in {elapsed:.1f} s: {attempts} upstream attempts, {cooldowns} cooldowns, ")
+    out.write(f"\n{len(requests)} calls in {elapsed:.1f} s: {attempts} upstream attempts, {cooldowns} cooldowns, ")
     out.write(f"{failed} errors seen by the application\n\n")
     out.write(render_table(rows) + "\n\n")
-    out.write(f"events: {events_path} (JSON lines; one holyroute.request per call)\n")
+    out.write("rollouts (gpt-4o -> gpt-4.1, judged by the candidate's error rate and latency against stable):\n")
+    for event in events:
+        if event["event"] == "holyroute.rollout":
+            out.write(f"  {event['route']:<12} {event['status']:<12} {event['weight']:>5g}%  {event['reason']}\n")
+    out.write(f"\nevents: {events_path} (JSON lines; one holyroute.request per call)\n")
     return 0
 
 
-def _chat(sdk: Any, i: int) -> None:
+def _chat(sdk: Any, i: int, model: str = "chat-default", users: int = 40) -> None:
     sdk.chat.completions.create(
-        model="chat-default", messages=[{"role": "user", "content": f"question {i}"}], user=f"user-{i % 40}"
+        model=model, messages=[{"role": "user", "content": f"question {i}"}], user=f"user-{i % users}"
     )
 
 

@@ -122,8 +122,16 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     events = tmp_path / "events.jsonl"
     assert main(["demo", "--calls", "20", "--events", str(events)]) == 0
     out = capsys.readouterr().out
-    assert "route" in out
     assert "chat-default" in out
     assert "total" in out
     lines = [json.loads(line) for line in events.read_text().splitlines()]
-    assert sum(1 for e in lines if e["event"] == "holyroute.request") == 20
+    requests = sum(1 for e in lines if e["event"] == "holyroute.request")
+    assert f"{requests} calls in " in out
+    assert "0 errors seen by the application" in out
+
+
+def test_demo_shows_a_promotion_and_a_rollback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--events", str(tmp_path / "events.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "canary-good  completed      100%  all steps done: candidate at 100%" in out
+    assert "canary-bad   aborted          0%  analysis failed: error rate" in out
