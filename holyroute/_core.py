@@ -39,6 +39,7 @@ __all__ = [
     "Call",
     "EventSink",
     "GiveUp",
+    "QualityCheck",
     "Respond",
     "Router",
     "Send",
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 EventSink = Callable[[str, dict[str, Any]], None]
+#: ``quality(route, arm, body) -> bool``: whether a non-stream answer on a rollout route is good enough (not empty,
+#: not a refusal, valid JSON for structured output: the application decides). Counted as its own rollout metric.
+QualityCheck = Callable[[str, str, bytes], bool]
 
 #: Path suffix -> API family, for the model-bearing operations holyroute routes.
 OPERATIONS: Final = {
@@ -229,8 +233,10 @@ class Router:
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         sinks: Sequence[EventSink] | None = None,
+        quality: QualityCheck | None = None,
     ) -> None:
         self.config = config
+        self.quality = quality
         self.clock = clock
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
@@ -439,6 +445,7 @@ class Call:
         "_passes",
         "_pending_response",
         "_plan",
+        "_quality",
         "_query",
         "_raw_body",
         "_request_id",
@@ -517,6 +524,7 @@ class Call:
         self._sent_at = 0.0
         self._trial = False
         self._stop_reason: str | None = None
+        self._quality: bool | None = None
         self.done = False
 
         if shadow_of is not None:
@@ -623,6 +631,14 @@ class Call:
             self.on_rejected_body(body)
             return False
         router.transition(router.health.success(upstream.endpoint, now, now - self._sent_at, trial=self._trial))
+        if (
+            router.quality is not None
+            and status < 300
+            and router.rollouts is not None
+            and self._plan.alias in router.rollouts
+        ):
+            leg = self._last_leg if self._last_leg is not None else self._legs[0]
+            self._quality = bool(router.quality(self._plan.alias, leg.arm.name, body))
         self.on_complete(usage_from_body(body) if status < 300 else None)
         return True
 
@@ -909,7 +925,14 @@ class Call:
                 # Judged on the arm the split chose: a candidate call rescued by a fallback still failed the candidate.
                 primary = self._legs[0]
                 ok = outcome == "ok" and leg is primary
-                engine.observe(primary.arm.name, ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, cost_usd=cost)
+                engine.observe(
+                    primary.arm.name,
+                    ok=ok,
+                    latency_ms=latency_ms,
+                    ttft_ms=ttft_ms,
+                    cost_usd=cost,
+                    quality=self._quality,
+                )
         router.emit(
             "holyroute.request",
             {

@@ -54,6 +54,8 @@ class Measurements:
 
     calls: int = 0
     errors: int = 0
+    judged: int = 0  # answers the quality callback looked at
+    poor: int = 0  # ... and found wanting (empty, refused, invalid JSON: the callback decides)
     cost_usd: float = 0.0
     latency: LatencySketch = field(default_factory=LatencySketch)
     ttft: LatencySketch = field(default_factory=LatencySketch)
@@ -201,7 +203,16 @@ class RolloutEngine:
             )
         return found
 
-    def observe(self, arm: str, *, ok: bool, latency_ms: float, ttft_ms: float | None, cost_usd: float | None) -> None:
+    def observe(
+        self,
+        arm: str,
+        *,
+        ok: bool,
+        latency_ms: float,
+        ttft_ms: float | None,
+        cost_usd: float | None,
+        quality: bool | None = None,
+    ) -> None:
         """One call's result on ``arm`` (the arm the split chose, whatever served it in the end)."""
         with self._lock:
             if self.state.window != self._window:
@@ -217,6 +228,9 @@ class RolloutEngine:
                 measured.ttft.add(ttft_ms)
             if cost_usd is not None:
                 measured.cost_usd += cost_usd
+            if quality is not None:
+                measured.judged += 1
+                measured.poor += not quality
             if arm == self.candidate_arm:
                 self._consecutive_errors = 0 if ok else self._consecutive_errors + 1
         limit = self.rollout.consecutive_error_limit
@@ -335,6 +349,7 @@ class RolloutEngine:
             self._test,
             analysis,
             elapsed=now - self.state.step_started,
+            quality=self._quality,
         )
 
     # ---- what people do ----------------------------------------------------------------------------------------
@@ -391,6 +406,7 @@ class RolloutEngine:
         self._arms = {self.stable_arm: Measurements(), self.candidate_arm: Measurements()}
         analysis = self.rollout.analysis
         self._test = SequentialNonInferiority(margin=analysis.max_error_rate_increase, alpha=analysis.alpha)
+        self._quality = SequentialNonInferiority(margin=analysis.max_quality_failure_increase, alpha=analysis.alpha)
 
     def _commit(self, now: float, action: str, *, reason: str, new_window: bool = False, **changes: Any) -> None:
         """Write a change through the store (compare-and-set on the version) and emit it."""
@@ -445,11 +461,18 @@ def judge(
     analysis: Analysis,
     *,
     elapsed: float,
+    quality: SequentialNonInferiority | None = None,
 ) -> Verdict:
-    """One measurement of candidate against stable (same window). Pure apart from the sequential test's memory."""
+    """One measurement of candidate against stable (same window). Pure apart from the sequential tests' memory."""
     error = test.update(stable.calls, stable.errors, candidate.calls, candidate.errors)
     if error.rejected:
         return Verdict("failed", error.reason)
+    quality_above = False
+    if quality is not None and candidate.judged:
+        poor = quality.update(stable.judged, stable.poor, candidate.judged, candidate.poor)
+        if poor.rejected:
+            return Verdict("failed", "quality: " + poor.reason.replace("error rate", "poor answers", 1))
+        quality_above = poor.candidate_rate - poor.stable_rate > analysis.max_quality_failure_increase
     enough = stable.calls >= analysis.min_calls and candidate.calls >= analysis.min_calls
     if enough:
         for name, sketch_s, sketch_c, ratio in (
@@ -472,7 +495,7 @@ def judge(
                 )
         # Not rejected is not proven: a candidate observed above the margin is never promoted, it keeps being
         # measured (and is inconclusive at max_duration) until the evidence goes one way or the other.
-        above_margin = error.candidate_rate - error.stable_rate > analysis.max_error_rate_increase
+        above_margin = quality_above or error.candidate_rate - error.stable_rate > analysis.max_error_rate_increase
         if elapsed >= analysis.min_duration and not above_margin:
             return Verdict("successful", f"{error.reason}; {candidate.calls} vs {stable.calls} calls")
         if analysis.max_duration is not None and elapsed >= analysis.max_duration:

@@ -26,7 +26,7 @@ from typing import Any
 import httpx2
 
 from ._compat import attempt_request, header_view, restore_read_timeout
-from ._core import DROPPED_HEADERS, Accepted, Call, EventSink, GiveUp, Respond, Router, Send, Wait
+from ._core import DROPPED_HEADERS, Accepted, Call, EventSink, GiveUp, QualityCheck, Respond, Router, Send, Wait
 from ._stream import AsyncTap, BodyWatch, SyncTap
 from ._usage import decompress
 from .config import Config, load_config
@@ -46,10 +46,12 @@ _ATTEMPT_ERRORS: tuple[type[BaseException], ...] = (httpx2.TransportError, ssl.S
 ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | Config | None
 
 
-def _router(config: ConfigSource, router: Router | None, sinks: Sequence[EventSink] | None) -> Router:
+def _router(
+    config: ConfigSource, router: Router | None, sinks: Sequence[EventSink] | None, quality: QualityCheck | None
+) -> Router:
     if router is not None:
         return router
-    return Router(load_config(config), sinks=sinks)
+    return Router(load_config(config), sinks=sinks, quality=quality)
 
 
 class Transport(httpx2.BaseTransport):
@@ -68,8 +70,9 @@ class Transport(httpx2.BaseTransport):
         router: Router | None = None,
         sinks: Sequence[EventSink] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        quality: QualityCheck | None = None,
     ) -> None:
-        self.router = _router(config, router, sinks)
+        self.router = _router(config, router, sinks, quality)
         self._inner = transport if transport is not None else httpx2.HTTPTransport(limits=DEFAULT_LIMITS)
         self._sleep = sleep
         self._checker = None
@@ -168,8 +171,9 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         router: Router | None = None,
         sinks: Sequence[EventSink] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        quality: QualityCheck | None = None,
     ) -> None:
-        self.router = _router(config, router, sinks)
+        self.router = _router(config, router, sinks, quality)
         self._inner = transport if transport is not None else httpx2.AsyncHTTPTransport(limits=DEFAULT_LIMITS)
         import anyio
 

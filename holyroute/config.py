@@ -163,6 +163,7 @@ class Analysis(_Model):
     max_duration: Duration | None = None  # then, without enough data: inconclusive (no candidate data: failed)
     interval: Duration = 5.0  # at most one measurement per interval
     max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.01  # the non-inferiority margin
+    max_quality_failure_increase: Annotated[float, Field(ge=0, le=1)] = 0.01  # the same for the quality callback
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     max_latency_ratio: Annotated[float, Field(gt=0)] | None = 1.5  # candidate p95 <= ratio x stable p95
     max_ttft_ratio: Annotated[float, Field(gt=0)] | None = 1.5  # the same for time to first token (streams)

@@ -380,3 +380,39 @@ class TestBlueGreen:
                     },
                 }
             )
+
+
+class TestQuality:
+    """An application's quality callback (empty answers, refusals, bad JSON) is a metric of its own."""
+
+    def test_poor_answers_abort(self) -> None:
+        e, _, _ = engine([{"set_weight": 20}, {"analysis": {}}, {"set_weight": 60}], min_calls=100)
+        rng = random.Random(5)
+        for _ in range(150):
+            for _ in range(4):
+                e.observe("gpt-4o", ok=True, latency_ms=100, ttft_ms=None, cost_usd=None, quality=rng.random() > 0.01)
+            e.observe("gpt-4.1", ok=True, latency_ms=100, ttft_ms=None, cost_usd=None, quality=rng.random() > 0.4)
+            if e.state.status != "progressing":
+                break
+        assert e.state.status == "aborted"
+        assert e.state.reason.startswith("analysis failed: quality: poor answers ")
+
+    def test_callback_sees_route_arm_and_body(self) -> None:
+        seen: list[tuple[str, str, bool]] = []
+
+        def quality(route: str, arm: str, body: bytes) -> bool:
+            import json
+
+            content = json.loads(body)["choices"][0]["message"]["content"]
+            seen.append((route, arm, bool(content)))
+            return bool(content)
+
+        with FakeUpstream("stable") as stable, FakeUpstream("candidate") as candidate:
+            config = TestEndToEnd().config(stable, candidate)
+            transport = holyroute.Transport(config, sinks=[], quality=quality)
+            with openai.OpenAI(api_key="x", max_retries=0, http_client=_client(transport)) as sdk:
+                TestEndToEnd().run(sdk, 20)
+        assert {route for route, _, _ in seen} == {"chat"}
+        assert {arm for _, arm, _ in seen} <= {"gpt-4o", "gpt-4.1"}
+        assert len(seen) == 20
+        assert all(good for _, _, good in seen)
