@@ -14,6 +14,7 @@ only from the clocks it is given; it never logs a key or prompt text.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import random
@@ -303,31 +304,13 @@ class Router:
         plan = self.routes.get(model) if isinstance(model, str) else None
         if plan is None:
             return None
-        call = Call(
-            self,
-            plan,
-            api=api[0],
-            operation=api[1],
-            query=query,
-            headers=headers,
-            data=data,
-            body=body,
-            timeout=timeout,
+        describe = functools.partial(
+            Call, self, plan, api=api[0], operation=api[1], query=query, data=data, body=body, timeout=timeout
         )
+        call = describe(headers=headers)
         self.budget.record_call(call.started)
         if plan.shadow is not None and self._shadow_wanted(plan):
-            call.shadow = Call(
-                self,
-                plan,
-                api=api[0],
-                operation=api[1],
-                query=query,
-                headers=_NO_HEADERS,
-                data=data,
-                body=body,
-                timeout=timeout,
-                shadow_of=call,
-            )
+            call.shadow = describe(headers=_NO_HEADERS, shadow_of=call)
         return call
 
     def _shadow_wanted(self, plan: RoutePlan) -> bool:
