@@ -921,6 +921,7 @@ class Call:
             {
                 "route": self._plan.alias,
                 "arm": leg.arm.name if leg is not None else None,
+                "split_arm": self._legs[0].arm.name,  # the arm the split chose, even when a fallback served
                 "model": self._plan.alias,
                 "upstream_model": upstream.model if upstream is not None else None,
                 "endpoint": upstream.endpoint if upstream is not None else None,

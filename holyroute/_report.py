@@ -1,19 +1,191 @@
-"""Summaries of holyroute's event log: per route, arm and endpoint, what was served, what failed, what it cost.
+"""Reports from holyroute's event log: what each route and arm served, what failed, how fast, what it cost, and a
+verdict for every arm against the route's control arm.
 
-Reads the ``holyroute.request`` and ``holyroute.failover`` events as the JSON-lines log holds them (or as dicts) and
-computes the table; it never needs the process that emitted them. Pure functions, no I/O beyond reading the file.
+Reads the JSON-lines log that structlog's ``JSONRenderer`` writes (or events as dicts) and never needs the process
+that emitted them. Everything here computes; the only I/O is reading the log and, for ``--plot``, writing one image.
+It never decides routing: a verdict is advice for a person or a script, not a rollout step.
+
+``summarise`` / ``render_table`` are the demo's per-endpoint table. ``build_report`` is ``holyroute report``:
+
+- **Which calls count.** Served calls are ``holyroute.request`` events without ``"shadow": true``. A call rescued by a
+  fallback alias names the fallback's arm, not the arm the split chose, so fallback calls are shown on their own
+  lines and count for no arm. A cancelled call (the caller closed a stream early) is counted as ``cancelled`` and
+  left out of ``calls``, error rates, latency and verdicts, as the rollout analysis does; its tokens and cost count.
+- **Numbers.** Error rate = errors / calls with a 95 % Wilson interval; p50/p95 of ``latency_ms`` and ``ttft_ms`` are
+  exact nearest-rank quantiles of the values; cost per call = total cost / (calls + cancelled - unpriced), where a
+  call is unpriced when its event says ``priced: false``.
+- **Verdicts** against the control arm (the rollout's stable arm or the first configured target with a configuration,
+  else the arm with the most calls): ROLLBACK when the sequential non-inferiority test of the error rate, fed the
+  final counts, rejects (valid at any sample size, like the rollout analysis); else WAIT while either arm has fewer
+  than ``min_calls``; else ROLLBACK when p95 latency > ``max_latency_ratio`` x the control's; else PROMOTE when the
+  observed error rate is within ``margin`` of the control's (and would stay so were every fallback call the arm's
+  failure); else CONTINUE. The control arm itself gets CONTROL.
+- **Sample ratio mismatch** compares per-arm counts (cancelled calls included: the split assigned them) with the
+  configured weights. It needs a configuration, and is skipped for rollout routes, whose weight changes by step at
+  times the log does not record.
+
+``report_json`` gives one document with these keys (stable; new keys may be added, none renamed)::
+
+    {"source": str, "config": str | null, "settings": {"margin", "alpha", "max_latency_ratio", "min_calls"},
+     "events": {"request": int, "served": int, "shadow": int, "other_holyroute": int,
+                "skipped_not_json": int, "skipped_not_holyroute": int, "malformed_request": int},
+     "notes": [str], "routes_without_calls": [str],
+     "routes": [{"route": str, "configured": bool, "control": str | null, "control_basis": str,
+                 "arms": [ARM + {"verdict": {"verdict": "CONTROL|WAIT|ROLLBACK|PROMOTE|CONTINUE",
+                                            "reason": str, "p_value": float | null, "latency_ratio": float | null}}],
+                 "fallbacks": [ARM + {"fallback": str}],
+                 "srm": {"checked": bool, "p_value": float | null, "warning": bool, "message": str,
+                         "observed": {arm: int}, "weights": {arm: float}},
+                 "shadow": null | {"served": ARM, "shadow": [ARM]}}]}
+    ARM = {"arm", "calls", "errors", "cancelled", "error_rate", "error_rate_ci_low", "error_rate_ci_high",
+           "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms", "prompt_tokens", "completion_tokens",
+           "mean_completion_tokens", "cost_usd", "cost_per_call_usd", "unpriced", "upstream_models"}
+
+``events.request`` counts the well-formed request events reported on (of ``--route`` only, when given); request
+events without a route name are ``malformed_request``. A rate, quantile or mean with no data is ``null``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any, Literal
 
-__all__ = ["Row", "read_events", "render_table", "summarise"]
+from ._stats import SequentialNonInferiority, sample_ratio_mismatch, wilson_interval
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = [
+    "ArmStats",
+    "EventLog",
+    "PlotUnavailableError",
+    "Report",
+    "RouteReport",
+    "Row",
+    "Series",
+    "Settings",
+    "ShadowComparison",
+    "SrmCheck",
+    "Verdict",
+    "build_report",
+    "judge",
+    "load_log",
+    "load_report_config",
+    "nearest_rank",
+    "read_events",
+    "render_markdown",
+    "render_report",
+    "render_table",
+    "report_json",
+    "require_matplotlib",
+    "summarise",
+    "time_series",
+    "write_plot",
+]
+
+SRM_THRESHOLD = 0.001
+_Z95 = NormalDist().inv_cdf(0.975)  # exact, so the interval matches other tools to the last digit
+NO_ARM = "(none)"
+
+
+def nearest_rank(values: Sequence[float], q: float) -> float | None:
+    """The nearest-rank quantile ``q`` (0 < q <= 1) of ``values``: the smallest value with at least ``q`` of them at
+    or below it. ``None`` without values.
+
+    >>> nearest_rank([10.0, 30.0, 20.0, 40.0], 0.5)
+    20.0
+    """
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+# ---- reading the log ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventLog:
+    """Every ``holyroute.*`` event of a log in file order, and how many lines were skipped and why."""
+
+    path: str
+    events: tuple[dict[str, Any], ...]
+    not_json: int = 0
+    not_holyroute: int = 0
+
+
+def _parse(line: str) -> dict[str, Any] | Literal["blank", "not_json", "not_holyroute"]:
+    if not line.strip():
+        return "blank"
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return "not_json"
+    if isinstance(event, dict) and str(event.get("event", "")).startswith("holyroute."):
+        return event
+    return "not_holyroute"
+
+
+def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Events from a JSON-lines file; lines that are not holyroute JSON events are skipped."""
+    with Path(path).open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            event = _parse(line)
+            if isinstance(event, dict):
+                yield event
+
+
+def load_log(path: str | Path) -> EventLog:
+    """The whole log, with counts of skipped lines. Raises ``OSError`` when the file cannot be read."""
+    events: list[dict[str, Any]] = []
+    skipped = {"blank": 0, "not_json": 0, "not_holyroute": 0}
+    # Undecodable bytes become U+FFFD: such a line fails to parse and is counted, rather than ending the report.
+    with Path(path).open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            event = _parse(line)
+            if isinstance(event, dict):
+                events.append(event)
+            else:
+                skipped[event] += 1
+    return EventLog(str(path), tuple(events), skipped["not_json"], skipped["not_holyroute"])
+
+
+_MISSING_VAR = re.compile(r"^\s*- (\S+): environment variable ([A-Za-z_][A-Za-z0-9_]*) is not set", re.MULTILINE)
+
+
+def load_report_config(path: str | Path) -> tuple[Config, list[str]]:
+    """The configuration, loadable without its secrets: a report needs routes and weights, not keys.
+
+    Variables the configuration names but the environment lacks (typically API keys on a laptop) are filled with
+    placeholders, and the names are returned. Raises :class:`ConfigError` for any other problem.
+    """
+    import os
+
+    from .config import load_config
+    from .exceptions import ConfigError
+
+    try:
+        return load_config(path), []
+    except ConfigError as exc:
+        missing = {name: where for where, name in _MISSING_VAR.findall(str(exc))}
+        if not missing:
+            raise
+        stand_ins = {
+            name: "http://unset.invalid" if where.endswith("base_url") else "unset" for name, where in missing.items()
+        }
+        # Any error now is a real one (the unset variables are left out of it): raise that.
+        return load_config(path, environ={**os.environ, **stand_ins}), sorted(missing)
+
+
+# ---- the demo's per-endpoint table -------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -33,22 +205,7 @@ class Row:
 
     def percentile(self, q: float) -> float | None:
         """Nearest-rank percentile of latency in ms; ``None`` without data."""
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Events from a JSON-lines file; lines that are not holyroute JSON events are skipped."""
-    with Path(path).open(encoding="utf-8") as lines:
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and str(event.get("event", "")).startswith("holyroute."):
-                yield event
+        return nearest_rank(self.latencies, q / 100)
 
 
 def summarise(events: Iterable[Mapping[str, Any]]) -> list[Row]:
@@ -96,16 +253,7 @@ def render_table(rows: list[Row]) -> str:
         total.cost_usd += r.cost_usd
         total.unpriced += r.unpriced
     lines = [_cells(r) for r in [*rows, total]]
-    widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
-    numeric = range(3, len(header))
-
-    def fmt(cells: tuple[str, ...]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    rule = "  ".join("-" * w for w in widths)
-    out = [fmt(header), rule, *(fmt(line) for line in lines[:-1]), rule, fmt(lines[-1])]
+    out = _fixed_width(header, lines[:-1], frozenset(range(3, len(header))), total=lines[-1])
     if total.unpriced:
         out.append("* some calls have no price for their model; add it under 'prices'")
     return "\n".join(out)
@@ -126,5 +274,867 @@ def _cells(r: Row) -> tuple[str, ...]:
     )
 
 
+def _fixed_width(
+    header: Sequence[str],
+    lines: Sequence[Sequence[str]],
+    numeric: frozenset[int],
+    *,
+    total: Sequence[str] | None = None,
+    indent: str = "",
+) -> list[str]:
+    everything = [*lines, *([total] if total is not None else [])]
+    widths = [max(len(header[i]), *(len(line[i]) for line in everything)) for i in range(len(header))]
+
+    def fmt(cells: Sequence[str]) -> str:
+        text = "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return indent + text.rstrip()
+
+    rule = indent + "  ".join("-" * w for w in widths)
+    out = [fmt(header), rule, *(fmt(line) for line in lines)]
+    if total is not None:
+        out += [rule, fmt(total)]
+    return out
+
+
+# ---- the report's model ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How arms are judged: the error-rate margin and test level, the latency ratio, the calls needed per arm."""
+
+    margin: float = 0.01
+    alpha: float = 0.05
+    max_latency_ratio: float = 1.5
+    min_calls: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.margin < 1.0:
+            raise ValueError(f"--margin must be in [0, 1), got {self.margin:g}: it is an absolute difference (0.01)")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"--alpha must be in (0, 1), got {self.alpha:g}")
+        if not (self.max_latency_ratio > 0.0 and math.isfinite(self.max_latency_ratio)):
+            raise ValueError(f"--max-latency-ratio must be a positive number, got {self.max_latency_ratio:g}")
+        if self.min_calls < 1:
+            raise ValueError(f"--min-calls must be at least 1, got {self.min_calls}")
+
+
+VerdictName = Literal["CONTROL", "WAIT", "ROLLBACK", "PROMOTE", "CONTINUE"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """An arm's verdict against the control arm, with the reason; ``p_value`` is the error-rate test's."""
+
+    verdict: VerdictName
+    reason: str
+    p_value: float | None = None
+    latency_ratio: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArmStats:
+    """The numbers of one arm (or of a fallback, a shadow target, or a whole route's served calls)."""
+
+    arm: str
+    calls: int
+    errors: int
+    cancelled: int
+    error_rate: float | None
+    error_rate_ci: tuple[float, float] | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    mean_completion_tokens: float | None
+    cost_usd: float
+    cost_per_call_usd: float | None
+    unpriced: int
+    upstream_models: tuple[str, ...]
+    fallback: str | None = None
+    verdict: Verdict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SrmCheck:
+    """Whether the observed split matches the configured weights (sample ratio mismatch)."""
+
+    checked: bool
+    message: str
+    p_value: float | None = None
+    warning: bool = False
+    observed: Mapping[str, int] = field(default_factory=dict)
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowComparison:
+    """A route's served calls (all arms) next to its shadow copies (per shadow target)."""
+
+    served: ArmStats
+    shadows: tuple[ArmStats, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteReport:
+    """One route: its arms with verdicts, its fallback calls, the split check and the shadow comparison."""
+
+    route: str
+    configured: bool
+    control: str | None
+    control_basis: str
+    arms: tuple[ArmStats, ...]
+    fallbacks: tuple[ArmStats, ...]
+    srm: SrmCheck
+    shadow: ShadowComparison | None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The whole report: where it came from, how it judged, and one entry per route."""
+
+    source: str
+    config: str | None
+    settings: Settings
+    request_events: int
+    served_events: int
+    shadow_events: int
+    other_events: int
+    skipped_not_json: int
+    skipped_not_holyroute: int
+    malformed: int
+    routes: tuple[RouteReport, ...]
+    routes_without_calls: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+# ---- computing it ------------------------------------------------------------------------------------------------
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+class _Tally:
+    """Running counts for one group of request events."""
+
+    __slots__ = (
+        "calls",
+        "cancelled",
+        "completion",
+        "cost",
+        "errors",
+        "latencies",
+        "models",
+        "prompt",
+        "ttfts",
+        "unpriced",
+        "usage_completion",
+    )
+
+    def __init__(self) -> None:
+        self.calls = self.errors = self.cancelled = self.prompt = self.completion = self.unpriced = 0
+        self.latencies: list[float] = []
+        self.ttfts: list[float] = []
+        self.usage_completion: list[float] = []
+        self.cost = 0.0
+        self.models: set[str] = set()
+
+    def add(self, event: Mapping[str, Any]) -> None:
+        outcome = event.get("outcome")
+        completion = _number(event.get("completion_tokens"))
+        if outcome == "cancelled":
+            self.cancelled += 1
+        else:
+            self.calls += 1
+            self.errors += outcome == "error"
+            latency = _number(event.get("latency_ms"))
+            if latency is not None:
+                self.latencies.append(latency)
+            ttft = _number(event.get("ttft_ms"))
+            if ttft is not None:
+                self.ttfts.append(ttft)
+            if completion is not None:
+                self.usage_completion.append(completion)
+        self.prompt += int(_number(event.get("prompt_tokens")) or 0)
+        self.completion += int(completion or 0)
+        cost = _number(event.get("cost_usd"))
+        if cost is not None:
+            self.cost += cost
+        priced = event.get("priced")
+        # Logs without `priced` (older versions): an answered call with no cost had no price.
+        if priced is False or (priced is None and cost is None and outcome == "ok"):
+            self.unpriced += 1
+        model = event.get("upstream_model")
+        if isinstance(model, str):
+            self.models.add(model)
+
+    def stats(self, arm: str, fallback: str | None = None) -> ArmStats:
+        billed = self.calls + self.cancelled - self.unpriced
+        return ArmStats(
+            arm=arm,
+            calls=self.calls,
+            errors=self.errors,
+            cancelled=self.cancelled,
+            error_rate=self.errors / self.calls if self.calls else None,
+            error_rate_ci=wilson_interval(self.errors, self.calls, _Z95) if self.calls else None,
+            latency_p50_ms=nearest_rank(self.latencies, 0.50),
+            latency_p95_ms=nearest_rank(self.latencies, 0.95),
+            ttft_p50_ms=nearest_rank(self.ttfts, 0.50),
+            ttft_p95_ms=nearest_rank(self.ttfts, 0.95),
+            prompt_tokens=self.prompt,
+            completion_tokens=self.completion,
+            mean_completion_tokens=(
+                sum(self.usage_completion) / len(self.usage_completion) if self.usage_completion else None
+            ),
+            cost_usd=self.cost,
+            cost_per_call_usd=self.cost / billed if billed > 0 else None,
+            unpriced=self.unpriced,
+            upstream_models=tuple(sorted(self.models)),
+            fallback=fallback,
+        )
+
+
+def judge(control: ArmStats, arm: ArmStats, settings: Settings, *, unattributed: int = 0) -> Verdict:
+    """The verdict for ``arm`` against ``control``.
+
+    ``unattributed`` calls were rescued by a fallback after an arm of the route failed them, and the log does not say
+    which arm. They cannot convict ``arm``, but they hold back a promotion that would not survive them all being its
+    failures: a broken candidate whose every failure is rescued must not look clean.
+
+    >>> def arm(name, calls, errors, p95):
+    ...     return ArmStats(name, calls, errors, 0, errors / calls, None, p95, p95, None, None, 0, 0, None,
+    ...                     0.0, None, 0, ())
+    >>> judge(arm("old", 1000, 20, 400.0), arm("new", 1000, 80, 400.0), Settings()).verdict
+    'ROLLBACK'
+    >>> judge(arm("old", 1000, 20, 400.0), arm("new", 1000, 22, 420.0), Settings()).reason
+    'error rate 2.2% vs 2.0%: within margin 1.0 pp (p=1); p95 latency 420 ms vs 400 ms: 1.05x <= 1.5x'
+    """
+    gate = SequentialNonInferiority(margin=settings.margin, alpha=settings.alpha)
+    errors = gate.update(control.calls, control.errors, arm.calls, arm.errors)
+    if errors.rejected:
+        return Verdict("ROLLBACK", errors.reason, errors.p_value)
+    needed = settings.min_calls
+    if arm.calls < needed or control.calls < needed:
+        counts = f"{arm.calls} calls on {arm.arm} and {control.calls} on control {control.arm}, need {needed} each"
+        return Verdict("WAIT", f"{counts}; {errors.reason}", errors.p_value)
+    ratio, latency_reason = _latency_ratio(control.latency_p95_ms, arm.latency_p95_ms, settings.max_latency_ratio)
+    if ratio is not None and ratio > settings.max_latency_ratio:
+        return Verdict("ROLLBACK", f"{latency_reason}; {errors.reason}", errors.p_value, ratio)
+    reason = f"{errors.reason}; {latency_reason}"
+    within = errors.candidate_rate - errors.stable_rate <= settings.margin
+    if within and ratio is not None and unattributed:
+        worst = (arm.errors + unattributed) / (arm.calls + unattributed)
+        if worst - errors.stable_rate > settings.margin:
+            held = (
+                f"not promoted: {unattributed} fallback calls may be {arm.arm}'s failures, "
+                f"which would make its error rate {worst:.1%}"
+            )
+            return Verdict("CONTINUE", f"{reason}; {held}", errors.p_value, ratio)
+    if within and ratio is not None:
+        return Verdict("PROMOTE", reason, errors.p_value, ratio)
+    return Verdict("CONTINUE", reason, errors.p_value, ratio)
+
+
+def _latency_ratio(control_ms: float | None, arm_ms: float | None, limit: float) -> tuple[float | None, str]:
+    if control_ms is None or arm_ms is None:
+        return None, "p95 latency not judged: no latency values"
+    # Against a 0 ms control, only an arm at 0 ms too is no slower.
+    ratio = arm_ms / control_ms if control_ms > 0.0 else (1.0 if arm_ms <= 0.0 else math.inf)
+    relation = ">" if ratio > limit else "<="
+    values = f"{_ms_short(arm_ms)} ms vs {_ms_short(control_ms)} ms"
+    return ratio, f"p95 latency {values}: {ratio:.2f}x {relation} {limit:g}x"
+
+
+def _ms_short(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+class _RouteTally:
+    __slots__ = ("fallbacks", "served", "served_all", "shadows", "sticky")
+
+    def __init__(self) -> None:
+        self.served: dict[str, _Tally] = {}
+        self.fallbacks: dict[tuple[str, str], _Tally] = {}
+        self.shadows: dict[str, _Tally] = {}
+        self.served_all = _Tally()
+        self.sticky = 0
+
+
+def _request_key(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(route, arm) of a well-formed request event, else None."""
+    route, arm = event.get("route"), event.get("arm")
+    if not isinstance(route, str) or not route or not (arm is None or isinstance(arm, str)):
+        return None
+    return route, arm or NO_ARM
+
+
+def build_report(
+    log: EventLog,
+    config: Config | None = None,
+    *,
+    settings: Settings | None = None,
+    route: str | None = None,
+    config_path: str | None = None,
+    notes: Sequence[str] = (),
+) -> Report:
+    """The report over every route in ``log`` (or only ``route``), judged with ``settings``."""
+    settings = settings or Settings()
+    routes: dict[str, _RouteTally] = {}
+    requests = served = shadows = malformed = other = 0
+    for event in log.events:
+        if event.get("event") != "holyroute.request":
+            other += 1
+            continue
+        key = _request_key(event)
+        if key is None:
+            malformed += 1
+            continue
+        name, arm = key
+        if route is not None and name != route:
+            continue
+        requests += 1
+        tally = routes.setdefault(name, _RouteTally())
+        if event.get("shadow") is True:
+            shadows += 1
+            tally.shadows.setdefault(arm, _Tally()).add(event)
+            continue
+        served += 1
+        tally.served_all.add(event)
+        fallback = event.get("fallback")
+        if isinstance(fallback, str) and fallback:
+            tally.fallbacks.setdefault((fallback, arm), _Tally()).add(event)
+            continue
+        tally.served.setdefault(arm, _Tally()).add(event)
+        tally.sticky += event.get("sticky") is True
+    reports = tuple(_route_report(name, routes[name], config, settings) for name in sorted(routes))
+    quiet: tuple[str, ...] = ()
+    if config is not None:
+        quiet = tuple(name for name in config.routes if name not in routes and route in (None, name))
+    return Report(
+        source=log.path,
+        config=config_path,
+        settings=settings,
+        request_events=requests,
+        served_events=served,
+        shadow_events=shadows,
+        other_events=other,
+        skipped_not_json=log.not_json,
+        skipped_not_holyroute=log.not_holyroute,
+        malformed=malformed,
+        routes=reports,
+        routes_without_calls=quiet,
+        notes=tuple(notes),
+    )
+
+
+def _route_report(name: str, tally: _RouteTally, config: Config | None, settings: Settings) -> RouteReport:
+    configured = config.routes.get(name) if config is not None else None
+    arm_names = [target.arm for target in configured.arms] if configured is not None else []
+    arm_names += sorted(arm for arm in tally.served if arm not in arm_names)
+    stats = {arm: tally.served.get(arm, _Tally()).stats(arm) for arm in arm_names}
+    if configured is not None:
+        control: str | None = arm_names[0]
+        basis = "the rollout's stable arm" if configured.rollout is not None else "the first configured target"
+    elif stats:
+        control = min(stats.values(), key=lambda s: (-s.calls, s.arm)).arm
+        basis = "the arm with the most calls" + ("" if config is None else "; the route is not in the configuration")
+        arm_names = [control, *sorted(arm for arm in arm_names if arm != control)]
+    else:
+        control, basis = None, "no served calls"
+    rescued = sum(t.calls + t.cancelled for t in tally.fallbacks.values())
+    arms: list[ArmStats] = []
+    for arm in arm_names:
+        if arm == control:
+            verdict = Verdict("CONTROL", f"control arm: {basis}")
+        else:
+            assert control is not None
+            verdict = judge(stats[control], stats[arm], settings, unattributed=rescued)
+        arms.append(replace(stats[arm], verdict=verdict))
+    fallbacks = tuple(tally.fallbacks[key].stats(key[1], key[0]) for key in sorted(tally.fallbacks))
+    shadow = None
+    if tally.shadows:
+        shadow = ShadowComparison(
+            tally.served_all.stats("all arms"), tuple(tally.shadows[arm].stats(arm) for arm in sorted(tally.shadows))
+        )
+    return RouteReport(
+        route=name,
+        configured=configured is not None,
+        control=control,
+        control_basis=basis,
+        arms=tuple(arms),
+        fallbacks=fallbacks,
+        srm=_srm(name, tally, config, arms),
+        shadow=shadow,
+    )
+
+
+def _srm(name: str, tally: _RouteTally, config: Config | None, arms: Sequence[ArmStats]) -> SrmCheck:
+    if config is None:
+        return SrmCheck(False, "SRM not checked: no --config, so the configured weights are unknown")
+    route = config.routes.get(name)
+    if route is None:
+        return SrmCheck(False, "SRM not checked: the route is not in the configuration")
+    if route.rollout is not None:
+        return SrmCheck(
+            False,
+            "SRM not checked: a rollout route's weights change step by step and the log does not record when; "
+            "compare the arms within one step instead",
+        )
+    weights = {target.arm: target.weight for target in route.arms}
+    if sum(1 for weight in weights.values() if weight > 0) < 2:
+        return SrmCheck(False, "SRM not checked: fewer than two arms with a positive weight", weights=weights)
+    # Cancelled calls were assigned by the split too, so they count here.
+    counts = {arm.arm: arm.calls + arm.cancelled for arm in arms}
+    observed = {arm: counts.get(arm, 0) for arm in weights}
+    p_value = sample_ratio_mismatch(list(observed.values()), list(weights.values()))
+    warning = p_value < SRM_THRESHOLD
+    split = "/".join(str(count) for count in observed.values())
+    shares = "/".join(f"{weight:g}" for weight in weights.values())
+    verdict = "the split is broken, do not trust the comparison" if warning else "consistent with the configured split"
+    message = f"SRM: observed {split} vs configured {shares}, p={p_value:.2g}: {verdict}"
+    caveats = []
+    unconfigured = {arm: count for arm, count in counts.items() if arm not in weights and count}
+    if unconfigured:
+        caveats.append(
+            "left out, not configured: " + ", ".join(f"{arm} ({count})" for arm, count in unconfigured.items())
+        )
+    rescued = sum(t.calls + t.cancelled for t in tally.fallbacks.values())
+    if rescued:
+        caveats.append(f"{rescued} fallback calls could not be given to the arm the split chose")
+    assigned = sum(observed.values())
+    if tally.sticky and assigned:
+        caveats.append(
+            f"{tally.sticky / assigned:.0%} of calls were sticky (assigned per key, not per call), "
+            "which makes this test overstate the evidence"
+        )
+    if caveats:
+        message += f" ({'; '.join(caveats)})"
+    return SrmCheck(True, message, p_value, warning, observed, weights)
+
+
+# ---- rendering ---------------------------------------------------------------------------------------------------
+
+
+def _arm_json(stats: ArmStats) -> dict[str, Any]:
+    low, high = stats.error_rate_ci if stats.error_rate_ci is not None else (None, None)
+    return {
+        "arm": stats.arm,
+        "calls": stats.calls,
+        "errors": stats.errors,
+        "cancelled": stats.cancelled,
+        "error_rate": stats.error_rate,
+        "error_rate_ci_low": low,
+        "error_rate_ci_high": high,
+        "latency_p50_ms": stats.latency_p50_ms,
+        "latency_p95_ms": stats.latency_p95_ms,
+        "ttft_p50_ms": stats.ttft_p50_ms,
+        "ttft_p95_ms": stats.ttft_p95_ms,
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "mean_completion_tokens": stats.mean_completion_tokens,
+        "cost_usd": stats.cost_usd,
+        "cost_per_call_usd": stats.cost_per_call_usd,
+        "unpriced": stats.unpriced,
+        "upstream_models": list(stats.upstream_models),
+    }
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no Infinity: a ratio against a 0 ms control is reported as null (the reason says "inf").
+    return value if value is None or math.isfinite(value) else None
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The report as one JSON-safe document; the keys are listed in this module's docstring."""
+    routes = []
+    for route in report.routes:
+        arms = []
+        for arm in route.arms:
+            verdict = arm.verdict
+            assert verdict is not None
+            arms.append(
+                {
+                    **_arm_json(arm),
+                    "verdict": {
+                        "verdict": verdict.verdict,
+                        "reason": verdict.reason,
+                        "p_value": verdict.p_value,
+                        "latency_ratio": _finite(verdict.latency_ratio),
+                    },
+                }
+            )
+        srm = route.srm
+        routes.append(
+            {
+                "route": route.route,
+                "configured": route.configured,
+                "control": route.control,
+                "control_basis": route.control_basis,
+                "arms": arms,
+                "fallbacks": [{**_arm_json(f), "fallback": f.fallback} for f in route.fallbacks],
+                "srm": {
+                    "checked": srm.checked,
+                    "p_value": srm.p_value,
+                    "warning": srm.warning,
+                    "message": srm.message,
+                    "observed": dict(srm.observed),
+                    "weights": dict(srm.weights),
+                },
+                "shadow": None
+                if route.shadow is None
+                else {"served": _arm_json(route.shadow.served), "shadow": [_arm_json(s) for s in route.shadow.shadows]},
+            }
+        )
+    settings = report.settings
+    return {
+        "source": report.source,
+        "config": report.config,
+        "settings": {
+            "margin": settings.margin,
+            "alpha": settings.alpha,
+            "max_latency_ratio": settings.max_latency_ratio,
+            "min_calls": settings.min_calls,
+        },
+        "events": {
+            "request": report.request_events,
+            "served": report.served_events,
+            "shadow": report.shadow_events,
+            "other_holyroute": report.other_events,
+            "skipped_not_json": report.skipped_not_json,
+            "skipped_not_holyroute": report.skipped_not_holyroute,
+            "malformed_request": report.malformed,
+        },
+        "notes": list(_notes(report)),
+        "routes_without_calls": list(report.routes_without_calls),
+        "routes": routes,
+    }
+
+
+def _notes(report: Report) -> list[str]:
+    """What a reader must know about the input before trusting the numbers."""
+    skipped = report.skipped_not_json + report.skipped_not_holyroute
+    notes = [
+        f"{report.request_events} request events ({report.served_events} served, {report.shadow_events} shadow), "
+        f"{report.other_events} other holyroute events; {skipped} lines skipped "
+        f"({report.skipped_not_json} not JSON, {report.skipped_not_holyroute} not holyroute events)"
+    ]
+    if report.malformed:
+        notes.append(f"{report.malformed} request events without a route name (or with a non-text arm) left out")
+    if report.config is None:
+        notes.append("no --config: the control is the arm with the most calls, and the split is not checked (SRM)")
+    if any(route.fallbacks for route in report.routes):
+        notes.append(
+            "fallback calls are listed apart: their event names the fallback's arm, not the arm the split chose"
+        )
+    notes.extend(report.notes)
+    return notes
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _ci(stats: ArmStats) -> str:
+    if stats.error_rate_ci is None:
+        return "-"
+    low, high = stats.error_rate_ci
+    return f"{low * 100:.2f}-{high * 100:.2f}%"
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def _mean(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _usd(value: float | None, flagged: bool = False) -> str:
+    return ("-" if value is None else f"{value:.6f}") + ("*" if flagged else "")
+
+
+_ARM_HEADER = (
+    "arm",
+    "calls",
+    "errors",
+    "error rate",
+    "95% CI",
+    "p50 ms",
+    "p95 ms",
+    "ttft p50",
+    "ttft p95",
+    "prompt tok",
+    "compl tok",
+    "USD/call",
+    "USD total",
+    "verdict",
+)
+_FALLBACK_NOTE = "fallback calls (counted for no arm, so the arms' error rates above leave out the failures they hide)"
+_SHADOW_HEADER = ("", "arm", "calls", "error rate", "p50 ms", "p95 ms", "mean compl tok", "USD/call", "USD total")
+
+
+def _arm_cells(stats: ArmStats, label: str | None = None) -> tuple[str, ...]:
+    calls = str(stats.calls) + (f" (+{stats.cancelled} cancelled)" if stats.cancelled else "")
+    return (
+        label or stats.arm,
+        calls,
+        str(stats.errors),
+        _pct(stats.error_rate),
+        _ci(stats),
+        _ms(stats.latency_p50_ms),
+        _ms(stats.latency_p95_ms),
+        _ms(stats.ttft_p50_ms),
+        _ms(stats.ttft_p95_ms),
+        str(stats.prompt_tokens),
+        str(stats.completion_tokens),
+        _usd(stats.cost_per_call_usd, bool(stats.unpriced)),
+        _usd(stats.cost_usd, bool(stats.unpriced)),
+        stats.verdict.verdict if stats.verdict is not None else "",
+    )
+
+
+def _shadow_cells(kind: str, stats: ArmStats) -> tuple[str, ...]:
+    return (
+        kind,
+        stats.arm,
+        str(stats.calls),
+        _pct(stats.error_rate),
+        _ms(stats.latency_p50_ms),
+        _ms(stats.latency_p95_ms),
+        _mean(stats.mean_completion_tokens),
+        _usd(stats.cost_per_call_usd, bool(stats.unpriced)),
+        _usd(stats.cost_usd, bool(stats.unpriced)),
+    )
+
+
+def _unpriced_note(report: Report) -> str | None:
+    groups = [*(r.arms for r in report.routes), *(r.fallbacks for r in report.routes)]
+    shadows = [(r.shadow.served, *r.shadow.shadows) for r in report.routes if r.shadow is not None]
+    count = sum(s.unpriced for group in [*groups, *shadows] for s in group)
+    if not count:
+        return None
+    return f"* includes {count} unpriced calls (no price for their model, cost_usd null): add it under 'prices'"
+
+
+def _route_title(route: RouteReport) -> str:
+    control = f"control {route.control} ({route.control_basis})" if route.control else route.control_basis
+    return f"route {route.route}: {control}"
+
+
+def render_report(report: Report) -> str:
+    """The report as fixed-width text tables, one block per route."""
+    out = [f"holyroute report: {report.source}" + (f" (config {report.config})" if report.config else "")]
+    out += [f"  {note}" for note in _notes(report)]
+    numeric = frozenset(range(1, len(_ARM_HEADER) - 1))
+    for route in report.routes:
+        out += ["", _route_title(route)]
+        if route.arms:
+            out += _fixed_width(_ARM_HEADER, [_arm_cells(arm) for arm in route.arms], numeric, indent="  ")
+        for arm in route.arms:
+            if arm.verdict is not None and arm.verdict.verdict != "CONTROL":
+                out.append(f"  {arm.arm}: {arm.verdict.verdict}: {arm.verdict.reason}")
+        out.append(("  WARNING " if route.srm.warning else "  ") + route.srm.message)
+        if route.fallbacks:
+            out.append(f"  {_FALLBACK_NOTE}:")
+            lines = [_arm_cells(f, f"{f.arm} via {f.fallback}")[:-1] for f in route.fallbacks]
+            out += _fixed_width(_ARM_HEADER[:-1], lines, numeric, indent="    ")
+        if route.shadow is not None:
+            out.append("  shadow vs served:")
+            lines = [_shadow_cells("served", route.shadow.served)]
+            lines += [_shadow_cells("shadow", s) for s in route.shadow.shadows]
+            out += _fixed_width(_SHADOW_HEADER, lines, frozenset(range(2, len(_SHADOW_HEADER))), indent="    ")
+    if report.routes_without_calls:
+        out += ["", "configured routes with no calls in the log: " + ", ".join(report.routes_without_calls)]
+    note = _unpriced_note(report)
+    if note:
+        out += ["", note]
+    return "\n".join(out)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_table(header: Sequence[str], lines: Sequence[Sequence[str]], numeric: frozenset[int]) -> list[str]:
+    align = ["---:" if i in numeric else "---" for i in range(len(header))]
+    rows = [header, align, *lines]
+    return ["| " + " | ".join(_md(cell) if row is not align else cell for cell in row) + " |" for row in rows]
+
+
+def render_markdown(report: Report) -> str:
+    """The report as GitHub-flavoured Markdown: a table per route, verdict reasons as a list."""
+    source = f"`{report.source}`" + (f" (config `{report.config}`)" if report.config else "")
+    out = [f"## holyroute report: {source}", "", *(f"- {_md(note)}" for note in _notes(report))]
+    numeric = frozenset(range(1, len(_ARM_HEADER) - 1))
+    for route in report.routes:
+        out += ["", f"### {_md(_route_title(route))}", ""]
+        if route.arms:
+            out += _md_table(_ARM_HEADER, [_arm_cells(arm) for arm in route.arms], numeric)
+            out.append("")
+        for arm in route.arms:
+            if arm.verdict is not None and arm.verdict.verdict != "CONTROL":
+                out.append(f"- **{_md(arm.arm)}: {arm.verdict.verdict}**: {_md(arm.verdict.reason)}")
+        out.append(f"- {'**WARNING** ' if route.srm.warning else ''}{_md(route.srm.message)}")
+        if route.fallbacks:
+            out += ["", f"{_FALLBACK_NOTE[0].upper()}{_FALLBACK_NOTE[1:]}:", ""]
+            lines = [_arm_cells(f, f"{f.arm} via {f.fallback}")[:-1] for f in route.fallbacks]
+            out += _md_table(_ARM_HEADER[:-1], lines, numeric)
+        if route.shadow is not None:
+            out += ["", "Shadow vs served:", ""]
+            lines = [_shadow_cells("served", route.shadow.served)]
+            lines += [_shadow_cells("shadow", s) for s in route.shadow.shadows]
+            out += _md_table(_SHADOW_HEADER, lines, frozenset(range(2, len(_SHADOW_HEADER))))
+    if report.routes_without_calls:
+        out += ["", "Configured routes with no calls in the log: " + ", ".join(report.routes_without_calls)]
+    note = _unpriced_note(report)
+    if note:
+        out += ["", "\\" + _md(note)]  # a leading * would start a list
+    return "\n".join(out)
+
+
+# ---- over time (the plot) ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One arm of one route over time: per window, its start (Unix seconds, or event index without timestamps),
+    calls, p50/p95 latency and error rate (None for an empty window)."""
+
+    route: str
+    arm: str
+    by_time: bool
+    starts: tuple[float, ...]
+    calls: tuple[int, ...]
+    p50_ms: tuple[float | None, ...]
+    p95_ms: tuple[float | None, ...]
+    error_rate: tuple[float | None, ...]
+
+
+def _epoch(value: object) -> float | None:
+    number = _number(value)
+    if number is not None:
+        return number
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+    return None
+
+
+def time_series(events: Iterable[Mapping[str, Any]], *, route: str | None = None, windows: int = 20) -> list[Series]:
+    """Per route and arm (shadow targets as ``"<arm> (shadow)"``), served and shadow calls in ``windows`` equal
+    windows: of time when every request event has a timestamp, else of the events' order in the log. Fallback and
+    cancelled calls are left out, as in the report's arm rows."""
+    by_route: dict[str, list[tuple[Mapping[str, Any], str, float | None]]] = {}
+    for event in events:
+        if event.get("event") != "holyroute.request":
+            continue
+        key = _request_key(event)
+        if key is None or (route is not None and key[0] != route):
+            continue
+        shadow = event.get("shadow") is True
+        if not shadow and isinstance(event.get("fallback"), str) and event.get("fallback"):
+            continue
+        arm = f"{key[1]} (shadow)" if shadow else key[1]
+        by_route.setdefault(key[0], []).append((event, arm, _epoch(event.get("timestamp"))))
+    series: list[Series] = []
+    for name in sorted(by_route):
+        rows = by_route[name]
+        by_time = all(moment is not None for _, _, moment in rows)
+        positions = [moment if by_time and moment is not None else float(i) for i, (_, _, moment) in enumerate(rows)]
+        first, last = min(positions), max(positions)
+        width = (last - first) / windows if last > first else 1.0
+        buckets: dict[str, list[list[Mapping[str, Any]]]] = {}
+        for (event, arm, _), position in zip(rows, positions, strict=True):
+            index = min(windows - 1, int((position - first) / width))
+            buckets.setdefault(arm, [[] for _ in range(windows)])[index].append(event)
+        starts = tuple(first + i * width for i in range(windows))
+        for arm in sorted(buckets):
+            tallies = []
+            for bucket in buckets[arm]:
+                tally = _Tally()
+                for event in bucket:
+                    tally.add(event)
+                tallies.append(tally)
+            series.append(
+                Series(
+                    route=name,
+                    arm=arm,
+                    by_time=by_time,
+                    starts=starts,
+                    calls=tuple(t.calls for t in tallies),
+                    p50_ms=tuple(nearest_rank(t.latencies, 0.50) for t in tallies),
+                    p95_ms=tuple(nearest_rank(t.latencies, 0.95) for t in tallies),
+                    error_rate=tuple(t.errors / t.calls if t.calls else None for t in tallies),
+                )
+            )
+    return series
+
+
+class PlotUnavailableError(RuntimeError):
+    """matplotlib is not installed: ``pip install 'holyroute[plot]'``."""
+
+
+def require_matplotlib() -> None:
+    """Raise :class:`PlotUnavailableError` unless matplotlib can be imported."""
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        raise PlotUnavailableError(
+            "--plot needs matplotlib, which is not installed: pip install 'holyroute[plot]'"
+        ) from None
+
+
+def write_plot(series: Sequence[Series], path: str | Path) -> None:
+    """Draw p50/p95 latency and error rate per arm over time, one row of two charts per route, into a PNG."""
+    require_matplotlib()
+    # Imported as untyped modules: matplotlib is an optional extra, absent wherever mypy may run.
+    agg: Any = importlib.import_module("matplotlib.backends.backend_agg")
+    dates: Any = importlib.import_module("matplotlib.dates")
+    Figure: Any = importlib.import_module("matplotlib.figure").Figure
+
+    routes = sorted({s.route for s in series})
+    # Figure + Agg canvas, not pyplot: no global backend switch, no window, safe inside someone else's process.
+    figure = Figure(figsize=(10.0, 2.6 * max(1, len(routes))), dpi=80, layout="constrained")
+    agg.FigureCanvasAgg(figure)
+    axes = figure.subplots(max(1, len(routes)), 2, squeeze=False)
+    for row, name in enumerate(routes):
+        latency_axis, error_axis = axes[row][0], axes[row][1]
+        for one in (s for s in series if s.route == name):
+            xs: list[Any] = (
+                [datetime.fromtimestamp(start, UTC) for start in one.starts] if one.by_time else list(one.starts)
+            )
+            # Markers, so that a window between two empty ones still shows.
+            style: dict[str, Any] = {"marker": "o", "markersize": 2.5}
+            line = latency_axis.plot(xs, _gaps(one.p95_ms), label=f"{one.arm} p95", **style)[0]
+            latency_axis.plot(
+                xs, _gaps(one.p50_ms), linestyle="--", color=line.get_color(), label=f"{one.arm} p50", **style
+            )
+            rates = [math.nan if r is None else r * 100 for r in one.error_rate]
+            error_axis.plot(xs, rates, label=one.arm, **style)
+        latency_axis.set_title(f"{name}: latency (ms)", fontsize=9)
+        error_axis.set_title(f"{name}: error rate (%)", fontsize=9)
+        by_time = any(s.by_time for s in series if s.route == name)
+        for axis in (latency_axis, error_axis):
+            axis.tick_params(labelsize=7)
+            axis.legend(fontsize=6)
+            if by_time:
+                locator = dates.AutoDateLocator()
+                axis.xaxis.set_major_locator(locator)
+                axis.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))
+            else:
+                axis.set_xlabel("event number", fontsize=7)
+    figure.savefig(path, format="png")
+
+
+def _gaps(values: Sequence[float | None]) -> list[float]:
+    return [math.nan if v is None else v for v in values]

@@ -39,6 +39,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     rollout.add_argument("--config", type=Path, required=True, help="the configuration file (YAML or TOML)")
     rollout.add_argument("--full", action="store_true", help="promote: straight to 100%%")
     rollout.add_argument("--reason", default="aborted by hand", help="abort: why (recorded in the event)")
+    report = commands.add_parser(
+        "report", help="per route and arm from an event log: errors, latency, cost and a verdict against the control"
+    )
+    report.add_argument("events", type=Path, help="the JSON-lines event log (structlog JSONRenderer)")
+    report.add_argument("--config", type=Path, help="the configuration: control arms, and weights for the SRM check")
+    report.add_argument("--route", help="report only this route")
+    report.add_argument("--format", choices=["table", "json", "markdown"], default="table", help="default: table")
+    report.add_argument("--plot", type=Path, metavar="FILE.png", help="latency and errors over time (needs [plot])")
+    report.add_argument("--margin", type=float, default=0.01, help="error-rate non-inferiority margin (default 0.01)")
+    report.add_argument("--alpha", type=float, default=0.05, help="level of the error-rate test (default 0.05)")
+    report.add_argument("--max-latency-ratio", type=float, default=1.5, help="p95 vs the control's (default 1.5)")
+    report.add_argument("--min-calls", type=int, default=100, help="calls per arm before PROMOTE (default 100)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.calls < 10:
@@ -50,7 +62,113 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_rollout(
             args.action, args.route, args.config, sys.stdout, sys.stderr, full=args.full, reason=args.reason
         )
+    if args.command == "report":
+        return run_report(
+            args.events,
+            sys.stdout,
+            sys.stderr,
+            config=args.config,
+            route=args.route,
+            fmt=args.format,
+            plot=args.plot,
+            margin=args.margin,
+            alpha=args.alpha,
+            max_latency_ratio=args.max_latency_ratio,
+            min_calls=args.min_calls,
+        )
     return 2  # pragma: no cover - argparse requires a command
+
+
+def run_report(
+    events: Path,
+    out: TextIO,
+    err: TextIO,
+    *,
+    config: Path | None = None,
+    route: str | None = None,
+    fmt: str = "table",
+    plot: Path | None = None,
+    margin: float = 0.01,
+    alpha: float = 0.05,
+    max_latency_ratio: float = 1.5,
+    min_calls: int = 100,
+) -> int:
+    """``holyroute report``: 0 with the report written, 2 for a bad log, configuration, option or plot."""
+    import json
+
+    from ._report import (
+        PlotUnavailableError,
+        Settings,
+        build_report,
+        load_log,
+        load_report_config,
+        render_markdown,
+        render_report,
+        report_json,
+        require_matplotlib,
+        time_series,
+        write_plot,
+    )
+    from .exceptions import ConfigError
+
+    try:
+        settings = Settings(margin=margin, alpha=alpha, max_latency_ratio=max_latency_ratio, min_calls=min_calls)
+    except ValueError as exc:
+        err.write(f"holyroute report: {exc}\n")
+        return 2
+    if plot is not None:
+        try:
+            require_matplotlib()  # before any work: a missing extra should not cost a pass over a large log
+        except PlotUnavailableError as exc:
+            err.write(f"holyroute report: {exc}\n")
+            return 2
+    notes: list[str] = []
+    loaded = None
+    if config is not None:
+        try:
+            loaded, unset = load_report_config(config)
+        except ConfigError as exc:
+            err.write(f"{exc}\n")
+            return 2
+        if unset:
+            notes.append(f"environment variables not set, not needed for a report: {', '.join(unset)}")
+    try:
+        log = load_log(events)
+    except OSError as exc:
+        err.write(f"holyroute report: cannot read {events}: {exc.strerror or exc}\n")
+        return 2
+    result = build_report(
+        log, loaded, settings=settings, route=route, config_path=None if config is None else str(config), notes=notes
+    )
+    if not result.routes:
+        what = f"for route {route!r}" if route is not None else "at all"
+        seen = sorted({e["route"] for e in log.events if isinstance(e.get("route"), str)})
+        err.write(
+            f"holyroute report: {events} has no holyroute.request events {what} "
+            f"({len(log.events)} holyroute events, {log.not_json} lines not JSON, "
+            f"{log.not_holyroute} not holyroute events"
+            + (f"; routes in the log: {', '.join(seen)}" if seen and route is not None else "")
+            + ")\n"
+        )
+        return 2
+    if fmt == "json":
+        out.write(json.dumps(report_json(result), indent=2) + "\n")
+    elif fmt == "markdown":
+        out.write(render_markdown(result) + "\n")
+    else:
+        out.write(render_report(result) + "\n")
+    if plot is not None:
+        try:
+            write_plot(time_series(log.events, route=route), plot)
+        except PlotUnavailableError as exc:
+            err.write(f"holyroute report: {exc}\n")
+            return 2
+        except OSError as exc:
+            err.write(f"holyroute report: cannot write the plot to {plot}: {exc.strerror or exc}\n")
+            return 2
+        if fmt != "json":
+            out.write(f"plot: {plot}\n")
+    return 0
 
 
 def run_rollout(
