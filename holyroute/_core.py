@@ -29,7 +29,7 @@ from ._budget import RetryBudget
 from ._health import HeaderLookup, HealthBook, Transition, server_delay
 from ._prices import PriceRow
 from ._routing import SplitPicker
-from ._usage import Usage, cost_usd, find_price, usage_from_body
+from ._usage import Usage, cost_usd, find_price, finish_reason, usage_from_body
 
 if TYPE_CHECKING:
     from ._rollout import Rollouts
@@ -415,6 +415,7 @@ class Call:
         "_failure",
         "_fallbacks_added",
         "_final",
+        "_finish",
         "_first_byte",
         "_headers",
         "_hide_usage",
@@ -508,6 +509,7 @@ class Call:
         self._trial = False
         self._stop_reason: str | None = None
         self._quality: bool | None = None
+        self._finish: str | None = None
         self.done = False
 
         if shadow_of is not None:
@@ -614,14 +616,13 @@ class Call:
             self.on_rejected_body(body)
             return False
         router.transition(router.health.success(upstream.endpoint, now, now - self._sent_at, trial=self._trial))
-        if (
-            router.quality is not None
-            and status < 300
-            and router.rollouts is not None
-            and self._plan.alias in router.rollouts
-        ):
-            leg = self._last_leg if self._last_leg is not None else self._legs[0]
-            self._quality = bool(router.quality(self._plan.alias, leg.arm.name, body))
+        if status < 300:
+            if self._api in _INJECT_USAGE_APIS:  # chat and completions answers say why they stopped
+                self._finish = finish_reason(body)
+            judged = self.shadow_of is not None or (router.rollouts is not None and self._plan.alias in router.rollouts)
+            if router.quality is not None and judged:
+                leg = self._last_leg if self._last_leg is not None else self._legs[0]
+                self._quality = bool(router.quality(self._plan.alias, leg.arm.name, body))
         self.on_complete(usage_from_body(body) if status < 300 else None)
         return True
 
@@ -657,10 +658,19 @@ class Call:
         if self.stream and self._first_byte is None:
             self._first_byte = self._router.clock()
 
-    def on_complete(self, usage: Usage | None, *, error: str | None = None, cancelled: bool = False) -> None:
+    def on_complete(
+        self,
+        usage: Usage | None,
+        *,
+        error: str | None = None,
+        cancelled: bool = False,
+        finish_reason: str | None = None,
+    ) -> None:
         """The accepted answer's body ended (or broke, or was closed early); emit the call's one request event."""
         if self.done:
             return
+        if finish_reason is not None:
+            self._finish = finish_reason
         if self._current is not None:
             self._router.health.end_attempt(self._current.endpoint, trial=self._trial)
         status = self._status
@@ -942,6 +952,8 @@ class Call:
                 "cost_usd": cost,
                 "priced": price is not None,
                 "request_id": request_id,
+                "finish_reason": self._finish,
+                "quality": self._quality,
                 "shadow": self.shadow_of is not None,
             },
         )

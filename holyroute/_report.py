@@ -357,6 +357,10 @@ class ArmStats:
     upstream_models: tuple[str, ...]
     fallback: str | None = None
     verdict: Verdict | None = None
+    finish_reasons: Mapping[str, int] = field(default_factory=dict)  # answered calls by finish_reason
+    empty: int = 0  # answered calls with no completion tokens
+    judged: int = 0  # answers the application's quality callback looked at ...
+    poor: int = 0  # ... and found wanting
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,9 +433,13 @@ class _Tally:
         "cancelled",
         "completion",
         "cost",
+        "empty",
         "errors",
+        "finish",
+        "judged",
         "latencies",
         "models",
+        "poor",
         "prompt",
         "ttfts",
         "unpriced",
@@ -440,6 +448,8 @@ class _Tally:
 
     def __init__(self) -> None:
         self.calls = self.errors = self.cancelled = self.prompt = self.completion = self.unpriced = 0
+        self.empty = self.judged = self.poor = 0
+        self.finish: dict[str, int] = {}
         self.latencies: list[float] = []
         self.ttfts: list[float] = []
         self.usage_completion: list[float] = []
@@ -462,6 +472,15 @@ class _Tally:
                 self.ttfts.append(ttft)
             if completion is not None:
                 self.usage_completion.append(completion)
+            if outcome == "ok":
+                self.empty += completion == 0
+                reason = event.get("finish_reason")
+                if isinstance(reason, str):
+                    self.finish[reason] = self.finish.get(reason, 0) + 1
+            quality = event.get("quality")
+            if isinstance(quality, bool):
+                self.judged += 1
+                self.poor += not quality
         self.prompt += int(_number(event.get("prompt_tokens")) or 0)
         self.completion += int(completion or 0)
         cost = _number(event.get("cost_usd"))
@@ -498,6 +517,10 @@ class _Tally:
             unpriced=self.unpriced,
             upstream_models=tuple(sorted(self.models)),
             fallback=fallback,
+            finish_reasons=dict(sorted(self.finish.items())),
+            empty=self.empty,
+            judged=self.judged,
+            poor=self.poor,
         )
 
 
@@ -743,6 +766,10 @@ def _arm_json(stats: ArmStats) -> dict[str, Any]:
         "cost_per_call_usd": stats.cost_per_call_usd,
         "unpriced": stats.unpriced,
         "upstream_models": list(stats.upstream_models),
+        "finish_reasons": dict(stats.finish_reasons),
+        "empty": stats.empty,
+        "judged": stats.judged,
+        "poor": stats.poor,
     }
 
 
@@ -877,7 +904,20 @@ _ARM_HEADER = (
     "verdict",
 )
 _FALLBACK_NOTE = "fallback calls (counted for no arm, so the arms' error rates above leave out the failures they hide)"
-_SHADOW_HEADER = ("", "arm", "calls", "error rate", "p50 ms", "p95 ms", "mean compl tok", "USD/call", "USD total")
+_SHADOW_HEADER = (
+    "",
+    "arm",
+    "calls",
+    "error rate",
+    "p50 ms",
+    "p95 ms",
+    "mean compl tok",
+    "empty",
+    "poor",
+    "finish reasons",
+    "USD/call",
+    "USD total",
+)
 
 
 def _arm_cells(stats: ArmStats, label: str | None = None) -> tuple[str, ...]:
@@ -909,6 +949,9 @@ def _shadow_cells(kind: str, stats: ArmStats) -> tuple[str, ...]:
         _ms(stats.latency_p50_ms),
         _ms(stats.latency_p95_ms),
         _mean(stats.mean_completion_tokens),
+        str(stats.empty),
+        f"{stats.poor}/{stats.judged}" if stats.judged else "-",
+        ", ".join(f"{reason} {count}" for reason, count in stats.finish_reasons.items()) or "-",
         _usd(stats.cost_per_call_usd, bool(stats.unpriced)),
         _usd(stats.cost_usd, bool(stats.unpriced)),
     )

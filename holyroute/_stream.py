@@ -49,7 +49,7 @@ class BodyWatch:
                 f"holyroute: the upstream's event stream ended without its final event after "
                 f"{scanner.events} events ({self._seen} bytes): the answer is incomplete"
             )
-        self._call.on_complete(scanner.usage, error=torn or scanner.error)
+        self._call.on_complete(scanner.usage, error=torn or scanner.error, finish_reason=scanner.finish_reason)
         return rest, torn
 
     def fail(self, error: BaseException) -> None:
@@ -66,7 +66,7 @@ class BodyWatch:
         scanner = self._scanner
         if scanner.done:
             scanner.end()
-            self._call.on_complete(scanner.usage, error=scanner.error)
+            self._call.on_complete(scanner.usage, error=scanner.error, finish_reason=scanner.finish_reason)
             return
         self._call.on_complete(scanner.usage, cancelled=True)
 

@@ -19,11 +19,20 @@ from typing import Any
 
 from ._prices import BUILTIN_PRICES, PriceRow, normalise_model_name
 
-__all__ = ["SSEScanner", "Usage", "cost_usd", "decompress", "find_price", "usage_from_body", "usage_from_mapping"]
+__all__ = [
+    "SSEScanner",
+    "Usage",
+    "cost_usd",
+    "decompress",
+    "find_price",
+    "finish_reason",
+    "usage_from_body",
+    "usage_from_mapping",
+]
 
 _DECODER = json.JSONDecoder()
 _USAGE_KEY = re.compile(rb'"usage"\s*:\s*\{')
-_FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]+)"')
 _TERMINAL_TYPE = re.compile(rb'"type"\s*:\s*"(response\.completed|response\.incomplete|response\.failed|error)"')
 _INTERESTING = re.compile(
     rb'"finish_reason"\s*:\s*"|"usage"\s*:\s*\{|"error"|"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"'
@@ -107,6 +116,12 @@ def decompress(body: bytes, encoding: str) -> bytes:
     raise ValueError(f"cannot open content-encoding {encoding!r}")
 
 
+def finish_reason(body: bytes) -> str | None:
+    """The first ``finish_reason`` of a chat or completions answer (``stop``, ``length``, ``content_filter``...)."""
+    found = _FINISH.search(body)
+    return found.group(1).decode("ascii") if found is not None else None
+
+
 def find_price(model: str, overrides: Mapping[str, PriceRow]) -> PriceRow | None:
     """The price row for an upstream model: configured first, then built in; dated snapshots fall back to base."""
     for table in (overrides, BUILTIN_PRICES):
@@ -133,7 +148,7 @@ class SSEScanner:
     out, so the caller sees the stream it asked for.
     """
 
-    __slots__ = ("_hide", "_pending", "done", "error", "events", "finished", "usage")
+    __slots__ = ("_hide", "_pending", "done", "error", "events", "finish_reason", "finished", "usage")
 
     def __init__(self, *, hide_usage_chunk: bool = False) -> None:
         self._hide = hide_usage_chunk
@@ -142,6 +157,7 @@ class SSEScanner:
         self.events = 0
         self.done = False  # a terminal marker: [DONE] or a final Responses event
         self.finished = False  # a choice reported finish_reason (lenient end for providers without [DONE])
+        self.finish_reason: str | None = None  # the first one reported
         self.error: str | None = None
 
     @property
@@ -190,8 +206,11 @@ class SSEScanner:
             return True
         if _INTERESTING.search(data) is None:
             return True  # a content delta: nothing to record
-        if _FINISH.search(data):
+        finish = _FINISH.search(data)
+        if finish is not None:
             self.finished = True
+            if self.finish_reason is None:
+                self.finish_reason = finish.group(1).decode("ascii")
         terminal = _TERMINAL_TYPE.search(data)
         if terminal is None and not _USAGE_KEY.search(data) and b'"error"' not in data:
             return True

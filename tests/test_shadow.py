@@ -135,3 +135,42 @@ def test_sample_share(ups: dict[str, FakeUpstream]) -> None:
             sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
         wait_for(lambda: len(ups["shadow"].requests) == len(requests(events, shadow=True)))
     assert 10 <= len(ups["shadow"].requests) <= 55
+
+
+def test_shadow_events_feed_the_report(ups: dict[str, FakeUpstream], tmp_path: Any) -> None:
+    """Shadow and served answers carry finish_reason and the quality verdict; the report compares them."""
+    import json
+
+    from holyroute._report import build_report, load_log, render_report
+
+    ups["shadow"].push(
+        Reply(
+            body={
+                "id": "x",
+                "object": "chat.completion",
+                "model": "gpt-4.1",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 0},
+            }
+        )
+    )
+    events = Events()
+
+    def quality(route: str, arm: str, body: bytes) -> bool:
+        return bool(json.loads(body)["choices"][0]["message"]["content"])
+
+    transport = holyroute.Transport(config(ups), sinks=[events], quality=quality)
+    with openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=transport)) as sdk:
+        for _ in range(3):
+            sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        wait_for(lambda: transport._shadows_pending == 0 and len(requests(events, shadow=True)) == 3)
+    shadows = requests(events, shadow=True)
+    assert sorted(e["finish_reason"] for e in shadows) == ["length", "stop", "stop"]
+    assert sorted(e["quality"] for e in shadows) == [False, True, True]
+    assert {e["finish_reason"] for e in requests(events, shadow=False)} == {"stop"}
+    log = tmp_path / "events.jsonl"
+    log.write_text("\n".join(json.dumps({"event": name, **fields}) for name, fields in events.items))
+    text = render_report(build_report(load_log(log)))
+    assert "shadow vs served:" in text
+    assert "length 1, stop 2" in text
+    assert "1/3" in text
