@@ -411,8 +411,3 @@ class HealthBook:
             cooldown = Cooldown(endpoint, model, until, reason)
             self._cooldowns[(endpoint, model)] = cooldown
             return cooldown
-
-    def active(self) -> list[Cooldown]:
-        """Every cooldown still in force, soonest end first."""
-        now = self._clock()
-        return sorted((c for c in list(self._cooldowns.values()) if c.until > now), key=lambda c: c.until)
