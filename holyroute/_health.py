@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import email.utils
 import math
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from ._budget import TokenBucket
-from .config import Health
+from .config import Health, parse_duration
 
 __all__ = [
     "Cooldown",
@@ -26,43 +25,18 @@ __all__ = [
     "HealthBook",
     "ProbeStatus",
     "Transition",
-    "parse_duration",
     "server_delay",
 ]
 
 #: What an active health check concluded about an endpoint.
 ProbeStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
 class HeaderLookup(Protocol):
     """The part of a header mapping the core reads (``httpx2.Headers`` and ``dict`` both fit)."""
 
     def get(self, key: str, /) -> str | None: ...
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds in an OpenAI reset duration such as ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"`` or ``"0.5"``.
-
-    >>> parse_duration("1m30s"), parse_duration("250ms"), parse_duration("2")
-    (90.0, 0.25, 2.0)
-    """
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    total, position = 0.0, 0
-    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != position:
-            return None
-        total += float(match.group(1)) * scale[match.group(2)]
-        position = match.end()
-    return total if position == len(text) else None
 
 
 def server_delay(headers: HeaderLookup, now_wall: float) -> tuple[float, str] | None:

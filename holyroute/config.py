@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 _ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_SCALE = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _SHIELD_PATTERN = re.compile(r"__holyroute_ref_\d+__")
 _STICKY_PATTERN = re.compile(r"^(user|header:[A-Za-z0-9_-]+|body:[A-Za-z0-9_.-]+)$")
 
@@ -130,25 +132,38 @@ class Target(_Model):
         return self.name or self.model
 
 
+def parse_duration(text: str) -> float | None:
+    """Seconds in a duration such as ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"`` or ``"0.5"`` (the form OpenAI's
+    ``x-ratelimit-reset-*`` headers use, and this configuration's); ``None`` when ``text`` is not one.
+
+    >>> parse_duration("1m30s"), parse_duration("250ms"), parse_duration("2")
+    (90.0, 0.25, 2.0)
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    total, position = 0.0, 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            return None
+        total += float(match.group(1)) * _DURATION_SCALE[match.group(2)]
+        position = match.end()
+    return total if position == len(text) else None
+
+
 def parse_duration_s(value: object) -> float:
-    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1h30m"`` or ``"250ms"``."""
+    """A configured duration: seconds (``90``) or a string (``"90s"``, ``"10m"``, ``"1h30m"``, ``"250ms"``)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        total, position = 0.0, 0
-        for match in re.finditer(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text):
-            if match.start() != position:
-                break
-            total += float(match.group(1)) * {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}[match.group(2)]
-            position = match.end()
-        if not text or position != len(text):
-            raise ValueError(f"{value!r} is not a duration; write seconds (90) or 90s, 10m, 1h30m")
-        seconds = total
-    else:
-        raise ValueError("a duration is seconds (90) or a string such as 90s, 10m, 1h30m")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    seconds = parse_duration(value) if isinstance(value, str) else None
+    if seconds is None:
+        raise ValueError(f"{value!r} is not a duration; write seconds (90) or 90s, 10m, 1h30m")
     return seconds
 
 
