@@ -582,7 +582,8 @@ class Call:
             if event_stream:
                 router.transition(health.success(upstream.endpoint, now, now - self._sent_at, trial=self._trial))
             else:
-                self._pending_response = (status, _response_headers(headers), upstream, self._last_leg)
+                # Only copied (lazily, in on_rejected_body) if the body turns out to be no answer.
+                self._pending_response = (status, headers, upstream, self._last_leg)
             return Accepted(event_stream, self._hide_usage and event_stream, headers.get("content-encoding"))
         reason = f"{status} from upstream"
         delay = server_delay(headers, router.wall_clock())
@@ -594,7 +595,7 @@ class Call:
         if status >= 500 or status == 408:
             peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
             router.transition(health.failure(upstream.endpoint, str(status), now, peers, trial=self._trial))
-        self._pending_response = (status, _response_headers(headers), upstream, self._last_leg)
+        self._pending_response = (status, headers, upstream, self._last_leg)
         self._failure = self._failure_fields(status=status, error=None, reason=reason)
         return None
 
@@ -629,7 +630,7 @@ class Call:
     def on_rejected_body(self, body: bytes) -> None:
         """The body of the answer :meth:`on_response` rejected; kept to hand back if nothing better comes."""
         status, headers, upstream, leg = self._pending_response
-        self._last_response = (status, headers, body, upstream, leg)
+        self._last_response = (status, _response_headers(headers), body, upstream, leg)
         router = self._router
         if status == 429 and b"insufficient_quota" in body:
             # Out of credit is not a rate limit: no waiting fixes it, so never again in this call, and not for long.
@@ -958,7 +959,7 @@ class Call:
             },
         )
 
-    _pending_response: tuple[int, tuple[tuple[str, str], ...], Upstream, Leg | None]
+    _pending_response: tuple[int, Mapping[str, str], Upstream, Leg | None]
 
 
 def _looks_like_json(body: bytes) -> bool:
