@@ -251,6 +251,7 @@ class Router:
             ratio=retry.budget_ratio, min_per_s=retry.budget_min_per_s, window_s=retry.budget_window_s
         )
         self.probing = any(e.health_check is not None for e in config.endpoints.values())
+        self.tracks_latency = any(arm.balance == "latency" for plan in self.routes.values() for arm in plan.arms)
         self.rollouts: Rollouts | None = None
         if any(route.rollout is not None for route in config.routes.values()):
             from ._rollout import Rollouts
@@ -580,7 +581,7 @@ class Call:
             content_type = headers.get("content-type") or ""
             event_stream = content_type.startswith("text/event-stream")
             if event_stream:
-                router.transition(health.success(upstream.endpoint, now, now - self._sent_at, trial=self._trial))
+                router.transition(health.success(upstream.endpoint, now, self._latency(now), trial=self._trial))
             else:
                 # Only copied (lazily, in on_rejected_body) if the body turns out to be no answer.
                 self._pending_response = (status, headers, upstream, self._last_leg)
@@ -616,7 +617,7 @@ class Call:
             )
             self.on_rejected_body(body)
             return False
-        router.transition(router.health.success(upstream.endpoint, now, now - self._sent_at, trial=self._trial))
+        router.transition(router.health.success(upstream.endpoint, now, self._latency(now), trial=self._trial))
         if status < 300:
             if self._api in _INJECT_USAGE_APIS:  # chat and completions answers say why they stopped
                 self._finish = finish_reason(body)
@@ -684,6 +685,10 @@ class Call:
         self._emit_request(status, outcome, usage, error, self._request_id)
 
     # ---- internals ----------------------------------------------------------------------------------------------
+
+    def _latency(self, now: float) -> float | None:
+        """This attempt's time to headers, for balance: latency (the only reader); None spares the health lock."""
+        return now - self._sent_at if self._router.tracks_latency else None
 
     def _past_deadline(self, now: float) -> bool:
         if self._deadline is not None and now >= self._deadline:
