@@ -32,7 +32,6 @@ __all__ = [
 ProbeStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]
 
 
-
 class HeaderLookup(Protocol):
     """The part of a header mapping the core reads (``httpx2.Headers`` and ``dict`` both fit)."""
 

@@ -158,6 +158,9 @@ class Verdict:
 class RolloutEngine:
     """One route's rollout: its steps, its state (shared through ``store``) and this process's measurements."""
 
+    _test: SequentialNonInferiority  # the error-rate test of the current window and step
+    _quality: SequentialNonInferiority  # the same for the quality callback
+
     def __init__(
         self,
         route: str,
@@ -343,6 +346,11 @@ class RolloutEngine:
         if now - self._measured < analysis.interval and analysis.interval > 0:
             return None
         self._measured = now
+        # A step may override the margins: the tests must use this step's settings, not the rollout's defaults.
+        if (self._test.margin, self._test.alpha) != (analysis.max_error_rate_increase, analysis.alpha):
+            self._test = SequentialNonInferiority(margin=analysis.max_error_rate_increase, alpha=analysis.alpha)
+        if (self._quality.margin, self._quality.alpha) != (analysis.max_quality_failure_increase, analysis.alpha):
+            self._quality = SequentialNonInferiority(margin=analysis.max_quality_failure_increase, alpha=analysis.alpha)
         return judge(
             self._arms[self.stable_arm],
             self._arms[self.candidate_arm],

@@ -159,6 +159,15 @@ class TestAnalysis:
         assert e.state.status == "paused"
         assert "above margin" in e.state.reason
 
+    def test_step_overrides_reach_the_test(self) -> None:
+        """A step's own margin decides: 3% vs 0% errors passes a 5-point margin where the 1-point default holds it."""
+        steps = [{"set_weight": 20}, {"analysis": {"max_error_rate_increase": 0.05}}, {"set_weight": 60}]
+        e, _, _ = engine(steps, min_calls=100)
+        for n in range(100):
+            feed(e, "gpt-4o", 4, error_rate=0.0, seed=n)
+            e.observe("gpt-4.1", ok=n % 33 != 0, latency_ms=100, ttft_ms=None, cost_usd=None)  # 3 errors in 100
+        assert (e.state.status, e.state.weight) == ("completed", 100), "the 1-point default would have held it"
+
     def test_latency_regression_aborts(self) -> None:
         e, _, _ = engine(self.STEPS)
         feed(e, "gpt-4o", 100, latency=200)
