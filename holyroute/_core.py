@@ -18,7 +18,6 @@ import functools
 import itertools
 import json
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from ._budget import RetryBudget
 from ._health import HeaderLookup, HealthBook, Transition, server_delay
 from ._prices import PriceRow
 from ._routing import SplitPicker
+from ._state import HealthChange, StateBackend, open_backend
 from ._usage import Usage, cost_usd, find_price, finish_reason, usage_from_body
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ from .config import Config, EndpointRef
 
 __all__ = [
     "OPERATIONS",
+    "Acquire",
     "Call",
     "EventSink",
     "GiveUp",
@@ -182,7 +183,18 @@ class GiveUp:
     summary: str
 
 
-Step = Send | Wait | Respond | GiveUp
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Ask the router's state backend for room under ``endpoint``'s shared rpm/tpm limits (one request and
+    ``tokens`` estimated tokens), then report its answer with :meth:`Call.on_acquired`."""
+
+    endpoint: str
+    rpm: int | None
+    tpm: int | None
+    tokens: int
+
+
+Step = Send | Wait | Respond | GiveUp | Acquire
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +247,7 @@ class Router:
         rng: random.Random | None = None,
         sinks: Sequence[EventSink] | None = None,
         quality: QualityCheck | None = None,
+        state: StateBackend | None = None,
     ) -> None:
         self.config = config
         self.quality = quality
@@ -252,15 +265,20 @@ class Router:
         )
         self.probing = any(e.health_check is not None for e in config.endpoints.values())
         self.tracks_latency = any(arm.balance == "latency" for plan in self.routes.values() for arm in plan.arms)
+        #: What this router shares with other processes (cooldowns, limits, rollouts, spend); default: nothing.
+        self.state: StateBackend = (
+            state
+            if state is not None
+            else open_backend(config.state, emit=self.emit, clock=clock, wall_clock=wall_clock)
+        )
         self.rollouts: Rollouts | None = None
         if any(route.rollout is not None for route in config.routes.values()):
             from ._rollout import Rollouts
 
-            self.rollouts = Rollouts(config, emit=self.emit, clock=wall_clock)
+            self.rollouts = Rollouts(config, emit=self.emit, clock=wall_clock, store=self.state.rollout_store())
         self._budget_spent = False
         self._panicking: set[tuple[str, str]] = set()
-        self._shadow_spend: dict[str, tuple[int, float]] = {}  # route -> (UTC day, USD spent on shadows)
-        self._shadow_lock = threading.Lock()
+        self.state.attach(self)
         import tenacity
 
         self.backoff: Callable[[Any], float] = tenacity.wait_exponential_jitter(
@@ -272,12 +290,22 @@ class Router:
             sink(event, fields)
 
     def transition(self, change: Transition | None) -> None:
-        """Emit an endpoint's state change, if there was one."""
+        """Emit an endpoint's state change, if there was one, and share it with the other processes."""
         if change is not None:
             fields: dict[str, Any] = {"endpoint": change.endpoint, "reason": change.reason}
             if change.ejection_s is not None:
                 fields["ejection_s"] = round(change.ejection_s, 3)
             self.emit(change.event, fields)
+            if change.event == "holyroute.endpoint_restored":
+                self.state.publish(HealthChange("restored", change.endpoint, reason=change.reason))
+            else:
+                until = self.wall_clock() + (change.ejection_s or 0.0)
+                kind = "quota" if change.quota else "ejected"
+                self.state.publish(HealthChange(kind, change.endpoint, until=until, reason=change.reason))
+
+    def close(self) -> None:
+        """Stop the state backend's background work (flushing what it holds)."""
+        self.state.close()
 
     def begin(
         self,
@@ -320,14 +348,7 @@ class Router:
             return False
         if plan.shadow_cap_usd is None:
             return True
-        day, spent = self._shadow_spend.get(plan.alias, (-1, 0.0))
-        return day != int(self.wall_clock() // 86400) or spent < plan.shadow_cap_usd
-
-    def add_shadow_spend(self, route: str, usd: float) -> None:
-        today = int(self.wall_clock() // 86400)
-        with self._shadow_lock:
-            day, spent = self._shadow_spend.get(route, (today, 0.0))
-            self._shadow_spend[route] = (today, (spent if day == today else 0.0) + usd)
+        return self.state.spent(f"shadow:{plan.alias}", "day") < plan.shadow_cap_usd
 
     def pick(self, plan: RoutePlan, data: Mapping[str, Any], headers: HeaderLookup) -> Leg:
         """The arm of ``plan`` this request goes to: sticky when the route has a key and the request carries it."""
@@ -405,6 +426,7 @@ class Call:
 
     __slots__ = (
         "_api",
+        "_asking",
         "_attempts",
         "_bodies",
         "_current",
@@ -418,6 +440,7 @@ class Call:
         "_final",
         "_finish",
         "_first_byte",
+        "_granted",
         "_headers",
         "_hide_usage",
         "_last_error",
@@ -426,6 +449,7 @@ class Call:
         "_legs",
         "_limited",
         "_operation",
+        "_paid",
         "_panic",
         "_passes",
         "_pending_response",
@@ -511,6 +535,9 @@ class Call:
         self._stop_reason: str | None = None
         self._quality: bool | None = None
         self._finish: str | None = None
+        self._asking: Upstream | None = None  # waiting for the state backend's grant
+        self._granted: Upstream | None = None  # granted: send it next
+        self._paid = False  # the retry budget already paid for the attempt being lined up
         self.done = False
 
         if shadow_of is not None:
@@ -545,13 +572,25 @@ class Call:
         router = self._router
         now = router.clock()
         failure, self._failure = self._failure, None
+        granted, self._granted = self._granted, None
+        if granted is not None:
+            if failure is not None:
+                self._emit_failover(failure, 0.0, granted.endpoint)
+            return self._send(granted, now)
         max_attempts = 1 if self.shadow_of is not None else router.retry.max_attempts
         if self._attempts < max_attempts and not self._past_deadline(now):
-            if self._attempts and not router.spend_retry(now):
+            if self._attempts and not self._paid and not router.spend_retry(now):
                 self._stop_reason = "retry budget exhausted"
             else:
+                self._paid = False
                 upstream = self._next_available(now)
                 if upstream is not None:
+                    health = router.health
+                    if health.shared_limits:
+                        rpm, tpm = health.limits(upstream.endpoint)
+                        if rpm or tpm:  # the shared store decides; the retry stays paid for
+                            self._asking, self._failure, self._paid = upstream, failure, True
+                            return Acquire(upstream.endpoint, rpm, tpm, self._tokens)
                     if failure is not None:
                         self._emit_failover(failure, 0.0, upstream.endpoint)
                     return self._send(upstream, now)
@@ -566,6 +605,29 @@ class Call:
         self._final = self._give_up(now)
         return self._final
 
+    def on_acquired(self, wait: float | None) -> None:
+        """The state backend's answer to :class:`Acquire`: 0.0 granted, > 0 no room for that many seconds, None
+        no answer (this process's share of the limit decides). Then ask :meth:`next_step` again."""
+        upstream, self._asking = self._asking, None
+        assert upstream is not None, "on_acquired without an Acquire"
+        health = self._router.health
+        now = self._router.clock()
+        blocked: tuple[str, float] | None = None
+        if wait is None:
+            blocked = health.local_limit(upstream.endpoint, self._tokens, now)
+        elif wait > 0:
+            rpm, tpm = health.limits(upstream.endpoint)
+            limits = " / ".join(f"{n} {v}" for n, v in (("rpm", rpm), ("tpm", tpm)) if v)
+            blocked = (f"shared {limits} reached", now + wait)
+            health.limited(upstream.endpoint, now + wait, blocked[0])
+        if blocked is None:
+            self._granted = upstream
+            return
+        self._skipped[(upstream.endpoint, upstream.model)] = blocked
+        leg = self._current_leg
+        if leg is not None and leg.fallback is None:
+            self._limited = True
+
     def on_response(self, status: int, headers: Mapping[str, str]) -> Accepted | None:
         """Judge an answer's status line. An :class:`Accepted` means hand it to the caller, watched as it says;
         ``None`` means it failed over: read its (error) body, pass it to :meth:`on_rejected_body`, ask again."""
@@ -574,7 +636,10 @@ class Call:
         router = self._router
         health = router.health
         now = router.clock()
-        health.record_headroom(upstream.endpoint, upstream.model, headers, now)
+        if health.record_headroom(upstream.endpoint, upstream.model, headers, now):
+            change = health.headroom_change(upstream.endpoint, upstream.model, now, router.wall_clock())
+            if change is not None:
+                router.state.publish(change)
         if status < 400 or (status < 500 and status not in RETRYABLE_STATUS):
             self._status = status
             self._request_id = headers.get("x-request-id")
@@ -823,9 +888,12 @@ class Call:
         return Send(url, (*upstream.headers, encoding), body, timeout, upstream.endpoint, headers_timeout)
 
     def _cool(self, upstream: Upstream, seconds: float, reason: str, now: float) -> None:
-        cooldown = self._router.health.cool(upstream.endpoint, upstream.model, seconds, reason, now)
+        router = self._router
+        cooldown = router.health.cool(upstream.endpoint, upstream.model, seconds, reason, now)
         if cooldown is not None:
-            self._router.emit(
+            until = router.wall_clock() + seconds
+            router.state.publish(HealthChange("cooldown", upstream.endpoint, upstream.model, until, reason))
+            router.emit(
                 "holyroute.cooldown",
                 {
                     "endpoint": upstream.endpoint,
@@ -917,7 +985,7 @@ class Call:
         )
         if self.shadow_of is not None:
             if cost:
-                router.add_shadow_spend(self._plan.alias, cost)
+                router.state.add_spend(f"shadow:{self._plan.alias}", cost)
         elif router.rollouts is not None and outcome != "cancelled":
             engine = router.rollouts.get(self._plan.alias)
             if engine is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from ._budget import TokenBucket
+from ._state import HealthChange
 from .config import Health, parse_duration
 
 __all__ = [
@@ -92,6 +93,7 @@ class Transition:
     endpoint: str
     reason: str
     ejection_s: float | None = None
+    quota: bool = False  # ejected for insufficient_quota
 
 
 @dataclass(slots=True)
@@ -111,6 +113,9 @@ class _Endpoint:
     latency_s: float | None = None  # moving average time to headers of successful attempts
     rpm: TokenBucket | None = None
     tpm: TokenBucket | None = None
+    limits: tuple[int | None, int | None] = (None, None)  # the configured (rpm, tpm)
+    limited_until: float = 0.0  # a shared limit said no until then
+    limited_reason: str = ""
 
 
 @dataclass(slots=True)
@@ -119,8 +124,7 @@ class _Headroom:
 
     requests_until: float = 0.0
     tokens_left: int | None = None
-    tokens_reset: str | None = None
-    tokens_seen_at: float = 0.0
+    tokens_until: float = 0.0  # when the token count resets
 
 
 class HealthBook:
@@ -133,7 +137,7 @@ class HealthBook:
     endpoint/model pair down instead (:meth:`cool`), and ``insufficient_quota`` ejects for ``quota_ejection_s``.
     """
 
-    __slots__ = ("_clock", "_cooldowns", "_endpoints", "_headroom", "_lock", "_policy", "_probes")
+    __slots__ = ("_clock", "_cooldowns", "_endpoints", "_headroom", "_lock", "_policy", "_probes", "shared_limits")
 
     def __init__(
         self,
@@ -148,9 +152,12 @@ class HealthBook:
         self._probes: dict[str, tuple[ProbeStatus, float, float | None, str | None]] = {}
         self._endpoints: dict[str, _Endpoint] = {}
         self._lock = threading.Lock()
+        #: True while a shared backend grants rpm/tpm (the local buckets are then idle).
+        self.shared_limits = False
         now = clock()
         for name, (rpm, tpm) in (limits or {}).items():
             state = self._state(name)
+            state.limits = (rpm, tpm)
             state.rpm = TokenBucket(rpm, now) if rpm else None
             state.tpm = TokenBucket(tpm, now) if tpm else None
 
@@ -212,13 +219,14 @@ class HealthBook:
         if room is not None:
             if room.requests_until > now:
                 return "x-ratelimit-remaining-requests 0", room.requests_until
-            if room.tokens_left is not None and tokens > room.tokens_left:
-                reset = parse_duration(room.tokens_reset or "") or 0.0
-                until = room.tokens_seen_at + reset
-                if until > now:
-                    return f"x-ratelimit-remaining-tokens {room.tokens_left} < estimate {tokens}", until
+            if room.tokens_left is not None and tokens > room.tokens_left and room.tokens_until > now:
+                return f"x-ratelimit-remaining-tokens {room.tokens_left} < estimate {tokens}", room.tokens_until
         state = self._endpoints.get(endpoint)
-        if state is not None and (state.rpm is not None or state.tpm is not None):
+        if state is None:
+            return None
+        if state.limited_until > now:
+            return state.limited_reason, state.limited_until
+        if not self.shared_limits and (state.rpm is not None or state.tpm is not None):
             with self._lock:
                 if state.rpm is not None:
                     wait = state.rpm.wait_for(1, now)
@@ -238,10 +246,11 @@ class HealthBook:
         with self._lock:
             state = self._state(endpoint)
             state.in_flight += 1
-            if state.rpm is not None:
-                state.rpm.take(1, now)
-            if state.tpm is not None:
-                state.tpm.take(tokens, now)
+            if not self.shared_limits:
+                if state.rpm is not None:
+                    state.rpm.take(1, now)
+                if state.tpm is not None:
+                    state.tpm.take(tokens, now)
             if state.half_open and not state.trial and state.ejected_until <= now:
                 state.trial = True
                 return True
@@ -329,28 +338,51 @@ class HealthBook:
         with self._lock:
             self._state(endpoint).quota_until = now + seconds
         return Transition(
-            "holyroute.endpoint_ejected", endpoint, f"429 insufficient_quota; ejected for {_seconds(seconds)}", seconds
+            "holyroute.endpoint_ejected",
+            endpoint,
+            f"429 insufficient_quota; ejected for {_seconds(seconds)}",
+            seconds,
+            quota=True,
         )
 
-    def record_headroom(self, endpoint: str, model: str, headers: Mapping[str, str], now: float) -> None:
-        """Remember OpenAI's ``x-ratelimit-remaining-*`` / ``-reset-*`` for this endpoint and model."""
+    def record_headroom(self, endpoint: str, model: str, headers: Mapping[str, str], now: float) -> bool:
+        """Remember OpenAI's ``x-ratelimit-remaining-*`` / ``-reset-*`` for this endpoint and model. True when a
+        limit is (nearly) used up: the moment other processes should hear of it (:meth:`headroom_change`)."""
         requests = headers.get("x-ratelimit-remaining-requests")
         tokens = headers.get("x-ratelimit-remaining-tokens")
         if requests is None and tokens is None:
-            return
+            return False
         room = self._headroom.get((endpoint, model))
         if room is None:
             room = self._headroom.setdefault((endpoint, model), _Headroom())
+        low = False
         if requests is not None and requests.strip() == "0":
             reset = parse_duration(headers.get("x-ratelimit-reset-requests") or "")
             room.requests_until = now + (reset if reset is not None else 1.0)
+            low = True
         if tokens is not None:
             try:
                 room.tokens_left = int(tokens)
             except ValueError:
                 room.tokens_left = None
-            room.tokens_reset = headers.get("x-ratelimit-reset-tokens")
-            room.tokens_seen_at = now
+            room.tokens_until = now + (parse_duration(headers.get("x-ratelimit-reset-tokens") or "") or 0.0)
+            limit = headers.get("x-ratelimit-limit-tokens")
+            if room.tokens_left is not None and limit is not None and limit.isdigit():
+                low = low or room.tokens_left * 10 <= int(limit)  # 10% or less left
+        return low
+
+    def headroom_change(self, endpoint: str, model: str, now: float, wall: float) -> HealthChange | None:
+        """The pair's headroom as a change for other processes (wall-clock times), if any is known."""
+        room = self._headroom.get((endpoint, model))
+        if room is None:
+            return None
+        until = max(room.requests_until, room.tokens_until)
+        if until <= now:
+            return None
+        reason = "requests" if room.requests_until > now else "tokens"
+        return HealthChange(
+            "headroom", endpoint, model, wall + until - now, reason, room.tokens_left if reason == "tokens" else None
+        )
 
     def in_flight(self, endpoint: str) -> int:
         state = self._endpoints.get(endpoint)
@@ -359,6 +391,114 @@ class HealthBook:
     def latency(self, endpoint: str) -> float | None:
         state = self._endpoints.get(endpoint)
         return state.latency_s if state is not None else None
+
+    # ---- sharing with other processes ---------------------------------------------------------------------------
+
+    def apply(self, change: HealthChange, now: float, wall: float) -> None:
+        """Apply a change another process made (wall-clock ``until`` converted to this process's clock)."""
+        left = change.until - wall
+        if change.kind == "cooldown":
+            if left > 0:
+                self.cool(change.endpoint, change.model, left, change.reason, now)
+            return
+        with self._lock:
+            if change.kind == "headroom":
+                if left <= 0:
+                    return
+                room = self._headroom.get((change.endpoint, change.model))
+                if room is None:
+                    room = self._headroom.setdefault((change.endpoint, change.model), _Headroom())
+                if change.reason == "requests":
+                    room.requests_until = max(room.requests_until, now + left)
+                else:
+                    room.tokens_left = change.tokens_left
+                    room.tokens_until = now + left
+                return
+            state = self._state(change.endpoint)
+            if change.kind == "quota":
+                state.quota_until = max(state.quota_until, now + left)
+            elif change.kind == "ejected":
+                if left > 0 and state.ejected_until < now + left:
+                    state.ejected_until = now + left
+                    state.ejected_for = left
+                    state.half_open = True
+                    state.trial = False
+                    state.failures = 0
+                    state.labels.clear()
+                    state.healthy_since = None
+            elif state.half_open or state.ejected_until > now:  # restored elsewhere: its trial succeeded
+                state.ejected_until = 0.0
+                state.half_open = False
+                state.trial = False
+                state.healthy_since = now
+
+    def live_changes(self, now: float, wall: float) -> list[HealthChange]:
+        """Everything in force here that other processes should know: what to push after a store outage."""
+        changes = [
+            HealthChange("cooldown", c.endpoint, c.model, wall + c.until - now, c.reason)
+            for c in list(self._cooldowns.values())
+            if c.until > now
+        ]
+        for name, state in list(self._endpoints.items()):
+            if state.quota_until > now:
+                changes.append(HealthChange("quota", name, until=wall + state.quota_until - now, reason="quota"))
+            if state.ejected_until > now:
+                changes.append(HealthChange("ejected", name, until=wall + state.ejected_until - now, reason="ejected"))
+        for endpoint, model in list(self._headroom):
+            found = self.headroom_change(endpoint, model, now, wall)
+            if found is not None:
+                changes.append(found)
+        return changes
+
+    def limited(self, endpoint: str, until: float, reason: str) -> None:
+        """A shared limit said no: keep the endpoint out of this process's picks until ``until``."""
+        with self._lock:
+            state = self._state(endpoint)
+            if until > state.limited_until:
+                state.limited_until = until
+                state.limited_reason = reason
+
+    def local_limit(self, endpoint: str, tokens: int, now: float) -> tuple[str, float] | None:
+        """The local buckets' verdict for one request, when the shared store could not give one."""
+        state = self._endpoints.get(endpoint)
+        if state is None:
+            return None
+        with self._lock:
+            if state.rpm is not None:
+                wait = state.rpm.wait_for(1, now)
+                if wait > 0:
+                    return f"rpm {state.rpm.capacity:.0f} reached (local share)", now + wait
+            if state.tpm is not None:
+                wait = state.tpm.wait_for(tokens, now)
+                if wait > 0:
+                    return f"tpm {state.tpm.capacity:.0f} reached (local share)", now + wait
+            if state.rpm is not None:
+                state.rpm.take(1, now)
+            if state.tpm is not None:
+                state.tpm.take(tokens, now)
+        return None
+
+    def share_limits(self, shared: bool, processes: int, now: float) -> None:
+        """Switch the rpm/tpm limits between the shared store and this process's buckets. Back on local buckets
+        (the store is away), each of ``processes`` live processes takes its share, starting from an empty bucket so
+        the switch itself lets no burst through."""
+        with self._lock:
+            self.shared_limits = shared
+            if shared:
+                return
+            share = max(1, processes)
+            for state in self._endpoints.values():
+                rpm, tpm = state.limits
+                for name, limit in (("rpm", rpm), ("tpm", tpm)):
+                    if limit:
+                        bucket = TokenBucket(limit / share, now)
+                        bucket.level = 0.0
+                        setattr(state, name, bucket)
+
+    def limits(self, endpoint: str) -> tuple[int | None, int | None]:
+        """The endpoint's configured (rpm, tpm)."""
+        state = self._endpoints.get(endpoint)
+        return state.limits if state is not None else (None, None)
 
     # ---- cooldowns (429s) ---------------------------------------------------------------------------------------
 

@@ -26,7 +26,19 @@ from typing import Any
 import httpx2
 
 from ._compat import attempt_request, header_view, restore_read_timeout
-from ._core import DROPPED_HEADERS, Accepted, Call, EventSink, GiveUp, QualityCheck, Respond, Router, Send, Wait
+from ._core import (
+    DROPPED_HEADERS,
+    Accepted,
+    Acquire,
+    Call,
+    EventSink,
+    GiveUp,
+    QualityCheck,
+    Respond,
+    Router,
+    Send,
+    Wait,
+)
 from ._stream import AsyncTap, BodyWatch, SyncTap
 from ._usage import decompress
 from .config import Config, load_config
@@ -73,6 +85,7 @@ class Transport(httpx2.BaseTransport):
         quality: QualityCheck | None = None,
     ) -> None:
         self.router = _router(config, router, sinks, quality)
+        self._owns_router = router is None  # a router passed in may serve other transports: its owner closes it
         self._inner = transport if transport is not None else httpx2.HTTPTransport(limits=DEFAULT_LIMITS)
         self._sleep = sleep
         self._checker = None
@@ -145,6 +158,8 @@ class Transport(httpx2.BaseTransport):
                     stream.close()  # the upstream's stream: the connection goes back to the pool
                 if _judged(call, accepted, response, raw):
                     return response
+            elif isinstance(step, Acquire):
+                call.on_acquired(self.router.state.acquire(step.endpoint, step.rpm, step.tpm, step.tokens))
             elif isinstance(step, Wait):
                 self._sleep(step.seconds)
             elif isinstance(step, Respond):
@@ -157,6 +172,8 @@ class Transport(httpx2.BaseTransport):
             self._checker.close()
         if self._shadows is not None:
             self._shadows.shutdown(wait=False, cancel_futures=True)
+        if self._owns_router:
+            self.router.close()
         self._inner.close()
 
 
@@ -174,6 +191,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         quality: QualityCheck | None = None,
     ) -> None:
         self.router = _router(config, router, sinks, quality)
+        self._owns_router = router is None
         self._inner = transport if transport is not None else httpx2.AsyncHTTPTransport(limits=DEFAULT_LIMITS)
         import anyio
 
@@ -237,6 +255,8 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                     await stream.aclose()
                 if _judged(call, accepted, response, raw):
                     return response
+            elif isinstance(step, Acquire):
+                call.on_acquired(await self.router.state.aacquire(step.endpoint, step.rpm, step.tpm, step.tokens))
             elif isinstance(step, Wait):
                 await self._sleep(step.seconds)
             elif isinstance(step, Respond):
@@ -251,6 +271,8 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
             task.cancel()
         if self._shadows:
             await asyncio.gather(*self._shadows, return_exceptions=True)
+        if self._owns_router:
+            await asyncio.to_thread(self.router.close)  # flushing shared state must not block the loop
         await self._inner.aclose()
 
 

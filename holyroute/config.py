@@ -321,10 +321,31 @@ class Price(_Model):
 
 
 class State(_Model):
-    """Where shared state (rollout steps and weights) lives: in this process, or in a file every process reads."""
+    """Where the state every process must agree on lives.
 
-    backend: Literal["file", "memory"] = "file"
-    path: str = "holyroute-state.json"
+    ``memory``: this process only. ``file`` (the default): rollout state in a JSON file every process on the host
+    reads; health, limits, measurements and spend stay in each process. ``redis``: all of it shared through Redis
+    (cooldowns, ejections, headroom, rpm/tpm buckets, rollout state and measurements, spend), so many workers and
+    hosts act as one router.
+    """
+
+    backend: Literal["file", "memory", "redis"] = "file"
+    path: str = "holyroute-state.json"  # backend: file
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")  # backend: redis; may hold a password: never printed
+    prefix: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")] = "holyroute"
+    timeout_ms: Annotated[float, Field(gt=0, le=10_000)] = 10.0  # per Redis command; slower counts as Redis down
+    sync_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often measurements and snapshots sync
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().partition("://")[0]
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"state.url must start with redis://, rediss:// or unix:// (got a {scheme or 'schemeless'} URL); "
+                "for example redis://127.0.0.1:6379/0"
+            )
+        return value
 
 
 class Config(_Model):
