@@ -300,12 +300,19 @@ class Router:
                 self.state.publish(HealthChange("restored", change.endpoint, reason=change.reason))
             else:
                 until = self.wall_clock() + (change.ejection_s or 0.0)
-                kind = "quota" if change.quota else "ejected"
-                self.state.publish(HealthChange(kind, change.endpoint, until=until, reason=change.reason))
+                self.state.publish(
+                    HealthChange(
+                        "quota" if change.quota else "ejected", change.endpoint, until=until, reason=change.reason
+                    )
+                )
 
     def close(self) -> None:
         """Stop the state backend's background work (flushing what it holds)."""
         self.state.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` from an event loop."""
+        await self.state.aclose()
 
     def begin(
         self,

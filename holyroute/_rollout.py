@@ -17,14 +17,18 @@ import fcntl
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._routing import SplitPicker
 from ._stats import LatencySketch, SequentialNonInferiority, latency_regressed
 from .config import Analysis, Rollout
+
+if TYPE_CHECKING:
+    from ._state import StateBackend
 
 __all__ = ["FileStore", "Measurements", "MemoryStore", "RolloutEngine", "RolloutState", "Rollouts", "StateStore"]
 
@@ -59,6 +63,36 @@ class Measurements:
     cost_usd: float = 0.0
     latency: LatencySketch = field(default_factory=LatencySketch)
     ttft: LatencySketch = field(default_factory=LatencySketch)
+
+    def add(
+        self, *, ok: bool, latency_ms: float, ttft_ms: float | None, cost_usd: float | None, quality: bool | None
+    ) -> None:
+        self.calls += 1
+        if not ok:
+            self.errors += 1
+        self.latency.add(latency_ms)
+        if ttft_ms is not None:
+            self.ttft.add(ttft_ms)
+        if cost_usd is not None:
+            self.cost_usd += cost_usd
+        if quality is not None:
+            self.judged += 1
+            self.poor += not quality
+
+    def merge(self, other: Measurements) -> None:
+        """Add ``other``'s results to these (counts add, sketches merge)."""
+        self.calls += other.calls
+        self.errors += other.errors
+        self.judged += other.judged
+        self.poor += other.poor
+        self.cost_usd += other.cost_usd
+        self.latency.merge(other.latency)
+        self.ttft.merge(other.ttft)
+
+    def copy(self) -> Measurements:
+        merged = Measurements()
+        merged.merge(self)
+        return merged
 
 
 class StateStore(Protocol):
@@ -180,8 +214,13 @@ class RolloutEngine:
         self._store = store
         self._emit = emit
         self._clock = clock
-        self._sync_interval = sync_interval_s
+        self.sync_interval = sync_interval_s  # how often tick() re-reads the store
         self._lock = threading.RLock()
+        #: Set by a shared state backend: measurements not yet sent (``_pending``), and every process's totals for
+        #: a window as last read (``_totals``); the analysis then judges totals + pending.
+        self.shares_measurements = False
+        self._pending: dict[str, Measurements] = {}
+        self._totals: tuple[int, dict[str, Measurements]] | None = None
         now = clock()
         state = store.load(route)
         if state is None:
@@ -223,17 +262,12 @@ class RolloutEngine:
             measured = self._arms.get(arm)
             if measured is None:
                 return
-            measured.calls += 1
-            if not ok:
-                measured.errors += 1
-            measured.latency.add(latency_ms)
-            if ttft_ms is not None:
-                measured.ttft.add(ttft_ms)
-            if cost_usd is not None:
-                measured.cost_usd += cost_usd
-            if quality is not None:
-                measured.judged += 1
-                measured.poor += not quality
+            measured.add(ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, cost_usd=cost_usd, quality=quality)
+            if self.shares_measurements:
+                pending = self._pending.get(arm)
+                if pending is None:
+                    pending = self._pending[arm] = Measurements()
+                pending.add(ok=ok, latency_ms=latency_ms, ttft_ms=ttft_ms, cost_usd=cost_usd, quality=quality)
             if arm == self.candidate_arm:
                 self._consecutive_errors = 0 if ok else self._consecutive_errors + 1
         limit = self.rollout.consecutive_error_limit
@@ -247,7 +281,7 @@ class RolloutEngine:
 
     def tick(self, now: float) -> RolloutState:
         """Follow other processes' changes, then advance as far as the steps allow at ``now``."""
-        if now - self._synced >= self._sync_interval:
+        if now - self._synced >= self.sync_interval:
             self._synced = now
             found = self._store.load(self.route)
             if found is not None and found.version > self.state.version:
@@ -351,9 +385,10 @@ class RolloutEngine:
             self._test = SequentialNonInferiority(margin=analysis.max_error_rate_increase, alpha=analysis.alpha)
         if (self._quality.margin, self._quality.alpha) != (analysis.max_quality_failure_increase, analysis.alpha):
             self._quality = SequentialNonInferiority(margin=analysis.max_quality_failure_increase, alpha=analysis.alpha)
+        arms = self.window_measurements()
         return judge(
-            self._arms[self.stable_arm],
-            self._arms[self.candidate_arm],
+            arms[self.stable_arm],
+            arms[self.candidate_arm],
             self._test,
             analysis,
             elapsed=now - self.state.step_started,
@@ -403,15 +438,59 @@ class RolloutEngine:
         state = self.tick(self._clock())
         arms = {
             name: {"calls": m.calls, "errors": m.errors, "p95_ms": m.latency.quantile(0.95)}
-            for name, m in self._arms.items()
+            for name, m in self.window_measurements().items()
         }
         return {**asdict(state), "steps": len(self.steps), "arms": arms}
+
+    # ---- what a shared state backend does ------------------------------------------------------------------------
+
+    def window_measurements(self) -> dict[str, Measurements]:
+        """Both arms' measurements in the current window: every process's, when a backend shares them."""
+        with self._lock:
+            totals = self._totals
+            if totals is None or totals[0] != self._window:
+                return self._arms
+            merged = {arm: totals[1].get(arm, Measurements()).copy() for arm in self._arms}
+            for arm, pending in self._pending.items():
+                if arm in merged:
+                    merged[arm].merge(pending)
+            return merged
+
+    def drain(self) -> tuple[int, dict[str, Measurements]]:
+        """Take the measurements not yet shared (the backend sends them, or gives them back with :meth:`undrain`)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            return self._window, pending
+
+    def undrain(self, window: int, pending: dict[str, Measurements]) -> None:
+        """Sending failed: keep these for the next try (nothing is lost while the store is away)."""
+        with self._lock:
+            if window != self._window:
+                return  # the window moved on: these no longer count
+            for arm, measured in pending.items():
+                mine = self._pending.get(arm)
+                if mine is None:
+                    self._pending[arm] = measured
+                else:
+                    mine.merge(measured)
+
+    def adopt_totals(self, window: int, totals: dict[str, Measurements]) -> None:
+        """Every process's measurements for ``window`` as just read from the store (including what was drained)."""
+        with self._lock:
+            self._totals = (window, totals)
+
+    def follow(self, state: RolloutState) -> None:
+        """Another process changed the rollout: take its state if it is newer."""
+        with self._lock:
+            if state.version > self.state.version:
+                self.state = state
 
     # ---- internals ---------------------------------------------------------------------------------------------
 
     def _new_window(self) -> None:
         self._window = self.state.window
         self._arms = {self.stable_arm: Measurements(), self.candidate_arm: Measurements()}
+        self._pending = {}
         analysis = self.rollout.analysis
         self._test = SequentialNonInferiority(margin=analysis.max_error_rate_increase, alpha=analysis.alpha)
         self._quality = SequentialNonInferiority(margin=analysis.max_quality_failure_increase, alpha=analysis.alpha)
@@ -540,19 +619,20 @@ class Rollouts:
         clock: Callable[[], float] | None = None,
         store: StateStore | None = None,
     ) -> None:
-        import time
-
         from .config import load_config
 
         self.config = load_config(config)
-        if store is None:
-            state = self.config.state
-            store = FileStore(state.path) if state.backend == "file" else MemoryStore()
-        self.store = store
         if emit is None:
             from ._core import _structlog_sink
 
             emit = _structlog_sink()
+        self.backend: StateBackend | None = None  # opened here (not a running router's): closed by close()
+        if store is None:
+            from ._state import open_backend
+
+            self.backend = open_backend(self.config.state, emit=emit, clock=time.monotonic, wall_clock=time.time)
+            store = self.backend.rollout_store()
+        self.store = store
         self._engines = {
             alias: RolloutEngine(alias, route.rollout, store, emit=emit, clock=clock or time.time)
             for alias, route in self.config.routes.items()
@@ -576,7 +656,17 @@ class Rollouts:
         return self._engines.get(alias)
 
     def status(self) -> list[dict[str, Any]]:
+        """Each rollout's state and its arms' measurements (every process's, with a shared backend)."""
+        read = getattr(self.backend, "read_measurements", None)
+        if read is not None:
+            for engine in self._engines.values():
+                read(engine)
         return [engine.status() for engine in self._engines.values()]
+
+    def close(self) -> None:
+        """Close the state backend this object opened (a running router's is closed with its client)."""
+        if self.backend is not None:
+            self.backend.close()
 
     def promote(self, alias: str, *, full: bool = False) -> RolloutState:
         return self[alias].promote(full=full)

@@ -78,6 +78,9 @@ class StateBackend(Protocol):
     def close(self) -> None:
         """Stop background work and flush what is pending (bounded in time)."""
 
+    async def aclose(self) -> None:
+        """:meth:`close` from an event loop (also closes what the loop's :meth:`aacquire` opened)."""
+
     def acquire(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
         """Take one request and ``tokens`` tokens from the endpoint's shared limits: 0.0 granted, > 0 the seconds
         until there is room (nothing taken), None when the store could not answer (decide locally)."""
@@ -126,6 +129,9 @@ class MemoryBackend:
         return None
 
     def close(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
         return None
 
     def acquire(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:

@@ -272,7 +272,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         if self._shadows:
             await asyncio.gather(*self._shadows, return_exceptions=True)
         if self._owns_router:
-            await asyncio.to_thread(self.router.close)  # flushing shared state must not block the loop
+            await self.router.aclose()
         await self._inner.aclose()
 
 
