@@ -68,6 +68,7 @@ class RecordedRequest:
     query: str
     headers: dict[str, str]
     body: bytes
+    received_at: float = 0.0  # time.time() when the whole request was in (for timing tests across processes)
 
     @property
     def json(self) -> Any | None:
@@ -811,7 +812,7 @@ class FakeUpstream:
                 for name, value in head.headers:
                     key, text = name.decode("latin-1"), value.decode("latin-1")
                     headers[key] = f"{headers[key]}, {text}" if key in headers else text
-                return RecordedRequest(head.method.decode("latin-1"), path, query, headers, bytes(body))
+                return RecordedRequest(head.method.decode("latin-1"), path, query, headers, bytes(body), time.time())
             else:  # ConnectionClosed between requests, or PAUSED (cannot happen: one request at a time)
                 return None
 
