@@ -455,6 +455,21 @@ class RedisBackend:
             return
         engine.adopt_totals(window, {engine.stable_arm: stable, engine.candidate_arm: candidate})
 
+    def snapshot(self) -> tuple[int, list[HealthChange]]:
+        """Processes alive and the health entries in force, read now (``holyroute check``). Raises RedisError."""
+        now = self._wall()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(self.keys.members, now - MEMBER_TTL_S, "+inf")
+        pipe.hgetall(self.keys.health)
+        alive, raw = pipe.execute()
+        changes = []
+        for value in raw.values():
+            data = json.loads(value.decode().partition(" ")[2])
+            change = HealthChange(data["k"], data["e"], data.get("m") or "", float(data["u"]), data.get("r") or "")
+            if change.until > now:
+                changes.append(change)
+        return int(alive), sorted(changes, key=lambda c: (c.endpoint, c.model, c.kind))
+
     # ---- failure and recovery -----------------------------------------------------------------------------------
 
     def failed(self, error: BaseException) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rollout.add_argument("--config", type=Path, required=True, help="the configuration file (YAML or TOML)")
     rollout.add_argument("--full", action="store_true", help="promote: straight to 100%%")
     rollout.add_argument("--reason", default="aborted by hand", help="abort: why (recorded in the event)")
+    rollout.add_argument("--json", action="store_true", help="print the state as JSON")
     report = commands.add_parser(
         "report", help="per route and arm from an event log: errors, latency, cost and a verdict against the control"
     )
@@ -60,7 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_check(args.config, sys.stdout, sys.stderr)
     if args.command == "rollout":
         return run_rollout(
-            args.action, args.route, args.config, sys.stdout, sys.stderr, full=args.full, reason=args.reason
+            args.action,
+            args.route,
+            args.config,
+            sys.stdout,
+            sys.stderr,
+            full=args.full,
+            reason=args.reason,
+            as_json=args.json,
         )
     if args.command == "report":
         return run_report(
@@ -94,7 +103,6 @@ def run_report(
     min_calls: int = 100,
 ) -> int:
     """``holyroute report``: 0 with the report written, 2 for a bad log, configuration, option or plot."""
-    import json
 
     from ._report import (
         PlotUnavailableError,
@@ -172,9 +180,18 @@ def run_report(
 
 
 def run_rollout(
-    action: str, route: str | None, path: Path, out: TextIO, err: TextIO, *, full: bool = False, reason: str = ""
+    action: str,
+    route: str | None,
+    path: Path,
+    out: TextIO,
+    err: TextIO,
+    *,
+    full: bool = False,
+    reason: str = "",
+    as_json: bool = False,
 ) -> int:
-    """``holyroute rollout status|promote|abort|retry``: read or change the shared rollout state."""
+    """``holyroute rollout status|promote|abort|retry``: read or change the shared rollout state (the file or
+    Redis the configuration's ``state`` names, so every running process follows)."""
     from ._rollout import Rollouts
     from .exceptions import ConfigError
 
@@ -182,6 +199,30 @@ def run_rollout(
         rollouts = Rollouts(path, emit=lambda event, fields: None)
     except ConfigError as exc:
         err.write(f"{exc}\n")
+        return 2
+    try:
+        return _rollout_action(rollouts, action, route, out, err, full=full, reason=reason, as_json=as_json)
+    finally:
+        rollouts.close()
+
+
+def _rollout_action(
+    rollouts: Any,
+    action: str,
+    route: str | None,
+    out: TextIO,
+    err: TextIO,
+    *,
+    full: bool,
+    reason: str,
+    as_json: bool,
+) -> int:
+    backend = rollouts.backend
+    if backend is not None and backend.name == "redis" and not backend.live:
+        err.write(
+            f"holyroute rollout: the shared state at {backend.where} cannot be reached; "
+            "start Redis or fix state.url (nothing was changed)\n"
+        )
         return 2
     if action != "status":
         if route is None:
@@ -199,6 +240,9 @@ def run_rollout(
         else:
             engine.retry()
     rows = [engine_status for engine_status in rollouts.status() if route is None or engine_status["route"] == route]
+    if as_json:
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return 0
     if not rows:
         out.write("no route in this configuration has a rollout\n")
         return 0
@@ -207,6 +251,8 @@ def run_rollout(
     for row in rows:
         step = f"{row['step']}/{row['steps']}"
         out.write(f"{row['route']:<20}{row['status']:<13}{step:>6}{row['weight']:>7g}%  {row['reason']}\n")
+        arms = ", ".join(f"{arm} {m['calls']} calls / {m['errors']} errors" for arm, m in row["arms"].items())
+        out.write(f"{'':<20}this window: {arms}\n")
     return 0
 
 
@@ -224,6 +270,8 @@ def run_check(path: Path, out: TextIO, err: TextIO) -> int:
         return 2
     by_endpoint = {result.endpoint: result for result in results}
     out.write(render_results(results) + "\n\n")
+    if config.state.backend == "redis":
+        _shared_health(config, out)
     paths = route_paths(config, by_endpoint)
     for alias, ok in paths.items():
         if ok:
@@ -235,6 +283,33 @@ def run_check(path: Path, out: TextIO, err: TextIO) -> int:
             down = ", ".join(f"{name} {by_endpoint[name].status}" for name in names)
             out.write(f"route {alias}: NO HEALTHY PATH ({down})\n")
     return 0 if all(paths.values()) else 1
+
+
+def _shared_health(config: Any, out: TextIO) -> None:
+    """What every process sharing the configuration's Redis agrees on: who is alive, what is cooling or ejected."""
+    import redis
+
+    from ._redis import RedisBackend
+
+    backend = RedisBackend(config.state, emit=lambda event, fields: None)
+    try:
+        alive, changes = backend.snapshot()
+    except redis.RedisError as exc:
+        out.write(
+            f"shared state {backend.where}: UNREACHABLE ({type(exc).__name__}); running processes route on their "
+            "own state until it is back\n\n"
+        )
+        return
+    finally:
+        backend.redis.close()
+    now = time.time()
+    out.write(f"shared state {backend.where}: {alive} process(es) alive in the last 10s\n")
+    for change in changes:
+        what = f"{change.endpoint}/{change.model}" if change.model else change.endpoint
+        out.write(f"  {what:<40}{change.kind:<10}{change.until - now:>8.1f}s left  {change.reason}\n")
+    if not changes:
+        out.write("  no endpoint is cooling down or ejected\n")
+    out.write("\n")
 
 
 def _canary(candidate_endpoint: str) -> dict[str, Any]:
