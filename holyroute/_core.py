@@ -62,6 +62,8 @@ OPERATIONS: Final = {
 }
 _INJECT_USAGE_APIS: Final = frozenset({"chat", "completions"})
 PIN_HEADER: Final = "x-holyroute-arm"
+#: The shortest wait for an rpm/tpm reset (a reset that is due now still needs the bucket to be asked again).
+_MIN_LIMIT_WAIT_S: Final = 0.001
 #: Headers that belong to the caller's own account or to the hop, never forwarded to a routed endpoint.
 DROPPED_HEADERS: Final = frozenset(
     {
@@ -454,6 +456,8 @@ class Call:
         "_last_leg",
         "_last_response",
         "_legs",
+        "_limit_wait",
+        "_limit_waited",
         "_limited",
         "_operation",
         "_paid",
@@ -527,6 +531,8 @@ class Call:
         self._excluded: set[str] = set()
         self._panic: dict[int, bool] = {}
         self._limited = False
+        self._limit_wait: float | None = None  # set when the walk ends waiting for an rpm/tpm/headroom reset
+        self._limit_waited = 0.0  # seconds this call has waited for limits (bounded by retry.max_wait_s)
         self._last_response: tuple[int, tuple[tuple[str, str], ...], bytes, Upstream, Leg | None] | None = None
         self._last_error: tuple[BaseException, bool] | None = None
         self._failure: dict[str, Any] | None = None
@@ -601,6 +607,18 @@ class Call:
                     if failure is not None:
                         self._emit_failover(failure, 0.0, upstream.endpoint)
                     return self._send(upstream, now)
+                limit_wait, self._limit_wait = self._limit_wait, None
+                if limit_wait is not None:
+                    # Waiting for a limit to reset is not a failed pass: it spends no attempt, pass or retry budget,
+                    # only time (retry.max_wait_s in all for such waits, never past the deadline).
+                    if failure is not None:
+                        self._emit_failover(failure, limit_wait, None)
+                    self._limit_waited += limit_wait
+                    self._paid = True
+                    self._limited = False
+                    self._cursor = 0
+                    self._skipped.clear()
+                    return Wait(limit_wait)
                 wait = self._wait_before_next_pass(now)
                 if wait is not None:
                     if failure is not None:
@@ -799,9 +817,11 @@ class Call:
             if self._fallbacks_added:
                 return None
             # An arm out of rpm/tpm/headroom with `when_limited: wait` waits for it (if acceptable) before falling back.
-            limited = self._limited and router.retry.when_limited == "wait" and self._passes == 0
-            if limited and self._wait_for_limits(now) is not None:
-                return None
+            if self._limited and router.retry.when_limited == "wait":
+                wait = self._wait_for_limits(now)
+                if wait is not None:
+                    self._limit_wait = wait
+                    return None
             self._add_fallbacks()
 
     def _panicking(self, leg: Leg, now: float) -> bool:
@@ -830,7 +850,9 @@ class Call:
         untils = [until for _, until in self._skipped.values() if until is not None]
         if not untils:
             return None
-        wait = min(untils) - now
+        wait = max(min(untils) - now, _MIN_LIMIT_WAIT_S)
+        if self._limit_waited + wait > self._router.retry.max_wait_s:
+            return None
         return wait if self._acceptable_wait(wait, now) else None
 
     def _acceptable_wait(self, wait: float, now: float) -> bool:

@@ -339,10 +339,12 @@ class State(_Model):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: SecretStr) -> SecretStr:
-        scheme = value.get_secret_value().partition("://")[0]
+        scheme, sep, _ = value.get_secret_value().partition("://")
         if scheme not in ("redis", "rediss", "unix"):
+            # Name only the scheme, and only when it looks like one: the rest may hold a password.
+            got = f"a {scheme}:// URL" if sep and scheme.isalnum() and len(scheme) <= 10 else "no scheme"
             raise ValueError(
-                f"state.url must start with redis://, rediss:// or unix:// (got a {scheme or 'schemeless'} URL); "
+                f"state.url must start with redis://, rediss:// or unix:// (got {got}); "
                 "for example redis://127.0.0.1:6379/0"
             )
         return value

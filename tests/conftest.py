@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 
 from holyroute import Router, load_config
-from holyroute._core import Accepted, Call, GiveUp, Respond, Send, Wait
+from holyroute._core import Accepted, Acquire, Call, GiveUp, Respond, Send, Wait
 
 
 class FakeClock:
@@ -97,14 +97,23 @@ class Outcome:
         return [send.endpoint for send in self.sent]
 
 
-def drive(call: Call, answers: Sequence[Answer], clock: FakeClock | None = None) -> Outcome:
-    """Play a call against scripted answers, as a transport would; waits advance the fake clock."""
+def drive(
+    call: Call,
+    answers: Sequence[Answer],
+    clock: FakeClock | None = None,
+    grants: Callable[[Acquire], float | None] | None = None,
+) -> Outcome:
+    """Play a call against scripted answers, as a transport would; waits advance the fake clock, ``grants``
+    answers the state backend's :class:`Acquire` steps."""
     queue = list(answers)
     sent: list[Send] = []
     waits: list[float] = []
     while True:
         step = call.next_step()
-        if isinstance(step, Send):
+        if isinstance(step, Acquire):
+            assert grants is not None, f"unexpected {step}"
+            call.on_acquired(grants(step))
+        elif isinstance(step, Send):
             sent.append(step)
             answer = queue.pop(0)
             if isinstance(answer, BaseException):
@@ -135,7 +144,7 @@ def status(code: int, headers: dict[str, str] | None = None, body: bytes | None 
 
 @pytest.fixture
 def make_harness() -> Callable[..., Harness]:
-    def make(config: dict[str, Any] | None = None, *, seed: int = 7) -> Harness:
+    def make(config: dict[str, Any] | None = None, *, seed: int = 7, state: Any = None) -> Harness:
         import random
 
         clock = FakeClock()
@@ -146,6 +155,7 @@ def make_harness() -> Callable[..., Harness]:
             wall_clock=lambda: 1_700_000_000.0 + clock.now,
             rng=random.Random(seed),
             sinks=[events],
+            state=state,
         )
         return Harness(router, clock, events)
 

@@ -306,11 +306,8 @@ class TestSharedRpm:
                 prefix,
                 {"limited": {"base_url": up.base_url, "rpm": self.RPM}},
                 {"targets": [{"model": "gpt-4o-mini", "endpoints": ["limited"]}]},
-                # WORKAROUND (holyroute bug): each wait for room in the shared bucket counts as a pass against
-                # retry.max_attempts, so with the default 3 a call that loses the race for the next token to the
-                # other workers three times gives up with a local 429 after 0.2 s of its max_wait_s (about 150 of
-                # 870 calls did). Drop max_attempts here once waits stop counting; 50 is the schema's maximum.
-                retry={"when_limited": "wait", "max_wait_s": 30, "max_attempts": 50},
+                # Default max_attempts (3): waits for room in the shared bucket spend no attempt, only max_wait_s.
+                retry={"when_limited": "wait", "max_wait_s": 30},
             )
             workers.start(config, "--sleep", "0")
             until = time.time() + self.DURATION_S
