@@ -6,9 +6,13 @@ process as a provider would. Each comparison alternates the two clients call by 
 reports the median, p90 and p99 of the paired differences (redis - memory), which is what survives a noisy shared
 machine. Two comparisons:
 
-* ``redis with shared rpm (1 round trip)``: the endpoint has an ``rpm`` limit so large it never binds, so every
-  Redis call takes its grant from the shared bucket (one Lua script, ``EVALSHA``): the one round trip a request may
-  cost, i.e. the worst case.
+* ``redis, shared rpm, leases (default)``: the endpoint has ``rpm: 100000`` (it does not bind at this call rate),
+  default ``state.lease_fraction`` (0.01): a grant from the shared bucket (one Lua script, ``EVALSHA``) covers the
+  requests this process expects in the next 100 ms, so most calls spend no round trip; ``evalsha/call`` says how
+  many did.
+* ``redis, shared rpm, lease_fraction 0``: the same with leasing off: every call takes its grant in one round trip.
+  This is the worst case, and what every call costs while a limit binds (the bucket then holds less than two
+  requests, so grants are for one).
 * ``redis without limits (0 round trips)``: no ``rpm``/``tpm``, so the request path reads only local state and Redis
   is touched by the backend's background threads alone (sync every ``sync_interval_s``, pub/sub listener).
 
@@ -105,7 +109,7 @@ def paired(
 def config_for(base_url: str, state: dict[str, Any], *, rpm: bool) -> dict[str, Any]:
     endpoint: dict[str, Any] = {"base_url": base_url, "api_key": "sk-bench"}
     if rpm:
-        endpoint["rpm"] = 100_000_000  # never binds: every call still takes its grant from the (shared) bucket
+        endpoint["rpm"] = 100_000  # does not bind at this rate: every call still needs a grant from the shared bucket
     return {
         "endpoints": {"up": endpoint},
         "routes": {"chat-default": {"targets": [{"model": "gpt-4.1", "endpoints": ["up"]}]}},
@@ -167,7 +171,6 @@ def main() -> int:
         return 2
     prefix = f"holyroute-bench-{uuid.uuid4().hex}"
     memory_state = {"backend": "memory"}
-    redis_state = {"backend": "redis", "url": REDIS_URL, "prefix": prefix}
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole run
     warnings: list[str] = []
@@ -188,10 +191,12 @@ def main() -> int:
     alias = {"model": "chat-default", "messages": MESSAGES}
     try:
         with upstream_process() as base_url:
-            for rpm, label in (
-                (True, "redis with shared rpm (1 round trip)"),
-                (False, "redis without limits (0 round trips)"),
+            for rpm, lease, label in (
+                (True, 0.01, "redis, shared rpm, leases (default)"),
+                (True, 0.0, "redis, shared rpm, lease_fraction 0"),
+                (False, 0.01, "redis without limits (0 round trips)"),
             ):
+                redis_state = {"backend": "redis", "url": REDIS_URL, "prefix": prefix, "lease_fraction": lease}
                 clients = [
                     openai.OpenAI(
                         api_key="x",

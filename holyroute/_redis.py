@@ -8,7 +8,9 @@ What is shared, and how each piece keeps the request path fast:
   :class:`~holyroute._health.HealthBook` within milliseconds, and the sync thread re-reads the whole hash every
   ``sync_interval_s`` in case a message was missed. The request path reads only the local book.
 - **rpm / tpm limits** are token buckets in ``<prefix>:{limits:<endpoint>}``, taken by one Lua script against Redis's
-  own clock: the one round trip a request may make, and only for an endpoint with such a limit.
+  own clock: the one round trip a request may make, and only for an endpoint with such a limit. A busy process takes
+  a small lease with its grant (its next 100 ms of demand, at most ``lease_fraction`` of the limit, only from what
+  the bucket holds beyond the request: :class:`~holyroute._state.Leases`), so most requests make none.
 - **Rollouts**: state in ``<prefix>:{rollout:<route>}:state`` (read-modify-write under ``WATCH``, so two processes
   never both advance a step), measurements in ``<prefix>:{rollout:<route>}:m:<window>:<arm>`` as counters and
   latency-sketch buckets that every process adds to (``HINCRBY``), so the analysis sees every process's calls.
@@ -46,7 +48,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._rollout import Measurements, RolloutEngine, RolloutState
-from ._state import PERIODS, HealthChange, Period, period_key
+from ._state import PERIODS, HealthChange, Leases, Period, period_key
 from ._stats import LatencySketch
 
 if TYPE_CHECKING:
@@ -64,7 +66,9 @@ LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a m
 MEMBER_TTL_S = 10.0  # a process not heard of for this long no longer counts for the local share of a limit
 
 # Token buckets for rpm and tpm in one hash, refilled continuously, against Redis's clock. Either all limits have
-# room and all are charged, or nothing is charged and the reply is the milliseconds until there is room.
+# room for this request and all are charged, or nothing is charged: the reply is {milliseconds until there is room,
+# 0, 0}. Charged, the reply is {0, requests, tokens} granted: this request's, plus up to ARGV[5] requests and ARGV[6]
+# tokens in all for the process's lease, taken only from what the bucket holds (see _state.Leases).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -83,11 +87,19 @@ if tpm > 0 then
   local need = math.min(tokens, tpm)
   if k < need then wait = math.max(wait, (need - k) * 60 / tpm) end
 end
-if wait > 0 then return math.max(1, math.ceil(wait * 1000)) end
-if rpm > 0 then redis.call('HSET', KEYS[1], 'r', tostring(r - 1), 'rt', tostring(now)) end
-if tpm > 0 then redis.call('HSET', KEYS[1], 't', tostring(k - tokens), 'tt', tostring(now)) end
+if wait > 0 then return {math.max(1, math.ceil(wait * 1000)), 0, 0} end
+local want_r, want_t = tonumber(ARGV[5]), tonumber(ARGV[6])
+local gr, gt = want_r, want_t
+if rpm > 0 then
+  gr = math.max(1, math.min(want_r, math.floor(r)))
+  redis.call('HSET', KEYS[1], 'r', tostring(r - gr), 'rt', tostring(now))
+end
+if tpm > 0 then
+  gt = math.max(tokens, math.min(want_t, math.floor(k)))
+  redis.call('HSET', KEYS[1], 't', tostring(k - gt), 'tt', tostring(now))
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return 0
+return {0, gr, gt}
 """
 
 # One health change: set (keeping a longer entry) or delete a field, drop expired fields, expire the hash after the
@@ -309,6 +321,7 @@ class RedisBackend:
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.store = RedisStore(self)
+        self.leases = Leases(clock, fraction=state.lease_fraction)
         self.live = True  # optimistic until the first failure: the hot path does not wait to find out
         self._failures = 0
         self._recovering = False  # failures while recovering are expected: no second degraded event
@@ -390,17 +403,34 @@ class RedisBackend:
             self._forked()
         if not self.live:
             return None
+        ask = self.leases.take(endpoint, rpm, tpm, tokens)
+        if ask is None:
+            return 0.0
         try:
-            wait_ms = self._acquire(keys=[self.keys.limits(endpoint)], args=[rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS])
+            reply = self._acquire(keys=[self.keys.limits(endpoint)], args=self._acquire_args(rpm, tpm, tokens, ask))
         except redis.RedisError as error:
             self.failed(error)
             return None
+        return self._granted(endpoint, tokens, reply)
+
+    @staticmethod
+    def _acquire_args(rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]) -> list[int]:
+        return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1]]
+
+    def _granted(self, endpoint: str, tokens: int, reply: Any) -> float:
         self._failures = 0
-        return int(wait_ms) / 1000.0
+        wait_ms, requests, granted_tokens = (int(value) for value in reply)
+        if wait_ms:
+            return wait_ms / 1000.0
+        self.leases.granted(endpoint, requests, granted_tokens, tokens)
+        return 0.0
 
     async def aacquire(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
         if not self.live:
             return None
+        ask = self.leases.take(endpoint, rpm, tpm, tokens)
+        if ask is None:
+            return 0.0
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
         if found is None:
@@ -414,14 +444,11 @@ class RedisBackend:
             )
             found = self._async[loop] = (client, client.register_script(_ACQUIRE))
         try:
-            wait_ms = await found[1](
-                keys=[self.keys.limits(endpoint)], args=[rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS]
-            )
+            reply = await found[1](keys=[self.keys.limits(endpoint)], args=self._acquire_args(rpm, tpm, tokens, ask))
         except (TimeoutError, redis.RedisError, OSError) as error:
             self.failed(error)
             return None
-        self._failures = 0
-        return int(wait_ms) / 1000.0
+        return self._granted(endpoint, tokens, reply)
 
     def publish(self, change: HealthChange) -> None:
         with self._lock:
@@ -487,6 +514,7 @@ class RedisBackend:
             self._down_since = self._clock()
         if self._router is not None:
             self._router.health.share_limits(False, self._members, self._clock())
+        self.leases.clear()
         reason = f"{type(error).__name__}: {str(error)[:200]}".replace(self._url, self.where)
         self._emit(
             "holyroute.state_degraded",
@@ -527,6 +555,7 @@ class RedisBackend:
             return False
         if router is not None:
             router.health.share_limits(True, self._members, self._clock())
+        self.leases.clear()
         down = self._clock() - (self._down_since or self._clock())
         self._emit(
             "holyroute.state_restored",

@@ -335,6 +335,8 @@ class State(_Model):
     prefix: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")] = "holyroute"
     timeout_ms: Annotated[float, Field(gt=0, le=10_000)] = 10.0  # per Redis command; slower counts as Redis down
     sync_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often measurements and snapshots sync
+    # The most of a shared rpm/tpm limit one process may take ahead of use (0.01: 1%; 0: a round trip per request).
+    lease_fraction: Annotated[float, Field(ge=0, le=0.2)] = 0.01
 
     @field_validator("url")
     @classmethod

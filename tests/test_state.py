@@ -16,7 +16,7 @@ from holyroute import load_config
 from holyroute._core import Acquire, Respond, Router, Send, Wait
 from holyroute._health import HealthBook
 from holyroute._rollout import MemoryStore, StateStore
-from holyroute._state import HealthChange, MemoryBackend, open_backend, period_key
+from holyroute._state import HealthChange, Leases, MemoryBackend, open_backend, period_key
 from holyroute.exceptions import ConfigError
 
 from .conftest import FakeClock, Harness, base_config, drive, ok, status
@@ -359,3 +359,66 @@ def test_acquire_is_a_step(shared: Callable[..., tuple[Harness, RecordingBackend
     sent = call.next_step()
     assert isinstance(sent, Send)
     assert sent.endpoint == "main"
+
+
+class TestLeases:
+    """Grants taken ahead of demand: most calls spend no round trip, and a binding limit is never exceeded."""
+
+    def test_first_ask_is_for_one(self) -> None:
+        leases = Leases(FakeClock())
+        assert leases.take("main", 600, None, 10) == (1, 10)
+
+    def test_busy_process_leases_ahead_and_is_served_locally(self) -> None:
+        clock = FakeClock()
+        leases = Leases(clock, fraction=0.01, horizon_s=0.1)
+        asks = []
+        for _ in range(200):  # 200 requests a second for one second
+            ask = leases.take("main", 60_000, None, 10)
+            if ask is not None:
+                asks.append(ask)
+                leases.granted("main", ask[0], ask[1], 10)
+            clock.advance(0.005)
+        assert max(requests for requests, _ in asks) <= 600, "never more than 1% of the limit ahead"
+        assert asks[-1][0] == pytest.approx(200 * 0.1, abs=3), "about 100 ms of this process's demand"
+        assert len(asks) < 40, f"{len(asks)} round trips for 200 requests"
+
+    def test_small_limit_is_never_leased(self) -> None:
+        clock = FakeClock()
+        leases = Leases(clock)
+        for _ in range(50):
+            assert leases.take("main", 60, None, 1) == (1, 1), "1% of rpm 60 is less than one request"
+            leases.granted("main", 1, 1, 1)
+            clock.advance(0.001)
+
+    def test_partial_grant_and_expiry(self) -> None:
+        clock = FakeClock()
+        leases = Leases(clock, ttl_s=1.0)
+        leases.take("main", 6000, None, 1)
+        leases.granted("main", 3, 3, 1)  # asked for more; the bucket had three
+        assert leases.take("main", 6000, None, 1) is None
+        assert leases.take("main", 6000, None, 1) is None
+        assert leases.take("main", 6000, None, 1) is not None, "the lease held two beyond the first request"
+        leases.granted("main", 5, 5, 1)
+        clock.advance(1.01)
+        assert leases.take("main", 6000, None, 1) is not None, "what a lease holds after ttl_s is dropped"
+
+    def test_tpm_lease_covers_tokens(self) -> None:
+        clock = FakeClock()
+        leases = Leases(clock, fraction=0.01)
+        ask = leases.take("main", None, 100_000, 300)
+        assert ask == (1, 300)
+        leases.granted("main", 3, 900, 300)
+        assert leases.take("main", None, 100_000, 500) is None
+        assert leases.take("main", None, 100_000, 500) is not None, "100 tokens left cannot cover 500"
+
+    def test_off_and_clear(self) -> None:
+        clock = FakeClock()
+        off = Leases(clock, fraction=0)
+        for _ in range(100):
+            assert off.take("main", 60_000, None, 1) == (1, 1)
+            clock.advance(0.001)
+        on = Leases(clock)
+        on.take("main", 60_000, None, 1)
+        on.granted("main", 10, 10, 1)
+        on.clear()
+        assert on.take("main", 60_000, None, 1) is not None
