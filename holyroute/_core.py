@@ -942,6 +942,7 @@ class Call:
             "endpoint": upstream.endpoint,
             "upstream_model": upstream.model,
             "attempt": self._attempts,
+            "attempt_ms": round((self._router.clock() - self._sent_at) * 1000, 3),
             "status": status,
             "error": error,
             "reason": reason,
