@@ -7,7 +7,7 @@
 
 from ._core import Router
 from ._rollout import Rollouts
-from ._transport import AsyncTransport, Transport, async_client, client
+from ._transport import AsyncTransport, Transport, async_client, client, router_of
 from .config import Config, load_config
 from .exceptions import ConfigError, HolyrouteError
 
@@ -25,4 +25,5 @@ __all__ = [
     "async_client",
     "client",
     "load_config",
+    "router_of",
 ]

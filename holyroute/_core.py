@@ -291,6 +291,10 @@ class Router:
         for sink in self.sinks:
             sink(event, fields)
 
+    def add_sink(self, sink: EventSink) -> None:
+        """Send every later event to ``sink`` too (metrics, traces, alerts: ``sink(event, fields)``)."""
+        self.sinks = (*self.sinks, sink)
+
     def transition(self, change: Transition | None) -> None:
         """Emit an endpoint's state change, if there was one, and share it with the other processes."""
         if change is not None:

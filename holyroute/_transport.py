@@ -296,27 +296,51 @@ def _split_options(kwargs: dict[str, Any], transport: object) -> dict[str, Any]:
 
 
 def client(
-    config: ConfigSource = None, *, transport: httpx2.BaseTransport | None = None, **kwargs: Any
+    config: ConfigSource = None,
+    *,
+    transport: httpx2.BaseTransport | None = None,
+    sinks: Sequence[EventSink] | None = None,
+    **kwargs: Any,
 ) -> httpx2.Client:
     """An ``httpx2.Client`` for ``OpenAI(http_client=...)``, with the SDK's connection limits and timeouts.
 
     ``config`` is a YAML/TOML path, a dict or a :class:`Config` (default: ``$HOLYROUTE_CONFIG`` or
     ``./holyroute.yaml``). ``transport`` is the inner transport holyroute sends through (default: httpx2's).
-    Pool options (``verify``, ``cert``, ``proxy``, ``limits``, ``http2``, ...) configure that default inner
-    transport; every other keyword argument goes to ``httpx2.Client``.
+    ``sinks`` receive every event (default: structlog's ``holyroute`` logger; add more later with
+    ``router_of(client).add_sink(...)``). Pool options (``verify``, ``cert``, ``proxy``, ``limits``, ``http2``, ...)
+    configure that default inner transport; every other keyword argument goes to ``httpx2.Client``.
     """
     options = _split_options(kwargs, transport)
     inner = transport if transport is not None else httpx2.HTTPTransport(**options)
-    return httpx2.Client(transport=Transport(config, transport=inner), **kwargs)
+    return httpx2.Client(transport=Transport(config, transport=inner, sinks=sinks), **kwargs)
 
 
 def async_client(
-    config: ConfigSource = None, *, transport: httpx2.AsyncBaseTransport | None = None, **kwargs: Any
+    config: ConfigSource = None,
+    *,
+    transport: httpx2.AsyncBaseTransport | None = None,
+    sinks: Sequence[EventSink] | None = None,
+    **kwargs: Any,
 ) -> httpx2.AsyncClient:
     """An ``httpx2.AsyncClient`` for ``AsyncOpenAI(http_client=...)``; see :func:`client`."""
     options = _split_options(kwargs, transport)
     inner = transport if transport is not None else httpx2.AsyncHTTPTransport(**options)
-    return httpx2.AsyncClient(transport=AsyncTransport(config, transport=inner), **kwargs)
+    return httpx2.AsyncClient(transport=AsyncTransport(config, transport=inner, sinks=sinks), **kwargs)
+
+
+def router_of(target: Router | Transport | AsyncTransport | httpx2.Client | httpx2.AsyncClient) -> Router:
+    """The :class:`Router` behind a client from :func:`client` / :func:`async_client`, a transport or a router."""
+    if isinstance(target, Router):
+        return target
+    if isinstance(target, Transport | AsyncTransport):
+        return target.router
+    inner = getattr(target, "_transport", None)  # httpx2's client keeps its transport here
+    if isinstance(inner, Transport | AsyncTransport):
+        return inner.router
+    raise TypeError(
+        f"router_of: expected a holyroute client, transport or Router, got {type(target).__name__}; "
+        "build the client with holyroute.client(...) or holyroute.async_client(...)"
+    )
 
 
 # ---- what both drivers share: translating between httpx2 objects and the core's plain data ---------------------
