@@ -28,6 +28,7 @@ from ._budget import RetryBudget
 from ._health import HeaderLookup, HealthBook, Transition, server_delay
 from ._prices import PriceRow
 from ._routing import SplitPicker
+from ._spend import TAGS_HEADER, SpendBudgets, Verdict
 from ._state import HealthChange, StateBackend, open_backend
 from ._usage import Usage, cost_usd, find_price, finish_reason, usage_from_body
 
@@ -77,6 +78,7 @@ DROPPED_HEADERS: Final = frozenset(
         "connection",
         "accept-encoding",
         PIN_HEADER,
+        TAGS_HEADER,
     }
 )
 RETRYABLE_STATUS: Final = frozenset({408, 409, 429})
@@ -279,6 +281,10 @@ class Router:
 
             self.rollouts = Rollouts(config, emit=self.emit, clock=wall_clock, store=self.state.rollout_store())
         self._budget_spent = False
+        #: Spend caps per route, endpoint or tag (``budgets:``), counted through the state backend.
+        self.spend = (
+            SpendBudgets(config.budgets, self.state, emit=self.emit, wall_clock=wall_clock) if config.budgets else None
+        )
         self._panicking: set[tuple[str, str]] = set()
         self.state.attach(self)
         import tenacity
@@ -442,6 +448,7 @@ class Call:
         "_asking",
         "_attempts",
         "_bodies",
+        "_budget",
         "_current",
         "_current_leg",
         "_cursor",
@@ -449,6 +456,7 @@ class Call:
         "_deadline",
         "_excluded",
         "_failure",
+        "_fallback_budgets",
         "_fallbacks_added",
         "_final",
         "_finish",
@@ -479,6 +487,7 @@ class Call:
         "_skipped",
         "_status",
         "_stop_reason",
+        "_tags",
         "_tokens",
         "_trial",
         "_wants_usage_injected",
@@ -555,6 +564,9 @@ class Call:
         self._asking: Upstream | None = None  # waiting for the state backend's grant
         self._granted: Upstream | None = None  # granted: send it next
         self._paid = False  # the retry budget already paid for the attempt being lined up
+        self._budget: Verdict | None = None  # a spent route/tag budget: the route's own arms are skipped
+        self._fallback_budgets: dict[str, Verdict | None] = {}
+        self._tags: tuple[str, ...] = ()
         self.done = False
 
         if shadow_of is not None:
@@ -579,6 +591,21 @@ class Call:
         else:
             self._legs = [router.pick(plan, data, headers)]
         self._extend_sequence(self._legs[0])
+        spend = router.spend
+        if spend is not None:
+            self._tags = spend.tags(headers)
+            verdict = spend.over("route", (plan.alias,)) or spend.over("tag", self._tags)
+            if verdict is not None:
+                self._budget = verdict
+                if verdict.action == "block" or not plan.fallbacks:
+                    self._final = self._local_answer(
+                        429,
+                        f"holyroute: {verdict.reason} (action: block); the call was not sent. Raise the budget's "
+                        "usd, wait for the next period, or use action: fallback with a cheaper fallback route",
+                        "budget_exceeded",
+                        "holyroute_budget_exceeded",
+                    )
+                    self._emit_request(429, "error", None, verdict.reason, None)
 
     # ---- the step machine ---------------------------------------------------------------------------------------
 
@@ -797,6 +824,13 @@ class Call:
         name = upstream.endpoint
         if name in self._excluded or health.out_of_quota(name, now):
             return "out of quota", None
+        spend = router.spend
+        if spend is not None:
+            verdict = self._budget if leg.fallback is None else self._fallback_budget(spend, leg.fallback)
+            if verdict is None and spend.has_endpoint_budgets:
+                verdict = spend.over("endpoint", (name,))
+            if verdict is not None:
+                return verdict.reason, None
         if not self._panicking(leg, now):
             why = health.ejected(name, now)
             if why is None and router.probing and health.probe_status(name) == "unhealthy":
@@ -804,6 +838,11 @@ class Call:
             if why is not None:
                 return why, None
         return health.blocked(name, upstream.model, now, self._tokens)
+
+    def _fallback_budget(self, spend: SpendBudgets, alias: str) -> Verdict | None:
+        if alias not in self._fallback_budgets:
+            self._fallback_budgets[alias] = spend.over("route", (alias,))
+        return self._fallback_budgets[alias]
 
     def _next_available(self, now: float) -> Upstream | None:
         router = self._router
@@ -982,11 +1021,12 @@ class Call:
             f"{endpoint}/{model} {why}" + (f" for {until - now:.1f}s" if until is not None and until > now else "")
             for (endpoint, model), (why, until) in self._skipped.items()
         )
+        over_budget = bool(self._skipped) and all(why.startswith("budget ") for why, _ in self._skipped.values())
         answer = self._local_answer(
             429,
             f"holyroute: no endpoint for '{self._plan.alias}' can take a call now: {detail or self._stop_reason}",
-            "rate_limit_exceeded",
-            "holyroute_no_endpoint_available",
+            "budget_exceeded" if over_budget else "rate_limit_exceeded",
+            "holyroute_budget_exceeded" if over_budget else "holyroute_no_endpoint_available",
             retry_after=soonest,
         )
         self._emit_request(429, "error", None, f"no endpoint available{stop}", None)
@@ -1020,7 +1060,10 @@ class Call:
         if self.shadow_of is not None:
             if cost:
                 router.state.add_spend(f"shadow:{self._plan.alias}", cost)
-        elif router.rollouts is not None and outcome != "cancelled":
+        elif cost and router.spend is not None and upstream is not None and leg is not None:
+            router.spend.charge(leg.fallback or self._plan.alias, upstream.endpoint, self._tags, cost)
+        if self.shadow_of is None and self._budget is None and router.rollouts is not None and outcome != "cancelled":
+            # A call kept off the route's own arms by a spent budget says nothing about them: not measured.
             engine = router.rollouts.get(self._plan.alias)
             if engine is not None:
                 # Judged on the arm the split chose: a candidate call rescued by a fallback still failed the candidate.

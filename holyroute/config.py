@@ -320,6 +320,16 @@ class Price(_Model):
     cached_input: Annotated[float, Field(ge=0)] | None = None
 
 
+class Budget(_Model):
+    """A USD cap on a route, an endpoint or a request tag, per hour, day or month (see ``_spend.py``)."""
+
+    scope: Literal["route", "endpoint", "tag"]
+    name: Annotated[str, Field(min_length=1)]
+    usd: Annotated[float, Field(gt=0)]
+    period: Literal["hour", "day", "month"] = "day"
+    action: Literal["block", "fallback"] = "block"
+
+
 class State(_Model):
     """Where the state every process must agree on lives.
 
@@ -361,6 +371,7 @@ class Config(_Model):
     retry: Retry = Field(default_factory=Retry)
     health: Health = Field(default_factory=Health)
     state: State = Field(default_factory=State)
+    budgets: list[Budget] = Field(default_factory=list)
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Config:
@@ -623,6 +634,18 @@ def _cross_check(config: Config) -> list[str]:
             continue  # keyless local servers are common; the upstream will answer 401 if it needs one
         if endpoint.auth == "none" and endpoint.api_key is not None:
             problems.append(f"endpoints.{name}.auth: 'none' but an api_key is set; remove one of them")
+    for b_index, budget in enumerate(config.budgets):
+        at = f"budgets[{b_index}]"
+        if budget.scope == "route":
+            if budget.name not in config.routes:
+                problems.append(f"{at}.name: unknown route '{budget.name}'; known: {known_routes}")
+            elif budget.action == "fallback" and not config.routes[budget.name].fallbacks:
+                problems.append(
+                    f"{at}.action: 'fallback' but route '{budget.name}' has no fallbacks; add "
+                    f"routes.{budget.name}.fallbacks (a cheaper alias) or use action: block"
+                )
+        elif budget.scope == "endpoint" and budget.name not in config.endpoints:
+            problems.append(f"{at}.name: unknown endpoint '{budget.name}'; known: {known_endpoints}")
     if config.retry.backoff_max_s < config.retry.backoff_initial_s:
         problems.append("retry.backoff_max_s: smaller than backoff_initial_s; raise it")
     return problems
