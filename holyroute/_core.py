@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode
 
+from ._alerts import Alerts
 from ._budget import RetryBudget
 from ._health import HeaderLookup, HealthBook, Transition, server_delay
 from ._prices import PriceRow
@@ -285,6 +286,8 @@ class Router:
         self.spend = (
             SpendBudgets(config.budgets, self.state, emit=self.emit, wall_clock=wall_clock) if config.budgets else None
         )
+        #: Thresholds over rolling windows (``alerts:``); add hooks with ``router.alerts.add_hook(fn)``.
+        self.alerts = Alerts(config.alerts, emit=self.emit, clock=clock) if config.alerts else None
         self._panicking: set[tuple[str, str]] = set()
         self.state.attach(self)
         import tenacity
@@ -1077,37 +1080,37 @@ class Call:
                     cost_usd=cost,
                     quality=self._quality,
                 )
-        router.emit(
-            "holyroute.request",
-            {
-                "route": self._plan.alias,
-                "arm": leg.arm.name if leg is not None else None,
-                "split_arm": self._legs[0].arm.name,  # the arm the split chose, even when a fallback served
-                "model": self._plan.alias,
-                "upstream_model": upstream.model if upstream is not None else None,
-                "endpoint": upstream.endpoint if upstream is not None else None,
-                "api": self._api,
-                "status": status,
-                "outcome": outcome,
-                "error": error,
-                "attempts": self._attempts,
-                "fallback": leg.fallback if leg is not None else None,
-                "sticky": leg.sticky if leg is not None else False,
-                "stream": self.stream,
-                "latency_ms": latency_ms,
-                "ttft_ms": ttft_ms,
-                "prompt_tokens": usage.prompt_tokens if usage else None,
-                "completion_tokens": usage.completion_tokens if usage else None,
-                "cached_tokens": usage.cached_tokens if usage else None,
-                "reasoning_tokens": usage.reasoning_tokens if usage else None,
-                "cost_usd": cost,
-                "priced": price is not None,
-                "request_id": request_id,
-                "finish_reason": self._finish,
-                "quality": self._quality,
-                "shadow": self.shadow_of is not None,
-            },
-        )
+        fields = {
+            "route": self._plan.alias,
+            "arm": leg.arm.name if leg is not None else None,
+            "split_arm": self._legs[0].arm.name,  # the arm the split chose, even when a fallback served
+            "model": self._plan.alias,
+            "upstream_model": upstream.model if upstream is not None else None,
+            "endpoint": upstream.endpoint if upstream is not None else None,
+            "api": self._api,
+            "status": status,
+            "outcome": outcome,
+            "error": error,
+            "attempts": self._attempts,
+            "fallback": leg.fallback if leg is not None else None,
+            "sticky": leg.sticky if leg is not None else False,
+            "stream": self.stream,
+            "latency_ms": latency_ms,
+            "ttft_ms": ttft_ms,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "cached_tokens": usage.cached_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "cost_usd": cost,
+            "priced": price is not None,
+            "request_id": request_id,
+            "finish_reason": self._finish,
+            "quality": self._quality,
+            "shadow": self.shadow_of is not None,
+        }
+        router.emit("holyroute.request", fields)
+        if router.alerts is not None:
+            router.alerts.observe(fields)
 
     _pending_response: tuple[int, Mapping[str, str], Upstream, Leg | None]
 

@@ -330,6 +330,23 @@ class Budget(_Model):
     action: Literal["block", "fallback"] = "block"
 
 
+class AlertRule(_Model):
+    """A threshold on a route's or an endpoint's calls over a rolling window (see ``_alerts.py``)."""
+
+    scope: Literal["route", "endpoint"]
+    name: Annotated[str, Field(min_length=1)] = "*"  # a route / endpoint name, or * for each of them
+    metric: Literal["error_rate", "p95_latency_ms", "cost_per_call_usd", "projected_daily_usd"]
+    above: Annotated[float, Field(ge=0)]
+    resolve_below: Annotated[float, Field(ge=0)] | None = None  # default: above
+    window: Duration = 300.0
+    min_calls: Annotated[int, Field(ge=1)] | None = None  # default: 20 for rates and p95, 5 cost/call, 1 projected
+    alert: str | None = None  # the name events and hooks carry; default: "<metric> <scope> <name>"
+
+    @property
+    def label(self) -> str:
+        return self.alert or f"{self.metric} {self.scope} {self.name}"
+
+
 class State(_Model):
     """Where the state every process must agree on lives.
 
@@ -372,6 +389,7 @@ class Config(_Model):
     health: Health = Field(default_factory=Health)
     state: State = Field(default_factory=State)
     budgets: list[Budget] = Field(default_factory=list)
+    alerts: list[AlertRule] = Field(default_factory=list)
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Config:
@@ -646,6 +664,16 @@ def _cross_check(config: Config) -> list[str]:
                 )
         elif budget.scope == "endpoint" and budget.name not in config.endpoints:
             problems.append(f"{at}.name: unknown endpoint '{budget.name}'; known: {known_endpoints}")
+    for a_index, rule in enumerate(config.alerts):
+        at = f"alerts[{a_index}]"
+        names = config.routes if rule.scope == "route" else config.endpoints
+        if rule.name != "*" and rule.name not in names:
+            known = known_routes if rule.scope == "route" else known_endpoints
+            problems.append(f"{at}.name: unknown {rule.scope} '{rule.name}'; known: {known} (or * for each)")
+        if rule.resolve_below is not None and rule.resolve_below > rule.above:
+            problems.append(f"{at}.resolve_below: above 'above' ({rule.above:g}); it must be at or under it")
+        if rule.window <= 0:
+            problems.append(f"{at}.window: must be positive, such as 5m")
     if config.retry.backoff_max_s < config.retry.backoff_initial_s:
         problems.append("retry.backoff_max_s: smaller than backoff_initial_s; raise it")
     return problems
