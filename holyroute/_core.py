@@ -35,7 +35,7 @@ from ._usage import Usage, cost_usd, find_price, finish_reason, usage_from_body
 
 if TYPE_CHECKING:
     from ._rollout import Rollouts
-from .config import Config, EndpointRef
+from .config import Config, Endpoint, EndpointRef
 
 __all__ = [
     "OPERATIONS",
@@ -1179,10 +1179,7 @@ def _sticky_key(spec: str, data: Mapping[str, Any], headers: HeaderLookup) -> st
 
 
 def _compile(config: Config) -> dict[str, RoutePlan]:
-    prices = {
-        name: PriceRow(p.input, p.input if p.cached_input is None else p.cached_input, p.output)
-        for name, p in config.prices.items()
-    }
+    prices = {name: p.row() for name, p in config.prices.items()}
     routes = {}
     for alias, route in config.routes.items():
         arms = []
@@ -1218,6 +1215,15 @@ def _compile(config: Config) -> dict[str, RoutePlan]:
     return routes
 
 
+def _price(endpoint: Endpoint, model: str, prices: Mapping[str, PriceRow]) -> PriceRow | None:
+    """The endpoint's own price for the model, then the configuration's, then the built-in table's."""
+    if endpoint.prices:
+        own = find_price(model, {name: p.row() for name, p in endpoint.prices.items()}, builtin=False)
+        if own is not None:
+            return own
+    return find_price(model, prices)
+
+
 def _upstream(config: Config, name: str, model: str, prices: Mapping[str, PriceRow]) -> Upstream:
     endpoint = config.endpoints[name]
     return Upstream(
@@ -1227,7 +1233,7 @@ def _upstream(config: Config, name: str, model: str, prices: Mapping[str, PriceR
         headers=endpoint.request_headers(),
         query=urlencode(endpoint.query),
         timeout=endpoint.timeout,
-        price=find_price(model, prices),
+        price=_price(endpoint, model, prices),
         stream_usage=endpoint.stream_usage,
         token=json.dumps(model).encode("utf-8"),
     )

@@ -19,11 +19,14 @@ _DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 
 @dataclass(frozen=True, slots=True)
 class PriceRow:
-    """USD per one million tokens; ``cached_input`` defaults to ``input`` when a provider has no cache discount."""
+    """USD per one million tokens; ``cached_input`` defaults to ``input`` when a provider has no cache discount;
+    ``reasoning`` (the reasoning part of the completion tokens) is ``None`` where it is billed as output, which is
+    how every provider in the built-in table bills it."""
 
     input: float
     cached_input: float
     output: float
+    reasoning: float | None = None
 
 
 def _row(input: float, cached: float | None, output: float) -> PriceRow:

@@ -122,9 +122,10 @@ def finish_reason(body: bytes) -> str | None:
     return found.group(1).decode("ascii") if found is not None else None
 
 
-def find_price(model: str, overrides: Mapping[str, PriceRow]) -> PriceRow | None:
-    """The price row for an upstream model: configured first, then built in; dated snapshots fall back to base."""
-    for table in (overrides, BUILTIN_PRICES):
+def find_price(model: str, overrides: Mapping[str, PriceRow], *, builtin: bool = True) -> PriceRow | None:
+    """The price row for an upstream model: configured first, then built in (unless ``builtin`` is false); dated
+    snapshots fall back to their base model."""
+    for table in (overrides, BUILTIN_PRICES) if builtin else (overrides,):
         for name in normalise_model_name(model):
             row = table.get(name)
             if row is not None:
@@ -133,9 +134,12 @@ def find_price(model: str, overrides: Mapping[str, PriceRow]) -> PriceRow | None
 
 
 def cost_usd(usage: Usage, price: PriceRow) -> float:
-    """USD for ``usage`` at ``price`` (per million tokens); cached tokens at the cached rate, not twice."""
+    """USD for ``usage`` at ``price`` (per million tokens); cached tokens at the cached rate, reasoning tokens at
+    the reasoning rate when one is set; none counted twice."""
     uncached = usage.prompt_tokens - usage.cached_tokens
     total = uncached * price.input + usage.cached_tokens * price.cached_input + usage.completion_tokens * price.output
+    if price.reasoning is not None and usage.reasoning_tokens:
+        total += usage.reasoning_tokens * (price.reasoning - price.output)  # reasoning is part of the completion
     return round(total / 1_000_000, 10)
 
 

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,6 +27,9 @@ from pydantic import (
 )
 
 from .exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from ._prices import PriceRow
 
 __all__ = [
     "Analysis",
@@ -82,6 +85,8 @@ class Endpoint(_Model):
     rpm: Annotated[int, Field(gt=0)] | None = None  # client-side requests per minute for this endpoint
     tpm: Annotated[int, Field(gt=0)] | None = None  # client-side tokens per minute (estimated at send)
     health_check: HealthCheck | None = None
+    # Prices on this endpoint (a reseller's, a negotiated rate), by upstream model; before `prices` and the table.
+    prices: dict[str, Price] = Field(default_factory=dict)
 
     def request_headers(self) -> tuple[tuple[str, str], ...]:
         """The headers every request to this endpoint carries: its key (in the form ``auth`` says), organisation,
@@ -318,6 +323,13 @@ class Price(_Model):
     input: Annotated[float, Field(ge=0)]
     output: Annotated[float, Field(ge=0)] = 0.0
     cached_input: Annotated[float, Field(ge=0)] | None = None
+    reasoning: Annotated[float, Field(ge=0)] | None = None  # default: billed as output
+
+    def row(self) -> PriceRow:
+        from ._prices import PriceRow
+
+        return PriceRow(self.input, self.input if self.cached_input is None else self.cached_input, self.output,
+                        self.reasoning)  # fmt: skip
 
 
 class Budget(_Model):
