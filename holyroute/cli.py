@@ -53,7 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--alpha", type=float, default=0.05, help="level of the error-rate test (default 0.05)")
     report.add_argument("--max-latency-ratio", type=float, default=1.5, help="p95 vs the control's (default 1.5)")
     report.add_argument("--min-calls", type=int, default=100, help="calls per arm before PROMOTE (default 100)")
+    prices = commands.add_parser("prices", help="the price table in use: built in, configured, per endpoint")
+    prices.add_argument("--config", type=Path, help="include this configuration's prices and its models")
+    prices.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
+    if args.command == "prices":
+        return run_prices(args.config, sys.stdout, sys.stderr, as_json=args.json)
     if args.command == "demo":
         if args.calls < 10:
             parser.error("--calls must be at least 10")
@@ -86,6 +91,68 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_calls=args.min_calls,
         )
     return 2  # pragma: no cover - argparse requires a command
+
+
+def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
+    """``holyroute prices``: every price row in use and where it comes from; models a route uses without a price
+    are listed as unpriced (their calls log ``cost_usd: null``). 2 on a bad configuration."""
+    from ._core import _price
+    from ._prices import BUILTIN_PRICES, PRICES_AS_OF, PriceRow
+    from .config import EndpointRef, load_config
+    from .exceptions import ConfigError
+
+    rows: list[dict[str, Any]] = []
+
+    def add(model: str, row: PriceRow | None, source: str) -> None:
+        rows.append(
+            {
+                "model": model,
+                "input": row.input if row else None,
+                "cached_input": row.cached_input if row else None,
+                "output": row.output if row else None,
+                "reasoning": row.reasoning if row else None,
+                "source": source,
+            }
+        )
+
+    used: set[tuple[str, str]] = set()
+    if path is not None:
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            err.write(f"{exc}\n")
+            return 2
+        overrides = {name: price.row() for name, price in config.prices.items()}
+        for name, endpoint in sorted(config.endpoints.items()):
+            for model, price in sorted(endpoint.prices.items()):
+                add(model, price.row(), f"endpoint {name}")
+        for model, row in sorted(overrides.items()):
+            add(model, row, "configuration prices")
+        for route in config.routes.values():
+            for target in route.arms:
+                for entry in target.endpoints:
+                    ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
+                    used.add((ref.endpoint, ref.model or target.model))
+        for endpoint_name, model in sorted(used):
+            if _price(config.endpoints[endpoint_name], model, overrides) is None:
+                add(model, None, f"UNPRICED on endpoint {endpoint_name}: add it under prices")
+    for model, row in BUILTIN_PRICES.items():
+        add(model, row, f"built in, as of {PRICES_AS_OF}")
+    if as_json:
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+
+    def usd(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    out.write("USD per 1M tokens; reasoning '-' means billed as output\n")
+    out.write(f"{'model':<26}{'input':>9}{'cached':>9}{'output':>9}{'reasoning':>11}  source\n")
+    for r in rows:
+        out.write(
+            f"{r['model']:<26}{usd(r['input']):>9}{usd(r['cached_input']):>9}{usd(r['output']):>9}"
+            f"{usd(r['reasoning']):>11}  {r['source']}\n"
+        )
+    return 0
 
 
 def run_report(
