@@ -5,6 +5,7 @@
 >>> client = OpenAI(api_key="unused", http_client=holyroute.client("holyroute.yaml"))  # doctest: +SKIP
 """
 
+from ._alerts import Alert
 from ._core import Router
 from ._rollout import Rollouts
 from ._transport import AsyncTransport, Transport, async_client, client, router_of
@@ -14,6 +15,7 @@ from .exceptions import ConfigError, HolyrouteError
 __version__ = "0.1.0"
 
 __all__ = [
+    "Alert",
     "AsyncTransport",
     "Config",
     "ConfigError",
