@@ -19,6 +19,7 @@ from holyroute.cli import main
 
 def test_exported_names() -> None:
     assert holyroute.__all__ == [
+        "Alert",
         "AsyncTransport",
         "Config",
         "ConfigError",
@@ -30,6 +31,7 @@ def test_exported_names() -> None:
         "async_client",
         "client",
         "load_config",
+        "router_of",
     ]
 
 
