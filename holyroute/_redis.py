@@ -362,6 +362,9 @@ class RedisBackend:
                 engine.shares_measurements = True
                 engine.sync_interval = 0.0  # the store's cache is kept fresh by the sync thread
         router.health.share_limits(self.live, self._members, self._clock())
+        # One synchronous sync before the first call: a new process must not send to endpoints every other process
+        # knows are cooling down or ejected (bounded by timeout_ms; a failure degrades as any other would).
+        self._flush()
         self._start()
 
     def _start(self) -> None:
@@ -385,11 +388,17 @@ class RedisBackend:
             return
         self._stop.set()
         self._wake.set()
+        if self._threads and self.live:
+            # Wake our listener out of its blocking read at once (other processes ignore a "bye").
+            with contextlib.suppress(redis.RedisError):
+                self.redis.publish(self.keys.channel, self.message("bye"))
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=2.0)
         if self._router is not None and self.live:
             self._flush()  # what is pending goes out once more (bounded by the command timeout)
+            with contextlib.suppress(redis.RedisError):  # gone: no longer counted for the local share of limits
+                self.redis.zrem(self.keys.members, self.origin)
         self.redis.close()
 
     async def aclose(self) -> None:
@@ -649,14 +658,28 @@ class RedisBackend:
                 del self._spend_seen[old]
             self._spend_seen.update(seen)
         states = [_state(next(answers)) for _ in self._engines]
+        lost = []
         for engine, window, found in zip(self._engines, windows, states, strict=True):
             stable, candidate = _measurements(next(answers)), _measurements(next(answers))
             engine.adopt_totals(window, {engine.stable_arm: stable, engine.candidate_arm: candidate})
             if found is not None:
                 self.store.cache[engine.route] = found
                 engine.follow(found)
+            else:
+                lost.append(engine)
+        if lost:
+            self._restore_rollouts(lost)
         self.store.cached = bool(self._threads)
         return True
+
+    def _restore_rollouts(self, engines: list[RolloutEngine]) -> None:
+        """A rollout's state key is missing (a Redis restarted empty, or a first start): put back what this process
+        follows, unless another process got there first (``SET NX``), so no process starts the steps again."""
+        pipe = self.redis.pipeline(transaction=False)
+        for engine in engines:
+            pipe.set(self.keys.rollout(engine.route), json.dumps(asdict(engine.state)), nx=True)
+        with contextlib.suppress(redis.RedisError):  # the next flush reads whatever is there, and tries again
+            pipe.execute()
 
     def _health_command(self, pipe: Any, change: HealthChange) -> None:
         kind = _FIELD_KINDS[change.kind]

@@ -1,0 +1,966 @@
+"""The Redis state backend, in one process: several routers sharing the real Redis at 127.0.0.1:6379.
+
+Each router is one ``holyroute.client`` under the official SDK, as one worker process of a deployment would hold it;
+the routers of a test share a key prefix of the test's own (its keys are deleted afterwards) and call fake upstreams
+on 127.0.0.1. What one router learns (a 429, an ejection, spend, a rollout change from the CLI) must reach the others;
+what they take from a shared rpm/tpm bucket must add up to the limit; when Redis is away or goes away, no call may
+fail and the password in its URL must never show. The tests that stop and restart Redis run a ``redis-server`` of
+their own on a free port.
+
+Propagation is real time here, so every wait polls with a deadline and the delays are printed (shown without ``-s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis
+import yaml
+from structlog.testing import capture_logs
+
+import holyroute
+from holyroute import cli
+from holyroute._core import Router
+from holyroute._redis import Keys
+from holyroute._rollout import RolloutEngine
+from holyroute.testing import FakeUpstream, Reply
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+NOWHERE = "http://127.0.0.1:9/v1"  # the SDK's own base_url: routed calls never go there
+MODEL = "gpt-4o-mini"
+STABLE, CANDIDATE = "stable-model", "candidate-model"
+PASSWORD = "s3cret-pw"
+REDIS_SERVER = shutil.which("redis-server")
+
+Logs = list[MutableMapping[str, Any]]
+
+
+def _redis_answers() -> bool:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+if not _redis_answers():
+    pytest.skip(
+        "no Redis at 127.0.0.1:6379 (start one: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 "
+        '--save "" --appendonly no)',
+        allow_module_level=True,
+    )
+
+
+# ---- helpers --------------------------------------------------------------------------------------------------
+
+
+def wait_until(done: Callable[[], object], timeout_s: float, what: str) -> float:
+    """Poll ``done`` every 5 ms for at most ``timeout_s``; the seconds it took, or fail saying ``what`` did not
+    happen."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
+class Watch:
+    """Polls ``done`` every millisecond in a thread of its own (for at most ``timeout_s``) and notes the wall-clock
+    time it first held: how long something took to spread, measured while the test's thread is busy in a call."""
+
+    def __init__(self, done: Callable[[], object], timeout_s: float) -> None:
+        self.at: float | None = None
+        self._timeout_s = timeout_s
+        self._thread = threading.Thread(target=self._poll, args=(done,), daemon=True)
+        self._thread.start()
+
+    def _poll(self, done: Callable[[], object]) -> None:
+        deadline = time.monotonic() + self._timeout_s
+        while time.monotonic() < deadline:
+            if done():
+                self.at = time.time()
+                return
+            time.sleep(0.001)
+
+    def seen(self, what: str) -> float:
+        """When ``done`` first held (``time.time()``); fails saying ``what`` did not happen in time."""
+        self._thread.join(self._timeout_s + 1.0)
+        if self.at is None:
+            pytest.fail(f"timed out after {self._timeout_s:g}s waiting for {what}")
+        return self.at
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (just released by the OS)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def config(
+    prefix: str,
+    endpoints: dict[str, dict[str, Any]],
+    routes: dict[str, Any],
+    *,
+    url: str = REDIS_URL,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A configuration on the Redis state backend under ``prefix``.
+
+    A Redis answer slower than ``timeout_ms`` counts as Redis down: the default 10 ms would measure this two-core
+    machine's scheduler, not the sharing. The retry budget is raised so that failovers are never refused by it.
+    """
+    return {
+        "endpoints": endpoints,
+        "routes": routes,
+        "retry": {"budget_min_per_s": 100, "backoff_initial_s": 0.001, "backoff_jitter_s": 0},
+        "state": {"backend": "redis", "url": url, "prefix": prefix, "timeout_ms": 1000, "sync_interval_s": 0.05},
+        **extra,
+    }
+
+
+def ordered(*endpoints: str) -> dict[str, Any]:
+    """Route ``chat``: one target on ``endpoints``, tried in order."""
+    return {"chat": {"targets": [{"model": MODEL, "endpoints": list(endpoints)}]}}
+
+
+def rollout_route(endpoint: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "rollout": {
+            "stable": {"model": STABLE, "endpoints": [endpoint]},
+            "candidate": {"model": CANDIDATE, "endpoints": [endpoint]},
+            "steps": steps,
+        }
+    }
+
+
+def write_config(directory: Path, configuration: dict[str, Any]) -> Path:
+    path = directory / "holyroute.yaml"
+    path.write_text(yaml.safe_dump(configuration, sort_keys=False))
+    return path
+
+
+def named(logs: Logs, event: str) -> list[MutableMapping[str, Any]]:
+    return [entry for entry in list(logs) if entry.get("event") == event]
+
+
+def sent_by(up: FakeUpstream) -> Counter[str]:
+    """Requests ``up`` received, by the client that sent them."""
+    return Counter(request.headers.get("x-client", "?") for request in list(up.requests))
+
+
+class Client:
+    """One router as one worker process holds it: the official SDK over ``holyroute.client``."""
+
+    def __init__(self, configuration: dict[str, Any] | Path, name: str) -> None:
+        self.name = name
+        self.http = holyroute.client(configuration)
+        transport = self.http._transport
+        assert isinstance(transport, holyroute.Transport)
+        self.router: Router = transport.router
+        self.sdk = openai.OpenAI(api_key="unused", base_url=NOWHERE, http_client=self.http, max_retries=0)
+        self.closed = False
+
+    def chat(self, model: str = "chat", **options: Any) -> str:
+        """One call; the model that served it."""
+        answer = self.sdk.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-client": self.name},
+            **options,
+        )
+        served: str = answer.model
+        return served
+
+    def now(self) -> float:
+        return self.router.clock()
+
+    def engine(self, route: str = "chat") -> RolloutEngine:
+        assert self.router.rollouts is not None
+        return self.router.rollouts[route]
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sdk.close()
+
+
+class Deployment:
+    """The fake upstreams and the routers of one test; everything is stopped and closed at its end."""
+
+    def __init__(self) -> None:
+        self.upstreams: list[FakeUpstream] = []
+        self.clients: list[Client] = []
+
+    def upstream(self, name: str) -> FakeUpstream:
+        up = FakeUpstream(name).start()
+        self.upstreams.append(up)
+        return up
+
+    def client(self, configuration: dict[str, Any] | Path, name: str) -> Client:
+        made = Client(configuration, name)
+        self.clients.append(made)
+        return made
+
+    def close(self) -> None:
+        # Routers first, all at once: each close waits up to half a second for its Redis listener to notice.
+        closing = [threading.Thread(target=client.close) for client in self.clients]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join(10)
+        for up in self.upstreams:
+            up.stop()
+
+
+class RedisServer:
+    """A ``redis-server`` of one test's own on a free port, to stop and start again on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        assert REDIS_SERVER is not None
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._command = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ]
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=1)
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            self._command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        probe = self.client()
+
+        def answers() -> bool:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                pytest.fail(f"redis-server on port {self.port} exited with {self._proc.returncode}")
+            try:
+                return bool(probe.ping())
+            except redis.RedisError:
+                return False
+
+        try:
+            wait_until(answers, 5.0, f"redis-server on port {self.port} to answer")
+        finally:
+            probe.close()
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# ---- fixtures -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store() -> Iterator[redis.Redis]:
+    """The test's own connection to the shared Redis, to look at what the routers wrote."""
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=1)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def prefix(store: redis.Redis) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    name = f"hrtest-{uuid.uuid4().hex[:8]}"
+    try:
+        yield name
+    finally:
+        keys = list(store.scan_iter(match=f"{name}:*", count=1000))
+        if keys:
+            store.delete(*keys)
+
+
+@pytest.fixture
+def deployment() -> Iterator[Deployment]:
+    made = Deployment()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if REDIS_SERVER is None:
+        pytest.skip("no redis-server binary on PATH (apt-get install redis-server)")
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ---- the behaviours -------------------------------------------------------------------------------------------
+
+
+class TestSharedCooldown:
+    """A 429 seen by one router cools the endpoint down in every router sharing the prefix."""
+
+    def test_other_routers_and_a_late_joiner_avoid_the_cooled_endpoint(
+        self, prefix: str, store: redis.Redis, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """After A's 429 from `a` (retry-after 5), B and a router built later send to `b` only."""
+        a, b = deployment.upstream("a"), deployment.upstream("b")
+        cfg = config(prefix, {"a": {"base_url": a.base_url}, "b": {"base_url": b.base_url}}, ordered("a", "b"))
+        one, two = deployment.client(cfg, "A"), deployment.client(cfg, "B")
+        assert two.chat() == MODEL
+        assert sent_by(a) == {"B": 1}, "before the 429, `a` serves first"
+        a.push(Reply.rate_limited(retry_after_s=5))
+
+        watch = Watch(lambda: two.router.health.cooldown("a", MODEL, two.now()) is not None, 2.0)
+        one.chat()
+        assert (sent_by(a), sent_by(b)) == ({"A": 1, "B": 1}, {"A": 1}), "A's call got the 429 and failed over"
+        propagated = watch.seen("B to learn of the cooldown") - a.requests[-1].received_at
+        for _ in range(3):
+            one.chat()
+            two.chat()
+
+        assert store.hexists(Keys(prefix).health, f"c|a|{MODEL}"), "the cooldown is in the shared health hash"
+
+        late = deployment.client(cfg, "C")
+        learnt = wait_until(
+            lambda: late.router.health.cooldown("a", MODEL, late.now()) is not None,
+            2.0,
+            "the late joiner to read the cooldown",
+        )
+        for _ in range(3):
+            late.chat()
+        # One process, one monotonic clock: every router's cooldown must end when A's does (the wall-clock deadline
+        # travels, not a fresh 5 s from whenever a router heard of it).
+        deadlines = [c.router.health.cooldown("a", MODEL, c.now()) for c in (one, two, late)]
+        assert None not in deadlines
+        ends = [cooldown.until for cooldown in deadlines if cooldown is not None]
+        assert max(ends) - min(ends) < 0.05, ends
+        with capsys.disabled():
+            print(
+                f"\nshared cooldown (in process): B knew of A's 429 {1000 * propagated:.1f} ms after `a` received the "
+                f"request it answered with it; a router built afterwards knew {1000 * learnt:.1f} ms after construction"
+            )
+        assert sent_by(a) == {"A": 1, "B": 1}, "nothing more reached `a` while it cooled down"
+        assert sent_by(b) == {"A": 4, "B": 3, "C": 3}
+
+    def test_a_late_joiners_first_call_avoids_the_cooled_endpoint(
+        self, redis_server: RedisServer, deployment: Deployment
+    ) -> None:
+        """A router built after a cooldown was published sends even its first call elsewhere.
+
+        Redis is paused for one second (a private server: CLIENT PAUSE holds every client's commands) while the router
+        is built and makes its first call, so the outcome does not depend on whether its sync thread wins a race with
+        that call. The pause is shorter than ``timeout_ms``: a router that waited for its first snapshot would get it.
+        """
+        a, b = deployment.upstream("a"), deployment.upstream("b")
+        cfg = config(
+            "late",
+            {"a": {"base_url": a.base_url}, "b": {"base_url": b.base_url}},
+            ordered("a", "b"),
+            url=redis_server.url,
+        )
+        cfg["state"]["timeout_ms"] = 2000
+        first = deployment.client(cfg, "A")
+        a.push(Reply.rate_limited(retry_after_s=30))
+        first.chat()
+        inspect = redis_server.client()
+        try:
+            wait_until(lambda: inspect.hexists(Keys("late").health, f"c|a|{MODEL}"), 2.0, "the cooldown in Redis")
+            inspect.client_pause(1000, all=True)
+        finally:
+            inspect.close()
+        late = deployment.client(cfg, "C")
+        late.chat()
+        assert sent_by(a) == {"A": 1}, "the late joiner's first call went to the cooled endpoint"
+
+
+class TestSharedEjection:
+    """Ejections, restorations and exhausted quota made by one router hold in every router."""
+
+    def test_ejection_then_restoration(
+        self, prefix: str, store: redis.Redis, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A ejects `a` after two 503s; B stops sending to it; A's successful trial restores it in B too."""
+        a, b = deployment.upstream("a"), deployment.upstream("b")
+        cfg = config(
+            prefix,
+            {"a": {"base_url": a.base_url}, "b": {"base_url": b.base_url}},
+            ordered("a", "b"),
+            health={"consecutive_failures": 2, "base_ejection_s": 1.5},
+        )
+        one, two = deployment.client(cfg, "A"), deployment.client(cfg, "B")
+        a.push(Reply.error(503), Reply.error(503))
+        one.chat()
+        watch = Watch(lambda: two.router.health.ejected("a", two.now()) is not None, 1.0)
+        one.chat()
+        assert one.router.health.ejected("a", one.now()) is not None, "two 503s in a row eject `a` in A"
+        propagated = watch.seen("B to learn of the ejection") - a.requests[-1].received_at
+        for _ in range(3):
+            two.chat()
+        assert sent_by(a) == {"A": 2}
+        assert sent_by(b) == {"A": 2, "B": 3}
+        health = Keys(prefix).health
+        assert store.hexists(health, "e|a")
+        assert store.pttl(health) > 0
+
+        wait_until(lambda: one.router.health.ejected("a", one.now()) is None, 3.0, "A's ejection of `a` to end")
+        # B's ejection ended at the same moment; without A's word it would still be half-open (its next request a
+        # trial whose failure ejects again at once). Its half-open flag is the only place this shows before a call.
+        assert two.router.health._endpoints["a"].half_open
+        watch = Watch(lambda: not two.router.health._endpoints["a"].half_open, 1.0)
+        one.chat()  # the half-open trial: `a` answers, A restores it
+        assert sent_by(a) == {"A": 3}
+        restored = watch.seen("B to apply the restoration") - a.requests[-1].received_at
+        assert not store.hexists(health, "e|a"), "the restoration deleted the shared entry"
+        a.push(Reply.error(503))
+        two.chat()
+        assert sent_by(a) == {"A": 3, "B": 1}
+        assert two.router.health.ejected("a", two.now()) is None, "one 503 after a restoration does not eject"
+        with capsys.disabled():
+            print(
+                f"\nshared ejection: B knew of it {1000 * propagated:.1f} ms after `a` received the second failing "
+                f"request; B applied A's restoration {1000 * restored:.1f} ms after `a` received the trial"
+            )
+
+    def test_insufficient_quota(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        """A's `insufficient_quota` takes `a` out of B's rotation; the hash lives as long as the quota ejection."""
+        a, b = deployment.upstream("a"), deployment.upstream("b")
+        cfg = config(prefix, {"a": {"base_url": a.base_url}, "b": {"base_url": b.base_url}}, ordered("a", "b"))
+        one, two = deployment.client(cfg, "A"), deployment.client(cfg, "B")
+        a.push(Reply.rate_limited(retry_after_s=1, code="insufficient_quota"))
+        one.chat()
+        wait_until(lambda: two.router.health.out_of_quota("a", two.now()), 2.0, "B to learn of the quota")
+        for _ in range(3):
+            two.chat()
+        assert sent_by(a) == {"A": 1}
+        assert sent_by(b) == {"A": 1, "B": 3}
+        assert store.hexists(Keys(prefix).health, "q|a")
+        assert store.pttl(Keys(prefix).health) > 3600 * 1000, "expires after the quota ejection (3600 s), not before"
+
+
+class TestSharedLimits:
+    """Client-side rpm / tpm limits are one token bucket in Redis for every router."""
+
+    def test_rpm(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        """rpm 6 across two routers: of 10 alternating calls, exactly 6 reach `limited`, the rest fail over."""
+        limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
+        cfg = config(
+            prefix,
+            {"limited": {"base_url": limited.base_url, "rpm": 6}, "backup": {"base_url": backup.base_url}},
+            ordered("limited", "backup"),
+        )
+        pair = [deployment.client(cfg, "A"), deployment.client(cfg, "B")]
+        for n in range(10):
+            pair[n % 2].chat()
+        # Each router alone would have sent all 5 of its calls to `limited` (5 < 6).
+        assert sent_by(limited) == {"A": 3, "B": 3}
+        assert sent_by(backup) == {"A": 2, "B": 2}
+        bucket = Keys(prefix).limits("limited")
+        assert float(store.hget(bucket, "r") or -1) < 1, "the shared bucket is empty"
+        assert 0 < store.pttl(bucket) <= 120_000
+
+    def test_tpm(self, prefix: str, deployment: Deployment) -> None:
+        """tpm 3500 across two routers, calls of about 1020 estimated tokens: 3 fit, the rest fail over."""
+        limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
+        cfg = config(
+            prefix,
+            {"limited": {"base_url": limited.base_url, "tpm": 3500}, "backup": {"base_url": backup.base_url}},
+            ordered("limited", "backup"),
+        )
+        pair = [deployment.client(cfg, "A"), deployment.client(cfg, "B")]
+        for n in range(8):
+            pair[n % 2].chat(max_tokens=1000)
+        assert sent_by(limited) == {"A": 2, "B": 1}
+        assert sent_by(backup) == {"A": 2, "B": 3}
+
+
+class TestRollout:
+    """Rollout state changed from the CLI is followed by every router; the status merges every router's calls."""
+
+    def test_status_merges_and_every_router_follows_the_cli(
+        self,
+        prefix: str,
+        store: redis.Redis,
+        tmp_path: Path,
+        deployment: Deployment,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """24 calls at 50% counted once each in `status --json`; promote then abort reach both routers in 1 s."""
+        main = deployment.upstream("main")
+        path = write_config(
+            tmp_path,
+            config(
+                prefix,
+                {"main": {"base_url": main.base_url}},
+                {"chat": rollout_route("main", [{"set_weight": 50}, {"pause": {}}])},
+            ),
+        )
+        # The routers' events would go to stdout, where the CLI writes its JSON: capture them.
+        with capture_logs():
+            pair = [deployment.client(path, "A"), deployment.client(path, "B")]
+            assert [(c.engine().state.weight, c.engine().state.status) for c in pair] == [(50.0, "paused")] * 2
+            for n in range(24):
+                pair[n % 2].chat()
+
+            served = Counter(request.model for request in main.requests)
+            assert set(served) == {STABLE, CANDIDATE}, "at 50% both arms serve"
+
+            def shared_calls() -> int:
+                keys = store.scan_iter(match=f"{prefix}:{{rollout:chat}}:m:*")
+                return sum(int(store.hget(key, "calls") or 0) for key in keys)
+
+            wait_until(lambda: shared_calls() == 24, 2.0, "every router's measurements in Redis")
+            assert cli.main(["rollout", "status", "--config", str(path), "--json"]) == 0
+            [row] = json.loads(capsys.readouterr().out)
+            assert (row["route"], row["status"], row["weight"]) == ("chat", "paused", 50.0)
+            assert {arm: numbers["calls"] for arm, numbers in row["arms"].items()} == {
+                STABLE: served[STABLE],
+                CANDIDATE: served[CANDIDATE],
+            }
+
+            def followed(weight: float, status: str) -> Callable[[], bool]:
+                return lambda: all((c.engine().state.weight, c.engine().state.status) == (weight, status) for c in pair)
+
+            lags = {}
+            for command, weight, status, model in (
+                ("promote", 100.0, "completed", CANDIDATE),
+                ("abort", 0.0, "aborted", STABLE),
+            ):
+                watch = Watch(followed(weight, status), 1.5)
+                launched = time.time()
+                assert cli.main(["rollout", command, "chat", "--config", str(path)]) == 0
+                returned = time.time()
+                lags[command] = (returned - launched, watch.seen(f"both routers to follow {command}") - launched)
+                assert lags[command][1] < 1.0, f"both routers followed {command} within 1 s of the CLI starting"
+                assert {c.chat() for c in pair for _ in range(3)} == {model}
+        capsys.readouterr()
+        with capsys.disabled():
+            print(
+                f"\nrollout (in process): status counted {dict(served)} from two routers; "
+                + "; ".join(
+                    f"{command}: the CLI ran {1000 * ran:.0f} ms, both routers followed {1000 * lag:.0f} ms after it "
+                    "started"
+                    for command, (ran, lag) in lags.items()
+                )
+            )
+
+
+class TestSharedSpend:
+    """Spend counters are summed in Redis: every router sees every router's spend."""
+
+    def test_add_spend(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        up = deployment.upstream("a")
+        cfg = config(prefix, {"a": {"base_url": up.base_url}}, ordered("a"))
+        one, two = deployment.client(cfg, "A"), deployment.client(cfg, "B")
+        one.router.state.add_spend("route:chat", 0.25)
+        two.router.state.add_spend("route:chat", 0.5)
+        two.router.state.add_spend("route:chat", 0.125)
+
+        def everyone_sees(total: float) -> bool:
+            return all(
+                c.router.state.spent("route:chat", period) == pytest.approx(total)
+                for c in (one, two)
+                for period in ("hour", "day", "month")
+            )
+
+        wait_until(lambda: everyone_sees(0.875), 2.0, "both routers to see 0.875 USD")
+        spend_keys = list(store.scan_iter(match=f"{prefix}:{{spend}}:*"))
+        assert len(spend_keys) == 3, "one hash per period"
+        assert {float(store.hget(key, "route:chat") or 0) for key in spend_keys} == {0.875}
+
+    def test_shadow_cap_reached_by_one_router_stops_the_other(self, prefix: str, deployment: Deployment) -> None:
+        """A's first shadow copy spends past the day's cap; B then mirrors nothing."""
+        served, shadow = deployment.upstream("served"), deployment.upstream("shadow")
+        routes = {
+            "chat": {
+                "targets": [{"model": "gpt-4o", "endpoints": ["served"]}],
+                "shadow": {"model": "gpt-4.1", "endpoints": ["shadow"], "sample": 1.0, "max_cost_usd_per_day": 1e-9},
+            }
+        }
+        cfg = config(prefix, {"served": {"base_url": served.base_url}, "shadow": {"base_url": shadow.base_url}}, routes)
+        one, two = deployment.client(cfg, "A"), deployment.client(cfg, "B")
+        with capture_logs() as logs:
+            one.chat()
+            wait_until(lambda: named(logs, "holyroute.request")[1:], 2.0, "A's shadow copy to finish")
+            [copy] = [e for e in named(logs, "holyroute.request") if e["shadow"]]
+            assert copy["cost_usd"] > 1e-9
+            wait_until(
+                lambda: two.router.state.spent("shadow:chat", "day") == pytest.approx(copy["cost_usd"]),
+                2.0,
+                "B to see A's shadow spend",
+            )
+            body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).encode()
+            call = two.router.begin("POST", "/v1/chat/completions", "", {}, body)
+            assert call is not None
+            assert call.shadow is None, "B decides not to mirror"
+            for _ in range(3):
+                two.chat()
+        assert len(shadow.requests) == 1
+        assert sent_by(served) == {"A": 1, "B": 3}
+
+
+class TestKeys:
+    """Every key is under the prefix, carries a Redis Cluster hash tag, and expires, except a rollout's state."""
+
+    def test_every_key(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        a, b, main = deployment.upstream("a"), deployment.upstream("b"), deployment.upstream("main")
+        cfg = config(
+            prefix,
+            {
+                "a": {"base_url": a.base_url, "rpm": 100},
+                "b": {"base_url": b.base_url},
+                "main": {"base_url": main.base_url},
+            },
+            {**ordered("a", "b"), "canary": rollout_route("main", [{"set_weight": 50}, {"pause": {}}])},
+        )
+        client = deployment.client(cfg, "A")
+        a.push(Reply.rate_limited(retry_after_s=5))
+        for _ in range(3):
+            client.chat()
+            client.chat("canary")
+        client.router.state.add_spend("route:chat", 0.01)
+        keys = Keys(prefix)
+        assert keys.members == f"{prefix}:{{members}}"
+        assert store.pttl(keys.members) > 0, "a live process's heartbeat expires if it dies without closing"
+        client.close()  # flushes what is pending
+
+        found = sorted(key.decode() for key in store.scan_iter(match=f"{prefix}*", count=1000))
+        tags = set()
+        persistent = []
+        for key in found:
+            assert key.startswith(f"{prefix}:"), key
+            tag = re.search(r"\{([^{}]+)\}", key)
+            assert tag is not None, f"{key} has no hash tag"
+            tags.add(tag.group(1))
+            ttl = store.pttl(key)
+            if ttl == -1:
+                persistent.append(key)
+            else:
+                assert ttl > 0, key
+        # The members set is gone: the only process closed, and a closed process leaves it at once.
+        assert tags == {"health", "limits:a", "rollout:canary", "spend"}
+        assert persistent == [keys.rollout("canary")], "only the rollout's state never expires"
+        assert keys.health in found
+        assert keys.members not in found
+        assert keys.limits("a") in found
+        assert len([k for k in found if k.startswith(f"{prefix}:{{spend}}:")]) == 3
+        assert any(k.startswith(f"{prefix}:{{rollout:canary}}:m:") for k in found), "measurements"
+
+
+class TestUnreachable:
+    """Redis not there at all: every call still succeeds on local state, with one event and no password shown."""
+
+    @pytest.mark.parametrize("password", [False, True], ids=["no-password", "password"])
+    def test_calls_succeed(
+        self,
+        password: bool,
+        prefix: str,
+        deployment: Deployment,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        caplog.set_level(logging.DEBUG)
+        port = free_port()
+        auth = f":{PASSWORD}@" if password else ""
+        a, b = deployment.upstream("a"), deployment.upstream("b")
+        cfg = config(
+            prefix,
+            {"a": {"base_url": a.base_url, "rpm": 600}, "b": {"base_url": b.base_url}},
+            ordered("a", "b"),
+            url=f"redis://{auth}127.0.0.1:{port}/0",
+        )
+        with capture_logs() as logs:
+            client = deployment.client(cfg, "A")
+            served = [client.chat() for _ in range(6)]
+            wait_until(lambda: named(logs, "holyroute.state_degraded"), 2.0, "the degraded event")
+            client.close()
+        assert served == [MODEL] * 6
+        assert len(a.requests) + len(b.requests) == 6
+        [degraded] = named(logs, "holyroute.state_degraded")
+        assert degraded["redis"] == f"redis://127.0.0.1:{port}/0"
+        assert "ConnectionError" in degraded["reason"]
+        assert [e["outcome"] for e in named(logs, "holyroute.request")] == ["ok"] * 6
+        assert named(logs, "holyroute.state_restored") == []
+        assert PASSWORD not in repr(logs)
+        assert PASSWORD not in caplog.text
+
+
+class TestRedisRestart:
+    """Redis goes away mid-run and comes back on the same port, empty."""
+
+    def test_outage_and_recovery(
+        self,
+        redis_server: RedisServer,
+        deployment: Deployment,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """No call fails; one degraded and one restored event; what was learnt meanwhile is pushed on return."""
+        limited, backup, main = (
+            deployment.upstream("limited"),
+            deployment.upstream("backup"),
+            deployment.upstream("main"),
+        )
+        prefix = "restart"
+        keys = Keys(prefix)
+        cfg = config(
+            prefix,
+            {
+                "limited": {"base_url": limited.base_url, "rpm": 600},
+                "backup": {"base_url": backup.base_url},
+                "main": {"base_url": main.base_url},
+            },
+            {**ordered("limited", "backup"), "canary": rollout_route("main", [{"set_weight": 50}, {"pause": {}}])},
+            url=redis_server.url,
+        )
+        outage_canary = 8
+        with capture_logs() as logs:
+            client = deployment.client(cfg, "A")
+            engine = client.engine("canary")
+            calls = 0
+            for _ in range(5):
+                client.chat()
+                client.chat("canary")
+                calls += 2
+            inspect = redis_server.client()
+            try:
+                assert inspect.exists(keys.limits("limited")), "the rpm bucket is shared while Redis is up"
+                window = engine.state.window
+                measured = [keys.measurements("canary", window, arm) for arm in (STABLE, CANDIDATE)]
+                wait_until(
+                    lambda: sum(int(inspect.hget(key, "calls") or 0) for key in measured) == 5,
+                    2.0,
+                    "the canary's measurements in Redis",
+                )
+            finally:
+                inspect.close()
+
+            redis_server.stop()
+            killed = time.monotonic()
+            deadline = time.monotonic() + 3.0
+            while not named(logs, "holyroute.state_degraded"):
+                assert time.monotonic() < deadline, "no holyroute.state_degraded within 3 s of the kill"
+                client.chat()
+                calls += 1
+            degraded_after = time.monotonic() - killed
+
+            limited.push(Reply.rate_limited(retry_after_s=30))
+            deadline = time.monotonic() + 3.0
+            while client.router.health.cooldown("limited", MODEL, client.now()) is None:
+                assert time.monotonic() < deadline, "`limited` never got a call (its local share) during the outage"
+                client.chat()
+                calls += 1
+            for _ in range(outage_canary):
+                client.chat("canary")
+                calls += 1
+            client.router.state.add_spend("route:chat", 0.125)
+            assert client.router.state.spent("route:chat", "day") == pytest.approx(0.125), "pending, counted here"
+            assert named(logs, "holyroute.state_restored") == []
+
+            redis_server.start()
+            restarted = time.monotonic()
+            wait_until(lambda: named(logs, "holyroute.state_restored"), 5.0, "holyroute.state_restored")
+            restored_after = time.monotonic() - restarted
+            for _ in range(3):
+                client.chat()
+                calls += 1
+            client.close()
+
+        inspect = redis_server.client()
+        try:
+            cooldown = inspect.hget(keys.health, f"c|limited|{MODEL}")
+            spend = [float(inspect.hget(key, "route:chat") or 0) for key in inspect.scan_iter(f"{prefix}:{{spend}}:*")]
+            outage_measured = sum(int(inspect.hget(key, "calls") or 0) for key in measured)
+        finally:
+            inspect.close()
+        assert cooldown is not None, "the cooldown made during the outage was pushed to Redis"
+        assert float(cooldown.split()[0]) == pytest.approx(time.time() + 30, abs=10)
+        assert spend == [0.125] * 3, "the spend counted during the outage was flushed (hour, day, month)"
+        assert outage_measured == outage_canary, (
+            "the canary's calls during the outage were flushed (Redis came back empty)"
+        )
+        assert len(named(logs, "holyroute.state_degraded")) == 1
+        [restored] = named(logs, "holyroute.state_restored")
+        assert [e["outcome"] for e in named(logs, "holyroute.request")] == ["ok"] * calls
+        assert client.router.health.shared_limits, "back on the shared rpm bucket"
+        with capsys.disabled():
+            print(
+                f"\nredis restart: {calls} calls, none failed; degraded {1000 * degraded_after:.0f} ms after "
+                "redis-server exited, "
+                f"restored {1000 * restored_after:.0f} ms after the restart (down_s {restored['down_s']}); "
+                f"{restored['reason']}"
+            )
+
+    def test_rollout_state_survives_an_empty_restart(
+        self, redis_server: RedisServer, tmp_path: Path, deployment: Deployment
+    ) -> None:
+        """After a completed rollout and a restart of an empty Redis, the CLI reports what the routers serve."""
+        main = deployment.upstream("main")
+        cfg = config(
+            "lost",
+            {"main": {"base_url": main.base_url}},
+            {"chat": rollout_route("main", [{"set_weight": 50}, {"pause": {}}])},
+            url=redis_server.url,
+        )
+        path = write_config(tmp_path, cfg)
+        with capture_logs() as logs:
+            client = deployment.client(path, "A")
+            assert cli.main(["rollout", "promote", "chat", "--config", str(path), "--full"]) == 0
+            wait_until(lambda: client.engine().state.status == "completed", 1.0, "the router to follow promote")
+            redis_server.stop()
+            wait_until(lambda: named(logs, "holyroute.state_degraded"), 3.0, "holyroute.state_degraded")
+            redis_server.start()
+            wait_until(lambda: named(logs, "holyroute.state_restored"), 5.0, "holyroute.state_restored")
+            assert client.chat() == CANDIDATE, "the router still serves the candidate at 100%"
+            rollouts = holyroute.Rollouts(path, emit=lambda event, fields: None)
+            try:
+                [status] = rollouts.status()
+            finally:
+                rollouts.close()
+        assert (status["status"], status["weight"]) == ("completed", 100.0)
+
+
+class TestAsync:
+    """The async transport takes from the same shared buckets, through Redis's asyncio client."""
+
+    def test_two_async_routers_share_rpm(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        """rpm 4 across two AsyncOpenAI clients: of 10 alternating calls, exactly 4 reach `limited`."""
+        limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
+        cfg = config(
+            prefix,
+            {"limited": {"base_url": limited.base_url, "rpm": 4}, "backup": {"base_url": backup.base_url}},
+            ordered("limited", "backup"),
+        )
+
+        async def run() -> list[str]:
+            sdks = [
+                openai.AsyncOpenAI(
+                    api_key="unused", base_url=NOWHERE, http_client=holyroute.async_client(cfg), max_retries=0
+                )
+                for _ in range(2)
+            ]
+            try:
+                served = []
+                for n in range(10):
+                    answer = await sdks[n % 2].chat.completions.create(
+                        model="chat",
+                        messages=[{"role": "user", "content": "hi"}],
+                        extra_headers={"x-client": "AB"[n % 2]},
+                    )
+                    served.append(answer.model)
+                return served
+            finally:
+                for sdk in sdks:
+                    await sdk.close()
+
+        assert asyncio.run(asyncio.wait_for(run(), timeout=20)) == [MODEL] * 10
+        assert sent_by(limited) == {"A": 2, "B": 2}
+        assert sent_by(backup) == {"A": 3, "B": 3}
+        assert 0 < store.pttl(Keys(prefix).limits("limited")) <= 120_000
+
+
+class TestCli:
+    """`holyroute rollout` and `holyroute check` read the shared state, and never print its password."""
+
+    def test_rollout_cannot_reach_redis(
+        self, prefix: str, tmp_path: Path, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Exit 2 with a message that says nothing was changed, for reads and changes alike."""
+        main = deployment.upstream("main")
+        port = free_port()
+        path = write_config(
+            tmp_path,
+            config(
+                prefix,
+                {"main": {"base_url": main.base_url}},
+                {"chat": rollout_route("main", [{"set_weight": 50}, {"pause": {}}])},
+                url=f"redis://:{PASSWORD}@127.0.0.1:{port}/0",
+            ),
+        )
+        for command in (["status", "--json"], ["promote", "chat"], ["abort", "chat"]):
+            assert cli.main(["rollout", *command, "--config", str(path)]) == 2, command
+            out, err = capsys.readouterr()
+            assert out == ""
+            assert f"the shared state at redis://127.0.0.1:{port}/0 cannot be reached" in err
+            assert "(nothing was changed)" in err
+            assert PASSWORD not in out + err
+
+    def test_check_shows_shared_state(
+        self,
+        prefix: str,
+        store: redis.Redis,
+        tmp_path: Path,
+        deployment: Deployment,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """One router alive, `a` cooling down after its 429: `check` lists both."""
+        a, b = deployment.upstream("a"), deployment.upstream("b")
+        cfg = config(prefix, {"a": {"base_url": a.base_url}, "b": {"base_url": b.base_url}}, ordered("a", "b"))
+        path = write_config(tmp_path, cfg)
+        client = deployment.client(path, "A")
+        a.push(Reply.rate_limited(retry_after_s=30))
+        client.chat()
+        wait_until(lambda: store.hexists(Keys(prefix).health, f"c|a|{MODEL}"), 2.0, "the cooldown in Redis")
+        assert cli.main(["check", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert "shared state redis://127.0.0.1:6379/0: 1 process(es) alive in the last 10s" in out
+        cooling = re.search(rf"a/{MODEL}\s+cooldown\s+(\d+\.\d)s left\s+429 retry-after 30s", out)
+        assert cooling is not None, out
+        assert 20 < float(cooling.group(1)) <= 30
+        assert "route chat: ok" in out
+
+    def test_check_cannot_reach_redis(
+        self, prefix: str, tmp_path: Path, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        a = deployment.upstream("a")
+        port = free_port()
+        path = write_config(
+            tmp_path,
+            config(
+                prefix, {"a": {"base_url": a.base_url}}, ordered("a"), url=f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+            ),
+        )
+        assert cli.main(["check", str(path)]) == 0, "the endpoints answer: Redis being away breaks no route"
+        out, err = capsys.readouterr()
+        assert f"shared state redis://127.0.0.1:{port}/0: UNREACHABLE (ConnectionError)" in out
+        assert PASSWORD not in out + err
