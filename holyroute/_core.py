@@ -14,10 +14,12 @@ only from the clocks it is given; it never logs a key or prompt text.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -262,6 +264,9 @@ class Router:
         limits = {name: (e.rpm, e.tpm) for name, e in config.endpoints.items() if e.rpm or e.tpm}
         self.health = HealthBook(clock, config.health, limits)
         self.sinks: tuple[EventSink, ...] = tuple(sinks) if sinks is not None else (_structlog_sink(),)
+        self._sinks_lock = threading.Lock()
+        self._failed_sinks: set[int] = set()
+        self._call_ids = itertools.count(1)
         self.routes = _compile(config)
         retry = config.retry
         self.retry = retry
@@ -297,12 +302,34 @@ class Router:
         )
 
     def emit(self, event: str, fields: dict[str, Any]) -> None:
+        """Hand an event to every sink. A sink that raises never breaks the call that emitted the event: the other
+        sinks still get it, and the failure is reported to them once per sink as ``holyroute.sink_failed``."""
         for sink in self.sinks:
-            sink(event, fields)
+            try:
+                sink(event, fields)
+            except Exception as exc:
+                self._sink_failed(sink, event, exc)
+
+    def _sink_failed(self, failed: EventSink, event: str, exc: Exception) -> None:
+        with self._sinks_lock:
+            if id(failed) in self._failed_sinks:
+                return
+            self._failed_sinks.add(id(failed))
+        report = {
+            "sink": getattr(failed, "__qualname__", type(failed).__qualname__),
+            "event": event,
+            "reason": f"{type(exc).__name__}: {str(exc)[:200]}; later failures of this sink are not reported",
+        }
+        for sink in self.sinks:
+            if sink is not failed:
+                with contextlib.suppress(Exception):
+                    sink("holyroute.sink_failed", dict(report))
 
     def add_sink(self, sink: EventSink) -> None:
-        """Send every later event to ``sink`` too (metrics, traces, alerts: ``sink(event, fields)``)."""
-        self.sinks = (*self.sinks, sink)
+        """Send every later event to ``sink`` too (metrics, traces, alerts: ``sink(event, fields)``). Sinks get
+        the same ``fields`` dict one after another: read it, do not change it."""
+        with self._sinks_lock:
+            self.sinks = (*self.sinks, sink)
 
     def transition(self, change: Transition | None) -> None:
         """Emit an endpoint's state change, if there was one, and share it with the other processes."""
@@ -495,6 +522,7 @@ class Call:
         "_trial",
         "_wants_usage_injected",
         "done",
+        "id",
         "shadow",
         "shadow_of",
         "started",
@@ -525,6 +553,8 @@ class Call:
         self._data = data
         self._raw_body = body
         self.started = router.clock()
+        #: This call's number in this process: on its ``holyroute.failover`` and ``holyroute.request`` events.
+        self.id = next(router._call_ids)
         self._deadline = self.started + timeout if timeout else None
         self._headers = headers
         self.stream = data.get("stream") is True
@@ -983,6 +1013,7 @@ class Call:
         assert upstream is not None
         assert leg is not None
         return {
+            "call_id": self.id,
             "route": self._plan.alias,
             "arm": leg.arm.name,
             "endpoint": upstream.endpoint,
@@ -1081,6 +1112,7 @@ class Call:
                     quality=self._quality,
                 )
         fields = {
+            "call_id": self.id,
             "route": self._plan.alias,
             "arm": leg.arm.name if leg is not None else None,
             "split_arm": self._legs[0].arm.name,  # the arm the split chose, even when a fallback served
@@ -1092,6 +1124,7 @@ class Call:
             "outcome": outcome,
             "error": error,
             "attempts": self._attempts,
+            "attempt_ms": round((now - self._sent_at) * 1000, 3) if self._attempts else None,
             "fallback": leg.fallback if leg is not None else None,
             "sticky": leg.sticky if leg is not None else False,
             "stream": self.stream,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from email.utils import formatdate
+from typing import Any
 
 import pytest
 
+from holyroute import Router, load_config
 from holyroute._core import Accepted, GiveUp, Respond
 
-from .conftest import Harness, base_config, drive, ok, status
+from .conftest import Events, FakeClock, Harness, base_config, drive, ok, status
 
 PRIMARY = {"x-holyroute-arm": "gpt-4.1"}
 
@@ -239,3 +241,37 @@ class TestCooldown:
         h = make_harness(base_config(retry={"max_cooldown_s": 60}))
         drive(h.call(headers=PRIMARY), [status(429, {"retry-after": "86400"}), ok()])
         assert h.events.named("holyroute.cooldown")[0]["cooldown_s"] == 60
+
+
+class TestSinks:
+    """Event sinks are the user's code: one that raises never breaks the call that emitted the event."""
+
+    def test_a_failing_sink_is_reported_once_and_the_call_goes_on(self) -> None:
+        events = Events()
+        calls = []
+
+        def broken(event: str, fields: dict[str, Any]) -> None:
+            calls.append(event)
+            raise RuntimeError("exporter down")
+
+        router = Router(load_config(base_config()), sinks=[broken, events])
+        h = Harness(router, FakeClock(), events)
+        for _ in range(3):
+            outcome = drive(h.call(headers={"x-holyroute-arm": "gpt-4.1"}), [ok()])
+            assert outcome.endpoints == ["main"]
+        assert calls == ["holyroute.request"] * 3, "the broken sink still gets every event"
+        assert len(events.named("holyroute.request")) == 3, "later sinks get every event"
+        [report] = events.named("holyroute.sink_failed")
+        assert report["sink"].endswith("broken")
+        assert report["reason"].startswith("RuntimeError: exporter down")
+
+    def test_call_ids_tie_failovers_to_their_call(self, harness: Harness) -> None:
+        first = drive(harness.call(headers={"x-holyroute-arm": "gpt-4.1"}), [status(503), ok()])
+        second = drive(harness.call(headers={"x-holyroute-arm": "gpt-4.1"}), [ok()])
+        assert first.endpoints == ["main", "backup"]
+        assert second.endpoints == ["main"]
+        [failover] = harness.events.named("holyroute.failover")
+        one, two = harness.events.named("holyroute.request")
+        assert failover["call_id"] == one["call_id"] != two["call_id"]
+        assert failover["attempt_ms"] >= 0
+        assert one["attempt_ms"] is not None
