@@ -53,6 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--alpha", type=float, default=0.05, help="level of the error-rate test (default 0.05)")
     report.add_argument("--max-latency-ratio", type=float, default=1.5, help="p95 vs the control's (default 1.5)")
     report.add_argument("--min-calls", type=int, default=100, help="calls per arm before PROMOTE (default 100)")
+    dashboard = commands.add_parser(
+        "dashboard", help="a local web page that follows an event log live: endpoints, routes, rollouts, failovers"
+    )
+    dashboard.add_argument("--events", type=Path, required=True, help="the JSON-lines event log to follow")
+    dashboard.add_argument("--config", type=Path, help="show its endpoints and routes (names, hosts, weights; no keys)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=0, help="port to listen on (default 0: a free one)")
     prices = commands.add_parser("prices", help="the price table in use: built in, configured, per endpoint")
     prices.add_argument("--config", type=Path, help="include this configuration's prices and its models")
     prices.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -90,7 +97,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_latency_ratio=args.max_latency_ratio,
             min_calls=args.min_calls,
         )
+    if args.command == "dashboard":
+        return run_dashboard(args.events, sys.stdout, sys.stderr, config=args.config, host=args.host, port=args.port)
     return 2  # pragma: no cover - argparse requires a command
+
+
+def run_dashboard(
+    events: Path, out: TextIO, err: TextIO, *, config: Path | None = None, host: str = "127.0.0.1", port: int = 0
+) -> int:
+    """``holyroute dashboard``: serve the page until Ctrl-C; 2 for a bad configuration or an address in use."""
+    from . import _dashboard
+    from ._report import load_report_config
+    from .exceptions import ConfigError
+
+    loaded = None
+    if config is not None:
+        try:
+            loaded, _unset = load_report_config(config)  # keys are not needed, and never reach the page
+        except ConfigError as exc:
+            err.write(f"{exc}\n")
+            return 2
+    shown = None if config is None else str(config)
+    try:
+        return _dashboard.run(events, loaded, out, host=host, port=port, config_path=shown)
+    except OSError as exc:
+        err.write(f"holyroute dashboard: cannot listen on {host}:{port}: {exc.strerror or exc}\n")
+        return 2
 
 
 def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
