@@ -15,6 +15,7 @@ only from the clocks it is given; it never logs a key or prompt text.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import json
@@ -28,16 +29,27 @@ from urllib.parse import urlencode
 
 from ._alerts import Alerts
 from ._budget import RetryBudget
+from ._context import (
+    DEFAULT_OUTPUT_RESERVE,
+    ModelLimits,
+    TokenEncoder,
+    estimate_input_tokens,
+    fits,
+    limits_for,
+    tiktoken_encoding,
+)
+from ._context import requested_output_tokens as _requested_output
 from ._health import HeaderLookup, HealthBook, Transition, server_delay
 from ._prices import PriceRow
 from ._routing import SplitPicker
+from ._rules import DEFAULT_RULE, CompiledRules, compile_rules
 from ._spend import TAGS_HEADER, SpendBudgets, Verdict
 from ._state import HealthChange, StateBackend, open_backend
 from ._usage import Usage, cost_usd, find_price, finish_reason, usage_from_body
 
 if TYPE_CHECKING:
     from ._rollout import Rollouts
-from .config import Config, Endpoint, EndpointRef
+from .config import Config, Endpoint, EndpointRef, Target
 
 __all__ = [
     "OPERATIONS",
@@ -66,6 +78,8 @@ OPERATIONS: Final = {
 }
 _INJECT_USAGE_APIS: Final = frozenset({"chat", "completions"})
 PIN_HEADER: Final = "x-holyroute-arm"
+#: A per-request cost ceiling in USD (``x-holyroute-max-cost: 0.05``); never forwarded.
+MAX_COST_HEADER: Final = "x-holyroute-max-cost"
 #: The shortest wait for an rpm/tpm reset (a reset that is due now still needs the bucket to be asked again).
 _MIN_LIMIT_WAIT_S: Final = 0.001
 #: Headers that belong to the caller's own account or to the hop, never forwarded to a routed endpoint.
@@ -82,6 +96,7 @@ DROPPED_HEADERS: Final = frozenset(
         "accept-encoding",
         PIN_HEADER,
         TAGS_HEADER,
+        MAX_COST_HEADER,
     }
 )
 RETRYABLE_STATUS: Final = frozenset({408, 409, 429})
@@ -102,6 +117,7 @@ class Upstream:
     price: PriceRow | None
     stream_usage: bool
     token: bytes  # the model as a JSON string token, for swapping it into a body
+    limits: ModelLimits | None = None  # context window and output cap, when known
 
     def __repr__(self) -> str:  # the headers hold the key
         return f"Upstream(endpoint={self.endpoint!r}, model={self.model!r})"
@@ -131,6 +147,12 @@ class RoutePlan:
     shadow: Arm | None = None  # mirrors a sampled share of calls
     shadow_sample: float = 0.0
     shadow_cap_usd: float | None = None
+    rules: CompiledRules[str | Arm] | None = None  # before the split: an alias, or an inline arm
+    max_cost_usd: float | None = None
+    #: No upstream this plan may reach (its arms, fallbacks and rule targets) holds fewer tokens than this, or
+    #: caps its output below ``out_floor``: a request under both needs no size check.
+    fit_floor: int = 1 << 62
+    out_floor: int = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +170,7 @@ class Leg:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Send one attempt: ``url``, replace the headers named in ``DROPPED_HEADERS`` with ``headers``, send ``body``.
+    """Send one attempt: ``url``, replace the headers named in ``drop`` with ``headers``, send ``body``.
 
     ``timeout`` caps every phase of the attempt (the endpoint's timeout and the caller's remaining deadline);
     ``headers_timeout`` caps the wait for the response headers only.
@@ -160,6 +182,7 @@ class Send:
     timeout: float | None
     endpoint: str
     headers_timeout: float | None = None
+    drop: frozenset[str] = frozenset()  # the caller's headers not to forward (DROPPED_HEADERS and rule headers)
 
     def __repr__(self) -> str:
         return f"Send(url={self.url!r}, endpoint={self.endpoint!r})"
@@ -268,6 +291,24 @@ class Router:
         self._failed_sinks: set[int] = set()
         self._call_ids = itertools.count(1)
         self.routes = _compile(config)
+        #: Exact token counts for fit, rules and ceilings (``context.estimate: tiktoken``), when available offline.
+        self.token_encoder: TokenEncoder | None = None
+        if config.context.estimate == "tiktoken":
+            self.token_encoder = tiktoken_encoding(config.context.encoding)
+            if self.token_encoder is None:
+                self.emit(
+                    "holyroute.tiktoken_unavailable",
+                    {
+                        "encoding": config.context.encoding,
+                        "reason": "tiktoken is not installed or the encoding is not in its local cache (holyroute "
+                        "never downloads it); counting with the heuristic. pip install 'holyroute[tiktoken]' and "
+                        f"run tiktoken.get_encoding({config.context.encoding!r}) once where the internet is reachable",
+                    },
+                )
+        #: The caller's headers never forwarded: holyroute's own, the caller's credentials, and those rules read.
+        self.dropped_headers = DROPPED_HEADERS.union(
+            *(plan.rules.header_names for plan in self.routes.values() if plan.rules is not None)
+        )
         retry = config.retry
         self.retry = retry
         self.budget = RetryBudget(
@@ -474,11 +515,14 @@ class Call:
     """One logical call: its plan, the attempts made so far, and what comes next."""
 
     __slots__ = (
+        "_alias",
         "_api",
         "_asking",
         "_attempts",
         "_bodies",
         "_budget",
+        "_ceiling",
+        "_check_size",
         "_current",
         "_current_leg",
         "_cursor",
@@ -494,6 +538,7 @@ class Call:
         "_granted",
         "_headers",
         "_hide_usage",
+        "_input",
         "_last_error",
         "_last_leg",
         "_last_response",
@@ -501,7 +546,9 @@ class Call:
         "_limit_wait",
         "_limit_waited",
         "_limited",
+        "_observe",
         "_operation",
+        "_out",
         "_paid",
         "_panic",
         "_passes",
@@ -512,8 +559,10 @@ class Call:
         "_raw_body",
         "_request_id",
         "_router",
+        "_rule",
         "_sent_at",
         "_sequence",
+        "_size_cost_seen",
         "_skipped",
         "_status",
         "_stop_reason",
@@ -600,6 +649,14 @@ class Call:
         self._budget: Verdict | None = None  # a spent route/tag budget: the route's own arms are skipped
         self._fallback_budgets: dict[str, Verdict | None] = {}
         self._tags: tuple[str, ...] = ()
+        self._alias = plan.alias  # the alias the caller sent (a rule may hand the call to another route)
+        self._rule: str | None = None  # the rule that decided, DEFAULT_RULE when none did; None: no rules
+        self._input: int | None = None  # estimated input tokens, counted when first needed
+        self._out = _requested_output(data)
+        self._ceiling: float | None = None
+        self._check_size = False
+        self._size_cost_seen: dict[tuple[str, str], str | None] = {}
+        self._observe = True  # measured by the route's rollout (not when a rule, a budget or a size moved it)
         self.done = False
 
         if shadow_of is not None:
@@ -608,7 +665,23 @@ class Call:
             self._extend_sequence(self._legs[0])
             return
         pinned = headers.get(PIN_HEADER)
-        if pinned is not None:
+        ruled: Leg | None = None
+        if pinned is None and plan.rules is not None:
+            matched = plan.rules.match(headers, data, self._input_tokens() if plan.rules.uses_prompt_tokens else 0)
+            self._rule = matched.label if matched is not None else DEFAULT_RULE
+            if matched is not None:
+                use = matched.use
+                if isinstance(use, str):
+                    plan = self._plan = router.routes[use]
+                else:
+                    ruled = Leg(plan.alias, use, None, False)
+                    self._observe = False
+        if not self._limit_size_and_cost(plan, headers, body):
+            self._legs = [ruled or Leg(plan.alias, plan.arms[0], None, False)]
+            return
+        if ruled is not None:
+            self._legs = [ruled]
+        elif pinned is not None:
             arm = next((a for a in plan.arms if pinned in (a.name, a.model)), None)
             if arm is None:
                 names = ", ".join(a.name for a in plan.arms)
@@ -624,6 +697,8 @@ class Call:
         else:
             self._legs = [router.pick(plan, data, headers)]
         self._extend_sequence(self._legs[0])
+        if self._check_size or self._ceiling is not None:
+            self._add_alternatives()
         spend = router.spend
         if spend is not None:
             self._tags = spend.tags(headers)
@@ -639,6 +714,102 @@ class Call:
                         "holyroute_budget_exceeded",
                     )
                     self._emit_request(429, "error", None, verdict.reason, None)
+
+    # ---- size and cost ------------------------------------------------------------------------------------------
+
+    def _input_tokens(self) -> int:
+        found = self._input
+        if found is None:
+            encoder = self._router.token_encoder
+            found = self._input = estimate_input_tokens(
+                self._data, self._raw_body, exact=encoder is not None, encoding=encoder
+            )
+        return found
+
+    def _limit_size_and_cost(self, plan: RoutePlan, headers: HeaderLookup, body: bytes) -> bool:
+        """Decide whether endpoints must be checked for size (only a request that might not fit somewhere) and
+        cost (a ceiling from the route or the request). False when the request's own ceiling is malformed."""
+        raw = headers.get(MAX_COST_HEADER)
+        ceiling = plan.max_cost_usd
+        if raw is not None:
+            try:
+                asked = float(raw)
+            except ValueError:
+                asked = -1.0
+            if not asked > 0 or asked == float("inf"):
+                self._final = self._local_answer(
+                    400,
+                    f"holyroute: {MAX_COST_HEADER} must be a positive number of USD such as 0.05; got {raw[:40]!r}",
+                    "invalid_request_error",
+                    "holyroute_bad_max_cost",
+                )
+                return False
+            ceiling = asked if ceiling is None else min(ceiling, asked)
+        self._ceiling = ceiling
+        out = self._out
+        self._check_size = len(body) // 4 + (out or DEFAULT_OUTPUT_RESERVE) > plan.fit_floor or (
+            out is not None and out > plan.out_floor
+        )
+        return True
+
+    def _size_cost(self, upstream: Upstream) -> str | None:
+        """Why this upstream cannot take this request whatever its health: too big for it, or over the ceiling."""
+        key = (upstream.endpoint, upstream.model)
+        if key in self._size_cost_seen:
+            return self._size_cost_seen[key]
+        why: str | None = None
+        limits = upstream.limits
+        if self._check_size and limits is not None:
+            too_big = fits(limits, self._input_tokens(), self._out)
+            if too_big is not None:
+                why = f"context: {too_big}"
+        ceiling = self._ceiling
+        if why is None and ceiling is not None:
+            worst = self._worst_cost(upstream)
+            if isinstance(worst, str):
+                why = f"cost: {worst}"
+            elif worst > ceiling:
+                why = f"cost: up to ${worst:.6f} at {upstream.model} prices, over the ${ceiling:g} ceiling"
+        self._size_cost_seen[key] = why
+        return why
+
+    def _worst_cost(self, upstream: Upstream) -> float | str:
+        """The most this call can cost on ``upstream`` (USD), or why that cannot be known."""
+        price = upstream.price
+        if price is None:
+            return f"{upstream.model} has no price, so its cost cannot be bounded; add it under prices"
+        out = self._out
+        if out is None and upstream.limits is not None:
+            out = upstream.limits.max_output_tokens
+        if out is None:
+            return f"no max_tokens and no known output cap for {upstream.model}; set max_tokens"
+        choices = self._data.get("n")
+        if isinstance(choices, int) and choices > 1:
+            out *= choices
+        output_rate = max(price.output, price.reasoning or 0.0)
+        return float(self._input_tokens() * price.input + out * output_rate) / 1_000_000
+
+    def _add_alternatives(self) -> None:
+        """The split's arm cannot take this request (too big, or over the ceiling) on any endpoint: the route's
+        other arms that can follow it, cheapest first under a ceiling, before the fallbacks."""
+        first = self._legs[0]
+        if any(self._size_cost(u) is None for u in first.arm.upstreams):
+            return
+        plan = self._plan
+        others = [arm for arm in plan.arms if arm is not first.arm]
+        able = [arm for arm in others if any(self._size_cost(u) is None for u in arm.upstreams)]
+        if self._ceiling is not None:
+
+            def cheapest(arm: Arm) -> float:
+                costs = [self._worst_cost(u) for u in arm.upstreams if self._size_cost(u) is None]
+                return min(c for c in costs if isinstance(c, float))
+
+            able.sort(key=cheapest)
+        self._observe = False
+        for arm in able:
+            leg = Leg(plan.alias, arm, None, False)
+            self._legs.append(leg)
+            self._extend_sequence(leg)
 
     # ---- the step machine ---------------------------------------------------------------------------------------
 
@@ -855,6 +1026,10 @@ class Call:
         router = self._router
         health = router.health
         name = upstream.endpoint
+        if self._check_size or self._ceiling is not None:
+            why = self._size_cost(upstream)
+            if why is not None:
+                return why, None
         if name in self._excluded or health.out_of_quota(name, now):
             return "out of quota", None
         spend = router.spend
@@ -990,7 +1165,15 @@ class Call:
             headers_timeout = min(headers_timeout, timeout)
         # Streams uncompressed (events pass as they come); JSON only in encodings the usage reader can open.
         encoding = _IDENTITY if self.stream else _GZIP_DEFLATE
-        return Send(url, (*upstream.headers, encoding), body, timeout, upstream.endpoint, headers_timeout)
+        return Send(
+            url,
+            (*upstream.headers, encoding),
+            body,
+            timeout,
+            upstream.endpoint,
+            headers_timeout,
+            router.dropped_headers,
+        )
 
     def _cool(self, upstream: Upstream, seconds: float, reason: str, now: float) -> None:
         router = self._router
@@ -1055,7 +1238,23 @@ class Call:
             f"{endpoint}/{model} {why}" + (f" for {until - now:.1f}s" if until is not None and until > now else "")
             for (endpoint, model), (why, until) in self._skipped.items()
         )
-        over_budget = bool(self._skipped) and all(why.startswith("budget ") for why, _ in self._skipped.values())
+        reasons = [why for why, _ in self._skipped.values()]
+        if reasons and all(why.startswith(("context: ", "cost: ")) for why in reasons):
+            # Nothing reachable can take this request at all: a client error, not a moment to wait out.
+            cost = any(why.startswith("cost: ") for why in reasons)
+            self._emit_request(400, "error", None, "no model can take this request", None)
+            return self._local_answer(
+                400,
+                f"holyroute: no model for '{self._alias}' can take this request: {detail}"
+                + (
+                    "; raise the ceiling or lower max_tokens"
+                    if cost
+                    else "; shorten the input, lower max_tokens, or add a larger model to the route or its fallbacks"
+                ),
+                "invalid_request_error",
+                "holyroute_cost_ceiling" if cost else "context_length_exceeded",
+            )
+        over_budget = bool(reasons) and all(why.startswith("budget ") for why in reasons)
         answer = self._local_answer(
             429,
             f"holyroute: no endpoint for '{self._plan.alias}' can take a call now: {detail or self._stop_reason}",
@@ -1096,7 +1295,13 @@ class Call:
                 router.state.add_spend(f"shadow:{self._plan.alias}", cost)
         elif cost and router.spend is not None and upstream is not None and leg is not None:
             router.spend.charge(leg.fallback or self._plan.alias, upstream.endpoint, self._tags, cost)
-        if self.shadow_of is None and self._budget is None and router.rollouts is not None and outcome != "cancelled":
+        if (
+            self.shadow_of is None
+            and self._budget is None
+            and self._observe
+            and router.rollouts is not None
+            and outcome != "cancelled"
+        ):
             # A call kept off the route's own arms by a spent budget says nothing about them: not measured.
             engine = router.rollouts.get(self._plan.alias)
             if engine is not None:
@@ -1116,7 +1321,8 @@ class Call:
             "route": self._plan.alias,
             "arm": leg.arm.name if leg is not None else None,
             "split_arm": self._legs[0].arm.name,  # the arm the split chose, even when a fallback served
-            "model": self._plan.alias,
+            "model": self._alias,
+            "rule": self._rule,
             "upstream_model": upstream.model if upstream is not None else None,
             "endpoint": upstream.endpoint if upstream is not None else None,
             "api": self._api,
@@ -1214,14 +1420,29 @@ def _sticky_key(spec: str, data: Mapping[str, Any], headers: HeaderLookup) -> st
 def _compile(config: Config) -> dict[str, RoutePlan]:
     prices = {name: p.row() for name, p in config.prices.items()}
     routes = {}
+
+    def arm_of(target: Target) -> Arm:
+        upstreams = []
+        for entry in target.endpoints:
+            ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
+            upstream = _upstream(config, ref.endpoint, ref.model or target.model, prices)
+            limits = limits_for(
+                upstream.model, context_window=target.context_window, max_output_tokens=target.max_output_tokens
+            )
+            upstreams.append(dataclasses.replace(upstream, limits=limits) if limits is not None else upstream)
+        return Arm(target.arm, target.model, tuple(upstreams), target.balance)
+
+    def resolve(use: str | Target) -> str | Arm:
+        return use if isinstance(use, str) else arm_of(use)
+
     for alias, route in config.routes.items():
-        arms = []
-        for target in route.arms:
-            upstreams = []
-            for entry in target.endpoints:
-                ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
-                upstreams.append(_upstream(config, ref.endpoint, ref.model or target.model, prices))
-            arms.append(Arm(target.arm, target.model, tuple(upstreams), target.balance))
+        arms = [arm_of(target) for target in route.arms]
+        rules = None
+        if route.rules:
+            rules, problems = compile_rules(
+                route.rules, known_aliases=config.routes, at=f"routes.{alias}.rules", resolve=resolve
+            )
+            assert not problems, problems  # load_config checked them
         # A rollout's split comes from its engine at each call; this one (all stable) is only its shape.
         weights = [t.weight for t in route.targets] if route.rollout is None else [100.0, 0.0]
         picker = SplitPicker(alias, [a.name for a in arms], weights)
@@ -1244,8 +1465,30 @@ def _compile(config: Config) -> dict[str, RoutePlan]:
             shadow_arm,
             shadow.sample if shadow is not None else 0.0,
             shadow.max_cost_usd_per_day if shadow is not None else None,
+            rules,
+            route.max_cost_usd,
         )
-    return routes
+    return {alias: _with_floors(plan, routes) for alias, plan in routes.items()}
+
+
+def _with_floors(plan: RoutePlan, routes: Mapping[str, RoutePlan]) -> RoutePlan:
+    """``plan`` with the smallest context window and output cap among every upstream a call to it may reach."""
+    arms = list(plan.arms)
+    for alias in plan.fallbacks:
+        arms.extend(routes[alias].arms)
+    if plan.rules is not None:
+        for verdict_use in plan.rules.uses:
+            arms.extend(routes[verdict_use].arms if isinstance(verdict_use, str) else (verdict_use,))
+    windows = [1 << 62]
+    outputs = [1 << 62]
+    for arm in arms:
+        for upstream in arm.upstreams:
+            limits = upstream.limits
+            if limits is not None:
+                windows.append(min(limits.context_window, limits.max_input_tokens or limits.context_window))
+                if limits.max_output_tokens is not None:
+                    outputs.append(limits.max_output_tokens)
+    return dataclasses.replace(plan, fit_floor=min(windows), out_floor=min(outputs))
 
 
 def _price(endpoint: Endpoint, model: str, prices: Mapping[str, PriceRow]) -> PriceRow | None:

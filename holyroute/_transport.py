@@ -374,7 +374,7 @@ def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float
             limits["read"] = step.headers_timeout if current is None else min(current, step.headers_timeout)
         extensions = {**extensions, "timeout": limits}
     sent = attempt_request(
-        request, step.url, drop=DROPPED_HEADERS, add=step.headers, body=step.body, extensions=extensions
+        request, step.url, drop=step.drop or DROPPED_HEADERS, add=step.headers, body=step.body, extensions=extensions
     )
     return sent, body_read
 

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from ._rules import Rule, compile_rules
 from .exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -130,6 +131,9 @@ class Target(_Model):
     weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
     name: str | None = None
     balance: Literal["ordered", "round_robin", "least_busy", "latency"] = "ordered"
+    # What the model holds, when the built-in table (holyroute/_context.py) does not know it or is wrong for it.
+    context_window: Annotated[int, Field(gt=0)] | None = None
+    max_output_tokens: Annotated[int, Field(gt=0)] | None = None
 
     @property
     def arm(self) -> str:
@@ -265,6 +269,10 @@ class Route(_Model):
     shadow: Shadow | None = None
     sticky: str | None = None
     fallbacks: list[str] = Field(default_factory=list)
+    # Tried in order before the split; the first whose `when` holds sends the request to its `use`.
+    rules: list[Rule[Target]] = Field(default_factory=list)
+    # The most a call may cost at worst (input estimate + requested output, at each candidate's price).
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _targets_or_rollout(self) -> Route:
@@ -342,6 +350,15 @@ class Budget(_Model):
     action: Literal["block", "fallback"] = "block"
 
 
+class ContextFit(_Model):
+    """How a request's input tokens are counted for context-window fit, rules and cost ceilings."""
+
+    # heuristic: UTF-8 bytes / 4 of the text (about 5 us); tiktoken: exact, with holyroute[tiktoken] and the
+    # encoding in tiktoken's local cache (holyroute never downloads it; without it, the heuristic is used).
+    estimate: Literal["heuristic", "tiktoken"] = "heuristic"
+    encoding: Literal["o200k_base", "cl100k_base"] = "o200k_base"
+
+
 class AlertRule(_Model):
     """A threshold on a route's or an endpoint's calls over a rolling window (see ``_alerts.py``)."""
 
@@ -402,6 +419,7 @@ class Config(_Model):
     state: State = Field(default_factory=State)
     budgets: list[Budget] = Field(default_factory=list)
     alerts: list[AlertRule] = Field(default_factory=list)
+    context: ContextFit = Field(default_factory=ContextFit)
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Config:
@@ -654,6 +672,16 @@ def _cross_check(config: Config) -> list[str]:
                     )
         if route.rollout is None and not any(target.weight > 0 for target in route.targets):
             problems.append(f"{base}.targets: every weight is 0; give at least one target a positive weight")
+        problems += compile_rules(route.rules, known_aliases=config.routes, at=f"{base}.rules")[1]
+        for r_index, rule in enumerate(route.rules):
+            if isinstance(rule.use, Target):
+                for e_index, entry in enumerate(rule.use.endpoints):
+                    name = entry if isinstance(entry, str) else entry.endpoint
+                    if name not in config.endpoints:
+                        problems.append(
+                            f"{base}.rules[{r_index}].use.endpoints[{e_index}]: unknown endpoint '{name}'; "
+                            f"known: {known_endpoints}"
+                        )
         for f_index, fallback in enumerate(route.fallbacks):
             if fallback == alias:
                 problems.append(f"{base}.fallbacks[{f_index}]: a route cannot fall back to itself")
@@ -676,15 +704,15 @@ def _cross_check(config: Config) -> list[str]:
                 )
         elif budget.scope == "endpoint" and budget.name not in config.endpoints:
             problems.append(f"{at}.name: unknown endpoint '{budget.name}'; known: {known_endpoints}")
-    for a_index, rule in enumerate(config.alerts):
+    for a_index, alert in enumerate(config.alerts):
         at = f"alerts[{a_index}]"
-        names = config.routes if rule.scope == "route" else config.endpoints
-        if rule.name != "*" and rule.name not in names:
-            known = known_routes if rule.scope == "route" else known_endpoints
-            problems.append(f"{at}.name: unknown {rule.scope} '{rule.name}'; known: {known} (or * for each)")
-        if rule.resolve_below is not None and rule.resolve_below > rule.above:
-            problems.append(f"{at}.resolve_below: above 'above' ({rule.above:g}); it must be at or under it")
-        if rule.window <= 0:
+        names = config.routes if alert.scope == "route" else config.endpoints
+        if alert.name != "*" and alert.name not in names:
+            known = known_routes if alert.scope == "route" else known_endpoints
+            problems.append(f"{at}.name: unknown {alert.scope} '{alert.name}'; known: {known} (or * for each)")
+        if alert.resolve_below is not None and alert.resolve_below > alert.above:
+            problems.append(f"{at}.resolve_below: above 'above' ({alert.above:g}); it must be at or under it")
+        if alert.window <= 0:
             problems.append(f"{at}.window: must be positive, such as 5m")
     if config.retry.backoff_max_s < config.retry.backoff_initial_s:
         problems.append("retry.backoff_max_s: smaller than backoff_initial_s; raise it")
