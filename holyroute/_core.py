@@ -769,7 +769,7 @@ class Call:
             if isinstance(worst, str):
                 why = f"cost: {worst}"
             elif worst > ceiling:
-                why = f"cost: up to ${worst:.6f} at {upstream.model} prices, over the ${ceiling:g} ceiling"
+                why = f"cost: up to ${worst:.6f} at {upstream.model} prices, over the ${_usd(ceiling)} ceiling"
         self._size_cost_seen[key] = why
         return why
 
@@ -1352,6 +1352,11 @@ class Call:
             router.alerts.observe(fields)
 
     _pending_response: tuple[int, Mapping[str, str], Upstream, Leg | None]
+
+
+def _usd(amount: float) -> str:
+    """``0.00001`` rather than ``1e-05``: a price as people write it."""
+    return f"{amount:.8f}".rstrip("0").rstrip(".") or "0"
 
 
 def _looks_like_json(body: bytes) -> bool:

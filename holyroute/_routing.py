@@ -56,6 +56,10 @@ class SplitPicker:
         # rng.random() < 1 keeps index in range; a zero-weight tail arm can never be hit.
         return min(index, len(self._weights) - 1)
 
+    def shares(self) -> list[tuple[str, float]]:
+        """Each name with its share of the calls, in percent."""
+        return [(name, 100.0 * weight / self._total) for name, weight in zip(self._names, self._weights, strict=True)]
+
     def sticky(self, key: str) -> int:
         """The index that ``key`` always maps to under these weights (weighted rendezvous hashing)."""
         best_index, best_score = 0, -1.0

@@ -60,10 +60,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     dashboard.add_argument("--config", type=Path, help="show its endpoints and routes (names, hosts, weights; no keys)")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     dashboard.add_argument("--port", type=int, default=0, help="port to listen on (default 0: a free one)")
+    explain = commands.add_parser(
+        "explain", help="what the router would do with a request and why (rules, sizes, costs, health); sends nothing"
+    )
+    explain.add_argument("config", type=Path, help="the configuration file (YAML or TOML)")
+    explain.add_argument("request", type=Path, help="the request body as JSON (model, messages, max_tokens, ...)")
+    explain.add_argument(
+        "--header", action="append", default=[], metavar="NAME: VALUE", help="a request header (repeatable)"
+    )
     prices = commands.add_parser("prices", help="the price table in use: built in, configured, per endpoint")
     prices.add_argument("--config", type=Path, help="include this configuration's prices and its models")
     prices.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
+    if args.command == "explain":
+        return run_explain(args.config, args.request, args.header, sys.stdout, sys.stderr)
     if args.command == "prices":
         return run_prices(args.config, sys.stdout, sys.stderr, as_json=args.json)
     if args.command == "demo":
@@ -123,6 +133,43 @@ def run_dashboard(
     except OSError as exc:
         err.write(f"holyroute dashboard: cannot listen on {host}:{port}: {exc.strerror or exc}\n")
         return 2
+
+
+def run_explain(config_path: Path, request: Path, header_args: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """``holyroute explain``: 0 with the explanation written, 2 for a bad configuration, request or header."""
+    from ._explain import ExplainError, explain
+    from .config import load_config
+    from .exceptions import ConfigError
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        err.write(f"{exc}\n")
+        return 2
+    try:
+        body = json.loads(request.read_text(encoding="utf-8"))
+    except OSError as exc:
+        err.write(f"holyroute explain: cannot read {request}: {exc.strerror}\n")
+        return 2
+    except ValueError as exc:
+        err.write(f'holyroute explain: {request} is not JSON ({exc}); give the request body, e.g. {{"model": ...}}\n')
+        return 2
+    if not isinstance(body, dict):
+        err.write(f"holyroute explain: {request} must hold a JSON object (the request body)\n")
+        return 2
+    headers: dict[str, str] = {}
+    for raw in header_args:
+        name, sep, value = raw.partition(":")
+        if not sep or not name.strip():
+            err.write(f"holyroute explain: --header {raw!r} must look like 'x-task: complex_reasoning'\n")
+            return 2
+        headers[name.strip()] = value.strip()
+    try:
+        out.write(explain(config, body, headers))
+    except ExplainError as exc:
+        err.write(f"holyroute explain: {exc}\n")
+        return 2
+    return 0
 
 
 def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
