@@ -516,6 +516,7 @@ class Call:
 
     __slots__ = (
         "_alias",
+        "_alias_token",
         "_api",
         "_asking",
         "_attempts",
@@ -650,6 +651,7 @@ class Call:
         self._fallback_budgets: dict[str, Verdict | None] = {}
         self._tags: tuple[str, ...] = ()
         self._alias = plan.alias  # the alias the caller sent (a rule may hand the call to another route)
+        self._alias_token = plan.token  # ... as it is in the body, for swapping the model in without re-encoding
         self._rule: str | None = None  # the rule that decided, DEFAULT_RULE when none did; None: no rules
         self._input: int | None = None  # estimated input tokens, counted when first needed
         self._out = _requested_output(data)
@@ -1137,7 +1139,7 @@ class Call:
         self._hide_usage = inject
         body = self._bodies.get((upstream.model, inject))
         if body is None and not inject:
-            body = _swap_model(self._raw_body, self._plan.token, upstream.token)
+            body = _swap_model(self._raw_body, self._alias_token, upstream.token)
         if body is None:
             data = dict(self._data)
             data["model"] = upstream.model

@@ -354,7 +354,9 @@ def _begin(router: Router, request: httpx2.Request) -> Call | None:
     url = request.url
     timeout = request.extensions.get("timeout")
     read = timeout.get("read") if isinstance(timeout, dict) else None
-    return router.begin(request.method, url.path, url.query.decode("ascii"), request.headers, body, timeout=read)
+    # One pass into a lowercase dict: the core reads several request headers (pin, rules, tags, ceilings, sticky).
+    headers = header_view(request.headers)
+    return router.begin(request.method, url.path, url.query.decode("ascii"), headers, body, timeout=read)
 
 
 def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float | None]:
