@@ -20,23 +20,21 @@ rendering one cost event per call adds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
 import openai
 import structlog
+from _common import percentile, upstream_process  # benchmarks/_common.py
 
 import holyroute
-from holyroute.testing import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Summarise the plot of Hamlet in one sentence."}]
 CHAT_BODY = {
@@ -54,11 +52,6 @@ CHAT_BODY = {
         "prompt_tokens_details": {"cached_tokens": 0},
     },
 }
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
 def paired(
@@ -110,30 +103,6 @@ def canned(request: httpx2.Request) -> httpx2.Response:
         headers={"content-type": "application/json", "x-request-id": "req_bench"},
         stream=httpx2.ByteStream(json.dumps(CHAT_BODY).encode()),
     )
-
-
-def _serve(conn: Any) -> None:
-    with FakeUpstream("bench") as upstream:
-        conn.send(upstream.base_url)
-        conn.recv()  # until the parent says stop
-
-
-@contextlib.contextmanager
-def upstream_process() -> Iterator[str]:
-    """The fake upstream in its own process, as a real provider would be: no GIL shared with the client."""
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_serve, args=(child,), daemon=True)
-    process.start()
-    try:
-        if not parent.poll(30):
-            raise RuntimeError("the fake upstream process did not start within 30 s")
-        yield parent.recv()
-    finally:
-        parent.send("stop")
-        process.join(10)
-        if process.is_alive():
-            process.kill()
 
 
 def main() -> int:

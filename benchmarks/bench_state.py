@@ -32,33 +32,26 @@ calls (from ``INFO commandstats``, so anything else using this Redis at the time
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import openai
 import redis
 import structlog
+from _common import percentile, upstream_process  # benchmarks/_common.py
 
 import holyroute
-from holyroute.testing import FakeUpstream
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 REFERENCE = "reference: memory + bare PING"
 MESSAGES = [{"role": "user", "content": "Summarise the plot of Hamlet in one sentence."}]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
 def evalsha_calls(store: redis.Redis) -> int:
@@ -117,30 +110,6 @@ def config_for(base_url: str, state: dict[str, Any], *, rpm: bool) -> dict[str, 
     }
 
 
-def _serve(conn: Any) -> None:
-    with FakeUpstream("bench", record=False) as upstream:
-        conn.send(upstream.base_url)
-        conn.recv()  # until the parent says stop
-
-
-@contextlib.contextmanager
-def upstream_process() -> Iterator[str]:
-    """The fake upstream in its own process, as a real provider would be: no GIL shared with the client."""
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_serve, args=(child,), daemon=True)
-    process.start()
-    try:
-        if not parent.poll(30):
-            raise RuntimeError("the fake upstream process did not start within 30 s")
-        yield parent.recv()
-    finally:
-        parent.send("stop")
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-
-
 def delete_prefix(store: redis.Redis, prefix: str) -> int:
     """Delete every key under ``prefix`` (SCAN MATCH, then DEL): the run leaves nothing behind."""
     deleted = 0
@@ -190,7 +159,7 @@ def main() -> int:
     results = []
     alias = {"model": "chat-default", "messages": MESSAGES}
     try:
-        with upstream_process() as base_url:
+        with upstream_process(record=False) as base_url:
             for rpm, lease, label in (
                 (True, 0.01, "redis, shared rpm, leases (default)"),
                 (True, 0.0, "redis, shared rpm, lease_fraction 0"),

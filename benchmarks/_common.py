@@ -1,0 +1,41 @@
+"""What the paired benchmarks share: the fake upstream in its own process, and percentiles."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+from collections.abc import Iterator
+from typing import Any
+
+from holyroute.testing import FakeUpstream
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def _serve(conn: Any, record: bool) -> None:
+    with FakeUpstream("bench", record=record) as upstream:
+        conn.send(upstream.base_url)
+        conn.recv()  # until the parent says stop
+
+
+@contextlib.contextmanager
+def upstream_process(*, record: bool = True) -> Iterator[str]:
+    """The fake upstream in its own process, as a real provider would be: no GIL shared with the client.
+    Yields its base URL; ``record=False`` keeps it from remembering every request (long runs)."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_serve, args=(child, record), daemon=True)
+    process.start()
+    try:
+        if not parent.poll(30):
+            raise RuntimeError("the fake upstream process did not start within 30 s")
+        yield parent.recv()
+    finally:
+        parent.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.kill()
