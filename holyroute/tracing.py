@@ -2,12 +2,16 @@
 
 holyroute emits an event only when an attempt or a call has ended, so :class:`Tracer` (an event sink) builds its
 spans afterwards, with explicit timestamps: a call starts ``latency_ms`` before its ``holyroute.request`` event, a
-failed attempt ``attempt_ms`` before its ``holyroute.failover`` event, and the final attempt when the one before it
-ended plus the ``wait_s`` between them. A call's failovers arrive before its request event, on the same thread or
-asyncio task, so they wait in a per-context buffer (a :class:`~contextvars.ContextVar`, never a global one) until
-their call's event claims them; concurrent calls on other threads or tasks cannot take them. The call's span is a
-child of whatever span is current when its event arrives (the application's own, if it wraps the SDK call in one).
-Attributes follow the OpenTelemetry GenAI semantic conventions.
+failed attempt ``attempt_ms`` before its ``holyroute.failover`` event, and the final attempt the request event's own
+``attempt_ms`` before it (each attempt kept inside the call and after the one before it). A call's failovers arrive
+before its request event and wait for it in a small locked table keyed by the ``call_id`` both events carry, so
+concurrent calls never take each other's attempts, and a stream opened on one thread or task and finished on another
+keeps them. ``call_id`` is counted per router, so a tracer serves the one router it was built for. The table is
+bounded, because a stream abandoned unclosed never emits its request event: failovers whose call has not ended within
+an hour, or beyond the newest 10,000, are dropped and counted in :attr:`Tracer.dropped`, and a call ending after that
+has no spans for those attempts. The call's span is a child of whatever span is current when its request event
+arrives: for a stream, in the code that finished it, not the code that opened it. Attributes follow the OpenTelemetry
+GenAI semantic conventions.
 
 This module never records prompt or completion text (holyroute's events carry none), never sets a global tracer
 provider, and never lets a failure of its own reach the call being traced. It is the only module that imports
@@ -16,9 +20,10 @@ OpenTelemetry, and it needs only ``opentelemetry-api`` (``pip install 'holyroute
 
 from __future__ import annotations
 
-import contextvars
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -74,11 +79,12 @@ _PROVIDERS: Final = (
 )
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
-#: Failovers kept per thread or task while they wait for their call's event. Only a call whose event never comes
-#: (a stream abandoned unclosed, or finished on another thread) leaves any behind; the oldest go first.
-_MAX_PENDING: Final = 64
-#: How far before a call's computed start its first failed attempt may seem to start (rounding of the ms fields).
-_SLACK_NS: Final = 1_000_000
+#: Failovers kept (over all calls) while they wait for their call's request event; past this, the calls waiting
+#: longest are dropped first. At most ``retry.max_attempts`` (50) per call, so this holds hundreds of calls.
+_MAX_WAITING: Final = 10_000
+#: Seconds a call's failovers wait for its request event (a stream may run long after its failovers): a call that
+#: never ends, such as a stream abandoned unclosed, is forgotten after this.
+_MAX_WAIT_S: Final = 3600.0
 #: error.type for a failure without a low-cardinality name (the conventions' fallback value).
 _OTHER: Final = "_OTHER"
 _ERROR_NAME: Final = re.compile(r"[A-Za-z][\w .-]{0,63}")
@@ -100,7 +106,7 @@ class _Failed:
     next_endpoint: str | None
     start_ns: int  # wall clock, for the span
     end_ns: int
-    sent_mono_ns: int  # monotonic clock, for matching it to its call
+    seen_s: float  # the router's clock when its event came, for forgetting it if its call never ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +142,9 @@ class Tracer:
     """An event sink that turns a router's events into OpenTelemetry spans; see the module docstring.
 
     ``target`` is the client (or transport, or router) whose endpoints the spans describe; attach the tracer to the
-    same one, or let :func:`instrument` do both. ``tracer_provider`` defaults to the global one. ``capture_content``
-    is not supported: holyroute's events hold no prompt or completion text, so there is nothing to capture.
+    same one, or let :func:`instrument` do both; a tracer serves that one router (its calls' ``call_id`` are counted
+    per router). ``tracer_provider`` defaults to the global one. ``capture_content`` is not supported: holyroute's
+    events hold no prompt or completion text, so there is nothing to capture.
     """
 
     def __init__(
@@ -158,10 +165,13 @@ class Tracer:
         self._servers = {name: _server_of(endpoint.base_url) for name, endpoint in router.config.endpoints.items()}
         self._no_server = _Server(None, None, None)
         self._routes = router.routes
-        # One buffer per tracer, so two tracers on one thread never take each other's failovers.
-        self._pending: contextvars.ContextVar[tuple[_Failed, ...]] = contextvars.ContextVar(
-            f"holyroute_tracing_pending_{id(self):x}", default=()
-        )
+        self._clock = router.clock
+        self._lock = threading.Lock()
+        # call_id -> its failovers so far, the call whose first failover came earliest first.
+        self._waiting: OrderedDict[int, list[_Failed]] = OrderedDict()
+        self._held = 0  # failovers in self._waiting
+        #: Failovers dropped before their call's request event came (see the module docstring), or without a call_id.
+        self.dropped = 0
 
     def __call__(self, event: str, fields: dict[str, Any]) -> None:
         try:
@@ -177,8 +187,9 @@ class Tracer:
     # ---- the two events ------------------------------------------------------------------------------------------
 
     def _failover(self, fields: Mapping[str, Any]) -> None:
-        wall, mono = time.time_ns(), time.monotonic_ns()
+        wall, now = time.time_ns(), self._clock()
         took = _ns(fields.get("attempt_ms"))
+        call_id = fields.get("call_id")
         failed = _Failed(
             route=str(fields.get("route")),
             arm=fields.get("arm"),
@@ -192,35 +203,42 @@ class Tracer:
             next_endpoint=fields.get("next_endpoint"),
             start_ns=wall - took,
             end_ns=wall,
-            sent_mono_ns=mono - took,
+            seen_s=now,
         )
-        self._pending.set((*self._pending.get(), failed)[-_MAX_PENDING:])
+        with self._lock:
+            if not isinstance(call_id, int):
+                self.dropped += 1
+                return
+            self._waiting.setdefault(call_id, []).append(failed)
+            self._held += 1
+            self._forget_stale(now)
+
+    def _forget_stale(self, now: float) -> None:
+        """Under the lock: drop the calls waiting longest while one has waited too long or too much is held."""
+        waiting = self._waiting
+        while waiting:
+            failed = next(iter(waiting.values()))
+            if self._held <= _MAX_WAITING and now - failed[0].seen_s <= _MAX_WAIT_S:
+                return
+            waiting.popitem(last=False)
+            self._held -= len(failed)
+            self.dropped += len(failed)
 
     def _request(self, fields: Mapping[str, Any]) -> None:
-        end, mono = time.time_ns(), time.monotonic_ns()
-        took = _ns(fields.get("latency_ms"))
-        start = end - took
-        route = str(fields.get("route"))
+        end = time.time_ns()
+        start = end - _ns(fields.get("latency_ms"))
         attempts = int(fields.get("attempts") or 0)
         failed_call = fields.get("outcome") == "error"
-        pending = self._pending.get()
-        found = _claim(
-            pending,
-            route=route,
-            attempts=attempts,
-            since_mono_ns=mono - took - _SLACK_NS,
-            may_include_last=failed_call,
-            endpoint=fields.get("endpoint"),
-        )
+        call_id = fields.get("call_id")
         failed: Sequence[_Failed] = ()
-        if found is not None:
-            first, stop = found
-            failed = pending[first:stop]
-            self._pending.set(pending[:first] + pending[stop:])
+        if isinstance(call_id, int):
+            with self._lock:
+                failed = self._waiting.pop(call_id, ())
+                self._held -= len(failed)
 
         api = str(fields.get("api"))
         operation = _OPERATIONS.get(api, api)
-        alias = str(fields.get("model") or route)
+        alias = str(fields.get("model") or fields.get("route"))
         server = self._server(fields.get("endpoint"))
         call = self._tracer.start_span(
             f"{operation} {alias}",
@@ -232,8 +250,9 @@ class Tracer:
         floor = start
         for attempt in failed:
             floor = self._attempt_span(frame, attempt, floor)
+        # A failed call that waited after its last attempt and then gave up reported that attempt as a failover too.
         if attempts > len(failed):
-            self._final_attempt_span(frame, fields, attempts, failed[-1] if failed else None)
+            self._final_attempt_span(frame, fields, attempts, failed[-1] if failed else None, floor)
         if failed_call:
             call.set_status(Status(StatusCode.ERROR, _description(fields)))
         call.end(end_time=end)
@@ -272,10 +291,16 @@ class Tracer:
         return end
 
     def _final_attempt_span(
-        self, frame: _Frame, fields: Mapping[str, Any], number: int, before: _Failed | None
+        self, frame: _Frame, fields: Mapping[str, Any], number: int, before: _Failed | None, floor: int
     ) -> None:
-        """The attempt that produced the call's outcome: it starts when the one before ended, plus the wait."""
-        start = frame.start if before is None else _within(before.end_ns + before.wait_ns, frame.start, frame.end)
+        """The attempt that produced the call's outcome: it started ``attempt_ms`` before the call ended (or, without
+        that field, when the one before ended plus the wait), no earlier than ``floor`` (the one before's end)."""
+        took = fields.get("attempt_ms")
+        if isinstance(took, int | float):
+            sent = frame.end - _ns(took)
+        else:
+            sent = frame.start if before is None else before.end_ns + before.wait_ns
+        start = _within(sent, floor, frame.end)
         route = str(fields.get("route"))
         arm, endpoint, model = fields.get("arm"), fields.get("endpoint"), fields.get("upstream_model")
         status: int | None = fields.get("status")
@@ -350,44 +375,7 @@ def instrument(
     return tracer
 
 
-# ---- pure helpers: matching, attributes, names --------------------------------------------------------------------
-
-
-def _claim(
-    pending: Sequence[_Failed],
-    *,
-    route: str,
-    attempts: int,
-    since_mono_ns: int,
-    may_include_last: bool,
-    endpoint: object,
-) -> tuple[int, int] | None:
-    """Where this call's failovers are in ``pending``: ``(first, stop)``, or None when it had none here.
-
-    One call's failovers are consecutive in its context's buffer (a thread or task runs one call's attempts at a
-    time), numbered 1, 2, ... on its route. Its run is the earliest one that starts after the call did and has
-    ``attempts - 1`` entries (or ``attempts``, when a failed call waited after its last attempt and then gave up);
-    for a call that got its answer, the last failover must also name the endpoint that gave it. Earlier runs left
-    by calls whose events never came here started before this call and are passed over.
-    """
-    if attempts < 2 and not may_include_last:
-        return None
-    lengths = (attempts - 1, attempts) if may_include_last else (attempts - 1,)
-    index, count = 0, len(pending)
-    while index < count:
-        head = pending[index]
-        if head.route != route or head.attempt != 1 or head.sent_mono_ns < since_mono_ns:
-            index += 1
-            continue
-        stop = index + 1
-        while stop < count and pending[stop].route == route and pending[stop].attempt == pending[stop - 1].attempt + 1:
-            stop += 1
-        last = pending[stop - 1]
-        handed_over = may_include_last or last.next_endpoint is None or last.next_endpoint == endpoint
-        if stop - index in lengths and handed_over:
-            return index, stop
-        index = stop
-    return None
+# ---- pure helpers: attributes, names ------------------------------------------------------------------------------
 
 
 def _call_attributes(fields: Mapping[str, Any], operation: str, alias: str, server: _Server) -> dict[str, Any]:

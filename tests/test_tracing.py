@@ -1,8 +1,8 @@
 """OpenTelemetry traces: one CLIENT span per call, one child per upstream attempt, GenAI attributes, right parents.
 
 Real SDK calls (``openai.OpenAI`` / ``AsyncOpenAI`` over ``holyroute.client`` / ``async_client``) against local fake
-upstreams; spans go to an SDK ``TracerProvider`` with an in-memory exporter, passed explicitly (the global provider
-is never set).
+upstreams, and made-up events fed to a tracer directly (``TestMatching``); spans go to an SDK ``TracerProvider`` with
+an in-memory exporter, passed explicitly (the global provider is never set).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from structlog.testing import capture_logs
 
 import holyroute
+from holyroute import tracing
 from holyroute.testing import FakeUpstream, Reply
 from holyroute.tracing import Tracer, instrument
 
@@ -139,6 +140,13 @@ def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
         time.sleep(0.001)
 
 
+def on_a_thread(work: Callable[[], None]) -> None:
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
 # ---- the specifications ---------------------------------------------------------------------------------------
 
 
@@ -209,8 +217,7 @@ class TestPlainCall:
             "holyroute.endpoint": "main",
             "holyroute.attempt": 1,
         }
-        assert_nested(call, children)
-        assert attempt.start_time == call.start_time
+        assert_nested(call, children)  # it starts when it was sent, after the call's own routing
         assert attempt.end_time == call.end_time
 
     def test_embeddings(
@@ -386,6 +393,67 @@ class TestStreaming:
         assert_nested(call, children)
         assert second.end_time == call.end_time
 
+    def test_stream_finished_on_another_thread(
+        self,
+        make_client: Callable[[dict[str, Any]], openai.OpenAI],
+        upstreams: dict[str, FakeUpstream],
+        exporter: InMemorySpanExporter,
+    ) -> None:
+        """A stream opened on one thread (429, then backup) and read to its end on another keeps its failed attempt."""
+        upstreams["main"].push(Reply.rate_limited(retry_after_s=30))
+        client = make_client(config_for(upstreams))
+        opened: list[openai.Stream[Any]] = []
+        chunks: list[Any] = []
+
+        def open_stream() -> None:
+            opened.append(client.chat.completions.create(model="chat-default", messages=MESSAGES, stream=True))
+
+        def read_stream() -> None:
+            with opened[0] as stream:
+                chunks.extend(stream)
+
+        on_a_thread(open_stream)
+        assert calls(exporter) == []  # the call ends with its stream, on the other thread
+        on_a_thread(read_stream)
+        assert chunks
+        call, children = only_call(exporter)
+        first, second = children
+        assert attrs(call)["holyroute.attempts"] == 2
+        assert (attrs(first)["holyroute.endpoint"], attrs(first)["error.type"]) == ("main", "429")
+        assert first.status.status_code == StatusCode.ERROR
+        assert (attrs(second)["holyroute.endpoint"], attrs(second)["holyroute.attempt"]) == ("backup", 2)
+        assert "error.type" not in attrs(second)
+        assert parent_id(first) == parent_id(second) == span_id(call)
+        assert_nested(call, children)
+
+    async def test_stream_finished_in_another_task(
+        self, provider: TracerProvider, upstreams: dict[str, FakeUpstream], exporter: InMemorySpanExporter
+    ) -> None:
+        """The async twin: a stream opened in one task and read to its end in another keeps its failed attempt."""
+        upstreams["main"].push(Reply.rate_limited(retry_after_s=30))
+        http_client = holyroute.async_client(config_for(upstreams), sinks=[])
+        instrument(http_client, tracer_provider=provider)
+        client = openai.AsyncOpenAI(api_key="x", base_url="http://unused/v1", http_client=http_client, max_retries=0)
+
+        async def read(stream: openai.AsyncStream[Any]) -> list[Any]:
+            async with stream:
+                return [chunk async for chunk in stream]
+
+        try:
+            stream = await asyncio.create_task(
+                client.chat.completions.create(model="chat-default", messages=MESSAGES, stream=True)
+            )
+            assert calls(exporter) == []
+            chunks = await asyncio.create_task(read(stream))
+        finally:
+            await client.close()
+        assert chunks
+        call, (first, second) = only_call(exporter)
+        assert (attrs(first)["holyroute.endpoint"], attrs(first)["error.type"]) == ("main", "429")
+        assert (attrs(second)["holyroute.endpoint"], attrs(second)["holyroute.attempt"]) == ("backup", 2)
+        assert parent_id(first) == parent_id(second) == span_id(call)
+        assert_nested(call, [first, second])
+
 
 class TestAsync:
     async def test_async_failover(
@@ -558,6 +626,146 @@ class TestConcurrency:
             assert [attrs(c).get("error.type") for c in children] == ["503"] * (len(children) - 1) + [None]
             assert_nested(call, children)
         assert total == upstreams["main"].received + upstreams["backup"].received == 60
+
+
+class TestMatching:
+    """Failovers find their call by ``call_id``, whatever order calls end in; the waiting table stays bounded.
+
+    Events are fed to a :class:`Tracer` directly (no sockets), on a router whose clock the test moves.
+    """
+
+    @pytest.fixture
+    def clock(self) -> list[float]:
+        return [1000.0]
+
+    @pytest.fixture
+    def tracer(self, provider: TracerProvider, clock: list[float]) -> Tracer:
+        config = {
+            "endpoints": {
+                "main": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k"},
+                "backup": {"base_url": "http://127.0.0.1:10/v1", "api_key": "k"},
+            },
+            "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["main", "backup"]}]}},
+        }
+        router = holyroute.Router(holyroute.load_config(config), clock=lambda: clock[0], sinks=[])
+        return Tracer(router, tracer_provider=provider)
+
+    @staticmethod
+    def failover(call_id: int | None, attempt: int, status: int = 503) -> dict[str, Any]:
+        return {
+            "call_id": call_id,
+            "route": "chat",
+            "arm": "m",
+            "endpoint": "main",
+            "upstream_model": "m",
+            "attempt": attempt,
+            "attempt_ms": 10.0,
+            "status": status,
+            "error": None,
+            "reason": f"{status} from upstream",
+            "wait_s": 0.0,
+            "next_endpoint": "backup",
+        }
+
+    @staticmethod
+    def request(
+        call_id: int, attempts: int, *, latency_ms: float = 100.0, attempt_ms: float | None = 30.0
+    ) -> dict[str, Any]:
+        return {
+            "call_id": call_id,
+            "route": "chat",
+            "arm": "m",
+            "model": "chat",
+            "upstream_model": "m",
+            "endpoint": "backup" if attempts > 1 else "main",
+            "api": "chat",
+            "status": 200,
+            "outcome": "ok",
+            "attempts": attempts,
+            "attempt_ms": attempt_ms,
+            "latency_ms": latency_ms,
+        }
+
+    @staticmethod
+    def failed_codes(exporter: InMemorySpanExporter) -> dict[int, list[Any]]:
+        """For each call span (told apart by its request id): its attempts' error.type, in attempt order."""
+        return {
+            int(attrs(call)["holyroute.request_id"]): [attrs(a).get("error.type") for a in attempts_of(exporter, call)]
+            for call in calls(exporter)
+        }
+
+    def end(self, tracer: Tracer, call_id: int, attempts: int) -> None:
+        tracer("holyroute.request", {**self.request(call_id, attempts), "request_id": str(call_id)})
+
+    def test_calls_ending_in_any_order(self, tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+        """Interleaved failovers of three calls go to their own call, whichever ends first."""
+        tracer("holyroute.failover", self.failover(1, 1, 503))
+        tracer("holyroute.failover", self.failover(2, 1, 429))
+        tracer("holyroute.failover", self.failover(1, 2, 502))
+        tracer("holyroute.failover", self.failover(3, 1, 500))
+        self.end(tracer, 3, 2)
+        self.end(tracer, 1, 3)
+        self.end(tracer, 2, 2)
+        assert self.failed_codes(exporter) == {1: ["503", "502", None], 2: ["429", None], 3: ["500", None]}
+        for call in calls(exporter):
+            assert_nested(call, attempts_of(exporter, call))
+        assert tracer.dropped == 0
+
+    def test_final_attempt_lasts_attempt_ms(self, tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+        """The final attempt starts ``attempt_ms`` before the call's end, after the call's own routing."""
+        tracer("holyroute.request", self.request(1, 1, latency_ms=100.0, attempt_ms=30.0))
+        call, (attempt,) = only_call(exporter)
+        assert call.start_time is not None
+        assert call.end_time is not None
+        assert call.end_time - call.start_time == 100_000_000
+        assert (attempt.start_time, attempt.end_time) == (call.end_time - 30_000_000, call.end_time)
+
+    @pytest.mark.parametrize("attempt_ms", [500.0, None])
+    def test_final_attempt_kept_inside_the_call(
+        self, tracer: Tracer, exporter: InMemorySpanExporter, attempt_ms: float | None
+    ) -> None:
+        """An attempt_ms longer than the call, or none at all, starts the final attempt with the call."""
+        tracer("holyroute.request", self.request(1, 1, attempt_ms=attempt_ms))
+        call, (attempt,) = only_call(exporter)
+        assert (attempt.start_time, attempt.end_time) == (call.start_time, call.end_time)
+
+    def test_failovers_of_a_call_that_never_ends_are_forgotten(
+        self, tracer: Tracer, exporter: InMemorySpanExporter, clock: list[float]
+    ) -> None:
+        """A call abandoned after its failovers (a stream never closed) leaves nothing behind once they are too old."""
+        tracer("holyroute.failover", self.failover(1, 1))
+        tracer("holyroute.failover", self.failover(1, 2))
+        clock[0] += tracing._MAX_WAIT_S  # not yet too old
+        tracer("holyroute.failover", self.failover(2, 1))
+        assert tracer.dropped == 0
+        clock[0] += 1
+        tracer("holyroute.failover", self.failover(3, 1))  # any later failover sweeps the stale ones
+        assert tracer.dropped == 2
+        for call_id in (1, 2, 3):
+            self.end(tracer, call_id, 2)
+        assert self.failed_codes(exporter) == {1: [None], 2: ["503", None], 3: ["503", None]}
+
+    def test_failovers_beyond_the_cap_are_dropped(
+        self, tracer: Tracer, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past ``_MAX_WAITING`` failovers, the calls waiting longest lose theirs, and the loss is counted."""
+        monkeypatch.setattr(tracing, "_MAX_WAITING", 3)
+        tracer("holyroute.failover", self.failover(1, 1))
+        tracer("holyroute.failover", self.failover(2, 1))
+        tracer("holyroute.failover", self.failover(2, 2))
+        tracer("holyroute.failover", self.failover(3, 1))
+        assert tracer.dropped == 1
+        self.end(tracer, 3, 2)
+        self.end(tracer, 2, 3)
+        self.end(tracer, 1, 2)
+        assert self.failed_codes(exporter) == {1: [None], 2: ["503", "503", None], 3: ["503", None]}
+
+    def test_failover_without_call_id(self, tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+        """A failover that names no call is counted as dropped and drawn nowhere."""
+        tracer("holyroute.failover", self.failover(None, 1))
+        self.end(tracer, 1, 2)
+        assert tracer.dropped == 1
+        assert self.failed_codes(exporter) == {1: [None]}
 
 
 class TestEndpoints:
