@@ -334,6 +334,8 @@ class _Book:
                     "status": result.status,
                     "previous": previous,
                     "latency_ms": result.latency_ms,
+                    "remaining_requests": result.remaining_requests,
+                    "remaining_tokens": result.remaining_tokens,
                     "error": result.error,
                     "reason": _reason(result, plan.label, plan.check.slow_ms),
                 },

@@ -261,7 +261,16 @@ class TestHealthChecker:
         assert down["reason"].startswith("GET /models answered 503 in ")
         assert down["reason"].endswith(" ms (server_error)")
         assert emitted["limited"]["error"] == "429 rate_limit_exceeded"
-        assert set(down) == {"endpoint", "status", "previous", "latency_ms", "error", "reason"}
+        assert set(down) == {
+            "endpoint",
+            "status",
+            "previous",
+            "latency_ms",
+            "remaining_requests",
+            "remaining_tokens",
+            "error",
+            "reason",
+        }
         assert [(r.method, r.path) for r in upstreams["good"].requests] == [("GET", "/v1/models")]
         assert upstreams["good"].requests[0].headers["authorization"] == "Bearer sk-good-SECRET"
         assert_no_key(json.dumps(events.items))
