@@ -964,3 +964,49 @@ class TestCli:
         out, err = capsys.readouterr()
         assert f"shared state redis://127.0.0.1:{port}/0: UNREACHABLE (ConnectionError)" in out
         assert PASSWORD not in out + err
+
+
+def _forked_worker(client: Client, results: Any) -> None:
+    """Runs in a forked child: six calls through the client its parent built, then what its backend looks like."""
+    backend = client.router.state
+    served = [client.chat() for _ in range(6)]
+    threads = [t.name for t in getattr(backend, "_threads", []) if t.is_alive()]
+    results.send({"served": served, "pid_seen": getattr(backend, "_pid", None), "threads": threads})
+    results.close()
+
+
+class TestFork:
+    """A client built before a fork (gunicorn --preload) still shares state from the child."""
+
+    # Python 3.12+ warns that forking a threaded process may deadlock; that is the scenario under test.
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    def test_child_shares_the_parents_bucket(self, prefix: str, deployment: Deployment) -> None:
+        import multiprocessing
+        import os
+
+        limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
+        cfg = config(
+            prefix,
+            {"limited": {"base_url": limited.base_url, "rpm": 6}, "backup": {"base_url": backup.base_url}},
+            ordered("limited", "backup"),
+        )
+        parent = deployment.client(cfg, "P")
+        assert parent.chat() == MODEL  # the parent takes one of the six
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_forked_worker, args=(parent, sender), daemon=True)
+        child.start()
+        sender.close()
+        try:
+            assert receiver.poll(20), "the forked child did not report within 20 s"
+            report = receiver.recv()
+        finally:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+        assert child.exitcode == 0
+        assert report["pid_seen"] == child.pid != os.getpid(), "the backend noticed the fork"
+        assert sorted(report["threads"]) == ["holyroute-state-listen", "holyroute-state-sync"]
+        # One bucket for both processes: five more reach `limited`, the sixth call of the child fails over.
+        assert sent_by(limited) == {"P": 6}
+        assert sent_by(backup) == {"P": 1}
