@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
+import os
 import re
 import shutil
 import socket
@@ -981,9 +983,6 @@ class TestFork:
     # Python 3.12+ warns that forking a threaded process may deadlock; that is the scenario under test.
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
     def test_child_shares_the_parents_bucket(self, prefix: str, deployment: Deployment) -> None:
-        import multiprocessing
-        import os
-
         limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
         cfg = config(
             prefix,
