@@ -182,7 +182,7 @@ class Send:
     timeout: float | None
     endpoint: str
     headers_timeout: float | None = None
-    drop: frozenset[str] = frozenset()  # the caller's headers not to forward (DROPPED_HEADERS and rule headers)
+    drop: frozenset[str] = DROPPED_HEADERS  # the caller's headers not to forward (also those rules read)
 
     def __repr__(self) -> str:
         return f"Send(url={self.url!r}, endpoint={self.endpoint!r})"

@@ -285,6 +285,13 @@ class RedisStore:
         return written
 
 
+def _health_change(data: dict[str, Any]) -> HealthChange:
+    """A health message (published, or a value of the health hash after its deadline) as a change."""
+    return HealthChange(
+        data["k"], data["e"], data.get("m") or "", float(data.get("u") or 0.0), data.get("r") or "", data.get("t")
+    )
+
+
 def _state(raw: bytes | str | None) -> RolloutState | None:
     if raw is None:
         return None
@@ -435,6 +442,8 @@ class RedisBackend:
         return 0.0
 
     async def aacquire(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
+        if os.getpid() != self._pid:
+            self._forked()
         if not self.live:
             return None
         ask = self.leases.take(endpoint, rpm, tpm, tokens)
@@ -500,8 +509,7 @@ class RedisBackend:
         alive, raw = pipe.execute()
         changes = []
         for value in raw.values():
-            data = json.loads(value.decode().partition(" ")[2])
-            change = HealthChange(data["k"], data["e"], data.get("m") or "", float(data["u"]), data.get("r") or "")
+            change = _health_change(json.loads(value.decode().partition(" ")[2]))
             if change.until > now:
                 changes.append(change)
         return int(alive), sorted(changes, key=lambda c: (c.endpoint, c.model, c.kind))
@@ -717,14 +725,7 @@ class RedisBackend:
         if data.get("o") == self.origin and not snapshot:
             return  # our own change, already applied
         if data.get("kind") == "health":
-            change = HealthChange(
-                data["k"],
-                data["e"],
-                data.get("m") or "",
-                float(data.get("u") or 0.0),
-                data.get("r") or "",
-                data.get("t"),
-            )
+            change = _health_change(data)
             if data.get("o") != self.origin:
                 router.health.apply(change, now, wall)
         elif data.get("kind") == "rollout" and not snapshot:

@@ -27,7 +27,6 @@ import httpx2
 
 from ._compat import attempt_request, header_view, restore_read_timeout
 from ._core import (
-    DROPPED_HEADERS,
     Accepted,
     Acquire,
     Call,
@@ -375,9 +374,7 @@ def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float
             current = limits.get("read")
             limits["read"] = step.headers_timeout if current is None else min(current, step.headers_timeout)
         extensions = {**extensions, "timeout": limits}
-    sent = attempt_request(
-        request, step.url, drop=step.drop or DROPPED_HEADERS, add=step.headers, body=step.body, extensions=extensions
-    )
+    sent = attempt_request(request, step.url, drop=step.drop, add=step.headers, body=step.body, extensions=extensions)
     return sent, body_read
 
 
