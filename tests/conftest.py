@@ -9,14 +9,14 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, settings
 
+from holyroute import Router, load_config
+from holyroute._core import Accepted, Acquire, Call, GiveUp, Respond, Send, Wait
+
 # Property tests: no deadline (the machine is shared and noisy); a bounded number of examples keeps the suite short.
 settings.register_profile(
     "holyroute", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False
 )
 settings.load_profile("holyroute")
-
-from holyroute import Router, load_config
-from holyroute._core import Accepted, Acquire, Call, GiveUp, Respond, Send, Wait
 
 
 class FakeClock:
