@@ -88,7 +88,7 @@ def unsendable(value: str) -> str | None:
     """
     for position, char in enumerate(value):
         code = ord(char)
-        if 0x20 <= code < 0x7F or 0xA1 <= code <= 0xFF and code != 0xAD:
+        if 0x20 <= code < 0x7F or (0xA1 <= code <= 0xFF and code != 0xAD):
             continue  # printable ASCII and Latin-1 (obs-text): what h11 sends
         if char in _ZERO_WIDTH:
             kind = "a zero-width character"
