@@ -114,6 +114,14 @@ def unsendable(value: str) -> str | None:
     return None
 
 
+def _without_userinfo(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}{sep}***@{authority.rpartition('@')[2]}{slash}{path}"
+
+
 def _sendable(value: object) -> object:
     """Before validation: reject a (secret) value that cannot be sent in a header; other types go on to pydantic."""
     text = value.get_secret_value() if isinstance(value, SecretStr) else value
@@ -204,6 +212,11 @@ class Endpoint(_Model):
     def query_string(self) -> str:
         """The configured query parameters, URL-encoded (``api-version=2025-04-01``). They may hold a secret."""
         return urlencode({name: value.get_secret_value() for name, value in self.query.items()})
+
+    def __repr_args__(self) -> Any:
+        # A base_url may carry user:password@: shown without it (repr and str both come through here).
+        for name, value in super().__repr_args__():
+            yield name, (_without_userinfo(value) if name == "base_url" and isinstance(value, str) else value)
 
     @field_validator("base_url")
     @classmethod

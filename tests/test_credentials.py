@@ -162,6 +162,13 @@ class TestMasked:
         assert ("x-extra", "hdr-SECRET") in endpoint.request_headers()
         assert endpoint.query_string() == "api-version=query-SECRET"
 
+    def test_userinfo_of_a_base_url(self) -> None:
+        config = load_config(with_endpoint(base_url="https://user:pw-SECRET@main.example:8443/v1", api_key="k"))
+        assert "pw-SECRET" not in repr(config)
+        assert "pw-SECRET" not in str(config)
+        assert "base_url='https://***@main.example:8443/v1'" in repr(config.endpoints["main"])
+        assert config.endpoints["main"].base_url == "https://user:pw-SECRET@main.example:8443/v1"
+
 
 # ---- property tests: any string loads (and can be sent) or is rejected without being quoted ---------------------
 
