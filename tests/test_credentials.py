@@ -214,6 +214,28 @@ class TestValuesProperty:
             assert "position" in problem or "space" in problem
 
 
+QUERY_NAMES = st.sampled_from(["key", "KEY", "api-key", "Api_Key", "access_token", "api-version", "keep", "a b", "é"])
+
+
+class TestQueryProperty:
+    @given(
+        caller=st.lists(st.tuples(QUERY_NAMES | st.text(max_size=6), st.text(max_size=8)), max_size=8),
+        own=st.dictionaries(st.sampled_from(["api-version", "key", "deployment"]), st.text(max_size=8), max_size=3),
+    )
+    def test_merge_drops_credentials_and_lets_the_endpoint_win(
+        self, caller: list[tuple[str, str]], own: dict[str, str]
+    ) -> None:
+        from urllib.parse import parse_qsl, urlencode
+
+        from holyroute._core import DROPPED_QUERY, _merge_query
+
+        raw = urlencode(caller)
+        merged = parse_qsl(_merge_query(raw, urlencode(own)) if raw else urlencode(own), keep_blank_values=True)
+        replaced = DROPPED_QUERY | {name.lower() for name in own}
+        expected = [(n, v) for n, v in parse_qsl(raw, keep_blank_values=True) if n.lower() not in replaced]
+        assert merged == [*expected, *own.items()]
+
+
 # ---- the caller's credentials stay with the caller -------------------------------------------------------------
 
 CALLER_HEADERS = {
