@@ -353,6 +353,19 @@ class TestQueryAndForwarding:
         assert isinstance(step, Send)
         assert step.url.endswith("/chat/completions?stream=%20x&api-version=2025-04-01")
 
+    @pytest.mark.parametrize("fast", [True, False])
+    def test_the_endpoints_header_replaces_the_callers(self, fast: bool) -> None:
+        request = httpx2.Request(
+            "POST", "http://caller.example/v1/chat/completions", headers={"X-Tenant": "theirs", "x-keep": "1"}
+        )
+        add = (("x-tenant", "ours"), ("authorization", "Bearer key-main"))
+        sent = attempt_request(
+            request, "http://up.example/v1/x", drop=frozenset({"host"}), add=add, body=b"{}", extensions={}, fast=fast
+        )
+        assert sent.headers.get_list("x-tenant") == ["ours"]
+        assert sent.headers["x-keep"] == "1"
+        assert sent.headers["host"] == "up.example"
+
     def test_credentials_dropped_for_a_shadow_too(self, make_harness: Callable[..., Harness]) -> None:
         config = base_config()
         config["routes"]["chat-default"]["shadow"] = {"model": "m", "endpoints": ["cheap"], "sample": 1.0}
