@@ -2,7 +2,8 @@
 
 Building an ``httpx2.Request`` through its public constructor re-parses the URL and re-normalises every header, which
 is most of holyroute's per-call cost. :func:`attempt_request` instead copies the caller's already-normalised header
-list, drops the hop and credential headers, appends the endpoint's, and hands the body over as a ready stream. It uses
+list, drops the hop and credential headers and those the endpoint sets itself (the endpoint's value replaces the
+caller's, never joins it), appends the endpoint's, and hands the body over as a ready stream. It uses
 ``Headers._list`` (stable across httpx and httpx2 for years) only when that attribute has the expected shape, and
 falls back to the public API otherwise, so a change inside httpx2 costs speed, never correctness.
 """
@@ -84,12 +85,12 @@ def attempt_request(
     extensions: Mapping[str, Any],
     fast: bool = True,
 ) -> httpx2.Request:
-    """A copy of ``request`` sent to ``url`` with ``body``: headers named in ``drop`` removed, ``add`` appended,
-    ``Host`` and ``Content-Length`` set for the new target. The caller's request is not modified."""
+    """A copy of ``request`` sent to ``url`` with ``body``: headers named in ``drop`` or in ``add`` removed, ``add``
+    appended, ``Host`` and ``Content-Length`` set for the new target. The caller's request is not modified."""
     target = _url(url)
     framing = ((b"Host", target.netloc), (b"Content-Length", str(len(body)).encode("ascii")))
     if fast and fast_headers_supported(request.headers):
-        dropped = _drop_bytes(drop)
+        dropped = _drop_bytes(drop, add)
         headers = httpx2.Headers()
         items = [item for item in request.headers._list if item[1] not in dropped]
         items.insert(0, (b"Host", b"host", framing[0][1]))
@@ -98,7 +99,8 @@ def attempt_request(
         headers._list = items
     else:
         pairs: list[tuple[bytes, bytes]] = [framing[0]]
-        pairs.extend((k, v) for k, v in request.headers.raw if k.lower().decode("latin-1") not in drop)
+        replaced = drop.union(k.lower() for k, _ in add)
+        pairs.extend((k, v) for k, v in request.headers.raw if k.lower().decode("latin-1") not in replaced)
         pairs.extend((k.encode("ascii"), v.encode("latin-1")) for k, v in add)
         pairs.append(framing[1])
         headers = httpx2.Headers(pairs)
@@ -107,7 +109,7 @@ def attempt_request(
     )
 
 
-_DROP_CACHE: dict[frozenset[str], frozenset[bytes]] = {}
+_DROP_CACHE: dict[tuple[frozenset[str], Sequence[tuple[str, str]]], frozenset[bytes]] = {}
 _TRIPLES_CACHE: dict[Sequence[tuple[str, str]], list[tuple[bytes, bytes, bytes]]] = {}
 
 
@@ -122,8 +124,13 @@ def _triples(add: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes, bytes]]
     return found
 
 
-def _drop_bytes(drop: frozenset[str]) -> frozenset[bytes]:
-    found = _DROP_CACHE.get(drop)
+def _drop_bytes(drop: frozenset[str], add: Sequence[tuple[str, str]]) -> frozenset[bytes]:
+    """The lower-case names of the caller's headers not to copy: those in ``drop`` and those ``add`` replaces."""
+    key = (drop, add)
+    found = _DROP_CACHE.get(key)
     if found is None:
-        found = _DROP_CACHE[drop] = frozenset(name.encode("ascii") for name in drop)
+        if len(_DROP_CACHE) >= _URL_CACHE_LIMIT:
+            _DROP_CACHE.clear()
+        names = drop.union(name.lower() for name, _ in add)
+        found = _DROP_CACHE[key] = frozenset(name.encode("ascii") for name in names)
     return found

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlencode
+from urllib.parse import unquote_plus
 
 from ._alerts import Alerts
 from ._budget import RetryBudget
@@ -82,12 +82,17 @@ PIN_HEADER: Final = "x-holyroute-arm"
 MAX_COST_HEADER: Final = "x-holyroute-max-cost"
 #: The shortest wait for an rpm/tpm reset (a reset that is due now still needs the bucket to be asked again).
 _MIN_LIMIT_WAIT_S: Final = 0.001
-#: Headers that belong to the caller's own account or to the hop, never forwarded to a routed endpoint.
+#: Headers that belong to the caller's own account or to the hop, never forwarded to a routed endpoint (an endpoint's
+#: ``forward_headers`` may name a credential to forward to that endpoint only; see config.Endpoint).
 DROPPED_HEADERS: Final = frozenset(
     {
         "host",
         "authorization",
         "api-key",
+        "x-api-key",
+        "x-goog-api-key",
+        "cookie",
+        "proxy-authorization",
         "openai-organization",
         "openai-project",
         "content-length",
@@ -99,6 +104,8 @@ DROPPED_HEADERS: Final = frozenset(
         MAX_COST_HEADER,
     }
 )
+#: Query parameters that carry the caller's credentials, never forwarded (names compared case-insensitively).
+DROPPED_QUERY: Final = frozenset({"key", "api-key", "api_key", "access_token"})
 RETRYABLE_STATUS: Final = frozenset({408, 409, 429})
 _IDENTITY: Final = ("accept-encoding", "identity")
 _GZIP_DEFLATE: Final = ("accept-encoding", "gzip, deflate")
@@ -118,6 +125,7 @@ class Upstream:
     stream_usage: bool
     token: bytes  # the model as a JSON string token, for swapping it into a body
     limits: ModelLimits | None = None  # context window and output cap, when known
+    forward: frozenset[str] = frozenset()  # the caller's headers forwarded here although dropped elsewhere
 
     def __repr__(self) -> str:  # the headers hold the key
         return f"Upstream(endpoint={self.endpoint!r}, model={self.model!r})"
@@ -730,9 +738,10 @@ class Call:
 
     def _limit_size_and_cost(self, plan: RoutePlan, headers: HeaderLookup, body: bytes) -> bool:
         """Decide whether endpoints must be checked for size (only a request that might not fit somewhere) and
-        cost (a ceiling from the route or the request). False when the request's own ceiling is malformed."""
+        cost (the tightest ceiling of the request, the route it named and the route its rules chose). False when the
+        request's own ceiling is malformed."""
         raw = headers.get(MAX_COST_HEADER)
-        ceiling = plan.max_cost_usd
+        asked: float | None = None
         if raw is not None:
             try:
                 asked = float(raw)
@@ -746,8 +755,8 @@ class Call:
                     "holyroute_bad_max_cost",
                 )
                 return False
-            ceiling = asked if ceiling is None else min(ceiling, asked)
-        self._ceiling = ceiling
+        ceilings = cost_ceilings(self._router.routes[self._alias], plan, asked)
+        self._ceiling = min(ceiling for ceiling, _ in ceilings) if ceilings else None
         out = self._out
         self._check_size = len(body) // 4 + (out or DEFAULT_OUTPUT_RESERVE) > plan.fit_floor or (
             out is not None and out > plan.out_floor
@@ -902,7 +911,8 @@ class Call:
             change = health.headroom_change(upstream.endpoint, upstream.model, now, router.wall_clock())
             if change is not None:
                 router.state.publish(change)
-        if status < 400 or (status < 500 and status not in RETRYABLE_STATUS):
+        # A redirect is a failure of this endpoint (routed requests never follow one: the prompt would leave routing).
+        if status < 300 or (400 <= status < 500 and status not in RETRYABLE_STATUS):
             self._status = status
             self._request_id = headers.get("x-request-id")
             content_type = headers.get("content-type") or ""
@@ -913,14 +923,14 @@ class Call:
                 # Only copied (lazily, in on_rejected_body) if the body turns out to be no answer.
                 self._pending_response = (status, headers, upstream, self._last_leg)
             return Accepted(event_stream, self._hide_usage and event_stream, headers.get("content-encoding"))
-        reason = f"{status} from upstream"
+        reason = f"{status} from upstream" if status >= 400 else f"{status} redirect from upstream (not followed)"
         delay = server_delay(headers, router.wall_clock())
         if status == 429 or delay is not None:
             seconds, said = delay if delay is not None else (router.retry.default_cooldown_s, "no retry header")
             seconds = min(seconds, router.retry.max_cooldown_s)
             reason = f"{status} from upstream; cooldown {seconds:.3g}s ({said})"
             self._cool(upstream, seconds, f"{status} {said}", now)
-        if status >= 500 or status == 408:
+        if status >= 500 or status == 408 or status < 400:
             peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
             router.transition(health.failure(upstream.endpoint, str(status), now, peers, trial=self._trial))
         self._pending_response = (status, headers, upstream, self._last_leg)
@@ -958,7 +968,10 @@ class Call:
     def on_rejected_body(self, body: bytes) -> None:
         """The body of the answer :meth:`on_response` rejected; kept to hand back if nothing better comes."""
         status, headers, upstream, leg = self._pending_response
-        self._last_response = (status, _response_headers(headers), body, upstream, leg)
+        if status < 400:
+            self._last_response = (*_redirect_answer(status, headers, upstream.endpoint), upstream, leg)
+        else:
+            self._last_response = (status, _response_headers(headers), body, upstream, leg)
         router = self._router
         if status == 429 and b"insufficient_quota" in body:
             # Out of credit is not a rate limit: no waiting fixes it, so never again in this call, and not for long.
@@ -1151,9 +1164,7 @@ class Call:
                 }
             body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         self._bodies[(upstream.model, inject)] = body
-        query = self._query
-        if upstream.query:
-            query = f"{query}&{upstream.query}" if query else upstream.query
+        query = _merge_query(self._query, upstream.query) if self._query else upstream.query
         url = f"{upstream.base_url}/{self._operation}"
         if query:
             url = f"{url}?{query}"
@@ -1174,7 +1185,7 @@ class Call:
             timeout,
             upstream.endpoint,
             headers_timeout,
-            router.dropped_headers,
+            _forwarding(router.dropped_headers, upstream.forward) if upstream.forward else router.dropped_headers,
         )
 
     def _cool(self, upstream: Upstream, seconds: float, reason: str, now: float) -> None:
@@ -1356,6 +1367,40 @@ class Call:
     _pending_response: tuple[int, Mapping[str, str], Upstream, Leg | None]
 
 
+@functools.lru_cache(maxsize=512)
+def _merge_query(caller: str, own: str) -> str:
+    """The caller's raw query string without its credentials (``DROPPED_QUERY``) and without the parameters the
+    endpoint sets itself, then the endpoint's: one ``api-version``, the endpoint's. The caller's kept parameters are
+    forwarded exactly as they were encoded."""
+    replaced = DROPPED_QUERY.union(_query_name(part) for part in own.split("&") if part)
+    kept = [part for part in caller.split("&") if part and _query_name(part) not in replaced]
+    if own:
+        kept.append(own)
+    return "&".join(kept)
+
+
+def _query_name(part: str) -> str:
+    return unquote_plus(part.partition("=")[0]).lower()
+
+
+@functools.lru_cache(maxsize=64)
+def _forwarding(dropped: frozenset[str], forward: frozenset[str]) -> frozenset[str]:
+    return dropped - forward
+
+
+def cost_ceilings(named: RoutePlan, chosen: RoutePlan, asked: float | None) -> list[tuple[float, str]]:
+    """Every cost ceiling that bounds a call, with where it comes from; the call is held to the smallest. A rule
+    that sends the call to another alias never lifts the ceiling of the route the caller named."""
+    found: list[tuple[float, str]] = []
+    if asked is not None:
+        found.append((asked, f"header {MAX_COST_HEADER}"))
+    if named.max_cost_usd is not None:
+        found.append((named.max_cost_usd, f"route {named.alias}"))
+    if chosen is not named and chosen.max_cost_usd is not None:
+        found.append((chosen.max_cost_usd, f"route {chosen.alias} (chosen by a rule)"))
+    return found
+
+
 def _usd(amount: float) -> str:
     """``0.00001`` rather than ``1e-05``: a price as people write it."""
     return f"{amount:.8f}".rstrip("0").rstrip(".") or "0"
@@ -1382,6 +1427,23 @@ class _NoHeaders:
 
 _NO_HEADERS: Final = _NoHeaders()
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
+
+
+def _redirect_answer(
+    status: int, headers: Mapping[str, str], endpoint: str
+) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
+    """What the caller gets for an endpoint's redirect when nothing better came: a 502 without ``Location`` (so a
+    client that follows redirects cannot carry the prompt there) whose JSON error names the redirect."""
+    message = (
+        f"holyroute: endpoint '{endpoint}' answered {status} (a redirect); routed requests never follow redirects. "
+        "Fix the endpoint's base_url (scheme, host, path, trailing segments)"
+    )
+    body = {"error": {"message": message, "type": "upstream_redirect", "param": None, "code": "holyroute_redirect"}}
+    kept = [("content-type", "application/json")]
+    request_id = headers.get("x-request-id")
+    if request_id is not None:
+        kept.append(("x-request-id", request_id))
+    return 502, tuple(kept), json.dumps(body).encode()
 
 
 def _response_headers(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -1514,9 +1576,10 @@ def _upstream(config: Config, name: str, model: str, prices: Mapping[str, PriceR
         model=model,
         base_url=endpoint.base_url,
         headers=endpoint.request_headers(),
-        query=urlencode(endpoint.query),
+        query=endpoint.query_string(),
         timeout=endpoint.timeout,
         price=_price(endpoint, model, prices),
         stream_usage=endpoint.stream_usage,
         token=json.dumps(model).encode("utf-8"),
+        forward=frozenset(endpoint.forward_headers),
     )

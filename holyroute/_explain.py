@@ -13,7 +13,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from ._core import Acquire, Call, Leg, Respond, Router, Send, _usd
+from ._core import MAX_COST_HEADER, Acquire, Call, Leg, Respond, Router, Send, _usd, cost_ceilings
 from ._rules import DEFAULT_RULE
 from .config import Config
 
@@ -51,7 +51,7 @@ def _lines(router: Router, call: Call, body: Mapping[str, Any], headers: Mapping
     lines = [
         f"request: model {alias}, ~{call._input_tokens():,} input tokens ({estimate}), "
         + (f"max output {out:,}" if out is not None else "no max output")
-        + (f", cost ceiling ${_usd(ceiling)}" if ceiling is not None else "")
+        + (f", cost ceiling {_ceiling(router, call, headers)}" if ceiling is not None else "")
     ]
     original = router.routes[alias]
     if original.rules is not None:
@@ -107,6 +107,17 @@ def _endpoints(call: Call, leg: Leg, now: float, indent: str = "    ") -> list[s
         name = f"{upstream.endpoint}/{upstream.model}"
         lines.append(f"{indent}{name:<{40 - len(indent)}}{state}{cost}")
     return lines
+
+
+def _ceiling(router: Router, call: Call, headers: Mapping[str, str]) -> str:
+    """The ceiling the call is held to and where it comes from (the request, the route named, the route a rule
+    chose), with the looser ones beside it."""
+    raw = headers.get(MAX_COST_HEADER)
+    asked = float(raw) if raw is not None else None  # a malformed one answered 400 before this is asked
+    found = sorted(cost_ceilings(router.routes[call._alias], call._plan, asked), key=lambda item: item[0])
+    (amount, source), looser = found[0], found[1:]
+    also = f" (also {', '.join(f'{where} ${_usd(usd)}' for usd, where in looser)})" if looser else ""
+    return f"${_usd(amount)} from {source}{also}"
 
 
 def _weights(router: Router, plan: Any) -> dict[str, float]:

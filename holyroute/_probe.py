@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlencode
 
 import httpx2
 
@@ -206,7 +205,7 @@ def _plan(config: Config, name: str) -> _Plan:
     check = endpoint.health_check or HealthCheck()
     # The same credentials, in the same form, as a routed attempt gets (one method builds both).
     headers = list(endpoint.request_headers())
-    query = urlencode(endpoint.query)
+    query = endpoint.query_string()
     suffix = f"?{query}" if query else ""
     if check.probe == "models":
         return _Plan(name, "GET", f"{endpoint.base_url}/models{suffix}", tuple(headers), None, "GET /models", check)

@@ -2,20 +2,27 @@
 
 This module decides what a valid configuration is and says precisely why an invalid one is not: every problem is
 reported with its key path (``routes.chat-default.targets[1].endpoints[0]``) and the fix. ``${VAR}`` and
-``${VAR:-default}`` are read from the environment at load time. It never prints a secret: API keys are held as
-:class:`pydantic.SecretStr` and no error message echoes the value of a key or a header.
+``${VAR:-default}`` are read from the environment at load time. It never prints a secret: API keys and configured
+header and query values are held as :class:`pydantic.SecretStr` (masked in ``repr``, ``str`` and JSON dumps), and no
+error message echoes the value of a key, a header or a query parameter. A value that could not be sent as it is
+(outside Latin-1, a control character, a zero-width or other invisible character, as copy and paste leaves behind)
+is rejected here, with its key path and the position of the character, rather than failing every call later.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -58,7 +65,100 @@ _STICKY_PATTERN = re.compile(r"^(user|header:[A-Za-z0-9_-]+|body:[A-Za-z0-9_.-]+
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # hide_input_in_errors: a ValidationError raised by building a model directly must not quote a key either.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True)
+
+
+#: RFC 9110 ``token``: what a header name may be.
+_HEADER_NAME = re.compile(r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$")
+#: Header names holyroute sets itself for each attempt (framing and the hop): neither configured nor forwarded.
+_PER_ATTEMPT_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "accept-encoding"})
+_ZERO_WIDTH = frozenset({"\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"})
+_CONTROL_NAMES = {0x00: "NUL", 0x09: "a tab", 0x0A: "a line feed", 0x0D: "a carriage return"}
+
+
+def unsendable(value: str) -> str | None:
+    r"""Why ``value`` cannot be sent as an HTTP header value as it is, or ``None`` when it can. The reason names the
+    character's code point and position, never the value: it may be a key.
+
+    >>> unsendable("sk-abc\u200bdef")
+    'contains a zero-width character (U+200B) at position 6; re-copy the value'
+    >>> unsendable("2025-04-01") is None
+    True
+    """
+    for position, char in enumerate(value):
+        code = ord(char)
+        if 0x20 <= code < 0x7F or (0xA1 <= code <= 0xFF and code != 0xAD):
+            continue  # printable ASCII and Latin-1 (obs-text): what h11 sends
+        if char in _ZERO_WIDTH:
+            kind = "a zero-width character"
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            named = _CONTROL_NAMES.get(code)
+            if named is not None:
+                return f"contains a control character (U+{code:04X}, {named}) at position {position}; re-copy the value"
+            kind = "a control character"
+        elif code == 0xA0:
+            kind = "a non-breaking space"
+        elif unicodedata.category(char) == "Cf" or code == 0xAD:
+            kind = "an invisible format character"
+        else:
+            return (
+                f"contains a character outside Latin-1 (U+{code:04X}) at position {position}; "
+                "HTTP headers carry only Latin-1 text: re-copy the value"
+            )
+        return f"contains {kind} (U+{code:04X}) at position {position}; re-copy the value"
+    if value[:1] == " ":
+        return "starts with a space; re-copy the value without it"
+    if value[-1:] == " ":
+        return "ends with a space; re-copy the value without it"
+    return None
+
+
+def _without_userinfo(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}{sep}***@{authority.rpartition('@')[2]}{slash}{path}"
+
+
+def _sendable(value: object) -> object:
+    """Before validation: reject a (secret) value that cannot be sent in a header; other types go on to pydantic."""
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(text, str):
+        problem = unsendable(text)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
+
+
+def _key(value: object) -> object:
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if text == "":
+        raise ValueError("is empty; set the key, or remove api_key (and use auth: none) for a keyless server")
+    return _sendable(value)
+
+
+def _header_name(name: str) -> str:
+    if not _HEADER_NAME.match(name):
+        raise ValueError(
+            f"{name[:60]!r} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only); fix the name"
+        )
+    if name.lower() in _PER_ATTEMPT_HEADERS:
+        raise ValueError(f"'{name}' is set by holyroute for each attempt; remove it")
+    return name
+
+
+def _forwardable(name: str) -> str:
+    name = _header_name(name).lower()
+    if name.startswith("x-holyroute-"):
+        raise ValueError(f"'{name}' is holyroute's own header: it is read here and never forwarded; remove it")
+    return name
+
+
+#: A secret that is sent in a header or a query string: masked when printed, checked at load.
+SecretValue = Annotated[SecretStr, BeforeValidator(_sendable)]
+HeaderName = Annotated[str, AfterValidator(_header_name)]
 
 
 class HealthCheck(_Model):
@@ -75,13 +175,16 @@ class Endpoint(_Model):
     """One OpenAI-compatible HTTP endpoint and the credentials that belong to it alone."""
 
     base_url: str
-    api_key: SecretStr | None = None
+    api_key: Annotated[SecretStr, BeforeValidator(_key)] | None = None
     timeout: Annotated[float, Field(gt=0)] | None = None
     auth: Literal["bearer", "api-key", "none"] = "bearer"
-    headers: dict[str, str] = Field(default_factory=dict)
-    query: dict[str, str] = Field(default_factory=dict)
-    organization: str | None = None
-    project: str | None = None
+    # Values are secrets (masked when printed); the endpoint's replace the caller's headers or parameters of the name.
+    headers: dict[HeaderName, SecretValue] = Field(default_factory=dict)
+    query: dict[str, SecretValue] = Field(default_factory=dict)
+    # Caller headers forwarded to this endpoint although holyroute drops them (credentials, headers rules read).
+    forward_headers: list[Annotated[str, AfterValidator(_forwardable)]] = Field(default_factory=list)
+    organization: Annotated[str, AfterValidator(_sendable)] | None = None
+    project: Annotated[str, AfterValidator(_sendable)] | None = None
     stream_usage: bool = True
     rpm: Annotated[int, Field(gt=0)] | None = None  # client-side requests per minute for this endpoint
     tpm: Annotated[int, Field(gt=0)] | None = None  # client-side tokens per minute (estimated at send)
@@ -103,8 +206,17 @@ class Endpoint(_Model):
             headers.append(("openai-organization", self.organization))
         if self.project:
             headers.append(("openai-project", self.project))
-        headers.extend((k.lower(), v) for k, v in self.headers.items())
+        headers.extend((k.lower(), v.get_secret_value()) for k, v in self.headers.items())
         return tuple(headers)
+
+    def query_string(self) -> str:
+        """The configured query parameters, URL-encoded (``api-version=2025-04-01``). They may hold a secret."""
+        return urlencode({name: value.get_secret_value() for name, value in self.query.items()})
+
+    def __repr_args__(self) -> Any:
+        # A base_url may carry user:password@: shown without it (repr and str both come through here).
+        for name, value in super().__repr_args__():
+            yield name, (_without_userinfo(value) if name == "base_url" and isinstance(value, str) else value)
 
     @field_validator("base_url")
     @classmethod
@@ -575,9 +687,9 @@ def _dotted(path: tuple[str | int, ...]) -> str:
 def _pydantic_problems(exc: ValidationError, raw: Mapping[str, Any]) -> list[str]:
     problems = []
     for error in exc.errors(include_url=False, include_input=False):
-        # Drop pydantic's internal union tags ("str", "EndpointRef") from the location.
-        loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part[:1].isupper()))
-        loc = tuple(part for part in loc if part not in ("str", "float", "int", "constrained-float"))
+        # Drop pydantic's internal tags (union branches such as "str" or "EndpointRef", validator wrappers, "[key]")
+        # from the location; keep names people chose, such as a header "X-Tenant" or an endpoint "Azure".
+        loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and _is_tag(part)))
         kind = error["type"]
         if kind == "extra_forbidden":
             *parent, key = loc
@@ -601,6 +713,23 @@ def _pydantic_problems(exc: ValidationError, raw: Mapping[str, Any]) -> list[str
             seen.add(where)
             unique.append(problem)
     return unique
+
+
+def _is_tag(part: str) -> bool:
+    if part in ("str", "float", "int", "constrained-float", "[key]") or part.startswith(("function-", "lax-")):
+        return True
+    return part[:1].isupper() and part.split("[", 1)[0] in _model_names()
+
+
+@functools.cache
+def _model_names() -> frozenset[str]:
+    names: set[str] = set()
+    todo: list[type] = [BaseModel]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__.split("[", 1)[0])
+        todo.extend(cls.__subclasses__())
+    return frozenset(names)
 
 
 def _known_keys(parent: tuple[str | int, ...], raw: Mapping[str, Any]) -> list[str]:
@@ -688,6 +817,14 @@ def _cross_check(config: Config) -> list[str]:
             elif fallback not in config.routes:
                 problems.append(f"{base}.fallbacks[{f_index}]: unknown route '{fallback}'; known: {known_routes}")
     for name, endpoint in config.endpoints.items():
+        own = {header for header, _ in endpoint.request_headers()}
+        for f_index, header in enumerate(endpoint.forward_headers):
+            if header in own:
+                problems.append(
+                    f"endpoints.{name}.forward_headers[{f_index}]: '{header}' is set by this endpoint itself (its "
+                    "key, organization, project or headers); the endpoint's value is always sent, never the caller's: "
+                    "remove it"
+                )
         if endpoint.auth != "none" and endpoint.api_key is None:
             continue  # keyless local servers are common; the upstream will answer 401 if it needs one
         if endpoint.auth == "none" and endpoint.api_key is not None:

@@ -87,7 +87,7 @@ class TestLoading:
         loaded = load_config(config, environ={})
         assert loaded.endpoints["main"].api_key is not None
         assert loaded.endpoints["main"].api_key.get_secret_value() == "fallback"
-        assert loaded.endpoints["main"].headers == {"x-price": "$5"}
+        assert loaded.endpoints["main"].request_headers()[-1] == ("x-price", "$5")  # headers are SecretStr now
 
     def test_secret_not_in_repr(self) -> None:
         config = load_config(base_config())

@@ -50,7 +50,8 @@ def test_too_long_for_the_split_goes_to_the_arm_that_fits(tmp_path: Path) -> Non
     assert code == 0
     too_big = "context: needs 150,006 input + 2,000 output tokens; gpt-4o holds 128,000 (max output 16,384)"
     assert out == (
-        "request: model assistant, ~150,006 input tokens (heuristic), max output 2,000, cost ceiling $0.5\n"
+        "request: model assistant, ~150,006 input tokens (heuristic), max output 2,000, "
+        "cost ceiling $0.5 from route assistant\n"
         "rules of assistant:\n"
         "  hard          no     header x-task is missing, not 'complex_reasoning'\n"
         "  rules[1]      no     metadata tier is missing, not 'free'\n"
@@ -73,14 +74,15 @@ def test_a_rule_decides(tmp_path: Path) -> None:
     code, out, _ = explain(tmp_path, body, "X-Task: complex_reasoning")
     assert code == 0
     assert out == (
-        # The rule hands the call to `reasoning`, whose own settings (no ceiling) apply.
-        "request: model assistant, ~8 input tokens (heuristic), max output 500\n"
+        # The rule hands the call to `reasoning`; the ceiling of the route the caller named still bounds it.
+        "request: model assistant, ~8 input tokens (heuristic), max output 500, "
+        "cost ceiling $0.5 from route assistant\n"
         "rules of assistant:\n"
         "  hard          MATCH  header x-task is 'complex_reasoning' -> reasoning\n"
         "  rules[1]      no     metadata tier is missing, not 'free'\n"
         "route reasoning (by hard)\n"
         "  arm o3 (weight 100%) <- the split's draw\n"
-        "    openai/o3                           eligible\n"
+        "    openai/o3                           eligible  (at most $0.004016)\n"
         "pick: reasoning / o3 on openai (nothing was sent)\n"
     )
 
@@ -90,7 +92,10 @@ def test_nothing_under_the_ceiling(tmp_path: Path) -> None:
     code, out, _ = explain(tmp_path, body, "x-holyroute-max-cost: 0.00001")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == "request: model assistant, ~7 input tokens (heuristic), max output 1,000, cost ceiling $0.00001"
+    assert lines[0] == (
+        "request: model assistant, ~7 input tokens (heuristic), max output 1,000, "
+        "cost ceiling $0.00001 from header x-holyroute-max-cost (also route assistant $0.5)"
+    )
     assert lines[7] == (
         "    openai/gpt-4o                       cost: up to $0.010018 at gpt-4o prices, over the $0.00001 ceiling"
     )
