@@ -418,7 +418,8 @@ class FileStore:
         if locked and view.problem is None:
             self._write(view, merged)
         elif view.problem is not None:
-            self._report("holyroute.state_write_failed", f"not written over a file that cannot be read ({view.problem})")
+            problem = f"not written over a file that cannot be read ({view.problem})"
+            self._report("holyroute.state_write_failed", problem)
         return new
 
     def _retry_writes(self) -> None:
