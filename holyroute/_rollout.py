@@ -122,7 +122,7 @@ def _decode(raw: bytes | str) -> object | str:
     """JSON text as a value, or the problem (``_Invalid``) why it is not."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return json.loads(text)
+        value: object = json.loads(text)
     except UnicodeDecodeError:
         return _Invalid("not UTF-8")
     except RecursionError:
@@ -130,6 +130,7 @@ def _decode(raw: bytes | str) -> object | str:
     except ValueError as error:  # JSONDecodeError, and ints too long to convert
         message = getattr(error, "msg", None) or "not JSON"
         return _Invalid(f"not JSON ({message})")
+    return value
 
 
 class _Invalid(str):
