@@ -405,16 +405,19 @@ def parse_message(raw: object, *, wall: float, horizons: Horizons | None = None)
 
 def parse_health_entry(raw: object, *, wall: float, horizons: Horizons | None = None) -> HealthChange | str:
     """A value of the health hash, ``"<until> <message JSON>"``, as a clamped change; or the problem."""
+    found = _health_entry(raw, wall=wall, horizons=horizons)
+    return found if isinstance(found, str) else found.change  # type: ignore[return-value]
+
+
+def _health_entry(raw: object, *, wall: float, horizons: Horizons | None) -> Message | str:
     if isinstance(raw, bytes):
         raw = raw.partition(b" ")[2]
     elif isinstance(raw, str):
         raw = raw.partition(" ")[2]
     found = parse_message(raw, wall=wall, horizons=horizons)
-    if isinstance(found, str):
-        return found
-    if found.change is None:
+    if not isinstance(found, str) and found.change is None:
         return f"a {found.kind} message where a health change belongs"
-    return found.change
+    return found
 
 
 class RedisStore:
@@ -1052,11 +1055,11 @@ class RedisBackend:
             return  # a refused read: the next flush reads again
         now, wall = self._clock(), self._wall()
         for field, value in raw.items():
-            change = parse_health_entry(value, wall=wall, horizons=self._horizons)
-            if isinstance(change, str):
-                self.invalid(f"{self.keys.health} {_text(field) or '?'}", change)
-                continue
-            router.health.apply(change, now, wall)
+            found = _health_entry(value, wall=wall, horizons=self._horizons)
+            if isinstance(found, str):
+                self.invalid(f"{self.keys.health} {_text(field) or '?'}", found)
+            elif found.origin != self.origin and found.change is not None:  # our own is applied already
+                router.health.apply(found.change, now, wall)
 
     def _apply_message(self, payload: object, router: Router, now: float, wall: float) -> None:
         found = parse_message(payload, wall=wall, horizons=self._horizons)
