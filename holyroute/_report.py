@@ -44,7 +44,8 @@ It never decides routing: a verdict is advice for a person or a script, not a ro
 
 ``events.request`` counts the well-formed request events reported on (of ``--route`` only, when given); request
 events without a route name are ``malformed_request``. A line whose numeric field is not a finite number in range
-(``latency_ms: 1e999``, a 400-digit int, a string) is skipped whole and counted in ``skipped_malformed``. A rate, quantile or mean with no data is ``null``.
+(``latency_ms: 1e999``, a 400-digit int, a string) is skipped whole and counted in ``skipped_malformed``. A rate,
+quantile or mean with no data is ``null``.
 """
 
 from __future__ import annotations
