@@ -673,12 +673,16 @@ class RedisBackend:
     def _acquire_args(rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]) -> list[int]:
         return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1]]
 
-    def _granted(self, endpoint: str, tokens: int, reply: Any) -> float:
+    def _granted(self, endpoint: str, tokens: int, reply: Any) -> float | None:
         self._failures = 0
-        wait_ms, requests, granted_tokens = (int(value) for value in reply)
-        if wait_ms:
-            return wait_ms / 1000.0
-        self.leases.granted(endpoint, requests, granted_tokens, tokens)
+        try:
+            wait_ms, requests, granted_tokens = (int(value) for value in reply)
+        except (TypeError, ValueError):
+            self.invalid(self.keys.limits(endpoint), "the rate-limit script's reply is not three integers")
+            return None  # decide locally, as when Redis cannot answer
+        if wait_ms > 0:
+            return min(wait_ms, 60_000) / 1000.0  # a bucket refills completely within 60 s
+        self.leases.granted(endpoint, max(requests, 0), max(granted_tokens, 0), tokens)
         return 0.0
 
     async def aacquire(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:

@@ -454,8 +454,9 @@ class FileStore:
             os.chmod(temporary, mode)
             os.replace(temporary, target)  # atomic: readers see the old file or the new one
             temporary = None
-        except OSError as error:
-            self._report("holyroute.state_write_failed", f"cannot write {target}: {_why(error)}")
+        except (OSError, ValueError, RecursionError) as error:
+            why = _why(error) if isinstance(error, OSError) else type(error).__name__
+            self._report("holyroute.state_write_failed", f"cannot write {target}: {why}")
             return
         finally:
             if temporary is not None:
