@@ -195,7 +195,7 @@ class TestWrites:
         def broken(*args: Any, **kwargs: Any) -> Any:
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr("tempfile.mkstemp", broken)
+        monkeypatch.setattr(os, "replace", broken)
         h.clock.advance(5.0)  # the pause is over: the next call's observation changes the step
         for _ in range(5):
             outcome = drive(h.call(), [ok()])
