@@ -441,7 +441,11 @@ class RedisStore:
 
     def parsed(self, route: str, raw: object) -> RolloutState | None:
         """A stored state read from Redis: valid, or the last good (reported once), or None when absent."""
-        found = parse_stored_state(route, raw) if isinstance(raw, bytes | str | None) else "a Redis error"
+        found = (
+            parse_stored_state(route, raw)
+            if isinstance(raw, bytes | str | None)
+            else f"Redis answered {type(raw).__name__} (a key of another type?)"
+        )
         if isinstance(found, str):
             self.invalid[route] = found
             self._backend.invalid(self._backend.keys.rollout(route), found)
@@ -455,7 +459,9 @@ class RedisStore:
         if self.cached or not self._backend.live:
             return self._known(route)
         try:
-            raw = self._backend.redis.get(self._backend.keys.rollout(route))
+            raw: object = self._backend.redis.get(self._backend.keys.rollout(route))
+        except redis.ResponseError as error:  # the key holds another type: a bad entry, Redis itself is fine
+            raw = error
         except redis.RedisError as error:
             self._backend.failed(error)
             return self._known(route)
@@ -470,7 +476,11 @@ class RedisStore:
                     with backend.redis.pipeline() as pipe:
                         try:
                             pipe.watch(key)  # type: ignore[no-untyped-call]
-                            current = self.parsed(route, pipe.get(key))
+                            try:
+                                raw: object = pipe.get(key)
+                            except redis.ResponseError as error:  # another type: SET below replaces it
+                                raw = error
+                            current = self.parsed(route, raw)
                             if route in self.invalid and route not in self.cache:
                                 pipe.unwatch()  # unreadable, nothing known: never invent a state over it
                                 return None

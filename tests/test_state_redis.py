@@ -1012,6 +1012,15 @@ class TestFork:
         assert sent_by(backup) == {"P": 1}
 
 
+def synced_twice(store: redis.Redis, client: Client, prefix: str) -> None:
+    """Wait until ``client``'s sync thread has completed two more syncs (each stamps its member entry)."""
+    origin = client.router.state.origin  # type: ignore[attr-defined]
+    members = Keys(prefix).members
+    for _ in range(2):
+        since = time.time()
+        wait_until(lambda since=since: (store.zscore(members, origin) or 0.0) > since, 2.0, "a sync")  # type: ignore[misc]
+
+
 class TestBadEntries:
     """One malformed message or entry in Redis is skipped with one event; the background threads live on, clients
     can still be built, and an absurd deadline is clamped to the configured maximum instead of degrading the
@@ -1071,7 +1080,8 @@ class TestBadEntries:
                 json.dumps({"o": "elsewhere", "kind": "health", "k": "ejected", "e": "b", "u": 1e300}),
             )
             wait_until(lambda: two.router.health.live_changes(two.now(), time.time()), 2.0, "B to apply both")
-            time.sleep(0.2)  # several sync intervals: the change must not be refused and pushed again
+            for client in (one, two):  # the change must not be refused and pushed again at the later syncs
+                synced_twice(store, client, prefix)
             for client in (one, two):
                 assert client.router.state.live  # type: ignore[attr-defined]
                 wall = time.time()
@@ -1126,7 +1136,7 @@ class TestBadEntries:
             running = deployment.client(cfg, "A")
             running.engine().abort("candidate broke")
             store.set(key, b'{"route": "chat", "weight": "fifty", "status": "progressing", "version": 99}')
-            time.sleep(0.2)  # several syncs
+            synced_twice(store, running, prefix)
             assert (running.engine().state.status, running.engine().state.weight) == ("aborted", 0.0)
             fresh = deployment.client(cfg, "B")
             assert (fresh.engine().state.status, fresh.engine().state.weight) == ("paused", 0.0)
@@ -1135,6 +1145,21 @@ class TestBadEntries:
         invalid = [entry for entry in named(logs, "holyroute.state_invalid") if entry["key"] == key]
         assert invalid
         assert "fifty" not in json.dumps(invalid)
+
+    def test_rollout_key_of_another_type(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        """A rollout key that is a hash (WRONGTYPE for GET) is a bad entry, not a Redis outage."""
+        main = deployment.upstream("main")
+        route = {"chat": rollout_route("main", [{"set_weight": 50}])}
+        cfg = config(prefix, {"main": {"base_url": main.base_url}}, route)
+        key = Keys(prefix).rollout("chat")
+        store.hset(key, "weight", "50")
+        with capture_logs() as logs:
+            client = deployment.client(cfg, "A")
+            assert (client.engine().state.status, client.engine().state.weight) == ("paused", 0.0)
+            assert {client.chat() for _ in range(5)} == {STABLE}
+            assert client.router.state.live  # type: ignore[attr-defined]
+        assert named(logs, "holyroute.state_degraded") == []
+        assert [entry["key"] for entry in named(logs, "holyroute.state_invalid")] == [key]
 
     def test_bad_counters_are_skipped(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
         main = deployment.upstream("main")
