@@ -27,7 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import openai
 import pytest
@@ -1018,7 +1018,11 @@ def synced_twice(store: redis.Redis, client: Client, prefix: str) -> None:
     members = Keys(prefix).members
     for _ in range(2):
         since = time.time()
-        wait_until(lambda since=since: (store.zscore(members, origin) or 0.0) > since, 2.0, "a sync")  # type: ignore[misc]
+
+        def stamped(since: float = since) -> bool:
+            return float(store.zscore(members, origin) or 0.0) > since
+
+        wait_until(stamped, 2.0, "a sync")
 
 
 class TestBadEntries:
@@ -1090,7 +1094,7 @@ class TestBadEntries:
                     assert change.until <= wall + limit + 1, change
             stored = store.hget(Keys(prefix).health, f"c|a|{MODEL}")
             assert stored is not None
-            assert float(stored.split(b" ")[0]) <= time.time() + 61
+            assert float(cast(bytes, stored).split(b" ")[0]) <= time.time() + 61
         assert named(logs, "holyroute.state_degraded") == []
         assert named(logs, "holyroute.state_write_failed") == []
 
@@ -1173,7 +1177,7 @@ class TestBadEntries:
         with capture_logs():
             client = deployment.client(cfg, "A")
             assert client.chat() in (STABLE, CANDIDATE)
-            assert client.router.state.spent("route:chat", "day") >= 0.0  # type: ignore[attr-defined]
+            assert client.router.state.spent("route:chat", "day") >= 0.0
             assert all(thread.is_alive() for thread in client.router.state._threads)  # type: ignore[attr-defined]
 
 
