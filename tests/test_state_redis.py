@@ -1165,6 +1165,25 @@ class TestBadEntries:
         assert named(logs, "holyroute.state_degraded") == []
         assert [entry["key"] for entry in named(logs, "holyroute.state_invalid")] == [key]
 
+    def test_refused_write_is_dropped_not_resent(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        """A write Redis refuses (here: spend into a key of another type) is reported once and dropped; the backend
+        stays live instead of failing the same pipeline forever."""
+        main = deployment.upstream("main")
+        cfg = config(prefix, {"main": {"base_url": main.base_url}}, ordered("main"))
+        for period in ("hour", "day", "month"):
+            store.set(Keys(prefix).spend(period, period_key(period, time.time())), "not a hash")
+        with capture_logs() as logs:
+            client = deployment.client(cfg, "A")
+            for _ in range(3):
+                client.router.state.add_spend("route:chat", 0.5)
+                synced_twice(store, client, prefix)
+            assert client.router.state.live  # type: ignore[attr-defined]
+            assert client.chat() == MODEL
+        assert named(logs, "holyroute.state_degraded") == []
+        refused = named(logs, "holyroute.state_write_failed")
+        assert len(refused) == 1
+        assert refused[0]["problem"] == "Redis refused a write (ResponseError)"
+
     def test_bad_counters_are_skipped(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
         main = deployment.upstream("main")
         cfg = config(
