@@ -940,7 +940,10 @@ class RedisBackend:
         now = self._wall()
         pipe = self.redis.pipeline(transaction=False)
         for change in outbox:
-            self._health_command(pipe, change)
+            try:
+                self._health_command(pipe, change)
+            except Exception as error:  # this change cannot be sent: drop it, never resend it, send the rest
+                self._background_error("sync", error)
         for (period, bucket, name), usd in spend.items():
             key = self.keys.spend(period, bucket)
             pipe.hincrbyfloat(key, name, usd)
