@@ -518,11 +518,14 @@ class RedisStore:
             def reconcile(found: RolloutState | None, mine: RolloutState = mine, base: int = base) -> RolloutState:
                 if found is None or found.version <= base:
                     return mine
+                # Another process moved on: the result gets a version above both, so every process adopts it.
+                fields = asdict(found)
                 if mine.status == "aborted" and found.status != "aborted":
-                    fields = asdict(found)
-                    fields.update(status="aborted", weight=0.0, reason=mine.reason, version=found.version + 1)
-                    return RolloutState(**fields)
-                return found
+                    fields.update(status="aborted", weight=0.0, reason=mine.reason)
+                elif found.version > mine.version:
+                    return found
+                fields["version"] = max(found.version, mine.version) + 1
+                return RolloutState(**fields)
 
             live_before = self._backend.live
             self._unsynced.pop(route)

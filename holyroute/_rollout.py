@@ -354,14 +354,19 @@ class FileStore:
             found = view.states.get(route)
             if found is None or found.version <= base:
                 merged[route] = mine
-            elif mine.status == "aborted" and found.status != "aborted":
-                fields = asdict(found)
-                fields.update(status="aborted", weight=0.0, reason=mine.reason, version=found.version + 1)
-                merged[route] = self._good[route] = RolloutState(**fields)
-                self._unwritten[route] = (merged[route], found.version)
-            else:
+                continue
+            # Another process moved on meanwhile. What this process ends up with is written with a version above
+            # both, so that every process (this one included, which already holds ``mine``) adopts it.
+            fields = asdict(found)
+            if mine.status == "aborted" and found.status != "aborted":
+                fields.update(status="aborted", weight=0.0, reason=mine.reason)
+            elif found.version > mine.version:
                 del self._unwritten[route]
-                self._good[route] = found
+                merged[route] = self._good[route] = found
+                continue
+            fields["version"] = max(found.version, mine.version) + 1
+            merged[route] = self._good[route] = RolloutState(**fields)
+            self._unwritten[route] = (merged[route], found.version)
         return merged
 
     def load(self, route: str) -> RolloutState | None:
@@ -593,7 +598,7 @@ class RolloutEngine:
         if now - self._synced >= self.sync_interval:
             self._synced = now
             found = self._store.load(self.route)
-            if found is not None and found.version > self.state.version:
+            if found is not None and _newer(found, self.state):
                 self.state = found
             elif found is None and self.state.version == 0:
                 # Held while the state could not be read, and now there is none (the file was removed): start.
@@ -798,7 +803,7 @@ class RolloutEngine:
     def follow(self, state: RolloutState) -> None:
         """Another process changed the rollout: take its state if it is newer."""
         with self._lock:
-            if state.version > self.state.version:
+            if _newer(state, self.state):
                 self.state = state
 
     # ---- internals ---------------------------------------------------------------------------------------------
@@ -855,6 +860,12 @@ class RolloutEngine:
                 "reason": reason,
             },
         )
+
+
+def _newer(found: RolloutState, mine: RolloutState) -> bool:
+    """Whether the store's ``found`` replaces ``mine``: a later version, or the same version with other content (a
+    change made here that could not be written, and lost to another process's change of the same version)."""
+    return found.version > mine.version or (found.version == mine.version and found != mine)
 
 
 def judge(

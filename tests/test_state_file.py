@@ -316,3 +316,44 @@ class TestEvent:
         (invalid,) = events.named("holyroute.state_invalid")
         assert set(invalid) == self.EXPECTED
         assert "sk-secret" not in json.dumps(invalid), "the file's content is never echoed"
+
+
+class TestConflicts:
+    def test_a_change_that_could_not_be_written_yields_to_another_process(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A's step change could not be written; B promotes meanwhile: B's state wins and A follows it."""
+        path = tmp_path / "state.json"
+        clock = FakeClock(1_700_000_000.0)
+        a, _ = engine(path, clock)
+        b, _ = engine(path, clock)
+        real_replace = os.replace
+        monkeypatch.setattr(os, "replace", lambda *args: (_ for _ in ()).throw(OSError(28, "No space left")))
+        clock.advance(60)
+        assert a.tick(clock()).weight == 50.0  # pending in A only
+        monkeypatch.setattr(os, "replace", real_replace)
+        b.abort("B saw errors")
+        clock.advance(1.0)
+        state = a.tick(clock())
+        assert (state.status, state.weight) == ("aborted", 0.0)
+        assert json.loads(path.read_text())["chat"]["status"] == "aborted"
+
+    def test_an_abort_that_could_not_be_written_wins_over_a_later_change(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = tmp_path / "state.json"
+        clock = FakeClock(1_700_000_000.0)
+        a, _ = engine(path, clock)
+        real_replace = os.replace
+        monkeypatch.setattr(os, "replace", lambda *args: (_ for _ in ()).throw(OSError(28, "No space left")))
+        a.abort("A saw errors")
+        monkeypatch.setattr(os, "replace", real_replace)
+        b, _ = engine(path, clock)
+        clock.advance(60)
+        assert b.tick(clock()).weight == 50.0, "B never saw the abort"
+        clock.advance(1.0)
+        assert a.tick(clock()).status == "aborted"
+        stored = json.loads(path.read_text())["chat"]
+        assert (stored["status"], stored["weight"], stored["reason"]) == ("aborted", 0.0, "A saw errors")
+        clock.advance(1.0)
+        assert b.tick(clock()).status == "aborted", "B follows the abort"
