@@ -389,21 +389,17 @@ class FileStore:
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):  # closing the handle releases it anyway
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def update(self, route: str, change: Callable[[RolloutState | None], RolloutState | None]) -> RolloutState | None:
-        with self._mutex:
+        with self._mutex, contextlib.ExitStack() as held:
             try:
-                lock = self._locked()
-                lock.__enter__()
-            except OSError as error:
+                held.enter_context(self._locked())
+            except OSError as error:  # cannot lock (a read-only directory): the change holds here, written later
                 self._report("holyroute.state_write_failed", f"cannot lock {self._lock_path}: {_why(error)}")
                 return self._update(route, change, locked=False)
-            try:
-                return self._update(route, change, locked=True)
-            finally:
-                with contextlib.suppress(OSError):
-                    lock.__exit__(None, None, None)
+            return self._update(route, change, locked=True)
 
     def _update(
         self, route: str, change: Callable[[RolloutState | None], RolloutState | None], *, locked: bool

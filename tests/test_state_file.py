@@ -204,6 +204,24 @@ class TestWrites:
         assert h.router.rollouts["chat-default"].state.status == "completed", "the steps went on in memory"
         assert len(h.events.named("holyroute.state_write_failed")) == 1
 
+    def test_lock_that_cannot_be_taken(self, tmp_path: Path) -> None:
+        """The lock file cannot be opened: the rollout goes on in this process and is written once it can be."""
+        path = tmp_path / "state.json"
+        blocker = tmp_path / "state.json.lock"
+        blocker.mkdir()  # opening it for appending fails
+        clock = FakeClock(1_700_000_000.0)
+        running, events = engine(path, clock)
+        assert running.state.weight == 10.0
+        clock.advance(60)
+        assert running.tick(clock()).weight == 50.0
+        assert not path.exists()
+        (failed,) = events.named("holyroute.state_write_failed")
+        assert failed["problem"].startswith(f"cannot lock {blocker}")
+        blocker.rmdir()
+        clock.advance(1.0)
+        running.tick(clock())
+        assert json.loads(path.read_text())["chat"]["weight"] == 50.0
+
     def test_symlink_stays_a_symlink(self, tmp_path: Path) -> None:
         target_dir = tmp_path / "real"
         target_dir.mkdir()
