@@ -56,11 +56,11 @@ from ._rollout import (
     RolloutEngine,
     RolloutState,
     StateStore,
-    _decode,
-    _Invalid,
-    _problem,
+    Undecodable,
+    decode_json,
     held_state,
     parse_stored_state,
+    validation_problem,
 )
 from ._state import PERIODS, HealthChange, Leases, Period, period_key
 from ._stats import LatencySketch
@@ -71,7 +71,16 @@ if TYPE_CHECKING:
     from ._core import Router
     from .config import State
 
-__all__ = ["RedisBackend", "RedisStore"]
+__all__ = [
+    "Horizons",
+    "Message",
+    "RedisBackend",
+    "RedisStore",
+    "parse_health_entry",
+    "parse_measurements",
+    "parse_message",
+    "parse_spend",
+]
 
 EventSink = Callable[[str, dict[str, Any]], None]
 
@@ -381,8 +390,8 @@ def parse_message(raw: object, *, wall: float, horizons: Horizons | None = None)
     value: a reason may quote an upstream). Total: never raises."""
     if not isinstance(raw, bytes | str):
         return f"expected text, got {type(raw).__name__}"
-    value = _decode(raw)
-    if isinstance(value, _Invalid):
+    value = decode_json(raw)
+    if isinstance(value, Undecodable):
         return str(value)
     if not isinstance(value, dict):
         return f"expected an object, got {type(value).__name__}"
@@ -400,7 +409,7 @@ def parse_message(raw: object, *, wall: float, horizons: Horizons | None = None)
         other = _OtherMessage.model_validate(value)
         return Message(other.o, "bye")
     except ValidationError as error:
-        return _problem(error)
+        return validation_problem(error)
 
 
 def parse_health_entry(raw: object, *, wall: float, horizons: Horizons | None = None) -> HealthChange | str:

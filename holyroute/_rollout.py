@@ -42,8 +42,13 @@ __all__ = [
     "RolloutState",
     "Rollouts",
     "StateStore",
+    "Undecodable",
+    "decode_json",
+    "held_state",
     "parse_state",
     "parse_state_file",
+    "parse_stored_state",
+    "validation_problem",
 ]
 
 Status = Literal["progressing", "paused", "aborted", "completed"]
@@ -91,7 +96,7 @@ class _StatePayload(BaseModel):
     version: Annotated[int, Field(ge=0, le=2**62)] = 0
 
 
-def _problem(error: ValidationError) -> str:
+def validation_problem(error: ValidationError) -> str:
     """A validation error as one short line naming the fields, never their values."""
     parts = []
     for found in error.errors(include_url=False, include_input=False)[:3]:
@@ -110,7 +115,7 @@ def parse_state(route: str, value: object) -> RolloutState | str:
     try:
         payload = _StatePayload.model_validate(value)
     except ValidationError as error:
-        return _problem(error)
+        return validation_problem(error)
     except (ValueError, TypeError, RecursionError) as error:  # pragma: no cover - pydantic wraps these
         return type(error).__name__
     if payload.route != route:
@@ -118,22 +123,22 @@ def parse_state(route: str, value: object) -> RolloutState | str:
     return RolloutState(**payload.model_dump())
 
 
-def _decode(raw: bytes | str) -> object | str:
-    """JSON text as a value, or the problem (``_Invalid``) why it is not."""
+def decode_json(raw: bytes | str) -> object | str:
+    """JSON text as a value, or the problem (``Undecodable``) why it is not."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         value: object = json.loads(text)
     except UnicodeDecodeError:
-        return _Invalid("not UTF-8")
+        return Undecodable("not UTF-8")
     except RecursionError:
-        return _Invalid("not JSON (nested too deeply)")
+        return Undecodable("not JSON (nested too deeply)")
     except ValueError as error:  # JSONDecodeError, and ints too long to convert
         message = getattr(error, "msg", None) or "not JSON"
-        return _Invalid(f"not JSON ({message})")
+        return Undecodable(f"not JSON ({message})")
     return value
 
 
-class _Invalid(str):
+class Undecodable(str):
     """A problem found while decoding (a ``str`` subclass, so it never passes for a decoded JSON string)."""
 
 
@@ -141,8 +146,8 @@ def parse_stored_state(route: str, raw: bytes | str | None) -> RolloutState | st
     """A route's state as stored in Redis (JSON text): the state, ``None`` when absent, or the problem."""
     if raw is None:
         return None
-    value = _decode(raw)
-    if isinstance(value, _Invalid):
+    value = decode_json(raw)
+    if isinstance(value, Undecodable):
         return str(value)
     return parse_state(route, value)
 
@@ -150,8 +155,8 @@ def parse_stored_state(route: str, raw: bytes | str | None) -> RolloutState | st
 def parse_state_file(raw: bytes | str) -> tuple[dict[str, RolloutState], dict[str, str], str | None]:
     """A whole state file: the routes whose state is valid, the routes whose entry is not (with the problem), and
     a problem with the file as a whole (then nothing in it is trusted). Total: never raises."""
-    value = _decode(raw)
-    if isinstance(value, _Invalid):
+    value = decode_json(raw)
+    if isinstance(value, Undecodable):
         return {}, {}, str(value)
     if not isinstance(value, dict):
         return {}, {}, f"expected a JSON object of routes, got {type(value).__name__}"
