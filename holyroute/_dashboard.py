@@ -203,8 +203,13 @@ def _text(value: object, limit: int = _TEXT_LIMIT) -> str | None:
 
 
 def _num(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+    """A finite number, or None (also for ints too large for a float): total."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
     return None
 
 
@@ -393,6 +398,7 @@ class Board:
         self.not_json = 0
         self.not_holyroute = 0
         self.too_long = 0
+        self.malformed = 0  # holyroute events with an unusable field: skipped whole
         self.other = 0
         self.dropped_names = 0
         self.first_at: float | None = None
@@ -422,8 +428,13 @@ class Board:
             self.not_json += 1
         elif parsed == "not_holyroute":
             self.not_holyroute += 1
+        elif parsed == "malformed":
+            self.malformed += 1
         else:
-            self.add(parsed, received)
+            try:
+                self.add(parsed, received)
+            except Exception:  # a field no check foresaw: this line is lost, never the poll or the lines after it
+                self.malformed += 1
 
     def skip_long_line(self) -> None:
         """A line longer than the tail keeps was dropped."""
@@ -620,6 +631,7 @@ class Board:
                 "not_json": self.not_json,
                 "not_holyroute": self.not_holyroute,
                 "too_long": self.too_long,
+                "malformed": self.malformed,
                 "other_events": self.other,
                 "dropped_names": self.dropped_names,
                 "first_at": self.first_at,

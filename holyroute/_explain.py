@@ -1,20 +1,23 @@
 """``holyroute explain``: what the router would do with one request, and why, without sending anything.
 
-It builds the router the configuration describes (so with ``state: {backend: redis}`` it sees the cooldowns and
-ejections every process shares), begins the call as the transport would, and reports: the size and cost estimates,
-each rule's verdict, every arm and endpoint the call could reach with the reason it could not take the call, and
-the step the core would take first. The split's draw is random for non-sticky routes; the weights are shown beside it.
-"""
+It builds the router the configuration describes over a read-only view of its state: with ``state: {backend:
+redis}`` it sees the cooldowns and ejections every process shares, and it never creates, advances or writes any
+state (not the rollout state file, not a Redis key). It begins the call as the transport would and reports: the
+size and cost estimates, each rule's verdict, every arm and endpoint the call could reach with the reason it could
+not take the call, and the step the core would take first. The split's draw is random for non-sticky routes; the
+weights are shown beside it."""
 
 from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from ._core import MAX_COST_HEADER, Acquire, Call, Leg, Respond, Router, Send, _usd, cost_ceilings
 from ._rules import DEFAULT_RULE
+from ._state import open_backend
 from .config import Config
 
 __all__ = ["ExplainError", "explain"]
@@ -28,7 +31,9 @@ def explain(config: Config, body: Mapping[str, Any], headers: Mapping[str, str] 
     """The explanation of ``body`` (a request body, as JSON would decode it) with ``headers``, as text."""
     header_view = {k.lower(): v for k, v in (headers or {}).items()}
     raw = json.dumps(body).encode()
-    router = Router(config, sinks=[], rng=random.Random(0))
+    # Read-only: what is shared is read, nothing is written (no rollout state created or advanced, no Redis key).
+    state = open_backend(config.state, emit=_ignore, clock=time.monotonic, wall_clock=time.time, read_only=True)
+    router = Router(config, sinks=[], rng=random.Random(0), state=state)
     try:
         path = "/v1/responses" if "input" in body and "messages" not in body else "/v1/chat/completions"
         call = router.begin("POST", path, "", header_view, raw)
@@ -40,6 +45,10 @@ def explain(config: Config, body: Mapping[str, Any], headers: Mapping[str, str] 
         return "\n".join(_lines(router, call, body, header_view)) + "\n"
     finally:
         router.close()
+
+
+def _ignore(event: str, fields: dict[str, Any]) -> None:
+    return None
 
 
 def _lines(router: Router, call: Call, body: Mapping[str, Any], headers: Mapping[str, str]) -> list[str]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import threading
@@ -38,24 +39,48 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ._rollout import Measurements, RolloutEngine, RolloutState
+from ._rollout import (
+    MAX_COUNT,
+    Measurements,
+    ReadOnlyStore,
+    RolloutEngine,
+    RolloutState,
+    StateStore,
+    Undecodable,
+    decode_json,
+    held_state,
+    parse_stored_state,
+    validation_problem,
+)
 from ._state import PERIODS, HealthChange, Leases, Period, period_key
 from ._stats import LatencySketch
+from .config import Health
+from .config import Retry as RetrySettings
 
 if TYPE_CHECKING:
     from ._core import Router
     from .config import State
 
-__all__ = ["RedisBackend", "RedisStore"]
+__all__ = [
+    "Horizons",
+    "Message",
+    "RedisBackend",
+    "RedisStore",
+    "parse_health_entry",
+    "parse_measurements",
+    "parse_message",
+    "parse_spend",
+]
 
 EventSink = Callable[[str, dict[str, Any]], None]
 
@@ -175,22 +200,87 @@ def _fields(measured: Measurements) -> dict[str, int | float]:
     return fields
 
 
-def _measurements(raw: dict[bytes, bytes]) -> Measurements:
-    """The totals :func:`_fields` increments add up to."""
+#: Bounds for what is read back from Redis: far beyond real use, small enough for all later arithmetic.
+MAX_USD = 1e12
+MAX_TOKENS = 10**12
+MAX_SKETCH_KEY = 100_000  # a latency sketch's bucket index (|key|); real ones stay within a few thousand
+MAX_FIELDS = 20_000  # of one measurements hash
+
+
+def _text(raw: object, limit: int = 1000) -> str | None:
+    """Bytes (or text) from Redis as bounded text, None when not UTF-8 or too long."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return raw if isinstance(raw, str) and len(raw) <= limit else None
+
+
+def _count(raw: object) -> int | None:
+    """A counter from Redis within ``[0, MAX_COUNT]`` (clamped), None when it is no integer."""
+    text = _text(raw, 40)
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return min(max(value, 0), MAX_COUNT)
+
+
+def _amount(raw: object, limit: float) -> float | None:
+    """A finite non-negative number from Redis, clamped to ``limit``; None when it is none."""
+    text = _text(raw, 64)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    return min(max(value, 0.0), limit)
+
+
+def parse_measurements(raw: object) -> tuple[Measurements, list[str]]:
+    """A measurements hash (what :func:`_fields` increments add up to), and the fields skipped with the problem.
+
+    Total: a field that is not a known counter, a number in bounds or a sketch bucket is skipped; counts are clamped
+    to ``[0, MAX_COUNT]`` and the cost to ``[0, MAX_USD]``.
+    """
     measured = Measurements()
+    skipped: list[str] = []
     bins: dict[str, list[list[int]]] = {"l": [], "t": []}
     zero = {"l": 0, "t": 0}
-    for key_bytes, value_bytes in raw.items():
-        key, value = key_bytes.decode(), value_bytes.decode()
+    items = list(raw.items())[:MAX_FIELDS] if isinstance(raw, dict) else []
+    if not isinstance(raw, dict):
+        skipped.append(f"expected a hash, got {type(raw).__name__}")
+    for key_raw, value_raw in items:
+        key = _text(key_raw, 64)
+        if key is None:
+            skipped.append("a field name that is not short UTF-8 text")
+            continue
         if key == "cost":
-            measured.cost_usd = float(value)
-        elif key in ("calls", "errors", "judged", "poor"):
-            setattr(measured, key, int(value))
-        elif key[:1] in bins:
-            if key[1:] == "z":
-                zero[key[:1]] = int(value)
+            cost = _amount(value_raw, MAX_USD)
+            if cost is None:
+                skipped.append("cost: not a finite number")
             else:
-                bins[key[:1]].append([int(key[1:]), int(value)])
+                measured.cost_usd = cost
+            continue
+        count = _count(value_raw)
+        if count is None:
+            skipped.append(f"{key[:40]}: not an integer")
+        elif key in ("calls", "errors", "judged", "poor"):
+            setattr(measured, key, count)
+        elif key[:1] in bins and key[1:] == "z":
+            zero[key[:1]] = count
+        elif key[:1] in bins and key[1:].lstrip("-").isdigit() and abs(int(key[1:])) <= MAX_SKETCH_KEY:
+            bins[key[:1]].append([int(key[1:]), count])
+        else:
+            skipped.append(f"{key[:40]}: not a measurement field")
+    measured.errors = min(measured.errors, measured.calls)
+    measured.poor = min(measured.poor, measured.judged)
     for tag, attribute in (("l", "latency"), ("t", "ttft")):
         template = getattr(measured, attribute)
         data = {
@@ -200,7 +290,143 @@ def _measurements(raw: dict[bytes, bytes]) -> Measurements:
             "bins": bins[tag],
         }
         setattr(measured, attribute, LatencySketch.from_dict(data))
-    return measured
+    return measured, skipped
+
+
+def _measurements(raw: object) -> Measurements:
+    return parse_measurements(raw)[0]
+
+
+def parse_spend(raw: object) -> tuple[dict[str, float], list[str]]:
+    """A spend hash (name -> USD): finite, non-negative, clamped to ``MAX_USD``; bad fields skipped, with why."""
+    spend: dict[str, float] = {}
+    skipped: list[str] = []
+    if not isinstance(raw, dict):
+        return spend, [f"expected a hash, got {type(raw).__name__}"]
+    for name_raw, value_raw in raw.items():
+        name = _text(name_raw)
+        usd = _amount(value_raw, MAX_USD)
+        if name is None:
+            skipped.append("a name that is not UTF-8 text of at most 1000 characters")
+        elif usd is None:
+            skipped.append(f"{name[:100]}: not a finite number")
+        else:
+            spend[name] = usd
+    return spend, skipped
+
+
+HealthKind = Literal["cooldown", "ejected", "restored", "quota", "headroom"]
+
+
+class _HealthMessage(BaseModel):
+    """A health change as published on the channel and stored in the health hash (after its deadline)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    o: Annotated[str, Field(max_length=1000)] = ""
+    kind: Literal["health"]
+    k: HealthKind
+    e: Annotated[str, Field(min_length=1, max_length=1000)]
+    m: Annotated[str, Field(max_length=1000)] | None = None
+    u: float | None = None
+    r: Annotated[str, Field(max_length=10_000)] | None = None
+    t: int | None = None
+
+
+class _RolloutMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    o: Annotated[str, Field(max_length=1000)] = ""
+    kind: Literal["rollout"]
+    route: Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class _OtherMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    o: Annotated[str, Field(max_length=1000)] = ""
+    kind: Literal["bye"]
+
+
+@dataclass(frozen=True, slots=True)
+class Horizons:
+    """How far ahead a shared health entry may reach, per kind (seconds): the configured maxima."""
+
+    cooldown: float = RetrySettings().max_cooldown_s
+    ejected: float = Health().max_ejection_s
+    quota: float = Health().quota_ejection_s
+
+    @classmethod
+    def of(cls, retry: RetrySettings, health: Health) -> Horizons:
+        return cls(retry.max_cooldown_s, health.max_ejection_s, health.quota_ejection_s)
+
+    def clamp(self, change: HealthChange, wall: float) -> HealthChange:
+        """``change`` with ``until`` within ``[wall, wall + horizon]`` (a restoration has none) and tokens bounded."""
+        if change.kind == "restored":
+            return change if change.until == 0.0 else replace(change, until=0.0)
+        horizon = {"ejected": self.ejected, "quota": self.quota}.get(change.kind, self.cooldown)
+        until = change.until if math.isfinite(change.until) else wall + horizon
+        until = min(max(until, wall), wall + horizon)
+        tokens = change.tokens_left
+        if tokens is not None:
+            tokens = min(max(tokens, 0), MAX_TOKENS)
+        if until == change.until and tokens == change.tokens_left:
+            return change
+        return replace(change, until=until, tokens_left=tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One validated message: a health change (clamped), a rollout's state changed, or a goodbye."""
+
+    origin: str
+    kind: Literal["health", "rollout", "bye"]
+    change: HealthChange | None = None
+    route: str = ""
+
+
+def parse_message(raw: object, *, wall: float, horizons: Horizons | None = None) -> Message | str:
+    """A channel message or a health hash value's JSON part: validated, ``until`` clamped; or the problem (never the
+    value: a reason may quote an upstream). Total: never raises."""
+    if not isinstance(raw, bytes | str):
+        return f"expected text, got {type(raw).__name__}"
+    value = decode_json(raw)
+    if isinstance(value, Undecodable):
+        return str(value)
+    if not isinstance(value, dict):
+        return f"expected an object, got {type(value).__name__}"
+    kind = value.get("kind")
+    try:
+        if kind == "health":
+            health = _HealthMessage.model_validate(value)
+            if health.u is not None and math.isnan(health.u):
+                return "u: not a number"
+            change = HealthChange(health.k, health.e, health.m or "", health.u or 0.0, (health.r or "")[:500], health.t)
+            return Message(health.o, "health", (horizons or Horizons()).clamp(change, wall))
+        if kind == "rollout":
+            rollout = _RolloutMessage.model_validate(value)
+            return Message(rollout.o, "rollout", route=rollout.route)
+        other = _OtherMessage.model_validate(value)
+        return Message(other.o, "bye")
+    except ValidationError as error:
+        return validation_problem(error)
+
+
+def parse_health_entry(raw: object, *, wall: float, horizons: Horizons | None = None) -> HealthChange | str:
+    """A value of the health hash, ``"<until> <message JSON>"``, as a clamped change; or the problem."""
+    found = _health_entry(raw, wall=wall, horizons=horizons)
+    return found if isinstance(found, str) else found.change  # type: ignore[return-value]
+
+
+def _health_entry(raw: object, *, wall: float, horizons: Horizons | None) -> Message | str:
+    if isinstance(raw, bytes):
+        raw = raw.partition(b" ")[2]
+    elif isinstance(raw, str):
+        raw = raw.partition(" ")[2]
+    found = parse_message(raw, wall=wall, horizons=horizons)
+    if not isinstance(found, str) and found.change is None:
+        return f"a {found.kind} message where a health change belongs"
+    return found
 
 
 class RedisStore:
@@ -212,19 +438,43 @@ class RedisStore:
         self.cache: dict[str, RolloutState] = {}
         self.cached = False  # True once the backend's sync thread keeps `cache` fresh
         self._unsynced: dict[str, tuple[RolloutState, int]] = {}  # changed while Redis was away: (state, base)
+        #: Routes whose stored state cannot be read, with the problem: the last good (``cache``) is kept, or with
+        #: nothing known, :func:`~holyroute._rollout.held_state`.
+        self.invalid: dict[str, str] = {}
+
+    def _known(self, route: str) -> RolloutState | None:
+        found = self.cache.get(route)
+        if found is None and route in self.invalid:
+            return held_state(route, self.invalid[route])
+        return found
+
+    def parsed(self, route: str, raw: object) -> RolloutState | None:
+        """A stored state read from Redis: valid, or the last good (reported once), or None when absent."""
+        found = (
+            parse_stored_state(route, raw)
+            if isinstance(raw, bytes | str | None)
+            else f"Redis answered {type(raw).__name__} (a key of another type?)"
+        )
+        if isinstance(found, str):
+            self.invalid[route] = found
+            self._backend.invalid(self._backend.keys.rollout(route), found)
+            return self._known(route)
+        self.invalid.pop(route, None)
+        if found is not None:
+            self.cache[route] = found
+        return found
 
     def load(self, route: str) -> RolloutState | None:
         if self.cached or not self._backend.live:
-            return self.cache.get(route)
+            return self._known(route)
         try:
-            raw = self._backend.redis.get(self._backend.keys.rollout(route))
+            raw: object = self._backend.redis.get(self._backend.keys.rollout(route))
+        except redis.ResponseError as error:  # the key holds another type: a bad entry, Redis itself is fine
+            raw = error
         except redis.RedisError as error:
             self._backend.failed(error)
-            return self.cache.get(route)
-        state = _state(raw)
-        if state is not None:
-            self.cache[route] = state
-        return state
+            return self._known(route)
+        return self.parsed(route, raw)
 
     def update(self, route: str, change: Callable[[RolloutState | None], RolloutState | None]) -> RolloutState | None:
         backend = self._backend
@@ -235,7 +485,14 @@ class RedisStore:
                     with backend.redis.pipeline() as pipe:
                         try:
                             pipe.watch(key)  # type: ignore[no-untyped-call]
-                            current = _state(pipe.get(key))
+                            try:
+                                raw: object = pipe.get(key)
+                            except redis.ResponseError as error:  # another type: SET below replaces it
+                                raw = error
+                            current = self.parsed(route, raw)
+                            if route in self.invalid and route not in self.cache:
+                                pipe.unwatch()  # unreadable, nothing known: never invent a state over it
+                                return None
                             new = change(current)
                             if new is None:
                                 pipe.unwatch()
@@ -270,11 +527,14 @@ class RedisStore:
             def reconcile(found: RolloutState | None, mine: RolloutState = mine, base: int = base) -> RolloutState:
                 if found is None or found.version <= base:
                     return mine
+                # Another process moved on: the result gets a version above both, so every process adopts it.
+                fields = asdict(found)
                 if mine.status == "aborted" and found.status != "aborted":
-                    fields = asdict(found)
-                    fields.update(status="aborted", weight=0.0, reason=mine.reason, version=found.version + 1)
-                    return RolloutState(**fields)
-                return found
+                    fields.update(status="aborted", weight=0.0, reason=mine.reason)
+                elif found.version > mine.version:
+                    return found
+                fields["version"] = max(found.version, mine.version) + 1
+                return RolloutState(**fields)
 
             live_before = self._backend.live
             self._unsynced.pop(route)
@@ -283,22 +543,6 @@ class RedisStore:
                 return written
             written += 1
         return written
-
-
-def _health_change(data: dict[str, Any]) -> HealthChange:
-    """A health message (published, or a value of the health hash after its deadline) as a change."""
-    return HealthChange(
-        data["k"], data["e"], data.get("m") or "", float(data.get("u") or 0.0), data.get("r") or "", data.get("t")
-    )
-
-
-def _state(raw: bytes | str | None) -> RolloutState | None:
-    if raw is None:
-        return None
-    try:
-        return RolloutState(**json.loads(raw))
-    except (TypeError, ValueError):
-        return None
 
 
 class RedisBackend:
@@ -313,7 +557,10 @@ class RedisBackend:
         emit: EventSink,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
+        #: Read what is shared, write nothing (``holyroute explain``): no threads, no publishing, no grants.
+        self.read_only = read_only
         self._url = state.url.get_secret_value()
         self.where = redacted(self._url)
         self.keys = Keys(state.prefix)
@@ -344,6 +591,8 @@ class RedisBackend:
         self._engines: list[RolloutEngine] = []
         self._threads: list[threading.Thread] = []
         self._pid = os.getpid()
+        self._horizons = Horizons()  # the configured maxima, once attached to a router
+        self._reported: set[tuple[str, ...]] = set()  # problems already reported (once each)
 
     def _client(self, timeout: float | None) -> redis.Redis:
         return redis.Redis.from_url(
@@ -363,15 +612,22 @@ class RedisBackend:
 
     def attach(self, router: Router) -> None:
         self._router = router
+        self._horizons = Horizons.of(router.config.retry, router.config.health)
         if router.rollouts is not None:
             self._engines = [router.rollouts[alias] for alias in router.rollouts]
             for engine in self._engines:
                 engine.shares_measurements = True
                 engine.sync_interval = 0.0  # the store's cache is kept fresh by the sync thread
+        if self.read_only:
+            self.live = False  # no grants, no writes: the local buckets decide
+            self._guarded("attach", self._flush)  # a snapshot of what is shared, no writes
+            self.store.cached = True
+            return
         router.health.share_limits(self.live, self._members, self._clock())
         # One synchronous sync before the first call: a new process must not send to endpoints every other process
-        # knows are cooling down or ejected (bounded by timeout_ms; a failure degrades as any other would).
-        self._flush()
+        # knows are cooling down or ejected (bounded by timeout_ms; a failure degrades as any other would). Bad
+        # entries are skipped by the parsers; anything else is reported and the client is still built.
+        self._guarded("attach", self._flush)
         self._start()
 
     def _start(self) -> None:
@@ -391,6 +647,10 @@ class RedisBackend:
             self._start()
 
     def close(self) -> None:
+        if self.read_only:
+            self._stop.set()
+            self.redis.close()
+            return
         if self._stop.is_set():
             return
         self._stop.set()
@@ -415,6 +675,8 @@ class RedisBackend:
         await asyncio.to_thread(self.close)
 
     def acquire(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
+        if self.read_only:
+            return None
         if os.getpid() != self._pid:
             self._forked()
         if not self.live:
@@ -433,15 +695,21 @@ class RedisBackend:
     def _acquire_args(rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]) -> list[int]:
         return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1]]
 
-    def _granted(self, endpoint: str, tokens: int, reply: Any) -> float:
+    def _granted(self, endpoint: str, tokens: int, reply: Any) -> float | None:
         self._failures = 0
-        wait_ms, requests, granted_tokens = (int(value) for value in reply)
-        if wait_ms:
-            return wait_ms / 1000.0
-        self.leases.granted(endpoint, requests, granted_tokens, tokens)
+        try:
+            wait_ms, requests, granted_tokens = (int(value) for value in reply)
+        except (TypeError, ValueError):
+            self.invalid(self.keys.limits(endpoint), "the rate-limit script's reply is not three integers")
+            return None  # decide locally, as when Redis cannot answer
+        if wait_ms > 0:
+            return min(wait_ms, 60_000) / 1000.0  # a bucket refills completely within 60 s
+        self.leases.granted(endpoint, max(requests, 0), max(granted_tokens, 0), tokens)
         return 0.0
 
     async def aacquire(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
+        if self.read_only:
+            return None
         if os.getpid() != self._pid:
             self._forked()
         if not self.live:
@@ -469,11 +737,16 @@ class RedisBackend:
         return self._granted(endpoint, tokens, reply)
 
     def publish(self, change: HealthChange) -> None:
+        if self.read_only:
+            return
         with self._lock:
             self._outbox.append(change)
         self._wake.set()
 
     def add_spend(self, name: str, usd: float) -> None:
+        if self.read_only or not math.isfinite(usd) or usd <= 0:
+            return
+        usd = min(usd, MAX_USD)
         now = self._wall()
         with self._lock:
             for period in PERIODS:
@@ -484,8 +757,62 @@ class RedisBackend:
         key = (period, period_key(period, self._wall()), name)
         return self._spend_seen.get(key, 0.0) + self._spend_pending.get(key, 0.0)
 
-    def rollout_store(self) -> RedisStore:
-        return self.store
+    def rollout_store(self) -> StateStore:
+        return ReadOnlyStore(self.store) if self.read_only else self.store
+
+    # ---- what is read back: total parsers, each bad entry skipped and reported once ------------------------------
+
+    def invalid(self, key: str, problem: str) -> None:
+        """A Redis entry or message could not be used: one ``holyroute.state_invalid`` per key and problem (the
+        problem names fields, never values: a reason may quote an upstream)."""
+        self._once(
+            ("invalid", key, problem),
+            "holyroute.state_invalid",
+            {
+                "backend": "redis",
+                "redis": self.where,
+                "key": key[:300],
+                "problem": problem[:500],
+                "reason": "skipped; keeping the last known good state",
+            },
+        )
+
+    def _once(self, seen: tuple[str, ...], event: str, fields: dict[str, Any]) -> None:
+        with self._lock:
+            if seen in self._reported:
+                return
+            if len(self._reported) < 1000:
+                self._reported.add(seen)
+        with contextlib.suppress(Exception):
+            self._emit(event, fields)
+
+    def _background_error(self, loop: str, error: BaseException) -> None:
+        """One iteration of a background loop failed: report it once per loop and exception type; the loop goes
+        on. Only the type is named: a message may quote the URL or an entry."""
+        kind = type(error).__name__
+        self._once(
+            ("loop", loop, kind),
+            "holyroute.background_error",
+            {
+                "backend": "redis",
+                "loop": loop,
+                "error": kind,
+                "reason": f"one iteration of the redis {loop} loop raised {kind}; it goes on "
+                "(later failures of this kind are not reported)",
+            },
+        )
+
+    def _guarded(self, loop: str, work: Callable[[], object]) -> None:
+        try:
+            work()
+        except Exception as error:
+            self._background_error(loop, error)
+
+    def _read_measurements(self, key: str, raw: object) -> Measurements:
+        measured, skipped = parse_measurements(raw if not isinstance(raw, Exception) else {})
+        for problem in skipped[:3]:
+            self.invalid(key, problem)
+        return measured
 
     def read_measurements(self, engine: RolloutEngine) -> None:
         """Read every process's measurements for ``engine``'s current window (for the CLI, which does not sync)."""
@@ -494,10 +821,14 @@ class RedisBackend:
         for arm in (engine.stable_arm, engine.candidate_arm):
             pipe.hgetall(self.keys.measurements(engine.route, window, arm))
         try:
-            stable, candidate = (_measurements(raw) for raw in pipe.execute())
+            stable_raw, candidate_raw = pipe.execute(raise_on_error=False)
         except redis.RedisError as error:
             self.failed(error)
             return
+        stable = self._read_measurements(self.keys.measurements(engine.route, window, engine.stable_arm), stable_raw)
+        candidate = self._read_measurements(
+            self.keys.measurements(engine.route, window, engine.candidate_arm), candidate_raw
+        )
         engine.adopt_totals(window, {engine.stable_arm: stable, engine.candidate_arm: candidate})
 
     def snapshot(self) -> tuple[int, list[HealthChange]]:
@@ -508,9 +839,11 @@ class RedisBackend:
         pipe.hgetall(self.keys.health)
         alive, raw = pipe.execute()
         changes = []
-        for value in raw.values():
-            change = _health_change(json.loads(value.decode().partition(" ")[2]))
-            if change.until > now:
+        for field, value in raw.items():
+            change = parse_health_entry(value, wall=now, horizons=self._horizons)
+            if isinstance(change, str):
+                self.invalid(f"{self.keys.health} {_text(field) or '?'}", change)
+            elif change.until > now:
                 changes.append(change)
         return int(alive), sorted(changes, key=lambda c: (c.endpoint, c.model, c.kind))
 
@@ -590,28 +923,39 @@ class RedisBackend:
     def _sync_loop(self) -> None:
         retry = 0.05
         while not self._stop.is_set():
-            if not self.live:
-                if self._recover():
-                    retry = 0.05
+            try:
+                if not self.live:
+                    if self._recover():
+                        retry = 0.05
+                        continue
+                    self._stop.wait(retry)
+                    retry = min(retry * 2, 1.0)
                     continue
-                self._stop.wait(retry)
-                retry = min(retry * 2, 1.0)
-                continue
-            self._wake.clear()  # before the flush: a change published during it wakes the next one at once
-            self._flush()
+                self._wake.clear()  # before the flush: a change published during it wakes the next one at once
+                self._flush()
+            except Exception as error:  # one bad iteration never ends the loop
+                self._background_error("sync", error)
             self._wake.wait(self.interval)
 
     def _flush(self) -> bool:
-        """Send what is pending and read the snapshots back, in one pipeline. False when Redis failed."""
+        """Send what is pending and read the snapshots back, in one pipeline. False when Redis failed.
+
+        A command Redis refuses (a reply error, not a connection error) is reported once and dropped, never sent
+        again: a change Redis cannot take must not keep the backend degraded.
+        """
         router = self._router
+        writes = not self.read_only
         with self._lock:
-            outbox, self._outbox = self._outbox, []
-            spend, self._spend_pending = self._spend_pending, {}
-        drained = [(engine, *engine.drain()) for engine in self._engines]
+            outbox, self._outbox = (self._outbox, []) if writes else ([], self._outbox)
+            spend, self._spend_pending = (self._spend_pending, {}) if writes else ({}, self._spend_pending)
+        drained = [(engine, *engine.drain()) for engine in self._engines] if writes else []
         now = self._wall()
         pipe = self.redis.pipeline(transaction=False)
         for change in outbox:
-            self._health_command(pipe, change)
+            try:
+                self._health_command(pipe, change)
+            except Exception as error:  # this change cannot be sent: drop it, never resend it, send the rest
+                self._background_error("sync", error)
         for (period, bucket, name), usd in spend.items():
             key = self.keys.spend(period, bucket)
             pipe.hincrbyfloat(key, name, usd)
@@ -624,9 +968,10 @@ class RedisBackend:
                 if measured.cost_usd:
                     pipe.hincrbyfloat(key, "cost", measured.cost_usd)
                 pipe.expire(key, MEASUREMENTS_TTL_S)
-        pipe.zadd(self.keys.members, {self.origin: now})
-        pipe.zremrangebyscore(self.keys.members, "-inf", now - MEMBER_TTL_S)
-        pipe.expire(self.keys.members, int(MEMBER_TTL_S * 6))
+        if writes:
+            pipe.zadd(self.keys.members, {self.origin: now})
+            pipe.zremrangebyscore(self.keys.members, "-inf", now - MEMBER_TTL_S)
+            pipe.expire(self.keys.members, int(MEMBER_TTL_S * 6))
         reads = len(pipe)
         pipe.zcard(self.keys.members)
         pipe.hgetall(self.keys.health)
@@ -641,7 +986,7 @@ class RedisBackend:
             for arm in (engine.stable_arm, engine.candidate_arm):
                 pipe.hgetall(self.keys.measurements(engine.route, window, arm))
         try:
-            results = pipe.execute()
+            results = pipe.execute(raise_on_error=False)
         except redis.RedisError as error:
             with self._lock:  # nothing is lost: it all goes out with the next flush
                 self._outbox[:0] = outbox
@@ -653,31 +998,53 @@ class RedisBackend:
             self.failed(error)
             return False
         self._failures = 0
+        for refused in results[:reads]:
+            if isinstance(refused, Exception):
+                self._once(
+                    ("refused", type(refused).__name__),
+                    "holyroute.state_write_failed",
+                    {
+                        "backend": "redis",
+                        "redis": self.where,
+                        "problem": f"Redis refused a write ({type(refused).__name__})",
+                        "reason": "that change is dropped, the rest went through",
+                    },
+                )
         answers = iter(results[reads:])
-        self._members = max(1, int(next(answers)))
+        members = next(answers)
+        if isinstance(members, int) and not isinstance(members, bool):
+            self._members = min(max(1, members), 1_000_000)
+        health = next(answers)
         if router is not None:
-            self._apply_health(next(answers), router)
-        else:
-            next(answers)
+            self._apply_health(health, router)
         for period in PERIODS:
             bucket = period_key(period, now)
-            seen = {(period, bucket, name.decode()): float(value) for name, value in dict(next(answers)).items()}
+            key = self.keys.spend(period, bucket)
+            totals, skipped = parse_spend(next(answers))
+            for problem in skipped[:3]:
+                self.invalid(key, problem)
+            seen = {(period, bucket, name): usd for name, usd in totals.items()}
             for old in [k for k in self._spend_seen if k[0] == period and k[1] != bucket]:
                 del self._spend_seen[old]
             self._spend_seen.update(seen)
-        states = [_state(next(answers)) for _ in self._engines]
-        lost = []
-        for engine, window, found in zip(self._engines, windows, states, strict=True):
-            stable, candidate = _measurements(next(answers)), _measurements(next(answers))
+        raw_states = [next(answers) for _ in self._engines]
+        lost: list[RolloutEngine] = []
+        for engine, window, raw in zip(self._engines, windows, raw_states, strict=True):
+            stable = self._read_measurements(
+                self.keys.measurements(engine.route, window, engine.stable_arm), next(answers)
+            )
+            candidate = self._read_measurements(
+                self.keys.measurements(engine.route, window, engine.candidate_arm), next(answers)
+            )
             engine.adopt_totals(window, {engine.stable_arm: stable, engine.candidate_arm: candidate})
-            if found is not None:
-                self.store.cache[engine.route] = found
+            found = self.store.parsed(engine.route, raw)
+            if found is not None and engine.route not in self.store.invalid:
                 engine.follow(found)
-            else:
-                lost.append(engine)
-        if lost:
+            elif found is None and engine.state.version > 0:
+                lost.append(engine)  # missing (a Redis restarted empty): put back what this process follows
+        if lost and writes:
             self._restore_rollouts(lost)
-        self.store.cached = bool(self._threads)
+        self.store.cached = bool(self._threads) or self.read_only
         return True
 
     def _restore_rollouts(self, engines: list[RolloutEngine]) -> None:
@@ -690,6 +1057,8 @@ class RedisBackend:
             pipe.execute()
 
     def _health_command(self, pipe: Any, change: HealthChange) -> None:
+        # Clamped here, whatever made the change: an absurd deadline would make Redis refuse the EXPIREAT.
+        change = self._horizons.clamp(change, self._wall())
         kind = _FIELD_KINDS[change.kind]
         field = f"{kind}|{change.endpoint}|{change.model}" if kind in "ch" else f"{kind}|{change.endpoint}"
         message = self.message(
@@ -710,36 +1079,37 @@ class RedisBackend:
     def message(self, kind: str, **fields: Any) -> str:
         return json.dumps({"o": self.origin, "kind": kind, **fields}, separators=(",", ":"))
 
-    def _apply_health(self, raw: dict[bytes, bytes], router: Router) -> None:
+    def _apply_health(self, raw: object, router: Router) -> None:
+        if not isinstance(raw, dict):
+            return  # a refused read: the next flush reads again
         now, wall = self._clock(), self._wall()
-        for value in raw.values():
-            text = value.decode()
-            payload = text.partition(" ")[2]
-            self._apply_message(payload, router, now, wall, snapshot=True)
+        for field, value in raw.items():
+            found = _health_entry(value, wall=wall, horizons=self._horizons)
+            if isinstance(found, str):
+                self.invalid(f"{self.keys.health} {_text(field) or '?'}", found)
+            elif found.origin != self.origin and found.change is not None:  # our own is applied already
+                router.health.apply(found.change, now, wall)
 
-    def _apply_message(self, payload: str, router: Router, now: float, wall: float, *, snapshot: bool) -> None:
-        try:
-            data = json.loads(payload)
-        except ValueError:
+    def _apply_message(self, payload: object, router: Router, now: float, wall: float) -> None:
+        found = parse_message(payload, wall=wall, horizons=self._horizons)
+        if isinstance(found, str):
+            self.invalid(self.keys.channel, found)
             return
-        if data.get("o") == self.origin and not snapshot:
+        if found.origin == self.origin:
             return  # our own change, already applied
-        if data.get("kind") == "health":
-            change = _health_change(data)
-            if data.get("o") != self.origin:
-                router.health.apply(change, now, wall)
-        elif data.get("kind") == "rollout" and not snapshot:
-            route = data.get("route")
+        if found.change is not None:
+            router.health.apply(found.change, now, wall)
+        elif found.kind == "rollout":
             for engine in self._engines:
-                if engine.route == route:
+                if engine.route == found.route:
                     try:
-                        found = _state(self.redis.get(self.keys.rollout(route)))
+                        raw = self.redis.get(self.keys.rollout(found.route))
                     except redis.RedisError as error:
                         self.failed(error)
                         return
-                    if found is not None:
-                        self.store.cache[route] = found
-                        engine.follow(found)
+                    state = self.store.parsed(found.route, raw)
+                    if state is not None and found.route not in self.store.invalid:
+                        engine.follow(state)
 
     # ---- the listener thread ------------------------------------------------------------------------------------
 
@@ -749,21 +1119,27 @@ class RedisBackend:
             if not self.live:
                 self._stop.wait(0.1)
                 continue
-            pubsub = listener.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = listener.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.keys.channel)
                 self._wake.set()  # a fresh subscription: re-read the snapshot for what was missed
                 while not self._stop.is_set() and self.live:
                     message = pubsub.get_message(timeout=0.5)
-                    if message is not None and self._router is not None:
-                        self._apply_message(
-                            message["data"].decode(), self._router, self._clock(), self._wall(), snapshot=False
-                        )
+                    router = self._router
+                    if isinstance(message, dict) and router is not None:
+                        try:
+                            self._apply_message(message.get("data"), router, self._clock(), self._wall())
+                        except Exception as error:  # one bad message never ends the loop
+                            self._background_error("listen", error)
             except (redis.RedisError, OSError) as error:
                 self._failures = 3
                 self.failed(error)
                 self._stop.wait(0.1)
+            except Exception as error:  # anything else: report once, subscribe afresh, go on
+                self._background_error("listen", error)
+                self._stop.wait(0.1)
             finally:
-                with contextlib.suppress(redis.RedisError, OSError):
+                with contextlib.suppress(Exception):
                     pubsub.close()
-        listener.close()
+        with contextlib.suppress(Exception):
+            listener.close()

@@ -28,7 +28,8 @@ It never decides routing: a verdict is advice for a person or a script, not a ro
 
     {"source": str, "config": str | null, "settings": {"margin", "alpha", "max_latency_ratio", "min_calls"},
      "events": {"request": int, "served": int, "shadow": int, "other_holyroute": int,
-                "skipped_not_json": int, "skipped_not_holyroute": int, "malformed_request": int},
+                "skipped_not_json": int, "skipped_not_holyroute": int, "skipped_malformed": int,
+                "malformed_request": int},
      "notes": [str], "routes_without_calls": [str],
      "routes": [{"route": str, "configured": bool, "control": str | null, "control_basis": str,
                  "arms": [ARM + {"verdict": {"verdict": "CONTROL|WAIT|ROLLBACK|PROMOTE|CONTINUE",
@@ -42,7 +43,9 @@ It never decides routing: a verdict is advice for a person or a script, not a ro
            "mean_completion_tokens", "cost_usd", "cost_per_call_usd", "unpriced", "upstream_models"}
 
 ``events.request`` counts the well-formed request events reported on (of ``--route`` only, when given); request
-events without a route name are ``malformed_request``. A rate, quantile or mean with no data is ``null``.
+events without a route name are ``malformed_request``. A line whose numeric field is not a finite number in range
+(``latency_ms: 1e999``, a 400-digit int, a string) is skipped whole and counted in ``skipped_malformed``. A rate,
+quantile or mean with no data is ``null``.
 """
 
 from __future__ import annotations
@@ -120,18 +123,66 @@ class EventLog:
     events: tuple[dict[str, Any], ...]
     not_json: int = 0
     not_holyroute: int = 0
+    malformed: int = 0  # holyroute events with a field no reader can use (a number out of range, a wrong type)
 
 
-def _parse(line: str) -> dict[str, Any] | Literal["blank", "not_json", "not_holyroute"]:
+#: The numeric fields readers of the log compute with, and the largest value each may hold: a line whose field is
+#: not a finite number in ``[0, bound]`` (``1e999``, a 400-digit int, a string) is malformed and skipped whole.
+_NUMERIC_FIELDS: dict[str, float] = {
+    "latency_ms": 1e10,
+    "ttft_ms": 1e10,
+    "attempt_ms": 1e10,
+    "cost_usd": 1e9,
+    "prompt_tokens": 1e13,
+    "completion_tokens": 1e13,
+    "cached_tokens": 1e13,
+    "reasoning_tokens": 1e13,
+    "attempts": 1e6,
+    "attempt": 1e6,
+    "wait_s": 1e10,
+    "cooldown_s": 1e10,
+    "ejection_s": 1e10,
+    "remaining_requests": 1e13,
+    "remaining_tokens": 1e13,
+    "step": 1e9,
+    "steps": 1e9,
+    "weight": 100.0,
+}
+_TIMESTAMP_MAX = 1e11  # Unix seconds (year 5138): beyond it a numeric timestamp is junk
+
+
+def _in_bounds(value: object, bound: float) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and 0 <= value <= bound
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _well_formed(event: dict[str, Any]) -> bool:
+    """Every field a reader computes with holds what it should (absent or null is fine)."""
+    for name, bound in _NUMERIC_FIELDS.items():
+        value = event.get(name)
+        if value is not None and not _in_bounds(value, bound):
+            return False
+    stamp = event.get("timestamp")
+    return stamp is None or isinstance(stamp, str) or _in_bounds(stamp, _TIMESTAMP_MAX)
+
+
+def _parse(line: str) -> dict[str, Any] | Literal["blank", "not_json", "not_holyroute", "malformed"]:
+    """One log line: a well-formed ``holyroute.*`` event, or why it is skipped. Total: never raises."""
     if not line.strip():
         return "blank"
     try:
         event = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # also ints too long to convert, and nesting too deep
         return "not_json"
-    if isinstance(event, dict) and str(event.get("event", "")).startswith("holyroute."):
-        return event
-    return "not_holyroute"
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        return "not_holyroute"
+    if not event["event"].startswith("holyroute."):
+        return "not_holyroute"
+    return event if _well_formed(event) else "malformed"
 
 
 def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -146,7 +197,7 @@ def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
 def load_log(path: str | Path) -> EventLog:
     """The whole log, with counts of skipped lines. Raises ``OSError`` when the file cannot be read."""
     events: list[dict[str, Any]] = []
-    skipped = {"blank": 0, "not_json": 0, "not_holyroute": 0}
+    skipped = {"blank": 0, "not_json": 0, "not_holyroute": 0, "malformed": 0}
     # Undecodable bytes become U+FFFD: such a line fails to parse and is counted, rather than ending the report.
     with Path(path).open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
@@ -155,7 +206,7 @@ def load_log(path: str | Path) -> EventLog:
                 events.append(event)
             else:
                 skipped[event] += 1
-    return EventLog(str(path), tuple(events), skipped["not_json"], skipped["not_holyroute"])
+    return EventLog(str(path), tuple(events), skipped["not_json"], skipped["not_holyroute"], skipped["malformed"])
 
 
 _MISSING_VAR = re.compile(r"^\s*- (\S+): environment variable ([A-Za-z_][A-Za-z0-9_]*) is not set", re.MULTILINE)
@@ -228,12 +279,14 @@ def summarise(events: Iterable[Mapping[str, Any]]) -> list[Row]:
             target.calls += 1
             if event.get("outcome") == "error":
                 target.errors += 1
-            latency = event.get("latency_ms")
-            if isinstance(latency, int | float):
-                target.latencies.append(float(latency))
-            target.tokens += int(event.get("prompt_tokens") or 0) + int(event.get("completion_tokens") or 0)
-            cost = event.get("cost_usd")
-            if isinstance(cost, int | float):
+            latency = _number(event.get("latency_ms"))
+            if latency is not None:
+                target.latencies.append(latency)
+            target.tokens += int(_number(event.get("prompt_tokens")) or 0) + int(
+                _number(event.get("completion_tokens")) or 0
+            )
+            cost = _number(event.get("cost_usd"))
+            if cost is not None:
                 target.cost_usd += cost
             elif event.get("outcome") == "ok":
                 target.unpriced += 1
@@ -412,6 +465,7 @@ class Report:
     skipped_not_holyroute: int
     malformed: int
     routes: tuple[RouteReport, ...]
+    skipped_malformed: int = 0  # lines with an unusable field (a number out of range, a wrong type)
     routes_without_calls: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
@@ -420,8 +474,13 @@ class Report:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+    """A finite number, or None (also for ints too large for a float): total."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
     return None
 
 
@@ -650,6 +709,7 @@ def build_report(
         other_events=other,
         skipped_not_json=log.not_json,
         skipped_not_holyroute=log.not_holyroute,
+        skipped_malformed=log.malformed,
         malformed=malformed,
         routes=reports,
         routes_without_calls=quiet,
@@ -836,6 +896,7 @@ def report_json(report: Report) -> dict[str, Any]:
             "other_holyroute": report.other_events,
             "skipped_not_json": report.skipped_not_json,
             "skipped_not_holyroute": report.skipped_not_holyroute,
+            "skipped_malformed": report.skipped_malformed,
             "malformed_request": report.malformed,
         },
         "notes": list(_notes(report)),
@@ -846,11 +907,13 @@ def report_json(report: Report) -> dict[str, Any]:
 
 def _notes(report: Report) -> list[str]:
     """What a reader must know about the input before trusting the numbers."""
-    skipped = report.skipped_not_json + report.skipped_not_holyroute
+    skipped = report.skipped_not_json + report.skipped_not_holyroute + report.skipped_malformed
     notes = [
         f"{report.request_events} request events ({report.served_events} served, {report.shadow_events} shadow), "
         f"{report.other_events} other holyroute events; {skipped} lines skipped "
-        f"({report.skipped_not_json} not JSON, {report.skipped_not_holyroute} not holyroute events)"
+        f"({report.skipped_not_json} not JSON, {report.skipped_not_holyroute} not holyroute events"
+        + (f", {report.skipped_malformed} malformed" if report.skipped_malformed else "")
+        + ")"
     ]
     if report.malformed:
         notes.append(f"{report.malformed} request events without a route name (or with a non-text arm) left out")

@@ -16,12 +16,15 @@ import contextlib
 import fcntl
 import json
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._routing import SplitPicker
 from ._stats import LatencySketch, SequentialNonInferiority, latency_regressed
@@ -30,7 +33,23 @@ from .config import Analysis, Rollout
 if TYPE_CHECKING:
     from ._state import StateBackend
 
-__all__ = ["FileStore", "Measurements", "MemoryStore", "RolloutEngine", "RolloutState", "Rollouts", "StateStore"]
+__all__ = [
+    "FileStore",
+    "Measurements",
+    "MemoryStore",
+    "ReadOnlyStore",
+    "RolloutEngine",
+    "RolloutState",
+    "Rollouts",
+    "StateStore",
+    "Undecodable",
+    "decode_json",
+    "held_state",
+    "parse_state",
+    "parse_state_file",
+    "parse_stored_state",
+    "validation_problem",
+]
 
 Status = Literal["progressing", "paused", "aborted", "completed"]
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -50,6 +69,118 @@ class RolloutState:
     failed: int = 0  # failed / inconclusive measurements in the current analysis step
     inconclusive: int = 0
     version: int = 0
+
+
+#: Bounds of a stored state's counters: far beyond any real rollout, small enough for every later arithmetic.
+MAX_COUNT = 10**9
+
+
+class _StatePayload(BaseModel):
+    """The stored form of a :class:`RolloutState` (file store and Redis alike): the one schema both are read with.
+
+    Strict types (no ``"3"`` for 3, no ``true`` for 1), finite numbers, counters within ``[0, MAX_COUNT]``, a weight
+    within ``[0, 100]``; unknown keys are ignored, so a newer writer's extra fields do not make the state unreadable.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    route: Annotated[str, Field(max_length=1000)]
+    step: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
+    weight: Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)] = 0.0
+    status: Status = "progressing"
+    reason: Annotated[str, Field(max_length=10_000)] = ""
+    step_started: Annotated[float, Field(ge=0.0, le=1e12, allow_inf_nan=False)] = 0.0
+    window: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
+    failed: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
+    inconclusive: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
+    version: Annotated[int, Field(ge=0, le=2**62)] = 0
+
+
+def validation_problem(error: ValidationError) -> str:
+    """A validation error as one short line naming the fields, never their values."""
+    parts = []
+    for found in error.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(str(part) for part in found["loc"]) or "value"
+        parts.append(f"{where}: {found['msg']}")
+    return "; ".join(parts)
+
+
+def parse_state(route: str, value: object) -> RolloutState | str:
+    """One route's stored state (a decoded JSON value), validated; or the problem, as text without the value.
+
+    Total: whatever ``value`` is, this returns; it never raises. The stored ``route`` must be ``route``.
+    """
+    if not isinstance(value, Mapping):
+        return f"expected an object, got {type(value).__name__}"
+    try:
+        payload = _StatePayload.model_validate(value)
+    except ValidationError as error:
+        return validation_problem(error)
+    except (ValueError, TypeError, RecursionError) as error:  # pragma: no cover - pydantic wraps these
+        return type(error).__name__
+    if payload.route != route:
+        return "its route field names another route"
+    return RolloutState(**payload.model_dump())
+
+
+def decode_json(raw: bytes | str) -> object | str:
+    """JSON text as a value, or the problem (``Undecodable``) why it is not."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value: object = json.loads(text)
+    except UnicodeDecodeError:
+        return Undecodable("not UTF-8")
+    except RecursionError:
+        return Undecodable("not JSON (nested too deeply)")
+    except ValueError as error:  # JSONDecodeError, and ints too long to convert
+        message = getattr(error, "msg", None) or "not JSON"
+        return Undecodable(f"not JSON ({message})")
+    return value
+
+
+class Undecodable(str):
+    """A problem found while decoding (a ``str`` subclass, so it never passes for a decoded JSON string)."""
+
+
+def parse_stored_state(route: str, raw: bytes | str | None) -> RolloutState | str | None:
+    """A route's state as stored in Redis (JSON text): the state, ``None`` when absent, or the problem."""
+    if raw is None:
+        return None
+    value = decode_json(raw)
+    if isinstance(value, Undecodable):
+        return str(value)
+    return parse_state(route, value)
+
+
+def parse_state_file(raw: bytes | str) -> tuple[dict[str, RolloutState], dict[str, str], str | None]:
+    """A whole state file: the routes whose state is valid, the routes whose entry is not (with the problem), and
+    a problem with the file as a whole (then nothing in it is trusted). Total: never raises."""
+    value = decode_json(raw)
+    if isinstance(value, Undecodable):
+        return {}, {}, str(value)
+    if not isinstance(value, dict):
+        return {}, {}, f"expected a JSON object of routes, got {type(value).__name__}"
+    states: dict[str, RolloutState] = {}
+    problems: dict[str, str] = {}
+    for route, entry in value.items():
+        parsed = parse_state(route, entry)
+        if isinstance(parsed, str):
+            problems[route] = parsed
+        else:
+            states[route] = parsed
+    return states, problems, None
+
+
+def held_state(route: str, problem: str) -> RolloutState:
+    """What a process follows when it knows nothing good about a rollout: the stable arm takes all traffic and
+    nothing advances (``paused``, version 0, so any state read later wins)."""
+    return RolloutState(
+        route,
+        weight=0.0,
+        status="paused",
+        reason=f"rollout state unreadable ({problem}): the stable arm takes all traffic until it can be read",
+        version=0,
+    )
 
 
 @dataclass(slots=True)
@@ -124,37 +255,136 @@ class MemoryStore:
             return new
 
 
-class FileStore:
-    """State in a JSON file shared by every process on the host: reads are cheap, writes hold an flock."""
+@dataclass(frozen=True, slots=True)
+class _FileView:
+    """One read of the state file: its decoded object, the valid states, the invalid entries, a whole-file problem."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    raw: dict[str, Any]
+    states: dict[str, RolloutState]
+    problems: dict[str, str]
+    problem: str | None
+
+
+_ABSENT = _FileView({}, {}, {}, None)
+
+
+class FileStore:
+    """State in a JSON file shared by every process on the host: reads are cheap, writes hold an flock.
+
+    Fail safe: the file is read with :func:`parse_state_file`. A file or an entry that cannot be read (truncated,
+    wrong types, unreadable) never makes a call raise: the last state known good here is kept (so an aborted
+    rollout stays aborted), or, with nothing known, :func:`held_state` (the stable arm takes all traffic), and one
+    ``holyroute.state_invalid`` event names the path and the problem. A file that cannot be read is never written
+    over. A write that fails (disk full, permissions) keeps the change in this process, emits
+    ``holyroute.state_write_failed`` and is tried again at the next read. Writes go to a symlink's target, through a
+    temporary file in the target's directory and ``os.replace``, so readers see the old file or the new one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, emit: EventSink | None = None) -> None:
         self.path = Path(path)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
-        self._cache: tuple[float, dict[str, Any]] | None = None
+        self._emit = emit
+        self._cache: tuple[tuple[int, int, int], _FileView] | None = None
+        self._good: dict[str, RolloutState] = {}  # the last state known good per route (read, or written here)
+        self._unwritten: dict[str, tuple[RolloutState, int]] = {}  # changed here, not on disk yet: (state, base)
+        self._reported: set[tuple[str, str]] = set()
+        self._mutex = threading.RLock()
 
-    def _read(self) -> dict[str, Any]:
+    # ---- reading ---------------------------------------------------------------------------------------------
+
+    def _read(self) -> _FileView:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            return {}
-        if self._cache is not None and self._cache[0] == stat.st_mtime_ns:
+            self._cache = None
+            return _ABSENT
+        except OSError as error:
+            return self._invalid(f"cannot read it: {error.strerror or type(error).__name__}")
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if self._cache is not None and self._cache[0] == stamp:
             return self._cache[1]
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        data = data if isinstance(data, dict) else {}
-        self._cache = (stat.st_mtime_ns, data)
-        return data
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return _ABSENT
+        except OSError as error:
+            return self._invalid(f"cannot read it: {error.strerror or type(error).__name__}")
+        states, problems, problem = parse_state_file(data)
+        raw: dict[str, Any] = {}
+        if problem is None:
+            with contextlib.suppress(ValueError, RecursionError):
+                decoded = json.loads(data)
+                raw = decoded if isinstance(decoded, dict) else {}
+        view = _FileView(raw, states, problems, problem)
+        self._cache = (stamp, view)
+        if problem is not None:
+            self._report("holyroute.state_invalid", problem)
+        for route, found in problems.items():
+            self._report("holyroute.state_invalid", f"route {route!r}: {found}"[:500])
+        if problem is None and not problems:
+            self._reported = {seen for seen in self._reported if seen[0] != "holyroute.state_invalid"}
+        for route, state in states.items():
+            if route not in self._unwritten:
+                self._good[route] = state
+        return view
+
+    def _invalid(self, problem: str) -> _FileView:
+        self._report("holyroute.state_invalid", problem)
+        return _FileView({}, {}, {}, problem)
+
+    def _report(self, event: str, problem: str) -> None:
+        """One event per distinct problem (not per call); the path, never the file's content."""
+        if (event, problem) in self._reported or self._emit is None:
+            return
+        if len(self._reported) < 1000:
+            self._reported.add((event, problem))
+        if event == "holyroute.state_invalid":
+            reason = "keeping the last known good rollout state (none known: the stable arm takes all traffic)"
+        else:
+            reason = "the change holds in this process and is written again at the next read"
+        with contextlib.suppress(Exception):
+            self._emit(event, {"backend": "file", "path": str(self.path), "problem": problem, "reason": reason})
+
+    def _merged(self, view: _FileView) -> dict[str, RolloutState]:
+        """What this process takes as each route's state: the file's valid entries, the last good for entries it
+        cannot read, and the changes not written yet (unless another process moved on meanwhile: then its state
+        wins, except that an abort made here is applied on top of it)."""
+        merged = dict(view.states)
+        unreadable = set(self._good) if view.problem is not None else set(view.problems)
+        for route in unreadable:
+            known = self._good.get(route)
+            if known is not None:
+                merged[route] = known
+        for route, (mine, base) in list(self._unwritten.items()):
+            found = view.states.get(route)
+            if found is None or found.version <= base:
+                merged[route] = mine
+                continue
+            # Another process moved on meanwhile. What this process ends up with is written with a version above
+            # both, so that every process (this one included, which already holds ``mine``) adopts it.
+            fields = asdict(found)
+            if mine.status == "aborted" and found.status != "aborted":
+                fields.update(status="aborted", weight=0.0, reason=mine.reason)
+            elif found.version > mine.version:
+                del self._unwritten[route]
+                merged[route] = self._good[route] = found
+                continue
+            fields["version"] = max(found.version, mine.version) + 1
+            merged[route] = self._good[route] = RolloutState(**fields)
+            self._unwritten[route] = (merged[route], found.version)
+        return merged
 
     def load(self, route: str) -> RolloutState | None:
-        found = self._read().get(route)
-        if not isinstance(found, dict):
-            return None
-        try:
-            return RolloutState(**found)
-        except TypeError:
-            return None
+        with self._mutex:
+            if self._unwritten:
+                self._retry_writes()
+            view = self._read()
+            found = self._merged(view).get(route)
+            if found is None and (view.problem is not None or route in view.problems):
+                return held_state(route, view.problem or view.problems[route])
+            return found
+
+    # ---- writing ---------------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -164,21 +394,105 @@ class FileStore:
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):  # closing the handle releases it anyway
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def update(self, route: str, change: Callable[[RolloutState | None], RolloutState | None]) -> RolloutState | None:
-        with self._locked():
-            self._cache = None
-            data = dict(self._read())
-            new = change(self.load(route))
-            if new is None:
-                return None
-            data[route] = asdict(new)
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-            temporary.replace(self.path)  # atomic: readers see the old file or the new one
-            self._cache = None
-            return new
+        with self._mutex, contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self._locked())
+            except OSError as error:  # cannot lock (a read-only directory): the change holds here, written later
+                self._report("holyroute.state_write_failed", f"cannot lock {self._lock_path}: {_why(error)}")
+                return self._update(route, change, locked=False)
+            return self._update(route, change, locked=True)
+
+    def _update(
+        self, route: str, change: Callable[[RolloutState | None], RolloutState | None], *, locked: bool
+    ) -> RolloutState | None:
+        self._cache = None  # under the lock: read what the last writer wrote
+        view = self._read()
+        merged = self._merged(view)
+        current = merged.get(route)
+        if current is None and (view.problem is not None or route in view.problems):
+            return None  # nothing known and nothing readable: never invent a state over one that cannot be read
+        new = change(current)
+        if new is None:
+            return None
+        pending = self._unwritten.get(route)
+        base = pending[1] if pending is not None else (current.version if current is not None else 0)
+        self._unwritten[route] = (new, base)
+        self._good[route] = merged[route] = new
+        if locked and view.problem is None:
+            self._write(view, merged)
+        elif view.problem is not None:
+            problem = f"not written over a file that cannot be read ({view.problem})"
+            self._report("holyroute.state_write_failed", problem)
+        return new
+
+    def _retry_writes(self) -> None:
+        try:
+            with self._locked():
+                self._cache = None
+                view = self._read()
+                if view.problem is None:
+                    self._write(view, self._merged(view))
+        except OSError as error:
+            self._report("holyroute.state_write_failed", f"cannot lock {self._lock_path}: {_why(error)}")
+
+    def _write(self, view: _FileView, merged: dict[str, RolloutState]) -> None:
+        """Write the changes made here (and the last good of entries that could not be read) over the file."""
+        data = dict(view.raw)
+        for route in (*self._unwritten, *view.problems):
+            if route in merged:
+                data[route] = asdict(merged[route])
+        target = Path(os.path.realpath(self.path))  # a symlink stays a symlink: its target is replaced
+        try:
+            mode = target.stat().st_mode & 0o7777
+        except OSError:
+            mode = 0o644
+        temporary: str | None = None
+        try:
+            descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(data, indent=2, sort_keys=True))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temporary, mode)
+            os.replace(temporary, target)  # atomic: readers see the old file or the new one
+            temporary = None
+        except (OSError, ValueError, RecursionError) as error:
+            why = _why(error) if isinstance(error, OSError) else type(error).__name__
+            self._report("holyroute.state_write_failed", f"cannot write {target}: {why}")
+            return
+        finally:
+            if temporary is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+        self._cache = None
+        self._unwritten.clear()
+        self._reported = {seen for seen in self._reported if seen[0] != "holyroute.state_write_failed"}
+
+
+def _why(error: OSError) -> str:
+    return error.strerror or type(error).__name__
+
+
+class ReadOnlyStore:
+    """A view of ``store`` that is never written (``holyroute explain``): changes stay in this object."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self._changed: dict[str, RolloutState] = {}
+
+    def load(self, route: str) -> RolloutState | None:
+        found = self._changed.get(route)
+        return found if found is not None else self._store.load(route)
+
+    def update(self, route: str, change: Callable[[RolloutState | None], RolloutState | None]) -> RolloutState | None:
+        new = change(self.load(route))
+        if new is not None:
+            self._changed[route] = new
+        return new
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +539,8 @@ class RolloutEngine:
         state = store.load(route)
         if state is None:
             state = store.update(route, lambda found: found or RolloutState(route, step_started=now, version=1))
-        assert state is not None
+        if state is None:  # the store could neither be read nor written: hold (stable takes all traffic)
+            state = store.load(route) or held_state(route, "the state store could not be read")
         self.state = state
         self._synced = now
         self._pickers: dict[float, SplitPicker] = {}
@@ -284,8 +599,15 @@ class RolloutEngine:
         if now - self._synced >= self.sync_interval:
             self._synced = now
             found = self._store.load(self.route)
-            if found is not None and found.version > self.state.version:
+            if found is not None and _newer(found, self.state):
                 self.state = found
+            elif found is None and self.state.version == 0:
+                # Held while the state could not be read, and now there is none (the file was removed): start.
+                made = self._store.update(
+                    self.route, lambda old: old or RolloutState(self.route, step_started=now, version=1)
+                )
+                if made is not None and made.version > 0:
+                    self.state = made
         if self.state.status != "progressing":
             return self.state
         with self._lock:
@@ -482,7 +804,7 @@ class RolloutEngine:
     def follow(self, state: RolloutState) -> None:
         """Another process changed the rollout: take its state if it is newer."""
         with self._lock:
-            if state.version > self.state.version:
+            if _newer(state, self.state):
                 self.state = state
 
     # ---- internals ---------------------------------------------------------------------------------------------
@@ -539,6 +861,12 @@ class RolloutEngine:
                 "reason": reason,
             },
         )
+
+
+def _newer(found: RolloutState, mine: RolloutState) -> bool:
+    """Whether the store's ``found`` replaces ``mine``: a later version, or the same version with other content (a
+    change made here that could not be written, and lost to another process's change of the same version)."""
+    return found.version > mine.version or (found.version == mine.version and found != mine)
 
 
 def judge(

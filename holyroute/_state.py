@@ -240,14 +240,25 @@ class MemoryBackend:
 
 
 def open_backend(
-    state: State, *, emit: EventSink, clock: Callable[[], float], wall_clock: Callable[[], float]
+    state: State,
+    *,
+    emit: EventSink,
+    clock: Callable[[], float],
+    wall_clock: Callable[[], float],
+    read_only: bool = False,
 ) -> StateBackend:
-    """The backend ``state`` configures. Redis is imported only when it is configured."""
+    """The backend ``state`` configures. Redis is imported only when it is configured.
+
+    ``read_only`` (``holyroute explain``): the backend reads what is shared and writes nothing, anywhere; rollout
+    steps the router would take stay in memory.
+    """
     if state.backend == "redis":
         from ._redis import RedisBackend
 
-        return RedisBackend(state, emit=emit, clock=clock, wall_clock=wall_clock)
-    from ._rollout import FileStore, MemoryStore
+        return RedisBackend(state, emit=emit, clock=clock, wall_clock=wall_clock, read_only=read_only)
+    from ._rollout import FileStore, MemoryStore, ReadOnlyStore
 
-    store: StateStore = FileStore(state.path) if state.backend == "file" else MemoryStore()
+    store: StateStore = FileStore(state.path, emit=emit) if state.backend == "file" else MemoryStore()
+    if read_only:
+        store = ReadOnlyStore(store)
     return MemoryBackend(store, wall_clock=wall_clock)

@@ -300,7 +300,7 @@ def run_report(
         err.write(
             f"holyroute report: {events} has no holyroute.request events {what} "
             f"({len(log.events)} holyroute events, {log.not_json} lines not JSON, "
-            f"{log.not_holyroute} not holyroute events"
+            f"{log.not_holyroute} not holyroute events, {log.malformed} malformed"
             + (f"; routes in the log: {', '.join(seen)}" if seen and route is not None else "")
             + ")\n"
         )

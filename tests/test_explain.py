@@ -126,3 +126,49 @@ def test_not_json(tmp_path: Path) -> None:
     err = io.StringIO()
     assert run_explain(config, request, (), io.StringIO(), err) == 2
     assert "is not JSON" in err.getvalue()
+
+
+class TestReadOnly:
+    """Explain reads the rollout state and writes none: no file created, none changed, no step advanced."""
+
+    ROLLOUT = """\
+endpoints:
+  main: {base_url: https://main.example/v1, api_key: sk-secret-1}
+routes:
+  chat:
+    rollout:
+      stable: {model: gpt-4o, endpoints: [main]}
+      candidate: {model: gpt-4.1, endpoints: [main]}
+      steps: [{set_weight: 20}, {pause: {duration: 1s}}, {set_weight: 70}]
+state: {backend: file, path: STATE}
+"""
+
+    def run(self, tmp_path: Path) -> tuple[int, str]:
+        state = tmp_path / "state" / "rollout.json"
+        config = tmp_path / "holyroute.yaml"
+        config.write_text(self.ROLLOUT.replace("STATE", str(state)))
+        request = tmp_path / "request.json"
+        request.write_text(json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
+        out, err = io.StringIO(), io.StringIO()
+        code = run_explain(config, request, (), out, err)
+        return code, out.getvalue() + err.getvalue()
+
+    def test_no_state_file_is_created(self, tmp_path: Path) -> None:
+        code, out = self.run(tmp_path)
+        assert code == 0, out
+        assert "arm gpt-4.1 (weight 20%)" in out, "shows what the router would do: the first step"
+        assert not (tmp_path / "state").exists(), "neither the state file nor its lock file is created"
+
+    def test_existing_state_is_unchanged(self, tmp_path: Path) -> None:
+        folder = tmp_path / "state"
+        folder.mkdir()
+        state = folder / "rollout.json"
+        # At 20%, paused since long ago: a router would advance to 70% now; explain must not write that.
+        stored = {"chat": {"route": "chat", "step": 1, "weight": 20.0, "step_started": 1.0, "version": 2}}
+        state.write_text(json.dumps(stored))
+        before = state.stat().st_mtime_ns
+        code, out = self.run(tmp_path)
+        assert code == 0, out
+        assert json.loads(state.read_text()) == stored
+        assert state.stat().st_mtime_ns == before
+        assert sorted(p.name for p in folder.iterdir()) == ["rollout.json"]

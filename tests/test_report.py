@@ -340,6 +340,7 @@ class TestNumbers:
             "other_holyroute": len(events) - len(requests),
             "skipped_not_json": 2,
             "skipped_not_holyroute": 2,
+            "skipped_malformed": 0,
             "malformed_request": 0,
         }
 

@@ -27,7 +27,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import openai
 import pytest
@@ -40,6 +40,7 @@ from holyroute import cli
 from holyroute._core import Router
 from holyroute._redis import Keys
 from holyroute._rollout import RolloutEngine
+from holyroute._state import HealthChange, period_key
 from holyroute.testing import FakeUpstream, Reply
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -1009,3 +1010,212 @@ class TestFork:
         # One bucket for both processes: five more reach `limited`, the sixth call of the child fails over.
         assert sent_by(limited) == {"P": 6}
         assert sent_by(backup) == {"P": 1}
+
+
+def synced_twice(store: redis.Redis, client: Client, prefix: str) -> None:
+    """Wait until ``client``'s sync thread has completed two more syncs (each stamps its member entry)."""
+    origin = client.router.state.origin  # type: ignore[attr-defined]
+    members = Keys(prefix).members
+    for _ in range(2):
+        since = time.time()
+
+        def stamped(since: float = since) -> bool:
+            return float(store.zscore(members, origin) or 0.0) > since
+
+        wait_until(stamped, 2.0, "a sync")
+
+
+class TestBadEntries:
+    """One malformed message or entry in Redis is skipped with one event; the background threads live on, clients
+    can still be built, and an absurd deadline is clamped to the configured maximum instead of degrading the
+    backend."""
+
+    GARBAGE = (
+        b"\xff\xfe not utf-8",
+        b"not json",
+        b"[1, 2]",
+        b'{"kind": "health", "k": "cooldown"}',
+        b'{"kind": "health", "k": "cooldown", "e": "a", "m": "gpt-4o-mini", "u": "soon"}',
+        b'{"kind": "rollout", "route": 7}',
+        b'{"kind": "health", "k": "cooldown", "e": "a", "t": ' + b"9" * 400 + b"}",
+    )
+
+    def test_malformed_messages_and_entries(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        a, b = deployment.upstream("a"), deployment.upstream("b")
+        cfg = config(prefix, {"a": {"base_url": a.base_url}, "b": {"base_url": b.base_url}}, ordered("a", "b"))
+        keys = Keys(prefix)
+        for n, junk in enumerate(self.GARBAGE):
+            store.hset(keys.health, f"c|x{n}|m", b"9999999999 " + junk)
+        store.hset(keys.health, "c|y|m", b"nonsense")
+        with capture_logs() as logs:
+            one, two = deployment.client(cfg, "A"), deployment.client(cfg, "B")  # built despite the bad entries
+            for junk in self.GARBAGE:
+                store.publish(keys.channel, junk)
+            # Both threads of both routers are still running, and still follow: A's 429 reaches B.
+            a.push(Reply.rate_limited(retry_after_s=30))
+            one.chat()
+            wait_until(lambda: two.router.health.cooldown("a", MODEL, two.now()) is not None, 2.0, "B to follow")
+            for client in (one, two):
+                backend = client.router.state
+                assert all(thread.is_alive() for thread in backend._threads)  # type: ignore[attr-defined]
+                assert backend.live  # type: ignore[attr-defined]
+        invalid = named(logs, "holyroute.state_invalid")
+        assert {entry["key"] for entry in invalid} >= {keys.channel, f"{keys.health} c|y|m"}
+        assert named(logs, "holyroute.background_error") == []
+        assert named(logs, "holyroute.state_degraded") == []
+        reported = Counter((entry["key"], entry["problem"]) for entry in invalid)
+        assert max(reported.values()) <= 2, "once per key and problem in each router"
+        assert two.chat() == MODEL
+
+    def test_absurd_deadline_is_clamped_and_the_backend_stays_live(
+        self, prefix: str, store: redis.Redis, deployment: Deployment
+    ) -> None:
+        """A cooldown until the year 5000 (from a header like `99999999h`) lasts at most max_cooldown_s anywhere."""
+        a, b = deployment.upstream("a"), deployment.upstream("b")
+        cfg = config(prefix, {"a": {"base_url": a.base_url}, "b": {"base_url": b.base_url}}, ordered("a", "b"))
+        cfg["retry"]["max_cooldown_s"] = 60
+        with capture_logs() as logs:
+            one, two = deployment.client(cfg, "A"), deployment.client(cfg, "B")
+            far = time.time() + 3600 * 99_999_999
+            one.router.state.publish(HealthChange("cooldown", "a", MODEL, until=far, reason="99999999h"))
+            wait_until(lambda: two.router.health.cooldown("a", MODEL, two.now()) is not None, 2.0, "B to follow")
+            store.publish(
+                Keys(prefix).channel,
+                json.dumps({"o": "elsewhere", "kind": "health", "k": "ejected", "e": "b", "u": 1e300}),
+            )
+            wait_until(lambda: two.router.health.live_changes(two.now(), time.time()), 2.0, "B to apply both")
+            for client in (one, two):  # the change must not be refused and pushed again at the later syncs
+                synced_twice(store, client, prefix)
+            for client in (one, two):
+                assert client.router.state.live  # type: ignore[attr-defined]
+                wall = time.time()
+                for change in client.router.health.live_changes(client.now(), wall):
+                    limit = 60 if change.kind == "cooldown" else 300
+                    assert change.until <= wall + limit + 1, change
+            stored = store.hget(Keys(prefix).health, f"c|a|{MODEL}")
+            assert stored is not None
+            assert float(cast(bytes, stored).split(b" ")[0]) <= time.time() + 61
+        assert named(logs, "holyroute.state_degraded") == []
+        assert named(logs, "holyroute.state_write_failed") == []
+
+    def test_loops_survive_an_exception_in_one_iteration(
+        self, prefix: str, deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        a, b = deployment.upstream("a"), deployment.upstream("b")
+        cfg = config(prefix, {"a": {"base_url": a.base_url}, "b": {"base_url": b.base_url}}, ordered("a", "b"))
+        with capture_logs() as logs:
+            one, two = deployment.client(cfg, "A"), deployment.client(cfg, "B")
+            backend = two.router.state
+            book = two.router.health
+            real_apply = type(book).apply
+            failures = {"left": 6}
+
+            def flaky(self: Any, *args: Any) -> None:
+                if self is book and failures["left"] > 0:
+                    failures["left"] -= 1
+                    raise RuntimeError("a bug in one iteration")
+                real_apply(self, *args)
+
+            monkeypatch.setattr(type(book), "apply", flaky)
+            a.push(Reply.rate_limited(retry_after_s=30))
+            one.chat()  # B's listener and sync thread both hit the bug, then recover
+            wait_until(lambda: two.router.health.cooldown("a", MODEL, two.now()) is not None, 3.0, "B to follow")
+            assert all(thread.is_alive() for thread in backend._threads)  # type: ignore[attr-defined]
+        errors = named(logs, "holyroute.background_error")
+        assert errors
+        assert {entry["error"] for entry in errors} == {"RuntimeError"}
+        assert len(errors) == len({entry["loop"] for entry in errors}), "once per loop and exception type"
+        assert all("a bug" not in entry["reason"] for entry in errors), "the message (maybe a URL) is not echoed"
+
+    def test_bad_rollout_state_keeps_the_last_good(
+        self, prefix: str, store: redis.Redis, tmp_path: Path, deployment: Deployment
+    ) -> None:
+        """An aborted rollout whose key is overwritten with junk stays aborted; a new router holds at stable."""
+        main = deployment.upstream("main")
+        cfg = config(
+            prefix, {"main": {"base_url": main.base_url}}, {"chat": rollout_route("main", [{"set_weight": 50}])}
+        )
+        key = Keys(prefix).rollout("chat")
+        with capture_logs() as logs:
+            running = deployment.client(cfg, "A")
+            running.engine().abort("candidate broke")
+            store.set(key, b'{"route": "chat", "weight": "fifty", "status": "progressing", "version": 99}')
+            synced_twice(store, running, prefix)
+            assert (running.engine().state.status, running.engine().state.weight) == ("aborted", 0.0)
+            fresh = deployment.client(cfg, "B")
+            assert (fresh.engine().state.status, fresh.engine().state.weight) == ("paused", 0.0)
+            assert {fresh.chat() for _ in range(20)} == {STABLE}, "stable takes all traffic"
+            assert store.get(key) is not None
+        invalid = [entry for entry in named(logs, "holyroute.state_invalid") if entry["key"] == key]
+        assert invalid
+        assert "fifty" not in json.dumps(invalid)
+
+    def test_rollout_key_of_another_type(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        """A rollout key that is a hash (WRONGTYPE for GET) is a bad entry, not a Redis outage."""
+        main = deployment.upstream("main")
+        route = {"chat": rollout_route("main", [{"set_weight": 50}])}
+        cfg = config(prefix, {"main": {"base_url": main.base_url}}, route)
+        key = Keys(prefix).rollout("chat")
+        store.hset(key, "weight", "50")
+        with capture_logs() as logs:
+            client = deployment.client(cfg, "A")
+            assert (client.engine().state.status, client.engine().state.weight) == ("paused", 0.0)
+            assert {client.chat() for _ in range(5)} == {STABLE}
+            assert client.router.state.live  # type: ignore[attr-defined]
+        assert named(logs, "holyroute.state_degraded") == []
+        assert [entry["key"] for entry in named(logs, "holyroute.state_invalid")] == [key]
+
+    def test_refused_write_is_dropped_not_resent(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        """A write Redis refuses (here: spend into a key of another type) is reported once and dropped; the backend
+        stays live instead of failing the same pipeline forever."""
+        main = deployment.upstream("main")
+        cfg = config(prefix, {"main": {"base_url": main.base_url}}, ordered("main"))
+        for period in ("hour", "day", "month"):
+            store.set(Keys(prefix).spend(period, period_key(period, time.time())), "not a hash")
+        with capture_logs() as logs:
+            client = deployment.client(cfg, "A")
+            for _ in range(3):
+                client.router.state.add_spend("route:chat", 0.5)
+                synced_twice(store, client, prefix)
+            assert client.router.state.live  # type: ignore[attr-defined]
+            assert client.chat() == MODEL
+        assert named(logs, "holyroute.state_degraded") == []
+        refused = named(logs, "holyroute.state_write_failed")
+        assert len(refused) == 1
+        assert refused[0]["problem"] == "Redis refused a write (ResponseError)"
+
+    def test_bad_counters_are_skipped(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        main = deployment.upstream("main")
+        cfg = config(
+            prefix, {"main": {"base_url": main.base_url}}, {"chat": rollout_route("main", [{"set_weight": 50}])}
+        )
+        keys = Keys(prefix)
+        store.hset(keys.measurements("chat", 1, STABLE), mapping={"calls": "lots", "errors": "1" * 400, "l7": "2"})
+        for period in ("hour", "day", "month"):
+            store.hset(keys.spend(period, period_key(period, time.time())), mapping={"route:chat": "inf"})
+        with capture_logs():
+            client = deployment.client(cfg, "A")
+            assert client.chat() in (STABLE, CANDIDATE)
+            assert client.router.state.spent("route:chat", "day") >= 0.0
+            assert all(thread.is_alive() for thread in client.router.state._threads)  # type: ignore[attr-defined]
+
+
+class TestExplainReadOnly:
+    """``holyroute explain`` against a Redis configuration writes no key."""
+
+    def test_no_keys_written(
+        self, prefix: str, store: redis.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        cfg = config(
+            prefix,
+            {"main": {"base_url": "http://127.0.0.1:9/v1"}},
+            {"chat": rollout_route("main", [{"set_weight": 20}, {"pause": {}}])},
+        )
+        path = write_config(tmp_path, cfg)
+        request = tmp_path / "request.json"
+        request.write_text(json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
+        with capture_logs():
+            assert cli.main(["explain", str(path), str(request)]) == 0
+        out = capsys.readouterr().out
+        assert "weight 20%" in out
+        assert list(store.scan_iter(match=f"{prefix}:*")) == [], "explain wrote nothing to Redis"

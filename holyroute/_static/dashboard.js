@@ -249,7 +249,7 @@
   function renderSource(st) {
     const src = st.source;
     const log = st.log;
-    const bad = log.not_json + log.too_long;
+    const bad = log.not_json + log.too_long + (log.malformed || 0);
     const parts = [["events", src.events]];
     if (src.config) parts.push(["config", src.config]);
     const el = fill("source");
