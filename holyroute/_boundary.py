@@ -82,8 +82,8 @@ class HeaderLookup(Protocol):
 
 # ---- upstream response headers --------------------------------------------------------------------------------
 
-_NUMBER: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
+_NUMBER: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_DURATION_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h|d)")
 _UNIT_SECONDS: Final = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -203,7 +203,7 @@ def header_count(value: str | None, *, upper: int = MAX_TOKENS) -> int | None:
     if not isinstance(value, str) or not 0 < len(value) <= _MAX_HEADER_CHARS:
         return None
     text = value.strip()
-    if text.isdigit() and len(text) <= 15:
+    if text.isascii() and text.isdigit() and len(text) <= 15:
         return min(int(text), upper)
     if _NUMBER.fullmatch(text) or text.lower() in ("inf", "+inf", "infinity", "-inf"):
         number = float(text)
