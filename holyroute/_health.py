@@ -564,8 +564,11 @@ class HealthBook:
         return found
 
     def cool(self, endpoint: str, model: str, seconds: float, reason: str, now: float) -> Cooldown | None:
-        """Keep the pair out of rotation for ``seconds``; returns the new cooldown, or None if one as long exists."""
-        until = now + seconds
+        """Keep the pair out of rotation for ``seconds`` (at most ``max_cooldown_s``, whoever asks); returns the new
+        cooldown, or None if one as long exists (or ``seconds`` is no duration: nan, negative)."""
+        if not seconds >= 0:
+            return None
+        until = now + min(seconds, self.max_cooldown_s)
         with self._lock:
             current = self._cooldowns.get((endpoint, model))
             if current is not None and current.until >= until:

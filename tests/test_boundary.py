@@ -808,3 +808,29 @@ class TestEndToEnd:
         assert event["completion_tokens"] == MAX_TOKENS
         assert event["cost_usd"] is not None
         assert math.isfinite(event["cost_usd"])
+
+
+class TestHealthBookBounds:
+    """The health book keeps its own bounds whoever asks it (a header, another process)."""
+
+    @given(st.floats(allow_nan=True, allow_infinity=True))
+    def test_a_cooldown_never_outlasts_max_cooldown(self, seconds: float) -> None:
+        book = HealthBook(lambda: 0.0, max_cooldown_s=60.0)
+        cooldown = book.cool("e", "m", seconds, "test", 10.0)
+        assert cooldown is None or 10.0 <= cooldown.until <= 70.0
+        assert book.blocked("e", "m", 10.0, 1) is None or book.blocked("e", "m", 70.0, 1) is None
+
+    @given(st.lists(st.tuples(st.integers(-(10**15), 10**15), st.integers(-(10**15), 10**15)), max_size=6))
+    def test_buckets_stay_within_capacity(self, calls: list[tuple[int, int]]) -> None:
+        """Any estimates and any usage: a local tpm bucket stays within [-capacity, capacity]."""
+        book = HealthBook(lambda: 0.0, limits={"e": (None, 1000)})
+        bucket = book._endpoints["e"].tpm
+        assert bucket is not None
+        for estimate, used in calls:
+            debits: list[Any] = []
+            book.begin_attempt("e", 0.0, estimate, debits)
+            assert all(0 <= debit.tokens <= 1000 for debit in debits)
+            book.end_attempt("e", trial=False)
+            book.settle(debits, 0.0, endpoint="e", used=used)
+            assert debits == []
+            assert -1000 <= bucket.level <= 1000
