@@ -7,6 +7,7 @@ that the boundary fixes, first on the core with a fake clock, then end to end th
 from __future__ import annotations
 
 import asyncio
+import doctest
 import gzip
 import itertools
 import json
@@ -834,3 +835,12 @@ class TestHealthBookBounds:
             book.settle(debits, 0.0, endpoint="e", used=used)
             assert debits == []
             assert -1000 <= bucket.level <= 1000
+
+
+def test_doctests() -> None:
+    """The examples in the boundary's docstrings hold."""
+    from holyroute import _boundary
+
+    failures, tried = doctest.testmod(_boundary)
+    assert tried >= 6
+    assert failures == 0
