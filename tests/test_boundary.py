@@ -844,3 +844,34 @@ def test_doctests() -> None:
     failures, tried = doctest.testmod(_boundary)
     assert tried >= 6
     assert failures == 0
+
+
+class TestProbeAnswers:
+    """An active health check's answer is an upstream body and headers too: any of them gives a verdict."""
+
+    @given(
+        st.integers(100, 599),
+        st.dictionaries(st.sampled_from(RATE_HEADERS), HEADER_VALUES),
+        st.binary(max_size=200),
+    )
+    @example(500, {}, b'{"error": ' + b"[" * 10**5)
+    @example(429, {"x-ratelimit-remaining-requests": "nan"}, b'[{"error": {"code": "x"}}]')
+    def test_classify_never_raises(self, code: int, headers: dict[str, str], body: bytes) -> None:
+        from holyroute._probe import classify
+
+        result = classify("e", http_status=code, headers=headers, latency_ms=1.0, error=None, body=body, slow_ms=2000)
+        assert result.status in ("healthy", "degraded", "unhealthy", "unknown")
+
+
+_ROUTER: list[Router] = []
+
+
+@given(st.binary(max_size=200), st.sampled_from(["/v1/chat/completions", "/v1/responses", "/v1/embeddings"]))
+@example(nested(10**5), "/v1/chat/completions")
+@example(b"\xef\xbb\xbf" + nested(3), "/v1/responses")
+def test_router_begin_on_any_bytes(body: bytes, path: str) -> None:
+    """The transport's first question (is this a routed call?) has an answer for any body."""
+    if not _ROUTER:
+        _ROUTER.append(Router(load_config(base_config()), sinks=[]))
+    call = _ROUTER[0].begin("POST", path, "", {}, body)
+    assert call is None or isinstance(call, holyroute._core.Call)
