@@ -28,7 +28,7 @@ import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 __all__ = [
     "MAX_CHOICES",
@@ -222,17 +222,18 @@ def header_text(value: str, limit: int = 40) -> str:
 
 #: A JSON object may open after a UTF-8 byte order mark and whitespace (RFC 8259 lets a parser ignore the mark).
 _OBJECT_START: Final = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*\{")
+_BYTES: Final = (bytes, bytearray)
 _OUTPUT_KEYS: Final = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 _MAX_MODEL_CHARS: Final = 256
 
 
-@dataclass(frozen=True, slots=True)
-class RequestView:
+class RequestView(NamedTuple):
     """A caller's request body, parsed and checked: everything the core reads from it.
 
     ``data`` is the parsed body (nested at most :data:`MAX_DEPTH` deep); the other fields are its validated values:
-    the model it names, whether it streams, the output it asks for at most (clamped to :data:`MAX_TOKENS`) and the
-    choices it asks for (``n``, within ``[1, MAX_CHOICES]``).
+    the model it names, whether it streams, the output it asks for at most (clamped to :data:`MAX_TOKENS`), the
+    choices it asks for (``n``, within ``[1, MAX_CHOICES]``), the end user (``user`` or ``safety_identifier``, when
+    a string) and ``metadata`` (when an object). Immutable, and a tuple: built on every call, it must be cheap.
     """
 
     data: dict[str, Any]
@@ -253,7 +254,7 @@ def parse_request(body: bytes | None) -> RequestView | None:
     >>> parse_request(b"[" * 100_000) is None
     True
     """
-    if not body or not isinstance(body, bytes | bytearray) or _OBJECT_START.match(body) is None:
+    if not body or not isinstance(body, _BYTES) or _OBJECT_START.match(body) is None:
         return None
     try:
         data = json.loads(body)
@@ -280,7 +281,8 @@ def parse_request(body: bytes | None) -> RequestView | None:
 def _too_deep(data: dict[str, Any], body: bytes | bytearray) -> bool:
     """Whether ``data`` nests deeper than :data:`MAX_DEPTH`, walked without recursion (skipped when the body has too
     few brackets to be that deep)."""
-    if body.count(b"{") + body.count(b"[") <= MAX_DEPTH:
+    # Valid JSON that deep opens and closes more than MAX_DEPTH brackets.
+    if len(body) <= 2 * MAX_DEPTH or body.count(b"{") + body.count(b"[") <= MAX_DEPTH:
         return False
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
@@ -324,9 +326,11 @@ def requested_output_tokens(data: Mapping[str, Any]) -> int | None:
     1000000000000
     """
     for key in _OUTPUT_KEYS:
-        found = token_count(data.get(key))
-        if found is not None:
-            return found
+        value = data.get(key)
+        if value is not None:
+            found = token_count(value)
+            if found is not None:
+                return found
     return None
 
 
