@@ -613,6 +613,19 @@ class TestSettlement:
         drive(call, [ok()])
         assert self.level(h) == pytest.approx(1000 - call._tokens)
 
+    def test_a_stream_is_settled_with_its_usage(self, make_harness: Callable[..., Harness]) -> None:
+        h = make_harness(tpm_config())
+        call = h.call({"max_tokens": 500, "stream": True}, headers=PINNED)
+        outcome = drive(call, [(200, {"content-type": "text/event-stream"}, b"")])
+        assert isinstance(outcome.final, holyroute._core.Accepted)
+        call.on_complete(Usage(10, 20, 0, 0))
+        assert self.level(h) == pytest.approx(1000 - 30)
+
+    def test_a_call_given_up_credits_everything_back(self, make_harness: Callable[..., Harness]) -> None:
+        h = make_harness(tpm_config())
+        drive(h.call({"max_tokens": 500}, headers=PINNED), [ConnectionError(), status(503), status(503)], h.clock)
+        assert self.level(h) == pytest.approx(1000)
+
     def test_shared_store_is_asked_for_at_most_the_limit(self, make_harness: Callable[..., Harness]) -> None:
         h = make_harness(tpm_config())
         h.router.health.shared_limits = True
