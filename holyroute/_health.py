@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._boundary import HeaderLookup, header_count, header_seconds, header_text
+from ._boundary import MAX_TOKENS, HeaderLookup, header_count, header_seconds, header_text
 from ._budget import TokenBucket
 from ._state import HealthChange
 from .config import Health, Retry
@@ -415,15 +415,21 @@ class HealthBook:
     # ---- sharing with other processes ---------------------------------------------------------------------------
 
     def apply(self, change: HealthChange, now: float, wall: float) -> None:
-        """Apply a change another process made (wall-clock ``until`` converted to this process's clock)."""
-        left = change.until - wall
+        """Apply a change another process made (wall-clock ``until`` converted to this process's clock). However far
+        ahead ``until`` is, the change lasts at most what this process would have decided itself: ``max_cooldown_s``
+        for cooldowns and headroom, ``max_ejection_s`` / ``quota_ejection_s`` for ejections."""
+        policy = self._policy
+        bound = {"ejected": policy.max_ejection_s, "quota": policy.quota_ejection_s}.get(
+            change.kind, self.max_cooldown_s
+        )
+        left = min(change.until - wall, bound)  # nan stays nan: every use below checks left > 0 or takes a max
         if change.kind == "cooldown":
             if left > 0:
                 self.cool(change.endpoint, change.model, left, change.reason, now)
             return
         with self._lock:
             if change.kind == "headroom":
-                if left <= 0:
+                if not left > 0:
                     return
                 room = self._headroom.get((change.endpoint, change.model))
                 if room is None:
@@ -431,7 +437,8 @@ class HealthBook:
                 if change.reason == "requests":
                     room.requests_until = max(room.requests_until, now + left)
                 else:
-                    room.tokens_left = change.tokens_left
+                    tokens = change.tokens_left
+                    room.tokens_left = min(max(tokens, 0), MAX_TOKENS) if isinstance(tokens, int) else None
                     room.tokens_until = now + left
                 return
             state = self._state(change.endpoint)

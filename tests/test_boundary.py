@@ -849,6 +849,28 @@ class TestHealthBookBounds:
             assert debits == []
             assert -1000 <= bucket.level <= 1000
 
+    @given(
+        st.sampled_from(["cooldown", "headroom", "ejected", "quota", "restored"]),
+        st.sampled_from(["requests", "tokens"]),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.one_of(st.none(), st.integers(-(10**30), 10**30)),
+    )
+    def test_a_change_from_another_process_is_bounded(
+        self, kind: Any, reason: str, until: float, tokens: int | None
+    ) -> None:
+        """Whatever another process published, this one keeps a pair or an endpoint out no longer than it would."""
+        from holyroute._state import HealthChange
+        from holyroute.config import Health
+
+        book = HealthBook(lambda: 0.0, Health(max_ejection_s=300, quota_ejection_s=3600), max_cooldown_s=60.0)
+        book.apply(HealthChange(kind, "e", "m", until, reason, tokens), 10.0, WALL)
+        blocked = book.blocked("e", "m", 10.0, 5)
+        assert blocked is None or 10.0 <= blocked[1] <= 70.0
+        trial = "half-open: its trial request is in flight"
+        assert book.ejected("e", 10.0 + 3600.01) in (None, trial)  # quota_ejection_s
+        if kind != "quota":
+            assert book.ejected("e", 10.0 + 300.01) in (None, trial)  # max_ejection_s
+
 
 def test_doctests() -> None:
     """The examples in the boundary's docstrings hold."""
