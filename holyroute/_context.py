@@ -1,11 +1,12 @@
 """Context-window fit: how big a request is, and whether a model can hold it.
 
 Decides three things before a call is sent: the request's input size in tokens (:func:`estimate_input_tokens`), the
-output it asks for (:func:`requested_output_tokens`), and whether a model's limits hold both (:func:`fits`, which
-says why not in words). The limits come from :data:`BUILTIN_LIMITS`, a dated table (:data:`CONTEXT_AS_OF`) of the
-context windows and output caps the providers published for the models in the built-in price table; they change, so
-a target's ``context_window`` / ``max_output_tokens`` override them (:func:`limits_for`). A model missing from the
-table is never judged too small: it has no limits here, and the upstream decides.
+output it asks for (:func:`requested_output_tokens`, the boundary's, clamped), and whether a model's limits hold both
+(:func:`fits`, which says why not in words). The limits come from :data:`BUILTIN_LIMITS`, a dated table
+(:data:`CONTEXT_AS_OF`) of the context windows and output caps the providers published for the models in the
+built-in price table; they change, so a target's ``context_window`` / ``max_output_tokens`` override them
+(:func:`limits_for`). A model missing from the table is never judged too small: it has no limits here, and the
+upstream decides.
 
 The estimate is cheap by default: UTF-8 bytes / 4 over the text of the messages, input or prompt (characters / 4 for
 ASCII text; bytes keep CJK text, near one token a character, from being undercounted fourfold), plus a few tokens per
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
+from ._boundary import requested_output_tokens
 from ._prices import normalise_model_name
 
 __all__ = [
@@ -175,20 +177,6 @@ def limits_for(
     if max_output_tokens is not None:
         found = replace(found, max_output_tokens=max_output_tokens)
     return found
-
-
-def requested_output_tokens(data: Mapping[str, Any]) -> int | None:
-    """The most output a request asks for: ``max_completion_tokens`` (chat), ``max_tokens`` (chat, completions,
-    compatible providers) or ``max_output_tokens`` (responses); ``None`` when it names none.
-
-    >>> requested_output_tokens({"max_completion_tokens": 4096}), requested_output_tokens({"messages": []})
-    (4096, None)
-    """
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = data.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
 
 
 def fits(

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus
 
 from ._alerts import Alerts
+from ._boundary import clamp_tokens, parse_request, requested_choices
 from ._budget import RetryBudget
 from ._context import (
     DEFAULT_OUTPUT_RESERVE,
@@ -39,7 +40,7 @@ from ._context import (
     tiktoken_encoding,
 )
 from ._context import requested_output_tokens as _requested_output
-from ._health import HeaderLookup, HealthBook, Transition, server_delay
+from ._health import Debit, HeaderLookup, HealthBook, Transition, server_delay
 from ._prices import PriceRow
 from ._routing import SplitPicker
 from ._rules import DEFAULT_RULE, CompiledRules, compile_rules
@@ -293,7 +294,7 @@ class Router:
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
         limits = {name: (e.rpm, e.tpm) for name, e in config.endpoints.items() if e.rpm or e.tpm}
-        self.health = HealthBook(clock, config.health, limits)
+        self.health = HealthBook(clock, config.health, limits, max_cooldown_s=config.retry.max_cooldown_s)
         self.sinks: tuple[EventSink, ...] = tuple(sinks) if sinks is not None else (_structlog_sink(),)
         self._sinks_lock = threading.Lock()
         self._failed_sinks: set[int] = set()
@@ -416,23 +417,19 @@ class Router:
         timeout: float | None = None,
     ) -> Call | None:
         """A :class:`Call` for a request to a routed alias, or ``None``: send the request through untouched."""
-        if method != "POST" or not body or body[:1] != b"{":
+        if method != "POST" or not body:
             return None
         api = _operation(path)
         if api is None:
             return None
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        view = parse_request(body)  # total: a validated view, or None (not routable: pass it through)
+        if view is None:
             return None
-        if not isinstance(data, dict):
-            return None
-        model = data.get("model")
-        plan = self.routes.get(model) if isinstance(model, str) else None
+        plan = self.routes.get(view.model)
         if plan is None:
             return None
         describe = functools.partial(
-            Call, self, plan, api=api[0], operation=api[1], query=query, data=data, body=body, timeout=timeout
+            Call, self, plan, api=api[0], operation=api[1], query=query, data=view.data, body=body, timeout=timeout
         )
         call = describe(headers=headers)
         self.budget.record_call(call.started)
@@ -537,6 +534,7 @@ class Call:
         "_cursor",
         "_data",
         "_deadline",
+        "_debits",
         "_excluded",
         "_failure",
         "_fallback_budgets",
@@ -623,6 +621,7 @@ class Call:
             and not (isinstance(own, Mapping) and own.get("include_usage") is True)
         )
         self._tokens = _estimate_tokens(body, data)
+        self._debits: list[Debit] = []  # local tpm debits, settled with the real usage when the call ends
         self._bodies: dict[tuple[str, bool], bytes] = {}
         self._attempts = 0
         self._passes = 0
@@ -794,11 +793,10 @@ class Call:
             out = upstream.limits.max_output_tokens
         if out is None:
             return f"no max_tokens and no known output cap for {upstream.model}; set max_tokens"
-        choices = self._data.get("n")
-        if isinstance(choices, int) and choices > 1:
-            out *= choices
+        # Every count is clamped at the boundary (tokens <= MAX_TOKENS, n <= MAX_CHOICES): the product is finite.
         output_rate = max(price.output, price.reasoning or 0.0)
-        return float(self._input_tokens() * price.input + out * output_rate) / 1_000_000
+        outputs = float(out) * requested_choices(self._data)
+        return (float(self._input_tokens()) * price.input + outputs * output_rate) / 1_000_000
 
     def _add_alternatives(self) -> None:
         """The split's arm cannot take this request (too big, or over the ceiling) on any endpoint: the route's
@@ -849,7 +847,7 @@ class Call:
                         rpm, tpm = health.limits(upstream.endpoint)
                         if rpm or tpm:  # the shared store decides; the retry stays paid for
                             self._asking, self._failure, self._paid = upstream, failure, True
-                            return Acquire(upstream.endpoint, rpm, tpm, self._tokens)
+                            return Acquire(upstream.endpoint, rpm, tpm, min(self._tokens, tpm) if tpm else self._tokens)
                     if failure is not None:
                         self._emit_failover(failure, 0.0, upstream.endpoint)
                     return self._send(upstream, now)
@@ -885,7 +883,7 @@ class Call:
         now = self._router.clock()
         blocked: tuple[str, float] | None = None
         if wait is None:
-            blocked = health.local_limit(upstream.endpoint, self._tokens, now)
+            blocked = health.local_limit(upstream.endpoint, self._tokens, now, self._debits)
         elif wait > 0:
             rpm, tpm = health.limits(upstream.endpoint)
             limits = " / ".join(f"{n} {v}" for n, v in (("rpm", rpm), ("tpm", tpm)) if v)
@@ -924,7 +922,7 @@ class Call:
                 self._pending_response = (status, headers, upstream, self._last_leg)
             return Accepted(event_stream, self._hide_usage and event_stream, headers.get("content-encoding"))
         reason = f"{status} from upstream" if status >= 400 else f"{status} redirect from upstream (not followed)"
-        delay = server_delay(headers, router.wall_clock())
+        delay = server_delay(headers, router.wall_clock(), router.retry.max_cooldown_s)
         if status == 429 or delay is not None:
             seconds, said = delay if delay is not None else (router.retry.default_cooldown_s, "no retry header")
             seconds = min(seconds, router.retry.max_cooldown_s)
@@ -1145,7 +1143,7 @@ class Call:
         self._current = upstream
         self._last_leg = self._current_leg
         self._sent_at = now
-        self._trial = router.health.begin_attempt(upstream.endpoint, now, self._tokens)
+        self._trial = router.health.begin_attempt(upstream.endpoint, now, self._tokens, self._debits)
         # Ask for stream usage on the wire when the caller did not, so every stream is costed; the tap hides
         # the extra usage-only chunk again.
         inject = self._wants_usage_injected and upstream.stream_usage
@@ -1203,6 +1201,20 @@ class Call:
                     "reason": reason,
                 },
             )
+
+    def _settle(self, status: int | None, usage: Usage | None, now: float) -> None:
+        """The call ended: correct its local tpm debits to what it used (the answer's usage), crediting back what
+        attempts without a successful answer took."""
+        if not self._debits:
+            return
+        upstream = self._current
+        answered = upstream is not None and status is not None and 200 <= status < 300
+        self._router.health.settle(
+            self._debits,
+            now,
+            endpoint=upstream.endpoint if answered and upstream is not None else None,
+            used=usage.prompt_tokens + usage.completion_tokens if usage is not None else None,
+        )
 
     def _failure_fields(self, *, status: int | None, error: str | None, reason: str) -> dict[str, Any]:
         upstream, leg = self._current, self._last_leg
@@ -1296,6 +1308,7 @@ class Call:
         router = self._router
         now = router.clock()
         upstream = self._current
+        self._settle(status, usage, now)
         leg = self._last_leg if upstream is not None else self._legs[0]
         price = upstream.price if upstream is not None else None
         cost = cost_usd(usage, price) if usage is not None and price is not None else None
@@ -1413,9 +1426,9 @@ def _looks_like_json(body: bytes) -> bool:
 
 
 def _estimate_tokens(body: bytes, data: Mapping[str, Any]) -> int:
-    """A cheap upper-bound guess of a call's tokens: the body's size / 4 plus the output it asks for at most."""
-    out = data.get("max_completion_tokens") or data.get("max_tokens") or data.get("max_output_tokens") or 0
-    return len(body) // 4 + (out if isinstance(out, int) and out > 0 else 0)
+    """A cheap upper-bound guess of a call's tokens: the body's size / 4 plus the output it asks for at most,
+    within ``[0, MAX_TOKENS]`` (each bucket takes at most its capacity of it)."""
+    return clamp_tokens(len(body) // 4 + (_requested_output(data) or 0))
 
 
 class _NoHeaders:

@@ -3,25 +3,29 @@
 Cooldowns are keyed by (endpoint, upstream model), because providers rate-limit per model: a 429 for ``gpt-4.1``
 says nothing about ``gpt-4.1-mini`` on the same key. Durations come from the answer's own headers, in the order a
 server means them: ``retry-after-ms``, ``retry-after`` (seconds or an HTTP date), then OpenAI's
-``x-ratelimit-reset-requests`` / ``-tokens`` for the limit that ran out. Time is read only from the clock passed in;
-this module performs no I/O and never sleeps.
+``x-ratelimit-reset-requests`` / ``-tokens`` for the limit that ran out; the boundary's total parsers read them
+(``_boundary.py``), so every duration is within ``[0, max_cooldown_s]``. The local ``rpm`` / ``tpm`` buckets never
+take more than they hold from one request, and a call's ``tpm`` debits are settled with what it really used when it
+ends (:meth:`HealthBook.settle`). Time is read only from the clock passed in; this module performs no I/O and never
+sleeps.
 """
 
 from __future__ import annotations
 
-import email.utils
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
+from ._boundary import MAX_TOKENS, HeaderLookup, header_count, header_seconds, header_text
 from ._budget import TokenBucket
 from ._state import HealthChange
-from .config import Health, parse_duration
+from .config import Health, Retry
 
 __all__ = [
     "Cooldown",
+    "Debit",
     "HeaderLookup",
     "HealthBook",
     "ProbeStatus",
@@ -32,39 +36,32 @@ __all__ = [
 #: What an active health check concluded about an endpoint.
 ProbeStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]
 
-
-class HeaderLookup(Protocol):
-    """The part of a header mapping the core reads (``httpx2.Headers`` and ``dict`` both fit)."""
-
-    def get(self, key: str, /) -> str | None: ...
+#: The cap on a server-given duration when none is configured: ``retry.max_cooldown_s``'s default.
+_DEFAULT_MAX_S: float = Retry().max_cooldown_s
 
 
-def server_delay(headers: HeaderLookup, now_wall: float) -> tuple[float, str] | None:
-    """How long the server asked us to stay away, and which header said so; ``None`` when nothing did."""
+def server_delay(headers: HeaderLookup, now_wall: float, max_s: float = _DEFAULT_MAX_S) -> tuple[float, str] | None:
+    """How long the server asked us to stay away (seconds within ``[0, max_s]``) and which header said so; ``None``
+    when no header says so in a form the boundary reads. Never raises."""
     value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000.0), f"retry-after-ms {value}"
-        except ValueError:
-            pass
+    seconds = header_seconds(value, max_s=max_s, scale=0.001)
+    if value is not None and seconds is not None:
+        return seconds, f"retry-after-ms {header_text(value)}"
     value = headers.get("retry-after")
-    if value is not None:
-        try:
-            return max(0.0, float(value)), f"retry-after {value}s"
-        except ValueError:
-            parsed = email.utils.parsedate_tz(value)
-            if parsed is not None:
-                return max(0.0, email.utils.mktime_tz(parsed) - now_wall), f"retry-after {value}"
+    seconds = header_seconds(value, max_s=max_s, now_wall=now_wall)
+    if value is not None and seconds is not None:
+        numeric = header_seconds(value, max_s=max_s) is not None
+        return seconds, f"retry-after {header_text(value)}" + ("s" if numeric and value.strip()[-1:].isdigit() else "")
     resets = []
     for kind in ("requests", "tokens"):
         reset = headers.get(f"x-ratelimit-reset-{kind}")
         if reset is None:
             continue
         remaining = headers.get(f"x-ratelimit-remaining-{kind}")
-        seconds = parse_duration(reset)
+        seconds = header_seconds(reset, max_s=max_s, now_wall=now_wall)
         # Only the limit that ran out explains the 429; when remaining is absent we cannot tell, so count it.
-        if seconds is not None and (remaining is None or remaining.strip() in ("0", "0.0")):
-            resets.append((seconds, f"x-ratelimit-reset-{kind} {reset}"))
+        if seconds is not None and (remaining is None or header_count(remaining) == 0):
+            resets.append((seconds, f"x-ratelimit-reset-{kind} {header_text(reset)}"))
     if resets:
         return max(resets)
     return None
@@ -94,6 +91,15 @@ class Transition:
     reason: str
     ejection_s: float | None = None
     quota: bool = False  # ejected for insufficient_quota
+
+
+@dataclass(slots=True)
+class Debit:
+    """Tokens one attempt of a call took from an endpoint's local ``tpm`` bucket, to settle when the call ends."""
+
+    endpoint: str
+    bucket: TokenBucket
+    tokens: float
 
 
 @dataclass(slots=True)
@@ -137,16 +143,30 @@ class HealthBook:
     endpoint/model pair down instead (:meth:`cool`), and ``insufficient_quota`` ejects for ``quota_ejection_s``.
     """
 
-    __slots__ = ("_clock", "_cooldowns", "_endpoints", "_headroom", "_lock", "_policy", "_probes", "shared_limits")
+    __slots__ = (
+        "_clock",
+        "_cooldowns",
+        "_endpoints",
+        "_headroom",
+        "_lock",
+        "_policy",
+        "_probes",
+        "max_cooldown_s",
+        "shared_limits",
+    )
 
     def __init__(
         self,
         clock: Callable[[], float],
         policy: Health | None = None,
         limits: Mapping[str, tuple[int | None, int | None]] | None = None,
+        *,
+        max_cooldown_s: float = _DEFAULT_MAX_S,
     ) -> None:
         self._clock = clock
         self._policy = policy or Health()
+        #: The longest any server-given duration (a reset, a retry-after) keeps a pair out: ``retry.max_cooldown_s``.
+        self.max_cooldown_s = max_cooldown_s
         self._cooldowns: dict[tuple[str, str], Cooldown] = {}
         self._headroom: dict[tuple[str, str], _Headroom] = {}
         self._probes: dict[str, tuple[ProbeStatus, float, float | None, str | None]] = {}
@@ -240,9 +260,10 @@ class HealthBook:
 
     # ---- what attempts report -----------------------------------------------------------------------------------
 
-    def begin_attempt(self, endpoint: str, now: float, tokens: int) -> bool:
-        """An attempt is being sent: count it in flight and charge the client-side budgets. Returns True when this
-        attempt is the half-open trial of an endpoint whose ejection just ended (only its answer restores it)."""
+    def begin_attempt(self, endpoint: str, now: float, tokens: int, debits: list[Debit] | None = None) -> bool:
+        """An attempt is being sent: count it in flight and charge the client-side budgets (the ``tpm`` debit, at
+        most the bucket's capacity, is noted in ``debits`` for :meth:`settle`). Returns True when this attempt is
+        the half-open trial of an endpoint whose ejection just ended (only its answer restores it)."""
         with self._lock:
             state = self._state(endpoint)
             state.in_flight += 1
@@ -250,7 +271,7 @@ class HealthBook:
                 if state.rpm is not None:
                     state.rpm.take(1, now)
                 if state.tpm is not None:
-                    state.tpm.take(tokens, now)
+                    _debit(endpoint, state.tpm, tokens, now, debits)
             if state.half_open and not state.trial and state.ejected_until <= now:
                 state.trial = True
                 return True
@@ -345,30 +366,29 @@ class HealthBook:
             quota=True,
         )
 
-    def record_headroom(self, endpoint: str, model: str, headers: Mapping[str, str], now: float) -> bool:
+    def record_headroom(self, endpoint: str, model: str, headers: HeaderLookup, now: float) -> bool:
         """Remember OpenAI's ``x-ratelimit-remaining-*`` / ``-reset-*`` for this endpoint and model. True when a
-        limit is (nearly) used up: the moment other processes should hear of it (:meth:`headroom_change`)."""
-        requests = headers.get("x-ratelimit-remaining-requests")
+        limit is (nearly) used up: the moment other processes should hear of it (:meth:`headroom_change`). Counts
+        and durations come from the boundary's parsers: a reset never reaches past ``max_cooldown_s``."""
+        requests = header_count(headers.get("x-ratelimit-remaining-requests"))
         tokens = headers.get("x-ratelimit-remaining-tokens")
         if requests is None and tokens is None:
             return False
+        max_s = self.max_cooldown_s
         room = self._headroom.get((endpoint, model))
         if room is None:
             room = self._headroom.setdefault((endpoint, model), _Headroom())
         low = False
-        if requests is not None and requests.strip() == "0":
-            reset = parse_duration(headers.get("x-ratelimit-reset-requests") or "")
-            room.requests_until = now + (reset if reset is not None else 1.0)
+        if requests == 0:
+            reset = header_seconds(headers.get("x-ratelimit-reset-requests"), max_s=max_s)
+            room.requests_until = now + (reset if reset is not None else min(1.0, max_s))
             low = True
         if tokens is not None:
-            try:
-                room.tokens_left = int(tokens)
-            except ValueError:
-                room.tokens_left = None
-            room.tokens_until = now + (parse_duration(headers.get("x-ratelimit-reset-tokens") or "") or 0.0)
-            limit = headers.get("x-ratelimit-limit-tokens")
-            if room.tokens_left is not None and limit is not None and limit.isdigit():
-                low = low or room.tokens_left * 10 <= int(limit)  # 10% or less left
+            room.tokens_left = header_count(tokens)
+            room.tokens_until = now + (header_seconds(headers.get("x-ratelimit-reset-tokens"), max_s=max_s) or 0.0)
+            limit = header_count(headers.get("x-ratelimit-limit-tokens"))
+            if room.tokens_left is not None and limit is not None:
+                low = low or room.tokens_left * 10 <= limit  # 10% or less left
         return low
 
     def headroom_change(self, endpoint: str, model: str, now: float, wall: float) -> HealthChange | None:
@@ -395,15 +415,21 @@ class HealthBook:
     # ---- sharing with other processes ---------------------------------------------------------------------------
 
     def apply(self, change: HealthChange, now: float, wall: float) -> None:
-        """Apply a change another process made (wall-clock ``until`` converted to this process's clock)."""
-        left = change.until - wall
+        """Apply a change another process made (wall-clock ``until`` converted to this process's clock). However far
+        ahead ``until`` is, the change lasts at most what this process would have decided itself: ``max_cooldown_s``
+        for cooldowns and headroom, ``max_ejection_s`` / ``quota_ejection_s`` for ejections."""
+        policy = self._policy
+        bound = {"ejected": policy.max_ejection_s, "quota": policy.quota_ejection_s}.get(
+            change.kind, self.max_cooldown_s
+        )
+        left = min(change.until - wall, bound)  # nan stays nan: every use below checks left > 0 or takes a max
         if change.kind == "cooldown":
             if left > 0:
                 self.cool(change.endpoint, change.model, left, change.reason, now)
             return
         with self._lock:
             if change.kind == "headroom":
-                if left <= 0:
+                if not left > 0:
                     return
                 room = self._headroom.get((change.endpoint, change.model))
                 if room is None:
@@ -411,7 +437,8 @@ class HealthBook:
                 if change.reason == "requests":
                     room.requests_until = max(room.requests_until, now + left)
                 else:
-                    room.tokens_left = change.tokens_left
+                    tokens = change.tokens_left
+                    room.tokens_left = min(max(tokens, 0), MAX_TOKENS) if isinstance(tokens, int) else None
                     room.tokens_until = now + left
                 return
             state = self._state(change.endpoint)
@@ -458,8 +485,11 @@ class HealthBook:
                 state.limited_until = until
                 state.limited_reason = reason
 
-    def local_limit(self, endpoint: str, tokens: int, now: float) -> tuple[str, float] | None:
-        """The local buckets' verdict for one request, when the shared store could not give one."""
+    def local_limit(
+        self, endpoint: str, tokens: int, now: float, debits: list[Debit] | None = None
+    ) -> tuple[str, float] | None:
+        """The local buckets' verdict for one request, when the shared store could not give one (a grant's ``tpm``
+        debit is noted in ``debits``, as :meth:`begin_attempt` notes it)."""
         state = self._endpoints.get(endpoint)
         if state is None:
             return None
@@ -475,8 +505,34 @@ class HealthBook:
             if state.rpm is not None:
                 state.rpm.take(1, now)
             if state.tpm is not None:
-                state.tpm.take(tokens, now)
+                _debit(endpoint, state.tpm, tokens, now, debits)
         return None
+
+    def settle(self, debits: list[Debit], now: float, *, endpoint: str | None = None, used: int | None = None) -> None:
+        """Reconcile a finished call's ``tpm`` debits with what it used, and empty ``debits``.
+
+        The debit of the attempt that answered (the last one on ``endpoint``) becomes ``used`` tokens, at most the
+        bucket's capacity: the difference is credited back, or taken. With ``used`` unknown (``None``) it stays as
+        estimated. Every other debit is credited back in full: those attempts got no answer that used tokens (a
+        400, a 429, an error). A bucket never rises above its capacity nor falls below minus its capacity.
+        """
+        if not debits:
+            return
+        kept = None
+        if endpoint is not None:
+            kept = next((debit for debit in reversed(debits) if debit.endpoint == endpoint), None)
+        with self._lock:
+            for debit in debits:
+                bucket = debit.bucket
+                if debit is kept:
+                    if used is None:
+                        continue
+                    credit = debit.tokens - min(max(used, 0), bucket.capacity)
+                else:
+                    credit = debit.tokens
+                bucket.take(-credit, now)
+                bucket.level = min(bucket.capacity, max(-bucket.capacity, bucket.level))
+        debits.clear()
 
     def share_limits(self, shared: bool, processes: int, now: float) -> None:
         """Switch the rpm/tpm limits between the shared store and this process's buckets. Back on local buckets
@@ -515,8 +571,11 @@ class HealthBook:
         return found
 
     def cool(self, endpoint: str, model: str, seconds: float, reason: str, now: float) -> Cooldown | None:
-        """Keep the pair out of rotation for ``seconds``; returns the new cooldown, or None if one as long exists."""
-        until = now + seconds
+        """Keep the pair out of rotation for ``seconds`` (at most ``max_cooldown_s``, whoever asks); returns the new
+        cooldown, or None if one as long exists (or ``seconds`` is no duration: nan, negative)."""
+        if not seconds >= 0:
+            return None
+        until = now + min(seconds, self.max_cooldown_s)
         with self._lock:
             current = self._cooldowns.get((endpoint, model))
             if current is not None and current.until >= until:
@@ -524,3 +583,13 @@ class HealthBook:
             cooldown = Cooldown(endpoint, model, until, reason)
             self._cooldowns[(endpoint, model)] = cooldown
             return cooldown
+
+
+def _debit(endpoint: str, bucket: TokenBucket, tokens: float, now: float, debits: list[Debit] | None) -> None:
+    """Take one request's tokens from a local bucket: never more than it holds when full, never leaving it below
+    minus its capacity (so it is full again within two minutes whatever was asked); noted in ``debits``."""
+    bucket.take(0.0, now)  # refilled up to now
+    before = bucket.level
+    bucket.level = max(before - min(max(tokens, 0.0), bucket.capacity), -bucket.capacity)
+    if debits is not None:
+        debits.append(Debit(endpoint, bucket, before - bucket.level))

@@ -250,7 +250,7 @@ def _error_code(body: bytes) -> str | None:
     """OpenAI's ``error.code`` or ``error.type`` (Google's ``error.status``) when it is a short token; never text."""
     try:
         data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; a deeply nested body recurses
         return None
     if isinstance(data, list) and data:
         data = data[0]  # Gemini's compatibility layer wraps the error in a list

@@ -18,13 +18,13 @@ import os
 import ssl
 import threading
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx2
 
+from ._boundary import decode_content
 from ._compat import attempt_request, header_view, restore_read_timeout
 from ._core import (
     Accepted,
@@ -39,7 +39,6 @@ from ._core import (
     Wait,
 )
 from ._stream import AsyncTap, BodyWatch, SyncTap
-from ._usage import decompress
 from .config import Config, load_config
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "AsyncTransport", "Transport", "async_client", "client"]
@@ -395,14 +394,12 @@ def _judged(call: Call, accepted: Accepted | None, response: httpx2.Response, ra
     """Hand a whole non-stream body to the core. True: ``response`` now carries it, ready for the caller."""
     encoding = response.headers.get("content-encoding")
     body = raw
-    if encoding and encoding != "identity":
-        try:
-            body = decompress(raw, encoding)
-        except (zlib.error, ValueError):
-            body = b""  # judged as not JSON: the attempt fails over
-        else:
-            del response.headers["content-encoding"]  # the caller gets the decoded body
-            response.headers.pop("content-length", None)
+    if encoding is not None:
+        # Total: every coding httpx2 decodes, any case; an undecodable body is judged as no JSON (fails over).
+        decoded = decode_content(raw, encoding)
+        body = decoded if decoded is not None else b""
+        del response.headers["content-encoding"]  # the caller gets the decoded body (or none)
+        response.headers.pop("content-length", None)
     if accepted is None:
         call.on_rejected_body(body)
         return False

@@ -1,0 +1,712 @@
+"""The boundary: total parsers for what reaches the router from outside, at request time.
+
+It parses upstream response headers (``retry-after`` in seconds or as an HTTP date, ``retry-after-ms``, OpenAI's
+``x-ratelimit-reset-*`` durations such as ``1m30s`` / ``6ms`` / ``0.5s``, RFC 3339 timestamps, and the
+``x-ratelimit-remaining-*`` / ``-limit-*`` counts), upstream bodies (content codings, the usage of a JSON answer,
+the events of a server-sent-events stream) and the caller's request body (a :class:`RequestView`, or ``None``:
+not routable, pass it through untouched). The decision core sees only what these functions hand it.
+
+Every function here is total: for any input it returns, never raises, and clamps what it returns to bounds.
+A duration is a float within ``[0, max_s]`` or ``None`` when the text is not a duration at all (garbage, ``nan``):
+a finite value above the bound, ``inf`` or a date past year 9999 is clamped to ``max_s``, a negative one or a date
+in the past to 0. A count (remaining requests, tokens, usage) is an int within ``[0, MAX_TOKENS]`` or ``None``
+(absent, not a number); usage fields that are not numbers count as absent (0). A request body deeper than
+:data:`MAX_DEPTH` or not a JSON object naming a model is not routable. A body in a content coding that cannot be
+decoded (unknown coding, corrupt or truncated data, more than :data:`MAX_DECODED_BYTES`) is ``None``: the core
+judges it a malformed answer. This module performs no I/O and reads no clock: time comes in as arguments.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import functools
+import importlib
+import json
+import math
+import re
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple, Protocol
+
+__all__ = [
+    "MAX_CHOICES",
+    "MAX_DECODED_BYTES",
+    "MAX_DEPTH",
+    "MAX_EVENT_BYTES",
+    "MAX_TOKENS",
+    "HeaderLookup",
+    "RequestView",
+    "SSEScanner",
+    "Usage",
+    "clamp_tokens",
+    "content_codings",
+    "decode_content",
+    "finish_reason",
+    "header_count",
+    "header_seconds",
+    "header_text",
+    "parse_request",
+    "requested_choices",
+    "requested_output_tokens",
+    "token_count",
+    "usage_from_body",
+    "usage_from_mapping",
+]
+
+#: The most tokens any count may say (a trillion): far above any model's window or any rate limit, small enough that
+#: every product with a price stays a finite float.
+MAX_TOKENS: Final = 10**12
+#: The most choices (``n``) a request is costed for: OpenAI's own maximum.
+MAX_CHOICES: Final = 128
+#: The deepest a routable request body may nest (objects and arrays). Real requests, tool schemas included, stay far
+#: below; a deeper one is passed through untouched, so no recursive walk (estimates, rules, re-encoding) can overflow.
+MAX_DEPTH: Final = 128
+#: The most bytes one content-decoded body may grow to; past it the body is undecodable (a decompression bomb).
+MAX_DECODED_BYTES: Final = 256 * 1024 * 1024
+#: An SSE event longer than this is passed on but never parsed (a usage or error event is a few hundred bytes; a
+#: Responses ``response.completed`` event repeats the whole answer, still far below).
+MAX_EVENT_BYTES: Final = 16 * 1024 * 1024
+#: No header value that means a duration or a count is longer than this; a longer one is not parsed.
+_MAX_HEADER_CHARS: Final = 128
+#: Content codings stacked deeper than this are refused, as httpx2 refuses them.
+_MAX_CODINGS: Final = 5
+
+
+class HeaderLookup(Protocol):
+    """The part of a header mapping the parsers read (``httpx2.Headers`` and ``dict`` both fit)."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+# ---- upstream response headers --------------------------------------------------------------------------------
+
+_NUMBER: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_DURATION_PART: Final = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h|d)")
+_UNIT_SECONDS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,  # micro sign
+    "μs": 1e-6,  # Greek mu
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+#: Years beyond these are far past any bound: no arithmetic on them is needed to clamp.
+_FAR_YEARS: Final = 100_000
+
+
+def _clamp_seconds(value: float, max_s: float) -> float | None:
+    if math.isnan(value):
+        return None
+    return float(min(max(value, 0.0), max_s))
+
+
+def header_seconds(
+    value: str | None, *, max_s: float, now_wall: float | None = None, scale: float = 1.0
+) -> float | None:
+    """Seconds a header says to wait, within ``[0, max_s]``; ``None`` when ``value`` is not a duration.
+
+    Reads a bare number (times ``scale``: 0.001 for ``retry-after-ms``), a Go-style duration (``1m30s``, ``6ms``,
+    ``0.5s``, ``2h``), and, when ``now_wall`` (Unix time) is given, an HTTP date or an RFC 3339 timestamp, counted
+    from ``now_wall``. Never raises.
+
+    >>> header_seconds("1m30s", max_s=600), header_seconds("99999999h", max_s=600), header_seconds("soon", max_s=600)
+    (90.0, 600.0, None)
+    """
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_HEADER_CHARS:
+        return None
+    max_s = float(max_s) if max_s >= 0 else 0.0  # nan or negative: a bound that allows nothing
+    text = value.strip()
+    if not text:
+        return None
+    if _NUMBER.fullmatch(text):
+        return _clamp_seconds(float(text) * scale, max_s)
+    lowered = text.lower()
+    if lowered in ("inf", "+inf", "infinity", "+infinity"):
+        return max_s
+    if lowered in ("-inf", "-infinity"):
+        return 0.0
+    total, position = 0.0, 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    else:
+        if position == len(text):
+            return _clamp_seconds(total, max_s)
+    if now_wall is None or not math.isfinite(now_wall):
+        return None
+    at = _http_date(text)
+    if at is None:
+        at = _rfc3339(text)
+    if at is None:
+        return None
+    return _clamp_seconds(at - now_wall, max_s)
+
+
+def _http_date(text: str) -> float | None:
+    """An HTTP date (or any RFC 5322 date) as Unix time; years past any bound come back as +-inf."""
+    try:
+        parsed = email.utils.parsedate_tz(text)
+    except (ValueError, IndexError, TypeError, OverflowError):
+        return None
+    if parsed is None:
+        return None
+    year, month, day, hour, minute, second = parsed[:6]
+    if year > _FAR_YEARS:
+        return math.inf
+    if year < -_FAR_YEARS:
+        return -math.inf
+    offset = parsed[9] or 0
+    days = _days_from_civil(year, month, day)
+    return float(days * 86400 + hour * 3600 + minute * 60 + second - offset)
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date, for any year (no ``datetime`` range limits)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
+
+
+def _rfc3339(text: str) -> float | None:
+    if not text[:4].isdigit() or "-" not in text:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except (ValueError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    try:
+        return when.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def header_count(value: str | None, *, upper: int = MAX_TOKENS) -> int | None:
+    """A count a header says (``x-ratelimit-remaining-tokens: 1200``), within ``[0, upper]``; ``None`` when it is
+    not a number. A fraction is rounded down; ``inf`` is ``upper``.
+
+    >>> header_count("1200"), header_count("-3"), header_count("1e400"), header_count("many")
+    (1200, 0, 1000000000000, None)
+    """
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_HEADER_CHARS:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 15:
+        return min(int(text), upper)
+    if _NUMBER.fullmatch(text) or text.lower() in ("inf", "+inf", "infinity", "-inf"):
+        number = float(text)
+        if math.isnan(number):
+            return None
+        return int(min(max(number, 0.0), float(upper)))
+    return None
+
+
+def header_text(value: str, limit: int = 40) -> str:
+    """A header value as it may appear in a reason or event: printable ASCII, at most ``limit`` characters."""
+    shown = "".join(c if " " <= c <= "~" else "?" for c in value[: limit + 1])
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+# ---- caller request bodies -------------------------------------------------------------------------------------
+
+#: A JSON object may open after a UTF-8 byte order mark and whitespace (RFC 8259 lets a parser ignore the mark).
+_OBJECT_START: Final = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*\{")
+_BYTES: Final = (bytes, bytearray)
+_OUTPUT_KEYS: Final = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_MAX_MODEL_CHARS: Final = 256
+
+
+class RequestView(NamedTuple):
+    """A caller's request body, parsed and checked: everything the core reads from it.
+
+    ``data`` is the parsed body (nested at most :data:`MAX_DEPTH` deep); the other fields are its validated values:
+    the model it names, whether it streams, the output it asks for at most (clamped to :data:`MAX_TOKENS`), the
+    choices it asks for (``n``, within ``[1, MAX_CHOICES]``), the end user (``user`` or ``safety_identifier``, when
+    a string) and ``metadata`` (when an object). Immutable, and a tuple: built on every call, it must be cheap.
+    """
+
+    data: dict[str, Any]
+    model: str
+    stream: bool
+    max_output_tokens: int | None
+    choices: int
+    user: str | None
+    metadata: Mapping[str, Any] | None
+
+
+def parse_request(body: bytes | None) -> RequestView | None:
+    """The :class:`RequestView` of a caller's body, or ``None`` when it is not a routable request: not JSON, not an
+    object, no string ``model``, or nested deeper than :data:`MAX_DEPTH`. Never raises.
+
+    >>> parse_request(b' {"model": "chat", "max_tokens": 1e400}').max_output_tokens
+    1000000000000
+    >>> parse_request(b"[" * 100_000) is None
+    True
+    """
+    if not body or not isinstance(body, _BYTES) or _OBJECT_START.match(body) is None:
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError, TypeError, OverflowError):  # UnicodeDecodeError is a ValueError
+        return None
+    if not isinstance(data, dict) or _too_deep(data, body):
+        return None
+    model = data.get("model")
+    if not isinstance(model, str) or not 0 < len(model) <= _MAX_MODEL_CHARS:
+        return None
+    user = data.get("user") or data.get("safety_identifier")
+    metadata = data.get("metadata")
+    return RequestView(
+        data=data,
+        model=model,
+        stream=data.get("stream") is True,
+        max_output_tokens=requested_output_tokens(data),
+        choices=requested_choices(data),
+        user=user if isinstance(user, str) else None,
+        metadata=metadata if isinstance(metadata, dict) else None,
+    )
+
+
+def _too_deep(data: dict[str, Any], body: bytes | bytearray) -> bool:
+    """Whether ``data`` nests deeper than :data:`MAX_DEPTH`, walked without recursion (skipped when the body has too
+    few brackets to be that deep)."""
+    # Valid JSON that deep opens and closes more than MAX_DEPTH brackets.
+    if len(body) <= 2 * MAX_DEPTH or body.count(b"{") + body.count(b"[") <= MAX_DEPTH:
+        return False
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        for item in value.values() if isinstance(value, dict) else value:
+            if isinstance(item, dict | list):
+                if depth >= MAX_DEPTH:
+                    return True
+                stack.append((item, depth + 1))
+    return False
+
+
+def token_count(value: object) -> int | None:
+    """A positive token count a caller or upstream wrote, clamped to :data:`MAX_TOKENS`; ``None`` for anything
+    else (absent, 0, negative, ``true``, a string, ``nan``). An integral float (``4096.0``) counts; ``inf`` clamps.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return min(value, MAX_TOKENS) if value > 0 else None
+    if isinstance(value, float):
+        if not value >= 1:  # nan, negative, zero, fractions of a token
+            return None
+        return MAX_TOKENS if value >= MAX_TOKENS else int(value)
+    return None
+
+
+def clamp_tokens(value: int) -> int:
+    """An estimate within ``[0, MAX_TOKENS]``."""
+    return min(max(value, 0), MAX_TOKENS)
+
+
+def requested_output_tokens(data: Mapping[str, Any]) -> int | None:
+    """The most output a request asks for: ``max_completion_tokens`` (chat), ``max_tokens`` (chat, completions,
+    compatible providers) or ``max_output_tokens`` (responses), clamped to :data:`MAX_TOKENS`; ``None`` when it
+    names none.
+
+    >>> requested_output_tokens({"max_completion_tokens": 4096}), requested_output_tokens({"messages": []})
+    (4096, None)
+    >>> requested_output_tokens({"max_tokens": 10**400})
+    1000000000000
+    """
+    for key in _OUTPUT_KEYS:
+        value = data.get(key)
+        if value is not None:
+            found = token_count(value)
+            if found is not None:
+                return found
+    return None
+
+
+def requested_choices(data: Mapping[str, Any]) -> int:
+    """The choices a request asks for (``n``), within ``[1, MAX_CHOICES]``; 1 when it names none."""
+    value = data.get("n")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return min(max(value, 1), MAX_CHOICES)
+    return 1
+
+
+# ---- content codings ---------------------------------------------------------------------------------------------
+
+
+def content_codings(header: str | None) -> list[str] | None:
+    """The codings a ``content-encoding`` header names, in the order they were applied, lower-cased and without
+    ``identity``; ``None`` when there are more than httpx2 would undo."""
+    if not header:
+        return []
+    codings = [coding.strip().lower() for coding in header[:1024].split(",")]
+    codings = [coding for coding in codings if coding and coding != "identity"]
+    return codings if len(codings) <= _MAX_CODINGS else None
+
+
+def decode_content(body: bytes, header: str | None, *, max_bytes: int = MAX_DECODED_BYTES) -> bytes | None:
+    """``body`` with every content coding of ``header`` undone, or ``None`` when that cannot be done.
+
+    Decodes what httpx2 decodes: ``gzip`` (and ``x-gzip``), ``deflate`` (zlib or raw), ``br`` when ``brotli`` or
+    ``brotlicffi`` is importable and ``zstd`` when ``compression.zstd`` or ``backports.zstd`` is, ``identity``, and
+    comma-separated stacks of them; coding names are case-insensitive. An unknown coding, corrupt or truncated data,
+    or a body that would decode past ``max_bytes`` gives ``None``. Never raises.
+
+    >>> import gzip
+    >>> decode_content(gzip.compress(b"{}"), "GZIP"), decode_content(b"junk", "gzip")
+    (b'{}', None)
+    """
+    codings = content_codings(header)
+    if codings is None:
+        return None
+    decoded: bytes | None = body
+    for coding in reversed(codings):
+        decoder = _decoder(coding)
+        if decoder is None or decoded is None:
+            return None
+        try:
+            decoded = decoder(decoded, max_bytes)
+        except Exception:  # a third-party decoder's own error type (brotli.error, ZstdError, ...)
+            return None
+    return decoded
+
+
+def _decoder(coding: str) -> Callable[[bytes, int], bytes | None] | None:
+    if coding in ("gzip", "x-gzip"):
+        return _gunzip
+    if coding == "deflate":
+        return _inflate
+    if coding == "br":
+        return _brotli()
+    if coding == "zstd":
+        return _zstd()
+    return None
+
+
+def _zlib_stream(data: bytes, wbits: int, max_bytes: int) -> tuple[bytes, bytes] | None:
+    """One complete zlib/gzip stream of ``data``: (its output, the bytes after it); ``None`` when corrupt,
+    truncated or too large."""
+    try:
+        decompressor = zlib.decompressobj(wbits)
+        out = decompressor.decompress(data, max_bytes + 1)
+    except zlib.error:
+        return None
+    if len(out) > max_bytes or decompressor.unconsumed_tail or not decompressor.eof:
+        return None
+    return out, decompressor.unused_data
+
+
+def _gunzip(data: bytes, max_bytes: int) -> bytes | None:
+    """gzip, members concatenated as ``gzip.decompress`` reads them."""
+    parts: list[bytes] = []
+    size = 0
+    rest = data
+    while True:
+        found = _zlib_stream(rest, 16 + zlib.MAX_WBITS, max_bytes - size)
+        if found is None:
+            return None
+        out, rest = found
+        parts.append(out)
+        size += len(out)
+        if not rest.strip(b"\x00"):  # trailing padding, as gzip.decompress allows
+            return b"".join(parts)
+
+
+def _inflate(data: bytes, max_bytes: int) -> bytes | None:
+    """deflate: zlib-wrapped as the RFC says, or raw as some servers send it (httpx2 tries both too)."""
+    found = _zlib_stream(data, zlib.MAX_WBITS, max_bytes) or _zlib_stream(data, -zlib.MAX_WBITS, max_bytes)
+    return found[0] if found is not None else None
+
+
+def _first_module(*names: str) -> Any:
+    """The first of ``names`` that imports, or ``None`` (optional decoders, as httpx2 finds them)."""
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+@functools.cache
+def _brotli() -> Callable[[bytes, int], bytes | None] | None:
+    module = _first_module("brotli", "brotlicffi")
+    if module is None:
+        return None
+    decompress: Callable[[bytes], bytes] = module.decompress
+
+    def unbrotli(data: bytes, max_bytes: int) -> bytes | None:
+        out = decompress(data)
+        return out if len(out) <= max_bytes else None
+
+    return unbrotli
+
+
+@functools.cache
+def _zstd() -> Callable[[bytes, int], bytes | None] | None:
+    module = _first_module("compression.zstd", "backports.zstd")
+    if module is None:
+        return None
+    new_decompressor: Callable[[], Any] = module.ZstdDecompressor
+
+    def unzstd(data: bytes, max_bytes: int) -> bytes | None:
+        parts: list[bytes] = []
+        size = 0
+        while data:  # frames one after another, as httpx2 reads them
+            decompressor = new_decompressor()
+            out = decompressor.decompress(data, max_bytes - size + 1)
+            size += len(out)
+            if size > max_bytes or not decompressor.eof:
+                return None
+            parts.append(out)
+            data = decompressor.unused_data
+        return b"".join(parts) if parts else None
+
+    return unzstd
+
+
+# ---- usage in upstream bodies ----------------------------------------------------------------------------------
+
+_DECODER: Final = json.JSONDecoder()
+_USAGE_KEY: Final = re.compile(rb'"usage"\s*:\s*\{')
+_FINISH: Final = re.compile(rb'"finish_reason"\s*:\s*"([A-Za-z_]{1,64})"')
+_TERMINAL_TYPE: Final = re.compile(rb'"type"\s*:\s*"(response\.completed|response\.incomplete|response\.failed|error)"')
+_INTERESTING: Final = re.compile(
+    rb'"finish_reason"\s*:\s*"|"usage"\s*:\s*\{|"error"|"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"'
+)
+_BOUNDARY: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_JSON_ERRORS: Final = (ValueError, RecursionError, TypeError, OverflowError)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one call, in the Chat Completions vocabulary; each within ``[0, MAX_TOKENS]``."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+def _tokens(value: object) -> int:
+    return token_count(value) or 0
+
+
+def usage_from_mapping(usage: Mapping[str, Any]) -> Usage:
+    """Normalise a provider's ``usage`` object (chat, responses, embeddings, DeepSeek's cache fields). Counts that
+    are not numbers, or not positive, are 0; absurd ones are clamped to :data:`MAX_TOKENS`."""
+    if "input_tokens" in usage or "output_tokens" in usage:
+        prompt, completion = _tokens(usage.get("input_tokens")), _tokens(usage.get("output_tokens"))
+        in_details, out_details = usage.get("input_tokens_details"), usage.get("output_tokens_details")
+    else:
+        prompt, completion = _tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens"))
+        in_details, out_details = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
+    cached = _tokens(in_details.get("cached_tokens")) if isinstance(in_details, Mapping) else 0
+    if not cached:
+        cached = _tokens(usage.get("prompt_cache_hit_tokens"))  # DeepSeek
+    reasoning = _tokens(out_details.get("reasoning_tokens")) if isinstance(out_details, Mapping) else 0
+    return Usage(prompt, completion, min(cached, prompt), reasoning)
+
+
+def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
+    """Usage of a JSON answer, read from its last top-level ``usage`` object; ``None`` when there is none.
+
+    ``encoding`` is the answer's ``content-encoding`` (decoded as :func:`decode_content` does; undecodable: None).
+    Never raises.
+    """
+    if encoding:
+        decoded = decode_content(body, encoding)
+        if decoded is None:
+            return None
+        body = decoded
+    # Providers put usage at the end; decoding from the last '"usage":{' avoids parsing a large body twice.
+    # Inside JSON strings a quote is escaped, so this byte pattern can only be a key.
+    position = body.rfind(b'"usage"')
+    while position >= 0:
+        match = _USAGE_KEY.match(body, position)
+        if match is not None:
+            try:
+                found, _ = _DECODER.raw_decode(body[match.end() - 1 :].decode("utf-8"))
+            except _JSON_ERRORS:
+                break
+            if isinstance(found, Mapping):
+                return usage_from_mapping(found)
+            break
+        position = body.rfind(b'"usage"', 0, position)
+    try:
+        data = json.loads(body)
+    except _JSON_ERRORS:
+        return None
+    if isinstance(data, Mapping):
+        usage = data.get("usage")
+        if isinstance(usage, Mapping):
+            return usage_from_mapping(usage)
+    return None
+
+
+def finish_reason(body: bytes) -> str | None:
+    """The first ``finish_reason`` of a chat or completions answer (``stop``, ``length``, ``content_filter``...)."""
+    found = _FINISH.search(body)
+    return found.group(1).decode("ascii") if found is not None else None
+
+
+class SSEScanner:
+    """Watches a server-sent-events byte stream for usage, errors and a proper end; optionally drops one event.
+
+    ``feed`` returns the bytes to hand on. Without ``hide_usage_chunk`` that is the input itself, untouched, and
+    parsing happens on the side. With it (holyroute asked for ``stream_options.include_usage`` on the caller's
+    behalf), complete events are handed on as they complete and the usage-only chunk (``"choices": []``) is left
+    out, so the caller sees the stream it asked for.
+
+    Total: any bytes, split anywhere, never raise, and give the same findings whatever the split. It holds back at
+    most one incomplete event; an event longer than :data:`MAX_EVENT_BYTES` is handed on unparsed.
+    """
+
+    __slots__ = ("_hide", "_oversize", "_pending", "done", "error", "events", "finish_reason", "finished", "usage")
+
+    def __init__(self, *, hide_usage_chunk: bool = False) -> None:
+        self._hide = hide_usage_chunk
+        self._pending = bytearray()  # the incomplete event held back
+        self._oversize = False  # inside an event past MAX_EVENT_BYTES: hand it on, skip it until its end
+        self.usage: Usage | None = None
+        self.events = 0
+        self.done = False  # a terminal marker: [DONE] or a final Responses event
+        self.finished = False  # a choice reported finish_reason (lenient end for providers without [DONE])
+        self.finish_reason: str | None = None  # the first one reported
+        self.error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the stream reached an end the protocol defines (not merely a closed connection)."""
+        return self.done or self.finished
+
+    def feed(self, data: bytes) -> bytes:
+        pending = self._pending
+        if (
+            not pending
+            and not self._oversize
+            and data.endswith(b"\n\n")
+            and data.find(b"\n\n") == len(data) - 2
+            and b"\r" not in data
+        ):
+            # The common case: one whole event per chunk, as providers write them.
+            keep = self._scan(data[:-2])
+            return data if keep or not self._hide else b""
+        # A boundary is at most 4 bytes, and the pending bytes hold none: only their last 3 can start one. Searching
+        # from there keeps a long event fed in small chunks linear, not quadratic.
+        searched = max(0, len(pending) - 3)
+        pending += data
+        hide = self._hide
+        kept: list[bytes] = []
+        start = 0
+        for boundary in _BOUNDARY.finditer(pending, searched):
+            if self._oversize:
+                self._oversize = False  # the end of an oversize event: its first bytes were handed on already
+                keep = True
+            else:
+                keep = self._scan(bytes(pending[start : boundary.start()]))
+            if hide and keep:
+                kept.append(bytes(pending[start : boundary.end()]))
+            start = boundary.end()
+        if start:
+            del pending[:start]
+        # (+ 4: the rest may end in the first bytes of its boundary, so an event of exactly the bound is still read)
+        if len(pending) > MAX_EVENT_BYTES + 4 or (self._oversize and pending):
+            # Past the bound: hand the event's bytes on as they come and skip it to its end. A trailing run of CR and
+            # LF stays back (a few bytes, or it would hold a boundary): it may begin the boundary that ends the event.
+            cut = len(pending)
+            while cut and pending[cut - 1] in b"\r\n":
+                cut -= 1
+            if hide:
+                kept.append(bytes(pending[:cut]))
+            del pending[:cut]
+            self._oversize = True
+        if not hide:
+            return data
+        return b"".join(kept)
+
+    def end(self) -> bytes:
+        """At the end of the stream: scan and return what is left of an unterminated last event."""
+        rest = bytes(self._pending)
+        self._pending = bytearray()
+        # A last event cut off mid-line is discarded (as the SSE spec says); one missing only its blank line
+        # (`data: [DONE]\n`) still counts.
+        if not self._oversize and rest.strip() and rest.endswith((b"\n", b"\r")):
+            self._scan(rest)
+        self._oversize = False
+        return rest if self._hide else b""
+
+    def _scan(self, event: bytes) -> bool:
+        """Record what the event says; return False when it is the hidden usage-only chunk."""
+        if len(event) > MAX_EVENT_BYTES:
+            return True
+        if event.startswith(b"data: ") and b"\n" not in event and b"\r" not in event:
+            data = event[6:]
+        else:
+            lines = [line[5:].removeprefix(b" ") for line in event.splitlines() if line.startswith(b"data:")]
+            if not lines:
+                return True
+            data = b"\n".join(lines)
+        self.events += 1
+        if data == b"[DONE]":
+            self.done = True
+            return True
+        if _INTERESTING.search(data) is None:
+            return True  # a content delta: nothing to record
+        finish = _FINISH.search(data)
+        if finish is not None:
+            self.finished = True
+            if self.finish_reason is None:
+                self.finish_reason = finish.group(1).decode("ascii")
+        terminal = _TERMINAL_TYPE.search(data)
+        if terminal is None and not _USAGE_KEY.search(data) and b'"error"' not in data:
+            return True
+        try:
+            obj = json.loads(data)
+        except _JSON_ERRORS:
+            return True
+        if not isinstance(obj, dict):
+            return True
+        if terminal is not None:
+            kind = terminal.group(1).decode("ascii")
+            if obj.get("type") == kind:
+                self.done = True
+                if kind in ("response.failed", "error"):
+                    self.error = _error_text(obj) or kind
+        elif isinstance(obj.get("error"), Mapping):
+            self.error = _error_text(obj) or "error event in stream"
+        usage = obj.get("usage")
+        response = obj.get("response")
+        if not isinstance(usage, Mapping) and isinstance(response, Mapping):
+            usage = response.get("usage")
+        if isinstance(usage, Mapping):
+            self.usage = usage_from_mapping(usage)
+            if self._hide and obj.get("choices") == []:
+                return False
+        return True
+
+
+def _error_text(obj: Mapping[str, Any]) -> str | None:
+    error = obj.get("error")
+    if not isinstance(error, Mapping):
+        response = obj.get("response")
+        error = response.get("error") if isinstance(response, Mapping) else None
+    if isinstance(error, Mapping):
+        code = error.get("code") or error.get("type")
+        if isinstance(code, str):
+            return header_text(code, 100)
+        if isinstance(code, int) and not isinstance(code, bool):
+            return str(code) if -(10**18) < code < 10**18 else "error"
+        return "error"
+    return None
