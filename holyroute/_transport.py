@@ -14,8 +14,10 @@ SDK passes on without retrying; otherwise the last ``httpx2`` error. A failed an
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import ssl
+import sys
 import threading
 import time
 import zlib
@@ -130,6 +132,10 @@ class Transport(httpx2.BaseTransport):
                 self._shadows_pending -= 1
 
     def _drive(self, request: httpx2.Request, call: Call) -> httpx2.Response:
+        with call.owned():  # whatever escapes (a cancel, KeyboardInterrupt, a bug) ends the attempt and the call
+            return self._steps(request, call)
+
+    def _steps(self, request: httpx2.Request, call: Call) -> httpx2.Response:
         while True:
             step = call.next_step()
             if isinstance(step, Send):
@@ -202,7 +208,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
             from ._probe import AsyncHealthChecker
 
             self._checker = AsyncHealthChecker(self.router, self._inner)
-        self._shadows: set[asyncio.Task[None]] = set()
+        self._shadows = _ShadowTasks()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if self._checker is not None:
@@ -210,23 +216,22 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         call = _begin(self.router, request)
         if call is None:
             return await self._inner.handle_async_request(request)
-        if call.shadow is not None and len(self._shadows) < _MAX_SHADOWS_PENDING:
-            task = asyncio.get_running_loop().create_task(self._run_shadow(request, call.shadow))
-            self._shadows.add(task)  # a reference keeps the task alive; it removes itself when done
-            task.add_done_callback(self._shadows.discard)
+        if call.shadow is not None:
+            self._shadows.spawn(functools.partial(self._run_shadow, request, call.shadow))
         return await self._drive(request, call)
 
     async def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
+        response = await self._drive(request, shadow)
         try:
-            response = await self._drive(request, shadow)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-        except Exception:
-            pass  # the shadow's own event records what happened; the caller never sees a shadow's error
+            await response.aread()  # a stream's tap reports at its end
+        finally:
+            await response.aclose()
 
     async def _drive(self, request: httpx2.Request, call: Call) -> httpx2.Response:
+        with call.owned():  # the same owner as the sync driver's: cancellation included
+            return await self._steps(request, call)
+
+    async def _steps(self, request: httpx2.Request, call: Call) -> httpx2.Response:
         while True:
             step = call.next_step()
             if isinstance(step, Send):
@@ -266,10 +271,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._checker is not None:
             await self._checker.aclose()
-        for task in list(self._shadows):
-            task.cancel()
-        if self._shadows:
-            await asyncio.gather(*self._shadows, return_exceptions=True)
+        await self._shadows.aclose()
         if self._owns_router:
             await self.router.aclose()
         await self._inner.aclose()
@@ -340,6 +342,83 @@ def router_of(target: Router | Transport | AsyncTransport | httpx2.Client | http
         f"router_of: expected a holyroute client, transport or Router, got {type(target).__name__}; "
         "build the client with holyroute.client(...) or holyroute.async_client(...)"
     )
+
+
+class _ShadowTasks:
+    """The async driver's shadow copies, owned: started as tasks of whichever event loop runs the call (asyncio or
+    trio), at most ``_MAX_SHADOWS_PENDING`` at once (beyond that a copy is dropped), and
+    all cancelled and awaited by :meth:`aclose`. Starting one never raises into the caller's call."""
+
+    __slots__ = ("_asyncio", "_closed", "_trio")
+
+    def __init__(self) -> None:
+        self._asyncio: set[asyncio.Task[None]] = set()
+        self._trio: dict[object, Any] = {}  # trio.CancelScope -> trio.Event (set when the task has ended)
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._asyncio) + len(self._trio)
+
+    def spawn(self, run: Callable[[], Awaitable[None]]) -> bool:
+        """Start ``run()`` in the background; False when it was dropped (too many, closed, or an unknown loop)."""
+        if self._closed or len(self) >= _MAX_SHADOWS_PENDING:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio: trio (if it is running), else nothing to attach a task to
+            return self._spawn_trio(run) if "trio" in sys.modules else False
+        task = loop.create_task(_shadow_body(run)())
+        self._asyncio.add(task)  # a reference keeps the task alive; it removes itself when done
+        task.add_done_callback(self._asyncio.discard)
+        return True
+
+    def _spawn_trio(self, run: Callable[[], Awaitable[None]]) -> bool:
+        import trio
+
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            return False
+        scope = trio.CancelScope()
+        ended = trio.Event()
+        body = _shadow_body(run)
+
+        async def task() -> None:
+            try:
+                with scope:
+                    await body()
+            finally:
+                ended.set()
+                self._trio.pop(scope, None)
+
+        self._trio[scope] = ended
+        # A system task: it outlives the caller's own task (and its cancel scopes), as a shadow must; aclose()
+        # or the end of trio.run() cancels it.
+        trio.lowlevel.spawn_system_task(task, name="holyroute-shadow")
+        return True
+
+    async def aclose(self) -> None:
+        self._closed = True
+        tasks = list(self._asyncio)
+        for one in tasks:
+            one.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        waiting = list(self._trio.items())
+        for scope, _ in waiting:
+            scope.cancel()  # type: ignore[attr-defined]
+        for _, ended in waiting:
+            await ended.wait()
+
+
+def _shadow_body(run: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    async def body() -> None:
+        try:
+            await run()
+        except Exception:
+            pass  # the shadow's own event records what happened; the caller never sees a shadow's error
+
+    return body
 
 
 # ---- what both drivers share: translating between httpx2 objects and the core's plain data ---------------------

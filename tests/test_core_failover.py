@@ -225,7 +225,10 @@ class TestCooldown:
             retry={"max_attempts": 3, "max_wait_s": 1},
         )
         h = make_harness(config)
-        drive(h.call(), [status(429, {"retry-after": "30"})], h.clock)
+        # The first call makes the SDK's three attempts (retry.min_attempts) whatever the cooldown says, waiting
+        # for the retry-after the SDK would honour (up to 60s) though it is longer than max_wait_s.
+        first = drive(h.call(), [status(429, {"retry-after": "30"})] * 3, h.clock)
+        assert (len(first.sent), first.waits) == (3, [30.0, 30.0])
         outcome = drive(h.call(), [], h.clock)
         assert outcome.sent == []
         assert isinstance(outcome.final, Respond)
