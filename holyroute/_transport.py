@@ -14,6 +14,7 @@ SDK passes on without retrying; otherwise the last ``httpx2`` error. A failed an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import ssl
@@ -367,7 +368,7 @@ class _ShadowTasks:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio: trio (if it is running), else nothing to attach a task to
             return self._spawn_trio(run) if "trio" in sys.modules else False
-        task = loop.create_task(_shadow_body(run)())
+        task = loop.create_task(_shadow(run))
         self._asyncio.add(task)  # a reference keeps the task alive; it removes itself when done
         task.add_done_callback(self._asyncio.discard)
         return True
@@ -381,12 +382,11 @@ class _ShadowTasks:
             return False
         scope = trio.CancelScope()
         ended = trio.Event()
-        body = _shadow_body(run)
 
         async def task() -> None:
             try:
                 with scope:
-                    await body()
+                    await _shadow(run)
             finally:
                 ended.set()
                 self._trio.pop(scope, None)
@@ -411,14 +411,10 @@ class _ShadowTasks:
             await ended.wait()
 
 
-def _shadow_body(run: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-    async def body() -> None:
-        try:
-            await run()
-        except Exception:
-            pass  # the shadow's own event records what happened; the caller never sees a shadow's error
-
-    return body
+async def _shadow(run: Callable[[], Awaitable[None]]) -> None:
+    # The shadow's own event records what happened; the caller never sees a shadow's error.
+    with contextlib.suppress(Exception):
+        await run()
 
 
 # ---- what both drivers share: translating between httpx2 objects and the core's plain data ---------------------
