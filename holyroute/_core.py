@@ -80,8 +80,6 @@ _INJECT_USAGE_APIS: Final = frozenset({"chat", "completions"})
 PIN_HEADER: Final = "x-holyroute-arm"
 #: A per-request cost ceiling in USD (``x-holyroute-max-cost: 0.05``); never forwarded.
 MAX_COST_HEADER: Final = "x-holyroute-max-cost"
-#: The longest retry-after the OpenAI SDK waits for before retrying; a longer one gets its own backoff instead.
-_SDK_MAX_RETRY_AFTER_S: Final = 60.0
 #: The shortest wait for an rpm/tpm reset (a reset that is due now still needs the bucket to be asked again).
 _MIN_LIMIT_WAIT_S: Final = 0.001
 #: Headers that belong to the caller's own account or to the hop, never forwarded to a routed endpoint.
@@ -1189,7 +1187,8 @@ class Call:
 
         Below the persistence floor (a call that has made fewer attempts than ``retry.min_attempts``, the SDK's
         own ``max_retries + 1``), a call never gives up while an endpoint could take it were health ignored: after
-        the backoff it walks again, health ignored for that walk. Only the caller's deadline stops it."""
+        the backoff it walks again, health ignored for that walk (when nothing comes back within ``max_wait_s``).
+        Only the caller's deadline stops it."""
         router = self._router
         # Bounded in passes too: a shared rpm/tpm limit may keep saying no to a forced walk.
         floor = 0 < self._attempts < self._floor() and self._passes < 2 * router.retry.max_attempts
@@ -1207,11 +1206,9 @@ class Call:
             if not known or not self._acceptable_wait(wait, now):
                 if not floor or all(self._unavailable(leg, u, now, force=True) is not None for leg, u in pool):
                     return None
-                if not known or wait > _SDK_MAX_RETRY_AFTER_S:
-                    # As the SDK does: a return time it would not wait for is replaced by its own backoff.
-                    wait = backoff
-                    self._forced = True
-                return wait if self._deadline is None or now + wait < self._deadline else None
+                # Nothing may be waited for within max_wait_s: the backoff, then a walk with health ignored.
+                self._forced = True
+                return backoff if self._deadline is None or now + backoff < self._deadline else None
         return wait if self._acceptable_wait(wait, now) else None
 
     def _send(self, upstream: Upstream, now: float) -> Send:

@@ -66,7 +66,7 @@ class TestFloor:
         assert "retry budget exhausted" in h.events.named("holyroute.request")[-1]["error"]
 
     def test_floor_beats_a_long_cooldown(self, make_harness: Callable[..., Harness]) -> None:
-        """A retry-after the SDK would not wait for (> 60s) is replaced by the backoff, as the SDK does."""
+        """A cooldown longer than max_wait_s does not end the call: it backs off and tries again, health ignored."""
         h = make_harness(solo(max_wait_s=1))
         answers = [status(429, {"retry-after": "300"}), status(429, {"retry-after": "300"}), ok()]
         outcome = drive(h.call(), answers, h.clock)
