@@ -1203,13 +1203,17 @@ class Call:
             known = [state[1] for state in states if state is not None and state[1] is not None]
             if known:
                 wait = max(wait, min(known) - now)
-            if not known or not self._acceptable_wait(wait, now):
-                if not floor or all(self._unavailable(leg, u, now, force=True) is not None for leg, u in pool):
-                    return None
-                # Nothing may be waited for within max_wait_s: the backoff, then a walk with health ignored.
-                self._forced = True
-                return backoff if self._deadline is None or now + backoff < self._deadline else None
-        return wait if self._acceptable_wait(wait, now) else None
+                if self._acceptable_wait(wait, now):
+                    return wait
+            if not floor or all(self._unavailable(leg, u, now, force=True) is not None for leg, u in pool):
+                return None
+            # Nothing comes back within max_wait_s: the backoff, then a walk with health ignored.
+            self._forced = True
+        elif self._acceptable_wait(wait, now):
+            return wait
+        elif not floor:
+            return None
+        return backoff if self._deadline is None or now + backoff < self._deadline else None
 
     def _send(self, upstream: Upstream, now: float) -> Send:
         router = self._router
