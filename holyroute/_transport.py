@@ -23,7 +23,7 @@ import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx2
@@ -109,7 +109,8 @@ class Transport(httpx2.BaseTransport):
         return self._drive(request, call)
 
     def _mirror(self, request: httpx2.Request, shadow: Call) -> None:
-        """Run the shadow copy on a small background pool; when the pool is saturated, the copy is dropped."""
+        """Run the shadow copy on a small background pool; when the pool is saturated or shut down, the copy is
+        dropped. Never raises: the caller's call does not depend on its shadow."""
         with self._shadows_lock:
             if self._shadows_pending >= _MAX_SHADOWS_PENDING:
                 return
@@ -117,7 +118,20 @@ class Transport(httpx2.BaseTransport):
             if self._shadows is None:
                 self._shadows = ThreadPoolExecutor(max_workers=4, thread_name_prefix="holyroute-shadow")
             pool = self._shadows
-        pool.submit(self._run_shadow, request, shadow)
+        try:
+            future = pool.submit(self._run_shadow, request, shadow)
+        except RuntimeError:  # closed meanwhile
+            with self._shadows_lock:
+                self._shadows_pending -= 1
+            return
+
+        def ended(done: Future[None]) -> None:
+            if done.cancelled():  # close() cancelled it before it started: it still has its one event
+                with self._shadows_lock:
+                    self._shadows_pending -= 1
+                shadow.abandon(asyncio.CancelledError())
+
+        future.add_done_callback(ended)
 
     def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
         try:
@@ -367,7 +381,12 @@ class _ShadowTasks:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio: trio (if it is running), else nothing to attach a task to
-            return self._spawn_trio(run) if "trio" in sys.modules else False
+            if "trio" not in sys.modules:
+                return False
+            try:
+                return self._spawn_trio(run)
+            except RuntimeError:  # trio is shutting down: no new system task
+                return False
         task = loop.create_task(_shadow(run))
         self._asyncio.add(task)  # a reference keeps the task alive; it removes itself when done
         task.add_done_callback(self._asyncio.discard)

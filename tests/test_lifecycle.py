@@ -13,6 +13,7 @@ caller unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import AsyncIterator, Iterator
@@ -336,3 +337,157 @@ def test_async_interrupted_anywhere(backend: str) -> None:
     """Async under asyncio and trio: real cancellation at any checkpoint (before headers, mid-body, mid-stream, in a
     backoff or cooldown wait), injected errors, and callers closing streams early."""
     anyio.run(interrupted_anywhere, 21, backend=backend)
+
+
+# ---- one path at a time ----------------------------------------------------------------------------------------
+
+TWO = {
+    "endpoints": {name: {"base_url": f"https://{name}.example/v1", "api_key": f"key-{name}"} for name in ("a", "b")},
+    "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["a", "b"]}]}},
+    "health": {"consecutive_failures": 1, "base_ejection_s": 10},
+}
+BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+URL = "https://api.example/v1/chat/completions"
+
+
+def half_open(router: Router, clock: FakeClock) -> None:
+    """Endpoint ``a`` ejected, then its ejection over: the next attempt to it is its half-open trial."""
+    router.transition(router.health.failure("a", "ConnectError", clock(), ("a", "b")))
+    clock.advance(11)
+    assert router.health.ejected("a", clock()) is None
+
+
+def json_answer(request: httpx2.Request) -> httpx2.Response:
+    return httpx2.Response(200, headers={"content-type": "application/json"}, content=ANSWER)
+
+
+class TestTrialReleased:
+    """A half-open trial whose attempt is cancelled is released: the endpoint takes traffic again."""
+
+    def test_sync_keyboard_interrupt(self) -> None:
+        clock, events = FakeClock(), Events()
+        router = Router(load_config(TWO), clock=clock, sinks=[events])
+        half_open(router, clock)
+        hosts: list[str] = []
+
+        def handler(request: httpx2.Request) -> httpx2.Response:
+            hosts.append(request.url.host)
+            if len(hosts) == 1:
+                raise KeyboardInterrupt
+            return json_answer(request)
+
+        with httpx2.Client(transport=Transport(router=router, transport=httpx2.MockTransport(handler))) as client:
+            with pytest.raises(KeyboardInterrupt):
+                client.post(URL, json=BODY)
+            assert router.health.in_flight("a") == 0
+            assert router.health.ejected("a", clock()) is None, "the trial is not stuck in flight"
+            assert client.post(URL, json=BODY).status_code == 200
+        assert hosts == ["a.example", "a.example"]
+        assert [(e["outcome"], e["attempts"]) for e in events.named("holyroute.request")] == [
+            ("cancelled", 1),
+            ("ok", 1),
+        ]
+
+    async def test_asyncio_wait_for(self) -> None:
+        clock, events = FakeClock(), Events()
+        router = Router(load_config(TWO), clock=clock, sinks=[events])
+        half_open(router, clock)
+        hosts: list[str] = []
+        never = anyio.Event()
+
+        class Hanging(httpx2.AsyncBaseTransport):
+            async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+                hosts.append(request.url.host)
+                if len(hosts) == 1:
+                    await never.wait()  # only a cancellation ends this attempt
+                return json_answer(request)
+
+        async with httpx2.AsyncClient(transport=AsyncTransport(router=router, transport=Hanging())) as client:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.post(URL, json=BODY), 0.01)
+            assert router.health.in_flight("a") == 0
+            assert router.health.ejected("a", clock()) is None
+            assert (await client.post(URL, json=BODY)).status_code == 200
+        assert hosts == ["a.example", "a.example"]
+        assert [(e["outcome"], e["attempts"]) for e in events.named("holyroute.request")] == [
+            ("cancelled", 1),
+            ("ok", 1),
+        ]
+
+
+class Chunks(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+    """An event stream that arrives event by event."""
+
+    PARTS = (CHUNK, CHUNK, CHUNK, USAGE, DONE)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.PARTS
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.PARTS:
+            yield part
+
+
+def sse(request: httpx2.Request) -> httpx2.Response:
+    return httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=Chunks())
+
+
+class TestStreamClosedEarly:
+    """A caller that closes a stream before its end: the call ends cancelled, its attempt with it."""
+
+    def test_sync(self) -> None:
+        events = Events()
+        router = Router(load_config(TWO), sinks=[events])
+        transport = Transport(router=router, transport=httpx2.MockTransport(sse))
+        with (
+            httpx2.Client(transport=transport) as client,
+            client.stream("POST", URL, json={**BODY, "stream": True}) as response,
+        ):
+            for _ in response.iter_bytes():
+                break  # one event read, then the caller lets go
+        (event,) = events.named("holyroute.request")
+        assert (event["outcome"], event["attempts"]) == ("cancelled", 1)
+        assert router.health.in_flight("a") == 0
+
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_async(self, backend: str) -> None:
+        events = Events()
+        router = Router(load_config(TWO), sinks=[events])
+
+        async def main() -> None:
+            transport = AsyncTransport(router=router, transport=httpx2.MockTransport(sse))
+            async with (
+                httpx2.AsyncClient(transport=transport) as client,
+                client.stream("POST", URL, json={**BODY, "stream": True}),
+            ):
+                pass  # closed unread
+
+        anyio.run(main, backend=backend)
+        (event,) = events.named("holyroute.request")
+        assert (event["outcome"], event["attempts"]) == ("cancelled", 1)
+        assert router.health.in_flight("a") == 0
+
+
+class TestEventsEqualCalls:
+    """Calls answered locally before any attempt still emit their one event."""
+
+    def test_unknown_pin(self) -> None:
+        events = Events()
+        router = Router(load_config(TWO), sinks=[events])
+        with httpx2.Client(transport=Transport(router=router, transport=httpx2.MockTransport(json_answer))) as client:
+            response = client.post(URL, json=BODY, headers={"x-holyroute-arm": "nope"})
+        assert response.status_code == 400
+        (event,) = events.named("holyroute.request")
+        assert (event["outcome"], event["status"], event["attempts"]) == ("error", 400, 0)
+
+
+def test_closed_shadow_pool_never_fails_the_call() -> None:
+    """After close(), a sampled call still gets its answer: the shadow copy is dropped, not raised."""
+    cfg = {**TWO, "routes": {"chat": {**TWO["routes"]["chat"], "shadow": {"model": "m", "endpoints": ["b"]}}}}
+    cfg["routes"]["chat"]["shadow"]["sample"] = 1.0
+    events = Events()
+    transport = Transport(cfg, transport=httpx2.MockTransport(json_answer), sinks=[events])
+    client = httpx2.Client(transport=transport)
+    assert client.post(URL, json=BODY).status_code == 200
+    transport.close()
+    assert client.post(URL, json=BODY).status_code == 200
