@@ -1186,12 +1186,13 @@ class Call:
         """Seconds to wait before walking the endpoints again, or None to give up.
 
         Below the persistence floor (a call that has made fewer attempts than ``retry.min_attempts``, the SDK's
-        own ``max_retries + 1``), a call never gives up while an endpoint could take it were health ignored: after
-        the backoff it walks again, health ignored for that walk (when nothing comes back within ``max_wait_s``).
-        Only the caller's deadline stops it."""
+        own ``max_retries + 1``), a call never gives up while an endpoint could take it were health ignored: when
+        nothing comes back within ``max_wait_s``, it walks again after the backoff (at once for its first attempt)
+        with health ignored for that walk. Only the caller's deadline stops it: the router's bookkeeping alone never
+        fails a call."""
         router = self._router
         # Bounded in passes too: a shared rpm/tpm limit may keep saying no to a forced walk.
-        floor = 0 < self._attempts < self._floor() and self._passes < 2 * router.retry.max_attempts
+        floor = self._attempts < self._floor() and self._passes < 2 * router.retry.max_attempts
         if self._passes + 1 >= router.retry.max_attempts and not floor:
             return None
         backoff = router.backoff(_WaitState(self._passes + 1)) if self._attempts else 0.0

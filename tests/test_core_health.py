@@ -198,7 +198,7 @@ class TestRetryBudget:
 
     def test_total_outage(self, make_harness: Callable[..., Harness]) -> None:
         config = base_config(
-            # min_attempts 1: the budget limits the retries beyond the persistence floor, so no floor here.
+            # min_attempts 1: the budget limits the retries beyond the persistence floor; here it decides every retry.
             retry={
                 "max_attempts": 3,
                 "min_attempts": 1,

@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from holyroute import Router, load_config
 from holyroute._core import GiveUp, Respond
@@ -84,14 +86,11 @@ class TestFloor:
         h = make_harness(solo(max_attempts=2))
         assert len(drive(h.call(), [ERROR, ERROR], h.clock).sent) == 2
 
-    def test_min_attempts_one_gives_the_old_behaviour(self, make_harness: Callable[..., Harness]) -> None:
-        """min_attempts: 1 lets health end a call early (an ejected only endpoint with no return time)."""
-        config = solo(min_attempts=1)
-        config["routes"]["chat-default"]["targets"][0]["endpoints"] = ["solo", "spare"]
-        config["endpoints"]["spare"] = {"base_url": "https://spare.example/v1", "api_key": "key-spare"}
-        config["health"]["max_ejected_percent"] = 100
-        h = make_harness(config)
-        assert len(drive(h.call(), [ERROR, ERROR, ERROR], h.clock).sent) == 3
+    def test_beyond_the_floor_the_budget_decides(self, make_harness: Callable[..., Harness]) -> None:
+        """min_attempts: 1 and no retry budget: one attempt, then the budget refuses the retry."""
+        h = make_harness(solo(min_attempts=1, budget_ratio=0, budget_min_per_s=0))
+        assert len(drive(h.call(), [ERROR, ERROR, ERROR], h.clock).sent) == 1
+        assert "retry budget exhausted" in h.events.named("holyroute.request")[-1]["error"]
 
     def test_shadow_floor_is_one(self, make_harness: Callable[..., Harness]) -> None:
         config = solo()
@@ -282,3 +281,70 @@ class TestBackgroundLoops:
         assert calls[0] == 4
         assert [e["error"] for e in events.named("holyroute.background_error")] == ["RuntimeError"]
         assert router.health.probe_status("e") == "healthy"
+
+
+# ---- the floor as a property ------------------------------------------------------------------------------------
+
+TRANSIENT = st.one_of(
+    st.just(ERROR),
+    st.just(TimeoutError("slow")),
+    st.sampled_from([500, 502, 503, 408, 409]).map(status),
+    st.integers(0, 1000).map(lambda s: status(429, {"retry-after": str(s)})),
+    st.just(status(429)),
+)
+
+
+@settings(max_examples=150)
+@given(
+    endpoints=st.integers(1, 3),
+    failures=st.integers(1, 5),
+    max_attempts=st.integers(1, 6),
+    min_attempts=st.integers(1, 6),
+    ratio=st.sampled_from([0.0, 0.2, 1.0]),
+    max_wait_s=st.sampled_from([0.0, 1.0, 10.0]),
+    calls=st.lists(st.tuples(st.lists(TRANSIENT, min_size=6, max_size=6), st.booleans()), min_size=1, max_size=6),
+)
+def test_floor_holds_whatever_health_says(  # noqa: PLR0917 (Hypothesis passes the draws by name)
+    endpoints: int,
+    failures: int,
+    max_attempts: int,
+    min_attempts: int,
+    ratio: float,
+    max_wait_s: float,
+    calls: list[tuple[list[Any], bool]],
+) -> None:
+    """For any run of transient failures, health state and budget: a call that fails has made at least
+    min(min_attempts, max_attempts) attempts and at most max_attempts, emits one event, and leaves nothing in flight."""
+    names = [f"e{n}" for n in range(endpoints)]
+    config = {
+        "endpoints": {name: {"base_url": f"https://{name}.example/v1", "api_key": f"key-{name}"} for name in names},
+        "routes": {"chat-default": {"targets": [{"model": "m", "endpoints": names}]}},
+        "retry": {
+            "max_attempts": max_attempts,
+            "min_attempts": min_attempts,
+            "budget_ratio": ratio,
+            "budget_min_per_s": 0,
+            "max_wait_s": max_wait_s,
+            "backoff_jitter_s": 0,
+        },
+        "health": {"consecutive_failures": failures, "max_ejected_percent": 100},
+    }
+    clock, events = FakeClock(), Events()
+    router = Router(load_config(config), clock=clock, sinks=[events])
+    floor = min(min_attempts, max_attempts)
+    for failed, succeed_last in calls:
+        # A success within the floor is always reached.
+        answers = [*failed[: floor - 1], ok()] if succeed_last else failed
+        before = len(events.named("holyroute.request"))
+        call = router.begin("POST", "/v1/chat/completions", "", {}, b'{"model": "chat-default"}')
+        assert call is not None
+        outcome = drive(call, answers, clock)
+        assert len(events.named("holyroute.request")) == before + 1
+        assert all(router.health.in_flight(name) == 0 for name in names)
+        assert len(outcome.sent) <= max_attempts
+        event = events.named("holyroute.request")[-1]
+        if event["outcome"] != "ok":
+            assert len(outcome.sent) >= floor, (outcome, event)
+        elif succeed_last:
+            assert len(outcome.sent) <= floor
+        clock.advance(1.0)
