@@ -1088,8 +1088,8 @@ class Call:
     ) -> tuple[str, float | None] | None:
         """Why this endpoint cannot take the call now, and until when if that is known; None when it can.
 
-        ``force``: health (ejection, active checks, cooldowns, headroom, client-side limits) is ignored, as it is
-        for a pass within the persistence floor."""
+        ``force``: health (ejection, active checks, cooldowns, rate-limit headroom) is ignored, as it is for a pass
+        within the persistence floor; configured rpm/tpm limits still hold."""
         router = self._router
         health = router.health
         name = upstream.endpoint
@@ -1107,7 +1107,7 @@ class Call:
             if verdict is not None:
                 return verdict.reason, None
         if force or self._forced:
-            return None
+            return health.blocked(name, upstream.model, now, self._tokens, limits_only=True)
         if not self._panicking(leg, now):
             why = health.ejected(name, now)
             if why is None and router.probing and health.probe_status(name) == "unhealthy":
@@ -1193,7 +1193,8 @@ class Call:
         router = self._router
         # Bounded in passes too: a shared rpm/tpm limit may keep saying no to a forced walk.
         floor = self._attempts < self._floor() and self._passes < 2 * router.retry.max_attempts
-        if self._passes + 1 >= router.retry.max_attempts and not floor:
+        over = self._passes + 1 >= router.retry.max_attempts  # without the floor, the call would give up now
+        if over and not floor:
             return None
         backoff = router.backoff(_WaitState(self._passes + 1)) if self._attempts else 0.0
         wait = backoff
@@ -1202,7 +1203,7 @@ class Call:
         if all(state is not None for state in states):
             # Nothing is usable now: wait for the first to come back, if anything says when.
             known = [state[1] for state in states if state is not None and state[1] is not None]
-            if known:
+            if known and not over:
                 wait = max(wait, min(known) - now)
                 if self._acceptable_wait(wait, now):
                     return wait
