@@ -3,7 +3,10 @@
 :class:`Transport` (sync) and :class:`AsyncTransport` (async) each ask the :class:`~holyroute._core.Router` whether
 a request is routed; a request that is not goes to the inner transport untouched. For a routed one they loop over
 the call's steps: send an attempt through the inner transport, wait, hand back an answer, or raise. They decide
-nothing themselves, so the two cannot drift apart; what they share is in the helpers at the bottom.
+nothing themselves, so the two cannot drift apart; what they share is in the helpers at the bottom. Each wraps a
+call's steps in the same owner, :meth:`Call.owned <holyroute._core.Call.owned>`: whatever escapes (a cancellation, a
+timeout of the caller's, ``KeyboardInterrupt``, a bug in an inner transport) ends the open attempt and emits the call's
+one ``holyroute.request`` before it propagates unchanged; the stream taps do the same for a body.
 
 When every attempt failed without an HTTP answer, the caller gets the error its client family expects: for the
 OpenAI SDK (recognised by its ``x-stainless-*`` headers) ``openai.APITimeoutError`` / ``APIConnectionError``, which the
