@@ -29,7 +29,7 @@ from holyroute._transport import AsyncTransport, Transport
 
 from .conftest import Events, FakeClock
 
-RUNS = 500  # per driver: 1,500 interrupted-or-not calls in all
+RUNS = 800  # per driver: 2,400 calls in all, over 1,300 of them interrupted mid-call (seeded)
 ENDPOINTS = ("a", "b", "c")
 CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
 USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n'
@@ -142,7 +142,7 @@ def check_world(world: World, runs: list[tuple[Run, BaseException | None, str]])
             assert caught is not None
     outcomes = {e["outcome"] for e in done}
     assert {"ok", "error", "cancelled"} <= outcomes
-    assert fired > len(runs) // 4, f"only {fired} runs were interrupted mid-call"
+    assert fired > len(runs) * 2 // 5, f"only {fired} runs were interrupted mid-call"
 
 
 # ---- sync ------------------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def test_sync_interrupted_anywhere() -> None:
     rng = random.Random(12)
     runs: list[tuple[Run, BaseException | None, str]] = []
     for _ in range(RUNS):
-        run = world.run = Run(random.Random(rng.random()), stop_at=rng.choice([0, 0, *range(1, 12)]))
+        run = world.run = Run(random.Random(rng.random()), stop_at=rng.choice([0, *range(1, 8)]))
         error: BaseException = KeyboardInterrupt() if rng.random() < 0.5 else RuntimeError("bug in the upstream")
         raising[0] = error
         stream = rng.random() < 0.5
@@ -298,7 +298,7 @@ async def interrupted_anywhere(seed: int) -> None:
     rng = random.Random(seed)
     runs: list[tuple[Run, BaseException | None, str]] = []
     for _ in range(RUNS):
-        run = world.run = Run(random.Random(rng.random()), stop_at=rng.choice([0, 0, *range(1, 12)]))
+        run = world.run = Run(random.Random(rng.random()), stop_at=rng.choice([0, *range(1, 8)]))
         upstream.error = RuntimeError("bug in the upstream") if rng.random() < 0.25 else None
         expected = "error" if upstream.error is not None else "cancelled"
         stream = rng.random() < 0.5
