@@ -364,8 +364,8 @@ def router_of(target: Router | Transport | AsyncTransport | httpx2.Client | http
 
 class _ShadowTasks:
     """The async driver's shadow copies, owned: started as tasks of whichever event loop runs the call (asyncio or
-    trio), at most ``_MAX_SHADOWS_PENDING`` at once (beyond that a copy is dropped), and
-    all cancelled and awaited by :meth:`aclose`. Starting one never raises into the caller's call."""
+    trio), at most ``_MAX_SHADOWS_PENDING`` at once (beyond that a copy is dropped), and all cancelled and awaited
+    by :meth:`aclose`. Starting one never raises into the caller's call."""
 
     __slots__ = ("_asyncio", "_closed", "_trio")
 
@@ -420,17 +420,29 @@ class _ShadowTasks:
         return True
 
     async def aclose(self) -> None:
+        """Cancel every shadow still running and wait for it to end (its event says ``cancelled``). A task left
+        from an event loop that is not the running one is cancelled there, not awaited."""
         self._closed = True
-        tasks = list(self._asyncio)
-        for one in tasks:
-            one.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        waiting = list(self._trio.items())
-        for scope, _ in waiting:
-            scope.cancel()  # type: ignore[attr-defined]
-        for _, ended in waiting:
-            await ended.wait()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        mine = []
+        for one in list(self._asyncio):
+            if one.get_loop() is running:
+                one.cancel()
+                mine.append(one)
+            else:
+                with contextlib.suppress(RuntimeError):  # that loop is closed already
+                    one.get_loop().call_soon_threadsafe(one.cancel)
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
+        if running is None and self._trio:
+            waiting = list(self._trio.items())
+            for scope, _ in waiting:
+                scope.cancel()  # type: ignore[attr-defined]
+            for _, ended in waiting:
+                await ended.wait()
 
 
 async def _shadow(run: Callable[[], Awaitable[None]]) -> None:
