@@ -3,8 +3,9 @@
 :class:`TokenBucket` holds a client-side ``rpm`` or ``tpm`` limit: it refills continuously and says how long a
 request must wait for room. :class:`RetryBudget` is Finagle's retry budget: over a sliding window, retries (failovers
 included) may be at most ``ratio`` of the calls seen plus a small floor per second, so a total outage costs about
-``1 + ratio`` upstream attempts per call instead of ``max_attempts``. Both read time only from the ``now`` they are
-given and never sleep.
+``1 + ratio`` upstream attempts per call beyond the persistence floor (``retry.min_attempts``, which the budget never
+refuses). The router keeps one per route, as Envoy keeps one per cluster, so one route's outage cannot spend the
+retries another needs. Both read time only from the ``now`` they are given and never sleep.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus
@@ -320,9 +320,14 @@ class Router:
         )
         retry = config.retry
         self.retry = retry
-        self.budget = RetryBudget(
-            ratio=retry.budget_ratio, min_per_s=retry.budget_min_per_s, window_s=retry.budget_window_s
-        )
+        #: One retry budget per route (as Envoy budgets per cluster): one route's outage cannot spend the retries
+        #: another route needs to fail over.
+        self.budgets = {
+            alias: RetryBudget(
+                ratio=retry.budget_ratio, min_per_s=retry.budget_min_per_s, window_s=retry.budget_window_s
+            )
+            for alias in self.routes
+        }
         self.probing = any(e.health_check is not None for e in config.endpoints.values())
         self.tracks_latency = any(arm.balance == "latency" for plan in self.routes.values() for arm in plan.arms)
         #: What this router shares with other processes (cooldowns, limits, rollouts, spend); default: nothing.
@@ -336,7 +341,7 @@ class Router:
             from ._rollout import Rollouts
 
             self.rollouts = Rollouts(config, emit=self.emit, clock=wall_clock, store=self.state.rollout_store())
-        self._budget_spent = False
+        self._budget_spent: set[str] = set()  # routes whose budget refused a retry (one event per bad spell)
         #: Spend caps per route, endpoint or tag (``budgets:``), counted through the state backend.
         self.spend = (
             SpendBudgets(config.budgets, self.state, emit=self.emit, wall_clock=wall_clock) if config.budgets else None
@@ -432,7 +437,7 @@ class Router:
             Call, self, plan, api=api[0], operation=api[1], query=query, data=view.data, body=body, timeout=timeout
         )
         call = describe(headers=headers)
-        self.budget.record_call(call.started)
+        self.budgets[call.route].record_call(call.started)
         if plan.shadow is not None and self._shadow_wanted(plan):
             call.shadow = describe(headers=_NO_HEADERS, shadow_of=call)
         return call
@@ -457,18 +462,24 @@ class Router:
             return Leg(plan.alias, plan.arms[picker.sticky(key)], None, True)
         return Leg(plan.alias, plan.arms[picker.random(self.rng)], None, False)
 
-    def spend_retry(self, now: float) -> bool:
-        """Take one retry from the budget; the first refusal after a good spell emits an event."""
-        if self.budget.try_spend(now):
-            self._budget_spent = False
+    def spend_retry(self, route: str, now: float, *, floor: bool = False) -> bool:
+        """Take one retry from ``route``'s budget; the first refusal after a good spell emits an event.
+
+        A retry within the persistence floor (``retry.min_attempts``) is counted but never refused."""
+        budget = self.budgets[route]
+        if budget.try_spend(now):
+            self._budget_spent.discard(route)
             return True
-        if not self._budget_spent:
-            self._budget_spent = True
-            calls, retries = self.budget.state(now)
+        if floor:
+            return True
+        if route not in self._budget_spent:
+            self._budget_spent.add(route)
+            calls, retries = budget.state(now)
             retry = self.retry
             self.emit(
                 "holyroute.retry_budget_exhausted",
                 {
+                    "route": route,
                     "calls": calls,
                     "retries": retries,
                     "reason": f"retries ({retries}) + 1 > {retry.budget_ratio:g} x calls ({calls}) + "
@@ -542,6 +553,7 @@ class Call:
         "_final",
         "_finish",
         "_first_byte",
+        "_forced",
         "_granted",
         "_headers",
         "_hide_usage",
@@ -554,10 +566,10 @@ class Call:
         "_limit_waited",
         "_limited",
         "_observe",
+        "_open",
         "_operation",
         "_out",
         "_paid",
-        "_panic",
         "_passes",
         "_pending_response",
         "_plan",
@@ -632,7 +644,8 @@ class Call:
         self._sequence: list[tuple[Leg, Upstream]] = []
         self._skipped: dict[tuple[str, str], tuple[str, float | None]] = {}
         self._excluded: set[str] = set()
-        self._panic: dict[int, bool] = {}
+        self._open = False  # an attempt is begun in the health book and not yet ended (see _end_attempt)
+        self._forced = False  # the next walk ignores health: the persistence floor is not reached yet
         self._limited = False
         self._limit_wait: float | None = None  # set when the walk ends waiting for an rpm/tpm/headroom reset
         self._limit_waited = 0.0  # seconds this call has waited for limits (bounded by retry.max_wait_s)
@@ -825,6 +838,8 @@ class Call:
     def next_step(self) -> Step:
         """What the transport should do next."""
         if self._final is not None:
+            if not self.done:  # a local answer decided before any step (a bad pin or ceiling): still one event
+                self._emit_request(self._status or None, "error", None, "answered locally", None)
             return self._final
         router = self._router
         now = router.clock()
@@ -836,7 +851,8 @@ class Call:
             return self._send(granted, now)
         max_attempts = 1 if self.shadow_of is not None else router.retry.max_attempts
         if self._attempts < max_attempts and not self._past_deadline(now):
-            if self._attempts and not self._paid and not router.spend_retry(now):
+            floor = self._attempts < self._floor()
+            if self._attempts and not self._paid and not router.spend_retry(self.route, now, floor=floor):
                 self._stop_reason = "retry budget exhausted"
             else:
                 self._paid = False
@@ -977,7 +993,7 @@ class Call:
             router.transition(router.health.quota_exhausted(upstream.endpoint, router.clock()))
             if self._failure is not None:
                 self._failure["reason"] = "429 insufficient_quota"
-        router.health.end_attempt(upstream.endpoint, trial=self._trial)
+        self._end_attempt()
 
     def on_error(self, error: BaseException, *, timeout: bool) -> None:
         """The attempt raised a transport error (connection refused or reset, protocol error, timeout)."""
@@ -988,7 +1004,7 @@ class Call:
         label = type(error).__name__
         peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
         router.transition(router.health.failure(upstream.endpoint, label, router.clock(), peers, trial=self._trial))
-        router.health.end_attempt(upstream.endpoint, trial=self._trial)
+        self._end_attempt()
         self._last_error = (error, timeout)
         self._failure = self._failure_fields(status=None, error=label, reason=f"{kind}: {label}")
 
@@ -1011,8 +1027,7 @@ class Call:
             return
         if finish_reason is not None:
             self._finish = finish_reason
-        if self._current is not None:
-            self._router.health.end_attempt(self._current.endpoint, trial=self._trial)
+        self._end_attempt()
         status = self._status
         if error is not None or status >= 400:
             outcome = "error"
@@ -1021,6 +1036,51 @@ class Call:
         else:
             outcome = "ok"
         self._emit_request(status, outcome, usage, error, self._request_id)
+
+    # ---- the one owner of the call's end ------------------------------------------------------------------------
+
+    @property
+    def route(self) -> str:
+        """The route this call belongs to (after its rules): the one whose retry budget it spends."""
+        return self._plan.alias
+
+    @contextlib.contextmanager
+    def owned(self) -> Iterator[Call]:
+        """Whatever the block raises (cancellation, ``KeyboardInterrupt``, a bug in an inner transport, a torn
+        stream) ends the call through :meth:`abandon` before it propagates unchanged. Both drivers and both stream
+        taps wrap their work in this one block, so no exception type needs to be listed anywhere."""
+        try:
+            yield self
+        except BaseException as exc:
+            self.abandon(exc)
+            raise
+
+    def abandon(self, error: BaseException) -> None:
+        """The call stops with ``error`` that no step handled. Ends the open attempt (in-flight count, half-open
+        trial) and emits the call's one ``holyroute.request``: outcome ``cancelled`` for a cancellation (anything
+        that is not an ``Exception``: ``CancelledError``, trio's ``Cancelled``, ``KeyboardInterrupt``, a closed
+        generator), else ``error``. Only an ``OSError`` during an attempt counts against the endpoint's health: a
+        caller's cancel or a bug on this side is not the endpoint's fault. Safe to call more than once."""
+        if self.done:
+            return
+        cancelled = not isinstance(error, Exception)
+        upstream = self._current
+        if self._open and upstream is not None and isinstance(error, OSError):
+            router = self._router
+            peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
+            label = type(error).__name__
+            router.transition(router.health.failure(upstream.endpoint, label, router.clock(), peers, trial=self._trial))
+        self._end_attempt()
+        outcome = "cancelled" if cancelled else "error"
+        self._emit_request(self._status or None, outcome, None, f"{outcome}: {type(error).__name__}", self._request_id)
+
+    def _end_attempt(self) -> None:
+        """End the attempt begun by :meth:`_send`, exactly once whatever reports its end."""
+        if self._open:
+            self._open = False
+            upstream = self._current
+            assert upstream is not None
+            self._router.health.end_attempt(upstream.endpoint, trial=self._trial)
 
     # ---- internals ----------------------------------------------------------------------------------------------
 
@@ -1034,8 +1094,13 @@ class Call:
             return True
         return False
 
-    def _unavailable(self, leg: Leg, upstream: Upstream, now: float) -> tuple[str, float | None] | None:
-        """Why this endpoint cannot take the call now, and until when if that is known; None when it can."""
+    def _unavailable(
+        self, leg: Leg, upstream: Upstream, now: float, *, force: bool = False
+    ) -> tuple[str, float | None] | None:
+        """Why this endpoint cannot take the call now, and until when if that is known; None when it can.
+
+        ``force``: health (ejection, active checks, cooldowns, rate-limit headroom) is ignored, as it is for a pass
+        within the persistence floor; configured rpm/tpm limits still hold."""
         router = self._router
         health = router.health
         name = upstream.endpoint
@@ -1052,6 +1117,8 @@ class Call:
                 verdict = spend.over("endpoint", (name,))
             if verdict is not None:
                 return verdict.reason, None
+        if force or self._forced:
+            return health.blocked(name, upstream.model, now, self._tokens, limits_only=True)
         if not self._panicking(leg, now):
             why = health.ejected(name, now)
             if why is None and router.probing and health.probe_status(name) == "unhealthy":
@@ -1089,11 +1156,15 @@ class Call:
             self._add_fallbacks()
 
     def _panicking(self, leg: Leg, now: float) -> bool:
-        key = id(leg.arm)
-        found = self._panic.get(key)
-        if found is None:
-            found = self._panic[key] = self._router.panicking(leg, now)
-        return found
+        # Judged afresh at every step: an endpoint ejected while this call ran puts its arm in panic now.
+        return self._router.panicking(leg, now)
+
+    def _floor(self) -> int:
+        """The attempts this call makes on transient errors whatever health and the retry budget say."""
+        if self.shadow_of is not None:
+            return 1
+        retry = self._router.retry
+        return min(retry.min_attempts, retry.max_attempts)
 
     def _add_fallbacks(self) -> None:
         self._fallbacks_added = True
@@ -1123,19 +1194,39 @@ class Call:
         return wait <= self._router.retry.max_wait_s and (self._deadline is None or now + wait < self._deadline)
 
     def _wait_before_next_pass(self, now: float) -> float | None:
-        """Seconds to wait before walking the endpoints again, or None to give up."""
+        """Seconds to wait before walking the endpoints again, or None to give up.
+
+        Below the persistence floor (a call that has made fewer attempts than ``retry.min_attempts``, the SDK's
+        own ``max_retries + 1``), a call never gives up while an endpoint could take it were health ignored: when
+        nothing comes back within ``max_wait_s``, it walks again after the backoff (at once for its first attempt)
+        with health ignored for that walk. Only the caller's deadline stops it: the router's bookkeeping alone never
+        fails a call."""
         router = self._router
-        if self._passes + 1 >= router.retry.max_attempts:
+        # Bounded in passes too: a shared rpm/tpm limit may keep saying no to a forced walk.
+        floor = self._attempts < self._floor() and self._passes < 2 * router.retry.max_attempts
+        over = self._passes + 1 >= router.retry.max_attempts  # without the floor, the call would give up now
+        if over and not floor:
             return None
-        wait = router.backoff(_WaitState(self._passes + 1)) if self._attempts else 0.0
-        states = [self._unavailable(leg, u, now) for leg, u in self._sequence if u.endpoint not in self._excluded]
+        backoff = router.backoff(_WaitState(self._passes + 1)) if self._attempts else 0.0
+        wait = backoff
+        pool = [(leg, u) for leg, u in self._sequence if u.endpoint not in self._excluded]
+        states = [self._unavailable(leg, u, now) for leg, u in pool]
         if all(state is not None for state in states):
             # Nothing is usable now: wait for the first to come back, if anything says when.
             known = [state[1] for state in states if state is not None and state[1] is not None]
-            if not known:
+            if known and not over:
+                wait = max(wait, min(known) - now)
+                if self._acceptable_wait(wait, now):
+                    return wait
+            if not floor or all(self._unavailable(leg, u, now, force=True) is not None for leg, u in pool):
                 return None
-            wait = max(wait, min(known) - now)
-        return wait if self._acceptable_wait(wait, now) else None
+            # Nothing comes back within max_wait_s: the backoff, then a walk with health ignored.
+            self._forced = True
+        elif self._acceptable_wait(wait, now):
+            return wait
+        elif not floor:
+            return None
+        return backoff if self._deadline is None or now + backoff < self._deadline else None
 
     def _send(self, upstream: Upstream, now: float) -> Send:
         router = self._router
@@ -1143,7 +1234,9 @@ class Call:
         self._current = upstream
         self._last_leg = self._current_leg
         self._sent_at = now
+        self._forced = False
         self._trial = router.health.begin_attempt(upstream.endpoint, now, self._tokens, self._debits)
+        self._open = True
         # Ask for stream usage on the wire when the caller did not, so every stream is costed; the tap hides
         # the extra usage-only chunk again.
         inject = self._wants_usage_injected and upstream.stream_usage

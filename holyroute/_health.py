@@ -230,12 +230,18 @@ class HealthBook:
         state = self._endpoints.get(endpoint)
         return state is not None and state.quota_until > now
 
-    def blocked(self, endpoint: str, model: str, now: float, tokens: int) -> tuple[str, float] | None:
-        """Why the pair cannot take a request of ``tokens`` estimated tokens now, and until when; or None."""
-        cooldown = self.cooldown(endpoint, model, now)
+    def blocked(
+        self, endpoint: str, model: str, now: float, tokens: int, *, limits_only: bool = False
+    ) -> tuple[str, float] | None:
+        """Why the pair cannot take a request of ``tokens`` estimated tokens now, and until when; or None.
+
+        ``limits_only``: only the configured rpm/tpm limits (local or shared) count, not what the upstream said
+        (cooldowns, rate-limit headroom): the persistence floor ignores health but never exceeds a configured limit.
+        """
+        cooldown = None if limits_only else self.cooldown(endpoint, model, now)
         if cooldown is not None:
             return f"cooling down ({cooldown.reason})", cooldown.until
-        room = self._headroom.get((endpoint, model))
+        room = None if limits_only else self._headroom.get((endpoint, model))
         if room is not None:
             if room.requests_until > now:
                 return "x-ratelimit-remaining-requests 0", room.requests_until

@@ -310,9 +310,10 @@ class _Schedule:
 class _Book:
     """The part both checkers share: the plans, the schedule, and recording a verdict (with its event)."""
 
-    __slots__ = ("clock", "plans", "router", "schedule")
+    __slots__ = ("_reported", "clock", "plans", "router", "schedule")
 
     def __init__(self, router: Router, clock: Callable[[], float] | None) -> None:
+        self._reported: str | None = None  # the exception type last reported by a failed iteration
         self.router = router
         self.clock = clock or router.clock
         config = router.config
@@ -339,6 +340,25 @@ class _Book:
                     "reason": _reason(result, plan.label, plan.check.slow_ms),
                 },
             )
+
+    def iteration_ok(self) -> None:
+        self._reported = None
+
+    def iteration_failed(self, loop: str, exc: Exception) -> float:
+        """One iteration of a checker's loop raised: report it (once while the same failure repeats, as a type,
+        never a message that could hold a secret) and return how long to pause before the next iteration."""
+        kind = type(exc).__name__
+        if kind != self._reported:
+            self._reported = kind
+            self.router.emit(
+                "holyroute.background_error",
+                {
+                    "loop": loop,
+                    "error": kind,
+                    "reason": f"{loop}: one iteration raised {kind}; the loop goes on (repeats are not reported)",
+                },
+            )
+        return min((plan.check.interval_s for plan in self.plans.values()), default=1.0)
 
     @property
     def join_timeout(self) -> float:
@@ -499,7 +519,12 @@ class HealthChecker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            delay = self.probe_due()
+            try:
+                delay = self.probe_due()
+            except Exception as exc:  # one bad iteration never ends the thread: reported, paused, retried
+                delay = self._book.iteration_failed("health_check", exc)
+            else:
+                self._book.iteration_ok()
             if self._stop.is_set():
                 break
             self._sleep(delay)
@@ -578,7 +603,13 @@ class AsyncHealthChecker:
 
     async def _run(self) -> None:
         while True:
-            await self._sleep(await self.aprobe_due())
+            try:
+                delay = await self.aprobe_due()
+            except Exception as exc:  # CancelledError is not an Exception: aclose() still ends the task
+                delay = self._book.iteration_failed("health_check", exc)
+            else:
+                self._book.iteration_ok()
+            await self._sleep(delay)
 
 
 def check_once(config: Config, transport: httpx2.BaseTransport | None = None) -> list[ProbeResult]:

@@ -40,9 +40,9 @@ class BodyWatch:
 
     def end(self) -> tuple[bytes, str | None]:
         """The upstream finished the body. Returns bytes still to hand on and, for a torn stream, why."""
-        self._ended = True
         scanner = self._scanner
-        rest = scanner.end()
+        rest = scanner.end()  # should it raise, _ended is still False: fail() ends the call
+        self._ended = True
         torn = None
         if not scanner.complete:
             torn = (
@@ -53,7 +53,16 @@ class BodyWatch:
         return rest, torn
 
     def fail(self, error: BaseException) -> None:
-        """The upstream's body broke off with ``error``."""
+        """Reading the body stopped with ``error``, whatever it is: the one place a tap's exceptions end the call.
+
+        An ``Exception`` (the upstream broke off, a bug) is a broken stream; anything else (``CancelledError``, trio's
+        ``Cancelled``, ``KeyboardInterrupt``, ``GeneratorExit`` when the caller stops iterating) is the caller
+        closing early, judged as :meth:`close` judges it."""
+        if self._ended:
+            return
+        if not isinstance(error, Exception):
+            self.close()
+            return
         self._ended = True
         self._call.on_complete(self._scanner.usage, error=f"stream broken: {type(error).__name__}")
 
@@ -65,8 +74,10 @@ class BodyWatch:
         self._ended = True
         scanner = self._scanner
         if scanner.done:
-            scanner.end()
-            self._call.on_complete(scanner.usage, error=scanner.error, finish_reason=scanner.finish_reason)
+            try:
+                scanner.end()
+            finally:
+                self._call.on_complete(scanner.usage, error=scanner.error, finish_reason=scanner.finish_reason)
             return
         self._call.on_complete(scanner.usage, cancelled=True)
 
@@ -80,23 +91,25 @@ class SyncTap(httpx2.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         watch = self._watch
-        try:
+        try:  # whatever stops the reading (a broken upstream, a cancel, the caller letting go) ends the call
             for chunk in self._stream:
                 out = watch.feed(chunk)
                 if out:
                     yield out
-        except httpx2.TransportError as error:
+            rest, torn = watch.end()
+            if rest:
+                yield rest
+        except BaseException as error:
             watch.fail(error)
             raise
-        rest, torn = watch.end()
-        if rest:
-            yield rest
         if torn is not None:
             raise httpx2.RemoteProtocolError(torn)
 
     def close(self) -> None:
-        self._watch.close()
-        self._stream.close()
+        try:
+            self._watch.close()
+        finally:
+            self._stream.close()
 
 
 class AsyncTap(httpx2.AsyncByteStream):
@@ -108,20 +121,22 @@ class AsyncTap(httpx2.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         watch = self._watch
-        try:
+        try:  # as in SyncTap: cancellation included
             async for chunk in self._stream:
                 out = watch.feed(chunk)
                 if out:
                     yield out
-        except httpx2.TransportError as error:
+            rest, torn = watch.end()
+            if rest:
+                yield rest
+        except BaseException as error:
             watch.fail(error)
             raise
-        rest, torn = watch.end()
-        if rest:
-            yield rest
         if torn is not None:
             raise httpx2.RemoteProtocolError(torn)
 
     async def aclose(self) -> None:
-        self._watch.close()
-        await self._stream.aclose()
+        try:
+            self._watch.close()
+        finally:
+            await self._stream.aclose()

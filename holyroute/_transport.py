@@ -3,7 +3,10 @@
 :class:`Transport` (sync) and :class:`AsyncTransport` (async) each ask the :class:`~holyroute._core.Router` whether
 a request is routed; a request that is not goes to the inner transport untouched. For a routed one they loop over
 the call's steps: send an attempt through the inner transport, wait, hand back an answer, or raise. They decide
-nothing themselves, so the two cannot drift apart; what they share is in the helpers at the bottom.
+nothing themselves, so the two cannot drift apart; what they share is in the helpers at the bottom. Each wraps a
+call's steps in the same owner, :meth:`Call.owned <holyroute._core.Call.owned>`: whatever escapes (a cancellation, a
+timeout of the caller's, ``KeyboardInterrupt``, a bug in an inner transport) ends the open attempt and emits the call's
+one ``holyroute.request`` before it propagates unchanged; the stream taps do the same for a body.
 
 When every attempt failed without an HTTP answer, the caller gets the error its client family expects: for the
 OpenAI SDK (recognised by its ``x-stainless-*`` headers) ``openai.APITimeoutError`` / ``APIConnectionError``, which the
@@ -14,12 +17,15 @@ SDK passes on without retrying; otherwise the last ``httpx2`` error. A failed an
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx2
@@ -105,7 +111,8 @@ class Transport(httpx2.BaseTransport):
         return self._drive(request, call)
 
     def _mirror(self, request: httpx2.Request, shadow: Call) -> None:
-        """Run the shadow copy on a small background pool; when the pool is saturated, the copy is dropped."""
+        """Run the shadow copy on a small background pool; when the pool is saturated or shut down, the copy is
+        dropped. Never raises: the caller's call does not depend on its shadow."""
         with self._shadows_lock:
             if self._shadows_pending >= _MAX_SHADOWS_PENDING:
                 return
@@ -113,7 +120,20 @@ class Transport(httpx2.BaseTransport):
             if self._shadows is None:
                 self._shadows = ThreadPoolExecutor(max_workers=4, thread_name_prefix="holyroute-shadow")
             pool = self._shadows
-        pool.submit(self._run_shadow, request, shadow)
+        try:
+            future = pool.submit(self._run_shadow, request, shadow)
+        except RuntimeError:  # closed meanwhile
+            with self._shadows_lock:
+                self._shadows_pending -= 1
+            return
+
+        def ended(done: Future[None]) -> None:
+            if done.cancelled():  # close() cancelled it before it started: it still has its one event
+                with self._shadows_lock:
+                    self._shadows_pending -= 1
+                shadow.abandon(asyncio.CancelledError())
+
+        future.add_done_callback(ended)
 
     def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
         try:
@@ -129,6 +149,10 @@ class Transport(httpx2.BaseTransport):
                 self._shadows_pending -= 1
 
     def _drive(self, request: httpx2.Request, call: Call) -> httpx2.Response:
+        with call.owned():  # whatever escapes (a cancel, KeyboardInterrupt, a bug) ends the attempt and the call
+            return self._steps(request, call)
+
+    def _steps(self, request: httpx2.Request, call: Call) -> httpx2.Response:
         while True:
             step = call.next_step()
             if isinstance(step, Send):
@@ -201,7 +225,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
             from ._probe import AsyncHealthChecker
 
             self._checker = AsyncHealthChecker(self.router, self._inner)
-        self._shadows: set[asyncio.Task[None]] = set()
+        self._shadows = _ShadowTasks()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if self._checker is not None:
@@ -209,23 +233,22 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         call = _begin(self.router, request)
         if call is None:
             return await self._inner.handle_async_request(request)
-        if call.shadow is not None and len(self._shadows) < _MAX_SHADOWS_PENDING:
-            task = asyncio.get_running_loop().create_task(self._run_shadow(request, call.shadow))
-            self._shadows.add(task)  # a reference keeps the task alive; it removes itself when done
-            task.add_done_callback(self._shadows.discard)
+        if call.shadow is not None:
+            self._shadows.spawn(functools.partial(self._run_shadow, request, call.shadow))
         return await self._drive(request, call)
 
     async def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
+        response = await self._drive(request, shadow)
         try:
-            response = await self._drive(request, shadow)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-        except Exception:
-            pass  # the shadow's own event records what happened; the caller never sees a shadow's error
+            await response.aread()  # a stream's tap reports at its end
+        finally:
+            await response.aclose()
 
     async def _drive(self, request: httpx2.Request, call: Call) -> httpx2.Response:
+        with call.owned():  # the same owner as the sync driver's: cancellation included
+            return await self._steps(request, call)
+
+    async def _steps(self, request: httpx2.Request, call: Call) -> httpx2.Response:
         while True:
             step = call.next_step()
             if isinstance(step, Send):
@@ -265,10 +288,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
     async def aclose(self) -> None:
         if self._checker is not None:
             await self._checker.aclose()
-        for task in list(self._shadows):
-            task.cancel()
-        if self._shadows:
-            await asyncio.gather(*self._shadows, return_exceptions=True)
+        await self._shadows.aclose()
         if self._owns_router:
             await self.router.aclose()
         await self._inner.aclose()
@@ -339,6 +359,95 @@ def router_of(target: Router | Transport | AsyncTransport | httpx2.Client | http
         f"router_of: expected a holyroute client, transport or Router, got {type(target).__name__}; "
         "build the client with holyroute.client(...) or holyroute.async_client(...)"
     )
+
+
+class _ShadowTasks:
+    """The async driver's shadow copies, owned: started as tasks of whichever event loop runs the call (asyncio or
+    trio), at most ``_MAX_SHADOWS_PENDING`` at once (beyond that a copy is dropped), and all cancelled and awaited
+    by :meth:`aclose`. Starting one never raises into the caller's call."""
+
+    __slots__ = ("_asyncio", "_closed", "_trio")
+
+    def __init__(self) -> None:
+        self._asyncio: set[asyncio.Task[None]] = set()
+        self._trio: dict[object, Any] = {}  # trio.CancelScope -> trio.Event (set when the task has ended)
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._asyncio) + len(self._trio)
+
+    def spawn(self, run: Callable[[], Awaitable[None]]) -> bool:
+        """Start ``run()`` in the background; False when it was dropped (too many, closed, or an unknown loop)."""
+        if self._closed or len(self) >= _MAX_SHADOWS_PENDING:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio: trio (if it is running), else nothing to attach a task to
+            if "trio" not in sys.modules:
+                return False
+            try:
+                return self._spawn_trio(run)
+            except RuntimeError:  # trio is shutting down: no new system task
+                return False
+        task = loop.create_task(_shadow(run))
+        self._asyncio.add(task)  # a reference keeps the task alive; it removes itself when done
+        task.add_done_callback(self._asyncio.discard)
+        return True
+
+    def _spawn_trio(self, run: Callable[[], Awaitable[None]]) -> bool:
+        import trio
+
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            return False
+        scope = trio.CancelScope()
+        ended = trio.Event()
+
+        async def task() -> None:
+            try:
+                with scope:
+                    await _shadow(run)
+            finally:
+                ended.set()
+                self._trio.pop(scope, None)
+
+        self._trio[scope] = ended
+        # A system task: it outlives the caller's own task (and its cancel scopes), as a shadow must; aclose()
+        # or the end of trio.run() cancels it.
+        trio.lowlevel.spawn_system_task(task, name="holyroute-shadow")
+        return True
+
+    async def aclose(self) -> None:
+        """Cancel every shadow still running and wait for it to end (its event says ``cancelled``). A task left
+        from an event loop that is not the running one is cancelled there, not awaited."""
+        self._closed = True
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        mine = []
+        for one in list(self._asyncio):
+            if one.get_loop() is running:
+                one.cancel()
+                mine.append(one)
+            else:
+                with contextlib.suppress(RuntimeError):  # that loop is closed already
+                    one.get_loop().call_soon_threadsafe(one.cancel)
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
+        if running is None and self._trio:
+            waiting = list(self._trio.items())
+            for scope, _ in waiting:
+                scope.cancel()  # type: ignore[attr-defined]
+            for _, ended in waiting:
+                await ended.wait()
+
+
+async def _shadow(run: Callable[[], Awaitable[None]]) -> None:
+    # The shadow's own event records what happened; the caller never sees a shadow's error.
+    with contextlib.suppress(Exception):
+        await run()
 
 
 # ---- what both drivers share: translating between httpx2 objects and the core's plain data ---------------------

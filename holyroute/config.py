@@ -413,6 +413,10 @@ class Retry(_Model):
     """How hard one call tries before it hands the last answer back."""
 
     max_attempts: Annotated[int, Field(ge=1, le=50)] = 3
+    # The persistence floor: attempts made on transient errors whatever health and the retry budget say (never more
+    # than max_attempts). 3 = the OpenAI SDK's default max_retries (2) + 1, the persistence holyroute switches off;
+    # 0 lets health alone decide (a call may then be answered locally, 429, with no attempt at all).
+    min_attempts: Annotated[int, Field(ge=0, le=50)] = 3
     backoff_initial_s: Annotated[float, Field(ge=0)] = 0.5
     backoff_max_s: Annotated[float, Field(ge=0)] = 8.0
     backoff_jitter_s: Annotated[float, Field(ge=0)] = 0.25

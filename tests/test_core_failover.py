@@ -204,7 +204,7 @@ class TestCooldown:
             }
         )
         h = make_harness(config)
-        drive(h.call(), [status(429, {"retry-after": "60"})])
+        drive(h.call(), [status(429, {"retry-after": "60"})] * 3)  # the SDK's three attempts (retry.min_attempts)
         assert drive(h.call({"model": "mini"}), [ok()]).endpoints == ["main"]
 
     def test_waits_for_short_cooldown(self, make_harness: Callable[..., Harness]) -> None:
@@ -219,10 +219,11 @@ class TestCooldown:
         assert outcome.endpoints == ["main", "main"]
 
     def test_all_cooling_answers_429_locally(self, make_harness: Callable[..., Harness]) -> None:
-        """If every endpoint cools for longer than max_wait_s, a local 429 says which and for how long."""
+        """With the persistence floor off (min_attempts: 0), if every endpoint cools for longer than max_wait_s, a
+        local 429 says which and for how long."""
         config = base_config(
             routes={"chat-default": {"targets": [{"model": "gpt-4.1", "endpoints": ["main"]}]}},
-            retry={"max_attempts": 3, "max_wait_s": 1},
+            retry={"max_attempts": 3, "min_attempts": 0, "max_wait_s": 1},
         )
         h = make_harness(config)
         drive(h.call(), [status(429, {"retry-after": "30"})], h.clock)
@@ -235,6 +236,23 @@ class TestCooldown:
         assert headers["retry-after"] == "30"
         message = json.loads(outcome.final.body)["error"]["message"]
         assert "main/gpt-4.1 cooling down (429 retry-after 30s) for 30.0s" in message
+
+    def test_all_cooling_still_tried_below_the_floor(self, make_harness: Callable[..., Harness]) -> None:
+        """With the floor (default min_attempts 3), a call facing only long cooldowns still makes the SDK's three
+        attempts (backing off between them), so a failure is the upstream's own answer, never the router's."""
+        config = base_config(
+            routes={"chat-default": {"targets": [{"model": "gpt-4.1", "endpoints": ["main"]}]}},
+            retry={"max_attempts": 3, "max_wait_s": 1},
+        )
+        h = make_harness(config)
+        first = drive(h.call(), [status(429, {"retry-after": "30"})] * 3, h.clock)
+        assert len(first.sent) == 3
+        assert all(wait < 2 for wait in first.waits), "the backoff, not the 30s cooldown"
+        second = drive(
+            h.call(), [status(429, {"retry-after": "30"}), status(429, {"retry-after": "30"}), ok()], h.clock
+        )
+        assert len(second.sent) == 3
+        assert h.events.named("holyroute.request")[-1]["outcome"] == "ok"
 
     def test_cooldown_capped(self, make_harness: Callable[..., Harness]) -> None:
         """An absurd retry-after is capped at retry.max_cooldown_s."""

@@ -198,7 +198,14 @@ class TestRetryBudget:
 
     def test_total_outage(self, make_harness: Callable[..., Harness]) -> None:
         config = base_config(
-            retry={"max_attempts": 3, "budget_ratio": 0.2, "budget_min_per_s": 1, "budget_window_s": 10}
+            # min_attempts 1: the budget limits the retries beyond the persistence floor; here it decides every retry.
+            retry={
+                "max_attempts": 3,
+                "min_attempts": 1,
+                "budget_ratio": 0.2,
+                "budget_min_per_s": 1,
+                "budget_window_s": 10,
+            }
         )
         h = make_harness(config)
         calls = 500

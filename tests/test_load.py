@@ -117,11 +117,14 @@ def test_load_with_429s_and_a_dying_endpoint(three: dict[str, FakeUpstream]) -> 
 
 
 def test_total_outage_costs_about_one_attempt(three: dict[str, FakeUpstream]) -> None:
-    """Every endpoint 503: the retry budget holds upstream attempts to about 1.2 per call, not max_attempts."""
+    """Every endpoint 503: the retry budget holds upstream attempts to about 1.2 per call, not max_attempts.
+
+    The budget limits the retries beyond the persistence floor (retry.min_attempts, by default the SDK's 3
+    attempts), so this run sets the floor to 1 to see the budget alone."""
     calls = 400
     for up in three.values():
         up.push(*[Reply.error(503)] * (3 * calls))
-    cfg = config(three, budget_ratio=0.2, budget_min_per_s=1, budget_window_s=10)
+    cfg = config(three, min_attempts=1, budget_ratio=0.2, budget_min_per_s=1, budget_window_s=10)
     cfg["health"] = {"consecutive_failures": 1000}  # keep ejection out of it: this is the budget alone
 
     async def main() -> int:
