@@ -485,14 +485,24 @@ class TestHeaderSymptoms:
         assert cooldown["cooldown_s"] == 600
 
     def test_reset_inf_keeps_later_calls_working(self, make_harness: Callable[..., Harness]) -> None:
-        """x-ratelimit-reset-requests: inf made every later call raise OverflowError."""
-        h = make_harness(one_endpoint(max_cooldown_s=120))
+        """x-ratelimit-reset-requests: inf made every later call raise OverflowError.
+
+        With ``min_attempts: 0`` a blocked endpoint is answered locally, which shows the bound (120 s, not inf); by
+        default the persistence floor still tries it after a backoff.
+        """
+        h = make_harness(one_endpoint(max_cooldown_s=120, min_attempts=0))
         drive(h.call(), [ok({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "inf"})])
         later = drive(h.call(), [], h.clock)
         assert isinstance(later.final, Respond)
         assert later.final.status == 429
         assert dict(later.final.headers)["retry-after"] == "120"
         h.clock.advance(120.01)
+        assert drive(h.call(), [ok()], h.clock).endpoints == ["main"]
+
+    def test_reset_inf_is_still_tried_below_the_floor(self, make_harness: Callable[..., Harness]) -> None:
+        """By default (min_attempts 3) a call never gives up on an endpoint only because its headroom is spent."""
+        h = make_harness(one_endpoint(max_cooldown_s=120))
+        drive(h.call(), [ok({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "inf"})])
         assert drive(h.call(), [ok()], h.clock).endpoints == ["main"]
 
     @pytest.mark.parametrize("header", ["x-ratelimit-reset-requests", "retry-after"])
