@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx2
 
-from holyroute._context import estimate_input_tokens
-from holyroute._rules import CompiledRules, HeaderLookup, compile_rules
+from holyroute.config.rules import CompiledRules, HeaderLookup, compile_rules
+from holyroute.core.context import estimate_input_tokens
 
 ALIASES = ["reasoning", "chat-cheap", "long-context", "fast", "vision", "assistant"]
 
@@ -125,7 +125,7 @@ def core_paired(pairs: int) -> list[dict[str, Any]]:
 
     rows = []
     body = json.dumps(REQUEST).encode()
-    from holyroute._compat import header_view
+    from holyroute.drivers.compat import header_view
 
     headers = header_view(httpx2.Headers(HEADERS))  # what the transport hands the core
     for case, rules in (

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from holyroute._dashboard import serve
 from holyroute.cli import demo_config, run_demo
 from holyroute.config import load_config
+from holyroute.readers.dashboard import serve
 
 
 def main() -> int:

@@ -5,12 +5,15 @@
 >>> client = OpenAI(api_key="unused", http_client=holyroute.client("holyroute.yaml"))  # doctest: +SKIP
 """
 
-from ._alerts import Alert
-from ._core import Router
-from ._rollout import Rollouts
-from ._transport import AsyncTransport, Transport, async_client, client, router_of
-from .config import Config, load_config
-from .exceptions import ConfigError, HolyrouteError
+from holyroute.config.schema import Config, load_config
+from holyroute.core.alerts import Alert
+from holyroute.core.call import Router
+from holyroute.core.rollouts import Rollouts
+from holyroute.drivers.transport import AsyncTransport, Transport, async_client, client, router_of
+from holyroute.exceptions import ConfigError, HolyrouteError
+from holyroute.state import factory as _state_factory
+
+del _state_factory  # imported for its effect: it registers the state backend factory with the core
 
 __version__ = "0.1.0"
 

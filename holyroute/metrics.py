@@ -41,15 +41,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from ._transport import router_of
+from holyroute.drivers.transport import router_of
 
 if TYPE_CHECKING:
     import httpx2
     from prometheus_client.metrics_core import Metric
 
-    from ._core import Router
-    from ._rollout import RolloutState
-    from ._transport import AsyncTransport, Transport
+    from holyroute.core.call import Router
+    from holyroute.drivers.transport import AsyncTransport, Transport
+    from holyroute.rollout.engine import RolloutState
 
 __all__ = ["LATENCY_BUCKETS", "TTFT_BUCKETS", "Metrics", "MetricsServer", "serve"]
 

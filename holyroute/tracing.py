@@ -38,14 +38,14 @@ except ImportError as error:  # pragma: no cover - exercised in a test with the 
         "holyroute.tracing needs the OpenTelemetry API, which is not installed: pip install 'holyroute[otel]'"
     ) from error
 
-from . import __version__
-from ._transport import router_of
+from holyroute import __version__
+from holyroute.drivers.transport import router_of
 
 if TYPE_CHECKING:
     import httpx2
 
-    from ._core import Router
-    from ._transport import AsyncTransport, Transport
+    from holyroute.core.call import Router
+    from holyroute.drivers.transport import AsyncTransport, Transport
 
 __all__ = ["Tracer", "instrument"]
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from holyroute import Router, load_config
-from holyroute._core import Accepted, Acquire, Call, GiveUp, Respond, Send, Wait
+from holyroute.core.call import Accepted, Acquire, Call, GiveUp, Respond, Send, Wait
 
 # Property tests: no deadline (the machine is shared and noisy); a bounded number of examples keeps the suite short.
 settings.register_profile(

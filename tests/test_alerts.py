@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pytest
 
 from holyroute import load_config
-from holyroute._alerts import Alert
+from holyroute.core.alerts import Alert
 from holyroute.exceptions import ConfigError
 
 from .conftest import Harness, base_config, drive, ok, status

@@ -12,9 +12,9 @@ import httpx2
 import pytest
 
 import holyroute
-from holyroute import _compat
-from holyroute._core import DROPPED_HEADERS
 from holyroute.cli import main
+from holyroute.core.call import DROPPED_HEADERS
+from holyroute.drivers import compat as _compat
 
 
 def test_exported_names() -> None:

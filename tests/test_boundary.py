@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import holyroute
 from holyroute import Router, load_config
-from holyroute._boundary import (
+from holyroute.boundary.parse import (
     MAX_CHOICES,
     MAX_DECODED_BYTES,
     MAX_DEPTH,
@@ -44,10 +44,10 @@ from holyroute._boundary import (
     usage_from_body,
     usage_from_mapping,
 )
-from holyroute._core import Respond
-from holyroute._health import HealthBook, server_delay
-from holyroute._prices import PriceRow
-from holyroute._usage import cost_usd
+from holyroute.config.prices import PriceRow
+from holyroute.core.call import Respond
+from holyroute.core.health import HealthBook, server_delay
+from holyroute.core.usage import cost_usd
 
 from .conftest import Events, FakeClock, Harness, base_config, drive, ok, status
 
@@ -216,7 +216,7 @@ class TestRequestProperties:
         call = router.begin("POST", "/v1/chat/completions", "", headers, body.encode())
         assert call is not None
         outcome = drive(call, [status(400)] * 10, clock)
-        assert isinstance(outcome.final, Respond | holyroute._core.Accepted)
+        assert isinstance(outcome.final, Respond | holyroute.core.call.Accepted)
 
 
 USAGE_NUMBERS = st.one_of(
@@ -627,7 +627,7 @@ class TestSettlement:
         h = make_harness(tpm_config())
         call = h.call({"max_tokens": 500, "stream": True}, headers=PINNED)
         outcome = drive(call, [(200, {"content-type": "text/event-stream"}, b"")])
-        assert isinstance(outcome.final, holyroute._core.Accepted)
+        assert isinstance(outcome.final, holyroute.core.call.Accepted)
         call.on_complete(Usage(10, 20, 0, 0))
         assert self.level(h) == pytest.approx(1000 - 30)
 
@@ -869,8 +869,8 @@ class TestHealthBookBounds:
         self, kind: Any, reason: str, until: float, tokens: int | None
     ) -> None:
         """Whatever another process published, this one keeps a pair or an endpoint out no longer than it would."""
-        from holyroute._state import HealthChange
         from holyroute.config import Health
+        from holyroute.state.base import HealthChange
 
         book = HealthBook(lambda: 0.0, Health(max_ejection_s=300, quota_ejection_s=3600), max_cooldown_s=60.0)
         book.apply(HealthChange(kind, "e", "m", until, reason, tokens), 10.0, WALL)
@@ -884,7 +884,7 @@ class TestHealthBookBounds:
 
 def test_doctests() -> None:
     """The examples in the boundary's docstrings hold."""
-    from holyroute import _boundary
+    from holyroute.boundary import parse as _boundary
 
     failures, tried = doctest.testmod(_boundary)
     assert tried >= 6
@@ -902,7 +902,7 @@ class TestProbeAnswers:
     @example(500, {}, b'{"error": ' + b"[" * 10**5)
     @example(429, {"x-ratelimit-remaining-requests": "nan"}, b'[{"error": {"code": "x"}}]')
     def test_classify_never_raises(self, code: int, headers: dict[str, str], body: bytes) -> None:
-        from holyroute._probe import classify
+        from holyroute.drivers.probe import classify
 
         result = classify("e", http_status=code, headers=headers, latency_ms=1.0, error=None, body=body, slow_ms=2000)
         assert result.status in ("healthy", "degraded", "unhealthy", "unknown")
@@ -919,4 +919,4 @@ def test_router_begin_on_any_bytes(body: bytes, path: str) -> None:
     if not _ROUTER:
         _ROUTER.append(Router(load_config(base_config()), sinks=[]))
     call = _ROUTER[0].begin("POST", path, "", {}, body)
-    assert call is None or isinstance(call, holyroute._core.Call)
+    assert call is None or isinstance(call, holyroute.core.call.Call)

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from holyroute import _context
-from holyroute._context import (
+from holyroute.config.prices import BUILTIN_PRICES
+from holyroute.core import context as _context
+from holyroute.core.context import (
     BUILTIN_LIMITS,
     CONTEXT_AS_OF,
     DEFAULT_OUTPUT_RESERVE,
@@ -27,7 +28,6 @@ from holyroute._context import (
     requested_output_tokens,
     tiktoken_encoding,
 )
-from holyroute._prices import BUILTIN_PRICES
 
 EMBEDDING_MODELS = {"text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"}
 

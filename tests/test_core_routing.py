@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from holyroute._core import Respond, Send
-from holyroute._routing import SplitPicker, stable_unit
+from holyroute.core.call import Respond, Send
+from holyroute.rollout.split import SplitPicker, stable_unit
 
 from .conftest import Harness, base_config, drive, ok
 

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import holyroute
-from holyroute._compat import attempt_request
-from holyroute._core import Respond, Send
-from holyroute.config import Endpoint, load_config, unsendable
+from holyroute.config.schema import Endpoint, load_config, unsendable
+from holyroute.core.call import Respond, Send
+from holyroute.drivers.compat import attempt_request
 from holyroute.exceptions import ConfigError
 from holyroute.testing import FakeUpstream, Reply
 
@@ -227,7 +227,7 @@ class TestQueryProperty:
     ) -> None:
         from urllib.parse import parse_qsl, urlencode
 
-        from holyroute._core import DROPPED_QUERY, _merge_query
+        from holyroute.core.call import DROPPED_QUERY, _merge_query
 
         raw = urlencode(caller)
         merged = parse_qsl(_merge_query(raw, urlencode(own)) if raw else urlencode(own), keep_blank_values=True)
@@ -544,7 +544,7 @@ class TestCeilingsAcrossRules:
         assert drive(h.call(self.ASK), [ok()]).endpoints == ["main"]  # gpt-4.1 at about $0.008
 
     def test_explain_names_the_source(self) -> None:
-        from holyroute._explain import explain
+        from holyroute.cli.explain import explain
 
         body = {**BODY, **self.ASK}
         text = explain(load_config(ceiling_config(named=1.0, chosen=0.05)), body, {"x-task": "hard"})

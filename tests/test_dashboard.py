@@ -19,9 +19,18 @@ from typing import Any
 
 import pytest
 
-from holyroute._dashboard import MAX_BUCKETS, Board, ConfigView, Dashboard, DashboardServer, LogTail, config_view, serve
 from holyroute.cli import main
 from holyroute.config import load_config
+from holyroute.readers.dashboard import (
+    MAX_BUCKETS,
+    Board,
+    ConfigView,
+    Dashboard,
+    DashboardServer,
+    LogTail,
+    config_view,
+    serve,
+)
 
 SECRETS = ("sk-main-SECRET", "sk-backup-SECRET", "hdr-SECRET", "pw-SECRET", "/secret-path")
 T0 = 1_800_000_000.0

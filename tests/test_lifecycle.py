@@ -25,7 +25,7 @@ import httpx2
 import pytest
 
 from holyroute import Router, load_config
-from holyroute._transport import AsyncTransport, Transport
+from holyroute.drivers.transport import AsyncTransport, Transport
 
 from .conftest import Events, FakeClock
 

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from holyroute import cli
-from holyroute._dashboard import Board, Dashboard
-from holyroute._report import build_report, load_log, render_markdown, render_report, report_json, summarise
+from holyroute.readers.dashboard import Board, Dashboard
+from holyroute.readers.report import build_report, load_log, render_markdown, render_report, report_json, summarise
 
 T0 = 1_800_000_000.0
 

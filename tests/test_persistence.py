@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from holyroute import Router, load_config
-from holyroute._core import GiveUp, Respond
-from holyroute._health import HealthBook
-from holyroute._probe import AsyncHealthChecker, HealthChecker
-from holyroute._transport import AsyncTransport
+from holyroute.core.call import GiveUp, Respond
+from holyroute.core.health import HealthBook
+from holyroute.drivers.probe import AsyncHealthChecker, HealthChecker
+from holyroute.drivers.transport import AsyncTransport
 
 from .conftest import Events, FakeClock, Harness, drive, ok, status
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from holyroute._prices import BUILTIN_PRICES, PRICES_AS_OF, PriceRow
-from holyroute._usage import Usage, cost_usd
 from holyroute.cli import run_prices
+from holyroute.config.prices import BUILTIN_PRICES, PRICES_AS_OF, PriceRow
+from holyroute.core.usage import Usage, cost_usd
 
 from .conftest import Harness, base_config, drive
 

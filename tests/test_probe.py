@@ -15,7 +15,8 @@ import httpx2
 import pytest
 
 from holyroute import Router, load_config
-from holyroute._probe import (
+from holyroute.cli import main
+from holyroute.drivers.probe import (
     AsyncHealthChecker,
     HealthChecker,
     ProbeResult,
@@ -25,7 +26,6 @@ from holyroute._probe import (
     probe_request,
     route_paths,
 )
-from holyroute.cli import main
 from holyroute.exceptions import ConfigError
 from holyroute.testing import FakeUpstream, Reply
 

@@ -11,7 +11,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from holyroute._redis import (
+from holyroute.rollout.engine import MAX_COUNT, parse_stored_state
+from holyroute.state.base import HealthChange
+from holyroute.state.redis import (
     MAX_USD,
     Horizons,
     Message,
@@ -20,8 +22,6 @@ from holyroute._redis import (
     parse_message,
     parse_spend,
 )
-from holyroute._rollout import MAX_COUNT, parse_stored_state
-from holyroute._state import HealthChange
 
 WALL = 1_700_000_000.0
 HORIZONS = Horizons(cooldown=600.0, ejected=300.0, quota=3600.0)

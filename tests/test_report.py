@@ -23,7 +23,7 @@ import yaml
 from scipy.stats import binomtest, chisquare
 
 from holyroute import cli
-from holyroute._report import (
+from holyroute.readers.report import (
     ArmStats,
     EventLog,
     Settings,

@@ -15,7 +15,7 @@ import pytest
 
 import holyroute
 from holyroute import load_config
-from holyroute._core import Respond
+from holyroute.core.call import Respond
 from holyroute.exceptions import ConfigError
 from holyroute.testing import FakeUpstream
 
@@ -257,7 +257,7 @@ class TestExactCounts:
 
     def test_exact_count_decides_fit(self, make_harness: Callable[..., Harness]) -> None:
         pytest.importorskip("tiktoken", reason="tiktoken (the optional extra) is not installed")
-        from holyroute._context import tiktoken_encoding
+        from holyroute.core.context import tiktoken_encoding
 
         tiktoken_encoding.cache_clear()
         encoding = tiktoken_encoding("o200k_base")
@@ -282,7 +282,7 @@ class TestExactCounts:
         self, make_harness: Callable[..., Harness], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         pytest.importorskip("tiktoken", reason="tiktoken (the optional extra) is not installed")
-        from holyroute._context import tiktoken_encoding
+        from holyroute.core.context import tiktoken_encoding
 
         monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # an empty cache: nothing to read, nothing fetched
         tiktoken_encoding.cache_clear()

@@ -13,9 +13,10 @@ import pytest
 from structlog.testing import capture_logs
 
 import holyroute
-from holyroute._rollout import FileStore, MemoryStore, RolloutEngine
 from holyroute.cli import main
 from holyroute.config import Rollout
+from holyroute.rollout.engine import MemoryStore, RolloutEngine
+from holyroute.state.file import FileStore
 from holyroute.testing import FakeUpstream, Reply
 
 from .conftest import Events, FakeClock

@@ -10,8 +10,8 @@ import httpx2
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from holyroute import _rules
-from holyroute._rules import DEFAULT_RULE, CompiledRules, HeaderLookup, MatchedRule, Rule, compile_rules
+from holyroute.config import rules as _rules
+from holyroute.config.rules import DEFAULT_RULE, CompiledRules, HeaderLookup, MatchedRule, Rule, compile_rules
 
 ALIASES = ("assistant", "chat-cheap", "long-context", "reasoning")
 AT = "routes.assistant.rules"

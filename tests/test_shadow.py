@@ -141,7 +141,7 @@ def test_shadow_events_feed_the_report(ups: dict[str, FakeUpstream], tmp_path: A
     """Shadow and served answers carry finish_reason and the quality verdict; the report compares them."""
     import json
 
-    from holyroute._report import build_report, load_log, render_report
+    from holyroute.readers.report import build_report, load_log, render_report
 
     ups["shadow"].push(
         Reply(

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 
 from holyroute import load_config
-from holyroute._core import Acquire, Respond, Router, Send, Wait
-from holyroute._health import HealthBook
-from holyroute._rollout import MemoryStore, StateStore
-from holyroute._state import HealthChange, Leases, MemoryBackend, open_backend, period_key
+from holyroute.core.call import Acquire, Respond, Router, Send, Wait
+from holyroute.core.health import HealthBook
 from holyroute.exceptions import ConfigError
+from holyroute.rollout.engine import MemoryStore, StateStore
+from holyroute.state.base import HealthChange, Leases, period_key
+from holyroute.state.factory import open_backend
+from holyroute.state.memory import MemoryBackend
 
 from .conftest import FakeClock, Harness, base_config, drive, ok, status
 

@@ -13,17 +13,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from holyroute._core import Accepted
-from holyroute._rollout import (
+from holyroute.config import Rollout
+from holyroute.core.call import Accepted
+from holyroute.rollout.engine import (
     MAX_COUNT,
-    FileStore,
     RolloutEngine,
     RolloutState,
     parse_state,
     parse_state_file,
     parse_stored_state,
 )
-from holyroute.config import Rollout
+from holyroute.state.file import FileStore
 
 from .conftest import Events, FakeClock, drive, ok
 

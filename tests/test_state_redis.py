@@ -37,10 +37,10 @@ from structlog.testing import capture_logs
 
 import holyroute
 from holyroute import cli
-from holyroute._core import Router
-from holyroute._redis import Keys
-from holyroute._rollout import RolloutEngine
-from holyroute._state import HealthChange, period_key
+from holyroute.core.call import Router
+from holyroute.rollout.engine import RolloutEngine
+from holyroute.state.base import HealthChange, period_key
+from holyroute.state.redis import Keys
 from holyroute.testing import FakeUpstream, Reply
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 
-from holyroute import _stats
-from holyroute._stats import (
+from holyroute.rollout import stats as _stats
+from holyroute.rollout.stats import (
     ErrorRateVerdict,
     LatencySketch,
     SequentialNonInferiority,

@@ -8,8 +8,8 @@ import zlib
 
 import pytest
 
-from holyroute._prices import BUILTIN_PRICES, PriceRow, normalise_model_name
-from holyroute._usage import SSEScanner, Usage, cost_usd, find_price, usage_from_body, usage_from_mapping
+from holyroute.config.prices import BUILTIN_PRICES, PriceRow, normalise_model_name
+from holyroute.core.usage import SSEScanner, Usage, cost_usd, find_price, usage_from_body, usage_from_mapping
 
 CHAT_USAGE = {
     "prompt_tokens": 1200,

@@ -5,12 +5,12 @@ What is shared, and how each piece keeps the request path fast:
 - **Health** (cooldowns, ejections, quota, headroom) lives in one hash, ``<prefix>:{health}``. A change made here is
   written by a Lua script (keep the longer cooldown, drop expired fields, expire the hash after the last one) that
   also publishes it on ``<prefix>:events``; every process's listener thread applies it to its local
-  :class:`~holyroute._health.HealthBook` within milliseconds, and the sync thread re-reads the whole hash every
+  :class:`~holyroute.core.health.HealthBook` within milliseconds, and the sync thread re-reads the whole hash every
   ``sync_interval_s`` in case a message was missed. The request path reads only the local book.
 - **rpm / tpm limits** are token buckets in ``<prefix>:{limits:<endpoint>}``, taken by one Lua script against Redis's
   own clock: the one round trip a request may make, and only for an endpoint with such a limit. A busy process takes
   a small lease with its grant (its next 100 ms of demand, at most ``lease_fraction`` of the limit, only from what
-  the bucket holds beyond the request: :class:`~holyroute._state.Leases`), so most requests make none.
+  the bucket holds beyond the request: :class:`~holyroute.state.base.Leases`), so most requests make none.
 - **Rollouts**: state in ``<prefix>:{rollout:<route>}:state`` (read-modify-write under ``WATCH``, so two processes
   never both advance a step), measurements in ``<prefix>:{rollout:<route>}:m:<window>:<arm>`` as counters and
   latency-sketch buckets that every process adds to (``HINCRBY``), so the analysis sees every process's calls.
@@ -49,10 +49,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ._rollout import (
+from holyroute.config.schema import Health
+from holyroute.config.schema import Retry as RetrySettings
+from holyroute.rollout.engine import (
     MAX_COUNT,
     Measurements,
-    ReadOnlyStore,
     RolloutEngine,
     RolloutState,
     StateStore,
@@ -62,14 +63,11 @@ from ._rollout import (
     parse_stored_state,
     validation_problem,
 )
-from ._state import PERIODS, HealthChange, Leases, Period, period_key
-from ._stats import LatencySketch
-from .config import Health
-from .config import Retry as RetrySettings
+from holyroute.rollout.stats import LatencySketch
+from holyroute.state.base import PERIODS, AttachedRouter, HealthChange, Leases, Period, ReadOnlyStore, period_key
 
 if TYPE_CHECKING:
-    from ._core import Router
-    from .config import State
+    from holyroute.config.schema import State
 
 __all__ = [
     "Horizons",
@@ -439,7 +437,7 @@ class RedisStore:
         self.cached = False  # True once the backend's sync thread keeps `cache` fresh
         self._unsynced: dict[str, tuple[RolloutState, int]] = {}  # changed while Redis was away: (state, base)
         #: Routes whose stored state cannot be read, with the problem: the last good (``cache``) is kept, or with
-        #: nothing known, :func:`~holyroute._rollout.held_state`.
+        #: nothing known, :func:`~holyroute.rollout.engine.held_state`.
         self.invalid: dict[str, str] = {}
 
     def _known(self, route: str) -> RolloutState | None:
@@ -587,7 +585,7 @@ class RedisBackend:
         self._spend_pending: dict[tuple[Period, str, str], float] = {}
         self._spend_seen: dict[tuple[Period, str, str], float] = {}
         self._members = 1
-        self._router: Router | None = None
+        self._router: AttachedRouter | None = None
         self._engines: list[RolloutEngine] = []
         self._threads: list[threading.Thread] = []
         self._pid = os.getpid()
@@ -610,7 +608,7 @@ class RedisBackend:
     def shares_limits(self) -> bool:
         return self.live
 
-    def attach(self, router: Router) -> None:
+    def attach(self, router: AttachedRouter) -> None:
         self._router = router
         self._horizons = Horizons.of(router.config.retry, router.config.health)
         if router.rollouts is not None:
@@ -1079,7 +1077,7 @@ class RedisBackend:
     def message(self, kind: str, **fields: Any) -> str:
         return json.dumps({"o": self.origin, "kind": kind, **fields}, separators=(",", ":"))
 
-    def _apply_health(self, raw: object, router: Router) -> None:
+    def _apply_health(self, raw: object, router: AttachedRouter) -> None:
         if not isinstance(raw, dict):
             return  # a refused read: the next flush reads again
         now, wall = self._clock(), self._wall()
@@ -1090,7 +1088,7 @@ class RedisBackend:
             elif found.origin != self.origin and found.change is not None:  # our own is applied already
                 router.health.apply(found.change, now, wall)
 
-    def _apply_message(self, payload: object, router: Router, now: float, wall: float) -> None:
+    def _apply_message(self, payload: object, router: AttachedRouter, now: float, wall: float) -> None:
         found = parse_message(payload, wall=wall, horizons=self._horizons)
         if isinstance(found, str):
             self.invalid(self.keys.channel, found)

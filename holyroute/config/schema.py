@@ -33,11 +33,12 @@ from pydantic import (
     model_validator,
 )
 
-from ._rules import Rule, compile_rules
-from .exceptions import ConfigError
+from holyroute.boundary.durations import parse_duration
+from holyroute.config.rules import Rule, compile_rules
+from holyroute.exceptions import ConfigError
 
 if TYPE_CHECKING:
-    from ._prices import PriceRow
+    from holyroute.config.prices import PriceRow
 
 __all__ = [
     "Analysis",
@@ -58,8 +59,6 @@ __all__ = [
 ]
 
 _ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_SCALE = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _SHIELD_PATTERN = re.compile(r"__holyroute_ref_\d+__")
 _STICKY_PATTERN = re.compile(r"^(user|header:[A-Za-z0-9_-]+|body:[A-Za-z0-9_.-]+)$")
 
@@ -253,29 +252,6 @@ class Target(_Model):
         return self.name or self.model
 
 
-def parse_duration(text: str) -> float | None:
-    """Seconds in a duration such as ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"`` or ``"0.5"`` (the form OpenAI's
-    ``x-ratelimit-reset-*`` headers use, and this configuration's); ``None`` when ``text`` is not one.
-
-    >>> parse_duration("1m30s"), parse_duration("250ms"), parse_duration("2")
-    (90.0, 0.25, 2.0)
-    """
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    total, position = 0.0, 0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != position:
-            return None
-        total += float(match.group(1)) * _DURATION_SCALE[match.group(2)]
-        position = match.end()
-    return total if position == len(text) else None
-
-
 def parse_duration_s(value: object) -> float:
     """A configured duration: seconds (``90``) or a string (``"90s"``, ``"10m"``, ``"1h30m"``, ``"250ms"``)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -450,14 +426,14 @@ class Price(_Model):
     reasoning: Annotated[float, Field(ge=0)] | None = None  # default: billed as output
 
     def row(self) -> PriceRow:
-        from ._prices import PriceRow
+        from holyroute.config.prices import PriceRow
 
         return PriceRow(self.input, self.input if self.cached_input is None else self.cached_input, self.output,
                         self.reasoning)  # fmt: skip
 
 
 class Budget(_Model):
-    """A USD cap on a route, an endpoint or a request tag, per hour, day or month (see ``_spend.py``)."""
+    """A USD cap on a route, an endpoint or a request tag, per hour, day or month (see ``core/spend.py``)."""
 
     scope: Literal["route", "endpoint", "tag"]
     name: Annotated[str, Field(min_length=1)]
@@ -476,7 +452,7 @@ class ContextFit(_Model):
 
 
 class AlertRule(_Model):
-    """A threshold on a route's or an endpoint's calls over a rolling window (see ``_alerts.py``)."""
+    """A threshold on a route's or an endpoint's calls over a rolling window (see ``core/alerts.py``)."""
 
     scope: Literal["route", "endpoint"]
     name: Annotated[str, Field(min_length=1)] = "*"  # a route / endpoint name, or * for each of them

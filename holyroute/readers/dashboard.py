@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, TextIO
 from urllib.parse import urlsplit
 
-from ._report import _epoch, _parse
-from ._stats import LatencySketch
+from holyroute.readers.report import _epoch, _parse
+from holyroute.rollout.stats import LatencySketch
 
 if TYPE_CHECKING:
-    from .config import Config, Target
+    from holyroute.config.schema import Config, Target
 
 __all__ = [
     "ArmView",
@@ -977,7 +977,7 @@ _CSP: Final = (
 
 
 def _load_assets() -> dict[str, bytes]:
-    folder = resources.files(__package__ or "holyroute").joinpath("_static")
+    folder = resources.files(__package__ or "holyroute").joinpath("static")
     return {name: folder.joinpath(name).read_bytes() for name, _ in _ASSETS.values()}
 
 

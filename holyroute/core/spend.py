@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from ._state import period_key
+from holyroute.core.ports import period_key
 
 if TYPE_CHECKING:
-    from ._state import StateBackend
-    from .config import Budget
+    from holyroute.config.schema import Budget
+    from holyroute.core.ports import StateBackend
 
 __all__ = ["TAGS_HEADER", "SpendBudgets", "Verdict"]
 

@@ -4,7 +4,7 @@ Cooldowns are keyed by (endpoint, upstream model), because providers rate-limit 
 says nothing about ``gpt-4.1-mini`` on the same key. Durations come from the answer's own headers, in the order a
 server means them: ``retry-after-ms``, ``retry-after`` (seconds or an HTTP date), then OpenAI's
 ``x-ratelimit-reset-requests`` / ``-tokens`` for the limit that ran out; the boundary's total parsers read them
-(``_boundary.py``), so every duration is within ``[0, max_cooldown_s]``. The local ``rpm`` / ``tpm`` buckets never
+(``boundary/parse.py``), so every duration is within ``[0, max_cooldown_s]``. The local ``rpm`` / ``tpm`` buckets never
 take more than they hold from one request, and a call's ``tpm`` debits are settled with what it really used when it
 ends (:meth:`HealthBook.settle`). Time is read only from the clock passed in; this module performs no I/O and never
 sleeps.
@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._boundary import MAX_TOKENS, HeaderLookup, header_count, header_seconds, header_text
-from ._budget import TokenBucket
-from ._state import HealthChange
-from .config import Health, Retry
+from holyroute.boundary.parse import MAX_TOKENS, HeaderLookup, header_count, header_seconds, header_text
+from holyroute.config.schema import Health, Retry
+from holyroute.core.ports import HealthChange
+from holyroute.core.rate_limits import TokenBucket
 
 __all__ = [
     "Cooldown",

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httpx2
 
-from ._health import ProbeStatus
-from .config import Config, EndpointRef, HealthCheck
-from .exceptions import ConfigError
+from holyroute.config.schema import Config, EndpointRef, HealthCheck
+from holyroute.core.health import ProbeStatus
+from holyroute.exceptions import ConfigError
 
 if TYPE_CHECKING:
-    from ._core import Router
+    from holyroute.core.call import Router
 
 __all__ = [
     "AsyncHealthChecker",

@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._stats import LatencySketch
+from holyroute.rollout.stats import LatencySketch
 
 if TYPE_CHECKING:
-    from .config import AlertRule
+    from holyroute.config.schema import AlertRule
 
 __all__ = ["Alert", "AlertHook", "Alerts"]
 

@@ -1,10 +1,10 @@
 """The two drivers: ``httpx2`` transports that carry out what the core decides.
 
-:class:`Transport` (sync) and :class:`AsyncTransport` (async) each ask the :class:`~holyroute._core.Router` whether
+:class:`Transport` (sync) and :class:`AsyncTransport` (async) each ask the :class:`~holyroute.core.call.Router` whether
 a request is routed; a request that is not goes to the inner transport untouched. For a routed one they loop over
 the call's steps: send an attempt through the inner transport, wait, hand back an answer, or raise. They decide
 nothing themselves, so the two cannot drift apart; what they share is in the helpers at the bottom. Each wraps a
-call's steps in the same owner, :meth:`Call.owned <holyroute._core.Call.owned>`: whatever escapes (a cancellation, a
+call's steps in the same owner, :meth:`Call.owned <holyroute.core.call.Call.owned>`: whatever escapes (a cancellation, a
 timeout of the caller's, ``KeyboardInterrupt``, a bug in an inner transport) ends the open attempt and emits the call's
 one ``holyroute.request`` before it propagates unchanged; the stream taps do the same for a body.
 
@@ -30,9 +30,9 @@ from typing import Any
 
 import httpx2
 
-from ._boundary import decode_content
-from ._compat import attempt_request, header_view, restore_read_timeout
-from ._core import (
+from holyroute.boundary.parse import decode_content
+from holyroute.config.schema import Config, load_config
+from holyroute.core.call import (
     Accepted,
     Acquire,
     Call,
@@ -44,8 +44,8 @@ from ._core import (
     Send,
     Wait,
 )
-from ._stream import AsyncTap, BodyWatch, SyncTap
-from .config import Config, load_config
+from holyroute.drivers.compat import attempt_request, header_view, restore_read_timeout
+from holyroute.drivers.stream import AsyncTap, BodyWatch, SyncTap
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "AsyncTransport", "Transport", "async_client", "client"]
 
@@ -94,7 +94,7 @@ class Transport(httpx2.BaseTransport):
         self._sleep = sleep
         self._checker = None
         if self.router.probing:  # active health checks: one background thread, stopped by close()
-            from ._probe import HealthChecker
+            from holyroute.drivers.probe import HealthChecker
 
             self._checker = HealthChecker(self.router, self._inner)
             self._checker.start()
@@ -222,7 +222,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         self._errors: tuple[type[BaseException], ...] = (*_ATTEMPT_ERRORS, anyio.EndOfStream)
         self._checker = None
         if self.router.probing:  # active health checks: one task, started inside the event loop on first use
-            from ._probe import AsyncHealthChecker
+            from holyroute.drivers.probe import AsyncHealthChecker
 
             self._checker = AsyncHealthChecker(self.router, self._inner)
         self._shadows = _ShadowTasks()

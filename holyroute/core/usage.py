@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ._boundary import SSEScanner, Usage, decode_content, finish_reason, usage_from_body, usage_from_mapping
-from ._prices import BUILTIN_PRICES, PriceRow, normalise_model_name
+from holyroute.boundary.parse import (
+    SSEScanner,
+    Usage,
+    decode_content,
+    finish_reason,
+    usage_from_body,
+    usage_from_mapping,
+)
+from holyroute.config.prices import BUILTIN_PRICES, PriceRow, normalise_model_name
 
 __all__ = [
     "SSEScanner",

@@ -3,8 +3,9 @@
 Sans-I/O in the manner of h11 and tenacity's ``iter()``: a :class:`Router` turns a request description into a
 :class:`Call`, and a call answers ``next_step()`` with what to do next: :class:`Send` an attempt, :class:`Wait`,
 :class:`Respond` with a finished answer, or :class:`GiveUp` with the last transport error. The transports
-(``_transport.py``) perform exactly those steps and report back with ``on_response`` / ``on_error``. Every rule about
-where traffic goes lives here: the split and stickiness (``_routing``), cooldowns (``_health``), the retry schedule
+(``drivers/transport.py``) perform exactly those steps and report back with ``on_response`` / ``on_error``. Every
+rule about where traffic goes lives here: the split and stickiness (``rollout/split.py``), cooldowns
+(``core/health.py``), the retry schedule
 (tenacity's wait objects), fallbacks, the attempt bound, and the events that explain each decision.
 
 Failover never crosses to another arm of the same split (that would corrupt the split): it walks the chosen arm's
@@ -27,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus
 
-from ._alerts import Alerts
-from ._boundary import clamp_tokens, parse_request, requested_choices
-from ._budget import RetryBudget
-from ._context import (
+from holyroute.boundary.parse import clamp_tokens, parse_request, requested_choices
+from holyroute.config.prices import PriceRow
+from holyroute.config.rules import DEFAULT_RULE, CompiledRules, compile_rules
+from holyroute.core.alerts import Alerts
+from holyroute.core.context import (
     DEFAULT_OUTPUT_RESERVE,
     ModelLimits,
     TokenEncoder,
@@ -39,18 +41,18 @@ from ._context import (
     limits_for,
     tiktoken_encoding,
 )
-from ._context import requested_output_tokens as _requested_output
-from ._health import Debit, HeaderLookup, HealthBook, Transition, server_delay
-from ._prices import PriceRow
-from ._routing import SplitPicker
-from ._rules import DEFAULT_RULE, CompiledRules, compile_rules
-from ._spend import TAGS_HEADER, SpendBudgets, Verdict
-from ._state import HealthChange, StateBackend, open_backend
-from ._usage import Usage, cost_usd, find_price, finish_reason, usage_from_body
+from holyroute.core.context import requested_output_tokens as _requested_output
+from holyroute.core.events import EventSink, structlog_sink
+from holyroute.core.health import Debit, HeaderLookup, HealthBook, Transition, server_delay
+from holyroute.core.ports import HealthChange, StateBackend, open_state
+from holyroute.core.retry_budget import RetryBudget
+from holyroute.core.spend import TAGS_HEADER, SpendBudgets, Verdict
+from holyroute.core.usage import Usage, cost_usd, find_price, finish_reason, usage_from_body
+from holyroute.rollout.split import SplitPicker
 
 if TYPE_CHECKING:
-    from ._rollout import Rollouts
-from .config import Config, Endpoint, EndpointRef, Target
+    from holyroute.core.rollouts import Rollouts
+from holyroute.config.schema import Config, Endpoint, EndpointRef, Target
 
 __all__ = [
     "OPERATIONS",
@@ -65,7 +67,6 @@ __all__ = [
     "Wait",
 ]
 
-EventSink = Callable[[str, dict[str, Any]], None]
 #: ``quality(route, arm, body) -> bool``: whether a non-stream answer on a rollout route is good enough (not empty,
 #: not a refusal, valid JSON for structured output: the application decides). Counted as its own rollout metric.
 QualityCheck = Callable[[str, str, bytes], bool]
@@ -256,20 +257,6 @@ class _WaitState:
         self.seconds_since_start = 0.0
 
 
-def _structlog_sink() -> EventSink:
-    import structlog  # imported when the first client is built, keeping `import holyroute` light
-
-    logger = structlog.get_logger("holyroute")
-
-    def emit(event: str, fields: dict[str, Any]) -> None:
-        if event == "holyroute.request":
-            logger.info(event, **fields)
-        else:
-            logger.warning(event, **fields)
-
-    return emit
-
-
 class Router:
     """Compiled configuration plus shared state (health, budgets). One per client; safe to share across threads.
 
@@ -295,7 +282,7 @@ class Router:
         self.rng = rng or random.Random()
         limits = {name: (e.rpm, e.tpm) for name, e in config.endpoints.items() if e.rpm or e.tpm}
         self.health = HealthBook(clock, config.health, limits, max_cooldown_s=config.retry.max_cooldown_s)
-        self.sinks: tuple[EventSink, ...] = tuple(sinks) if sinks is not None else (_structlog_sink(),)
+        self.sinks: tuple[EventSink, ...] = tuple(sinks) if sinks is not None else (structlog_sink(),)
         self._sinks_lock = threading.Lock()
         self._failed_sinks: set[int] = set()
         self._call_ids = itertools.count(1)
@@ -332,13 +319,11 @@ class Router:
         self.tracks_latency = any(arm.balance == "latency" for plan in self.routes.values() for arm in plan.arms)
         #: What this router shares with other processes (cooldowns, limits, rollouts, spend); default: nothing.
         self.state: StateBackend = (
-            state
-            if state is not None
-            else open_backend(config.state, emit=self.emit, clock=clock, wall_clock=wall_clock)
+            state if state is not None else open_state(config.state, emit=self.emit, clock=clock, wall_clock=wall_clock)
         )
         self.rollouts: Rollouts | None = None
         if any(route.rollout is not None for route in config.routes.values()):
-            from ._rollout import Rollouts
+            from holyroute.core.rollouts import Rollouts
 
             self.rollouts = Rollouts(config, emit=self.emit, clock=wall_clock, store=self.state.rollout_store())
         self._budget_spent: set[str] = set()  # routes whose budget refused a retry (one event per bad spell)

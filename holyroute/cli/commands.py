@@ -116,9 +116,9 @@ def run_dashboard(
     events: Path, out: TextIO, err: TextIO, *, config: Path | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> int:
     """``holyroute dashboard``: serve the page until Ctrl-C; 2 for a bad configuration or an address in use."""
-    from . import _dashboard
-    from ._report import load_report_config
-    from .exceptions import ConfigError
+    from holyroute.exceptions import ConfigError
+    from holyroute.readers import dashboard as _dashboard
+    from holyroute.readers.report import load_report_config
 
     loaded = None
     if config is not None:
@@ -137,9 +137,9 @@ def run_dashboard(
 
 def run_explain(config_path: Path, request: Path, header_args: Sequence[str], out: TextIO, err: TextIO) -> int:
     """``holyroute explain``: 0 with the explanation written, 2 for a bad configuration, request or header."""
-    from ._explain import ExplainError, explain
-    from .config import load_config
-    from .exceptions import ConfigError
+    from holyroute.cli.explain import ExplainError, explain
+    from holyroute.config.schema import load_config
+    from holyroute.exceptions import ConfigError
 
     try:
         config = load_config(config_path)
@@ -175,10 +175,10 @@ def run_explain(config_path: Path, request: Path, header_args: Sequence[str], ou
 def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
     """``holyroute prices``: every price row in use and where it comes from; models a route uses without a price
     are listed as unpriced (their calls log ``cost_usd: null``). 2 on a bad configuration."""
-    from ._core import _price
-    from ._prices import BUILTIN_PRICES, PRICES_AS_OF, PriceRow
-    from .config import EndpointRef, load_config
-    from .exceptions import ConfigError
+    from holyroute.config.prices import BUILTIN_PRICES, PRICES_AS_OF, PriceRow
+    from holyroute.config.schema import EndpointRef, load_config
+    from holyroute.core.call import _price
+    from holyroute.exceptions import ConfigError
 
     rows: list[dict[str, Any]] = []
 
@@ -250,7 +250,8 @@ def run_report(
 ) -> int:
     """``holyroute report``: 0 with the report written, 2 for a bad log, configuration, option or plot."""
 
-    from ._report import (
+    from holyroute.exceptions import ConfigError
+    from holyroute.readers.report import (
         PlotUnavailableError,
         Settings,
         build_report,
@@ -263,7 +264,6 @@ def run_report(
         time_series,
         write_plot,
     )
-    from .exceptions import ConfigError
 
     try:
         settings = Settings(margin=margin, alpha=alpha, max_latency_ratio=max_latency_ratio, min_calls=min_calls)
@@ -338,8 +338,8 @@ def run_rollout(
 ) -> int:
     """``holyroute rollout status|promote|abort|retry``: read or change the shared rollout state (the file or
     Redis the configuration's ``state`` names, so every running process follows)."""
-    from ._rollout import Rollouts
-    from .exceptions import ConfigError
+    from holyroute.core.rollouts import Rollouts
+    from holyroute.exceptions import ConfigError
 
     try:
         rollouts = Rollouts(path, emit=lambda event, fields: None)
@@ -404,9 +404,9 @@ def _rollout_action(
 
 def run_check(path: Path, out: TextIO, err: TextIO) -> int:
     """Probe every endpoint once, print a table and one line per route; 0 when every route has a path."""
-    from ._probe import check_once, dead_arms, render_results, route_endpoints, route_paths
-    from .config import load_config
-    from .exceptions import ConfigError
+    from holyroute.config.schema import load_config
+    from holyroute.drivers.probe import check_once, dead_arms, render_results, route_endpoints, route_paths
+    from holyroute.exceptions import ConfigError
 
     try:
         config = load_config(path)
@@ -435,7 +435,7 @@ def _shared_health(config: Any, out: TextIO) -> None:
     """What every process sharing the configuration's Redis agrees on: who is alive, what is cooling or ejected."""
     import redis
 
-    from ._redis import RedisBackend
+    from holyroute.state.redis import RedisBackend
 
     backend = RedisBackend(config.state, emit=lambda event, fields: None)
     try:
@@ -512,9 +512,9 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
     import structlog
     from openai import AsyncOpenAI, OpenAI
 
-    from . import AsyncTransport, Router, Transport, load_config
-    from ._report import read_events, render_table, summarise
-    from .testing import FakeUpstream, Reply
+    from holyroute import AsyncTransport, Router, Transport, load_config
+    from holyroute.readers.report import read_events, render_table, summarise
+    from holyroute.testing import FakeUpstream, Reply
 
     events_path.parent.mkdir(parents=True, exist_ok=True)
     with events_path.open("w", encoding="utf-8") as log_file:

@@ -61,10 +61,10 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._stats import SequentialNonInferiority, sample_ratio_mismatch, wilson_interval
+from holyroute.rollout.stats import SequentialNonInferiority, sample_ratio_mismatch, wilson_interval
 
 if TYPE_CHECKING:
-    from .config import Config
+    from holyroute.config.schema import Config
 
 __all__ = [
     "ArmStats",
@@ -220,8 +220,8 @@ def load_report_config(path: str | Path) -> tuple[Config, list[str]]:
     """
     import os
 
-    from .config import load_config
-    from .exceptions import ConfigError
+    from holyroute.config.schema import load_config
+    from holyroute.exceptions import ConfigError
 
     try:
         return load_config(path), []

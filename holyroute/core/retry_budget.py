@@ -1,11 +1,10 @@
-"""Budgets: how many requests and tokens an endpoint may still take, and how many retries the router may still spend.
+"""The retry budget: how many retries the router may still spend (spend caps in USD are :mod:`holyroute.core.spend`).
 
-:class:`TokenBucket` holds a client-side ``rpm`` or ``tpm`` limit: it refills continuously and says how long a
-request must wait for room. :class:`RetryBudget` is Finagle's retry budget: over a sliding window, retries (failovers
+:class:`RetryBudget` is Finagle's retry budget: over a sliding window, retries (failovers
 included) may be at most ``ratio`` of the calls seen plus a small floor per second, so a total outage costs about
 ``1 + ratio`` upstream attempts per call beyond the persistence floor (``retry.min_attempts``, which the budget never
 refuses). The router keeps one per route, as Envoy keeps one per cluster, so one route's outage cannot spend the
-retries another needs. Both read time only from the ``now`` they are given and never sleep.
+retries another needs. It reads time only from the ``now`` they are given and never sleep.
 """
 
 from __future__ import annotations
@@ -13,35 +12,7 @@ from __future__ import annotations
 import math
 import threading
 
-__all__ = ["RetryBudget", "TokenBucket"]
-
-
-class TokenBucket:
-    """A continuously refilling bucket of ``per_minute`` units. Not locked: the health book holds the lock."""
-
-    __slots__ = ("capacity", "level", "rate", "updated")
-
-    def __init__(self, per_minute: float, now: float) -> None:
-        self.capacity = float(per_minute)
-        self.rate = self.capacity / 60.0
-        self.level = self.capacity
-        self.updated = now
-
-    def _refill(self, now: float) -> None:
-        if now > self.updated:
-            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-            self.updated = now
-
-    def wait_for(self, amount: float, now: float) -> float:
-        """Seconds until ``amount`` units are available (0.0: now). More than the capacity waits for a full bucket."""
-        self._refill(now)
-        needed = min(amount, self.capacity)
-        return 0.0 if self.level >= needed else (needed - self.level) / self.rate
-
-    def take(self, amount: float, now: float) -> None:
-        """Spend ``amount`` (the level may go negative for a request larger than what is left: it is paid back)."""
-        self._refill(now)
-        self.level -= amount
+__all__ = ["RetryBudget"]
 
 
 class RetryBudget:

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx2
 
-from ._core import Accepted, Call
-from ._usage import SSEScanner
+from holyroute.core.call import Accepted, Call
+from holyroute.core.usage import SSEScanner
 
 __all__ = ["AsyncTap", "BodyWatch", "SyncTap"]
 

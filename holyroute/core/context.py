@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
-from ._boundary import requested_output_tokens
-from ._prices import normalise_model_name
+from holyroute.boundary.parse import requested_output_tokens
+from holyroute.config.prices import normalise_model_name
 
 __all__ = [
     "BUILTIN_LIMITS",
@@ -103,7 +103,7 @@ def _limits(window: int, output: int, max_input: int | None = None) -> ModelLimi
 
 
 #: Context windows and output caps as the providers published them on :data:`CONTEXT_AS_OF`, for the chat models of
-#: ``_prices.BUILTIN_PRICES`` (embedding models are left out: their limit is per input string, not per request).
+#: ``config.prices.BUILTIN_PRICES`` (embedding models are left out: their limit is per input string, not per request).
 #: Override per target with ``context_window`` / ``max_output_tokens``.
 BUILTIN_LIMITS: Final[dict[str, ModelLimits]] = {
     # OpenAI. The gpt-5 family's 400,000 is input + output: input alone is capped at 272,000 (= 400,000 - 128,000).

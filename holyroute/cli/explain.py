@@ -15,10 +15,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ._core import MAX_COST_HEADER, Acquire, Call, Leg, Respond, Router, Send, _usd, cost_ceilings
-from ._rules import DEFAULT_RULE
-from ._state import open_backend
-from .config import Config
+from holyroute.config.rules import DEFAULT_RULE
+from holyroute.config.schema import Config
+from holyroute.core.call import MAX_COST_HEADER, Acquire, Call, Leg, Respond, Router, Send, _usd, cost_ceilings
+from holyroute.state.factory import open_backend
 
 __all__ = ["ExplainError", "explain"]
 

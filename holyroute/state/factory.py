@@ -1,0 +1,49 @@
+"""Chooses the state backend a configuration asks for; the interface (:mod:`holyroute.state.base`) never does.
+
+Importing this module registers :func:`open_backend` with the core (:func:`holyroute.core.ports.open_state`);
+``import holyroute`` does so. Redis is imported only when it is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from holyroute.core.ports import StateBackend, register_state_opener
+from holyroute.rollout.engine import MemoryStore, StateStore
+from holyroute.state.base import ReadOnlyStore
+from holyroute.state.file import FileStore
+from holyroute.state.memory import MemoryBackend
+
+if TYPE_CHECKING:
+    from holyroute.config.schema import State
+
+__all__ = ["open_backend"]
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+def open_backend(
+    state: State,
+    *,
+    emit: EventSink,
+    clock: Callable[[], float],
+    wall_clock: Callable[[], float],
+    read_only: bool = False,
+) -> StateBackend:
+    """The backend ``state`` configures. Redis is imported only when it is configured.
+
+    ``read_only`` (``holyroute explain``): the backend reads what is shared and writes nothing, anywhere; rollout
+    steps the router would take stay in memory.
+    """
+    if state.backend == "redis":
+        from holyroute.state.redis import RedisBackend
+
+        return RedisBackend(state, emit=emit, clock=clock, wall_clock=wall_clock, read_only=read_only)
+    store: StateStore = FileStore(state.path, emit=emit) if state.backend == "file" else MemoryStore()
+    if read_only:
+        store = ReadOnlyStore(store)
+    return MemoryBackend(store, wall_clock=wall_clock)
+
+
+register_state_opener(open_backend)
