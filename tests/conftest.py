@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from holyroute import Router, load_config
-from holyroute.core.call import Accepted, Acquire, Call, GiveUp, Respond, Send, Wait
+from holyroute.core.call import Call
+from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Wait
 
 # Property tests: no deadline (the machine is shared and noisy); a bounded number of examples keeps the suite short.
 settings.register_profile(

@@ -13,7 +13,7 @@ import pytest
 
 import holyroute
 from holyroute.cli import main
-from holyroute.core.call import DROPPED_HEADERS
+from holyroute.core.plan import DROPPED_HEADERS
 from holyroute.drivers import compat as _compat
 
 

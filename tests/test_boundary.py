@@ -45,8 +45,8 @@ from holyroute.boundary.parse import (
     usage_from_mapping,
 )
 from holyroute.config.prices import PriceRow
-from holyroute.core.call import Respond
 from holyroute.core.health import HealthBook, server_delay
+from holyroute.core.steps import Respond
 from holyroute.core.usage import cost_usd
 
 from .conftest import Events, FakeClock, Harness, base_config, drive, ok, status

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from holyroute import Router, load_config
-from holyroute.core.call import Accepted, GiveUp, Respond
+from holyroute.core.steps import Accepted, GiveUp, Respond
 
 from .conftest import Events, FakeClock, Harness, base_config, drive, ok, status
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from holyroute.core.call import Accepted, Respond, Send
+from holyroute.core.steps import Accepted, Respond, Send
 
 from .conftest import Harness, base_config, drive, ok, status
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from holyroute.core.call import Respond, Send
+from holyroute.core.steps import Respond, Send
 from holyroute.rollout.split import SplitPicker, stable_unit
 
 from .conftest import Harness, base_config, drive, ok

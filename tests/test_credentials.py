@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 import holyroute
 from holyroute.config.schema import Endpoint, load_config, unsendable
-from holyroute.core.call import Respond, Send
+from holyroute.core.steps import Respond, Send
 from holyroute.drivers.compat import attempt_request
 from holyroute.exceptions import ConfigError
 from holyroute.testing import FakeUpstream, Reply
@@ -227,7 +227,8 @@ class TestQueryProperty:
     ) -> None:
         from urllib.parse import parse_qsl, urlencode
 
-        from holyroute.core.call import DROPPED_QUERY, _merge_query
+        from holyroute.core.call import _merge_query
+        from holyroute.core.plan import DROPPED_QUERY
 
         raw = urlencode(caller)
         merged = parse_qsl(_merge_query(raw, urlencode(own)) if raw else urlencode(own), keep_blank_values=True)

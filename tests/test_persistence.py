@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from holyroute import Router, load_config
-from holyroute.core.call import GiveUp, Respond
 from holyroute.core.health import HealthBook
+from holyroute.core.steps import GiveUp, Respond
 from holyroute.drivers.probe import AsyncHealthChecker, HealthChecker
 from holyroute.drivers.transport import AsyncTransport
 

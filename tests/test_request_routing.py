@@ -15,7 +15,7 @@ import pytest
 
 import holyroute
 from holyroute import load_config
-from holyroute.core.call import Respond
+from holyroute.core.steps import Respond
 from holyroute.exceptions import ConfigError
 from holyroute.testing import FakeUpstream
 

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from holyroute import load_config
-from holyroute.core.call import Acquire, Respond, Router, Send, Wait
+from holyroute.core.call import Router
 from holyroute.core.health import HealthBook
+from holyroute.core.steps import Acquire, Respond, Send, Wait
 from holyroute.exceptions import ConfigError
 from holyroute.rollout.engine import MemoryStore, StateStore
 from holyroute.state.base import HealthChange, Leases, period_key

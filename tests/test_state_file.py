@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from holyroute.config import Rollout
-from holyroute.core.call import Accepted
+from holyroute.core.steps import Accepted
 from holyroute.rollout.engine import (
     MAX_COUNT,
     RolloutEngine,

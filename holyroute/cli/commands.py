@@ -177,7 +177,7 @@ def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = F
     are listed as unpriced (their calls log ``cost_usd: null``). 2 on a bad configuration."""
     from holyroute.config.prices import BUILTIN_PRICES, PRICES_AS_OF, PriceRow
     from holyroute.config.schema import EndpointRef, load_config
-    from holyroute.core.call import _price
+    from holyroute.core.plan import price_of
     from holyroute.exceptions import ConfigError
 
     rows: list[dict[str, Any]] = []
@@ -213,7 +213,7 @@ def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = F
                     ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
                     used.add((ref.endpoint, ref.model or target.model))
         for endpoint_name, model in sorted(used):
-            if _price(config.endpoints[endpoint_name], model, overrides) is None:
+            if price_of(config.endpoints[endpoint_name], model, overrides) is None:
                 add(model, None, f"UNPRICED on endpoint {endpoint_name}: add it under prices")
     for model, row in BUILTIN_PRICES.items():
         add(model, row, f"built in, as of {PRICES_AS_OF}")

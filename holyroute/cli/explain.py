@@ -17,7 +17,9 @@ from typing import Any
 
 from holyroute.config.rules import DEFAULT_RULE
 from holyroute.config.schema import Config
-from holyroute.core.call import MAX_COST_HEADER, Acquire, Call, Leg, Respond, Router, Send, _usd, cost_ceilings
+from holyroute.core.call import Call, Router
+from holyroute.core.plan import MAX_COST_HEADER, Leg, cost_ceilings, usd
+from holyroute.core.steps import Acquire, Respond, Send
 from holyroute.state.factory import open_backend
 
 __all__ = ["ExplainError", "explain"]
@@ -125,8 +127,8 @@ def _ceiling(router: Router, call: Call, headers: Mapping[str, str]) -> str:
     asked = float(raw) if raw is not None else None  # a malformed one answered 400 before this is asked
     found = sorted(cost_ceilings(router.routes[call._alias], call._plan, asked), key=lambda item: item[0])
     (amount, source), looser = found[0], found[1:]
-    also = f" (also {', '.join(f'{where} ${_usd(usd)}' for usd, where in looser)})" if looser else ""
-    return f"${_usd(amount)} from {source}{also}"
+    also = f" (also {', '.join(f'{where} ${usd(limit)}' for limit, where in looser)})" if looser else ""
+    return f"${usd(amount)} from {source}{also}"
 
 
 def _weights(router: Router, plan: Any) -> dict[str, float]:

@@ -16,7 +16,6 @@ only from the clocks it is given; it never logs a key or prompt text.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import itertools
 import json
@@ -24,35 +23,47 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus
 
 from holyroute.boundary.parse import clamp_tokens, parse_request, requested_choices
-from holyroute.config.prices import PriceRow
-from holyroute.config.rules import DEFAULT_RULE, CompiledRules, compile_rules
+from holyroute.config.rules import DEFAULT_RULE
 from holyroute.core.alerts import Alerts
 from holyroute.core.context import (
     DEFAULT_OUTPUT_RESERVE,
-    ModelLimits,
     TokenEncoder,
     estimate_input_tokens,
     fits,
-    limits_for,
     tiktoken_encoding,
 )
 from holyroute.core.context import requested_output_tokens as _requested_output
 from holyroute.core.events import EventSink, structlog_sink
 from holyroute.core.health import Debit, HeaderLookup, HealthBook, Transition, server_delay
+from holyroute.core.plan import (
+    DROPPED_HEADERS,
+    DROPPED_QUERY,
+    MAX_COST_HEADER,
+    OPERATIONS,
+    PIN_HEADER,
+    Arm,
+    Leg,
+    RoutePlan,
+    Upstream,
+    compile_routes,
+    cost_ceilings,
+    operation_of,
+    sticky_key,
+    usd,
+)
 from holyroute.core.ports import HealthChange, StateBackend, open_state
 from holyroute.core.retry_budget import RetryBudget
-from holyroute.core.spend import TAGS_HEADER, SpendBudgets, Verdict
-from holyroute.core.usage import Usage, cost_usd, find_price, finish_reason, usage_from_body
-from holyroute.rollout.split import SplitPicker
+from holyroute.core.spend import SpendBudgets, Verdict
+from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Step, Wait
+from holyroute.core.usage import Usage, cost_usd, finish_reason, usage_from_body
 
 if TYPE_CHECKING:
     from holyroute.core.rollouts import Rollouts
-from holyroute.config.schema import Config, Endpoint, EndpointRef, Target
+from holyroute.config.schema import Config
 
 __all__ = [
     "OPERATIONS",
@@ -71,179 +82,12 @@ __all__ = [
 #: not a refusal, valid JSON for structured output: the application decides). Counted as its own rollout metric.
 QualityCheck = Callable[[str, str, bytes], bool]
 
-#: Path suffix -> API family, for the model-bearing operations holyroute routes.
-OPERATIONS: Final = {
-    "chat/completions": "chat",
-    "responses": "responses",
-    "embeddings": "embeddings",
-    "completions": "completions",
-}
 _INJECT_USAGE_APIS: Final = frozenset({"chat", "completions"})
-PIN_HEADER: Final = "x-holyroute-arm"
-#: A per-request cost ceiling in USD (``x-holyroute-max-cost: 0.05``); never forwarded.
-MAX_COST_HEADER: Final = "x-holyroute-max-cost"
 #: The shortest wait for an rpm/tpm reset (a reset that is due now still needs the bucket to be asked again).
 _MIN_LIMIT_WAIT_S: Final = 0.001
-#: Headers that belong to the caller's own account or to the hop, never forwarded to a routed endpoint (an endpoint's
-#: ``forward_headers`` may name a credential to forward to that endpoint only; see config.Endpoint).
-DROPPED_HEADERS: Final = frozenset(
-    {
-        "host",
-        "authorization",
-        "api-key",
-        "x-api-key",
-        "x-goog-api-key",
-        "cookie",
-        "proxy-authorization",
-        "openai-organization",
-        "openai-project",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "accept-encoding",
-        PIN_HEADER,
-        TAGS_HEADER,
-        MAX_COST_HEADER,
-    }
-)
-#: Query parameters that carry the caller's credentials, never forwarded (names compared case-insensitively).
-DROPPED_QUERY: Final = frozenset({"key", "api-key", "api_key", "access_token"})
 RETRYABLE_STATUS: Final = frozenset({408, 409, 429})
 _IDENTITY: Final = ("accept-encoding", "identity")
 _GZIP_DEFLATE: Final = ("accept-encoding", "gzip, deflate")
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """One endpoint serving one arm's model: everything needed to address it, precomputed at load."""
-
-    endpoint: str
-    model: str
-    base_url: str
-    headers: tuple[tuple[str, str], ...]  # auth and configured headers; holds the secret, never logged
-    query: str
-    timeout: float | None
-    price: PriceRow | None
-    stream_usage: bool
-    token: bytes  # the model as a JSON string token, for swapping it into a body
-    limits: ModelLimits | None = None  # context window and output cap, when known
-    forward: frozenset[str] = frozenset()  # the caller's headers forwarded here although dropped elsewhere
-
-    def __repr__(self) -> str:  # the headers hold the key
-        return f"Upstream(endpoint={self.endpoint!r}, model={self.model!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class Arm:
-    name: str
-    model: str
-    upstreams: tuple[Upstream, ...]
-    balance: str = "ordered"
-    turns: itertools.count[int] = field(default_factory=itertools.count, compare=False)  # round robin
-
-    @property
-    def endpoints(self) -> tuple[str, ...]:
-        return tuple(u.endpoint for u in self.upstreams)
-
-
-@dataclass(frozen=True, slots=True)
-class RoutePlan:
-    alias: str
-    arms: tuple[Arm, ...]
-    picker: SplitPicker
-    sticky: str | None
-    fallbacks: tuple[str, ...]
-    token: bytes  # the alias as a JSON string token
-    shadow: Arm | None = None  # mirrors a sampled share of calls
-    shadow_sample: float = 0.0
-    shadow_cap_usd: float | None = None
-    rules: CompiledRules[str | Arm] | None = None  # before the split: an alias, or an inline arm
-    max_cost_usd: float | None = None
-    #: No upstream this plan may reach (its arms, fallbacks and rule targets) holds fewer tokens than this, or
-    #: caps its output below ``out_floor``: a request under both needs no size check.
-    fit_floor: int = 1 << 62
-    out_floor: int = 1 << 62
-
-
-@dataclass(frozen=True, slots=True)
-class Leg:
-    """The arm chosen for the route or for one of its fallbacks."""
-
-    route: str
-    arm: Arm
-    fallback: str | None
-    sticky: bool
-
-
-# ---- steps the core asks the transports to take ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send one attempt: ``url``, replace the headers named in ``drop`` with ``headers``, send ``body``.
-
-    ``timeout`` caps every phase of the attempt (the endpoint's timeout and the caller's remaining deadline);
-    ``headers_timeout`` caps the wait for the response headers only.
-    """
-
-    url: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    timeout: float | None
-    endpoint: str
-    headers_timeout: float | None = None
-    drop: frozenset[str] = DROPPED_HEADERS  # the caller's headers not to forward (also those rules read)
-
-    def __repr__(self) -> str:
-        return f"Send(url={self.url!r}, endpoint={self.endpoint!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Sleep this long, then ask again."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Respond:
-    """Hand this answer to the caller as the final response."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class GiveUp:
-    """Every attempt failed without an HTTP answer: re-raise ``error`` (a timeout when ``timeout``)."""
-
-    error: BaseException
-    timeout: bool
-    summary: str
-
-
-@dataclass(frozen=True, slots=True)
-class Acquire:
-    """Ask the router's state backend for room under ``endpoint``'s shared rpm/tpm limits (one request and
-    ``tokens`` estimated tokens), then report its answer with :meth:`Call.on_acquired`."""
-
-    endpoint: str
-    rpm: int | None
-    tpm: int | None
-    tokens: int
-
-
-Step = Send | Wait | Respond | GiveUp | Acquire
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """How the transport should watch the body of an accepted answer."""
-
-    event_stream: bool
-    hide_usage_chunk: bool
-    content_encoding: str | None
 
 
 class _WaitState:
@@ -286,7 +130,7 @@ class Router:
         self._sinks_lock = threading.Lock()
         self._failed_sinks: set[int] = set()
         self._call_ids = itertools.count(1)
-        self.routes = _compile(config)
+        self.routes = compile_routes(config)
         #: Exact token counts for fit, rules and ceilings (``context.estimate: tiktoken``), when available offline.
         self.token_encoder: TokenEncoder | None = None
         if config.context.estimate == "tiktoken":
@@ -409,7 +253,7 @@ class Router:
         """A :class:`Call` for a request to a routed alias, or ``None``: send the request through untouched."""
         if method != "POST" or not body:
             return None
-        api = _operation(path)
+        api = operation_of(path)
         if api is None:
             return None
         view = parse_request(body)  # total: a validated view, or None (not routable: pass it through)
@@ -442,7 +286,7 @@ class Router:
             engine = self.rollouts.get(plan.alias)
             if engine is not None:
                 picker = engine.picker()
-        key = _sticky_key(plan.sticky, data, headers) if plan.sticky else None
+        key = sticky_key(plan.sticky, data, headers) if plan.sticky else None
         if key is not None:
             return Leg(plan.alias, plan.arms[picker.sticky(key)], None, True)
         return Leg(plan.alias, plan.arms[picker.random(self.rng)], None, False)
@@ -777,7 +621,7 @@ class Call:
             if isinstance(worst, str):
                 why = f"cost: {worst}"
             elif worst > ceiling:
-                why = f"cost: up to ${worst:.6f} at {upstream.model} prices, over the ${_usd(ceiling)} ceiling"
+                why = f"cost: up to ${worst:.6f} at {upstream.model} prices, over the ${usd(ceiling)} ceiling"
         self._size_cost_seen[key] = why
         return why
 
@@ -1479,24 +1323,6 @@ def _forwarding(dropped: frozenset[str], forward: frozenset[str]) -> frozenset[s
     return dropped - forward
 
 
-def cost_ceilings(named: RoutePlan, chosen: RoutePlan, asked: float | None) -> list[tuple[float, str]]:
-    """Every cost ceiling that bounds a call, with where it comes from; the call is held to the smallest. A rule
-    that sends the call to another alias never lifts the ceiling of the route the caller named."""
-    found: list[tuple[float, str]] = []
-    if asked is not None:
-        found.append((asked, f"header {MAX_COST_HEADER}"))
-    if named.max_cost_usd is not None:
-        found.append((named.max_cost_usd, f"route {named.alias}"))
-    if chosen is not named and chosen.max_cost_usd is not None:
-        found.append((chosen.max_cost_usd, f"route {chosen.alias} (chosen by a rule)"))
-    return found
-
-
-def _usd(amount: float) -> str:
-    """``0.00001`` rather than ``1e-05``: a price as people write it."""
-    return f"{amount:.8f}".rstrip("0").rstrip(".") or "0"
-
-
 def _looks_like_json(body: bytes) -> bool:
     """A cheap check that catches truncated bodies and HTML error pages without parsing the whole answer."""
     text = body.strip()
@@ -1552,125 +1378,3 @@ def _swap_model(body: bytes, alias: bytes, model: bytes) -> bytes | None:
     if body.count(alias) != 1:
         return None
     return body.replace(alias, model)
-
-
-def _operation(path: str) -> tuple[str, str] | None:
-    """The API family and operation path of a request path, e.g. ``/v1/chat/completions`` -> chat."""
-    trimmed = path.rstrip("/")
-    for suffix, api in OPERATIONS.items():
-        if trimmed.endswith(suffix) and (len(trimmed) == len(suffix) or trimmed[-len(suffix) - 1] == "/"):
-            return api, suffix
-    return None
-
-
-def _sticky_key(spec: str, data: Mapping[str, Any], headers: HeaderLookup) -> str | None:
-    if spec == "user":
-        value = data.get("user") or data.get("safety_identifier")
-    elif spec.startswith("header:"):
-        value = headers.get(spec[7:].lower())
-    else:
-        value = data
-        for part in spec[5:].split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-    if value is None or value == "" or isinstance(value, dict | list):
-        return None
-    return str(value)
-
-
-def _compile(config: Config) -> dict[str, RoutePlan]:
-    prices = {name: p.row() for name, p in config.prices.items()}
-    routes = {}
-
-    def arm_of(target: Target) -> Arm:
-        upstreams = []
-        for entry in target.endpoints:
-            ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
-            upstream = _upstream(config, ref.endpoint, ref.model or target.model, prices)
-            limits = limits_for(
-                upstream.model, context_window=target.context_window, max_output_tokens=target.max_output_tokens
-            )
-            upstreams.append(dataclasses.replace(upstream, limits=limits) if limits is not None else upstream)
-        return Arm(target.arm, target.model, tuple(upstreams), target.balance)
-
-    def resolve(use: str | Target) -> str | Arm:
-        return use if isinstance(use, str) else arm_of(use)
-
-    for alias, route in config.routes.items():
-        arms = [arm_of(target) for target in route.arms]
-        rules = None
-        if route.rules:
-            rules, problems = compile_rules(
-                route.rules, known_aliases=config.routes, at=f"routes.{alias}.rules", resolve=resolve
-            )
-            assert not problems, problems  # load_config checked them
-        # A rollout's split comes from its engine at each call; this one (all stable) is only its shape.
-        weights = [t.weight for t in route.targets] if route.rollout is None else [100.0, 0.0]
-        picker = SplitPicker(alias, [a.name for a in arms], weights)
-        token = json.dumps(alias).encode("utf-8")
-        shadow = route.shadow
-        shadow_arm = None
-        if shadow is not None:
-            shadow_ups = []
-            for entry in shadow.endpoints:
-                ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
-                shadow_ups.append(_upstream(config, ref.endpoint, ref.model or shadow.model, prices))
-            shadow_arm = Arm(shadow.arm, shadow.model, tuple(shadow_ups))
-        routes[alias] = RoutePlan(
-            alias,
-            tuple(arms),
-            picker,
-            route.sticky,
-            tuple(route.fallbacks),
-            token,
-            shadow_arm,
-            shadow.sample if shadow is not None else 0.0,
-            shadow.max_cost_usd_per_day if shadow is not None else None,
-            rules,
-            route.max_cost_usd,
-        )
-    return {alias: _with_floors(plan, routes) for alias, plan in routes.items()}
-
-
-def _with_floors(plan: RoutePlan, routes: Mapping[str, RoutePlan]) -> RoutePlan:
-    """``plan`` with the smallest context window and output cap among every upstream a call to it may reach."""
-    arms = list(plan.arms)
-    for alias in plan.fallbacks:
-        arms.extend(routes[alias].arms)
-    if plan.rules is not None:
-        for verdict_use in plan.rules.uses:
-            arms.extend(routes[verdict_use].arms if isinstance(verdict_use, str) else (verdict_use,))
-    windows = [1 << 62]
-    outputs = [1 << 62]
-    for arm in arms:
-        for upstream in arm.upstreams:
-            limits = upstream.limits
-            if limits is not None:
-                windows.append(min(limits.context_window, limits.max_input_tokens or limits.context_window))
-                if limits.max_output_tokens is not None:
-                    outputs.append(limits.max_output_tokens)
-    return dataclasses.replace(plan, fit_floor=min(windows), out_floor=min(outputs))
-
-
-def _price(endpoint: Endpoint, model: str, prices: Mapping[str, PriceRow]) -> PriceRow | None:
-    """The endpoint's own price for the model, then the configuration's, then the built-in table's."""
-    if endpoint.prices:
-        own = find_price(model, {name: p.row() for name, p in endpoint.prices.items()}, builtin=False)
-        if own is not None:
-            return own
-    return find_price(model, prices)
-
-
-def _upstream(config: Config, name: str, model: str, prices: Mapping[str, PriceRow]) -> Upstream:
-    endpoint = config.endpoints[name]
-    return Upstream(
-        endpoint=name,
-        model=model,
-        base_url=endpoint.base_url,
-        headers=endpoint.request_headers(),
-        query=endpoint.query_string(),
-        timeout=endpoint.timeout,
-        price=_price(endpoint, model, prices),
-        stream_usage=endpoint.stream_usage,
-        token=json.dumps(model).encode("utf-8"),
-        forward=frozenset(endpoint.forward_headers),
-    )

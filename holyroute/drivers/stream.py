@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx2
 
-from holyroute.core.call import Accepted, Call
+from holyroute.core.call import Call
+from holyroute.core.steps import Accepted
 from holyroute.core.usage import SSEScanner
 
 __all__ = ["AsyncTap", "BodyWatch", "SyncTap"]

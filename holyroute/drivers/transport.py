@@ -32,18 +32,8 @@ import httpx2
 
 from holyroute.boundary.parse import decode_content
 from holyroute.config.schema import Config, load_config
-from holyroute.core.call import (
-    Accepted,
-    Acquire,
-    Call,
-    EventSink,
-    GiveUp,
-    QualityCheck,
-    Respond,
-    Router,
-    Send,
-    Wait,
-)
+from holyroute.core.call import Call, EventSink, QualityCheck, Router
+from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Wait
 from holyroute.drivers.compat import attempt_request, header_view, restore_read_timeout
 from holyroute.drivers.stream import AsyncTap, BodyWatch, SyncTap
 

@@ -1,0 +1,87 @@
+"""The steps a call asks its driver to take, and what a driver reports back.
+
+A :class:`~holyroute.core.call.Call` answers ``next_step()`` with one :data:`Step`: :class:`Send` an attempt,
+:class:`Wait`, :class:`Acquire` room under shared limits, :class:`Respond` with a finished answer, or
+:class:`GiveUp`. :class:`Accepted` is the call's word on a response it keeps. Frozen values, nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
+
+from holyroute.core.plan import DROPPED_HEADERS
+
+__all__ = ["Accepted", "Acquire", "GiveUp", "Respond", "Send", "Step", "Wait"]
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send one attempt: ``url``, replace the headers named in ``drop`` with ``headers``, send ``body``.
+
+    ``timeout`` caps every phase of the attempt (the endpoint's timeout and the caller's remaining deadline);
+    ``headers_timeout`` caps the wait for the response headers only.
+    """
+
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    timeout: float | None
+    endpoint: str
+    headers_timeout: float | None = None
+    drop: frozenset[str] = DROPPED_HEADERS  # the caller's headers not to forward (also those rules read)
+
+    def __repr__(self) -> str:
+        return f"Send(url={self.url!r}, endpoint={self.endpoint!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Sleep this long, then ask again."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Hand this answer to the caller as the final response."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Every attempt failed without an HTTP answer: re-raise ``error`` (a timeout when ``timeout``)."""
+
+    error: BaseException
+    timeout: bool
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    """Ask the router's state backend for room under ``endpoint``'s shared rpm/tpm limits (one request and
+    ``tokens`` estimated tokens), then report its answer with :meth:`Call.on_acquired`."""
+
+    endpoint: str
+    rpm: int | None
+    tpm: int | None
+    tokens: int
+
+
+Step = Send | Wait | Respond | GiveUp | Acquire
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """How the transport should watch the body of an accepted answer."""
+
+    event_stream: bool
+    hide_usage_chunk: bool
+    content_encoding: str | None
