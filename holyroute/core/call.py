@@ -26,40 +26,34 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus
 
-from holyroute.boundary.parse import clamp_tokens, parse_request, requested_choices
-from holyroute.config.rules import DEFAULT_RULE
+from holyroute.boundary.parse import clamp_tokens, parse_request
 from holyroute.core.alerts import Alerts
+from holyroute.core.call_state import QualityCheck
 from holyroute.core.context import (
-    DEFAULT_OUTPUT_RESERVE,
     TokenEncoder,
-    estimate_input_tokens,
-    fits,
     tiktoken_encoding,
 )
 from holyroute.core.context import requested_output_tokens as _requested_output
 from holyroute.core.events import EventSink, structlog_sink
-from holyroute.core.health import Debit, HeaderLookup, HealthBook, Transition, server_delay
+from holyroute.core.health import HeaderLookup, HealthBook, Transition, server_delay
 from holyroute.core.plan import (
     DROPPED_HEADERS,
     DROPPED_QUERY,
-    MAX_COST_HEADER,
     OPERATIONS,
-    PIN_HEADER,
     Arm,
     Leg,
     RoutePlan,
     Upstream,
     compile_routes,
-    cost_ceilings,
     operation_of,
     sticky_key,
-    usd,
 )
+from holyroute.core.planning import Planning
 from holyroute.core.ports import HealthChange, StateBackend, open_state
 from holyroute.core.retry_budget import RetryBudget
-from holyroute.core.spend import SpendBudgets, Verdict
+from holyroute.core.spend import SpendBudgets
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Step, Wait
-from holyroute.core.usage import Usage, cost_usd, finish_reason, usage_from_body
+from holyroute.core.usage import Usage, finish_reason, usage_from_body
 
 if TYPE_CHECKING:
     from holyroute.core.rollouts import Rollouts
@@ -78,27 +72,11 @@ __all__ = [
     "Wait",
 ]
 
-#: ``quality(route, arm, body) -> bool``: whether a non-stream answer on a rollout route is good enough (not empty,
-#: not a refusal, valid JSON for structured output: the application decides). Counted as its own rollout metric.
-QualityCheck = Callable[[str, str, bytes], bool]
 
 _INJECT_USAGE_APIS: Final = frozenset({"chat", "completions"})
-#: The shortest wait for an rpm/tpm reset (a reset that is due now still needs the bucket to be asked again).
-_MIN_LIMIT_WAIT_S: Final = 0.001
 RETRYABLE_STATUS: Final = frozenset({408, 409, 429})
 _IDENTITY: Final = ("accept-encoding", "identity")
 _GZIP_DEFLATE: Final = ("accept-encoding", "gzip, deflate")
-
-
-class _WaitState:
-    """The slice of tenacity's ``RetryCallState`` its wait strategies read."""
-
-    __slots__ = ("attempt_number", "outcome", "seconds_since_start")
-
-    def __init__(self, attempt_number: int) -> None:
-        self.attempt_number = attempt_number
-        self.outcome = None
-        self.seconds_since_start = 0.0
 
 
 class Router:
@@ -356,75 +334,12 @@ class Router:
         return upstreams
 
 
-class Call:
+class Call(Planning):
     """One logical call: its plan, the attempts made so far, and what comes next."""
 
-    __slots__ = (
-        "_alias",
-        "_alias_token",
-        "_api",
-        "_asking",
-        "_attempts",
-        "_bodies",
-        "_budget",
-        "_ceiling",
-        "_check_size",
-        "_current",
-        "_current_leg",
-        "_cursor",
-        "_data",
-        "_deadline",
-        "_debits",
-        "_excluded",
-        "_failure",
-        "_fallback_budgets",
-        "_fallbacks_added",
-        "_final",
-        "_finish",
-        "_first_byte",
-        "_forced",
-        "_granted",
-        "_headers",
-        "_hide_usage",
-        "_input",
-        "_last_error",
-        "_last_leg",
-        "_last_response",
-        "_legs",
-        "_limit_wait",
-        "_limit_waited",
-        "_limited",
-        "_observe",
-        "_open",
-        "_operation",
-        "_out",
-        "_paid",
-        "_passes",
-        "_pending_response",
-        "_plan",
-        "_quality",
-        "_query",
-        "_raw_body",
-        "_request_id",
-        "_router",
-        "_rule",
-        "_sent_at",
-        "_sequence",
-        "_size_cost_seen",
-        "_skipped",
-        "_status",
-        "_stop_reason",
-        "_tags",
-        "_tokens",
-        "_trial",
-        "_wants_usage_injected",
-        "done",
-        "id",
-        "shadow",
-        "shadow_of",
-        "started",
-        "stream",
-    )
+    __slots__ = ()
+    shadow: Call | None
+    shadow_of: Call | None
 
     def __init__(
         self,
@@ -440,8 +355,10 @@ class Call:
         timeout: float | None,
         shadow_of: Call | None = None,
     ) -> None:
+        # Long on purpose: one line per field (typed in CallState), so every field starts in one place; the
+        # decisions are in _plan_legs and _check_spend (core/planning.py).
         self._router = router
-        self.shadow: Call | None = None  # the background copy of this call, when it is mirrored
+        self.shadow = None  # the background copy of this call, when it is mirrored
         self.shadow_of = shadow_of  # for a shadow copy: the call it mirrors
         self._plan = plan
         self._api = api
@@ -462,51 +379,51 @@ class Call:
             and not (isinstance(own, Mapping) and own.get("include_usage") is True)
         )
         self._tokens = _estimate_tokens(body, data)
-        self._debits: list[Debit] = []  # local tpm debits, settled with the real usage when the call ends
-        self._bodies: dict[tuple[str, bool], bytes] = {}
+        self._debits = []  # local tpm debits, settled with the real usage when the call ends
+        self._bodies = {}
         self._attempts = 0
         self._passes = 0
         self._cursor = 0
-        self._current: Upstream | None = None
-        self._current_leg: Leg | None = None
-        self._legs: list[Leg] = []
-        self._sequence: list[tuple[Leg, Upstream]] = []
-        self._skipped: dict[tuple[str, str], tuple[str, float | None]] = {}
-        self._excluded: set[str] = set()
+        self._current = None
+        self._current_leg = None
+        self._legs = []
+        self._sequence = []
+        self._skipped = {}
+        self._excluded = set()
         self._open = False  # an attempt is begun in the health book and not yet ended (see _end_attempt)
         self._forced = False  # the next walk ignores health: the persistence floor is not reached yet
         self._limited = False
-        self._limit_wait: float | None = None  # set when the walk ends waiting for an rpm/tpm/headroom reset
+        self._limit_wait = None  # set when the walk ends waiting for an rpm/tpm/headroom reset
         self._limit_waited = 0.0  # seconds this call has waited for limits (bounded by retry.max_wait_s)
-        self._last_response: tuple[int, tuple[tuple[str, str], ...], bytes, Upstream, Leg | None] | None = None
-        self._last_error: tuple[BaseException, bool] | None = None
-        self._failure: dict[str, Any] | None = None
-        self._final: Step | None = None
-        self._first_byte: float | None = None
+        self._last_response = None
+        self._last_error = None
+        self._failure = None
+        self._final = None
+        self._first_byte = None
         self._hide_usage = False
         self._fallbacks_added = False
-        self._last_leg: Leg | None = None
+        self._last_leg = None
         self._status = 0
-        self._request_id: str | None = None
+        self._request_id = None
         self._sent_at = 0.0
         self._trial = False
-        self._stop_reason: str | None = None
-        self._quality: bool | None = None
-        self._finish: str | None = None
-        self._asking: Upstream | None = None  # waiting for the state backend's grant
-        self._granted: Upstream | None = None  # granted: send it next
+        self._stop_reason = None
+        self._quality = None
+        self._finish = None
+        self._asking = None  # waiting for the state backend's grant
+        self._granted = None  # granted: send it next
         self._paid = False  # the retry budget already paid for the attempt being lined up
-        self._budget: Verdict | None = None  # a spent route/tag budget: the route's own arms are skipped
-        self._fallback_budgets: dict[str, Verdict | None] = {}
-        self._tags: tuple[str, ...] = ()
+        self._budget = None  # a spent route/tag budget: the route's own arms are skipped
+        self._fallback_budgets = {}
+        self._tags = ()
         self._alias = plan.alias  # the alias the caller sent (a rule may hand the call to another route)
         self._alias_token = plan.token  # ... as it is in the body, for swapping the model in without re-encoding
-        self._rule: str | None = None  # the rule that decided, DEFAULT_RULE when none did; None: no rules
-        self._input: int | None = None  # estimated input tokens, counted when first needed
+        self._rule = None  # the rule that decided, DEFAULT_RULE when none did; None: no rules
+        self._input = None  # estimated input tokens, counted when first needed
         self._out = _requested_output(data)
-        self._ceiling: float | None = None
+        self._ceiling = None
         self._check_size = False
-        self._size_cost_seen: dict[tuple[str, str], str | None] = {}
+        self._size_cost_seen = {}
         self._observe = True  # measured by the route's rollout (not when a rule, a budget or a size moved it)
         self.done = False
 
@@ -515,152 +432,9 @@ class Call:
             self._legs = [Leg(plan.alias, plan.shadow, None, False)]
             self._extend_sequence(self._legs[0])
             return
-        pinned = headers.get(PIN_HEADER)
-        ruled: Leg | None = None
-        if pinned is None and plan.rules is not None:
-            matched = plan.rules.match(headers, data, self._input_tokens() if plan.rules.uses_prompt_tokens else 0)
-            self._rule = matched.label if matched is not None else DEFAULT_RULE
-            if matched is not None:
-                use = matched.use
-                if isinstance(use, str):
-                    plan = self._plan = router.routes[use]
-                else:
-                    ruled = Leg(plan.alias, use, None, False)
-                    self._observe = False
-        if not self._limit_size_and_cost(plan, headers, body):
-            self._legs = [ruled or Leg(plan.alias, plan.arms[0], None, False)]
-            return
-        if ruled is not None:
-            self._legs = [ruled]
-        elif pinned is not None:
-            arm = next((a for a in plan.arms if pinned in (a.name, a.model)), None)
-            if arm is None:
-                names = ", ".join(a.name for a in plan.arms)
-                self._final = self._local_answer(
-                    400,
-                    f"holyroute: {PIN_HEADER} '{pinned}' matches no arm of route '{plan.alias}'; arms: {names}",
-                    "invalid_request_error",
-                    "holyroute_unknown_arm",
-                )
-                self._legs = [Leg(plan.alias, plan.arms[0], None, False)]
-                return
-            self._legs = [Leg(plan.alias, arm, None, False)]
-        else:
-            self._legs = [router.pick(plan, data, headers)]
-        self._extend_sequence(self._legs[0])
-        if self._check_size or self._ceiling is not None:
-            self._add_alternatives()
-        spend = router.spend
-        if spend is not None:
-            self._tags = spend.tags(headers)
-            verdict = spend.over("route", (plan.alias,)) or spend.over("tag", self._tags)
-            if verdict is not None:
-                self._budget = verdict
-                if verdict.action == "block" or not plan.fallbacks:
-                    self._final = self._local_answer(
-                        429,
-                        f"holyroute: {verdict.reason} (action: block); the call was not sent. Raise the budget's "
-                        "usd, wait for the next period, or use action: fallback with a cheaper fallback route",
-                        "budget_exceeded",
-                        "holyroute_budget_exceeded",
-                    )
-                    self._emit_request(429, "error", None, verdict.reason, None)
-
-    # ---- size and cost ------------------------------------------------------------------------------------------
-
-    def _input_tokens(self) -> int:
-        found = self._input
-        if found is None:
-            encoder = self._router.token_encoder
-            found = self._input = estimate_input_tokens(
-                self._data, self._raw_body, exact=encoder is not None, encoding=encoder
-            )
-        return found
-
-    def _limit_size_and_cost(self, plan: RoutePlan, headers: HeaderLookup, body: bytes) -> bool:
-        """Decide whether endpoints must be checked for size (only a request that might not fit somewhere) and
-        cost (the tightest ceiling of the request, the route it named and the route its rules chose). False when the
-        request's own ceiling is malformed."""
-        raw = headers.get(MAX_COST_HEADER)
-        asked: float | None = None
-        if raw is not None:
-            try:
-                asked = float(raw)
-            except ValueError:
-                asked = -1.0
-            if not asked > 0 or asked == float("inf"):
-                self._final = self._local_answer(
-                    400,
-                    f"holyroute: {MAX_COST_HEADER} must be a positive number of USD such as 0.05; got {raw[:40]!r}",
-                    "invalid_request_error",
-                    "holyroute_bad_max_cost",
-                )
-                return False
-        ceilings = cost_ceilings(self._router.routes[self._alias], plan, asked)
-        self._ceiling = min(ceiling for ceiling, _ in ceilings) if ceilings else None
-        out = self._out
-        self._check_size = len(body) // 4 + (out or DEFAULT_OUTPUT_RESERVE) > plan.fit_floor or (
-            out is not None and out > plan.out_floor
-        )
-        return True
-
-    def _size_cost(self, upstream: Upstream) -> str | None:
-        """Why this upstream cannot take this request whatever its health: too big for it, or over the ceiling."""
-        key = (upstream.endpoint, upstream.model)
-        if key in self._size_cost_seen:
-            return self._size_cost_seen[key]
-        why: str | None = None
-        limits = upstream.limits
-        if self._check_size and limits is not None:
-            too_big = fits(limits, self._input_tokens(), self._out)
-            if too_big is not None:
-                why = f"context: {too_big}"
-        ceiling = self._ceiling
-        if why is None and ceiling is not None:
-            worst = self._worst_cost(upstream)
-            if isinstance(worst, str):
-                why = f"cost: {worst}"
-            elif worst > ceiling:
-                why = f"cost: up to ${worst:.6f} at {upstream.model} prices, over the ${usd(ceiling)} ceiling"
-        self._size_cost_seen[key] = why
-        return why
-
-    def _worst_cost(self, upstream: Upstream) -> float | str:
-        """The most this call can cost on ``upstream`` (USD), or why that cannot be known."""
-        price = upstream.price
-        if price is None:
-            return f"{upstream.model} has no price, so its cost cannot be bounded; add it under prices"
-        out = self._out
-        if out is None and upstream.limits is not None:
-            out = upstream.limits.max_output_tokens
-        if out is None:
-            return f"no max_tokens and no known output cap for {upstream.model}; set max_tokens"
-        # Every count is clamped at the boundary (tokens <= MAX_TOKENS, n <= MAX_CHOICES): the product is finite.
-        output_rate = max(price.output, price.reasoning or 0.0)
-        outputs = float(out) * requested_choices(self._data)
-        return (float(self._input_tokens()) * price.input + outputs * output_rate) / 1_000_000
-
-    def _add_alternatives(self) -> None:
-        """The split's arm cannot take this request (too big, or over the ceiling) on any endpoint: the route's
-        other arms that can follow it, cheapest first under a ceiling, before the fallbacks."""
-        first = self._legs[0]
-        if any(self._size_cost(u) is None for u in first.arm.upstreams):
-            return
-        plan = self._plan
-        others = [arm for arm in plan.arms if arm is not first.arm]
-        able = [arm for arm in others if any(self._size_cost(u) is None for u in arm.upstreams)]
-        if self._ceiling is not None:
-
-            def cheapest(arm: Arm) -> float:
-                costs = [self._worst_cost(u) for u in arm.upstreams if self._size_cost(u) is None]
-                return min(c for c in costs if isinstance(c, float))
-
-            able.sort(key=cheapest)
-        self._observe = False
-        for arm in able:
-            leg = Leg(plan.alias, arm, None, False)
-            self._legs.append(leg)
-            self._extend_sequence(leg)
+        chosen = self._plan_legs(plan, headers, data, body)
+        if chosen is not None:
+            self._check_spend(chosen, headers)
 
     # ---- the step machine ---------------------------------------------------------------------------------------
 
@@ -917,146 +691,6 @@ class Call:
         """This attempt's time to headers, for balance: latency (the only reader); None spares the health lock."""
         return now - self._sent_at if self._router.tracks_latency else None
 
-    def _past_deadline(self, now: float) -> bool:
-        if self._deadline is not None and now >= self._deadline:
-            self._stop_reason = "deadline reached"
-            return True
-        return False
-
-    def _unavailable(
-        self, leg: Leg, upstream: Upstream, now: float, *, force: bool = False
-    ) -> tuple[str, float | None] | None:
-        """Why this endpoint cannot take the call now, and until when if that is known; None when it can.
-
-        ``force``: health (ejection, active checks, cooldowns, rate-limit headroom) is ignored, as it is for a pass
-        within the persistence floor; configured rpm/tpm limits still hold."""
-        router = self._router
-        health = router.health
-        name = upstream.endpoint
-        if self._check_size or self._ceiling is not None:
-            why = self._size_cost(upstream)
-            if why is not None:
-                return why, None
-        if name in self._excluded or health.out_of_quota(name, now):
-            return "out of quota", None
-        spend = router.spend
-        if spend is not None:
-            verdict = self._budget if leg.fallback is None else self._fallback_budget(spend, leg.fallback)
-            if verdict is None and spend.has_endpoint_budgets:
-                verdict = spend.over("endpoint", (name,))
-            if verdict is not None:
-                return verdict.reason, None
-        if force or self._forced:
-            return health.blocked(name, upstream.model, now, self._tokens, limits_only=True)
-        if not self._panicking(leg, now):
-            why = health.ejected(name, now)
-            if why is None and router.probing and health.probe_status(name) == "unhealthy":
-                why = "unhealthy (active health check)"
-            if why is not None:
-                return why, None
-        return health.blocked(name, upstream.model, now, self._tokens)
-
-    def _fallback_budget(self, spend: SpendBudgets, alias: str) -> Verdict | None:
-        if alias not in self._fallback_budgets:
-            self._fallback_budgets[alias] = spend.over("route", (alias,))
-        return self._fallback_budgets[alias]
-
-    def _next_available(self, now: float) -> Upstream | None:
-        router = self._router
-        while True:
-            while self._cursor < len(self._sequence):
-                leg, upstream = self._sequence[self._cursor]
-                self._cursor += 1
-                why = self._unavailable(leg, upstream, now)
-                if why is None:
-                    self._current_leg = leg
-                    return upstream
-                self._skipped[(upstream.endpoint, upstream.model)] = why
-                if leg.fallback is None and why[1] is not None and not why[0].startswith("cooling"):
-                    self._limited = True
-            if self._fallbacks_added:
-                return None
-            # An arm out of rpm/tpm/headroom with `when_limited: wait` waits for it (if acceptable) before falling back.
-            if self._limited and router.retry.when_limited == "wait":
-                wait = self._wait_for_limits(now)
-                if wait is not None:
-                    self._limit_wait = wait
-                    return None
-            self._add_fallbacks()
-
-    def _panicking(self, leg: Leg, now: float) -> bool:
-        # Judged afresh at every step: an endpoint ejected while this call ran puts its arm in panic now.
-        return self._router.panicking(leg, now)
-
-    def _floor(self) -> int:
-        """The attempts this call makes on transient errors whatever health and the retry budget say."""
-        if self.shadow_of is not None:
-            return 1
-        retry = self._router.retry
-        return min(retry.min_attempts, retry.max_attempts)
-
-    def _add_fallbacks(self) -> None:
-        self._fallbacks_added = True
-        router = self._router
-        for alias in self._plan.fallbacks:
-            plan = router.routes[alias]
-            picked = router.pick(plan, self._data, self._headers)
-            leg = Leg(alias, picked.arm, alias, picked.sticky)
-            self._legs.append(leg)
-            self._extend_sequence(leg)
-
-    def _extend_sequence(self, leg: Leg) -> None:
-        arm = leg.arm
-        upstreams = arm.upstreams if arm.balance == "ordered" and not self._router.probing else self._router.order(arm)
-        self._sequence.extend((leg, upstream) for upstream in upstreams)
-
-    def _wait_for_limits(self, now: float) -> float | None:
-        untils = [until for _, until in self._skipped.values() if until is not None]
-        if not untils:
-            return None
-        wait = max(min(untils) - now, _MIN_LIMIT_WAIT_S)
-        if self._limit_waited + wait > self._router.retry.max_wait_s:
-            return None
-        return wait if self._acceptable_wait(wait, now) else None
-
-    def _acceptable_wait(self, wait: float, now: float) -> bool:
-        return wait <= self._router.retry.max_wait_s and (self._deadline is None or now + wait < self._deadline)
-
-    def _wait_before_next_pass(self, now: float) -> float | None:
-        """Seconds to wait before walking the endpoints again, or None to give up.
-
-        Below the persistence floor (a call that has made fewer attempts than ``retry.min_attempts``, the SDK's
-        own ``max_retries + 1``), a call never gives up while an endpoint could take it were health ignored: when
-        nothing comes back within ``max_wait_s``, it walks again after the backoff (at once for its first attempt)
-        with health ignored for that walk. Only the caller's deadline stops it: the router's bookkeeping alone never
-        fails a call."""
-        router = self._router
-        # Bounded in passes too: a shared rpm/tpm limit may keep saying no to a forced walk.
-        floor = self._attempts < self._floor() and self._passes < 2 * router.retry.max_attempts
-        over = self._passes + 1 >= router.retry.max_attempts  # without the floor, the call would give up now
-        if over and not floor:
-            return None
-        backoff = router.backoff(_WaitState(self._passes + 1)) if self._attempts else 0.0
-        wait = backoff
-        pool = [(leg, u) for leg, u in self._sequence if u.endpoint not in self._excluded]
-        states = [self._unavailable(leg, u, now) for leg, u in pool]
-        if all(state is not None for state in states):
-            # Nothing is usable now: wait for the first to come back, if anything says when.
-            known = [state[1] for state in states if state is not None and state[1] is not None]
-            if known and not over:
-                wait = max(wait, min(known) - now)
-                if self._acceptable_wait(wait, now):
-                    return wait
-            if not floor or all(self._unavailable(leg, u, now, force=True) is not None for leg, u in pool):
-                return None
-            # Nothing comes back within max_wait_s: the backoff, then a walk with health ignored.
-            self._forced = True
-        elif self._acceptable_wait(wait, now):
-            return wait
-        elif not floor:
-            return None
-        return backoff if self._deadline is None or now + backoff < self._deadline else None
-
     def _send(self, upstream: Upstream, now: float) -> Send:
         router = self._router
         self._attempts += 1
@@ -1107,199 +741,6 @@ class Call:
             headers_timeout,
             _forwarding(router.dropped_headers, upstream.forward) if upstream.forward else router.dropped_headers,
         )
-
-    def _cool(self, upstream: Upstream, seconds: float, reason: str, now: float) -> None:
-        router = self._router
-        cooldown = router.health.cool(upstream.endpoint, upstream.model, seconds, reason, now)
-        if cooldown is not None:
-            until = router.wall_clock() + seconds
-            router.state.publish(HealthChange("cooldown", upstream.endpoint, upstream.model, until, reason))
-            router.emit(
-                "holyroute.cooldown",
-                {
-                    "endpoint": upstream.endpoint,
-                    "upstream_model": upstream.model,
-                    "cooldown_s": round(seconds, 3),
-                    "reason": reason,
-                },
-            )
-
-    def _settle(self, status: int | None, usage: Usage | None, now: float) -> None:
-        """The call ended: correct its local tpm debits to what it used (the answer's usage), crediting back what
-        attempts without a successful answer took."""
-        if not self._debits:
-            return
-        upstream = self._current
-        answered = upstream is not None and status is not None and 200 <= status < 300
-        self._router.health.settle(
-            self._debits,
-            now,
-            endpoint=upstream.endpoint if answered and upstream is not None else None,
-            used=usage.prompt_tokens + usage.completion_tokens if usage is not None else None,
-        )
-
-    def _failure_fields(self, *, status: int | None, error: str | None, reason: str) -> dict[str, Any]:
-        upstream, leg = self._current, self._last_leg
-        assert upstream is not None
-        assert leg is not None
-        return {
-            "call_id": self.id,
-            "route": self._plan.alias,
-            "arm": leg.arm.name,
-            "endpoint": upstream.endpoint,
-            "upstream_model": upstream.model,
-            "attempt": self._attempts,
-            "attempt_ms": round((self._router.clock() - self._sent_at) * 1000, 3),
-            "status": status,
-            "error": error,
-            "reason": reason,
-        }
-
-    def _emit_failover(self, failure: dict[str, Any], wait: float, next_endpoint: str | None) -> None:
-        failure["wait_s"] = round(wait, 3)
-        failure["next_endpoint"] = next_endpoint
-        self._router.emit("holyroute.failover", failure)
-
-    def _give_up(self, now: float) -> Step:
-        stop = f"; {self._stop_reason}" if self._stop_reason else ""
-        if self._last_response is not None:
-            status, headers, body, upstream, leg = self._last_response
-            # The event names the endpoint whose answer is handed back, not a later one that raised.
-            self._current, self._last_leg = upstream, leg
-            self._status = status
-            self._request_id = next((v for k, v in headers if k == "x-request-id"), None)
-            self._emit_request(status, "error", None, f"upstream {status}{stop}", self._request_id)
-            return Respond(status, (*headers, ("x-should-retry", "false")), body)
-        if self._last_error is not None:
-            error, timeout = self._last_error
-            summary = (
-                f"holyroute: {self._attempts} attempt(s) for '{self._plan.alias}' failed; "
-                f"last: {type(error).__name__}{stop}"
-            )
-            self._emit_request(None, "error", None, f"{type(error).__name__}{stop}", None)
-            return GiveUp(error, timeout, summary)
-        # Nothing was sent: every endpoint is cooling down, ejected or out of budget for longer than we may wait.
-        untils = [until - now for _, until in self._skipped.values() if until is not None and until > now]
-        soonest = min(untils, default=None)
-        detail = "; ".join(
-            f"{endpoint}/{model} {why}" + (f" for {until - now:.1f}s" if until is not None and until > now else "")
-            for (endpoint, model), (why, until) in self._skipped.items()
-        )
-        reasons = [why for why, _ in self._skipped.values()]
-        if reasons and all(why.startswith(("context: ", "cost: ")) for why in reasons):
-            # Nothing reachable can take this request at all: a client error, not a moment to wait out.
-            cost = any(why.startswith("cost: ") for why in reasons)
-            self._emit_request(400, "error", None, "no model can take this request", None)
-            return self._local_answer(
-                400,
-                f"holyroute: no model for '{self._alias}' can take this request: {detail}"
-                + (
-                    "; raise the ceiling or lower max_tokens"
-                    if cost
-                    else "; shorten the input, lower max_tokens, or add a larger model to the route or its fallbacks"
-                ),
-                "invalid_request_error",
-                "holyroute_cost_ceiling" if cost else "context_length_exceeded",
-            )
-        over_budget = bool(reasons) and all(why.startswith("budget ") for why in reasons)
-        answer = self._local_answer(
-            429,
-            f"holyroute: no endpoint for '{self._plan.alias}' can take a call now: {detail or self._stop_reason}",
-            "budget_exceeded" if over_budget else "rate_limit_exceeded",
-            "holyroute_budget_exceeded" if over_budget else "holyroute_no_endpoint_available",
-            retry_after=soonest,
-        )
-        self._emit_request(429, "error", None, f"no endpoint available{stop}", None)
-        return answer
-
-    def _local_answer(
-        self, status: int, message: str, kind: str, code: str, *, retry_after: float | None = None
-    ) -> Respond:
-        self._status = status
-        body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
-        headers = [("content-type", "application/json"), ("x-should-retry", "false")]
-        if retry_after is not None:
-            headers.append(("retry-after-ms", str(max(1, round(retry_after * 1000)))))
-            headers.append(("retry-after", str(max(1, round(retry_after)))))
-        return Respond(status, tuple(headers), body)
-
-    def _emit_request(
-        self, status: int | None, outcome: str, usage: Usage | None, error: str | None, request_id: str | None
-    ) -> None:
-        self.done = True
-        router = self._router
-        now = router.clock()
-        upstream = self._current
-        self._settle(status, usage, now)
-        leg = self._last_leg if upstream is not None else self._legs[0]
-        price = upstream.price if upstream is not None else None
-        cost = cost_usd(usage, price) if usage is not None and price is not None else None
-        latency_ms = round((now - self.started) * 1000, 3)
-        ttft_ms = (
-            round((self._first_byte - self.started) * 1000, 3) if self.stream and self._first_byte is not None else None
-        )
-        if self.shadow_of is not None:
-            if cost:
-                router.state.add_spend(f"shadow:{self._plan.alias}", cost)
-        elif cost and router.spend is not None and upstream is not None and leg is not None:
-            router.spend.charge(leg.fallback or self._plan.alias, upstream.endpoint, self._tags, cost)
-        if (
-            self.shadow_of is None
-            and self._budget is None
-            and self._observe
-            and router.rollouts is not None
-            and outcome != "cancelled"
-        ):
-            # A call kept off the route's own arms by a spent budget says nothing about them: not measured.
-            engine = router.rollouts.get(self._plan.alias)
-            if engine is not None:
-                # Judged on the arm the split chose: a candidate call rescued by a fallback still failed the candidate.
-                primary = self._legs[0]
-                ok = outcome == "ok" and leg is primary
-                engine.observe(
-                    primary.arm.name,
-                    ok=ok,
-                    latency_ms=latency_ms,
-                    ttft_ms=ttft_ms,
-                    cost_usd=cost,
-                    quality=self._quality,
-                )
-        fields = {
-            "call_id": self.id,
-            "route": self._plan.alias,
-            "arm": leg.arm.name if leg is not None else None,
-            "split_arm": self._legs[0].arm.name,  # the arm the split chose, even when a fallback served
-            "model": self._alias,
-            "rule": self._rule,
-            "upstream_model": upstream.model if upstream is not None else None,
-            "endpoint": upstream.endpoint if upstream is not None else None,
-            "api": self._api,
-            "status": status,
-            "outcome": outcome,
-            "error": error,
-            "attempts": self._attempts,
-            "attempt_ms": round((now - self._sent_at) * 1000, 3) if self._attempts else None,
-            "fallback": leg.fallback if leg is not None else None,
-            "sticky": leg.sticky if leg is not None else False,
-            "stream": self.stream,
-            "latency_ms": latency_ms,
-            "ttft_ms": ttft_ms,
-            "prompt_tokens": usage.prompt_tokens if usage else None,
-            "completion_tokens": usage.completion_tokens if usage else None,
-            "cached_tokens": usage.cached_tokens if usage else None,
-            "reasoning_tokens": usage.reasoning_tokens if usage else None,
-            "cost_usd": cost,
-            "priced": price is not None,
-            "request_id": request_id,
-            "finish_reason": self._finish,
-            "quality": self._quality,
-            "shadow": self.shadow_of is not None,
-        }
-        router.emit("holyroute.request", fields)
-        if router.alerts is not None:
-            router.alerts.observe(fields)
-
-    _pending_response: tuple[int, Mapping[str, str], Upstream, Leg | None]
 
 
 @functools.lru_cache(maxsize=512)

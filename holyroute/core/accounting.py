@@ -1,0 +1,206 @@
+"""What a call tells the rest of the router: cooldowns, settled token debits, ``holyroute.failover`` and
+``holyroute.request`` events, spend and rollout measurements, and the answer when it gives up.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from holyroute.core.plan import (
+    Upstream,
+)
+from holyroute.core.ports import HealthChange
+from holyroute.core.steps import GiveUp, Respond, Step
+from holyroute.core.usage import Usage, cost_usd
+
+if TYPE_CHECKING:
+    pass
+
+
+from holyroute.core.waiting import Waiting
+
+__all__ = ["Accounting"]
+
+
+class Accounting(Waiting):
+    __slots__ = ()
+
+    def _cool(self, upstream: Upstream, seconds: float, reason: str, now: float) -> None:
+        router = self._router
+        cooldown = router.health.cool(upstream.endpoint, upstream.model, seconds, reason, now)
+        if cooldown is not None:
+            until = router.wall_clock() + seconds
+            router.state.publish(HealthChange("cooldown", upstream.endpoint, upstream.model, until, reason))
+            router.emit(
+                "holyroute.cooldown",
+                {
+                    "endpoint": upstream.endpoint,
+                    "upstream_model": upstream.model,
+                    "cooldown_s": round(seconds, 3),
+                    "reason": reason,
+                },
+            )
+
+    def _settle(self, status: int | None, usage: Usage | None, now: float) -> None:
+        """The call ended: correct its local tpm debits to what it used (the answer's usage), crediting back what
+        attempts without a successful answer took."""
+        if not self._debits:
+            return
+        upstream = self._current
+        answered = upstream is not None and status is not None and 200 <= status < 300
+        self._router.health.settle(
+            self._debits,
+            now,
+            endpoint=upstream.endpoint if answered and upstream is not None else None,
+            used=usage.prompt_tokens + usage.completion_tokens if usage is not None else None,
+        )
+
+    def _failure_fields(self, *, status: int | None, error: str | None, reason: str) -> dict[str, Any]:
+        upstream, leg = self._current, self._last_leg
+        assert upstream is not None
+        assert leg is not None
+        return {
+            "call_id": self.id,
+            "route": self._plan.alias,
+            "arm": leg.arm.name,
+            "endpoint": upstream.endpoint,
+            "upstream_model": upstream.model,
+            "attempt": self._attempts,
+            "attempt_ms": round((self._router.clock() - self._sent_at) * 1000, 3),
+            "status": status,
+            "error": error,
+            "reason": reason,
+        }
+
+    def _emit_failover(self, failure: dict[str, Any], wait: float, next_endpoint: str | None) -> None:
+        failure["wait_s"] = round(wait, 3)
+        failure["next_endpoint"] = next_endpoint
+        self._router.emit("holyroute.failover", failure)
+
+    def _give_up(self, now: float) -> Step:
+        stop = f"; {self._stop_reason}" if self._stop_reason else ""
+        if self._last_response is not None:
+            status, headers, body, upstream, leg = self._last_response
+            # The event names the endpoint whose answer is handed back, not a later one that raised.
+            self._current, self._last_leg = upstream, leg
+            self._status = status
+            self._request_id = next((v for k, v in headers if k == "x-request-id"), None)
+            self._emit_request(status, "error", None, f"upstream {status}{stop}", self._request_id)
+            return Respond(status, (*headers, ("x-should-retry", "false")), body)
+        if self._last_error is not None:
+            error, timeout = self._last_error
+            summary = (
+                f"holyroute: {self._attempts} attempt(s) for '{self._plan.alias}' failed; "
+                f"last: {type(error).__name__}{stop}"
+            )
+            self._emit_request(None, "error", None, f"{type(error).__name__}{stop}", None)
+            return GiveUp(error, timeout, summary)
+        # Nothing was sent: every endpoint is cooling down, ejected or out of budget for longer than we may wait.
+        untils = [until - now for _, until in self._skipped.values() if until is not None and until > now]
+        soonest = min(untils, default=None)
+        detail = "; ".join(
+            f"{endpoint}/{model} {why}" + (f" for {until - now:.1f}s" if until is not None and until > now else "")
+            for (endpoint, model), (why, until) in self._skipped.items()
+        )
+        reasons = [why for why, _ in self._skipped.values()]
+        if reasons and all(why.startswith(("context: ", "cost: ")) for why in reasons):
+            # Nothing reachable can take this request at all: a client error, not a moment to wait out.
+            cost = any(why.startswith("cost: ") for why in reasons)
+            self._emit_request(400, "error", None, "no model can take this request", None)
+            return self._local_answer(
+                400,
+                f"holyroute: no model for '{self._alias}' can take this request: {detail}"
+                + (
+                    "; raise the ceiling or lower max_tokens"
+                    if cost
+                    else "; shorten the input, lower max_tokens, or add a larger model to the route or its fallbacks"
+                ),
+                "invalid_request_error",
+                "holyroute_cost_ceiling" if cost else "context_length_exceeded",
+            )
+        over_budget = bool(reasons) and all(why.startswith("budget ") for why in reasons)
+        answer = self._local_answer(
+            429,
+            f"holyroute: no endpoint for '{self._plan.alias}' can take a call now: {detail or self._stop_reason}",
+            "budget_exceeded" if over_budget else "rate_limit_exceeded",
+            "holyroute_budget_exceeded" if over_budget else "holyroute_no_endpoint_available",
+            retry_after=soonest,
+        )
+        self._emit_request(429, "error", None, f"no endpoint available{stop}", None)
+        return answer
+
+    def _emit_request(
+        self, status: int | None, outcome: str, usage: Usage | None, error: str | None, request_id: str | None
+    ) -> None:
+        self.done = True
+        router = self._router
+        now = router.clock()
+        upstream = self._current
+        self._settle(status, usage, now)
+        leg = self._last_leg if upstream is not None else self._legs[0]
+        price = upstream.price if upstream is not None else None
+        cost = cost_usd(usage, price) if usage is not None and price is not None else None
+        latency_ms = round((now - self.started) * 1000, 3)
+        ttft_ms = (
+            round((self._first_byte - self.started) * 1000, 3) if self.stream and self._first_byte is not None else None
+        )
+        if self.shadow_of is not None:
+            if cost:
+                router.state.add_spend(f"shadow:{self._plan.alias}", cost)
+        elif cost and router.spend is not None and upstream is not None and leg is not None:
+            router.spend.charge(leg.fallback or self._plan.alias, upstream.endpoint, self._tags, cost)
+        if (
+            self.shadow_of is None
+            and self._budget is None
+            and self._observe
+            and router.rollouts is not None
+            and outcome != "cancelled"
+        ):
+            # A call kept off the route's own arms by a spent budget says nothing about them: not measured.
+            engine = router.rollouts.get(self._plan.alias)
+            if engine is not None:
+                # Judged on the arm the split chose: a candidate call rescued by a fallback still failed the candidate.
+                primary = self._legs[0]
+                ok = outcome == "ok" and leg is primary
+                engine.observe(
+                    primary.arm.name,
+                    ok=ok,
+                    latency_ms=latency_ms,
+                    ttft_ms=ttft_ms,
+                    cost_usd=cost,
+                    quality=self._quality,
+                )
+        fields = {
+            "call_id": self.id,
+            "route": self._plan.alias,
+            "arm": leg.arm.name if leg is not None else None,
+            "split_arm": self._legs[0].arm.name,  # the arm the split chose, even when a fallback served
+            "model": self._alias,
+            "rule": self._rule,
+            "upstream_model": upstream.model if upstream is not None else None,
+            "endpoint": upstream.endpoint if upstream is not None else None,
+            "api": self._api,
+            "status": status,
+            "outcome": outcome,
+            "error": error,
+            "attempts": self._attempts,
+            "attempt_ms": round((now - self._sent_at) * 1000, 3) if self._attempts else None,
+            "fallback": leg.fallback if leg is not None else None,
+            "sticky": leg.sticky if leg is not None else False,
+            "stream": self.stream,
+            "latency_ms": latency_ms,
+            "ttft_ms": ttft_ms,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "cached_tokens": usage.cached_tokens if usage else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "cost_usd": cost,
+            "priced": price is not None,
+            "request_id": request_id,
+            "finish_reason": self._finish,
+            "quality": self._quality,
+            "shadow": self.shadow_of is not None,
+        }
+        router.emit("holyroute.request", fields)
+        if router.alerts is not None:
+            router.alerts.observe(fields)
