@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from holyroute import cli
 from holyroute.readers.dashboard import Board, Dashboard
-from holyroute.readers.report import build_report, load_log, render_markdown, render_report, report_json, summarise
+from holyroute.readers.log import load_log
+from holyroute.readers.report import build_report, render_markdown, render_report, report_json, summarise
 
 T0 = 1_800_000_000.0
 

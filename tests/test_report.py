@@ -23,14 +23,12 @@ import yaml
 from scipy.stats import binomtest, chisquare
 
 from holyroute import cli
+from holyroute.readers.log import EventLog, load_log, read_events
 from holyroute.readers.report import (
     ArmStats,
-    EventLog,
     Settings,
     build_report,
     judge,
-    load_log,
-    read_events,
     render_markdown,
     render_report,
     render_table,

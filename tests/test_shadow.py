@@ -141,7 +141,8 @@ def test_shadow_events_feed_the_report(ups: dict[str, FakeUpstream], tmp_path: A
     """Shadow and served answers carry finish_reason and the quality verdict; the report compares them."""
     import json
 
-    from holyroute.readers.report import build_report, load_log, render_report
+    from holyroute.readers.log import load_log
+    from holyroute.readers.report import build_report, render_report
 
     ups["shadow"].push(
         Reply(

@@ -251,11 +251,11 @@ def run_report(
     """``holyroute report``: 0 with the report written, 2 for a bad log, configuration, option or plot."""
 
     from holyroute.exceptions import ConfigError
+    from holyroute.readers.log import load_log
     from holyroute.readers.report import (
         PlotUnavailableError,
         Settings,
         build_report,
-        load_log,
         load_report_config,
         render_markdown,
         render_report,
@@ -513,7 +513,8 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
     from openai import AsyncOpenAI, OpenAI
 
     from holyroute import AsyncTransport, Router, Transport, load_config
-    from holyroute.readers.report import read_events, render_table, summarise
+    from holyroute.readers.log import read_events
+    from holyroute.readers.report import render_table, summarise
     from holyroute.testing import FakeUpstream, Reply
 
     events_path.parent.mkdir(parents=True, exist_ok=True)

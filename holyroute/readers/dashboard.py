@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, TextIO
 from urllib.parse import urlsplit
 
-from holyroute.readers.report import _epoch, _parse
+from holyroute.readers.log import charged_arm, epoch, parse_line
 from holyroute.rollout.stats import LatencySketch
 
 if TYPE_CHECKING:
@@ -421,7 +421,7 @@ class Board:
         """One line of the log: a holyroute event is added; anything else is counted."""
         self.lines += 1
         self.version += 1
-        parsed = _parse(line)
+        parsed = parse_line(line)
         if parsed == "blank":
             return
         if parsed == "not_json":
@@ -446,7 +446,7 @@ class Board:
         """Fold one ``holyroute.*`` event in."""
         self.events += 1
         self.version += 1
-        at = _epoch(event.get("timestamp"))
+        at = epoch(event.get("timestamp"))
         if at is None:
             at = received
         self.first_at = at if self.first_at is None else min(self.first_at, at)
@@ -515,15 +515,17 @@ class Board:
         route.served.add(error, latency, cost)
         if isinstance(event.get("fallback"), str) and event.get("fallback"):
             route.fallback_calls += 1
-        chosen = event.get("split_arm") or event.get("arm")
-        arm = chosen if isinstance(chosen, str) and chosen else "(none)"
+        charged = charged_arm(event)
+        if charged is None:  # a fallback served it and the event does not name the split's arm (an older log)
+            return
+        arm = charged.arm
         tally = route.arms.get(arm)
         if tally is None:
             if len(route.arms) >= MAX_NAMES:
                 self.dropped_names += 1
                 return
             tally = route.arms[arm] = _Tally()
-        tally.add(error, latency, cost)
+        tally.add(error or charged.failed, latency, cost)
 
     def _failover(self, event: Mapping[str, Any], at: float) -> None:
         self.failover_count += 1

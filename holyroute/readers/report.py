@@ -7,10 +7,12 @@ It never decides routing: a verdict is advice for a person or a script, not a ro
 
 ``summarise`` / ``render_table`` are the demo's per-endpoint table. ``build_report`` is ``holyroute report``:
 
-- **Which calls count.** Served calls are ``holyroute.request`` events without ``"shadow": true``. A call rescued by a
-  fallback alias names the fallback's arm, not the arm the split chose, so fallback calls are shown on their own
-  lines and count for no arm. A cancelled call (the caller closed a stream early) is counted as ``cancelled`` and
-  left out of ``calls``, error rates, latency and verdicts, as the rollout analysis does; its tokens and cost count.
+- **Which calls count.** Served calls are ``holyroute.request`` events without ``"shadow": true``, each charged to an
+  arm by :func:`holyroute.readers.log.charged_arm`, as the rollout analysis does: a call rescued by a fallback counts
+  as an error of the arm the split chose (``split_arm``). A log from before ``split_arm`` does not say that arm, so
+  its fallback calls are shown on their own lines and count for no arm. A cancelled call (the caller closed a stream
+  early) is counted as ``cancelled`` and left out of ``calls``, error rates, latency and verdicts, as the rollout
+  analysis does; its tokens and cost count.
 - **Numbers.** Error rate = errors / calls with a 95 % Wilson interval; p50/p95 of ``latency_ms`` and ``ttft_ms`` are
   exact nearest-rank quantiles of the values; cost per call = total cost / (calls + cancelled - unpriced), where a
   call is unpriced when its event says ``priced: false``.
@@ -51,16 +53,16 @@ quantile or mean with no data is ``null``.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal
 
+from holyroute.readers.log import ChargedArm, EventLog, charged_arm, epoch, number
 from holyroute.rollout.stats import SequentialNonInferiority, sample_ratio_mismatch, wilson_interval
 
 if TYPE_CHECKING:
@@ -68,7 +70,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ArmStats",
-    "EventLog",
     "PlotUnavailableError",
     "Report",
     "RouteReport",
@@ -80,10 +81,8 @@ __all__ = [
     "Verdict",
     "build_report",
     "judge",
-    "load_log",
     "load_report_config",
     "nearest_rank",
-    "read_events",
     "render_markdown",
     "render_report",
     "render_table",
@@ -110,103 +109,6 @@ def nearest_rank(values: Sequence[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-# ---- reading the log ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class EventLog:
-    """Every ``holyroute.*`` event of a log in file order, and how many lines were skipped and why."""
-
-    path: str
-    events: tuple[dict[str, Any], ...]
-    not_json: int = 0
-    not_holyroute: int = 0
-    malformed: int = 0  # holyroute events with a field no reader can use (a number out of range, a wrong type)
-
-
-#: The numeric fields readers of the log compute with, and the largest value each may hold: a line whose field is
-#: not a finite number in ``[0, bound]`` (``1e999``, a 400-digit int, a string) is malformed and skipped whole.
-_NUMERIC_FIELDS: dict[str, float] = {
-    "latency_ms": 1e10,
-    "ttft_ms": 1e10,
-    "attempt_ms": 1e10,
-    "cost_usd": 1e9,
-    "prompt_tokens": 1e13,
-    "completion_tokens": 1e13,
-    "cached_tokens": 1e13,
-    "reasoning_tokens": 1e13,
-    "attempts": 1e6,
-    "attempt": 1e6,
-    "wait_s": 1e10,
-    "cooldown_s": 1e10,
-    "ejection_s": 1e10,
-    "remaining_requests": 1e13,
-    "remaining_tokens": 1e13,
-    "step": 1e9,
-    "steps": 1e9,
-    "weight": 100.0,
-}
-_TIMESTAMP_MAX = 1e11  # Unix seconds (year 5138): beyond it a numeric timestamp is junk
-
-
-def _in_bounds(value: object, bound: float) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value) and 0 <= value <= bound
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def _well_formed(event: dict[str, Any]) -> bool:
-    """Every field a reader computes with holds what it should (absent or null is fine)."""
-    for name, bound in _NUMERIC_FIELDS.items():
-        value = event.get(name)
-        if value is not None and not _in_bounds(value, bound):
-            return False
-    stamp = event.get("timestamp")
-    return stamp is None or isinstance(stamp, str) or _in_bounds(stamp, _TIMESTAMP_MAX)
-
-
-def _parse(line: str) -> dict[str, Any] | Literal["blank", "not_json", "not_holyroute", "malformed"]:
-    """One log line: a well-formed ``holyroute.*`` event, or why it is skipped. Total: never raises."""
-    if not line.strip():
-        return "blank"
-    try:
-        event = json.loads(line)
-    except (ValueError, RecursionError):  # also ints too long to convert, and nesting too deep
-        return "not_json"
-    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-        return "not_holyroute"
-    if not event["event"].startswith("holyroute."):
-        return "not_holyroute"
-    return event if _well_formed(event) else "malformed"
-
-
-def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Events from a JSON-lines file; lines that are not holyroute JSON events are skipped."""
-    with Path(path).open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            event = _parse(line)
-            if isinstance(event, dict):
-                yield event
-
-
-def load_log(path: str | Path) -> EventLog:
-    """The whole log, with counts of skipped lines. Raises ``OSError`` when the file cannot be read."""
-    events: list[dict[str, Any]] = []
-    skipped = {"blank": 0, "not_json": 0, "not_holyroute": 0, "malformed": 0}
-    # Undecodable bytes become U+FFFD: such a line fails to parse and is counted, rather than ending the report.
-    with Path(path).open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            event = _parse(line)
-            if isinstance(event, dict):
-                events.append(event)
-            else:
-                skipped[event] += 1
-    return EventLog(str(path), tuple(events), skipped["not_json"], skipped["not_holyroute"], skipped["malformed"])
 
 
 _MISSING_VAR = re.compile(r"^\s*- (\S+): environment variable ([A-Za-z_][A-Za-z0-9_]*) is not set", re.MULTILINE)
@@ -279,13 +181,13 @@ def summarise(events: Iterable[Mapping[str, Any]]) -> list[Row]:
             target.calls += 1
             if event.get("outcome") == "error":
                 target.errors += 1
-            latency = _number(event.get("latency_ms"))
+            latency = number(event.get("latency_ms"))
             if latency is not None:
                 target.latencies.append(latency)
-            target.tokens += int(_number(event.get("prompt_tokens")) or 0) + int(
-                _number(event.get("completion_tokens")) or 0
+            target.tokens += int(number(event.get("prompt_tokens")) or 0) + int(
+                number(event.get("completion_tokens")) or 0
             )
-            cost = _number(event.get("cost_usd"))
+            cost = number(event.get("cost_usd"))
             if cost is not None:
                 target.cost_usd += cost
             elif event.get("outcome") == "ok":
@@ -473,17 +375,6 @@ class Report:
 # ---- computing it ------------------------------------------------------------------------------------------------
 
 
-def _number(value: object) -> float | None:
-    """A finite number, or None (also for ints too large for a float): total."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:
-            return None
-        return number if math.isfinite(number) else None
-    return None
-
-
 class _Tally:
     """Running counts for one group of request events."""
 
@@ -517,16 +408,16 @@ class _Tally:
 
     def add(self, event: Mapping[str, Any]) -> None:
         outcome = event.get("outcome")
-        completion = _number(event.get("completion_tokens"))
+        completion = number(event.get("completion_tokens"))
         if outcome == "cancelled":
             self.cancelled += 1
         else:
             self.calls += 1
             self.errors += outcome == "error"
-            latency = _number(event.get("latency_ms"))
+            latency = number(event.get("latency_ms"))
             if latency is not None:
                 self.latencies.append(latency)
-            ttft = _number(event.get("ttft_ms"))
+            ttft = number(event.get("ttft_ms"))
             if ttft is not None:
                 self.ttfts.append(ttft)
             if completion is not None:
@@ -540,9 +431,9 @@ class _Tally:
             if isinstance(quality, bool):
                 self.judged += 1
                 self.poor += not quality
-        self.prompt += int(_number(event.get("prompt_tokens")) or 0)
+        self.prompt += int(number(event.get("prompt_tokens")) or 0)
         self.completion += int(completion or 0)
-        cost = _number(event.get("cost_usd"))
+        cost = number(event.get("cost_usd"))
         if cost is not None:
             self.cost += cost
         priced = event.get("priced")
@@ -649,6 +540,11 @@ class _RouteTally:
         self.sticky = 0
 
 
+def _as_charged(event: Mapping[str, Any], charged: ChargedArm) -> Mapping[str, Any]:
+    """The event as its arm's tally counts it: a call a fallback rescued is an error of the split's arm."""
+    return {**event, "outcome": "error"} if charged.failed and event.get("outcome") == "ok" else event
+
+
 def _request_key(event: Mapping[str, Any]) -> tuple[str, str] | None:
     """(route, arm) of a well-formed request event, else None."""
     route, arm = event.get("route"), event.get("arm")
@@ -689,11 +585,11 @@ def build_report(
             continue
         served += 1
         tally.served_all.add(event)
-        fallback = event.get("fallback")
-        if isinstance(fallback, str) and fallback:
-            tally.fallbacks.setdefault((fallback, arm), _Tally()).add(event)
+        charged = charged_arm(event)
+        if charged is None:  # a fallback served it and the event does not name the split's arm (an older log)
+            tally.fallbacks.setdefault((str(event.get("fallback")), arm), _Tally()).add(event)
             continue
-        tally.served.setdefault(arm, _Tally()).add(event)
+        tally.served.setdefault(charged.arm, _Tally()).add(_as_charged(event, charged))
         tally.sticky += event.get("sticky") is True
     reports = tuple(_route_report(name, routes[name], config, settings) for name in sorted(routes))
     quiet: tuple[str, ...] = ()
@@ -1123,23 +1019,11 @@ class Series:
     error_rate: tuple[float | None, ...]
 
 
-def _epoch(value: object) -> float | None:
-    number = _number(value)
-    if number is not None:
-        return number
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
-    return None
-
-
 def time_series(events: Iterable[Mapping[str, Any]], *, route: str | None = None, windows: int = 20) -> list[Series]:
     """Per route and arm (shadow targets as ``"<arm> (shadow)"``), served and shadow calls in ``windows`` equal
-    windows: of time when every request event has a timestamp, else of the events' order in the log. Fallback and
-    cancelled calls are left out, as in the report's arm rows."""
+    windows: of time when every request event has a timestamp, else of the events' order in the log. Calls are
+    charged to arms as in the report's arm rows (a fallback call without ``split_arm`` is left out); cancelled calls
+    are left out."""
     by_route: dict[str, list[tuple[Mapping[str, Any], str, float | None]]] = {}
     for event in events:
         if event.get("event") != "holyroute.request":
@@ -1148,10 +1032,12 @@ def time_series(events: Iterable[Mapping[str, Any]], *, route: str | None = None
         if key is None or (route is not None and key[0] != route):
             continue
         shadow = event.get("shadow") is True
-        if not shadow and isinstance(event.get("fallback"), str) and event.get("fallback"):
+        charged = None if shadow else charged_arm(event)
+        if not shadow and charged is None:
             continue
-        arm = f"{key[1]} (shadow)" if shadow else key[1]
-        by_route.setdefault(key[0], []).append((event, arm, _epoch(event.get("timestamp"))))
+        arm = f"{key[1]} (shadow)" if shadow or charged is None else charged.arm
+        counted = event if charged is None else _as_charged(event, charged)
+        by_route.setdefault(key[0], []).append((counted, arm, epoch(event.get("timestamp"))))
     series: list[Series] = []
     for name in sorted(by_route):
         rows = by_route[name]
