@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from holyroute.rollout.engine import MAX_COUNT, parse_stored_state
 from holyroute.state.base import HealthChange
-from holyroute.state.redis import (
+from holyroute.state.redis.payloads import (
     MAX_USD,
     Horizons,
     Message,

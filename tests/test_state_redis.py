@@ -40,7 +40,7 @@ from holyroute import cli
 from holyroute.core.call import Router
 from holyroute.rollout.engine import RolloutEngine
 from holyroute.state.base import HealthChange, period_key
-from holyroute.state.redis import Keys
+from holyroute.state.redis.payloads import Keys
 from holyroute.testing import FakeUpstream, Reply
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

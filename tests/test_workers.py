@@ -27,7 +27,7 @@ import redis
 import yaml
 
 import holyroute
-from holyroute.state.redis import Keys
+from holyroute.state.redis.payloads import Keys
 from holyroute.testing import FakeUpstream, RecordedRequest, Reply
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

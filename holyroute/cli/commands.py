@@ -435,7 +435,7 @@ def _shared_health(config: Any, out: TextIO) -> None:
     """What every process sharing the configuration's Redis agrees on: who is alive, what is cooling or ejected."""
     import redis
 
-    from holyroute.state.redis import RedisBackend
+    from holyroute.state.redis.backend import RedisBackend
 
     backend = RedisBackend(config.state, emit=lambda event, fields: None)
     try:

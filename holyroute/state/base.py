@@ -12,9 +12,9 @@ measurements) and reads only that on the request path. A backend decides what el
 - spend counters per hour, day and month (:meth:`StateBackend.add_spend` / :meth:`StateBackend.spent`).
 
 :class:`holyroute.state.memory.MemoryBackend` (``backend: memory`` or ``file``) shares nothing beyond the rollout
-store: each process is its own router. ``backend: redis`` is :class:`holyroute.state.redis.RedisBackend`. A backend
-must never make a request fail: when it cannot reach its store it says so once and the process carries on with what
-it knows.
+store: each process is its own router. ``backend: redis`` is
+:class:`holyroute.state.redis.backend.RedisBackend`. A backend must never make a request fail: when it cannot reach
+its store it says so once and the process carries on with what it knows.
 
 The interface itself (:class:`StateBackend`) and its value types are the core's (:mod:`holyroute.core.ports`): the
 core states what it needs, the backends here implement it, and :mod:`holyroute.state.factory` chooses one. This

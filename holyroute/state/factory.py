@@ -37,7 +37,7 @@ def open_backend(
     steps the router would take stay in memory.
     """
     if state.backend == "redis":
-        from holyroute.state.redis import RedisBackend
+        from holyroute.state.redis.backend import RedisBackend
 
         return RedisBackend(state, emit=emit, clock=clock, wall_clock=wall_clock, read_only=read_only)
     store: StateStore = FileStore(state.path, emit=emit) if state.backend == "file" else MemoryStore()

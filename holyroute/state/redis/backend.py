@@ -1,30 +1,5 @@
-"""The Redis state backend: many processes and hosts act as one router.
-
-What is shared, and how each piece keeps the request path fast:
-
-- **Health** (cooldowns, ejections, quota, headroom) lives in one hash, ``<prefix>:{health}``. A change made here is
-  written by a Lua script (keep the longer cooldown, drop expired fields, expire the hash after the last one) that
-  also publishes it on ``<prefix>:events``; every process's listener thread applies it to its local
-  :class:`~holyroute.core.health.HealthBook` within milliseconds, and the sync thread re-reads the whole hash every
-  ``sync_interval_s`` in case a message was missed. The request path reads only the local book.
-- **rpm / tpm limits** are token buckets in ``<prefix>:{limits:<endpoint>}``, taken by one Lua script against Redis's
-  own clock: the one round trip a request may make, and only for an endpoint with such a limit. A busy process takes
-  a small lease with its grant (its next 100 ms of demand, at most ``lease_fraction`` of the limit, only from what
-  the bucket holds beyond the request: :class:`~holyroute.state.base.Leases`), so most requests make none.
-- **Rollouts**: state in ``<prefix>:{rollout:<route>}:state`` (read-modify-write under ``WATCH``, so two processes
-  never both advance a step), measurements in ``<prefix>:{rollout:<route>}:m:<window>:<arm>`` as counters and
-  latency-sketch buckets that every process adds to (``HINCRBY``), so the analysis sees every process's calls.
-- **Spend** per hour, day and month in ``<prefix>:{spend}:<period>:<bucket>``.
-
-Measurements and spend are sent in one pipeline per ``sync_interval_s`` by a background thread, which reads the
-snapshots back in the same round trip. Every key carries a hash tag, so one script's keys share a Redis Cluster
-slot, and every key but a rollout's state (one per route) expires.
-
-When Redis is down or slower than ``timeout_ms``, nothing fails: the process routes on what it knows, emits
-``holyroute.state_degraded`` once, keeps its measurements and spend, limits itself to its share of each rpm/tpm limit
-(the limit divided by the processes last seen alive), and when Redis answers again pushes what it learnt, re-reads
-everything and emits ``holyroute.state_restored``. The URL may hold a password: it is never logged.
-"""
+"""The Redis backend itself: shared rpm/tpm limits, health, spend, and the sync and listener threads (see
+:mod:`holyroute.state.redis`)."""
 
 from __future__ import annotations
 
@@ -39,46 +14,42 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from holyroute.config.schema import Health
-from holyroute.config.schema import Retry as RetrySettings
 from holyroute.rollout.engine import (
-    MAX_COUNT,
     Measurements,
     RolloutEngine,
-    RolloutState,
     StateStore,
-    Undecodable,
-    decode_json,
-    held_state,
-    parse_stored_state,
-    validation_problem,
 )
-from holyroute.rollout.stats import LatencySketch
 from holyroute.state.base import PERIODS, AttachedRouter, HealthChange, Leases, Period, ReadOnlyStore, period_key
 
 if TYPE_CHECKING:
     from holyroute.config.schema import State
 
-__all__ = [
-    "Horizons",
-    "Message",
-    "RedisBackend",
-    "RedisStore",
-    "parse_health_entry",
-    "parse_measurements",
-    "parse_message",
-    "parse_spend",
-]
+
+from holyroute.state.redis.payloads import (
+    FIELD_KINDS,
+    MAX_USD,
+    Horizons,
+    Keys,
+    health_entry,
+    measurement_fields,
+    parse_health_entry,
+    parse_measurements,
+    parse_message,
+    parse_spend,
+    redacted,
+    text_of,
+)
+from holyroute.state.redis.store import RedisStore
+
+__all__ = ["RedisBackend"]
 
 EventSink = Callable[[str, dict[str, Any]], None]
 
@@ -148,399 +119,6 @@ if latest > 0 then redis.call('EXPIREAT', KEYS[1], math.ceil(latest) + 60) end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
-
-_FIELD_KINDS = {"cooldown": "c", "ejected": "e", "restored": "e", "quota": "q", "headroom": "h"}
-
-
-def redacted(url: str) -> str:
-    """``redis://host:port/db`` without user or password, for messages."""
-    parts = urlsplit(url)
-    host = parts.hostname or parts.path or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path if parts.hostname else ''}"
-
-
-class Keys:
-    """Every key holyroute writes, under one prefix, each with a hash tag (Redis Cluster: one slot per script)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.health = f"{prefix}:{{health}}"
-        self.members = f"{prefix}:{{members}}"
-        self.channel = f"{prefix}:events"
-
-    def limits(self, endpoint: str) -> str:
-        return f"{self.prefix}:{{limits:{endpoint}}}"
-
-    def rollout(self, route: str) -> str:
-        return f"{self.prefix}:{{rollout:{route}}}:state"
-
-    def measurements(self, route: str, window: int, arm: str) -> str:
-        return f"{self.prefix}:{{rollout:{route}}}:m:{window}:{arm}"
-
-    def spend(self, period: Period, bucket: str) -> str:
-        return f"{self.prefix}:{{spend}}:{period}:{bucket}"
-
-
-def _fields(measured: Measurements) -> dict[str, int | float]:
-    """A measurement delta as hash increments: counters, cost, and one field per sketch bucket."""
-    fields: dict[str, int | float] = {}
-    for name in ("calls", "errors", "judged", "poor"):
-        value = getattr(measured, name)
-        if value:
-            fields[name] = value
-    for tag, sketch in (("l", measured.latency), ("t", measured.ttft)):
-        data = sketch.to_dict()
-        if data["zero_count"]:
-            fields[f"{tag}z"] = data["zero_count"]
-        for key, count in data["bins"]:
-            fields[f"{tag}{key}"] = count
-    return fields
-
-
-#: Bounds for what is read back from Redis: far beyond real use, small enough for all later arithmetic.
-MAX_USD = 1e12
-MAX_TOKENS = 10**12
-MAX_SKETCH_KEY = 100_000  # a latency sketch's bucket index (|key|); real ones stay within a few thousand
-MAX_FIELDS = 20_000  # of one measurements hash
-
-
-def _text(raw: object, limit: int = 1000) -> str | None:
-    """Bytes (or text) from Redis as bounded text, None when not UTF-8 or too long."""
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    return raw if isinstance(raw, str) and len(raw) <= limit else None
-
-
-def _count(raw: object) -> int | None:
-    """A counter from Redis within ``[0, MAX_COUNT]`` (clamped), None when it is no integer."""
-    text = _text(raw, 40)
-    if text is None:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        return None
-    return min(max(value, 0), MAX_COUNT)
-
-
-def _amount(raw: object, limit: float) -> float | None:
-    """A finite non-negative number from Redis, clamped to ``limit``; None when it is none."""
-    text = _text(raw, 64)
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    if not math.isfinite(value):
-        return None
-    return min(max(value, 0.0), limit)
-
-
-def parse_measurements(raw: object) -> tuple[Measurements, list[str]]:
-    """A measurements hash (what :func:`_fields` increments add up to), and the fields skipped with the problem.
-
-    Total: a field that is not a known counter, a number in bounds or a sketch bucket is skipped; counts are clamped
-    to ``[0, MAX_COUNT]`` and the cost to ``[0, MAX_USD]``.
-    """
-    measured = Measurements()
-    skipped: list[str] = []
-    bins: dict[str, list[list[int]]] = {"l": [], "t": []}
-    zero = {"l": 0, "t": 0}
-    items = list(raw.items())[:MAX_FIELDS] if isinstance(raw, dict) else []
-    if not isinstance(raw, dict):
-        skipped.append(f"expected a hash, got {type(raw).__name__}")
-    for key_raw, value_raw in items:
-        key = _text(key_raw, 64)
-        if key is None:
-            skipped.append("a field name that is not short UTF-8 text")
-            continue
-        if key == "cost":
-            cost = _amount(value_raw, MAX_USD)
-            if cost is None:
-                skipped.append("cost: not a finite number")
-            else:
-                measured.cost_usd = cost
-            continue
-        count = _count(value_raw)
-        if count is None:
-            skipped.append(f"{key[:40]}: not an integer")
-        elif key in ("calls", "errors", "judged", "poor"):
-            setattr(measured, key, count)
-        elif key[:1] in bins and key[1:] == "z":
-            zero[key[:1]] = count
-        elif key[:1] in bins and key[1:].lstrip("-").isdigit() and abs(int(key[1:])) <= MAX_SKETCH_KEY:
-            bins[key[:1]].append([int(key[1:]), count])
-        else:
-            skipped.append(f"{key[:40]}: not a measurement field")
-    measured.errors = min(measured.errors, measured.calls)
-    measured.poor = min(measured.poor, measured.judged)
-    for tag, attribute in (("l", "latency"), ("t", "ttft")):
-        template = getattr(measured, attribute)
-        data = {
-            "relative_accuracy": template.relative_accuracy,
-            "max_buckets": template.max_buckets,
-            "zero_count": zero[tag],
-            "bins": bins[tag],
-        }
-        setattr(measured, attribute, LatencySketch.from_dict(data))
-    return measured, skipped
-
-
-def _measurements(raw: object) -> Measurements:
-    return parse_measurements(raw)[0]
-
-
-def parse_spend(raw: object) -> tuple[dict[str, float], list[str]]:
-    """A spend hash (name -> USD): finite, non-negative, clamped to ``MAX_USD``; bad fields skipped, with why."""
-    spend: dict[str, float] = {}
-    skipped: list[str] = []
-    if not isinstance(raw, dict):
-        return spend, [f"expected a hash, got {type(raw).__name__}"]
-    for name_raw, value_raw in raw.items():
-        name = _text(name_raw)
-        usd = _amount(value_raw, MAX_USD)
-        if name is None:
-            skipped.append("a name that is not UTF-8 text of at most 1000 characters")
-        elif usd is None:
-            skipped.append(f"{name[:100]}: not a finite number")
-        else:
-            spend[name] = usd
-    return spend, skipped
-
-
-HealthKind = Literal["cooldown", "ejected", "restored", "quota", "headroom"]
-
-
-class _HealthMessage(BaseModel):
-    """A health change as published on the channel and stored in the health hash (after its deadline)."""
-
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
-
-    o: Annotated[str, Field(max_length=1000)] = ""
-    kind: Literal["health"]
-    k: HealthKind
-    e: Annotated[str, Field(min_length=1, max_length=1000)]
-    m: Annotated[str, Field(max_length=1000)] | None = None
-    u: float | None = None
-    r: Annotated[str, Field(max_length=10_000)] | None = None
-    t: int | None = None
-
-
-class _RolloutMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
-
-    o: Annotated[str, Field(max_length=1000)] = ""
-    kind: Literal["rollout"]
-    route: Annotated[str, Field(min_length=1, max_length=1000)]
-
-
-class _OtherMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
-
-    o: Annotated[str, Field(max_length=1000)] = ""
-    kind: Literal["bye"]
-
-
-@dataclass(frozen=True, slots=True)
-class Horizons:
-    """How far ahead a shared health entry may reach, per kind (seconds): the configured maxima."""
-
-    cooldown: float = RetrySettings().max_cooldown_s
-    ejected: float = Health().max_ejection_s
-    quota: float = Health().quota_ejection_s
-
-    @classmethod
-    def of(cls, retry: RetrySettings, health: Health) -> Horizons:
-        return cls(retry.max_cooldown_s, health.max_ejection_s, health.quota_ejection_s)
-
-    def clamp(self, change: HealthChange, wall: float) -> HealthChange:
-        """``change`` with ``until`` within ``[wall, wall + horizon]`` (a restoration has none) and tokens bounded."""
-        if change.kind == "restored":
-            return change if change.until == 0.0 else replace(change, until=0.0)
-        horizon = {"ejected": self.ejected, "quota": self.quota}.get(change.kind, self.cooldown)
-        until = change.until if math.isfinite(change.until) else wall + horizon
-        until = min(max(until, wall), wall + horizon)
-        tokens = change.tokens_left
-        if tokens is not None:
-            tokens = min(max(tokens, 0), MAX_TOKENS)
-        if until == change.until and tokens == change.tokens_left:
-            return change
-        return replace(change, until=until, tokens_left=tokens)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One validated message: a health change (clamped), a rollout's state changed, or a goodbye."""
-
-    origin: str
-    kind: Literal["health", "rollout", "bye"]
-    change: HealthChange | None = None
-    route: str = ""
-
-
-def parse_message(raw: object, *, wall: float, horizons: Horizons | None = None) -> Message | str:
-    """A channel message or a health hash value's JSON part: validated, ``until`` clamped; or the problem (never the
-    value: a reason may quote an upstream). Total: never raises."""
-    if not isinstance(raw, bytes | str):
-        return f"expected text, got {type(raw).__name__}"
-    value = decode_json(raw)
-    if isinstance(value, Undecodable):
-        return str(value)
-    if not isinstance(value, dict):
-        return f"expected an object, got {type(value).__name__}"
-    kind = value.get("kind")
-    try:
-        if kind == "health":
-            health = _HealthMessage.model_validate(value)
-            if health.u is not None and math.isnan(health.u):
-                return "u: not a number"
-            change = HealthChange(health.k, health.e, health.m or "", health.u or 0.0, (health.r or "")[:500], health.t)
-            return Message(health.o, "health", (horizons or Horizons()).clamp(change, wall))
-        if kind == "rollout":
-            rollout = _RolloutMessage.model_validate(value)
-            return Message(rollout.o, "rollout", route=rollout.route)
-        other = _OtherMessage.model_validate(value)
-        return Message(other.o, "bye")
-    except ValidationError as error:
-        return validation_problem(error)
-
-
-def parse_health_entry(raw: object, *, wall: float, horizons: Horizons | None = None) -> HealthChange | str:
-    """A value of the health hash, ``"<until> <message JSON>"``, as a clamped change; or the problem."""
-    found = _health_entry(raw, wall=wall, horizons=horizons)
-    return found if isinstance(found, str) else found.change  # type: ignore[return-value]
-
-
-def _health_entry(raw: object, *, wall: float, horizons: Horizons | None) -> Message | str:
-    if isinstance(raw, bytes):
-        raw = raw.partition(b" ")[2]
-    elif isinstance(raw, str):
-        raw = raw.partition(" ")[2]
-    found = parse_message(raw, wall=wall, horizons=horizons)
-    if not isinstance(found, str) and found.change is None:
-        return f"a {found.kind} message where a health change belongs"
-    return found
-
-
-class RedisStore:
-    """Rollout state in Redis. While its backend syncs, reads come from the backend's cache (no round trip);
-    writes are a ``WATCH``/``MULTI`` read-modify-write, so two processes never both advance a step."""
-
-    def __init__(self, backend: RedisBackend) -> None:
-        self._backend = backend
-        self.cache: dict[str, RolloutState] = {}
-        self.cached = False  # True once the backend's sync thread keeps `cache` fresh
-        self._unsynced: dict[str, tuple[RolloutState, int]] = {}  # changed while Redis was away: (state, base)
-        #: Routes whose stored state cannot be read, with the problem: the last good (``cache``) is kept, or with
-        #: nothing known, :func:`~holyroute.rollout.engine.held_state`.
-        self.invalid: dict[str, str] = {}
-
-    def _known(self, route: str) -> RolloutState | None:
-        found = self.cache.get(route)
-        if found is None and route in self.invalid:
-            return held_state(route, self.invalid[route])
-        return found
-
-    def parsed(self, route: str, raw: object) -> RolloutState | None:
-        """A stored state read from Redis: valid, or the last good (reported once), or None when absent."""
-        found = (
-            parse_stored_state(route, raw)
-            if isinstance(raw, bytes | str | None)
-            else f"Redis answered {type(raw).__name__} (a key of another type?)"
-        )
-        if isinstance(found, str):
-            self.invalid[route] = found
-            self._backend.invalid(self._backend.keys.rollout(route), found)
-            return self._known(route)
-        self.invalid.pop(route, None)
-        if found is not None:
-            self.cache[route] = found
-        return found
-
-    def load(self, route: str) -> RolloutState | None:
-        if self.cached or not self._backend.live:
-            return self._known(route)
-        try:
-            raw: object = self._backend.redis.get(self._backend.keys.rollout(route))
-        except redis.ResponseError as error:  # the key holds another type: a bad entry, Redis itself is fine
-            raw = error
-        except redis.RedisError as error:
-            self._backend.failed(error)
-            return self._known(route)
-        return self.parsed(route, raw)
-
-    def update(self, route: str, change: Callable[[RolloutState | None], RolloutState | None]) -> RolloutState | None:
-        backend = self._backend
-        key = backend.keys.rollout(route)
-        if backend.live:
-            try:
-                for _ in range(16):  # bounded: another process would have to win 16 races in a row
-                    with backend.redis.pipeline() as pipe:
-                        try:
-                            pipe.watch(key)  # type: ignore[no-untyped-call]
-                            try:
-                                raw: object = pipe.get(key)
-                            except redis.ResponseError as error:  # another type: SET below replaces it
-                                raw = error
-                            current = self.parsed(route, raw)
-                            if route in self.invalid and route not in self.cache:
-                                pipe.unwatch()  # unreadable, nothing known: never invent a state over it
-                                return None
-                            new = change(current)
-                            if new is None:
-                                pipe.unwatch()
-                                if current is not None:
-                                    self.cache[route] = current
-                                return None
-                            pipe.multi()
-                            pipe.set(key, json.dumps(asdict(new)))
-                            pipe.publish(backend.keys.channel, backend.message("rollout", route=route))
-                            pipe.execute()
-                        except redis.WatchError:
-                            continue
-                    self.cache[route] = new
-                    return new
-            except redis.RedisError as error:
-                backend.failed(error)
-        # Redis is away: the change holds here (an abort must take effect at once) and is pushed when it returns.
-        current = self.cache.get(route)
-        new = change(current)
-        if new is not None:
-            base = self._unsynced[route][1] if route in self._unsynced else (current.version if current else 0)
-            self._unsynced[route] = (new, base)
-            self.cache[route] = new
-        return new
-
-    def push_unsynced(self) -> int:
-        """After an outage: write what changed here, unless another process moved on meanwhile (then its state
-        wins, except that an abort made here is applied on top of it). Returns how many routes were written."""
-        written = 0
-        for route, (mine, base) in list(self._unsynced.items()):
-
-            def reconcile(found: RolloutState | None, mine: RolloutState = mine, base: int = base) -> RolloutState:
-                if found is None or found.version <= base:
-                    return mine
-                # Another process moved on: the result gets a version above both, so every process adopts it.
-                fields = asdict(found)
-                if mine.status == "aborted" and found.status != "aborted":
-                    fields.update(status="aborted", weight=0.0, reason=mine.reason)
-                elif found.version > mine.version:
-                    return found
-                fields["version"] = max(found.version, mine.version) + 1
-                return RolloutState(**fields)
-
-            live_before = self._backend.live
-            self._unsynced.pop(route)
-            self.update(route, reconcile)
-            if not self._backend.live and live_before:
-                return written
-            written += 1
-        return written
 
 
 class RedisBackend:
@@ -840,7 +418,7 @@ class RedisBackend:
         for field, value in raw.items():
             change = parse_health_entry(value, wall=now, horizons=self._horizons)
             if isinstance(change, str):
-                self.invalid(f"{self.keys.health} {_text(field) or '?'}", change)
+                self.invalid(f"{self.keys.health} {text_of(field) or '?'}", change)
             elif change.until > now:
                 changes.append(change)
         return int(alive), sorted(changes, key=lambda c: (c.endpoint, c.model, c.kind))
@@ -961,7 +539,7 @@ class RedisBackend:
         for engine, window, pending in drained:
             for arm, measured in pending.items():
                 key = self.keys.measurements(engine.route, window, arm)
-                for name, amount in _fields(measured).items():
+                for name, amount in measurement_fields(measured).items():
                     pipe.hincrby(key, name, int(amount))
                 if measured.cost_usd:
                     pipe.hincrbyfloat(key, "cost", measured.cost_usd)
@@ -1057,7 +635,7 @@ class RedisBackend:
     def _health_command(self, pipe: Any, change: HealthChange) -> None:
         # Clamped here, whatever made the change: an absurd deadline would make Redis refuse the EXPIREAT.
         change = self._horizons.clamp(change, self._wall())
-        kind = _FIELD_KINDS[change.kind]
+        kind = FIELD_KINDS[change.kind]
         field = f"{kind}|{change.endpoint}|{change.model}" if kind in "ch" else f"{kind}|{change.endpoint}"
         message = self.message(
             "health",
@@ -1082,9 +660,9 @@ class RedisBackend:
             return  # a refused read: the next flush reads again
         now, wall = self._clock(), self._wall()
         for field, value in raw.items():
-            found = _health_entry(value, wall=wall, horizons=self._horizons)
+            found = health_entry(value, wall=wall, horizons=self._horizons)
             if isinstance(found, str):
-                self.invalid(f"{self.keys.health} {_text(field) or '?'}", found)
+                self.invalid(f"{self.keys.health} {text_of(field) or '?'}", found)
             elif found.origin != self.origin and found.change is not None:  # our own is applied already
                 router.health.apply(found.change, now, wall)
 

@@ -1,0 +1,30 @@
+"""The Redis state backend: many processes and hosts act as one router.
+
+``backend`` is :class:`~holyroute.state.redis.backend.RedisBackend` (limits, health, spend; the sync and listener
+threads); ``store`` the rollout store; ``payloads`` the key names and the total parsers of everything read back.
+
+What is shared, and how each piece keeps the request path fast:
+
+- **Health** (cooldowns, ejections, quota, headroom) lives in one hash, ``<prefix>:{health}``. A change made here is
+  written by a Lua script (keep the longer cooldown, drop expired fields, expire the hash after the last one) that
+  also publishes it on ``<prefix>:events``; every process's listener thread applies it to its local
+  :class:`~holyroute.core.health.HealthBook` within milliseconds, and the sync thread re-reads the whole hash every
+  ``sync_interval_s`` in case a message was missed. The request path reads only the local book.
+- **rpm / tpm limits** are token buckets in ``<prefix>:{limits:<endpoint>}``, taken by one Lua script against Redis's
+  own clock: the one round trip a request may make, and only for an endpoint with such a limit. A busy process takes
+  a small lease with its grant (its next 100 ms of demand, at most ``lease_fraction`` of the limit, only from what
+  the bucket holds beyond the request: :class:`~holyroute.state.base.Leases`), so most requests make none.
+- **Rollouts**: state in ``<prefix>:{rollout:<route>}:state`` (read-modify-write under ``WATCH``, so two processes
+  never both advance a step), measurements in ``<prefix>:{rollout:<route>}:m:<window>:<arm>`` as counters and
+  latency-sketch buckets that every process adds to (``HINCRBY``), so the analysis sees every process's calls.
+- **Spend** per hour, day and month in ``<prefix>:{spend}:<period>:<bucket>``.
+
+Measurements and spend are sent in one pipeline per ``sync_interval_s`` by a background thread, which reads the
+snapshots back in the same round trip. Every key carries a hash tag, so one script's keys share a Redis Cluster
+slot, and every key but a rollout's state (one per route) expires.
+
+When Redis is down or slower than ``timeout_ms``, nothing fails: the process routes on what it knows, emits
+``holyroute.state_degraded`` once, keeps its measurements and spend, limits itself to its share of each rpm/tpm limit
+(the limit divided by the processes last seen alive), and when Redis answers again pushes what it learnt, re-reads
+everything and emits ``holyroute.state_restored``. The URL may hold a password: it is never logged.
+"""

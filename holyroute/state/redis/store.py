@@ -1,0 +1,157 @@
+"""Rollout state in Redis: read-modify-write under ``WATCH``, so two processes never both advance a step."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Protocol
+
+import redis
+import redis.asyncio
+
+from holyroute.rollout.engine import (
+    RolloutState,
+    held_state,
+    parse_stored_state,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+from holyroute.state.redis.payloads import Keys
+
+__all__ = ["RedisStore", "StoreBackend"]
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class StoreBackend(Protocol):
+    """What the rollout store uses of its backend (:class:`~holyroute.state.redis.backend.RedisBackend`)."""
+
+    live: bool
+    keys: Keys
+    redis: redis.Redis
+
+    def invalid(self, key: str, problem: str) -> None: ...
+
+    def failed(self, error: BaseException) -> None: ...
+
+    def message(self, kind: str, **fields: Any) -> str: ...
+
+
+class RedisStore:
+    """Rollout state in Redis. While its backend syncs, reads come from the backend's cache (no round trip);
+    writes are a ``WATCH``/``MULTI`` read-modify-write, so two processes never both advance a step."""
+
+    def __init__(self, backend: StoreBackend) -> None:
+        self._backend = backend
+        self.cache: dict[str, RolloutState] = {}
+        self.cached = False  # True once the backend's sync thread keeps `cache` fresh
+        self._unsynced: dict[str, tuple[RolloutState, int]] = {}  # changed while Redis was away: (state, base)
+        #: Routes whose stored state cannot be read, with the problem: the last good (``cache``) is kept, or with
+        #: nothing known, :func:`~holyroute.rollout.engine.held_state`.
+        self.invalid: dict[str, str] = {}
+
+    def _known(self, route: str) -> RolloutState | None:
+        found = self.cache.get(route)
+        if found is None and route in self.invalid:
+            return held_state(route, self.invalid[route])
+        return found
+
+    def parsed(self, route: str, raw: object) -> RolloutState | None:
+        """A stored state read from Redis: valid, or the last good (reported once), or None when absent."""
+        found = (
+            parse_stored_state(route, raw)
+            if isinstance(raw, bytes | str | None)
+            else f"Redis answered {type(raw).__name__} (a key of another type?)"
+        )
+        if isinstance(found, str):
+            self.invalid[route] = found
+            self._backend.invalid(self._backend.keys.rollout(route), found)
+            return self._known(route)
+        self.invalid.pop(route, None)
+        if found is not None:
+            self.cache[route] = found
+        return found
+
+    def load(self, route: str) -> RolloutState | None:
+        if self.cached or not self._backend.live:
+            return self._known(route)
+        try:
+            raw: object = self._backend.redis.get(self._backend.keys.rollout(route))
+        except redis.ResponseError as error:  # the key holds another type: a bad entry, Redis itself is fine
+            raw = error
+        except redis.RedisError as error:
+            self._backend.failed(error)
+            return self._known(route)
+        return self.parsed(route, raw)
+
+    def update(self, route: str, change: Callable[[RolloutState | None], RolloutState | None]) -> RolloutState | None:
+        backend = self._backend
+        key = backend.keys.rollout(route)
+        if backend.live:
+            try:
+                for _ in range(16):  # bounded: another process would have to win 16 races in a row
+                    with backend.redis.pipeline() as pipe:
+                        try:
+                            pipe.watch(key)  # type: ignore[no-untyped-call]
+                            try:
+                                raw: object = pipe.get(key)
+                            except redis.ResponseError as error:  # another type: SET below replaces it
+                                raw = error
+                            current = self.parsed(route, raw)
+                            if route in self.invalid and route not in self.cache:
+                                pipe.unwatch()  # unreadable, nothing known: never invent a state over it
+                                return None
+                            new = change(current)
+                            if new is None:
+                                pipe.unwatch()
+                                if current is not None:
+                                    self.cache[route] = current
+                                return None
+                            pipe.multi()
+                            pipe.set(key, json.dumps(asdict(new)))
+                            pipe.publish(backend.keys.channel, backend.message("rollout", route=route))
+                            pipe.execute()
+                        except redis.WatchError:
+                            continue
+                    self.cache[route] = new
+                    return new
+            except redis.RedisError as error:
+                backend.failed(error)
+        # Redis is away: the change holds here (an abort must take effect at once) and is pushed when it returns.
+        current = self.cache.get(route)
+        new = change(current)
+        if new is not None:
+            base = self._unsynced[route][1] if route in self._unsynced else (current.version if current else 0)
+            self._unsynced[route] = (new, base)
+            self.cache[route] = new
+        return new
+
+    def push_unsynced(self) -> int:
+        """After an outage: write what changed here, unless another process moved on meanwhile (then its state
+        wins, except that an abort made here is applied on top of it). Returns how many routes were written."""
+        written = 0
+        for route, (mine, base) in list(self._unsynced.items()):
+
+            def reconcile(found: RolloutState | None, mine: RolloutState = mine, base: int = base) -> RolloutState:
+                if found is None or found.version <= base:
+                    return mine
+                # Another process moved on: the result gets a version above both, so every process adopts it.
+                fields = asdict(found)
+                if mine.status == "aborted" and found.status != "aborted":
+                    fields.update(status="aborted", weight=0.0, reason=mine.reason)
+                elif found.version > mine.version:
+                    return found
+                fields["version"] = max(found.version, mine.version) + 1
+                return RolloutState(**fields)
+
+            live_before = self._backend.live
+            self._unsynced.pop(route)
+            self.update(route, reconcile)
+            if not self._backend.live and live_before:
+                return written
+            written += 1
+        return written
