@@ -39,6 +39,7 @@ __all__ = [
     "HeaderLookup",
     "RequestView",
     "SSEScanner",
+    "StreamDecoder",
     "Usage",
     "clamp_tokens",
     "content_codings",
@@ -421,6 +422,79 @@ def _gunzip(data: bytes, max_bytes: int) -> bytes | None:
         size += len(out)
         if not rest.strip(b"\x00"):  # trailing padding, as gzip.decompress allows
             return b"".join(parts)
+
+
+class StreamDecoder:
+    """The incremental twin of :func:`decode_content` for event streams, which are never buffered whole.
+
+    holyroute asks for streams uncompressed (``accept-encoding: identity``); an upstream that compresses one anyway is
+    decoded chunk by chunk, so the usage scanner reads events and the caller gets them decoded. gzip (``x-gzip``) and
+    deflate (zlib-wrapped or raw), stacked in any order and any letter case. :meth:`build` gives ``None`` for a coding
+    that cannot be undone incrementally; :meth:`decode` raises ``ValueError`` on corrupt data (a broken stream).
+
+    >>> import gzip
+    >>> data = gzip.compress(b"data: [DONE]\\n\\n")
+    >>> decoder = StreamDecoder.build("GZIP")
+    >>> decoder.decode(data[:5]) + decoder.decode(data[5:]) + decoder.flush()
+    b'data: [DONE]\\n\\n'
+    """
+
+    __slots__ = ("_layers",)
+
+    def __init__(self, codings: list[str]) -> None:
+        # Undo the last-applied coding first.
+        self._layers: list[_Layer] = [_Layer(coding) for coding in reversed(codings)]
+
+    @classmethod
+    def build(cls, header: str | None) -> StreamDecoder | None:
+        codings = content_codings(header)
+        if not codings or any(coding not in ("gzip", "x-gzip", "deflate") for coding in codings):
+            return None
+        return cls(codings)
+
+    def decode(self, chunk: bytes) -> bytes:
+        for layer in self._layers:
+            chunk = layer.decode(chunk)
+        return chunk
+
+    def flush(self) -> bytes:
+        out = b""
+        for layer in self._layers:
+            out = layer.decode(out) + layer.flush()
+        return out
+
+
+class _Layer:
+    """One coding of a stream, undone incrementally; deflate decides between zlib and raw on its first bytes."""
+
+    __slots__ = ("_coding", "_decompressor", "_head")
+
+    def __init__(self, coding: str) -> None:
+        self._coding = coding
+        self._head = b""
+        self._decompressor: Any = zlib.decompressobj(zlib.MAX_WBITS | 16) if coding != "deflate" else None
+
+    def decode(self, chunk: bytes) -> bytes:
+        if self._decompressor is None:
+            self._head += chunk
+            if len(self._head) < 2:
+                return b""
+            chunk, self._head = self._head, b""
+            first, second = chunk[0], chunk[1]
+            wrapped = first & 0x0F == 8 and ((first << 8) | second) % 31 == 0
+            self._decompressor = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        try:
+            return bytes(self._decompressor.decompress(chunk))
+        except zlib.error as error:
+            raise ValueError(f"{self._coding} stream cannot be decoded: {error}") from None
+
+    def flush(self) -> bytes:
+        if self._decompressor is None:
+            return b""
+        try:
+            return bytes(self._decompressor.flush())
+        except zlib.error as error:
+            raise ValueError(f"{self._coding} stream cannot be decoded: {error}") from None
 
 
 def _inflate(data: bytes, max_bytes: int) -> bytes | None:

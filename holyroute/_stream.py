@@ -11,10 +11,11 @@ protocol defines raises in the caller instead of ending quietly.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx2
 
+from ._boundary import StreamDecoder
 from ._core import Accepted, Call
 from ._usage import SSEScanner
 
@@ -24,11 +25,12 @@ __all__ = ["AsyncTap", "BodyWatch", "SyncTap"]
 class BodyWatch:
     """Watches one accepted event stream on behalf of its :class:`Call`."""
 
-    __slots__ = ("_call", "_ended", "_scanner", "_seen")
+    __slots__ = ("_call", "_decoder", "_ended", "_scanner", "_seen")
 
-    def __init__(self, call: Call, accepted: Accepted) -> None:
+    def __init__(self, call: Call, accepted: Accepted, decoder: StreamDecoder | None = None) -> None:
         self._call = call
         self._scanner = SSEScanner(hide_usage_chunk=accepted.hide_usage_chunk)
+        self._decoder = decoder  # a compressed stream (sent although holyroute asked for identity) is decoded here
         self._seen = 0
         self._ended = False
 
@@ -36,12 +38,23 @@ class BodyWatch:
         if not self._seen:
             self._call.on_first_byte()
         self._seen += len(chunk)
+        if self._decoder is not None:
+            chunk = self._decode(self._decoder.decode, chunk)
         return self._scanner.feed(chunk)
+
+    @staticmethod
+    def _decode(step: Callable[[bytes], bytes], chunk: bytes) -> bytes:
+        try:
+            return step(chunk)
+        except ValueError as error:  # corrupt data: a broken stream, raised as httpx2 raises it (fail() ends the call)
+            raise httpx2.DecodingError(str(error)) from None
 
     def end(self) -> tuple[bytes, str | None]:
         """The upstream finished the body. Returns bytes still to hand on and, for a torn stream, why."""
         scanner = self._scanner
-        rest = scanner.end()  # should it raise, _ended is still False: fail() ends the call
+        decoder = self._decoder
+        tail = self._decode(lambda _: decoder.flush(), b"") if decoder is not None else b""
+        rest = scanner.feed(tail) + scanner.end() if tail else scanner.end()  # if it raises, fail() ends the call
         self._ended = True
         torn = None
         if not scanner.complete:

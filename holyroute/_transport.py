@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx2
 
-from ._boundary import decode_content
+from ._boundary import StreamDecoder, decode_content
 from ._compat import attempt_request, header_view, restore_read_timeout
 from ._core import (
     Accepted,
@@ -521,7 +521,11 @@ def _judged(call: Call, accepted: Accepted | None, response: httpx2.Response, ra
 def _watch(response: httpx2.Response, call: Call, accepted: Accepted) -> BodyWatch:
     if accepted.hide_usage_chunk:
         response.headers.pop("content-length", None)  # one event will be left out
-    return BodyWatch(call, accepted)
+    decoder = StreamDecoder.build(accepted.content_encoding) if accepted.content_encoding else None
+    if decoder is not None:  # the caller gets the events decoded, as the usage scanner reads them
+        del response.headers["content-encoding"]
+        response.headers.pop("content-length", None)
+    return BodyWatch(call, accepted, decoder)
 
 
 def _respond(request: httpx2.Request, step: Respond) -> httpx2.Response:
