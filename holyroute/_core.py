@@ -576,6 +576,7 @@ class Call:
         "_quality",
         "_query",
         "_raw_body",
+        "_rejected",
         "_request_id",
         "_router",
         "_rule",
@@ -586,6 +587,7 @@ class Call:
         "_status",
         "_stop_reason",
         "_tags",
+        "_timeout",
         "_tokens",
         "_trial",
         "_wants_usage_injected",
@@ -623,7 +625,9 @@ class Call:
         self.started = router.clock()
         #: This call's number in this process: on its ``holyroute.failover`` and ``holyroute.request`` events.
         self.id = next(router._call_ids)
+        self._timeout = timeout if timeout else None  # the caller's (the SDK's) timeout, per attempt
         self._deadline = self.started + timeout if timeout else None
+        self._rejected = False  # the open attempt's answer was judged a failure (its body is still to be read)
         self._headers = headers
         self.stream = data.get("stream") is True
         own = data.get("stream_options")
@@ -845,7 +849,7 @@ class Call:
         now = router.clock()
         failure, self._failure = self._failure, None
         granted, self._granted = self._granted, None
-        if granted is not None:
+        if granted is not None and not self._past_deadline(now):  # the grant may have taken the time that was left
             if failure is not None:
                 self._emit_failover(failure, 0.0, granted.endpoint)
             return self._send(granted, now)
@@ -949,6 +953,7 @@ class Call:
             router.transition(health.failure(upstream.endpoint, str(status), now, peers, trial=self._trial))
         self._pending_response = (status, headers, upstream, self._last_leg)
         self._failure = self._failure_fields(status=status, error=None, reason=reason)
+        self._rejected = True
         return None
 
     def on_body(self, body: bytes) -> bool:
@@ -975,9 +980,23 @@ class Call:
             judged = self.shadow_of is not None or (router.rollouts is not None and self._plan.alias in router.rollouts)
             if router.quality is not None and judged:
                 leg = self._last_leg if self._last_leg is not None else self._legs[0]
-                self._quality = bool(router.quality(self._plan.alias, leg.arm.name, body))
+                self._quality = self._judge_quality(leg, body)
         self.on_complete(usage_from_body(body) if status < 300 else None)
         return True
+
+    def _judge_quality(self, leg: Leg, body: bytes) -> bool | None:
+        """The application's quality check; one that raises never fails a call the upstream answered (its verdict
+        is then unknown, and the failure is reported as ``holyroute.quality_failed``)."""
+        router = self._router
+        assert router.quality is not None
+        try:
+            return bool(router.quality(self._plan.alias, leg.arm.name, body))
+        except Exception as exc:
+            router.emit(
+                "holyroute.quality_failed",
+                {"call_id": self.id, "route": self._plan.alias, "arm": leg.arm.name, "error": type(exc).__name__},
+            )
+            return None
 
     def on_rejected_body(self, body: bytes) -> None:
         """The body of the answer :meth:`on_response` rejected; kept to hand back if nothing better comes."""
@@ -999,6 +1018,11 @@ class Call:
         """The attempt raised a transport error (connection refused or reset, protocol error, timeout)."""
         upstream = self._current
         assert upstream is not None, "on_error without a Send"
+        if self._rejected:
+            # The body of an answer already judged a failure broke off: the same failure, not a second one (its
+            # health was counted once, by on_response); the answer is kept without its body.
+            self.on_rejected_body(b"")
+            return
         router = self._router
         kind = "timeout" if timeout else "connection error"
         label = type(error).__name__
@@ -1088,8 +1112,17 @@ class Call:
         """This attempt's time to headers, for balance: latency (the only reader); None spares the health lock."""
         return now - self._sent_at if self._router.tracks_latency else None
 
+    def _bound(self) -> float | None:
+        """The caller's deadline as it binds the next step. Within the persistence floor each attempt gets the
+        caller's whole timeout and waits only the backoff, as the SDK's own attempts do (``None``: no bound on the
+        call); beyond the floor, the timeout bounds the whole call."""
+        if self._deadline is None or self._attempts < self._floor():
+            return None
+        return self._deadline
+
     def _past_deadline(self, now: float) -> bool:
-        if self._deadline is not None and now >= self._deadline:
+        deadline = self._bound()
+        if deadline is not None and now >= deadline:
             self._stop_reason = "deadline reached"
             return True
         return False
@@ -1191,7 +1224,8 @@ class Call:
         return wait if self._acceptable_wait(wait, now) else None
 
     def _acceptable_wait(self, wait: float, now: float) -> bool:
-        return wait <= self._router.retry.max_wait_s and (self._deadline is None or now + wait < self._deadline)
+        deadline = self._bound()
+        return wait <= self._router.retry.max_wait_s and (deadline is None or now + wait < deadline)
 
     def _wait_before_next_pass(self, now: float) -> float | None:
         """Seconds to wait before walking the endpoints again, or None to give up.
@@ -1226,11 +1260,14 @@ class Call:
             return wait
         elif not floor:
             return None
-        return backoff if self._deadline is None or now + backoff < self._deadline else None
+        deadline = self._bound()
+        return backoff if deadline is None or now + backoff < deadline else None
 
     def _send(self, upstream: Upstream, now: float) -> Send:
         router = self._router
+        deadline = self._bound()
         self._attempts += 1
+        self._rejected = False
         self._current = upstream
         self._last_leg = self._current_leg
         self._sent_at = now
@@ -1260,8 +1297,8 @@ class Call:
         if query:
             url = f"{url}?{query}"
         timeout = upstream.timeout
-        if self._deadline is not None:
-            left = self._deadline - now
+        left = self._timeout if deadline is None else deadline - now  # within the floor: the whole timeout
+        if left is not None:
             timeout = left if timeout is None else min(timeout, left)
         retry = router.retry
         headers_timeout = retry.stream_headers_timeout_s if self.stream else retry.headers_timeout_s

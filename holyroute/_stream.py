@@ -11,6 +11,7 @@ protocol defines raises in the caller instead of ending quietly.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx2
@@ -101,6 +102,7 @@ class SyncTap(httpx2.SyncByteStream):
     def __init__(self, stream: httpx2.SyncByteStream, watch: BodyWatch) -> None:
         self._stream = stream
         self._watch = watch
+        _close_when_dropped(self, watch)
 
     def __iter__(self) -> Iterator[bytes]:
         watch = self._watch
@@ -131,6 +133,7 @@ class AsyncTap(httpx2.AsyncByteStream):
     def __init__(self, stream: httpx2.AsyncByteStream, watch: BodyWatch) -> None:
         self._stream = stream
         self._watch = watch
+        _close_when_dropped(self, watch)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         watch = self._watch
@@ -153,3 +156,10 @@ class AsyncTap(httpx2.AsyncByteStream):
             self._watch.close()
         finally:
             await self._stream.aclose()
+
+
+def _close_when_dropped(tap: object, watch: BodyWatch) -> None:
+    """A stream the caller drops without reading or closing it still ends its call (cancelled, as an early close
+    is): its attempt is no longer in flight and its one event is emitted when the tap is collected."""
+    finalizer = weakref.finalize(tap, watch.close)
+    finalizer.atexit = False  # at interpreter exit, sinks may be gone: nothing is emitted then
