@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx2
 from pydantic import (
@@ -554,6 +554,29 @@ class State(_Model):
                 f"state.url must start with redis://, rediss:// or unix:// (got {got}); "
                 "for example redis://127.0.0.1:6379/0"
             )
+        # Read here as redis-py will read it, so that a URL it cannot read fails now, with no part of it quoted
+        # (its errors do quote it: "Port could not be cast to integer value as '<the password>'").
+        text = value.get_secret_value()
+        encode = "a '/', '?', '#' or '@' in a user name or password must be percent-encoded (%2F, %3F, %23, %40)"
+        try:
+            parts = urlsplit(text)
+            parts.port, parts.hostname, parts.username, parts.password  # noqa: B018 (each may raise)
+        except ValueError:
+            raise ValueError(f"is not a URL whose host and port can be read; {encode}") from None
+        if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+            # redis://:123/pw@host would go to port 123 of no host, the password in the path
+            raise ValueError(f"has an '@' after its host; {encode}")
+        try:
+            from redis.connection import parse_url
+        except ImportError:  # pragma: no cover - redis is needed for backend: redis anyway
+            return value
+        try:
+            parse_url(text)  # type: ignore[no-untyped-call]
+        except Exception:
+            raise ValueError(
+                "cannot be read by redis (a port, a db number or a query parameter); "
+                "for example redis://:password@127.0.0.1:6379/0"
+            ) from None
         return value
 
 
