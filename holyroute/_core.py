@@ -1276,7 +1276,10 @@ class Call:
                     **(options if isinstance(options, Mapping) else {}),
                     "include_usage": True,
                 }
-            body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            try:
+                body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate the caller escaped (\ud83d): only an escape carries it
+                body = json.dumps(data, separators=(",", ":")).encode("ascii")
         self._bodies[(upstream.model, inject)] = body
         query = _merge_query(self._query, upstream.query) if self._query else upstream.query
         url = f"{upstream.base_url}/{self._operation}"

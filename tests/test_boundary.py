@@ -239,6 +239,43 @@ class TestRequestProperties:
         if not readable:
             assert len(events.named("holyroute.request")) == 1
 
+    @given(
+        content=st.text(st.characters() | st.sampled_from(["\ud83d", "\udc00", "\udfff", "\x00"]), max_size=20),
+        stream=st.booleans(),
+        alias_twice=st.booleans(),
+        ascii_only=st.booleans(),
+    )
+    @example(content="truncated emoji \ud83d", stream=True, alias_twice=False, ascii_only=True)
+    @example(content="x \ud83d", stream=False, alias_twice=True, ascii_only=True)
+    def test_any_string_content_routes_without_raising(
+        self, *, content: str, stream: bool, alias_twice: bool, ascii_only: bool
+    ) -> None:
+        """Any JSON string in the messages or the sticky user (an escaped lone surrogate too) is routed and sent,
+        re-encoded or not, as the same JSON: a stream whose usage is asked for, or a body naming the alias twice, is
+        re-encoded."""
+        messages = [{"role": "user", "content": content}]
+        if alias_twice:
+            messages.append({"role": "user", "content": "chat-default"})
+        payload = {
+            "model": "chat-default",
+            "messages": messages,
+            "user": content,
+            **({"stream": True} if stream else {}),
+        }
+        if not ascii_only and any("\ud800" <= c <= "\udfff" for c in content):
+            ascii_only = True  # only JSON's \u escapes can carry a lone surrogate
+        body = json.dumps(payload, ensure_ascii=ascii_only).encode("utf-8")
+        config = base_config()
+        config["routes"]["chat-default"]["sticky"] = "user"  # the user's string is hashed to pick the arm
+        router = Router(load_config(config), clock=FakeClock(), wall_clock=lambda: WALL, sinks=[Events()])
+        call = router.begin("POST", "/v1/chat/completions", "", {}, body)
+        assert call is not None
+        answer = (200, {"content-type": "text/event-stream"}, b"") if stream else ok()
+        outcome = drive(call, [answer])
+        [sent] = outcome.sent
+        assert json.loads(sent.body)["messages"] == messages
+        assert json.loads(sent.body).get("stream_options") == ({"include_usage": True} if stream else None)
+
     @given(st.dictionaries(OUTPUT_KEYS, JSON_VALUES, max_size=5), st.booleans())
     def test_the_core_never_raises_on_a_routable_body(self, fields: dict[str, Any], ceiling: bool) -> None:
         """Whatever numbers the caller wrote, the call plans, sends and ends without an exception."""
@@ -912,6 +949,28 @@ class TestEndToEnd:
         assert wire.hosts == ["a.example", "b.example"]
         (failover,) = wire.events.named("holyroute.failover")
         assert failover["error"] == "malformed body"
+
+    @pytest.mark.parametrize("stream", [True, False], ids=["stream-usage-injected", "alias-twice"])
+    def test_escaped_lone_surrogate_is_sent(self, mode: str, stream: bool) -> None:
+        """It raised UnicodeEncodeError re-encoding the body, sending nothing; now the body goes, \\u-escaped."""
+        events = b'data: {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5}}\n\ndata: [DONE]\n\n'
+        sent: list[bytes] = []
+
+        def handler(request: httpx2.Request) -> httpx2.Response:
+            sent.append(request.content)
+            if stream:
+                headers = {"content-type": "text/event-stream"}
+                return httpx2.Response(200, headers=headers, stream=httpx2.ByteStream(events))
+            return answer_json()
+
+        wire = Wire(mode, handler)
+        messages = [{"role": "user", "content": "truncated emoji \ud83d"}]
+        if not stream:
+            messages.append({"role": "user", "content": "chat"})  # the alias twice: the model is not swapped in place
+        response = wire.send(chat(messages=messages, stream=stream))
+        assert response.status_code == 200
+        assert json.loads(sent[0])["messages"] == messages
+        assert [e["outcome"] for e in wire.events.named("holyroute.request")] == ["ok"]
 
     def test_absurd_stream_usage(self, mode: str) -> None:
         stream = (
