@@ -50,7 +50,7 @@ from ._usage import Usage, cost_usd, find_price, finish_reason, usage_from_body
 
 if TYPE_CHECKING:
     from ._rollout import Rollouts
-from .config import Config, Endpoint, EndpointRef, Target
+from .config import Config, Endpoint, EndpointRef, Target, _without_userinfo
 
 __all__ = [
     "OPERATIONS",
@@ -194,7 +194,8 @@ class Send:
     drop: frozenset[str] = DROPPED_HEADERS  # the caller's headers not to forward (also those rules read)
 
     def __repr__(self) -> str:
-        return f"Send(url={self.url!r}, endpoint={self.endpoint!r})"
+        # The URL may carry user:password@ and configured query values (secrets): shown without either.
+        return f"Send(url={_without_userinfo(self.url.partition('?')[0])!r}, endpoint={self.endpoint!r})"
 
 
 @dataclass(frozen=True, slots=True)

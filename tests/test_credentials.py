@@ -206,6 +206,22 @@ class TestBaseUrl:
         target = httpx2.URL(f"{config.endpoints['main'].base_url}/chat/completions")
         assert (target.host, target.raw_path) == ("a.example", b"/v1/chat/completions")
 
+    def test_an_attempt_is_printed_without_userinfo_or_query(self) -> None:
+        """A Send step (in a traceback, a debugger, a test's failure message) shows neither the password nor the
+        configured query values."""
+        config = load_config(
+            with_endpoint(base_url="https://user:pw-SECRET@main.example/v1", api_key="k", query={"key": "q-SECRET"})
+        )
+        router = holyroute.Router(config, sinks=[])
+        call = router.begin(
+            "POST", "/v1/chat/completions", "", {"x-holyroute-arm": "gpt-4.1"}, json.dumps(BODY).encode()
+        )
+        assert call is not None
+        step = call.next_step()
+        assert isinstance(step, Send)
+        assert "SECRET" in step.url
+        assert repr(step) == "Send(url='https://***@main.example/v1/chat/completions', endpoint='main')"
+
     def test_the_call_is_not_made_to_raise(self) -> None:
         """The reported symptom: the config loaded and then every call raised InvalidURL, quoting the password."""
         config = with_endpoint(base_url="http://user:Sup3r/Secret@a.example/v1", api_key="k")
