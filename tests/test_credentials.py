@@ -298,6 +298,18 @@ class TestValuesProperty:
         assert secret[:4] not in repr(loaded)
         assert httpx2.URL(shown.replace("***@", "")).host == target.host  # the host shown is the host called
 
+    @given(url=st.text(max_size=40) | st.text(max_size=30).map(lambda rest: "https://" + rest))
+    def test_any_base_url_loads_and_builds_a_request_or_is_rejected_by_key_path(self, url: str) -> None:
+        try:
+            loaded = load_config(with_endpoint(base_url=url, api_key="k"))
+        except ConfigError as error:
+            message = str(error)
+            assert "endpoints.main.base_url:" in message
+            return
+        request = httpx2.Request("POST", f"{loaded.endpoints['main'].base_url}/chat/completions?api-version=1")
+        assert request.url.host
+        h11_accepts([(b"host", request.url.netloc)])
+
     @given(value=st.text(max_size=40))
     def test_unsendable_is_total_and_agrees_with_h11(self, value: str) -> None:
         problem = unsendable(value)
