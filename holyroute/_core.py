@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus
 
 from ._alerts import Alerts
-from ._boundary import clamp_tokens, parse_request, requested_choices
+from ._boundary import RequestView, clamp_tokens, named_alias, read_request, requested_choices
 from ._budget import RetryBudget
 from ._context import (
     DEFAULT_OUTPUT_RESERVE,
@@ -50,7 +50,7 @@ from ._usage import Usage, cost_usd, find_price, finish_reason, usage_from_body
 
 if TYPE_CHECKING:
     from ._rollout import Rollouts
-from .config import Config, Endpoint, EndpointRef, Target
+from .config import Config, Endpoint, EndpointRef, Target, _without_userinfo
 
 __all__ = [
     "OPERATIONS",
@@ -194,7 +194,8 @@ class Send:
     drop: frozenset[str] = DROPPED_HEADERS  # the caller's headers not to forward (also those rules read)
 
     def __repr__(self) -> str:
-        return f"Send(url={self.url!r}, endpoint={self.endpoint!r})"
+        # The URL may carry user:password@ and configured query values (secrets): shown without either.
+        return f"Send(url={_without_userinfo(self.url.partition('?')[0])!r}, endpoint={self.endpoint!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,9 +428,19 @@ class Router:
         api = _operation(path)
         if api is None:
             return None
-        view = parse_request(body)  # total: a validated view, or None (not routable: pass it through)
-        if view is None:
-            return None
+        view = read_request(body)  # total: a validated view, why it cannot be read, or None (pass it through)
+        if not isinstance(view, RequestView):
+            # Unreadable within bounds: passed through only if it names no routed alias (else the SDK's own
+            # base_url would get it, with the caller's key); one that does is answered here.
+            alias = named_alias(body, self.routes) if view is not None else None
+            if alias is None:
+                return None
+            call = Call(
+                self, self.routes[alias], api=api[0], operation=api[1], query=query, headers=headers,
+                data={"model": alias}, body=body, timeout=timeout, unreadable=view,
+            )  # fmt: skip
+            self.budgets[call.route].record_call(call.started)
+            return call
         plan = self.routes.get(view.model)
         if plan is None:
             return None
@@ -612,6 +623,7 @@ class Call:
         body: bytes,
         timeout: float | None,
         shadow_of: Call | None = None,
+        unreadable: str | None = None,
     ) -> None:
         self._router = router
         self.shadow: Call | None = None  # the background copy of this call, when it is mirrored
@@ -689,6 +701,18 @@ class Call:
             assert plan.shadow is not None
             self._legs = [Leg(plan.alias, plan.shadow, None, False)]
             self._extend_sequence(self._legs[0])
+            return
+        if unreadable is not None:  # names this alias, cannot be read within bounds: answered here, never sent
+            self._legs = [Leg(plan.alias, plan.arms[0], None, False)]
+            reason = f"the request body names '{plan.alias}' but {unreadable}"
+            self._final = self._local_answer(
+                400,
+                f"holyroute: {reason}, so it cannot be routed; it was not sent. Send a flatter body, or numbers "
+                "with fewer digits",
+                "invalid_request_error",
+                "holyroute_unroutable_body",
+            )
+            self._emit_request(400, "error", None, reason, None)
             return
         pinned = headers.get(PIN_HEADER)
         ruled: Leg | None = None
@@ -1290,7 +1314,10 @@ class Call:
                     **(options if isinstance(options, Mapping) else {}),
                     "include_usage": True,
                 }
-            body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            try:
+                body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate the caller escaped (\ud83d): only an escape carries it
+                body = json.dumps(data, separators=(",", ":")).encode("ascii")
         self._bodies[(upstream.model, inject)] = body
         query = _merge_query(self._query, upstream.query) if self._query else upstream.query
         url = f"{upstream.base_url}/{self._operation}"
