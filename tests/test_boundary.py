@@ -38,7 +38,9 @@ from holyroute.boundary.parse import (
     header_count,
     header_seconds,
     header_text,
+    named_alias,
     parse_request,
+    read_request,
     requested_output_tokens,
     token_count,
     usage_from_body,
@@ -46,7 +48,7 @@ from holyroute.boundary.parse import (
 )
 from holyroute.config.prices import PriceRow
 from holyroute.core.health import HealthBook, server_delay
-from holyroute.core.steps import Respond
+from holyroute.core.steps import Accepted, Respond
 from holyroute.core.usage import cost_usd
 
 from .conftest import Events, FakeClock, Harness, base_config, drive, ok, status
@@ -180,9 +182,15 @@ class TestRequestProperties:
     @example(b'{"model": "m", "max_tokens": ' + b"9" * 5000 + b"}")
     @example('{"model": "m"}'.encode("utf-16"))
     @example(b'\n\t {"model": "\xff"}')
+    @example(b'{"model": "chat", "n": ' + b"9" * 5000 + b"}")
+    @example(b'{"model":"ch\\u0061t","x":' + b"[" * 300 + b"]" * 300 + b"}")
     def test_any_bytes(self, body: bytes) -> None:
         view = parse_request(body)
         assert view is None or isinstance(view, RequestView)
+        read = read_request(body)
+        assert read == view or (view is None and isinstance(read, str))
+        alias = named_alias(body, {"chat", "m"})
+        assert alias is None or (alias in {"chat", "m"} and b'"model"' in body)
 
     @given(
         st.dictionaries(OUTPUT_KEYS, JSON_VALUES, max_size=4),
@@ -203,6 +211,70 @@ class TestRequestProperties:
     def test_depth_bound(self, depth: int) -> None:
         view = parse_request(nested(depth))
         assert (view is not None) == (depth + 1 <= MAX_DEPTH)
+
+    @given(
+        depth=st.integers(min_value=1, max_value=3 * MAX_DEPTH),
+        digits=st.integers(min_value=1, max_value=6000),
+        alias=st.sampled_from(["chat-default", "chat-cheap", "gpt-4o"]),
+        spaced=st.booleans(),
+    )
+    def test_a_body_naming_a_routed_alias_is_routed_or_answered_never_passed_through(
+        self, *, depth: int, digits: int, alias: str, spaced: bool
+    ) -> None:
+        """Too deep or a number too long to read: a body naming a routed alias is answered 400 here, with one
+        event; one naming no routed alias passes through; a readable one is routed."""
+        events = Events()
+        router = Router(load_config(base_config()), clock=FakeClock(), wall_clock=lambda: WALL, sinks=[events])
+        named = f'"model"{" : " if spaced else ":"}"{alias}"'.encode()
+        body = b"{" + named + b',"messages":' + b"[" * depth + b"]" * depth + b',"seed":' + b"7" * digits + b"}"
+        call = router.begin("POST", "/v1/chat/completions", "", {}, body)
+        readable = depth + 1 <= MAX_DEPTH and digits <= 4300
+        if alias not in router.routes:
+            assert call is None
+            return
+        assert call is not None
+        outcome = drive(call, [ok()])
+        assert isinstance(outcome.final, Respond if not readable else Accepted)
+        assert len(outcome.sent) == (1 if readable else 0)
+        if not readable:
+            assert len(events.named("holyroute.request")) == 1
+
+    @given(
+        content=st.text(st.characters() | st.sampled_from(["\ud83d", "\udc00", "\udfff", "\x00"]), max_size=20),
+        stream=st.booleans(),
+        alias_twice=st.booleans(),
+        ascii_only=st.booleans(),
+    )
+    @example(content="truncated emoji \ud83d", stream=True, alias_twice=False, ascii_only=True)
+    @example(content="x \ud83d", stream=False, alias_twice=True, ascii_only=True)
+    def test_any_string_content_routes_without_raising(
+        self, *, content: str, stream: bool, alias_twice: bool, ascii_only: bool
+    ) -> None:
+        """Any JSON string in the messages or the sticky user (an escaped lone surrogate too) is routed and sent,
+        re-encoded or not, as the same JSON: a stream whose usage is asked for, or a body naming the alias twice, is
+        re-encoded."""
+        messages = [{"role": "user", "content": content}]
+        if alias_twice:
+            messages.append({"role": "user", "content": "chat-default"})
+        payload = {
+            "model": "chat-default",
+            "messages": messages,
+            "user": content,
+            **({"stream": True} if stream else {}),
+        }
+        if not ascii_only and any("\ud800" <= c <= "\udfff" for c in content):
+            ascii_only = True  # only JSON's \u escapes can carry a lone surrogate
+        body = json.dumps(payload, ensure_ascii=ascii_only).encode("utf-8")
+        config = base_config()
+        config["routes"]["chat-default"]["sticky"] = "user"  # the user's string is hashed to pick the arm
+        router = Router(load_config(config), clock=FakeClock(), wall_clock=lambda: WALL, sinks=[Events()])
+        call = router.begin("POST", "/v1/chat/completions", "", {}, body)
+        assert call is not None
+        answer = (200, {"content-type": "text/event-stream"}, b"") if stream else ok()
+        outcome = drive(call, [answer])
+        [sent] = outcome.sent
+        assert json.loads(sent.body)["messages"] == messages
+        assert json.loads(sent.body).get("stream_options") == ({"include_usage": True} if stream else None)
 
     @given(st.dictionaries(OUTPUT_KEYS, JSON_VALUES, max_size=5), st.booleans())
     def test_the_core_never_raises_on_a_routable_body(self, fields: dict[str, Any], ceiling: bool) -> None:
@@ -544,6 +616,26 @@ def tpm_config(tpm: int = 1000) -> dict[str, Any]:
     return config
 
 
+def assert_unroutable(harness: Harness, body: bytes, reason: str) -> None:
+    """``body`` names a routed alias but cannot be read: a local 400 that says why, never sent, one event."""
+    before = len(harness.events.named("holyroute.request"))
+    call = harness.router.begin("POST", "/v1/chat/completions", "", PRIMARY, body)
+    assert call is not None, "passed through"
+    outcome = drive(call, [])
+    assert outcome.sent == []
+    assert isinstance(outcome.final, Respond)
+    assert outcome.final.status == 400
+    assert ("x-should-retry", "false") in outcome.final.headers
+    error = json.loads(outcome.final.body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "holyroute_unroutable_body")
+    assert reason in error["message"]
+    assert len(outcome.final.body) < 1000  # the body is never echoed
+    events = harness.events.named("holyroute.request")
+    assert len(events) == before + 1
+    assert (events[-1]["status"], events[-1]["outcome"]) == (400, "error")
+    assert reason in events[-1]["error"]
+
+
 class TestRequestSymptoms:
     """Caller bodies are parsed once, totally, with their counts clamped."""
 
@@ -569,11 +661,39 @@ class TestRequestSymptoms:
         assert outcome.final.status == 400
         assert json.loads(outcome.final.body)["error"]["code"] == "holyroute_cost_ceiling"
 
-    def test_deeply_nested_body_passes_through(self, harness: Harness) -> None:
-        """Nesting depth 10**5 used to raise RecursionError out of the transport; now it is not routed."""
-        assert harness.router.begin("POST", "/v1/chat/completions", "", {}, nested(10**5)) is None
-        assert harness.router.begin("POST", "/v1/chat/completions", "", {}, nested(MAX_DEPTH + 1)) is None
+    def test_deeply_nested_body_naming_a_routed_alias_is_answered_locally(self, harness: Harness) -> None:
+        """Nesting depth 10**5 used to raise RecursionError out of the transport, then passed through (to the SDK's
+        own base_url, with the caller's key); a body naming a routed alias is now answered 400 here, unsent."""
+        for depth in (10**5, MAX_DEPTH + 1):
+            assert_unroutable(harness, nested(depth), f"nested deeper than {MAX_DEPTH}")
         assert harness.router.begin("POST", "/v1/chat/completions", "", {}, nested(MAX_DEPTH - 1)) is not None
+
+    def test_an_integer_too_long_to_read_naming_a_routed_alias_is_answered_locally(self, harness: Harness) -> None:
+        body = b'{"model": "chat-default", "messages": [], "max_tokens": ' + b"9" * 5000 + b"}"
+        assert_unroutable(harness, body, "a number too long to read")
+
+    @pytest.mark.parametrize(
+        "named",
+        [b'"model":"chat-default"', b'"model" :\n "chat-default"', b'"model": "chat\\u002ddefault"'],
+        ids=["compact", "spaced", "escaped"],
+    )
+    def test_the_alias_is_found_however_it_is_written(self, harness: Harness, named: bytes) -> None:
+        body = b"{" + named + b', "messages": ' + b"[" * 200 + b"]" * 200 + b"}"
+        assert_unroutable(harness, body, f"nested deeper than {MAX_DEPTH}")
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b'{"model": "gpt-4o", "messages": ' + b"[" * 200 + b"]" * 200 + b"}",
+            b'{"model": "gpt-4o", "max_tokens": ' + b"9" * 5000 + b"}",
+            b'{"messages": ["chat-default"], "x": ' + b"[" * 200 + b"]" * 200 + b"}",  # the alias, not as a model
+            b'{"model": "chat-default", "messages": [' + b"9" * 20 + b", }",  # not JSON: the upstream says so
+        ],
+        ids=["deep", "long-number", "alias-elsewhere", "not-json"],
+    )
+    def test_a_body_naming_no_routed_alias_still_passes_through(self, harness: Harness, body: bytes) -> None:
+        assert harness.router.begin("POST", "/v1/chat/completions", "", {}, body) is None
+        assert harness.events.named("holyroute.request") == []
 
     @pytest.mark.parametrize("prefix", [b" ", b"\n\t\r ", b"\xef\xbb\xbf", b"\xef\xbb\xbf\n"])
     def test_leading_whitespace_or_bom_is_routed(self, harness: Harness, prefix: bytes) -> None:
@@ -773,10 +893,26 @@ class TestEndToEnd:
         assert wire.hosts == []
 
     def test_deeply_nested_body(self, mode: str) -> None:
+        """Naming a routed alias: answered here, sent nowhere (it used to go to the SDK's own base_url)."""
         wire = Wire(mode, lambda request: httpx2.Response(400, json={"error": {"message": "bad json"}}))
         body = b'{"model": "chat", "messages": ' + b"[" * 10**5 + b"]" * 10**5 + b"}"
-        assert wire.send(body).status_code == 400
-        assert wire.hosts == ["sdk.example"]  # passed through untouched
+        response = wire.send(body)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "holyroute_unroutable_body"
+        assert response.headers["x-should-retry"] == "false"
+        assert wire.hosts == []
+        assert [e["status"] for e in wire.events.named("holyroute.request")] == [400]
+        # Naming no routed alias: passed through untouched, as before.
+        assert wire.send(body.replace(b'"chat"', b'"gpt-4o"')).status_code == 400
+        assert wire.hosts == ["sdk.example"]
+        assert len(wire.events.named("holyroute.request")) == 1
+
+    def test_integer_too_long_to_read(self, mode: str) -> None:
+        wire = Wire(mode, lambda request: answer_json())
+        response = wire.send(chat()[:-1] + b', "seed": ' + b"1" * 4301 + b"}")
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "holyroute_unroutable_body"
+        assert wire.hosts == []
 
     def test_leading_whitespace(self, mode: str) -> None:
         wire = Wire(mode, lambda request: answer_json())
@@ -813,6 +949,28 @@ class TestEndToEnd:
         assert wire.hosts == ["a.example", "b.example"]
         (failover,) = wire.events.named("holyroute.failover")
         assert failover["error"] == "malformed body"
+
+    @pytest.mark.parametrize("stream", [True, False], ids=["stream-usage-injected", "alias-twice"])
+    def test_escaped_lone_surrogate_is_sent(self, mode: str, stream: bool) -> None:
+        """It raised UnicodeEncodeError re-encoding the body, sending nothing; now the body goes, \\u-escaped."""
+        events = b'data: {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5}}\n\ndata: [DONE]\n\n'
+        sent: list[bytes] = []
+
+        def handler(request: httpx2.Request) -> httpx2.Response:
+            sent.append(request.content)
+            if stream:
+                headers = {"content-type": "text/event-stream"}
+                return httpx2.Response(200, headers=headers, stream=httpx2.ByteStream(events))
+            return answer_json()
+
+        wire = Wire(mode, handler)
+        messages = [{"role": "user", "content": "truncated emoji \ud83d"}]
+        if not stream:
+            messages.append({"role": "user", "content": "chat"})  # the alias twice: the model is not swapped in place
+        response = wire.send(chat(messages=messages, stream=stream))
+        assert response.status_code == 200
+        assert json.loads(sent[0])["messages"] == messages
+        assert [e["outcome"] for e in wire.events.named("holyroute.request")] == ["ok"]
 
     def test_absurd_stream_usage(self, mode: str) -> None:
         stream = (

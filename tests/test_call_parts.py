@@ -7,10 +7,11 @@ each part its one question directly, without driving a whole call through the st
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from holyroute.core.steps import Respond
 
-from .conftest import Harness
+from .conftest import Harness, base_config
 
 MODELS = {"main": "gpt-4.1", "backup": "gpt-4.1", "deep": "deepseek-chat", "cheap": "gemini-2.5-flash"}
 
@@ -63,12 +64,18 @@ class TestWaiting:
         cool_everything(harness, 5.0)
         assert call._wait_before_next_pass(harness.clock()) == 5.0
 
-    def test_the_caller_deadline_ends_the_walk(self, harness: Harness) -> None:
-        call = harness.call(timeout=2.0)
-        assert not call._past_deadline(harness.clock())
-        harness.clock.advance(2.0)
-        assert call._past_deadline(harness.clock())
+    def test_the_caller_deadline_ends_the_walk_beyond_the_floor(self, make_harness: Callable[..., Harness]) -> None:
+        h = make_harness(base_config(retry={"max_attempts": 3, "min_attempts": 0}))
+        call = h.call(timeout=2.0)
+        assert not call._past_deadline(h.clock())
+        h.clock.advance(2.0)
+        assert call._past_deadline(h.clock())
         assert call._stop_reason == "deadline reached"
+
+    def test_within_the_floor_the_timeout_bounds_attempts_not_the_walk(self, harness: Harness) -> None:
+        call = harness.call(timeout=2.0)
+        harness.clock.advance(2.0)
+        assert not call._past_deadline(harness.clock())
 
 
 class TestAccounting:

@@ -146,12 +146,23 @@ class TestGiveUp:
         """No wait runs past the caller's timeout: the call ends with what it has."""
         config = base_config(
             routes={"chat-default": {"targets": [{"model": "gpt-4.1", "endpoints": ["main"]}]}},
-            retry={"max_attempts": 4, "backoff_initial_s": 5, "backoff_jitter_s": 0},
+            retry={"max_attempts": 4, "min_attempts": 1, "backoff_initial_s": 5, "backoff_jitter_s": 0},
         )
         h = make_harness(config)
         outcome = drive(h.call(timeout=3.0), [status(500)] * 4, h.clock)
         assert outcome.waits == []
         assert isinstance(outcome.final, Respond)
+
+    def test_floor_waits_the_backoff_whatever_the_timeout(self, make_harness: Callable[..., Harness]) -> None:
+        """Within min_attempts the SDK's persistence holds: its backoff runs even past a short timeout."""
+        config = base_config(
+            routes={"chat-default": {"targets": [{"model": "gpt-4.1", "endpoints": ["main"]}]}},
+            retry={"max_attempts": 4, "backoff_initial_s": 5, "backoff_jitter_s": 0},
+        )
+        h = make_harness(config)
+        outcome = drive(h.call(timeout=3.0), [status(500)] * 4, h.clock)
+        assert outcome.waits == [5.0, 8.0]  # capped at backoff_max_s, as the SDK caps its own at 8 s
+        assert len(outcome.sent) == 3
 
 
 class TestCooldown:

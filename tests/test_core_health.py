@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from holyroute.core.steps import Accepted, Respond, Send
+from holyroute.core.steps import Accepted, Respond, Send, Wait
 
 from .conftest import Harness, base_config, drive, ok, status
 
@@ -257,10 +257,11 @@ class TestBalance:
 
 
 class TestDeadline:
-    """The caller's timeout bounds every attempt and every wait."""
+    """The caller's timeout, as the SDK's: it bounds each attempt within the persistence floor (``min_attempts``),
+    and the whole call, every attempt and every wait, beyond it."""
 
     def test_attempt_timeout_is_what_is_left(self, make_harness: Callable[..., Harness]) -> None:
-        h = make_harness()
+        h = make_harness(base_config(retry={"max_attempts": 3, "min_attempts": 1, "backoff_jitter_s": 0}))
         call = h.call(headers=PRIMARY, timeout=10.0)
         first = call.next_step()
         assert isinstance(first, Send)
@@ -271,14 +272,43 @@ class TestDeadline:
         assert isinstance(second, Send)
         assert second.timeout == pytest.approx(2.5)
 
-    def test_no_attempt_after_the_deadline(self, make_harness: Callable[..., Harness]) -> None:
+    def test_each_attempt_within_the_floor_gets_the_whole_timeout(self, make_harness: Callable[..., Harness]) -> None:
+        """As the SDK gives each of its attempts its whole timeout: a hung endpoint does not cut the next short."""
         h = make_harness()
+        call = h.call(headers=PRIMARY, timeout=10.0)
+        first = call.next_step()
+        assert isinstance(first, Send)
+        h.clock.advance(10.0)
+        call.on_error(TimeoutError(), timeout=True)
+        second = call.next_step()
+        assert isinstance(second, Send)
+        assert second.timeout == pytest.approx(10.0)
+
+    def test_no_attempt_after_the_deadline(self, make_harness: Callable[..., Harness]) -> None:
+        h = make_harness(base_config(retry={"max_attempts": 3, "min_attempts": 1, "backoff_jitter_s": 0}))
         call = h.call(headers=PRIMARY, timeout=1.0)
         call.next_step()
         h.clock.advance(1.0)
         call.on_error(TimeoutError(), timeout=True)
         final = call.next_step()
         assert not isinstance(final, Send)
+        assert "deadline reached" in h.events.named("holyroute.request")[-1]["error"]
+
+    def test_no_attempt_after_the_deadline_beyond_the_floor(self, make_harness: Callable[..., Harness]) -> None:
+        """With every attempt timing out, the SDK's three attempts are made, then the deadline (long past) ends it."""
+        h = make_harness(base_config(retry={"max_attempts": 5, "backoff_jitter_s": 0}))
+        call = h.call(headers=PRIMARY, timeout=1.0)
+        sent = 0
+        step = call.next_step()
+        while isinstance(step, Send | Wait):
+            if isinstance(step, Send):
+                sent += 1
+                h.clock.advance(1.0)
+                call.on_error(TimeoutError(), timeout=True)
+            else:
+                h.clock.advance(step.seconds)
+            step = call.next_step()
+        assert sent == 3
         assert "deadline reached" in h.events.named("holyroute.request")[-1]["error"]
 
     def test_stream_headers_timeout(self, make_harness: Callable[..., Harness]) -> None:

@@ -16,7 +16,7 @@ import h11
 import httpx2
 import openai
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -169,6 +169,66 @@ class TestMasked:
         assert "base_url='https://***@main.example:8443/v1'" in repr(config.endpoints["main"])
         assert config.endpoints["main"].base_url == "https://user:pw-SECRET@main.example:8443/v1"
 
+    def test_userinfo_is_masked_in_dumps_too(self) -> None:
+        """The userinfo is masked up to the last '@' (a password may hold one), in every print and dump."""
+        for url in ("https://user:pw-SECRET@main.example/v1", "https://user:pw@SECRET@main.example/v1"):
+            config = load_config(with_endpoint(base_url=url, api_key="k"))
+            for text in (repr(config), str(config), config.model_dump_json(), str(config.model_dump())):
+                assert "SECRET" not in text
+                assert "***@main.example/v1" in text
+
+
+class TestBaseUrl:
+    """A base_url is parsed at load as each attempt's URL will be: one that cannot be is rejected, never echoed."""
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "http://user:Sup3r/Secret@a.example/v1",  # the password's '/' ends the host: "Invalid port 'Sup3r'"
+            "http://user:123/Secret@a.example/v1",  # ... or makes host 'user', port 123, the rest a path
+            "http://[::1/v1",
+            "http://:80/v1",
+            "http://user:Sup3rSecret@/v1",
+            "http://a.example:99999/v1",
+            "http://a.exa mple/v1",
+        ],
+    )
+    def test_rejected_at_load_without_the_value(self, url: str) -> None:
+        message = problems_of(with_endpoint(base_url=url, api_key="k"))
+        assert "endpoints.main.base_url:" in message
+        for part in ("Sup3r", "Secret", "123", "::1", "99999", "exa mple"):
+            assert part not in message
+
+    def test_a_percent_encoded_password_is_sent_to_the_host(self) -> None:
+        url = "http://user:Sup3r%2FSecret@a.example/v1"
+        config = load_config(with_endpoint(base_url=url, api_key="k"))
+        assert "Sup3r" not in repr(config)
+        target = httpx2.URL(f"{config.endpoints['main'].base_url}/chat/completions")
+        assert (target.host, target.raw_path) == ("a.example", b"/v1/chat/completions")
+
+    def test_an_attempt_is_printed_without_userinfo_or_query(self) -> None:
+        """A Send step (in a traceback, a debugger, a test's failure message) shows neither the password nor the
+        configured query values."""
+        config = load_config(
+            with_endpoint(base_url="https://user:pw-SECRET@main.example/v1", api_key="k", query={"key": "q-SECRET"})
+        )
+        router = holyroute.Router(config, sinks=[])
+        call = router.begin(
+            "POST", "/v1/chat/completions", "", {"x-holyroute-arm": "gpt-4.1"}, json.dumps(BODY).encode()
+        )
+        assert call is not None
+        step = call.next_step()
+        assert isinstance(step, Send)
+        assert "SECRET" in step.url
+        assert repr(step) == "Send(url='https://***@main.example/v1/chat/completions', endpoint='main')"
+
+    def test_the_call_is_not_made_to_raise(self) -> None:
+        """The reported symptom: the config loaded and then every call raised InvalidURL, quoting the password."""
+        config = with_endpoint(base_url="http://user:Sup3r/Secret@a.example/v1", api_key="k")
+        with pytest.raises(ConfigError) as caught:
+            holyroute.Transport(config, transport=httpx2.MockTransport(lambda request: httpx2.Response(200)))
+        assert "Sup3r" not in str(caught.value)
+
 
 # ---- property tests: any string loads (and can be sent) or is rejected without being quoted ---------------------
 
@@ -203,6 +263,52 @@ class TestValuesProperty:
         assert httpx2.URL(f"http://up.example/v1/chat/completions?{query}").query.decode("ascii") == query
         for text in (repr(loaded), str(loaded), loaded.model_dump_json()):
             assert secret not in text
+
+    @given(
+        scheme=st.sampled_from(["http://", "https://", "HTTP://", "ftp://", ""]),
+        user=st.text(max_size=6),
+        secret=SENTINEL,
+        junk=st.text(alphabet="/?#@:[]% ", max_size=3),
+        host=st.sampled_from(["a.example", "a.example:8443", "[::1]", "127.0.0.1:1", "", "xn--", "\u00e9x.com"]),
+        path=st.text(max_size=12),
+    )
+    @example(scheme="http://", user="user", secret="Sup3r/Secret", junk="", host="a.example", path="/v1")
+    @example(scheme="http://", user="user", secret="Zq", junk="/x", host="a.example", path="/v1")
+    def test_base_url_loads_and_is_sendable_or_is_rejected_without_the_secret(
+        self, *, scheme: str, user: str, secret: str, junk: str, host: str, path: str
+    ) -> None:
+        """Any base_url either loads, and then every attempt's URL is valid and goes to the host it shows, or is
+        rejected with a message that quotes no part of the password."""
+        url = f"{scheme}{user}:{secret}{junk}@{host}{path}"
+        try:
+            loaded = load_config(with_endpoint(base_url=url, api_key="k", query={"api-version": "1"}))
+        except ConfigError as error:
+            message = str(error)
+            assert "endpoints.main.base_url:" in message
+            assert secret[:4] not in message
+            return
+        endpoint = loaded.endpoints["main"]
+        target = httpx2.URL(f"{endpoint.base_url}/chat/completions?{endpoint.query_string()}")
+        assert target.scheme in ("http", "https")
+        assert target.host
+        assert secret.encode() not in target.raw_path
+        h11_accepts([(b"host", target.netloc)])
+        shown = loaded.model_dump()["endpoints"]["main"]["base_url"]
+        assert secret[:4] not in shown
+        assert secret[:4] not in repr(loaded)
+        assert httpx2.URL(shown.replace("***@", "")).host == target.host  # the host shown is the host called
+
+    @given(url=st.text(max_size=40) | st.text(max_size=30).map(lambda rest: "https://" + rest))
+    def test_any_base_url_loads_and_builds_a_request_or_is_rejected_by_key_path(self, url: str) -> None:
+        try:
+            loaded = load_config(with_endpoint(base_url=url, api_key="k"))
+        except ConfigError as error:
+            message = str(error)
+            assert "endpoints.main.base_url:" in message
+            return
+        request = httpx2.Request("POST", f"{loaded.endpoints['main'].base_url}/chat/completions?api-version=1")
+        assert request.url.host
+        h11_accepts([(b"host", request.url.netloc)])
 
     @given(value=st.text(max_size=40))
     def test_unsendable_is_total_and_agrees_with_h11(self, value: str) -> None:

@@ -75,9 +75,18 @@ class TestFloor:
         assert outcome.endpoints == ["solo"] * 3
         assert outcome.waits == [pytest.approx(0.1), pytest.approx(0.2)]
 
-    def test_floor_never_passes_the_deadline(self, make_harness: Callable[..., Harness]) -> None:
-        """The caller's timeout still bounds the call: no wait that ends after it."""
+    def test_floor_treats_the_timeout_as_the_sdk_does(self, make_harness: Callable[..., Harness]) -> None:
+        """Within the floor the caller's timeout bounds each attempt, as the SDK's does, not the whole call: a
+        backoff longer than the timeout still runs, and each attempt gets the whole timeout."""
         h = make_harness(solo(backoff_initial_s=0.5))
+        outcome = drive(h.call(timeout=0.3), [ERROR, ERROR, ERROR], h.clock)
+        assert len(outcome.sent) == 3
+        assert [send.timeout for send in outcome.sent] == [pytest.approx(0.3)] * 3
+        assert isinstance(outcome.final, GiveUp)
+
+    def test_beyond_the_floor_the_deadline_bounds_the_call(self, make_harness: Callable[..., Harness]) -> None:
+        """No wait that ends after the caller's timeout once the floor's attempts are made."""
+        h = make_harness(solo(backoff_initial_s=0.5, min_attempts=1))
         outcome = drive(h.call(timeout=0.3), [ERROR], h.clock)
         assert len(outcome.sent) == 1
         assert isinstance(outcome.final, GiveUp)

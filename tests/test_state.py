@@ -10,9 +10,13 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+import httpx2
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from redis.connection import parse_url
 
-from holyroute import load_config
+from holyroute import Transport, load_config
 from holyroute.core.call import Router
 from holyroute.core.health import HealthBook
 from holyroute.core.steps import Acquire, Respond, Send, Wait
@@ -21,11 +25,13 @@ from holyroute.rollout.engine import MemoryStore, StateStore
 from holyroute.state.base import HealthChange, Leases, period_key
 from holyroute.state.factory import open_backend
 from holyroute.state.memory import MemoryBackend
+from holyroute.state.redis.payloads import redacted
 
 from .conftest import FakeClock, Harness, base_config, drive, ok, status
 
 PRIMARY = {"x-holyroute-arm": "gpt-4.1"}
 WALL0 = 1_700_000_000.0  # the harness's wall clock is WALL0 + the fake monotonic clock
+SECRET = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=12, max_size=12).map(lambda s: "Zq" + s)
 
 
 class RecordingBackend:
@@ -349,6 +355,81 @@ class TestStateConfig:
         config = load_config(base_config(state={"backend": "redis", "url": "redis://:hunter2@cache:6379/0"}))
         assert "hunter2" not in repr(config.state)
         assert "hunter2" not in str(config.model_dump())
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "redis://:Sup3rSecret/x@127.0.0.1:6391/0",  # "Port could not be cast to integer value as 'Sup3rSecret'"
+            "redis://:Sup3rSecret#x@127.0.0.1:6391/0",
+            "redis://:Sup3rSecret?x@127.0.0.1:6391/0",
+            "redis://:123/Sup3rSecret@127.0.0.1:6391/0",  # port 123 of no host, the password in the path
+            "redis://[::1/0",
+            "redis://127.0.0.1:6391/0?socket_timeout=Sup3rSecret",
+        ],
+    )
+    def test_a_url_redis_cannot_read_is_rejected_at_load_without_the_password(self, url: str) -> None:
+        """A password holding '/', '#' or '?' ends the host early: the client could not even be built, and the
+        error raised then quoted the password."""
+        with pytest.raises(ConfigError) as caught:
+            load_config(base_config(state={"backend": "redis", "url": url}))
+        message = str(caught.value)
+        assert "state.url:" in message
+        assert "Sup3r" not in message
+        assert "123" not in message
+
+    def test_the_symptom_building_a_client(self) -> None:
+        config = base_config(state={"backend": "redis", "url": "redis://:Sup3rSecret/x@127.0.0.1:6391/0"})
+        with pytest.raises(ConfigError) as caught:
+            Transport(config, transport=httpx2.MockTransport(lambda request: httpx2.Response(200)))
+        assert "Sup3r" not in str(caught.value)
+
+    def test_a_percent_encoded_password_loads_and_is_not_shown(self) -> None:
+        url = "redis://:Sup3r%2FSecret%23@127.0.0.1:6391/0"
+        config = load_config(base_config(state={"backend": "redis", "url": url}))
+        assert parse_url(config.state.url.get_secret_value())["password"] == "Sup3r/Secret#"
+        assert redacted(url) == "redis://127.0.0.1:6391/0"
+
+    @pytest.mark.parametrize(
+        ("url", "shown"),
+        [
+            ("redis://:Sup3rSecret/x@127.0.0.1:6391/0", "redis://127.0.0.1:6391/0"),
+            ("rediss://user:Sup3r@Secret?x@cache:6380/2?ssl_cert_reqs=none", "rediss://cache:6380/2"),
+            ("unix://:Sup3rSecret@/run/redis.sock?db=1", "unix:///run/redis.sock"),
+            ("redis://Sup3r:Secret@[::1/0", "redis://?"),
+            ("Sup3rSecret", "?"),
+            ("user:Sup3rSecret@host://x", "?"),
+        ],
+    )
+    def test_redacted_is_total(self, url: str, shown: str) -> None:
+        assert redacted(url) == shown
+
+    @given(
+        scheme=st.sampled_from(["redis://", "rediss://", "unix://", "http://", "", "redis:"]),
+        user=st.text(max_size=4),
+        secret=SECRET,
+        junk=st.text(alphabet="/?#@:[]% ", max_size=3),
+        rest=st.text(max_size=24),
+    )
+    @example(scheme="redis://", user="", secret="ZqSup3rSecret", junk="/x", rest="127.0.0.1:6391/0")
+    def test_no_secret_in_any_message_for_any_url(
+        self, *, scheme: str, user: str, secret: str, junk: str, rest: str
+    ) -> None:
+        """Any state.url is rejected at load with a message that does not quote its password, or redis can read
+        it; either way ``redacted`` (what events and errors show) never raises and never shows the password."""
+        url = f"{scheme}{user}:{secret}{junk}@{rest}"
+        shown = redacted(url)
+        assert secret[:4] not in shown
+        try:
+            config = load_config(base_config(state={"backend": "redis", "url": url}))
+        except ConfigError as error:
+            message = str(error)
+        else:
+            message = ""
+        assert secret[:4] not in message
+        if message:
+            return
+        read = parse_url(config.state.url.get_secret_value())  # what the client is built from: never raises
+        assert not any(secret[:4] in str(read.get(name)) for name in ("host", "port", "db", "path"))
 
 
 def test_acquire_is_a_step(shared: Callable[..., tuple[Harness, RecordingBackend]]) -> None:

@@ -10,8 +10,10 @@ Every function here is total: for any input it returns, never raises, and clamps
 A duration is a float within ``[0, max_s]`` or ``None`` when the text is not a duration at all (garbage, ``nan``):
 a finite value above the bound, ``inf`` or a date past year 9999 is clamped to ``max_s``, a negative one or a date
 in the past to 0. A count (remaining requests, tokens, usage) is an int within ``[0, MAX_TOKENS]`` or ``None``
-(absent, not a number); usage fields that are not numbers count as absent (0). A request body deeper than
-:data:`MAX_DEPTH` or not a JSON object naming a model is not routable. A body in a content coding that cannot be
+(absent, not a number); usage fields that are not numbers count as absent (0). A request body that is not a JSON
+object naming a model is not routable (it passes through); one nested deeper than :data:`MAX_DEPTH` or holding a
+number too long to read is not either, but it must not pass through when it names a routed alias
+(:func:`read_request`, :func:`named_alias`: the core answers it). A body in a content coding that cannot be
 decoded (unknown coding, corrupt or truncated data, more than :data:`MAX_DECODED_BYTES`) is ``None``: the core
 judges it a malformed answer. This module performs no I/O and reads no clock: time comes in as arguments.
 """
@@ -26,7 +28,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -39,6 +41,7 @@ __all__ = [
     "HeaderLookup",
     "RequestView",
     "SSEScanner",
+    "StreamDecoder",
     "Usage",
     "clamp_tokens",
     "content_codings",
@@ -47,7 +50,9 @@ __all__ = [
     "header_count",
     "header_seconds",
     "header_text",
+    "named_alias",
     "parse_request",
+    "read_request",
     "requested_choices",
     "requested_output_tokens",
     "token_count",
@@ -61,7 +66,7 @@ MAX_TOKENS: Final = 10**12
 #: The most choices (``n``) a request is costed for: OpenAI's own maximum.
 MAX_CHOICES: Final = 128
 #: The deepest a routable request body may nest (objects and arrays). Real requests, tool schemas included, stay far
-#: below; a deeper one is passed through untouched, so no recursive walk (estimates, rules, re-encoding) can overflow.
+#: below; a deeper one is never routed, so no recursive walk (estimates, rules, re-encoding) can overflow.
 MAX_DEPTH: Final = 128
 #: The most bytes one content-decoded body may grow to; past it the body is undecodable (a decompression bomb).
 MAX_DECODED_BYTES: Final = 256 * 1024 * 1024
@@ -247,21 +252,43 @@ class RequestView(NamedTuple):
 
 def parse_request(body: bytes | None) -> RequestView | None:
     """The :class:`RequestView` of a caller's body, or ``None`` when it is not a routable request: not JSON, not an
-    object, no string ``model``, or nested deeper than :data:`MAX_DEPTH`. Never raises.
+    object, no string ``model``, nested deeper than :data:`MAX_DEPTH` or holding a number too long to read. Never
+    raises.
 
     >>> parse_request(b' {"model": "chat", "max_tokens": 1e400}').max_output_tokens
     1000000000000
     >>> parse_request(b"[" * 100_000) is None
     True
     """
+    view = read_request(body)
+    return view if isinstance(view, RequestView) else None
+
+
+def read_request(body: bytes | None) -> RequestView | str | None:
+    """As :func:`parse_request`, but a JSON object that cannot be read within holyroute's bounds comes back as why
+    (``"is nested deeper than 128 levels"``, ``"holds a number too long to read"``): the upstream might read it, so
+    it must not pass through if it names a routed alias. Never raises.
+
+    >>> read_request(b'{"model": "chat", "n": ' + b"9" * 5000 + b"}")
+    'holds a number too long to read (more than 4300 digits)'
+    >>> read_request(b"not json") is None
+    True
+    """
     if not body or not isinstance(body, _BYTES) or _OBJECT_START.match(body) is None:
         return None
     try:
         data = json.loads(body)
-    except (ValueError, RecursionError, TypeError, OverflowError):  # UnicodeDecodeError is a ValueError
+    except RecursionError:
+        return _TOO_DEEP
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
+        # Not a JSONDecodeError: an integer past Python's int_max_str_digits (4300), which a JSON parser may read.
+        return None if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError) else _TOO_LONG
+    except (TypeError, OverflowError):
         return None
-    if not isinstance(data, dict) or _too_deep(data, body):
+    if not isinstance(data, dict):
         return None
+    if _too_deep(data, body):
+        return _TOO_DEEP
     model = data.get("model")
     if not isinstance(model, str) or not 0 < len(model) <= _MAX_MODEL_CHARS:
         return None
@@ -276,6 +303,31 @@ def parse_request(body: bytes | None) -> RequestView | None:
         user=user if isinstance(user, str) else None,
         metadata=metadata if isinstance(metadata, dict) else None,
     )
+
+
+_TOO_DEEP: Final = f"is nested deeper than {MAX_DEPTH} levels"
+_TOO_LONG: Final = "holds a number too long to read (more than 4300 digits)"
+#: ``"model": "<a JSON string>"`` anywhere in a body (a string no longer than any model name can be, escaped).
+_MODEL_VALUE: Final = re.compile(rb'"model"[ \t\r\n]*:[ \t\r\n]*("(?:[^"\\]|\\.){1,%d}")' % (6 * _MAX_MODEL_CHARS))
+
+
+def named_alias(body: bytes | bytearray, aliases: Container[str]) -> str | None:
+    r"""The first of ``aliases`` that ``body`` names as a ``"model"`` (escaped or not, at any depth), found by a byte
+    search without parsing the body (it is one :func:`read_request` could not read). Never raises.
+
+    >>> named_alias(b'{"x": [[[]]], "model" : "ch\\u0061t"}', {"chat"})
+    'chat'
+    """
+    if b'"model"' not in body:
+        return None
+    for match in _MODEL_VALUE.finditer(body):
+        try:
+            name = json.loads(match.group(1))
+        except ValueError:
+            continue
+        if isinstance(name, str) and name in aliases:
+            return name
+    return None
 
 
 def _too_deep(data: dict[str, Any], body: bytes | bytearray) -> bool:
@@ -421,6 +473,79 @@ def _gunzip(data: bytes, max_bytes: int) -> bytes | None:
         size += len(out)
         if not rest.strip(b"\x00"):  # trailing padding, as gzip.decompress allows
             return b"".join(parts)
+
+
+class StreamDecoder:
+    """The incremental twin of :func:`decode_content` for event streams, which are never buffered whole.
+
+    holyroute asks for streams uncompressed (``accept-encoding: identity``); an upstream that compresses one anyway is
+    decoded chunk by chunk, so the usage scanner reads events and the caller gets them decoded. gzip (``x-gzip``) and
+    deflate (zlib-wrapped or raw), stacked in any order and any letter case. :meth:`build` gives ``None`` for a coding
+    that cannot be undone incrementally; :meth:`decode` raises ``ValueError`` on corrupt data (a broken stream).
+
+    >>> import gzip
+    >>> data = gzip.compress(b"data: [DONE]\\n\\n")
+    >>> decoder = StreamDecoder.build("GZIP")
+    >>> decoder.decode(data[:5]) + decoder.decode(data[5:]) + decoder.flush()
+    b'data: [DONE]\\n\\n'
+    """
+
+    __slots__ = ("_layers",)
+
+    def __init__(self, codings: list[str]) -> None:
+        # Undo the last-applied coding first.
+        self._layers: list[_Layer] = [_Layer(coding) for coding in reversed(codings)]
+
+    @classmethod
+    def build(cls, header: str | None) -> StreamDecoder | None:
+        codings = content_codings(header)
+        if not codings or any(coding not in ("gzip", "x-gzip", "deflate") for coding in codings):
+            return None
+        return cls(codings)
+
+    def decode(self, chunk: bytes) -> bytes:
+        for layer in self._layers:
+            chunk = layer.decode(chunk)
+        return chunk
+
+    def flush(self) -> bytes:
+        out = b""
+        for layer in self._layers:
+            out = layer.decode(out) + layer.flush()
+        return out
+
+
+class _Layer:
+    """One coding of a stream, undone incrementally; deflate decides between zlib and raw on its first bytes."""
+
+    __slots__ = ("_coding", "_decompressor", "_head")
+
+    def __init__(self, coding: str) -> None:
+        self._coding = coding
+        self._head = b""
+        self._decompressor: Any = zlib.decompressobj(zlib.MAX_WBITS | 16) if coding != "deflate" else None
+
+    def decode(self, chunk: bytes) -> bytes:
+        if self._decompressor is None:
+            self._head += chunk
+            if len(self._head) < 2:
+                return b""
+            chunk, self._head = self._head, b""
+            first, second = chunk[0], chunk[1]
+            wrapped = first & 0x0F == 8 and ((first << 8) | second) % 31 == 0
+            self._decompressor = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        try:
+            return bytes(self._decompressor.decompress(chunk))
+        except zlib.error as error:
+            raise ValueError(f"{self._coding} stream cannot be decoded: {error}") from None
+
+    def flush(self) -> bytes:
+        if self._decompressor is None:
+            return b""
+        try:
+            return bytes(self._decompressor.flush())
+        except zlib.error as error:
+            raise ValueError(f"{self._coding} stream cannot be decoded: {error}") from None
 
 
 def _inflate(data: bytes, max_bytes: int) -> bytes | None:

@@ -19,8 +19,9 @@ import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
+import httpx2
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -29,6 +30,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -114,11 +116,11 @@ def unsendable(value: str) -> str | None:
 
 
 def _without_userinfo(url: str) -> str:
+    # Up to the last '@': a password may hold '@' or '/' (a loaded base_url has no '@' after its host).
     scheme, sep, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    if "@" not in authority:
+    if "@" not in rest:
         return url
-    return f"{scheme}{sep}***@{authority.rpartition('@')[2]}{slash}{path}"
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def _sendable(value: object) -> object:
@@ -217,14 +219,45 @@ class Endpoint(_Model):
         for name, value in super().__repr_args__():
             yield name, (_without_userinfo(value) if name == "base_url" and isinstance(value, str) else value)
 
+    @field_serializer("base_url")
+    def _dump_base_url(self, value: str) -> str:
+        return _without_userinfo(value)  # model_dump() and JSON dumps: as repr shows it
+
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an absolute http(s) URL such as https://api.openai.com/v1")
         if "?" in value or "#" in value:
-            raise ValueError("must not carry a query or fragment; put query parameters under 'query'")
-        return value.rstrip("/")
+            raise ValueError(
+                "must not carry a query or fragment; put query parameters under 'query' "
+                "(a '?' or '#' in a password is written %3F or %23)"
+            )
+        value = value.rstrip("/")
+        # Parsed here as every attempt's URL will be, so a bad one fails now and not each call (with an error that
+        # would quote it: the parser's messages hold parts of the URL, so none is passed on).
+        space = next((i for i, char in enumerate(value) if char.isspace() or not char.isprintable()), None)
+        if space is not None:
+            raise ValueError(f"contains a space or control character at position {space}; re-copy the URL")
+        try:
+            url = httpx2.URL(f"{value}/chat/completions")
+            port = url.port
+        except Exception:
+            raise ValueError(
+                "is not a URL whose host and port can be read; a '/', '?', '#' or '@' in a user name or password "
+                "must be percent-encoded (%2F, %3F, %23, %40)"
+            ) from None
+        if not url.host:
+            raise ValueError("names no host; write it as https://host/v1")
+        if b"@" in url.raw_path:
+            # user:123/pw@host would go to host 'user', port 123, with the rest of the password in the path.
+            raise ValueError(
+                "has an '@' after its host; a '/' in a password must be percent-encoded (%2F), and an '@' in the "
+                "path too (%40)"
+            )
+        if port is not None and not 0 < port < 65536:
+            raise ValueError("has a port outside 1-65535")
+        return value
 
 
 class EndpointRef(_Model):
@@ -497,6 +530,29 @@ class State(_Model):
                 f"state.url must start with redis://, rediss:// or unix:// (got {got}); "
                 "for example redis://127.0.0.1:6379/0"
             )
+        # Read here as redis-py will read it, so that a URL it cannot read fails now, with no part of it quoted
+        # (its errors do quote it: "Port could not be cast to integer value as '<the password>'").
+        text = value.get_secret_value()
+        encode = "a '/', '?', '#' or '@' in a user name or password must be percent-encoded (%2F, %3F, %23, %40)"
+        try:
+            parts = urlsplit(text)
+            parts.port, parts.hostname, parts.username, parts.password  # noqa: B018 (each may raise)
+        except ValueError:
+            raise ValueError(f"is not a URL whose host and port can be read; {encode}") from None
+        if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+            # redis://:123/pw@host would go to port 123 of no host, the password in the path
+            raise ValueError(f"has an '@' after its host; {encode}")
+        try:
+            from redis.connection import parse_url
+        except ImportError:  # pragma: no cover - redis is needed for backend: redis anyway
+            return value
+        try:
+            parse_url(text)  # type: ignore[no-untyped-call]
+        except Exception:
+            raise ValueError(
+                "cannot be read by redis (a port, a db number or a query parameter); "
+                "for example redis://:password@127.0.0.1:6379/0"
+            ) from None
         return value
 
 

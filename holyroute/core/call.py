@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus
 
-from holyroute.boundary.parse import clamp_tokens, parse_request
+from holyroute.boundary.parse import RequestView, clamp_tokens, named_alias, read_request
 from holyroute.core.alerts import Alerts
 from holyroute.core.call_state import QualityCheck
 from holyroute.core.context import (
@@ -234,9 +234,19 @@ class Router:
         api = operation_of(path)
         if api is None:
             return None
-        view = parse_request(body)  # total: a validated view, or None (not routable: pass it through)
-        if view is None:
-            return None
+        view = read_request(body)  # total: a validated view, why it cannot be read, or None (pass it through)
+        if not isinstance(view, RequestView):
+            # Unreadable within bounds: passed through only if it names no routed alias (else the SDK's own
+            # base_url would get it, with the caller's key); one that does is answered here.
+            alias = named_alias(body, self.routes) if view is not None else None
+            if alias is None:
+                return None
+            call = Call(
+                self, self.routes[alias], api=api[0], operation=api[1], query=query, headers=headers,
+                data={"model": alias}, body=body, timeout=timeout, unreadable=view,
+            )  # fmt: skip
+            self.budgets[call.route].record_call(call.started)
+            return call
         plan = self.routes.get(view.model)
         if plan is None:
             return None
@@ -354,6 +364,7 @@ class Call(Planning):
         body: bytes,
         timeout: float | None,
         shadow_of: Call | None = None,
+        unreadable: str | None = None,
     ) -> None:
         # Long on purpose: one line per field (typed in CallState), so every field starts in one place; the
         # decisions are in _plan_legs and _check_spend (core/planning.py).
@@ -369,7 +380,9 @@ class Call(Planning):
         self.started = router.clock()
         #: This call's number in this process: on its ``holyroute.failover`` and ``holyroute.request`` events.
         self.id = next(router._call_ids)
+        self._timeout = timeout if timeout else None  # the caller's (the SDK's) timeout, per attempt
         self._deadline = self.started + timeout if timeout else None
+        self._rejected = False  # the open attempt's answer was judged a failure (its body is still to be read)
         self._headers = headers
         self.stream = data.get("stream") is True
         own = data.get("stream_options")
@@ -432,6 +445,18 @@ class Call(Planning):
             self._legs = [Leg(plan.alias, plan.shadow, None, False)]
             self._extend_sequence(self._legs[0])
             return
+        if unreadable is not None:  # names this alias, cannot be read within bounds: answered here, never sent
+            self._legs = [Leg(plan.alias, plan.arms[0], None, False)]
+            reason = f"the request body names '{plan.alias}' but {unreadable}"
+            self._final = self._local_answer(
+                400,
+                f"holyroute: {reason}, so it cannot be routed; it was not sent. Send a flatter body, or numbers "
+                "with fewer digits",
+                "invalid_request_error",
+                "holyroute_unroutable_body",
+            )
+            self._emit_request(400, "error", None, reason, None)
+            return
         chosen = self._plan_legs(plan, headers, data, body)
         if chosen is not None:
             self._check_spend(chosen, headers)
@@ -448,7 +473,7 @@ class Call(Planning):
         now = router.clock()
         failure, self._failure = self._failure, None
         granted, self._granted = self._granted, None
-        if granted is not None:
+        if granted is not None and not self._past_deadline(now):  # the grant may have taken the time that was left
             if failure is not None:
                 self._emit_failover(failure, 0.0, granted.endpoint)
             return self._send(granted, now)
@@ -552,6 +577,7 @@ class Call(Planning):
             router.transition(health.failure(upstream.endpoint, str(status), now, peers, trial=self._trial))
         self._pending_response = (status, headers, upstream, self._last_leg)
         self._failure = self._failure_fields(status=status, error=None, reason=reason)
+        self._rejected = True
         return None
 
     def on_body(self, body: bytes) -> bool:
@@ -578,9 +604,23 @@ class Call(Planning):
             judged = self.shadow_of is not None or (router.rollouts is not None and self._plan.alias in router.rollouts)
             if router.quality is not None and judged:
                 leg = self._last_leg if self._last_leg is not None else self._legs[0]
-                self._quality = bool(router.quality(self._plan.alias, leg.arm.name, body))
+                self._quality = self._judge_quality(leg, body)
         self.on_complete(usage_from_body(body) if status < 300 else None)
         return True
+
+    def _judge_quality(self, leg: Leg, body: bytes) -> bool | None:
+        """The application's quality check; one that raises never fails a call the upstream answered (its verdict
+        is then unknown, and the failure is reported as ``holyroute.quality_failed``)."""
+        router = self._router
+        assert router.quality is not None
+        try:
+            return bool(router.quality(self._plan.alias, leg.arm.name, body))
+        except Exception as exc:
+            router.emit(
+                "holyroute.quality_failed",
+                {"call_id": self.id, "route": self._plan.alias, "arm": leg.arm.name, "error": type(exc).__name__},
+            )
+            return None
 
     def on_rejected_body(self, body: bytes) -> None:
         """The body of the answer :meth:`on_response` rejected; kept to hand back if nothing better comes."""
@@ -602,6 +642,11 @@ class Call(Planning):
         """The attempt raised a transport error (connection refused or reset, protocol error, timeout)."""
         upstream = self._current
         assert upstream is not None, "on_error without a Send"
+        if self._rejected:
+            # The body of an answer already judged a failure broke off: the same failure, not a second one (its
+            # health was counted once, by on_response); the answer is kept without its body.
+            self.on_rejected_body(b"")
+            return
         router = self._router
         kind = "timeout" if timeout else "connection error"
         label = type(error).__name__
@@ -693,7 +738,9 @@ class Call(Planning):
 
     def _send(self, upstream: Upstream, now: float) -> Send:
         router = self._router
+        deadline = self._bound()
         self._attempts += 1
+        self._rejected = False
         self._current = upstream
         self._last_leg = self._current_leg
         self._sent_at = now
@@ -716,15 +763,18 @@ class Call(Planning):
                     **(options if isinstance(options, Mapping) else {}),
                     "include_usage": True,
                 }
-            body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            try:
+                body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate the caller escaped (\ud83d): only an escape carries it
+                body = json.dumps(data, separators=(",", ":")).encode("ascii")
         self._bodies[(upstream.model, inject)] = body
         query = _merge_query(self._query, upstream.query) if self._query else upstream.query
         url = f"{upstream.base_url}/{self._operation}"
         if query:
             url = f"{url}?{query}"
         timeout = upstream.timeout
-        if self._deadline is not None:
-            left = self._deadline - now
+        left = self._timeout if deadline is None else deadline - now  # within the floor: the whole timeout
+        if left is not None:
             timeout = left if timeout is None else min(timeout, left)
         retry = router.retry
         headers_timeout = retry.stream_headers_timeout_s if self.stream else retry.headers_timeout_s

@@ -126,6 +126,7 @@ class CallState:
         "_quality",
         "_query",
         "_raw_body",
+        "_rejected",
         "_request_id",
         "_router",
         "_rule",
@@ -136,6 +137,7 @@ class CallState:
         "_status",
         "_stop_reason",
         "_tags",
+        "_timeout",
         "_tokens",
         "_trial",
         "_wants_usage_injected",
@@ -161,6 +163,8 @@ class CallState:
     _cursor: int
     _data: dict[str, Any]
     _deadline: float | None
+    _timeout: float | None
+    _rejected: bool
     _debits: list[Debit]
     _excluded: set[str]
     _failure: dict[str, Any] | None

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     pass
 
 
+from holyroute.config.schema import _without_userinfo
 from holyroute.core.plan import DROPPED_HEADERS
 
 __all__ = ["Accepted", "Acquire", "GiveUp", "Respond", "Send", "Step", "Wait"]
@@ -36,7 +37,8 @@ class Send:
     drop: frozenset[str] = DROPPED_HEADERS  # the caller's headers not to forward (also those rules read)
 
     def __repr__(self) -> str:
-        return f"Send(url={self.url!r}, endpoint={self.endpoint!r})"
+        # The URL may carry user:password@ and configured query values (secrets): shown without either.
+        return f"Send(url={_without_userinfo(self.url.partition('?')[0])!r}, endpoint={self.endpoint!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,17 @@ class _WaitState:
 class Waiting(Eligibility):
     __slots__ = ()
 
+    def _bound(self) -> float | None:
+        """The caller's deadline as it binds the next step. Within the persistence floor each attempt gets the
+        caller's whole timeout and waits only the backoff, as the SDK's own attempts do (``None``: no bound on the
+        call); beyond the floor, the timeout bounds the whole call."""
+        if self._deadline is None or self._attempts < self._floor():
+            return None
+        return self._deadline
+
     def _past_deadline(self, now: float) -> bool:
-        if self._deadline is not None and now >= self._deadline:
+        deadline = self._bound()
+        if deadline is not None and now >= deadline:
             self._stop_reason = "deadline reached"
             return True
         return False
@@ -85,7 +94,8 @@ class Waiting(Eligibility):
         return wait if self._acceptable_wait(wait, now) else None
 
     def _acceptable_wait(self, wait: float, now: float) -> bool:
-        return wait <= self._router.retry.max_wait_s and (self._deadline is None or now + wait < self._deadline)
+        deadline = self._bound()
+        return wait <= self._router.retry.max_wait_s and (deadline is None or now + wait < deadline)
 
     def _wait_before_next_pass(self, now: float) -> float | None:
         """Seconds to wait before walking the endpoints again, or None to give up.
@@ -120,4 +130,5 @@ class Waiting(Eligibility):
             return wait
         elif not floor:
             return None
-        return backoff if self._deadline is None or now + backoff < self._deadline else None
+        deadline = self._bound()
+        return backoff if deadline is None or now + backoff < deadline else None

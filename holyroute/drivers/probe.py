@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -531,9 +532,10 @@ class HealthChecker:
 
 
 class AsyncHealthChecker:
-    """The async twin of :class:`HealthChecker`: one asyncio task, started from inside the event loop.
+    """The async twin of :class:`HealthChecker`: one task, started from inside the event loop on first use.
 
-    ``sleep`` defaults to ``anyio.sleep``. Under an event loop other than asyncio (trio), no task is started.
+    Under asyncio it is an ``asyncio`` task; under trio a system task with its own cancel scope (it outlives the
+    caller's task, as the checker must). ``sleep`` defaults to ``anyio.sleep``, which both run.
     """
 
     def __init__(
@@ -552,6 +554,7 @@ class AsyncHealthChecker:
             sleep = anyio.sleep
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
+        self._trio: tuple[Any, Any] | None = None  # (trio.CancelScope, trio.Event set when the task ended)
         self._closed = False
 
     @property
@@ -568,9 +571,34 @@ class AsyncHealthChecker:
             return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # not asyncio (or no loop at all): nothing to attach a task to
+        except RuntimeError:  # not asyncio: trio, if it is running (else nothing to attach a task to)
+            self._start_trio()
+            return
         self._task = loop.create_task(self._run(), name="holyroute-health")
+
+    def _start_trio(self) -> None:
+        if "trio" not in sys.modules or (self._trio is not None and not self._trio[1].is_set()):
+            return
+        import trio
+
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            return
+        scope, ended = trio.CancelScope(), trio.Event()
+
+        async def task() -> None:
+            try:
+                with scope:
+                    await self._run()
+            finally:
+                ended.set()
+
+        self._trio = (scope, ended)
+        try:
+            trio.lowlevel.spawn_system_task(task, name="holyroute-health")
+        except RuntimeError:  # trio is shutting down
+            self._trio = None
 
     async def aprobe_due(self) -> float:
         """Probe every endpoint due now, one at a time; return the seconds until the next one is due."""
@@ -583,6 +611,12 @@ class AsyncHealthChecker:
     async def aclose(self) -> None:
         """Cancel the probing task and wait for it to end."""
         self._closed = True
+        found, self._trio = self._trio, None
+        if found is not None:
+            scope, ended = found
+            scope.cancel()
+            if not ended.is_set():
+                await ended.wait()
         task, self._task = self._task, None
         if task is None or task.done():
             if task is not None and not task.cancelled():

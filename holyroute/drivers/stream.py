@@ -11,10 +11,12 @@ protocol defines raises in the caller instead of ending quietly.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx2
 
+from holyroute.boundary.parse import StreamDecoder
 from holyroute.core.call import Call
 from holyroute.core.steps import Accepted
 from holyroute.core.usage import SSEScanner
@@ -25,11 +27,12 @@ __all__ = ["AsyncTap", "BodyWatch", "SyncTap"]
 class BodyWatch:
     """Watches one accepted event stream on behalf of its :class:`Call`."""
 
-    __slots__ = ("_call", "_ended", "_scanner", "_seen")
+    __slots__ = ("_call", "_decoder", "_ended", "_scanner", "_seen")
 
-    def __init__(self, call: Call, accepted: Accepted) -> None:
+    def __init__(self, call: Call, accepted: Accepted, decoder: StreamDecoder | None = None) -> None:
         self._call = call
         self._scanner = SSEScanner(hide_usage_chunk=accepted.hide_usage_chunk)
+        self._decoder = decoder  # a compressed stream (sent although holyroute asked for identity) is decoded here
         self._seen = 0
         self._ended = False
 
@@ -37,12 +40,23 @@ class BodyWatch:
         if not self._seen:
             self._call.on_first_byte()
         self._seen += len(chunk)
+        if self._decoder is not None:
+            chunk = self._decode(self._decoder.decode, chunk)
         return self._scanner.feed(chunk)
+
+    @staticmethod
+    def _decode(step: Callable[[bytes], bytes], chunk: bytes) -> bytes:
+        try:
+            return step(chunk)
+        except ValueError as error:  # corrupt data: a broken stream, raised as httpx2 raises it (fail() ends the call)
+            raise httpx2.DecodingError(str(error)) from None
 
     def end(self) -> tuple[bytes, str | None]:
         """The upstream finished the body. Returns bytes still to hand on and, for a torn stream, why."""
         scanner = self._scanner
-        rest = scanner.end()  # should it raise, _ended is still False: fail() ends the call
+        decoder = self._decoder
+        tail = self._decode(lambda _: decoder.flush(), b"") if decoder is not None else b""
+        rest = scanner.feed(tail) + scanner.end() if tail else scanner.end()  # if it raises, fail() ends the call
         self._ended = True
         torn = None
         if not scanner.complete:
@@ -89,6 +103,7 @@ class SyncTap(httpx2.SyncByteStream):
     def __init__(self, stream: httpx2.SyncByteStream, watch: BodyWatch) -> None:
         self._stream = stream
         self._watch = watch
+        _close_when_dropped(self, watch)
 
     def __iter__(self) -> Iterator[bytes]:
         watch = self._watch
@@ -119,6 +134,7 @@ class AsyncTap(httpx2.AsyncByteStream):
     def __init__(self, stream: httpx2.AsyncByteStream, watch: BodyWatch) -> None:
         self._stream = stream
         self._watch = watch
+        _close_when_dropped(self, watch)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         watch = self._watch
@@ -141,3 +157,10 @@ class AsyncTap(httpx2.AsyncByteStream):
             self._watch.close()
         finally:
             await self._stream.aclose()
+
+
+def _close_when_dropped(tap: object, watch: BodyWatch) -> None:
+    """A stream the caller drops without reading or closing it still ends its call (cancelled, as an early close
+    is): its attempt is no longer in flight and its one event is emitted when the tap is collected."""
+    finalizer = weakref.finalize(tap, watch.close)
+    finalizer.atexit = False  # at interpreter exit, sinks may be gone: nothing is emitted then

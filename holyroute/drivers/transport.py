@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx2
 
-from holyroute.boundary.parse import decode_content
+from holyroute.boundary.parse import StreamDecoder, decode_content
 from holyroute.config.schema import Config, load_config
 from holyroute.core.call import Call, EventSink, QualityCheck, Router
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Wait
@@ -224,7 +224,12 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         if call is None:
             return await self._inner.handle_async_request(request)
         if call.shadow is not None:
-            self._shadows.spawn(functools.partial(self._run_shadow, request, call.shadow))
+            shadow = call.shadow
+            # A copy cancelled before it ever ran still ends (its one event says cancelled); abandon() is idempotent.
+            self._shadows.spawn(
+                functools.partial(self._run_shadow, request, shadow),
+                functools.partial(shadow.abandon, asyncio.CancelledError()),
+            )
         return await self._drive(request, call)
 
     async def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
@@ -366,8 +371,9 @@ class _ShadowTasks:
     def __len__(self) -> int:
         return len(self._asyncio) + len(self._trio)
 
-    def spawn(self, run: Callable[[], Awaitable[None]]) -> bool:
-        """Start ``run()`` in the background; False when it was dropped (too many, closed, or an unknown loop)."""
+    def spawn(self, run: Callable[[], Awaitable[None]], ended: Callable[[], None]) -> bool:
+        """Start ``run()`` in the background; False when it was dropped (too many, closed, or an unknown loop).
+        ``ended()`` runs when the task is over whatever ended it, even a cancel before it ever ran."""
         if self._closed or len(self) >= _MAX_SHADOWS_PENDING:
             return False
         try:
@@ -376,15 +382,20 @@ class _ShadowTasks:
             if "trio" not in sys.modules:
                 return False
             try:
-                return self._spawn_trio(run)
+                return self._spawn_trio(run, ended)
             except RuntimeError:  # trio is shutting down: no new system task
                 return False
         task = loop.create_task(_shadow(run))
         self._asyncio.add(task)  # a reference keeps the task alive; it removes itself when done
-        task.add_done_callback(self._asyncio.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._asyncio.discard(task)
+            ended()
+
+        task.add_done_callback(done)
         return True
 
-    def _spawn_trio(self, run: Callable[[], Awaitable[None]]) -> bool:
+    def _spawn_trio(self, run: Callable[[], Awaitable[None]], over: Callable[[], None]) -> bool:
         import trio
 
         try:
@@ -401,6 +412,7 @@ class _ShadowTasks:
             finally:
                 ended.set()
                 self._trio.pop(scope, None)
+                over()
 
         self._trio[scope] = ended
         # A system task: it outlives the caller's own task (and its cancel scopes), as a shadow must; aclose()
@@ -511,7 +523,11 @@ def _judged(call: Call, accepted: Accepted | None, response: httpx2.Response, ra
 def _watch(response: httpx2.Response, call: Call, accepted: Accepted) -> BodyWatch:
     if accepted.hide_usage_chunk:
         response.headers.pop("content-length", None)  # one event will be left out
-    return BodyWatch(call, accepted)
+    decoder = StreamDecoder.build(accepted.content_encoding) if accepted.content_encoding else None
+    if decoder is not None:  # the caller gets the events decoded, as the usage scanner reads them
+        del response.headers["content-encoding"]
+        response.headers.pop("content-length", None)
+    return BodyWatch(call, accepted, decoder)
 
 
 def _respond(request: httpx2.Request, step: Respond) -> httpx2.Response:

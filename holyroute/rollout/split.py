@@ -23,7 +23,8 @@ _TWO_64 = float(2**64)
 
 def stable_unit(*parts: str) -> float:
     """A number in the open interval (0, 1) that depends only on ``parts``: the same in every process."""
-    digest = hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=8).digest()
+    # surrogatepass: a key may hold a lone surrogate (a JSON body's "\ud83d"); other text hashes as plain UTF-8
+    digest = hashlib.blake2b("\x1f".join(parts).encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return (int.from_bytes(digest, "big") + 0.5) / _TWO_64
 
 

@@ -245,10 +245,15 @@ class RedisBackend:
         self.redis.close()
 
     async def aclose(self) -> None:
-        found = self._async.pop(asyncio.get_running_loop(), None)
+        import anyio.to_thread
+
+        try:
+            found = self._async.pop(asyncio.get_running_loop(), None)
+        except RuntimeError:  # trio: no asyncio client was made
+            found = None
         if found is not None:
             await found[0].aclose()
-        await asyncio.to_thread(self.close)
+        await anyio.to_thread.run_sync(self.close)
 
     def acquire(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
         if self.read_only:
@@ -260,6 +265,9 @@ class RedisBackend:
         ask = self.leases.take(endpoint, rpm, tpm, tokens)
         if ask is None:
             return 0.0
+        return self._ask(endpoint, rpm, tpm, tokens, ask)
+
+    def _ask(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]) -> float | None:
         try:
             reply = self._acquire(keys=[self.keys.limits(endpoint)], args=self._acquire_args(rpm, tpm, tokens, ask))
         except redis.RedisError as error:
@@ -293,7 +301,12 @@ class RedisBackend:
         ask = self.leases.take(endpoint, rpm, tpm, tokens)
         if ask is None:
             return 0.0
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio (anyio's other backend): redis.asyncio needs asyncio, so ask from a worker thread
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(self._ask, endpoint, rpm, tpm, tokens, ask)
         found = self._async.get(loop)
         if found is None:
             client = redis.asyncio.Redis.from_url(

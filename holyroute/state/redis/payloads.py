@@ -46,11 +46,21 @@ FIELD_KINDS = {"cooldown": "c", "ejected": "e", "restored": "e", "quota": "q", "
 
 
 def redacted(url: str) -> str:
-    """``redis://host:port/db`` without user or password, for messages."""
-    parts = urlsplit(url)
+    """``redis://host:port/db`` without user, password or query, for messages. Total: what cannot be read is ``?``.
+
+    >>> redacted("redis://:pa/ss@cache:6380/2?password=x")
+    'redis://cache:6380/2'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss", "unix"):
+        return "?"
+    try:  # after the last '@': a password may hold '/', '?', '#' or '@'
+        parts = urlsplit(f"{scheme}://{rest.rpartition('@')[2]}")
+        port = parts.port
+    except ValueError:
+        return f"{scheme}://?"
     host = parts.hostname or parts.path or "?"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path if parts.hostname else ''}"
+    return f"{scheme}://{host}{f':{port}' if port else ''}{parts.path if parts.hostname else ''}"
 
 
 class Keys:
