@@ -523,12 +523,15 @@ IN_HOUSE = "in-house-model"  # a model with no known context window: any max_tok
 
 
 def settling(prefix: str, endpoint: str) -> dict[str, Any]:
-    """One route on ``endpoint`` (tpm 10000, model :data:`IN_HOUSE`), alone: a call it cannot take is a local 429."""
-    return config(
+    """One route on ``endpoint`` (tpm 10000, model :data:`IN_HOUSE`), alone and with no wait for a limit: a call
+    it cannot take is a local 429 at once."""
+    made = config(
         prefix,
         {"limited": {"base_url": endpoint, "tpm": 10_000}},
         {"chat": {"targets": [{"model": IN_HOUSE, "endpoints": ["limited"]}]}},
     )
+    made["retry"]["max_wait_s"] = 0
+    return made
 
 
 def used(prompt: int, completion: int) -> Reply:
