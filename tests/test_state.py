@@ -173,9 +173,9 @@ class TestSharedLimits:
         assert outcome.endpoints == ["cheap"], "the fallback route, not a 30 s wait"
 
     def test_shared_tpm_debits_are_settled(self, shared: Callable[..., tuple[Harness, RecordingBackend]]) -> None:
-        """A call's shared tpm grant is settled with the store when it ends: all of it back after a 400 (one
-        whose max_tokens is past the limit took the whole bucket), the difference after an answer with usage, more taken when it
-        used more than estimated; a grant refused took nothing and settles nothing."""
+        """A call's shared tpm grant is settled with the store when it ends: all of it back after a 400 (one whose
+        max_tokens is past the limit took the whole bucket), the difference after an answer with usage, more taken
+        when it used more than estimated; a grant refused took nothing and settles nothing."""
         h, state = shared(limited_config(rpm=None, tpm=10_000))
         drive(h.call({"max_tokens": 30_000}, headers=PRIMARY), [status(400)], grants=state.grant)
         assert state.asked[-1].tokens == 10_000
