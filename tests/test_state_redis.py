@@ -36,9 +36,9 @@ import yaml
 from structlog.testing import capture_logs
 
 import holyroute
-from holyroute import cli
+from holyroute import cli, load_config
 from holyroute._core import Router
-from holyroute._redis import Keys
+from holyroute._redis import Keys, RedisBackend
 from holyroute._rollout import RolloutEngine
 from holyroute._state import HealthChange, period_key
 from holyroute.testing import FakeUpstream, Reply
@@ -598,6 +598,24 @@ class TestSharedTpmSettlement:
         limited.push(used(10, 20))
         a.chat(max_tokens=3000)  # estimated over 3000 tokens, used 30
         wait_until(lambda: tpm_level(store, prefix) > before - 100, 2.0, "the unused estimate given back")
+
+    def test_the_bucket_stays_within_its_capacity(self, prefix: str, store: redis.Redis) -> None:
+        """Whatever is owed, the shared bucket stays within [-tpm, tpm], and so does what one process keeps owing
+        (twice the limit at most); a credit to a missing bucket (a full one) writes nothing."""
+        backend = RedisBackend(load_config(settling(prefix, NOWHERE)).state, emit=lambda name, fields: None)
+        key = Keys(prefix).limits("limited")
+        try:
+            backend._settle(keys=[key], args=[10_000, 10**15, 120_000])
+            assert not store.exists(key)
+            for owed in (-(10**15), 10**15, -(10**15), -5, 3, 10**15):
+                backend._settle(keys=[key], args=[10_000, owed, 120_000])
+                assert -10_000 <= float(store.hget(key, "t") or "nan") <= 10_000
+            assert 0 < store.pttl(key) <= 120_000
+            for tokens in (10_000, 10_000, 10_000, -10_000):
+                backend.settle("limited", 10_000, tokens)
+            assert backend._owed == {"limited": (10_000, 10_000)}, "20000 at most, then 10000 taken"
+        finally:
+            backend.redis.close()
 
     def test_async(self, prefix: str, deployment: Deployment) -> None:
         """The async transport settles the same way."""
