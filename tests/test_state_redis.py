@@ -505,13 +505,15 @@ class TestSharedLimits:
         assert 0 < store.pttl(bucket) <= 120_000
 
     def test_tpm(self, prefix: str, deployment: Deployment) -> None:
-        """tpm 3500 across two routers, calls of about 1020 estimated tokens: 3 fit, the rest fail over."""
+        """tpm 3500 across two routers, calls of about 1020 estimated tokens that use 1100: 3 fit, the rest fail
+        over."""
         limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
         cfg = config(
             prefix,
             {"limited": {"base_url": limited.base_url, "tpm": 3500}, "backup": {"base_url": backup.base_url}},
             ordered("limited", "backup"),
         )
+        limited.push(*[used(100, 1000, MODEL)] * 3)  # settled with this usage: each call takes 1100 in the end
         pair = [deployment.client(cfg, "A"), deployment.client(cfg, "B")]
         for n in range(8):
             pair[n % 2].chat(max_tokens=1000)
@@ -534,8 +536,8 @@ def settling(prefix: str, endpoint: str) -> dict[str, Any]:
     return made
 
 
-def used(prompt: int, completion: int) -> Reply:
-    """A chat completion that used ``prompt`` + ``completion`` tokens."""
+def used(prompt: int, completion: int, model: str = IN_HOUSE) -> Reply:
+    """A chat completion by ``model`` that used ``prompt`` + ``completion`` tokens."""
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     message = {"role": "assistant", "content": "hi"}
     choice = {"index": 0, "message": message, "finish_reason": "stop"}
@@ -544,7 +546,7 @@ def used(prompt: int, completion: int) -> Reply:
             "id": "chatcmpl-1",
             "object": "chat.completion",
             "created": 0,
-            "model": IN_HOUSE,
+            "model": model,
             "choices": [choice],
             "usage": usage,
         }
