@@ -620,6 +620,8 @@ class RedisBackend:
         self._spend_pending: dict[tuple[Period, str, str], float] = {}
         self._spend_seen: dict[tuple[Period, str, str], float] = {}
         self._owed: dict[str, tuple[int, int]] = {}  # endpoint -> (tpm, tokens owed to its shared bucket)
+        self._sending: set[str] = set()  # endpoints whose owed tokens a flush is sending now
+        self._sent = threading.Condition(self._lock)  # notified when that flush is done
         self._members = 1
         self._router: Router | None = None
         self._engines: list[RolloutEngine] = []
@@ -726,6 +728,11 @@ class RedisBackend:
         return self._ask(endpoint, rpm, tpm, tokens, ask)
 
     def _ask(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]) -> float | None:
+        if endpoint in self._sending:
+            # A flush is sending what this process owes the bucket: let it land first, or this request could find
+            # the bucket short of tokens this very process gave back (bounded by the command timeout; rare).
+            with self._sent:
+                self._sent.wait_for(lambda: endpoint not in self._sending, timeout=max(self.timeout, 0.05))
         owed = self._take_owed(endpoint, tpm)
         try:
             reply = self._acquire(
@@ -788,6 +795,8 @@ class RedisBackend:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # trio (anyio's other backend): redis.asyncio needs asyncio, so ask from a worker thread
+            loop = None
+        if loop is None or endpoint in self._sending:  # (or wait there for a flush sending what is owed: see _ask)
             import anyio.to_thread
 
             return await anyio.to_thread.run_sync(self._ask, endpoint, rpm, tpm, tokens, ask)
@@ -1030,12 +1039,21 @@ class RedisBackend:
         A command Redis refuses (a reply error, not a connection error) is reported once and dropped, never sent
         again: a change Redis cannot take must not keep the backend degraded.
         """
+        try:
+            return self._flush_pipeline()
+        finally:
+            with self._sent:
+                self._sending.clear()
+                self._sent.notify_all()
+
+    def _flush_pipeline(self) -> bool:
         router = self._router
         writes = not self.read_only
         with self._lock:
             outbox, self._outbox = (self._outbox, []) if writes else ([], self._outbox)
             spend, self._spend_pending = (self._spend_pending, {}) if writes else ({}, self._spend_pending)
             owed, self._owed = (self._owed, {}) if writes else ({}, self._owed)
+            self._sending.update(owed)
         drained = [(engine, *engine.drain()) for engine in self._engines] if writes else []
         now = self._wall()
         pipe = self.redis.pipeline(transaction=False)
