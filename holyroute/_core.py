@@ -649,7 +649,7 @@ class Call:
             and not (isinstance(own, Mapping) and own.get("include_usage") is True)
         )
         self._tokens = _estimate_tokens(body, data)
-        self._debits: list[Debit] = []  # local tpm debits, settled with the real usage when the call ends
+        self._debits: list[Debit] = []  # tpm debits (local and shared), settled with the real usage when the call ends
         self._bodies: dict[tuple[str, bool], bytes] = {}
         self._attempts = 0
         self._passes = 0
@@ -935,6 +935,9 @@ class Call:
             health.limited(upstream.endpoint, now + wait, blocked[0])
         if blocked is None:
             self._granted = upstream
+            tpm = health.limits(upstream.endpoint)[1]
+            if wait is not None and tpm:  # the shared bucket's grant for this attempt: settled when the call ends
+                self._debits.append(Debit(upstream.endpoint, None, min(self._tokens, tpm), tpm))
             return
         self._skipped[(upstream.endpoint, upstream.model)] = blocked
         leg = self._current_leg
@@ -1360,18 +1363,20 @@ class Call:
             )
 
     def _settle(self, status: int | None, usage: Usage | None, now: float) -> None:
-        """The call ended: correct its local tpm debits to what it used (the answer's usage), crediting back what
-        attempts without a successful answer took."""
+        """The call ended: correct its tpm debits to what it used (the answer's usage), crediting back what attempts
+        without a successful answer took; the shared store's part goes to the state backend (no I/O here)."""
         if not self._debits:
             return
         upstream = self._current
         answered = upstream is not None and status is not None and 200 <= status < 300
-        self._router.health.settle(
+        shared = self._router.health.settle(
             self._debits,
             now,
             endpoint=upstream.endpoint if answered and upstream is not None else None,
             used=usage.prompt_tokens + usage.completion_tokens if usage is not None else None,
         )
+        for endpoint, tpm, tokens in shared:
+            self._router.state.settle(endpoint, tpm, tokens)
 
     def _failure_fields(self, *, status: int | None, error: str | None, reason: str) -> dict[str, Any]:
         upstream, leg = self._current, self._last_leg

@@ -7,7 +7,8 @@ measurements) and reads only that on the request path. A backend decides what el
   headroom), which a shared backend spreads to every other process and applies there;
 - client-side ``rpm`` / ``tpm`` limits: when :attr:`StateBackend.shares_limits` is true, the core asks the backend
   for a grant (:meth:`StateBackend.acquire`, the only call that may cost a round trip on the request path) instead
-  of taking from its local buckets;
+  of taking from its local buckets, and settles each call's ``tpm`` grant with its real usage when it ends
+  (:meth:`StateBackend.settle`, never a round trip);
 - rollout state (:meth:`StateBackend.rollout_store`) and the rollout measurements of every process;
 - spend counters per hour, day and month (:meth:`StateBackend.add_spend` / :meth:`StateBackend.spent`).
 
@@ -172,6 +173,11 @@ class StateBackend(Protocol):
     def publish(self, change: HealthChange) -> None:
         """Tell the other processes about a health change made here (non-blocking)."""
 
+    def settle(self, endpoint: str, tpm: int, tokens: int) -> None:
+        """A finished call's shared ``tpm`` grant, settled with what it used: give ``tokens`` back to the endpoint's
+        shared bucket (negative: take that many more), which never leaves ``[-tpm, tpm]``. Non-blocking: no round
+        trip on the request path."""
+
     def add_spend(self, name: str, usd: float) -> None:
         """Count ``usd`` against ``name`` (``route:chat``, ``shadow:chat``, ...) in this hour, day and month."""
 
@@ -221,6 +227,9 @@ class MemoryBackend:
 
     def publish(self, change: HealthChange) -> None:
         return None
+
+    def settle(self, endpoint: str, tpm: int, tokens: int) -> None:
+        return None  # no shared bucket: the local ones are settled by the health book
 
     def add_spend(self, name: str, usd: float) -> None:
         now = self._wall()
