@@ -47,7 +47,7 @@ from holyroute.boundary.parse import (
     usage_from_mapping,
 )
 from holyroute.config.prices import PriceRow
-from holyroute.core.health import HealthBook, server_delay
+from holyroute.core.health import Debit, HealthBook, server_delay
 from holyroute.core.steps import Accepted, Respond
 from holyroute.core.usage import cost_usd
 
@@ -1016,6 +1016,18 @@ class TestHealthBookBounds:
             book.settle(debits, 0.0, endpoint="e", used=used)
             assert debits == []
             assert -1000 <= bucket.level <= 1000
+
+    @given(st.lists(st.integers(-(10**15), 10**15), min_size=1, max_size=4), st.integers(-(10**15), 10**15))
+    def test_shared_settlements_are_bounded(self, estimates: list[int], used: int) -> None:
+        """Any shared grants and any usage: what goes back to a shared bucket is at most each grant (``tpm`` at
+        most), and what more is taken is at most the capacity."""
+        book = HealthBook(lambda: 0.0)
+        debits = [Debit("e", None, min(max(estimate, 0), 1000), 1000) for estimate in estimates]
+        granted = sum(debit.tokens for debit in debits)
+        [(endpoint, tpm, tokens)] = book.settle(debits, 0.0, endpoint="e", used=used) or [("e", 1000, 0)]
+        assert (endpoint, tpm) == ("e", 1000)
+        assert -1000 <= tokens <= granted
+        assert debits == []
 
     @given(
         st.sampled_from(["cooldown", "headroom", "ejected", "quota", "restored"]),

@@ -7,6 +7,7 @@ keeps what the core publishes, so each test shows one decision the core makes wi
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,7 @@ class RecordingBackend:
         self.published: list[HealthChange] = []
         self.asked: list[Acquire] = []
         self.answers: list[float | None] = []
+        self.settled: list[tuple[str, int, int]] = []
         self.spend = MemoryBackend(wall_clock=lambda: WALL0)
         self.closed = False
 
@@ -68,6 +70,9 @@ class RecordingBackend:
 
     def publish(self, change: HealthChange) -> None:
         self.published.append(change)
+
+    def settle(self, endpoint: str, tpm: int, tokens: int) -> None:
+        self.settled.append((endpoint, tpm, tokens))
 
     def add_spend(self, name: str, usd: float) -> None:
         self.spend.add_spend(name, usd)
@@ -175,6 +180,27 @@ class TestSharedLimits:
         outcome = drive(h.call(headers=PRIMARY), [ok()], h.clock, grants=state.grant)
         assert outcome.waits == []
         assert outcome.endpoints == ["cheap"], "the fallback route, not a 30 s wait"
+
+    def test_shared_tpm_debits_are_settled(self, shared: Callable[..., tuple[Harness, RecordingBackend]]) -> None:
+        """A call's shared tpm grant is settled with the store when it ends: all of it back after a 400 (one whose
+        max_tokens is past the limit took the whole bucket), the difference after an answer with usage, more taken
+        when it used more than estimated; a grant refused took nothing and settles nothing."""
+        h, state = shared(limited_config(rpm=None, tpm=10_000))
+        drive(h.call({"max_tokens": 30_000}, headers=PRIMARY), [status(400)], grants=state.grant)
+        assert state.asked[-1].tokens == 10_000
+        assert state.settled == [("main", 10_000, 10_000)]
+
+        def used(prompt: int, completion: int) -> Any:
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+            return (200, {"content-type": "application/json"}, json.dumps({"usage": usage}).encode())
+
+        drive(h.call({"max_tokens": 500}, headers=PRIMARY), [used(10, 20)], grants=state.grant)
+        assert state.settled[-1] == ("main", 10_000, state.asked[-1].tokens - 30)
+        drive(h.call({"max_tokens": 5}, headers=PRIMARY), [used(3000, 1000)], grants=state.grant)
+        assert state.settled[-1] == ("main", 10_000, state.asked[-1].tokens - 4000)
+        state.answers = [2.5]
+        assert drive(h.call(headers=PRIMARY), [ok()], grants=state.grant).endpoints == ["backup"]
+        assert len(state.settled) == 3, "a refused grant took nothing"
 
 
 class TestLocalLimitWait:
@@ -296,11 +322,14 @@ class TestApply:
         assert blocked is not None
         assert blocked[1] == pytest.approx(other_clock() + 7)
 
-    def test_local_share_starts_empty(self) -> None:
+    def test_local_share_starts_full(self) -> None:
+        """The store went away: each process's bucket starts full at its share, so a degraded process serves at
+        once (the fleet may exceed the limit by at most one limit's worth right after the switch)."""
         book, clock = self.book()
         book.share_limits(True, 1, clock())
         assert book.blocked("main", "m", clock(), 1) is None, "shared: the store decides, not the local bucket"
         book.share_limits(False, 4, clock())  # the store went away; four processes are alive
+        assert [book.local_limit("main", 1, clock()) for _ in range(15)] == [None] * 15, "60 rpm / 4, at once"
         first = book.local_limit("main", 1, clock())
         assert first is not None
         assert "local share" in first[0]

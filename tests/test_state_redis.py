@@ -36,10 +36,11 @@ import yaml
 from structlog.testing import capture_logs
 
 import holyroute
-from holyroute import cli
+from holyroute import cli, load_config
 from holyroute.core.call import Router
 from holyroute.rollout.engine import RolloutEngine
 from holyroute.state.base import HealthChange, period_key
+from holyroute.state.redis.backend import RedisBackend
 from holyroute.state.redis.payloads import Keys
 from holyroute.testing import FakeUpstream, Reply
 
@@ -505,18 +506,140 @@ class TestSharedLimits:
         assert 0 < store.pttl(bucket) <= 120_000
 
     def test_tpm(self, prefix: str, deployment: Deployment) -> None:
-        """tpm 3500 across two routers, calls of about 1020 estimated tokens: 3 fit, the rest fail over."""
+        """tpm 3500 across two routers, calls of about 1020 estimated tokens that use 1100: 3 fit, the rest fail
+        over."""
         limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
         cfg = config(
             prefix,
             {"limited": {"base_url": limited.base_url, "tpm": 3500}, "backup": {"base_url": backup.base_url}},
             ordered("limited", "backup"),
         )
+        limited.push(*[used(100, 1000, MODEL)] * 3)  # settled with this usage: each call takes 1100 in the end
         pair = [deployment.client(cfg, "A"), deployment.client(cfg, "B")]
         for n in range(8):
             pair[n % 2].chat(max_tokens=1000)
         assert sent_by(limited) == {"A": 2, "B": 1}
         assert sent_by(backup) == {"A": 2, "B": 3}
+
+
+IN_HOUSE = "in-house-model"  # a model with no known context window: any max_tokens reaches the upstream
+
+
+def settling(prefix: str, endpoint: str) -> dict[str, Any]:
+    """One route on ``endpoint`` (tpm 10000, model :data:`IN_HOUSE`), alone and with no wait for a limit: a call
+    it cannot take is a local 429 at once."""
+    made = config(
+        prefix,
+        {"limited": {"base_url": endpoint, "tpm": 10_000}},
+        {"chat": {"targets": [{"model": IN_HOUSE, "endpoints": ["limited"]}]}},
+    )
+    made["retry"]["max_wait_s"] = 0
+    return made
+
+
+def used(prompt: int, completion: int, model: str = IN_HOUSE) -> Reply:
+    """A chat completion by ``model`` that used ``prompt`` + ``completion`` tokens."""
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    message = {"role": "assistant", "content": "hi"}
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    return Reply(
+        body={
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
+    )
+
+
+def tpm_level(store: redis.Redis, prefix: str) -> float:
+    """What the shared tpm bucket of `limited` held when it was last written."""
+    return float(store.hget(Keys(prefix).limits("limited"), "t") or 10_000)
+
+
+class TestSharedTpmSettlement:
+    """A call's shared tpm grant is settled with what it used when it ends, for every router sharing the bucket."""
+
+    def test_a_rejected_call_takes_nothing_for_the_next_calls(self, prefix: str, deployment: Deployment) -> None:
+        """max_tokens 10**12 answered 400 took the whole bucket; the next calls, here and in another router, are
+        sent (none is a local 429)."""
+        limited = deployment.upstream("limited")
+        cfg = settling(prefix, limited.base_url)
+        a, b = deployment.client(cfg, "A"), deployment.client(cfg, "B")
+        limited.push(Reply.error(400, "max_tokens is too large"))
+        with pytest.raises(openai.BadRequestError):
+            a.chat(max_tokens=10**12)
+        assert a.chat(max_tokens=1000) == IN_HOUSE, "the same router's next call, at once"
+        assert b.chat(max_tokens=1000) == IN_HOUSE, "another router's"
+        assert sent_by(limited) == {"A": 2, "B": 1}
+
+    def test_the_credit_reaches_the_other_routers_without_another_call(
+        self, prefix: str, store: redis.Redis, deployment: Deployment
+    ) -> None:
+        """The sync thread carries the credit to Redis (no round trip of its own on the request path)."""
+        limited = deployment.upstream("limited")
+        cfg = settling(prefix, limited.base_url)
+        a, b = deployment.client(cfg, "A"), deployment.client(cfg, "B")
+        limited.push(Reply.error(400, "max_tokens is too large"))
+        with pytest.raises(openai.BadRequestError):
+            a.chat(max_tokens=10**12)
+        wait_until(lambda: tpm_level(store, prefix) >= 9_000, 2.0, "the 400's tokens back in the shared bucket")
+        assert b.chat(max_tokens=8_000) == IN_HOUSE
+        assert sent_by(limited) == {"A": 1, "B": 1}
+
+    def test_a_debit_is_corrected_to_the_usage(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
+        """More used than estimated is taken from the shared bucket; less is given back."""
+        limited = deployment.upstream("limited")
+        a = deployment.client(settling(prefix, limited.base_url), "A")
+        limited.push(used(3000, 1000))
+        a.chat(max_tokens=5)  # estimated a few dozen tokens, used 4000
+        # Refill only raises the bucket (10000 / 60 a second): below 7000 only if the 4000 were taken.
+        wait_until(lambda: tpm_level(store, prefix) < 7_000, 2.0, "the extra usage taken from the shared bucket")
+        before = tpm_level(store, prefix)
+        limited.push(used(10, 20))
+        a.chat(max_tokens=3000)  # estimated over 3000 tokens, used 30
+        wait_until(lambda: tpm_level(store, prefix) > before - 100, 2.0, "the unused estimate given back")
+
+    def test_the_bucket_stays_within_its_capacity(self, prefix: str, store: redis.Redis) -> None:
+        """Whatever is owed, the shared bucket stays within [-tpm, tpm], and so does what one process keeps owing
+        (twice the limit at most); a credit to a missing bucket (a full one) writes nothing."""
+        backend = RedisBackend(load_config(settling(prefix, NOWHERE)).state, emit=lambda name, fields: None)
+        key = Keys(prefix).limits("limited")
+        try:
+            backend._settle(keys=[key], args=[10_000, 10**15, 120_000])
+            assert not store.exists(key)
+            for owed in (-(10**15), 10**15, -(10**15), -5, 3, 10**15):
+                backend._settle(keys=[key], args=[10_000, owed, 120_000])
+                assert -10_000 <= float(store.hget(key, "t") or "nan") <= 10_000
+            assert 0 < store.pttl(key) <= 120_000
+            for tokens in (10_000, 10_000, 10_000, -10_000):
+                backend.settle("limited", 10_000, tokens)
+            assert backend._owed == {"limited": (10_000, 10_000)}, "20000 at most, then 10000 taken"
+        finally:
+            backend.redis.close()
+
+    def test_async(self, prefix: str, deployment: Deployment) -> None:
+        """The async transport settles the same way."""
+        limited = deployment.upstream("limited")
+        cfg = settling(prefix, limited.base_url)
+        limited.push(Reply.error(400, "max_tokens is too large"))
+
+        async def run() -> str:
+            http = holyroute.async_client(cfg)
+            sdk = openai.AsyncOpenAI(api_key="unused", base_url=NOWHERE, http_client=http, max_retries=0)
+            try:
+                messages: Any = [{"role": "user", "content": "hi"}]
+                with pytest.raises(openai.BadRequestError):
+                    await sdk.chat.completions.create(model="chat", messages=messages, max_tokens=10**12)
+                answer = await sdk.chat.completions.create(model="chat", messages=messages, max_tokens=8_000)
+                return answer.model
+            finally:
+                await sdk.close()
+
+        assert asyncio.run(asyncio.wait_for(run(), timeout=20)) == IN_HOUSE
+        assert len(limited.requests) == 2
 
 
 class TestRollout:
@@ -727,6 +850,19 @@ class TestUnreachable:
         assert named(logs, "holyroute.state_restored") == []
         assert PASSWORD not in repr(logs)
         assert PASSWORD not in caplog.text
+
+    def test_a_degraded_process_serves_at_once(self, prefix: str, deployment: Deployment) -> None:
+        """With Redis away from the start, this process's share of tpm 10000 starts full: a call of 8000 max_tokens
+        is sent, not answered with a local 429."""
+        limited = deployment.upstream("limited")
+        cfg = settling(prefix, limited.base_url)
+        cfg["state"]["url"] = f"redis://127.0.0.1:{free_port()}/0"
+        with capture_logs() as logs:
+            client = deployment.client(cfg, "A")
+            assert client.chat(max_tokens=8_000) == IN_HOUSE
+            client.close()
+        assert len(named(logs, "holyroute.state_degraded")) == 1
+        assert len(limited.requests) == 1
 
 
 class TestRedisRestart:

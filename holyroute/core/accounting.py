@@ -42,18 +42,20 @@ class Accounting(Waiting):
             )
 
     def _settle(self, status: int | None, usage: Usage | None, now: float) -> None:
-        """The call ended: correct its local tpm debits to what it used (the answer's usage), crediting back what
-        attempts without a successful answer took."""
+        """The call ended: correct its tpm debits to what it used (the answer's usage), crediting back what attempts
+        without a successful answer took; the shared store's part goes to the state backend (no I/O here)."""
         if not self._debits:
             return
         upstream = self._current
         answered = upstream is not None and status is not None and 200 <= status < 300
-        self._router.health.settle(
+        shared = self._router.health.settle(
             self._debits,
             now,
             endpoint=upstream.endpoint if answered and upstream is not None else None,
             used=usage.prompt_tokens + usage.completion_tokens if usage is not None else None,
         )
+        for endpoint, tpm, tokens in shared:
+            self._router.state.settle(endpoint, tpm, tokens)
 
     def _failure_fields(self, *, status: int | None, error: str | None, reason: str) -> dict[str, Any]:
         upstream, leg = self._current, self._last_leg

@@ -35,7 +35,7 @@ from holyroute.core.context import (
 )
 from holyroute.core.context import requested_output_tokens as _requested_output
 from holyroute.core.events import EventSink, structlog_sink
-from holyroute.core.health import HeaderLookup, HealthBook, Transition, server_delay
+from holyroute.core.health import Debit, HeaderLookup, HealthBook, Transition, server_delay
 from holyroute.core.plan import (
     DROPPED_HEADERS,
     DROPPED_QUERY,
@@ -392,7 +392,7 @@ class Call(Planning):
             and not (isinstance(own, Mapping) and own.get("include_usage") is True)
         )
         self._tokens = _estimate_tokens(body, data)
-        self._debits = []  # local tpm debits, settled with the real usage when the call ends
+        self._debits = []  # tpm debits (local and shared), settled with the real usage when the call ends
         self._bodies = {}
         self._attempts = 0
         self._passes = 0
@@ -535,6 +535,9 @@ class Call(Planning):
             health.limited(upstream.endpoint, now + wait, blocked[0])
         if blocked is None:
             self._granted = upstream
+            tpm = health.limits(upstream.endpoint)[1]
+            if wait is not None and tpm:  # the shared bucket's grant for this attempt: settled when the call ends
+                self._debits.append(Debit(upstream.endpoint, None, min(self._tokens, tpm), tpm))
             return
         self._skipped[(upstream.endpoint, upstream.model)] = blocked
         leg = self._current_leg

@@ -95,11 +95,13 @@ class Transition:
 
 @dataclass(slots=True)
 class Debit:
-    """Tokens one attempt of a call took from an endpoint's local ``tpm`` bucket, to settle when the call ends."""
+    """Tokens one attempt of a call took from an endpoint's ``tpm`` bucket, to settle when the call ends: this
+    process's local ``bucket``, or with ``bucket`` None the shared store's, whose capacity is ``tpm``."""
 
     endpoint: str
-    bucket: TokenBucket
+    bucket: TokenBucket | None
     tokens: float
+    tpm: int = 0
 
 
 @dataclass(slots=True)
@@ -514,36 +516,48 @@ class HealthBook:
                 _debit(endpoint, state.tpm, tokens, now, debits)
         return None
 
-    def settle(self, debits: list[Debit], now: float, *, endpoint: str | None = None, used: int | None = None) -> None:
+    def settle(
+        self, debits: list[Debit], now: float, *, endpoint: str | None = None, used: int | None = None
+    ) -> list[tuple[str, int, int]]:
         """Reconcile a finished call's ``tpm`` debits with what it used, and empty ``debits``.
 
         The debit of the attempt that answered (the last one on ``endpoint``) becomes ``used`` tokens, at most the
         bucket's capacity: the difference is credited back, or taken. With ``used`` unknown (``None``) it stays as
         estimated. Every other debit is credited back in full: those attempts got no answer that used tokens (a
-        400, a 429, an error). A bucket never rises above its capacity nor falls below minus its capacity.
+        400, a 429, an error). A local bucket never rises above its capacity nor falls below minus its capacity.
+        Debits from the shared store are returned as ``(endpoint, tpm, tokens to give back)`` (negative: to take),
+        one per endpoint, for the state backend to settle there.
         """
         if not debits:
-            return
+            return []
+        shared: dict[str, tuple[int, int]] = {}  # endpoint -> (tpm, tokens to give back)
         kept = None
         if endpoint is not None:
             kept = next((debit for debit in reversed(debits) if debit.endpoint == endpoint), None)
         with self._lock:
             for debit in debits:
                 bucket = debit.bucket
+                capacity = bucket.capacity if bucket is not None else float(debit.tpm)
                 if debit is kept:
                     if used is None:
                         continue
-                    credit = debit.tokens - min(max(used, 0), bucket.capacity)
+                    credit = debit.tokens - min(max(used, 0), capacity)
                 else:
                     credit = debit.tokens
+                if bucket is None:
+                    total = shared.get(debit.endpoint, (debit.tpm, 0))[1]
+                    shared[debit.endpoint] = (debit.tpm, total + round(credit))
+                    continue
                 bucket.take(-credit, now)
                 bucket.level = min(bucket.capacity, max(-bucket.capacity, bucket.level))
         debits.clear()
+        return [(name, tpm, tokens) for name, (tpm, tokens) in shared.items() if tokens]
 
     def share_limits(self, shared: bool, processes: int, now: float) -> None:
         """Switch the rpm/tpm limits between the shared store and this process's buckets. Back on local buckets
-        (the store is away), each of ``processes`` live processes takes its share, starting from an empty bucket so
-        the switch itself lets no burst through."""
+        (the store is away), each of ``processes`` live processes takes its share, starting full so a degraded
+        process serves at once: right after the switch the processes together may exceed a limit by at most one
+        limit's worth (what the shared bucket had already granted), never more."""
         with self._lock:
             self.shared_limits = shared
             if shared:
@@ -553,9 +567,7 @@ class HealthBook:
                 rpm, tpm = state.limits
                 for name, limit in (("rpm", rpm), ("tpm", tpm)):
                     if limit:
-                        bucket = TokenBucket(limit / share, now)
-                        bucket.level = 0.0
-                        setattr(state, name, bucket)
+                        setattr(state, name, TokenBucket(limit / share, now))
 
     def limits(self, endpoint: str) -> tuple[int | None, int | None]:
         """The endpoint's configured (rpm, tpm)."""

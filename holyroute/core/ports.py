@@ -123,6 +123,11 @@ class StateBackend(Protocol):
     def publish(self, change: HealthChange) -> None:
         """Tell the other processes about a health change made here (non-blocking)."""
 
+    def settle(self, endpoint: str, tpm: int, tokens: int) -> None:
+        """A finished call's shared ``tpm`` grant, settled with what it used: give ``tokens`` back to the endpoint's
+        shared bucket (negative: take that many more), which never leaves ``[-tpm, tpm]``. Non-blocking: no round
+        trip on the request path."""
+
     def add_spend(self, name: str, usd: float) -> None:
         """Count ``usd`` against ``name`` (``route:chat``, ``shadow:chat``, ...) in this hour, day and month."""
 

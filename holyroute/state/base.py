@@ -7,7 +7,8 @@ measurements) and reads only that on the request path. A backend decides what el
   headroom), which a shared backend spreads to every other process and applies there;
 - client-side ``rpm`` / ``tpm`` limits: when :attr:`StateBackend.shares_limits` is true, the core asks the backend
   for a grant (:meth:`StateBackend.acquire`, the only call that may cost a round trip on the request path) instead
-  of taking from its local buckets;
+  of taking from its local buckets, and settles each call's ``tpm`` grant with its real usage when it ends
+  (:meth:`StateBackend.settle`, never a round trip);
 - rollout state (:meth:`StateBackend.rollout_store`) and the rollout measurements of every process;
 - spend counters per hour, day and month (:meth:`StateBackend.add_spend` / :meth:`StateBackend.spent`).
 

@@ -46,6 +46,9 @@ class MemoryBackend:
     def publish(self, change: HealthChange) -> None:
         return None
 
+    def settle(self, endpoint: str, tpm: int, tokens: int) -> None:
+        return None  # no shared bucket: the local ones are settled by the health book
+
     def add_spend(self, name: str, usd: float) -> None:
         now = self._wall()
         with self._lock:

@@ -13,7 +13,10 @@ What is shared, and how each piece keeps the request path fast:
 - **rpm / tpm limits** are token buckets in ``<prefix>:{limits:<endpoint>}``, taken by one Lua script against Redis's
   own clock: the one round trip a request may make, and only for an endpoint with such a limit. A busy process takes
   a small lease with its grant (its next 100 ms of demand, at most ``lease_fraction`` of the limit, only from what
-  the bucket holds beyond the request: :class:`~holyroute.state.base.Leases`), so most requests make none.
+  the bucket holds beyond the request: :class:`~holyroute.state.base.Leases`), so most requests make none. When a call
+  ends, its ``tpm`` grant is settled with what it used (a 400 gives it all back) without a round trip of its own:
+  what each endpoint is owed is added up here and sent with this process's next grant request or sync, whichever
+  comes first (a large amount wakes the sync at once).
 - **Rollouts**: state in ``<prefix>:{rollout:<route>}:state`` (read-modify-write under ``WATCH``, so two processes
   never both advance a step), measurements in ``<prefix>:{rollout:<route>}:m:<window>:<arm>`` as counters and
   latency-sketch buckets that every process adds to (``HINCRBY``), so the analysis sees every process's calls.

@@ -59,10 +59,12 @@ SPEND_TTL_S = {"hour": 2 * 86400, "day": 40 * 86400, "month": 400 * 86400}
 LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a missing key means a full one
 MEMBER_TTL_S = 10.0  # a process not heard of for this long no longer counts for the local share of a limit
 
-# Token buckets for rpm and tpm in one hash, refilled continuously, against Redis's clock. Either all limits have
-# room for this request and all are charged, or nothing is charged: the reply is {milliseconds until there is room,
-# 0, 0}. Charged, the reply is {0, requests, tokens} granted: this request's, plus up to ARGV[5] requests and ARGV[6]
-# tokens in all for the process's lease, taken only from what the bucket holds (see _state.Leases).
+# Token buckets for rpm and tpm in one hash, refilled continuously, against Redis's clock. First ARGV[7] tokens this
+# process owes the tpm bucket from settled calls are given back (negative: taken), the bucket kept within [-tpm, tpm].
+# Then either all limits have room for this request and all are charged, or nothing is charged: the reply is
+# {milliseconds until there is room, 0, 0}. Charged, the reply is {0, requests, tokens} granted: this request's, plus
+# up to ARGV[5] requests and ARGV[6] tokens in all for the process's lease, taken only from what the bucket holds (see
+# _state.Leases).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -75,6 +77,12 @@ local function level(cap, value, stamp)
   return math.min(cap, l + math.max(0, now - at) * cap / 60)
 end
 local r, k = level(rpm, s[1], s[2]), level(tpm, s[3], s[4])
+local owed = tonumber(ARGV[7]) or 0
+if tpm > 0 and owed ~= 0 then
+  k = math.max(-tpm, math.min(tpm, k + owed))
+  redis.call('HSET', KEYS[1], 't', tostring(k), 'tt', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
 local wait = 0
 if rpm > 0 and r < 1 then wait = (1 - r) * 60 / rpm end
 if tpm > 0 then
@@ -94,6 +102,27 @@ if tpm > 0 then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {0, gr, gt}
+"""
+
+# Settle finished calls' tpm grants: give ARGV[2] tokens back to the bucket (negative: take them), refilled up to now
+# first as _ACQUIRE refills it, kept within [-tpm, tpm]. A missing bucket is a full one: a credit changes nothing.
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tpm, owed = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tpm == nil or owed == nil or tpm <= 0 then return 0 end
+local s = redis.call('HMGET', KEYS[1], 't', 'tt')
+local l, at = tonumber(s[1]), tonumber(s[2])
+if l == nil or at == nil then
+  if owed >= 0 then return 0 end
+  l = tpm
+else
+  l = math.min(tpm, l + math.max(0, now - at) * tpm / 60)
+end
+l = math.max(-tpm, math.min(tpm, l + owed))
+redis.call('HSET', KEYS[1], 't', tostring(l), 'tt', tostring(now))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 
 # One health change: set (keeping a longer entry) or delete a field, drop expired fields, expire the hash after the
@@ -147,6 +176,7 @@ class RedisBackend:
         self._wall = wall_clock
         self.redis = self._client(self.timeout)
         self._acquire = self.redis.register_script(_ACQUIRE)
+        self._settle = self.redis.register_script(_SETTLE)
         self._health = self.redis.register_script(_HEALTH)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -162,6 +192,9 @@ class RedisBackend:
         self._outbox: list[HealthChange] = []
         self._spend_pending: dict[tuple[Period, str, str], float] = {}
         self._spend_seen: dict[tuple[Period, str, str], float] = {}
+        self._owed: dict[str, tuple[int, int]] = {}  # endpoint -> (tpm, tokens owed to its shared bucket)
+        self._sending: set[str] = set()  # endpoints whose owed tokens a flush is sending now
+        self._sent = threading.Condition(self._lock)  # notified when that flush is done
         self._members = 1
         self._router: AttachedRouter | None = None
         self._engines: list[RolloutEngine] = []
@@ -268,16 +301,47 @@ class RedisBackend:
         return self._ask(endpoint, rpm, tpm, tokens, ask)
 
     def _ask(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]) -> float | None:
+        if endpoint in self._sending:
+            # A flush is sending what this process owes the bucket: let it land first, or this request could find
+            # the bucket short of tokens this very process gave back (bounded by the command timeout; rare).
+            with self._sent:
+                self._sent.wait_for(lambda: endpoint not in self._sending, timeout=max(self.timeout, 0.05))
+        owed = self._take_owed(endpoint, tpm)
         try:
-            reply = self._acquire(keys=[self.keys.limits(endpoint)], args=self._acquire_args(rpm, tpm, tokens, ask))
+            reply = self._acquire(
+                keys=[self.keys.limits(endpoint)], args=self._acquire_args(rpm, tpm, tokens, ask, owed)
+            )
         except redis.RedisError as error:
+            self._owe(endpoint, tpm or 0, owed)  # sent again with the next request or sync (at least once, as spend)
             self.failed(error)
             return None
+        except BaseException:
+            self._owe(endpoint, tpm or 0, owed)
+            raise
         return self._granted(endpoint, tokens, reply)
 
     @staticmethod
-    def _acquire_args(rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]) -> list[int]:
-        return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1]]
+    def _acquire_args(rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int], owed: int) -> list[int]:
+        return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1], owed]
+
+    def _owe(self, endpoint: str, tpm: int, tokens: int) -> int:
+        """Add ``tokens`` to what the endpoint's shared bucket is owed; the total now owed. More than the bucket's
+        span (``2 * tpm``) either way could never apply, so the total stays within it."""
+        if tpm <= 0 or not tokens:
+            return 0
+        with self._lock:
+            total = self._owed.get(endpoint, (tpm, 0))[1] + tokens
+            total = min(max(total, -2 * tpm), 2 * tpm)
+            self._owed[endpoint] = (tpm, total)
+        return total
+
+    def _take_owed(self, endpoint: str, tpm: int | None) -> int:
+        """What the endpoint's shared bucket is owed, handed to the grant request about to be sent."""
+        if not tpm or not self._owed:
+            return 0
+        with self._lock:
+            found = self._owed.pop(endpoint, None)
+        return found[1] if found is not None else 0
 
     def _granted(self, endpoint: str, tokens: int, reply: Any) -> float | None:
         self._failures = 0
@@ -304,6 +368,8 @@ class RedisBackend:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # trio (anyio's other backend): redis.asyncio needs asyncio, so ask from a worker thread
+            loop = None
+        if loop is None or endpoint in self._sending:  # (or wait there for a flush sending what is owed: see _ask)
             import anyio.to_thread
 
             return await anyio.to_thread.run_sync(self._ask, endpoint, rpm, tpm, tokens, ask)
@@ -318,11 +384,18 @@ class RedisBackend:
                 client_name="holyroute",
             )
             found = self._async[loop] = (client, client.register_script(_ACQUIRE))
+        owed = self._take_owed(endpoint, tpm)
         try:
-            reply = await found[1](keys=[self.keys.limits(endpoint)], args=self._acquire_args(rpm, tpm, tokens, ask))
+            reply = await found[1](
+                keys=[self.keys.limits(endpoint)], args=self._acquire_args(rpm, tpm, tokens, ask, owed)
+            )
         except (TimeoutError, redis.RedisError, OSError) as error:
+            self._owe(endpoint, tpm or 0, owed)
             self.failed(error)
             return None
+        except BaseException:  # cancelled: whether Redis applied what was owed is unknown; at least once
+            self._owe(endpoint, tpm or 0, owed)
+            raise
         return self._granted(endpoint, tokens, reply)
 
     def publish(self, change: HealthChange) -> None:
@@ -331,6 +404,13 @@ class RedisBackend:
         with self._lock:
             self._outbox.append(change)
         self._wake.set()
+
+    def settle(self, endpoint: str, tpm: int, tokens: int) -> None:
+        if self.read_only:
+            return
+        owed = self._owe(endpoint, tpm, tokens)
+        if abs(owed) * 10 >= tpm > 0:  # a tenth of the limit or more: the other processes should have it now
+            self._wake.set()
 
     def add_spend(self, name: str, usd: float) -> None:
         if self.read_only or not math.isfinite(usd) or usd <= 0:
@@ -532,11 +612,21 @@ class RedisBackend:
         A command Redis refuses (a reply error, not a connection error) is reported once and dropped, never sent
         again: a change Redis cannot take must not keep the backend degraded.
         """
+        try:
+            return self._flush_pipeline()
+        finally:
+            with self._sent:
+                self._sending.clear()
+                self._sent.notify_all()
+
+    def _flush_pipeline(self) -> bool:
         router = self._router
         writes = not self.read_only
         with self._lock:
             outbox, self._outbox = (self._outbox, []) if writes else ([], self._outbox)
             spend, self._spend_pending = (self._spend_pending, {}) if writes else ({}, self._spend_pending)
+            owed, self._owed = (self._owed, {}) if writes else ({}, self._owed)
+            self._sending.update(owed)
         drained = [(engine, *engine.drain()) for engine in self._engines] if writes else []
         now = self._wall()
         pipe = self.redis.pipeline(transaction=False)
@@ -545,6 +635,8 @@ class RedisBackend:
                 self._health_command(pipe, change)
             except Exception as error:  # this change cannot be sent: drop it, never resend it, send the rest
                 self._background_error("sync", error)
+        for endpoint, (tpm, tokens) in owed.items():
+            self._settle(keys=[self.keys.limits(endpoint)], args=[tpm, tokens, LIMITS_TTL_MS], client=pipe)
         for (period, bucket, name), usd in spend.items():
             key = self.keys.spend(period, bucket)
             pipe.hincrbyfloat(key, name, usd)
@@ -581,6 +673,8 @@ class RedisBackend:
                 self._outbox[:0] = outbox
                 for counted, usd in spend.items():
                     self._spend_pending[counted] = self._spend_pending.get(counted, 0.0) + usd
+            for endpoint, (tpm, tokens) in owed.items():
+                self._owe(endpoint, tpm, tokens)
             for engine, window, pending in drained:
                 engine.undrain(window, pending)
             self._failures = 3  # a failed flush is reason enough
