@@ -30,6 +30,7 @@ from urllib.parse import unquote_plus
 from ._alerts import Alerts
 from ._boundary import clamp_tokens, parse_request, requested_choices
 from ._budget import RetryBudget
+from ._catalogue import catalogue_cost, catalogue_model, catalogue_source
 from ._context import (
     DEFAULT_OUTPUT_RESERVE,
     ModelLimits,
@@ -127,6 +128,8 @@ class Upstream:
     token: bytes  # the model as a JSON string token, for swapping it into a body
     limits: ModelLimits | None = None  # context window and output cap, when known
     forward: frozenset[str] = frozenset()  # the caller's headers forwarded here although dropped elsewhere
+    price_source: str = "catalogue"  # where its cost comes from: "endpoint" or "config" (``price``), or the catalogue
+    provider: str | None = None  # the catalogue provider configured for the endpoint (None: inferred)
 
     def __repr__(self) -> str:  # the headers hold the key
         return f"Upstream(endpoint={self.endpoint!r}, model={self.model!r})"
@@ -1403,8 +1406,7 @@ class Call:
         upstream = self._current
         self._settle(status, usage, now)
         leg = self._last_leg if upstream is not None else self._legs[0]
-        price = upstream.price if upstream is not None else None
-        cost = cost_usd(usage, price) if usage is not None and price is not None else None
+        cost, price_source, price_tier = _cost(upstream, usage, router.wall_clock)
         latency_ms = round((now - self.started) * 1000, 3)
         ttft_ms = (
             round((self._first_byte - self.started) * 1000, 3) if self.stream and self._first_byte is not None else None
@@ -1459,8 +1461,14 @@ class Call:
             "completion_tokens": usage.completion_tokens if usage else None,
             "cached_tokens": usage.cached_tokens if usage else None,
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "cache_write_tokens": usage.cache_write_tokens if usage else None,
+            "audio_tokens": usage.input_audio_tokens + usage.output_audio_tokens if usage else None,
+            "image_tokens": usage.input_image_tokens + usage.output_image_tokens if usage else None,
+            "service_tier": usage.service_tier if usage else None,
             "cost_usd": cost,
-            "priced": price is not None,
+            "priced": price_source != "none",
+            "price_source": price_source,
+            "price_tier": price_tier,
             "request_id": request_id,
             "finish_reason": self._finish,
             "quality": self._quality,
@@ -1666,17 +1674,41 @@ def _with_floors(plan: RoutePlan, routes: Mapping[str, RoutePlan]) -> RoutePlan:
     return dataclasses.replace(plan, fit_floor=min(windows), out_floor=min(outputs))
 
 
-def _price(endpoint: Endpoint, model: str, prices: Mapping[str, PriceRow]) -> PriceRow | None:
-    """The endpoint's own price for the model, then the configuration's, then the built-in table's."""
+def _cost(
+    upstream: Upstream | None, usage: Usage | None, wall_clock: Callable[[], float]
+) -> tuple[float | None, str, str | None]:
+    """What the call cost, where the price came from (``config``, ``endpoint``, ``catalogue@<version>``, ``none``)
+    and the price context applied (the answer's ``service_tier`` when it changed the rates)."""
+    if upstream is None:
+        return None, "none", None
+    if upstream.price_source != "catalogue" and upstream.price is not None:
+        return (cost_usd(usage, upstream.price) if usage is not None else None), upstream.price_source, None
+    if usage is None:
+        known = catalogue_model(upstream.model, provider=upstream.provider, base_url=upstream.base_url)
+        return None, catalogue_source() if known is not None else "none", None
+    models = (usage.model, upstream.model) if usage.model and usage.model != upstream.model else (upstream.model,)
+    found = catalogue_cost(usage, models, provider=upstream.provider, base_url=upstream.base_url, when=wall_clock())
+    if found is None:
+        return None, "none", None
+    return found.cost_usd, found.source, found.service_tier
+
+
+def _price(endpoint: Endpoint, model: str, prices: Mapping[str, PriceRow]) -> tuple[PriceRow | None, str]:
+    """The endpoint's own price for the model, then the configuration's, each winning over the catalogue; without
+    either, the built-in row (only to bound a call's cost before it is sent) and the catalogue prices the call."""
     if endpoint.prices:
         own = find_price(model, {name: p.row() for name, p in endpoint.prices.items()}, builtin=False)
         if own is not None:
-            return own
-    return find_price(model, prices)
+            return own, "endpoint"
+    configured = find_price(model, prices, builtin=False)
+    if configured is not None:
+        return configured, "config"
+    return find_price(model, {}), "catalogue"
 
 
 def _upstream(config: Config, name: str, model: str, prices: Mapping[str, PriceRow]) -> Upstream:
     endpoint = config.endpoints[name]
+    price, source = _price(endpoint, model, prices)
     return Upstream(
         endpoint=name,
         model=model,
@@ -1684,8 +1716,10 @@ def _upstream(config: Config, name: str, model: str, prices: Mapping[str, PriceR
         headers=endpoint.request_headers(),
         query=endpoint.query_string(),
         timeout=endpoint.timeout,
-        price=_price(endpoint, model, prices),
+        price=price,
         stream_usage=endpoint.stream_usage,
         token=json.dumps(model).encode("utf-8"),
         forward=frozenset(endpoint.forward_headers),
+        price_source=source,
+        provider=endpoint.provider,
     )

@@ -189,8 +189,11 @@ class Endpoint(_Model):
     rpm: Annotated[int, Field(gt=0)] | None = None  # client-side requests per minute for this endpoint
     tpm: Annotated[int, Field(gt=0)] | None = None  # client-side tokens per minute (estimated at send)
     health_check: HealthCheck | None = None
-    # Prices on this endpoint (a reseller's, a negotiated rate), by upstream model; before `prices` and the table.
+    # Prices on this endpoint (a reseller's, a negotiated rate), by upstream model; before `prices` and the catalogue.
     prices: dict[str, Price] = Field(default_factory=dict)
+    # The genai-prices provider id whose catalogue prices apply here (`openai`, `anthropic`, `google`...), for a
+    # host the catalogue cannot tell from base_url (a reseller, a proxy, a local server). Default: inferred.
+    provider: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
     def request_headers(self) -> tuple[tuple[str, str], ...]:
         """The headers every request to this endpoint carries: its key (in the form ``auth`` says), organisation,

@@ -1,0 +1,194 @@
+"""Prices from pydantic's genai-prices catalogue: the data bundled with the installed package, nothing else.
+
+Decides what a call cost at the catalogue's rates: the provider (configured per endpoint, else inferred from the
+endpoint's ``base_url``, else from the model's name), the model the upstream answered with (else the configured
+one), the call's time (prices have a history) and the price context the answer reported (``service_tier``). It
+never fetches: it builds its own snapshot from ``genai_prices.data`` and never consults the library's global one,
+which an application's ``genai_prices.UpdatePrices`` may replace with prices downloaded at run time. The catalogue is
+imported on first use, not with ``import holyroute``, and each (provider, endpoint URL, model) is looked up once.
+It does no I/O; a lookup or arithmetic the catalogue refuses leaves the call unpriced, never failed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from ._boundary import Usage
+from ._prices import normalise_model_name
+
+if TYPE_CHECKING:
+    from genai_prices.data_snapshot import DataSnapshot
+    from genai_prices.types import ModelInfo, Provider
+
+__all__ = [
+    "CatalogueCost",
+    "CatalogueRates",
+    "catalogue_cost",
+    "catalogue_model",
+    "catalogue_rates",
+    "catalogue_source",
+    "catalogue_version",
+]
+
+#: What a refused lookup or calculation raises inside genai-prices (bad usage shapes, unknown keys, overflow).
+_REFUSED: Final = (ValueError, LookupError, ArithmeticError, TypeError, AttributeError)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueCost:
+    """A call priced from the catalogue: USD, ``catalogue@<version>``, and the price context applied (``None``:
+    the standard rates)."""
+
+    cost_usd: float
+    source: str
+    service_tier: str | None
+
+
+@functools.cache
+def catalogue_version() -> str:
+    """The installed genai-prices version, which dates its bundled prices."""
+    from importlib.metadata import version
+
+    return version("genai-prices")
+
+
+def catalogue_source() -> str:
+    """``catalogue@<version>``: how an event names a catalogue price."""
+    return f"catalogue@{catalogue_version()}"
+
+
+@functools.cache
+def _snapshot() -> DataSnapshot:
+    # Our own snapshot of the bundled data: genai_prices.data_snapshot.get_snapshot() would return whatever an
+    # application's UpdatePrices last downloaded.
+    from genai_prices.data import providers
+    from genai_prices.data_snapshot import DataSnapshot
+
+    return DataSnapshot(providers=providers, from_auto_update=False)
+
+
+def _provider(snapshot: DataSnapshot, provider: str | None, base_url: str, model: str) -> Provider | None:
+    from genai_prices.data_snapshot import find_provider_by_id
+
+    if provider is not None:
+        return find_provider_by_id(snapshot.providers, provider)
+    for args in ((None, None, base_url), (model, None, None)):
+        try:
+            return snapshot.find_provider(*args)
+        except LookupError:
+            continue
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _lookup(provider: str | None, base_url: str, model: str) -> tuple[Provider, ModelInfo] | None:
+    """The catalogue's provider and model for ``model`` served at ``base_url``; ``None`` when it does not know it."""
+    snapshot = _snapshot()
+    for name in normalise_model_name(model):
+        found = _provider(snapshot, provider, base_url, name)
+        if found is None:
+            continue
+        info = found.find_model(name, all_providers=snapshot.providers)
+        if info is not None:
+            return found, info
+    return None
+
+
+def catalogue_model(model: str, *, provider: str | None = None, base_url: str = "") -> str | None:
+    """The catalogue's ``provider/model`` id for ``model``, or ``None`` when the catalogue does not know it.
+
+    >>> catalogue_model("gpt-4.1-2025-04-14", base_url="https://api.openai.com/v1")
+    'openai/gpt-4.1'
+    """
+    found = _lookup(provider, base_url, model)
+    return None if found is None else f"{found[0].id}/{found[1].id}"
+
+
+def _genai_usage(usage: Usage) -> object:
+    from genai_prices.types import Usage as GenaiUsage
+
+    values = {
+        "input_tokens": usage.prompt_tokens,
+        "output_tokens": usage.completion_tokens,
+        "cache_read_tokens": usage.cached_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "input_audio_tokens": usage.input_audio_tokens,
+        "output_audio_tokens": usage.output_audio_tokens,
+        "input_image_tokens": usage.input_image_tokens,
+        "output_image_tokens": usage.output_image_tokens,
+        "output_reasoning_tokens": usage.reasoning_tokens,
+    }
+    return GenaiUsage(**{key: count for key, count in values.items() if count})
+
+
+def catalogue_cost(
+    usage: Usage, models: tuple[str, ...], *, provider: str | None, base_url: str, when: float
+) -> CatalogueCost | None:
+    """What ``usage`` cost at the catalogue's rates at Unix time ``when``: the first of ``models`` the catalogue
+    knows (the answered model, then the configured one), in the context the answer reported; ``None`` when none is
+    known or the catalogue cannot price this usage."""
+    for model in models:
+        found = _lookup(provider, base_url, model)
+        if found is not None:
+            break
+    else:
+        return None
+    known_provider, info = found
+    at = datetime.datetime.fromtimestamp(when, datetime.UTC)
+    tier = usage.service_tier
+    context = {"service_tier": tier} if tier is not None else None
+    try:
+        calculation = info.calc_price(
+            _genai_usage(usage), known_provider, genai_request_timestamp=at, price_context=context
+        )
+        applied = tier if context is not None and info.get_prices(at, context) != info.get_prices(at) else None
+    except _REFUSED:
+        return None
+    return CatalogueCost(round(float(calculation.total_price), 10), catalogue_source(), applied)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueRates:
+    """A model's standard rates in the catalogue at one time, USD per one million tokens, for listing."""
+
+    model: str  # provider/model, the catalogue's ids
+    input: float
+    cached_input: float
+    output: float
+    notes: str  # what else is priced: cache writes, audio, tiers
+
+
+def catalogue_rates(model: str, *, provider: str | None, base_url: str, when: float) -> CatalogueRates | None:
+    """The standard (no price context) rates the catalogue holds for ``model`` at Unix time ``when``."""
+    from genai_prices.types import TieredPrices
+
+    found = _lookup(provider, base_url, model)
+    if found is None:
+        return None
+    known_provider, info = found
+    prices = info.get_prices(datetime.datetime.fromtimestamp(when, datetime.UTC))
+    notes = []
+
+    def rate(key: str) -> float | None:
+        value = getattr(prices, key, None)
+        if isinstance(value, TieredPrices):
+            notes.append(f"{key.removesuffix('_mtok')} tiers above {', '.join(str(t.start) for t in value.tiers)}")
+            value = value.base
+        return None if value is None else float(value)
+
+    input_rate = rate("input_mtok") or 0.0
+    cached = rate("cache_read_mtok")
+    output = rate("output_mtok") or 0.0
+    for key in ("cache_write_mtok", "input_audio_mtok", "output_audio_mtok", "input_image_mtok", "output_image_mtok"):
+        value = rate(key)
+        if value is not None:
+            notes.append(f"{key.removesuffix('_mtok').replace('_', ' ')} {value:g}")
+    variants = sorted({f"{k}={v}" for variant in info.price_variants or () for k, v in variant.when.items()})
+    if variants:
+        notes.append("variants " + " ".join(variants))
+    return CatalogueRates(
+        f"{known_provider.id}/{info.id}", input_rate, input_rate if cached is None else cached, output, "; ".join(notes)
+    )
