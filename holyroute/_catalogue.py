@@ -11,6 +11,7 @@ It does no I/O; a lookup or arithmetic the catalogue refuses leaves the call unp
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 from dataclasses import dataclass
@@ -70,17 +71,25 @@ def _snapshot() -> DataSnapshot:
     return DataSnapshot(providers=providers, from_auto_update=False)
 
 
-def _provider(snapshot: DataSnapshot, provider: str | None, base_url: str, model: str) -> Provider | None:
+def _providers(snapshot: DataSnapshot, provider: str | None, base_url: str, model: str) -> list[Provider]:
+    """Whose prices apply: the configured provider, else the one the catalogue places at ``base_url``; for a host
+    it cannot place, the provider the model's name suggests, then OpenAI (the API every upstream here speaks)."""
     from genai_prices.data_snapshot import find_provider_by_id
 
     if provider is not None:
-        return find_provider_by_id(snapshot.providers, provider)
-    for args in ((None, None, base_url), (model, None, None)):
-        try:
-            return snapshot.find_provider(*args)
-        except LookupError:
-            continue
-    return None
+        found = find_provider_by_id(snapshot.providers, provider)
+        return [found] if found is not None else []
+    try:
+        return [snapshot.find_provider(None, None, base_url)]
+    except LookupError:
+        pass
+    candidates = []
+    with contextlib.suppress(LookupError):
+        candidates.append(snapshot.find_provider(model, None, None))
+    openai = find_provider_by_id(snapshot.providers, "openai")
+    if openai is not None and openai not in candidates:
+        candidates.append(openai)
+    return candidates
 
 
 @functools.lru_cache(maxsize=1024)
@@ -88,12 +97,10 @@ def _lookup(provider: str | None, base_url: str, model: str) -> tuple[Provider, 
     """The catalogue's provider and model for ``model`` served at ``base_url``; ``None`` when it does not know it."""
     snapshot = _snapshot()
     for name in normalise_model_name(model):
-        found = _provider(snapshot, provider, base_url, name)
-        if found is None:
-            continue
-        info = found.find_model(name, all_providers=snapshot.providers)
-        if info is not None:
-            return found, info
+        for candidate in _providers(snapshot, provider, base_url, name):
+            info = candidate.find_model(name, all_providers=snapshot.providers)
+            if info is not None:
+                return candidate, info
     return None
 
 
