@@ -131,6 +131,126 @@ def _genai_usage(usage: Usage) -> object:
     return GenaiUsage(**{key: count for key, count in values.items() if count})
 
 
+#: Price keys the fast path computes: input and output, the parts of each that :class:`Usage` reports, and per-call
+#: or per-search prices. A price under any other key goes through the catalogue's own (slower, general) arithmetic.
+_INPUT_PARTS: Final = (
+    ("cache_read_mtok", "cached_tokens"),
+    ("cache_write_mtok", "cache_write_tokens"),
+    ("input_audio_mtok", "input_audio_tokens"),
+    ("input_image_mtok", "input_image_tokens"),
+)
+_OUTPUT_PARTS: Final = (
+    ("output_reasoning_mtok", "reasoning_tokens"),
+    ("output_audio_mtok", "output_audio_tokens"),
+    ("output_image_mtok", "output_image_tokens"),
+)
+#: Parts along one axis are disjoint (cache reads and writes; audio and image); parts along two overlap (cached
+#: audio), which only the catalogue's general arithmetic splits.
+_AXIS: Final = {
+    "cached_tokens": "token_type",
+    "cache_write_tokens": "token_type",
+    "reasoning_tokens": "token_type",
+    "input_audio_tokens": "modality",
+    "input_image_tokens": "modality",
+    "output_audio_tokens": "modality",
+    "output_image_tokens": "modality",
+}
+#: Priced units holyroute never reports (1-hour cache writes, searches): they add nothing.
+_UNREPORTED: Final = frozenset({"cache_write_1h_mtok", "web_searches_kcount", "storage_searches_kcount"})
+_FAST_KEYS: Final = frozenset(
+    {"input_mtok", "output_mtok", "requests_kcount"} | {k for k, _ in _INPUT_PARTS + _OUTPUT_PARTS} | _UNREPORTED
+)
+
+#: A rate: USD per 1M tokens, or a base rate and (threshold, rate) tiers on the prompt's size.
+Rate = float | tuple[float, tuple[tuple[int, float], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """The rates one model bills at one time in one context, flattened for the hot path (``None``: unpriced)."""
+
+    input: Rate | None
+    output: Rate | None
+    inputs: tuple[tuple[str, Rate], ...]  # usage field, rate: the input parts with a rate of their own
+    outputs: tuple[tuple[str, Rate], ...]
+    per_call: float
+    applied: str | None  # the service tier that changed the rates
+
+
+def _rate(value: object) -> Rate | None:
+    from genai_prices.types import TieredPrices
+
+    if isinstance(value, TieredPrices):
+        return float(value.base), tuple((tier.start, float(tier.price)) for tier in value.tiers)
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _at(rate: Rate, prompt: int) -> float:
+    if isinstance(rate, float):
+        return rate
+    price, tiers = rate
+    for start, tier_price in reversed(tiers):  # the catalogue's cliff model: the whole call at the tier reached
+        if prompt > start:
+            return tier_price
+    return price
+
+
+@functools.lru_cache(maxsize=1024)
+def _rates(provider: str | None, base_url: str, model: str, tier: str | None, minute: int) -> _Rates | None:
+    """The flattened rates, cached per (provider, URL, model, tier) and minute (prices change by date and, for some
+    providers, by time of day); ``None`` when they need the catalogue's general arithmetic."""
+    found = _lookup(provider, base_url, model)
+    if found is None:
+        return None
+    known_provider, info = found
+    at = datetime.datetime.fromtimestamp(minute * 60, datetime.UTC)
+    # As the catalogue does: a model priced from a fallback provider's list takes no price context.
+    own = any(info is listed for listed in known_provider.models)
+    context = {"service_tier": tier} if tier is not None and own else None
+    prices = info.get_prices(at, context)
+    keys = {key for key, value in prices.__dict__.items() if value is not None and not key.startswith("_")}
+    if not keys <= _FAST_KEYS:
+        return None
+    standard = info.get_prices(at) if context is not None else prices
+    parts = [
+        [(field, rate) for key, field in table if (rate := _rate(getattr(prices, key, None))) is not None]
+        for table in (_INPUT_PARTS, _OUTPUT_PARTS)
+    ]
+    per_call = getattr(prices, "requests_kcount", None)
+    return _Rates(
+        _rate(getattr(prices, "input_mtok", None)),
+        _rate(getattr(prices, "output_mtok", None)),
+        tuple(parts[0]),
+        tuple(parts[1]),
+        0.0 if per_call is None else float(per_call) / 1000,
+        tier if context is not None and prices != standard else None,
+    )
+
+
+def _fast_cost(usage: Usage, rates: _Rates) -> float | None:
+    """USD for ``usage`` at ``rates``: each reported part at its own rate, the rest of its whole at the whole's;
+    ``None`` when parts that may overlap are both reported (cache reads and audio, say): the general arithmetic's."""
+    prompt = usage.prompt_tokens
+    total = rates.per_call * 1_000_000
+    for whole, whole_rate, parts in (
+        (prompt, rates.input, rates.inputs),
+        (usage.completion_tokens, rates.output, rates.outputs),
+    ):
+        rest = whole
+        axes = set()
+        for field, rate in parts:
+            count: int = getattr(usage, field)
+            if count:
+                axes.add(_AXIS[field])
+                rest -= count
+                total += count * _at(rate, prompt)
+        if len(axes) > 1:
+            return None
+        if whole_rate is not None:
+            total += rest * _at(whole_rate, prompt)
+    return total / 1_000_000
+
+
 def catalogue_cost(
     usage: Usage, models: tuple[str, ...], *, provider: str | None, base_url: str, when: float
 ) -> CatalogueCost | None:
@@ -143,9 +263,21 @@ def catalogue_cost(
             break
     else:
         return None
+    tier = usage.service_tier
+    rates = _rates(provider, base_url, model, tier, int(when // 60))
+    if rates is not None:
+        cost = _fast_cost(usage, rates)
+        if cost is not None:
+            return CatalogueCost(round(cost, 10), catalogue_source(), rates.applied)
+    return _general_cost(usage, found, tier, when)
+
+
+def _general_cost(
+    usage: Usage, found: tuple[Provider, ModelInfo], tier: str | None, when: float
+) -> CatalogueCost | None:
+    """The catalogue's own arithmetic, for prices and usages the fast path does not cover."""
     known_provider, info = found
     at = datetime.datetime.fromtimestamp(when, datetime.UTC)
-    tier = usage.service_tier
     context = {"service_tier": tier} if tier is not None else None
     try:
         calculation = info.calc_price(

@@ -8,20 +8,24 @@ comment), never read back from the catalogue.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import random
 import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from holyroute._boundary import MAX_TOKENS, SSEScanner, usage_from_body, usage_from_mapping
 from holyroute._catalogue import catalogue_cost, catalogue_model
 from holyroute._core import Router
+from holyroute.cli import run_prices
 from holyroute.config import load_config
 
 from .conftest import Events, FakeClock, drive
@@ -362,3 +366,97 @@ def test_every_part_fits_its_whole(usage: dict[str, Any], name: Any) -> None:
     assert max(found.input_audio_tokens, found.input_image_tokens) <= found.prompt_tokens
     assert max(found.reasoning_tokens, found.output_audio_tokens, found.output_image_tokens) <= found.completion_tokens
     assert found.model is None or (isinstance(name, str) and found.model == name and len(name) <= 128)
+
+
+class TestTimeOfDay:
+    @pytest.mark.parametrize(
+        ("hour", "rates"),
+        [("12:00", (0.27, 0.07, 1.10)), ("20:00", (0.135, 0.035, 0.55))],
+        ids=["standard", "off-peak"],
+    )
+    def test_deepseek_off_peak(self, hour: str, rates: tuple[float, float, float]) -> None:
+        """deepseek-chat: $0.27 cache miss, $0.07 cache hit, $1.10 output per 1M from 00:30 to 16:30 UTC, half that
+        off-peak (DeepSeek's pricing page); its cache hits come as ``prompt_cache_hit_tokens``."""
+        usage = {"prompt_tokens": 10_000, "completion_tokens": 1_000, "prompt_cache_hit_tokens": 4_000}
+        when = datetime.datetime.fromisoformat(f"2025-08-01T{hour}:00+00:00").timestamp()
+        event = priced(
+            config("deepseek-chat", "https://api.deepseek.com/v1"), chat_answer("deepseek-chat", usage), when=when
+        )
+        miss, hit, output = rates
+        assert event["cost_usd"] == pytest.approx((6_000 * miss + 4_000 * hit + 1_000 * output) / M)
+
+
+class TestCommand:
+    def test_lists_catalogue_rates_and_unknown_models(self, tmp_path: Path) -> None:
+        """``holyroute prices`` shows the catalogue's standard rates for a routed model (gpt-4.1: $2 / $0.50 / $8 per
+        1M) with their source, and flags a model the catalogue does not know as unpriced."""
+        cfg = config("gpt-4.1")
+        cfg["endpoints"]["local"] = {"base_url": "http://127.0.0.1:8000/v1"}
+        cfg["routes"]["local"] = {"targets": [{"model": "my-llama", "endpoints": ["local"]}]}
+        path = tmp_path / "holyroute.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        out = io.StringIO()
+        assert run_prices(path, out, io.StringIO()) == 0
+        lines = out.getvalue().splitlines()
+        (catalogue,) = [line for line in lines if f"{SOURCE} openai/gpt-4.1 on endpoint up" in line]
+        assert catalogue.split()[:4] == ["gpt-4.1", "2", "0.5", "8"]
+        (unpriced,) = [line for line in lines if line.startswith("my-llama")]
+        assert f"UNPRICED on endpoint local (not in {SOURCE})" in unpriced
+        rows = io.StringIO()
+        assert run_prices(path, rows, io.StringIO(), as_json=True) == 0
+        by_source = {row["source"]: row for row in json.loads(rows.getvalue())}
+        assert (
+            by_source[
+                f"{SOURCE} openai/gpt-4.1 on endpoint up (variants processing=batch service_tier=default "
+                "service_tier=fast service_tier=priority)"
+            ]["cached_input"]
+            == 0.5
+        )
+
+
+FAST_PATH_MODELS = [
+    ("gpt-4.1", OPENAI),
+    ("gpt-5", OPENAI),
+    ("o3", OPENAI),
+    ("gpt-audio", OPENAI),
+    ("text-embedding-3-small", OPENAI),
+    ("gemini-2.5-pro", "https://generativelanguage.googleapis.com/v1beta/openai/"),
+    ("claude-haiku-4-5", "https://api.anthropic.com/v1"),
+    ("deepseek-chat", "https://api.deepseek.com/v1"),
+]
+PART = st.integers(0, 300_000)
+
+
+@given(
+    st.sampled_from(FAST_PATH_MODELS),
+    st.tuples(PART, PART, PART, PART, PART, PART),
+    st.sampled_from([None, "default", "flex", "priority", "scale"]),
+    st.sampled_from([at("2025-05-01"), NOW, NOW + 8 * 3600]),
+)
+def test_the_cached_fast_path_agrees_with_the_catalogue(
+    target: tuple[str, str], counts: tuple[int, ...], tier: str | None, when: float
+) -> None:
+    """The hot path's flattened rates give the catalogue's own figure for every usage shape it takes on."""
+    from holyroute._catalogue import _general_cost, _lookup
+
+    model, base_url = target
+    prompt, completion, cached, written, audio, reasoning = counts
+    usage = usage_from_mapping(
+        {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written, "audio_tokens": audio},
+            "completion_tokens_details": {"reasoning_tokens": reasoning},
+        },
+        service_tier=tier,
+    )
+    fast = catalogue_cost(usage, (model,), provider=None, base_url=base_url, when=when)
+    found = _lookup(None, base_url, model)
+    assert found is not None
+    general = _general_cost(usage, found, tier, when)
+    if general is None:  # the catalogue refuses overlapping parts it cannot split: so does holyroute
+        assert fast is None
+        return
+    assert fast is not None
+    assert fast.cost_usd == pytest.approx(general.cost_usd, rel=1e-9, abs=1e-10)
+    assert fast.service_tier == general.service_tier
