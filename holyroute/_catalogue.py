@@ -104,6 +104,11 @@ def _lookup(provider: str | None, base_url: str, model: str) -> tuple[Provider, 
     return None
 
 
+def catalogue_providers() -> frozenset[str]:
+    """The provider ids the catalogue knows (what an endpoint's ``provider:`` may name)."""
+    return frozenset(provider.id for provider in _snapshot().providers)
+
+
 def catalogue_model(model: str, *, provider: str | None = None, base_url: str = "") -> str | None:
     """The catalogue's ``provider/model`` id for ``model``, or ``None`` when the catalogue does not know it.
 

@@ -27,6 +27,7 @@ from holyroute._catalogue import catalogue_cost, catalogue_model
 from holyroute._core import Router
 from holyroute.cli import run_prices
 from holyroute.config import load_config
+from holyroute.exceptions import ConfigError
 
 from .conftest import Events, FakeClock, drive
 
@@ -460,3 +461,25 @@ def test_the_cached_fast_path_agrees_with_the_catalogue(
     assert fast is not None
     assert fast.cost_usd == pytest.approx(general.cost_usd, rel=1e-9, abs=1e-10)
     assert fast.service_tier == general.service_tier
+
+
+class TestConfiguration:
+    def test_an_unknown_provider_is_refused_at_load(self) -> None:
+        """``provider:`` must name a catalogue provider; the message names the key and the choices."""
+        with pytest.raises(ConfigError) as caught:
+            load_config(config("gpt-4.1", "https://llm.reseller.example/v1", provider="open-ai"))
+        message = str(caught.value)
+        assert "endpoints.up.provider" in message
+        assert "'open-ai' is not a genai-prices provider" in message
+        assert "openai" in message
+
+    def test_each_model_is_looked_up_once(self) -> None:
+        """Pricing the same model again reuses the first lookup and the flattened rates."""
+        from holyroute._catalogue import _lookup, _rates
+
+        usage = usage_from_mapping({"prompt_tokens": 10, "completion_tokens": 10}, model="gpt-4.1")
+        catalogue_cost(usage, ("gpt-4.1",), provider="openai", base_url="https://x.example", when=NOW)
+        lookups, rates = _lookup.cache_info().hits, _rates.cache_info().hits
+        catalogue_cost(usage, ("gpt-4.1",), provider="openai", base_url="https://x.example", when=NOW)
+        assert _lookup.cache_info().hits == lookups + 1
+        assert _rates.cache_info().hits == rates + 1
