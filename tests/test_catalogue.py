@@ -483,3 +483,20 @@ class TestConfiguration:
         catalogue_cost(usage, ("gpt-4.1",), provider="openai", base_url="https://x.example", when=NOW)
         assert _lookup.cache_info().hits == lookups + 1
         assert _rates.cache_info().hits == rates + 1
+
+
+def test_pricing_starts_no_updater_and_opens_no_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A priced call reads the bundled data only: no socket is opened and genai-prices' updater thread never runs."""
+    import socket
+    import threading
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the catalogue tried to connect")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    usage = usage_from_mapping({"prompt_tokens": 1_000, "completion_tokens": 1_000}, model="gpt-4.1-mini")
+    found = catalogue_cost(usage, ("gpt-4.1-mini",), provider=None, base_url=OPENAI, when=NOW)
+    assert found is not None
+    assert found.cost_usd == pytest.approx((1_000 * 0.4 + 1_000 * 1.6) / M)  # gpt-4.1-mini: $0.40 in, $1.60 out
+    assert not [t for t in threading.enumerate() if t.name.startswith("genai_prices")]
