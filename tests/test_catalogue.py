@@ -500,3 +500,27 @@ def test_pricing_starts_no_updater_and_opens_no_socket(monkeypatch: pytest.Monke
     assert found is not None
     assert found.cost_usd == pytest.approx((1_000 * 0.4 + 1_000 * 1.6) / M)  # gpt-4.1-mini: $0.40 in, $1.60 out
     assert not [t for t in threading.enumerate() if t.name.startswith("genai_prices")]
+
+
+@pytest.mark.parametrize(
+    ("model", "base_url", "provider", "expected"),
+    [
+        ("gpt-4.1", OPENAI, None, "openai/gpt-4.1"),
+        (
+            "gemini-2.5-flash",
+            "https://generativelanguage.googleapis.com/v1beta/openai/",
+            None,
+            "google/gemini-2.5-flash",
+        ),
+        ("claude-sonnet-4-5", "https://api.anthropic.com/v1/", None, "anthropic/claude-sonnet-4-5"),
+        ("deepseek-chat", "https://api.deepseek.com", None, "deepseek/deepseek-chat"),
+        ("openai/gpt-4.1", "https://openrouter.ai/api/v1", None, "openrouter/openai/gpt-4.1"),
+        ("claude-sonnet-4-5", "http://127.0.0.1:4000/v1", None, "anthropic/claude-sonnet-4-5"),  # by its name
+        ("text-embedding-3-small", "http://127.0.0.1:4000/v1", None, "openai/text-embedding-3-small"),  # OpenAI's
+        ("gpt-4.1", "https://llm.reseller.example/v1", "anthropic", None),  # the configured provider only
+        ("llama3.1:8b", "http://localhost:11434/v1", None, None),
+    ],
+)
+def test_which_provider_prices_a_host(model: str, base_url: str, provider: str | None, expected: str | None) -> None:
+    """The configured provider, else the one the URL names, else the model's name, then OpenAI; else unpriced."""
+    assert catalogue_model(model, provider=provider, base_url=base_url) == expected
