@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CatalogueCost",
     "CatalogueRates",
+    "catalogue_bound",
     "catalogue_cost",
     "catalogue_model",
     "catalogue_rates",
@@ -254,6 +255,31 @@ def _fast_cost(usage: Usage, rates: _Rates) -> float | None:
         if whole_rate is not None:
             total += rest * _at(whole_rate, prompt)
     return total / 1_000_000
+
+
+def _highest(rate: Rate | None) -> float:
+    if rate is None:
+        return 0.0
+    return rate if isinstance(rate, float) else max([rate[0], *(price for _, price in rate[1])])
+
+
+def catalogue_bound(
+    model: str, *, provider: str | None, base_url: str, when: float, service_tier: str | None = None
+) -> tuple[float, float] | None:
+    """The highest input and output rates (USD per 1M, every prompt-size tier and reasoning included) ``model``
+    bills at Unix time ``when`` in the service tier the request asks for: what bounds a call's worst-case cost
+    before it is sent. ``None`` when the catalogue does not know the model or its prices need the general
+    arithmetic."""
+    if _lookup(provider, base_url, model) is None:
+        return None
+    rates = _rates(provider, base_url, model, service_tier, int(when // 60))
+    if rates is None:
+        return None
+    outputs = [
+        _highest(rates.output),
+        *(_highest(rate) for field, rate in rates.outputs if field == "reasoning_tokens"),
+    ]
+    return _highest(rates.input), max(outputs)
 
 
 def catalogue_cost(

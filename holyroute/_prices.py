@@ -1,9 +1,9 @@
 """The built-in price table: USD per one million tokens, standard (non-batch) tier, as the providers published them.
 
 Calls are priced by the genai-prices catalogue (``_catalogue.py``) unless ``prices:`` configures a row; this table
-only bounds a call's worst-case cost under a cost ceiling before it is sent. Dated: :data:`PRICES_AS_OF` says when
-these were taken. A row holds the base tier (no prompt-size tiers, no cache writes). :class:`PriceRow` is also the
-shape of a configured price.
+only bounds a call's worst-case cost under a cost ceiling, for a model the catalogue cannot bound. Dated:
+:data:`PRICES_AS_OF` says when these were taken. A row holds the base tier (no prompt-size tiers, no cache writes).
+:class:`PriceRow` is also the shape of a configured price.
 """
 
 from __future__ import annotations

@@ -233,7 +233,7 @@ def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = F
             notes = f" ({rates.notes})" if rates.notes else ""
             add(model, PriceRow(rates.input, rates.cached_input, rates.output), source + notes)
     for model, row in BUILTIN_PRICES.items():
-        add(model, row, f"built in, as of {PRICES_AS_OF}; bounds cost ceilings only, calls are priced by the catalogue")
+        add(model, row, f"built in, as of {PRICES_AS_OF}; bounds cost ceilings where the catalogue cannot")
     if as_json:
         out.write(json.dumps(rows, indent=2) + "\n")
         return 0

@@ -524,3 +524,36 @@ def test_pricing_starts_no_updater_and_opens_no_socket(monkeypatch: pytest.Monke
 def test_which_provider_prices_a_host(model: str, base_url: str, provider: str | None, expected: str | None) -> None:
     """The configured provider, else the one the URL names, else the model's name, then OpenAI; else unpriced."""
     assert catalogue_model(model, provider=provider, base_url=base_url) == expected
+
+
+class TestCostCeiling:
+    """A call's worst case under a cost ceiling is bounded at the catalogue's highest rates for the request."""
+
+    def send(self, cfg: dict[str, Any], ceiling: str, **body: Any) -> Any:
+        router = Router(load_config(cfg), clock=FakeClock(), wall_clock=lambda: NOW, rng=random.Random(1), sinks=[])
+        payload = {"model": "r", "messages": [{"role": "user", "content": "hi"}], **body}
+        call = router.begin(
+            "POST", "/v1/chat/completions", "", {"x-holyroute-max-cost": ceiling}, json.dumps(payload).encode()
+        )
+        assert call is not None
+        return drive(call, [(200, {"content-type": "application/json"}, chat_answer("x", {"prompt_tokens": 1}))])
+
+    def test_prompt_size_tiers_bound_at_the_highest_tier(self) -> None:
+        """Gemini 2.5 Pro bills output at $15 per 1M above 200k prompt tokens: 1,000 output tokens may cost
+        $0.015, over a $0.012 ceiling (the base $10 rate would have said $0.010)."""
+        cfg = config("gemini-2.5-pro", "https://generativelanguage.googleapis.com/v1beta/openai/")
+        outcome = self.send(cfg, "0.012", max_tokens=1_000)
+        assert outcome.sent == []
+        assert "over the $0.012 ceiling" in json.loads(outcome.final.body)["error"]["message"]
+        assert len(self.send(cfg, "0.016", max_tokens=1_000).sent) == 1
+
+    def test_the_requested_service_tier_bounds_the_call(self) -> None:
+        """gpt-5 output: $10 per 1M standard, $20 priority; 1,000 tokens under a $0.015 ceiling."""
+        assert len(self.send(config("gpt-5"), "0.015", max_tokens=1_000).sent) == 1
+        assert self.send(config("gpt-5"), "0.015", max_tokens=1_000, service_tier="priority").sent == []
+
+    def test_a_model_only_the_catalogue_prices_is_bounded(self) -> None:
+        """gpt-audio ($2.50 in, $10 out per 1M) is not in the built-in table but can be bounded: 1,000 output
+        tokens at most about $0.010."""
+        assert len(self.send(config("gpt-audio"), "0.02", max_tokens=1_000).sent) == 1
+        assert self.send(config("gpt-audio"), "0.005", max_tokens=1_000).sent == []
