@@ -1,12 +1,13 @@
 """Prices from pydantic's genai-prices catalogue: the data bundled with the installed package, nothing else.
 
 Decides what a call cost at the catalogue's rates: the provider (configured per endpoint, else inferred from the
-endpoint's ``base_url``, else from the model's name), the model the upstream answered with (else the configured
-one), the call's time (prices have a history) and the price context the answer reported (``service_tier``). It
-never fetches: it builds its own snapshot from ``genai_prices.data`` and never consults the library's global one,
-which an application's ``genai_prices.UpdatePrices`` may replace with prices downloaded at run time. The catalogue is
-imported on first use, not with ``import holyroute``, and each (provider, endpoint URL, model) is looked up once.
-It does no I/O; a lookup or arithmetic the catalogue refuses leaves the call unpriced, never failed.
+endpoint's ``base_url``, else from the model's name, then OpenAI's), the model the upstream answered with (else the
+configured one), the call's time (prices have a history) and the price context the answer reported
+(``service_tier``). It never fetches: it builds its own snapshot from ``genai_prices.data`` and never consults the
+library's global one, which an application's ``genai_prices.UpdatePrices`` may replace with prices downloaded at run
+time. The catalogue is imported on first use (a router warms it when built), not with ``import holyroute``, and each
+(provider, endpoint URL, model) is looked up once. It does no I/O; a lookup or arithmetic the catalogue refuses leaves
+the call unpriced, never failed.
 """
 
 from __future__ import annotations

@@ -303,6 +303,12 @@ class Router:
         self._failed_sinks: set[int] = set()
         self._call_ids = itertools.count(1)
         self.routes = _compile(config)
+        # The catalogue loads here (once per process, tens of ms), not on the first call's thread or event loop.
+        for plan in self.routes.values():
+            for arm in (*plan.arms, *((plan.shadow,) if plan.shadow is not None else ())):
+                for upstream in arm.upstreams:
+                    if upstream.price_source == "catalogue":
+                        catalogue_model(upstream.model, provider=upstream.provider, base_url=upstream.base_url)
         #: Exact token counts for fit, rules and ceilings (``context.estimate: tiktoken``), when available offline.
         self.token_encoder: TokenEncoder | None = None
         if config.context.estimate == "tiktoken":

@@ -322,10 +322,17 @@ class TestWhichPrice:
 
 
 def test_import_does_not_load_the_catalogue() -> None:
-    """The catalogue loads on the first priced call, not with ``import holyroute``."""
-    code = "import sys, holyroute; print(sorted(m for m in sys.modules if m.startswith('genai_prices')))"
+    """``import holyroute`` leaves the catalogue unloaded; building a router loads it, off the calls' path."""
+    code = (
+        "import sys, holyroute\n"
+        "print('genai_prices.data' in sys.modules)\n"
+        "from holyroute._core import Router\n"
+        "from holyroute.config import load_config\n"
+        f"Router(load_config({config('gpt-4.1')!r}), sinks=[])\n"
+        "print('genai_prices.data' in sys.modules)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert result.stdout.strip() == "[]"
+    assert result.stdout.split() == ["False", "True"]
 
 
 def test_body_names_are_read_from_the_answer() -> None:
