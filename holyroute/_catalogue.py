@@ -214,11 +214,14 @@ def _rates(provider: str | None, base_url: str, model: str, tier: str | None, mi
     # As the catalogue does: a model priced from a fallback provider's list takes no price context.
     own = any(info is listed for listed in known_provider.models)
     context = {"service_tier": tier} if tier is not None and own else None
-    prices = info.get_prices(at, context)
+    try:
+        prices = info.get_prices(at, context)
+        standard = info.get_prices(at) if context is not None else prices
+    except _REFUSED:
+        return None  # the general path decides, and it refuses safely
     keys = {key for key, value in prices.__dict__.items() if value is not None and not key.startswith("_")}
     if not keys <= _FAST_KEYS:
         return None
-    standard = info.get_prices(at) if context is not None else prices
     parts = [
         [(field, rate) for key, field in table if (rate := _rate(getattr(prices, key, None))) is not None]
         for table in (_INPUT_PARTS, _OUTPUT_PARTS)
