@@ -29,7 +29,7 @@ import math
 import re
 import zlib
 from collections.abc import Callable, Container, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
 __all__ = [
@@ -616,32 +616,85 @@ _JSON_ERRORS: Final = (ValueError, RecursionError, TypeError, OverflowError)
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of one call, in the Chat Completions vocabulary; each within ``[0, MAX_TOKENS]``."""
+    """Token counts of one call, in the Chat Completions vocabulary; each within ``[0, MAX_TOKENS]``.
+
+    ``cached_tokens`` (cache reads), ``cache_write_tokens`` and the input audio and image tokens are parts of
+    ``prompt_tokens``; reasoning and the output audio and image tokens are parts of ``completion_tokens``. ``model``
+    and ``service_tier`` are what the answer said it was served by and billed at (``None`` when it did not say);
+    they are not counts, so two usages with the same counts compare equal.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    model: str | None = field(default=None, compare=False)
+    service_tier: str | None = field(default=None, compare=False)
 
 
 def _tokens(value: object) -> int:
     return token_count(value) or 0
 
 
-def usage_from_mapping(usage: Mapping[str, Any]) -> Usage:
-    """Normalise a provider's ``usage`` object (chat, responses, embeddings, DeepSeek's cache fields). Counts that
-    are not numbers, or not positive, are 0; absurd ones are clamped to :data:`MAX_TOKENS`."""
+def _detail(details: object, key: str) -> int:
+    return _tokens(details.get(key)) if isinstance(details, Mapping) else 0
+
+
+#: What an answer may name as its model or service tier; anything else is not recorded.
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+_MODEL_KEY: Final = re.compile(rb'"model"\s*:\s*"([A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127})"')
+_TIER_KEY: Final = re.compile(rb'"service_tier"\s*:\s*"([A-Za-z0-9_-]{1,32})"')
+
+
+def _name(value: object) -> str | None:
+    return value if isinstance(value, str) and _NAME.fullmatch(value) is not None else None
+
+
+def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, service_tier: object = None) -> Usage:
+    """Normalise a provider's ``usage`` object (chat, responses, embeddings, completions; DeepSeek's and
+    Anthropic's cache fields). Counts that are not numbers, or not positive, are 0; absurd ones are clamped to
+    :data:`MAX_TOKENS`; every part is clamped to its whole. ``model`` and ``service_tier`` are the answer's own
+    fields, kept when they look like names."""
     if "input_tokens" in usage or "output_tokens" in usage:
         prompt, completion = _tokens(usage.get("input_tokens")), _tokens(usage.get("output_tokens"))
         in_details, out_details = usage.get("input_tokens_details"), usage.get("output_tokens_details")
     else:
         prompt, completion = _tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens"))
         in_details, out_details = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
-    cached = _tokens(in_details.get("cached_tokens")) if isinstance(in_details, Mapping) else 0
+    cached = _detail(in_details, "cached_tokens")
     if not cached:
         cached = _tokens(usage.get("prompt_cache_hit_tokens"))  # DeepSeek
-    reasoning = _tokens(out_details.get("reasoning_tokens")) if isinstance(out_details, Mapping) else 0
-    return Usage(prompt, completion, min(cached, prompt), reasoning)
+    written = _detail(in_details, "cache_write_tokens")
+    # Anthropic's own names: its input_tokens leave both cache parts out, so they are added to the prompt.
+    read_apart, written_apart = (
+        _tokens(usage.get("cache_read_input_tokens")),
+        _tokens(usage.get("cache_creation_input_tokens")),
+    )
+    if (read_apart or written_apart) and not cached and not written:
+        cached, written = read_apart, written_apart
+        if "input_tokens" in usage:
+            prompt = min(prompt + read_apart + written_apart, MAX_TOKENS)
+    cached = min(cached, prompt)
+    written = min(written, prompt - cached)
+    reasoning = min(_detail(out_details, "reasoning_tokens"), completion)
+    return Usage(
+        prompt,
+        completion,
+        cached,
+        reasoning,
+        written,
+        min(_detail(in_details, "audio_tokens"), prompt),
+        min(_detail(out_details, "audio_tokens"), completion),
+        min(_detail(in_details, "image_tokens"), prompt),
+        min(_detail(out_details, "image_tokens"), completion),
+        _name(model),
+        _name(service_tier),
+    )
 
 
 def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
@@ -666,7 +719,7 @@ def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
             except _JSON_ERRORS:
                 break
             if isinstance(found, Mapping):
-                return usage_from_mapping(found)
+                return usage_from_mapping(found, **_answer_names(body))
             break
         position = body.rfind(b'"usage"', 0, position)
     try:
@@ -676,8 +729,22 @@ def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
     if isinstance(data, Mapping):
         usage = data.get("usage")
         if isinstance(usage, Mapping):
-            return usage_from_mapping(usage)
+            return usage_from_mapping(usage, model=data.get("model"), service_tier=data.get("service_tier"))
     return None
+
+
+def _answer_names(body: bytes) -> dict[str, str | None]:
+    """The answer's ``model`` (its first, which is the top-level one in OpenAI's answers) and ``service_tier``
+    (its last), read without decoding the whole body."""
+    model = _MODEL_KEY.search(body)
+    tier = None
+    position = body.rfind(b'"service_tier"')
+    if position >= 0:
+        tier = _TIER_KEY.match(body, position)
+    return {
+        "model": model.group(1).decode("ascii") if model is not None else None,
+        "service_tier": tier.group(1).decode("ascii") if tier is not None else None,
+    }
 
 
 def finish_reason(body: bytes) -> str | None:
@@ -816,7 +883,8 @@ class SSEScanner:
         if not isinstance(usage, Mapping) and isinstance(response, Mapping):
             usage = response.get("usage")
         if isinstance(usage, Mapping):
-            self.usage = usage_from_mapping(usage)
+            named = response if isinstance(response, Mapping) and "model" in response else obj
+            self.usage = usage_from_mapping(usage, model=named.get("model"), service_tier=named.get("service_tier"))
             if self._hide and obj.get("choices") == []:
                 return False
         return True

@@ -68,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain.add_argument(
         "--header", action="append", default=[], metavar="NAME: VALUE", help="a request header (repeatable)"
     )
-    prices = commands.add_parser("prices", help="the price table in use: built in, configured, per endpoint")
+    prices = commands.add_parser(
+        "prices", help="the prices in use: per endpoint, configured, from the genai-prices catalogue"
+    )
     prices.add_argument("--config", type=Path, help="include this configuration's prices and its models")
     prices.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
@@ -173,8 +175,11 @@ def run_explain(config_path: Path, request: Path, header_args: Sequence[str], ou
 
 
 def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
-    """``holyroute prices``: every price row in use and where it comes from; models a route uses without a price
-    are listed as unpriced (their calls log ``cost_usd: null``). 2 on a bad configuration."""
+    """``holyroute prices``: every price row in use and where it comes from (an endpoint's ``prices``, the
+    configuration's, or the genai-prices catalogue's standard rates now, with what else it prices); models a route
+    uses that none of them knows are listed as unpriced (their calls log ``cost_usd: null``), never guessed. 2 on a
+    bad configuration."""
+    from holyroute.config.catalogue import CatalogueRates, catalogue_rates, catalogue_source
     from holyroute.config.prices import BUILTIN_PRICES, PRICES_AS_OF, PriceRow
     from holyroute.config.schema import EndpointRef, load_config
     from holyroute.core.plan import price_of
@@ -212,11 +217,23 @@ def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = F
                 for entry in target.endpoints:
                     ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
                     used.add((ref.endpoint, ref.model or target.model))
+        listed: list[tuple[str, str, CatalogueRates]] = []
+        now = time.time()
         for endpoint_name, model in sorted(used):
-            if price_of(config.endpoints[endpoint_name], model, overrides) is None:
-                add(model, None, f"UNPRICED on endpoint {endpoint_name}: add it under prices")
+            endpoint = config.endpoints[endpoint_name]
+            if price_of(endpoint, model, overrides)[1] != "catalogue":
+                continue
+            rates = catalogue_rates(model, provider=endpoint.provider, base_url=endpoint.base_url, when=now)
+            if rates is None:
+                why = f"not in {catalogue_source()}"
+                add(model, None, f"UNPRICED on endpoint {endpoint_name} ({why}): add it under prices")
+            else:
+                listed.append((model, f"{catalogue_source()} {rates.model} on endpoint {endpoint_name}", rates))
+        for model, source, rates in listed:
+            notes = f" ({rates.notes})" if rates.notes else ""
+            add(model, PriceRow(rates.input, rates.cached_input, rates.output), source + notes)
     for model, row in BUILTIN_PRICES.items():
-        add(model, row, f"built in, as of {PRICES_AS_OF}")
+        add(model, row, f"built in, as of {PRICES_AS_OF}; bounds cost ceilings where the catalogue cannot")
     if as_json:
         out.write(json.dumps(rows, indent=2) + "\n")
         return 0

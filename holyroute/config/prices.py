@@ -1,8 +1,9 @@
 """The built-in price table: USD per one million tokens, standard (non-batch) tier, as the providers published them.
 
-Dated: prices change, so :data:`PRICES_AS_OF` says when these were taken, and ``prices:`` in the configuration
-overrides any row. Tiered prices (Gemini above 200k prompt tokens, Anthropic's cache writes) are not modelled: a
-row holds the base tier. Models missing here are reported with ``priced: false`` rather than guessed.
+Calls are priced by the genai-prices catalogue (``catalogue.py``) unless ``prices:`` configures a row; this table
+only bounds a call's worst-case cost under a cost ceiling, for a model the catalogue cannot bound. Dated:
+:data:`PRICES_AS_OF` says when these were taken. A row holds the base tier (no prompt-size tiers, no cache writes).
+:class:`PriceRow` is also the shape of a configured price.
 """
 
 from __future__ import annotations

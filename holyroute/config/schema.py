@@ -157,6 +157,15 @@ def _forwardable(name: str) -> str:
     return name
 
 
+def _catalogue_provider(name: str) -> str:
+    from holyroute.config.catalogue import catalogue_providers
+
+    known = catalogue_providers()
+    if name not in known:
+        raise ValueError(f"'{name}' is not a genai-prices provider; use one of: {', '.join(sorted(known))}")
+    return name
+
+
 #: A secret that is sent in a header or a query string: masked when printed, checked at load.
 SecretValue = Annotated[SecretStr, BeforeValidator(_sendable)]
 HeaderName = Annotated[str, AfterValidator(_header_name)]
@@ -190,8 +199,11 @@ class Endpoint(_Model):
     rpm: Annotated[int, Field(gt=0)] | None = None  # client-side requests per minute for this endpoint
     tpm: Annotated[int, Field(gt=0)] | None = None  # client-side tokens per minute (estimated at send)
     health_check: HealthCheck | None = None
-    # Prices on this endpoint (a reseller's, a negotiated rate), by upstream model; before `prices` and the table.
+    # Prices on this endpoint (a reseller's, a negotiated rate), by upstream model; before `prices` and the catalogue.
     prices: dict[str, Price] = Field(default_factory=dict)
+    # The genai-prices provider id whose catalogue prices apply here (`openai`, `anthropic`, `google`...), for a
+    # host the catalogue cannot tell from base_url (a reseller, a proxy, a local server). Default: inferred.
+    provider: Annotated[str, AfterValidator(_catalogue_provider)] | None = None
 
     def request_headers(self) -> tuple[tuple[str, str], ...]:
         """The headers every request to this endpoint carries: its key (in the form ``auth`` says), organisation,

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from holyroute.config.catalogue import catalogue_cost, catalogue_model, catalogue_source
 from holyroute.core.plan import (
     Upstream,
 )
@@ -140,8 +142,7 @@ class Accounting(Waiting):
         upstream = self._current
         self._settle(status, usage, now)
         leg = self._last_leg if upstream is not None else self._legs[0]
-        price = upstream.price if upstream is not None else None
-        cost = cost_usd(usage, price) if usage is not None and price is not None else None
+        cost, price_source, price_tier = _cost(upstream, usage, router.wall_clock)
         latency_ms = round((now - self.started) * 1000, 3)
         ttft_ms = (
             round((self._first_byte - self.started) * 1000, 3) if self.stream and self._first_byte is not None else None
@@ -196,8 +197,14 @@ class Accounting(Waiting):
             "completion_tokens": usage.completion_tokens if usage else None,
             "cached_tokens": usage.cached_tokens if usage else None,
             "reasoning_tokens": usage.reasoning_tokens if usage else None,
+            "cache_write_tokens": usage.cache_write_tokens if usage else None,
+            "audio_tokens": usage.input_audio_tokens + usage.output_audio_tokens if usage else None,
+            "image_tokens": usage.input_image_tokens + usage.output_image_tokens if usage else None,
+            "service_tier": usage.service_tier if usage else None,
             "cost_usd": cost,
-            "priced": price is not None,
+            "priced": price_source != "none",
+            "price_source": price_source,
+            "price_tier": price_tier,
             "request_id": request_id,
             "finish_reason": self._finish,
             "quality": self._quality,
@@ -206,3 +213,22 @@ class Accounting(Waiting):
         router.emit("holyroute.request", fields)
         if router.alerts is not None:
             router.alerts.observe(fields)
+
+
+def _cost(
+    upstream: Upstream | None, usage: Usage | None, wall_clock: Callable[[], float]
+) -> tuple[float | None, str, str | None]:
+    """What the call cost, where the price came from (``config``, ``endpoint``, ``catalogue@<version>``, ``none``)
+    and the price context applied (the answer's ``service_tier`` when it changed the rates)."""
+    if upstream is None:
+        return None, "none", None
+    if upstream.price_source != "catalogue" and upstream.price is not None:
+        return (cost_usd(usage, upstream.price) if usage is not None else None), upstream.price_source, None
+    if usage is None:
+        known = catalogue_model(upstream.model, provider=upstream.provider, base_url=upstream.base_url)
+        return None, catalogue_source() if known is not None else "none", None
+    models = (usage.model, upstream.model) if usage.model and usage.model != upstream.model else (upstream.model,)
+    found = catalogue_cost(usage, models, provider=upstream.provider, base_url=upstream.base_url, when=wall_clock())
+    if found is None:
+        return None, "none", None
+    return found.cost_usd, found.source, found.service_tier

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_plus
 
 from holyroute.boundary.parse import RequestView, clamp_tokens, named_alias, read_request
+from holyroute.config.catalogue import catalogue_model
 from holyroute.core.alerts import Alerts
 from holyroute.core.call_state import QualityCheck
 from holyroute.core.context import (
@@ -109,6 +110,12 @@ class Router:
         self._failed_sinks: set[int] = set()
         self._call_ids = itertools.count(1)
         self.routes = compile_routes(config)
+        # The catalogue loads here (once per process, tens of ms), not on the first call's thread or event loop.
+        for plan in self.routes.values():
+            for arm in (*plan.arms, *((plan.shadow,) if plan.shadow is not None else ())):
+                for upstream in arm.upstreams:
+                    if upstream.price_source == "catalogue":
+                        catalogue_model(upstream.model, provider=upstream.provider, base_url=upstream.base_url)
         #: Exact token counts for fit, rules and ceilings (``context.estimate: tiktoken``), when available offline.
         self.token_encoder: TokenEncoder | None = None
         if config.context.estimate == "tiktoken":

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from holyroute.boundary.parse import requested_choices
+from holyroute.config.catalogue import catalogue_bound
 from holyroute.core.context import (
     DEFAULT_OUTPUT_RESERVE,
     estimate_input_tokens,
@@ -98,7 +99,20 @@ class Eligibility(CallState):
     def _worst_cost(self, upstream: Upstream) -> float | str:
         """The most this call can cost on ``upstream`` (USD), or why that cannot be known."""
         price = upstream.price
-        if price is None:
+        rates = None if price is None else (price.input, max(price.output, price.reasoning or 0.0))
+        if upstream.price_source == "catalogue":
+            tier = self._data.get("service_tier")
+            rates = (
+                catalogue_bound(
+                    upstream.model,
+                    provider=upstream.provider,
+                    base_url=upstream.base_url,
+                    when=self._router.wall_clock(),
+                    service_tier=tier if isinstance(tier, str) and tier not in ("auto", "default") else None,
+                )
+                or rates
+            )  # the built-in row where the catalogue cannot say
+        if rates is None:
             return f"{upstream.model} has no price, so its cost cannot be bounded; add it under prices"
         out = self._out
         if out is None and upstream.limits is not None:
@@ -106,9 +120,9 @@ class Eligibility(CallState):
         if out is None:
             return f"no max_tokens and no known output cap for {upstream.model}; set max_tokens"
         # Every count is clamped at the boundary (tokens <= MAX_TOKENS, n <= MAX_CHOICES): the product is finite.
-        output_rate = max(price.output, price.reasoning or 0.0)
+        input_rate, output_rate = rates
         outputs = float(out) * requested_choices(self._data)
-        return (float(self._input_tokens()) * price.input + outputs * output_rate) / 1_000_000
+        return (float(self._input_tokens()) * input_rate + outputs * output_rate) / 1_000_000
 
     def _add_alternatives(self) -> None:
         """The split's arm cannot take this request (too big, or over the ceiling) on any endpoint: the route's

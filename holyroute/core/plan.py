@@ -101,6 +101,8 @@ class Upstream:
     token: bytes  # the model as a JSON string token, for swapping it into a body
     limits: ModelLimits | None = None  # context window and output cap, when known
     forward: frozenset[str] = frozenset()  # the caller's headers forwarded here although dropped elsewhere
+    price_source: str = "catalogue"  # where its cost comes from: "endpoint" or "config" (``price``), or the catalogue
+    provider: str | None = None  # the catalogue provider configured for the endpoint (None: inferred)
 
     def __repr__(self) -> str:  # the headers hold the key
         return f"Upstream(endpoint={self.endpoint!r}, model={self.model!r})"
@@ -266,17 +268,22 @@ def with_floors(plan: RoutePlan, routes: Mapping[str, RoutePlan]) -> RoutePlan:
     return dataclasses.replace(plan, fit_floor=min(windows), out_floor=min(outputs))
 
 
-def price_of(endpoint: Endpoint, model: str, prices: Mapping[str, PriceRow]) -> PriceRow | None:
-    """The endpoint's own price for the model, then the configuration's, then the built-in table's."""
+def price_of(endpoint: Endpoint, model: str, prices: Mapping[str, PriceRow]) -> tuple[PriceRow | None, str]:
+    """The endpoint's own price for the model, then the configuration's, each winning over the catalogue; without
+    either, the built-in row (only to bound a call's cost before it is sent) and the catalogue prices the call."""
     if endpoint.prices:
         own = find_price(model, {name: p.row() for name, p in endpoint.prices.items()}, builtin=False)
         if own is not None:
-            return own
-    return find_price(model, prices)
+            return own, "endpoint"
+    configured = find_price(model, prices, builtin=False)
+    if configured is not None:
+        return configured, "config"
+    return find_price(model, {}), "catalogue"
 
 
 def upstream_of(config: Config, name: str, model: str, prices: Mapping[str, PriceRow]) -> Upstream:
     endpoint = config.endpoints[name]
+    price, source = price_of(endpoint, model, prices)
     return Upstream(
         endpoint=name,
         model=model,
@@ -284,8 +291,10 @@ def upstream_of(config: Config, name: str, model: str, prices: Mapping[str, Pric
         headers=endpoint.request_headers(),
         query=endpoint.query_string(),
         timeout=endpoint.timeout,
-        price=price_of(endpoint, model, prices),
+        price=price,
         stream_usage=endpoint.stream_usage,
         token=json.dumps(model).encode("utf-8"),
         forward=frozenset(endpoint.forward_headers),
+        price_source=source,
+        provider=endpoint.provider,
     )
