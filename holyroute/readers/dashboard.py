@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, TextIO
 from urllib.parse import urlsplit
 
 from holyroute.readers.log import charged_arm, epoch, parse_line
+from holyroute.readers.log import number as _num
 from holyroute.rollout.stats import LatencySketch
 
 if TYPE_CHECKING:
@@ -200,17 +201,6 @@ def _text(value: object, limit: int = _TEXT_LIMIT) -> str | None:
         return None
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-def _num(value: object) -> float | None:
-    """A finite number, or None (also for ints too large for a float): total."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:
-            return None
-        return number if math.isfinite(number) else None
-    return None
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
