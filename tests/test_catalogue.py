@@ -23,10 +23,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from holyroute.boundary.parse import MAX_TOKENS, SSEScanner, usage_from_body, usage_from_mapping
-from holyroute.config.catalogue import catalogue_cost, catalogue_model
-from holyroute.core.call import Router
 from holyroute.cli import run_prices
 from holyroute.config import load_config
+from holyroute.config.catalogue import catalogue_cost, catalogue_model
+from holyroute.core.call import Router
 from holyroute.exceptions import ConfigError
 
 from .conftest import Events, FakeClock, drive
