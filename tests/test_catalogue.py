@@ -235,6 +235,7 @@ class TestTokenParts:
         usage = {"prompt_tokens": prompt, "completion_tokens": 1_000, "total_tokens": prompt + 1_000}
         event = priced(cfg, chat_answer("gemini-2.5-pro", usage))
         assert event["cost_usd"] == pytest.approx((prompt * input_rate + 1_000 * output_rate) / M)
+        assert event["price_tier"] == (None if prompt <= 200_000 else "prompt>200000")
 
     def test_embeddings(self) -> None:
         """text-embedding-3-small: $0.02 per 1M input tokens."""

@@ -42,12 +42,12 @@ _REFUSED: Final = (ValueError, LookupError, ArithmeticError, TypeError, Attribut
 
 @dataclass(frozen=True, slots=True)
 class CatalogueCost:
-    """A call priced from the catalogue: USD, ``catalogue@<version>``, and the price context applied (``None``:
-    the standard rates)."""
+    """A call priced from the catalogue: USD, ``catalogue@<version>``, and the tiers applied (a service tier, a
+    prompt-size tier such as ``prompt>200000``, or both; ``None``: the standard rates)."""
 
     cost_usd: float
     source: str
-    service_tier: str | None
+    service_tier: str | None  # the event's price_tier
 
 
 @functools.cache
@@ -261,6 +261,19 @@ def _fast_cost(usage: Usage, rates: _Rates) -> float | None:
     return total / 1_000_000
 
 
+def _prompt_tier(rate: Rate | None, prompt: int) -> str | None:
+    """The prompt-size tier a call's input rate reached (``prompt>200000``), or None at the base rate."""
+    if rate is None or isinstance(rate, float):
+        return None
+    reached = [start for start, _ in rate[1] if prompt > start]
+    return f"prompt>{max(reached)}" if reached else None
+
+
+def _tiers(*applied: str | None) -> str | None:
+    """The price tiers that applied, as the event's ``price_tier`` (``flex``, ``prompt>200000``, or both)."""
+    return ", ".join(tier for tier in applied if tier) or None
+
+
 def _highest(rate: Rate | None) -> float:
     if rate is None:
         return 0.0
@@ -303,7 +316,8 @@ def catalogue_cost(
     if rates is not None:
         cost = _fast_cost(usage, rates)
         if cost is not None:
-            return CatalogueCost(round(cost, 10), catalogue_source(), rates.applied)
+            applied = _tiers(rates.applied, _prompt_tier(rates.input, usage.prompt_tokens))
+            return CatalogueCost(round(cost, 10), catalogue_source(), applied)
     return _general_cost(usage, found, tier, when)
 
 
@@ -318,9 +332,11 @@ def _general_cost(
         calculation = info.calc_price(
             _genai_usage(usage), known_provider, genai_request_timestamp=at, price_context=context
         )
-        applied = tier if context is not None and info.get_prices(at, context) != info.get_prices(at) else None
+        prices = info.get_prices(at, context)
+        applied = tier if context is not None and prices != info.get_prices(at) else None
     except _REFUSED:
         return None
+    applied = _tiers(applied, _prompt_tier(_rate(getattr(prices, "input_mtok", None)), usage.prompt_tokens))
     return CatalogueCost(round(float(calculation.total_price), 10), catalogue_source(), applied)
 
 
