@@ -608,15 +608,15 @@ class TestSharedTpmSettlement:
         backend = RedisBackend(load_config(settling(prefix, NOWHERE)).state, emit=lambda name, fields: None)
         key = Keys(prefix).limits("limited")
         try:
-            backend._settle(keys=[key], args=[10_000, 10**15, 120_000])
+            backend.sync.settle_script(keys=[key], args=[10_000, 10**15, 120_000])
             assert not store.exists(key)
             for owed in (-(10**15), 10**15, -(10**15), -5, 3, 10**15):
-                backend._settle(keys=[key], args=[10_000, owed, 120_000])
+                backend.sync.settle_script(keys=[key], args=[10_000, owed, 120_000])
                 assert -10_000 <= float(store.hget(key, "t") or "nan") <= 10_000
             assert 0 < store.pttl(key) <= 120_000
             for tokens in (10_000, 10_000, 10_000, -10_000):
                 backend.settle("limited", 10_000, tokens)
-            assert backend._owed == {"limited": (10_000, 10_000)}, "20000 at most, then 10000 taken"
+            assert backend.grants.owed == {"limited": (10_000, 10_000)}, "20000 at most, then 10000 taken"
         finally:
             backend.redis.close()
 
@@ -1109,7 +1109,7 @@ def _forked_worker(client: Client, results: Any) -> None:
     """Runs in a forked child: six calls through the client its parent built, then what its backend looks like."""
     backend = client.router.state
     served = [client.chat() for _ in range(6)]
-    threads = [t.name for t in getattr(backend, "_threads", []) if t.is_alive()]
+    threads = [t.name for t in getattr(backend, "threads", []) if t.is_alive()]
     results.send({"served": served, "pid_seen": getattr(backend, "_pid", None), "threads": threads})
     results.close()
 
@@ -1193,7 +1193,7 @@ class TestBadEntries:
             wait_until(lambda: two.router.health.cooldown("a", MODEL, two.now()) is not None, 2.0, "B to follow")
             for client in (one, two):
                 backend = client.router.state
-                assert all(thread.is_alive() for thread in backend._threads)  # type: ignore[attr-defined]
+                assert all(thread.is_alive() for thread in backend.threads)  # type: ignore[attr-defined]
                 assert backend.live  # type: ignore[attr-defined]
         invalid = named(logs, "holyroute.state_invalid")
         assert {entry["key"] for entry in invalid} >= {keys.channel, f"{keys.health} c|y|m"}
@@ -1256,7 +1256,7 @@ class TestBadEntries:
             a.push(Reply.rate_limited(retry_after_s=30))
             one.chat()  # B's listener and sync thread both hit the bug, then recover
             wait_until(lambda: two.router.health.cooldown("a", MODEL, two.now()) is not None, 3.0, "B to follow")
-            assert all(thread.is_alive() for thread in backend._threads)  # type: ignore[attr-defined]
+            assert all(thread.is_alive() for thread in backend.threads)  # type: ignore[attr-defined]
         errors = named(logs, "holyroute.background_error")
         assert errors
         assert {entry["error"] for entry in errors} == {"RuntimeError"}
@@ -1333,7 +1333,7 @@ class TestBadEntries:
             client = deployment.client(cfg, "A")
             assert client.chat() in (STABLE, CANDIDATE)
             assert client.router.state.spent("route:chat", "day") >= 0.0
-            assert all(thread.is_alive() for thread in client.router.state._threads)  # type: ignore[attr-defined]
+            assert all(thread.is_alive() for thread in client.router.state.threads)  # type: ignore[attr-defined]
 
 
 class TestExplainReadOnly:

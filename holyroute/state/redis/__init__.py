@@ -1,7 +1,13 @@
 """The Redis state backend: many processes and hosts act as one router.
 
-``backend`` is :class:`~holyroute.state.redis.backend.RedisBackend` (limits, health, spend; the sync and listener
-threads); ``store`` the rollout store; ``payloads`` the key names and the total parsers of everything read back.
+Which module holds what: ``backend`` is :class:`~holyroute.state.redis.backend.RedisBackend`, the protocol the
+core calls, the threads' lifecycle, and degrading and recovering; ``grants`` the rpm/tpm grant round trip (sync and
+asyncio), the lease taken with it and the tpm owed by settled calls; ``sync`` the sync thread and its one pipeline
+(what goes out, the snapshots read back); ``listener`` the pub/sub thread and how a message is applied; ``scripts``
+the Lua scripts; ``reports`` the once-each problem events; ``store`` the rollout store; ``payloads`` the key names
+and the total parsers of everything read back. The parts never import ``backend``: each says what it uses of it in a
+small protocol, and ``grants``, ``sync`` and ``listener`` do not know each other except that ``sync`` hands the owed
+tokens of ``grants`` to its pipeline.
 
 What is shared, and how each piece keeps the request path fast:
 

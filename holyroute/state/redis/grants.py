@@ -1,0 +1,160 @@
+"""The rpm/tpm grant path: one round trip to the shared token buckets (the Lua script in
+:mod:`holyroute.state.redis.scripts`), the lease that comes with a grant, and the tpm owed by settled calls, which
+rides along with the next grant request or sync. Deciding whether to ask at all (read-only, degraded, a lease still
+covers the request) is the backend's; this module only asks and books the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from typing import Any, Protocol
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+
+from holyroute.state.base import Leases
+from holyroute.state.redis.payloads import Keys
+from holyroute.state.redis.reports import Reports
+from holyroute.state.redis.scripts import ACQUIRE, LIMITS_TTL_MS
+
+__all__ = ["Grants", "Link"]
+
+
+class Link(Protocol):
+    """What the grant path reports to the backend about the connection."""
+
+    failures: int
+
+    def failed(self, error: BaseException) -> None: ...
+
+
+class Grants:
+    """Asks the shared buckets for grants (sync and asyncio) and keeps what each endpoint's bucket is owed."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        url: str,
+        timeout: float,
+        keys: Keys,
+        leases: Leases,
+        reports: Reports,
+        link: Link,
+        lock: threading.Lock,
+    ) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._keys = keys
+        self._leases = leases
+        self._reports = reports
+        self._link = link
+        self._lock = lock
+        self.script = client.register_script(ACQUIRE)
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self.owed: dict[str, tuple[int, int]] = {}  # endpoint -> (tpm, tokens owed to its shared bucket)
+        self.sending: set[str] = set()  # endpoints whose owed tokens a flush is sending now
+        self.sent = threading.Condition(lock)  # notified when that flush is done
+
+    def ask(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]) -> float | None:
+        if endpoint in self.sending:
+            # A flush is sending what this process owes the bucket: let it land first, or this request could find
+            # the bucket short of tokens this very process gave back (bounded by the command timeout; rare).
+            with self.sent:
+                self.sent.wait_for(lambda: endpoint not in self.sending, timeout=max(self._timeout, 0.05))
+        owed = self.take_owed(endpoint, tpm)
+        try:
+            reply = self.script(keys=[self._keys.limits(endpoint)], args=_acquire_args(rpm, tpm, tokens, ask, owed))
+        except redis.RedisError as error:
+            self.owe(endpoint, tpm or 0, owed)  # sent again with the next request or sync (at least once, as spend)
+            self._link.failed(error)
+            return None
+        except BaseException:
+            self.owe(endpoint, tpm or 0, owed)
+            raise
+        return self._granted(endpoint, tokens, reply)
+
+    async def aask(
+        self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]
+    ) -> float | None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio (anyio's other backend): redis.asyncio needs asyncio, so ask from a worker thread
+            loop = None
+        if loop is None or endpoint in self.sending:  # (or wait there for a flush sending what is owed: see ask)
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(self.ask, endpoint, rpm, tpm, tokens, ask)
+        script = self._async_script(loop)
+        owed = self.take_owed(endpoint, tpm)
+        try:
+            reply = await script(keys=[self._keys.limits(endpoint)], args=_acquire_args(rpm, tpm, tokens, ask, owed))
+        except (TimeoutError, redis.RedisError, OSError) as error:
+            self.owe(endpoint, tpm or 0, owed)
+            self._link.failed(error)
+            return None
+        except BaseException:  # cancelled: whether Redis applied what was owed is unknown; at least once
+            self.owe(endpoint, tpm or 0, owed)
+            raise
+        return self._granted(endpoint, tokens, reply)
+
+    def _async_script(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """The acquire script on this event loop's own client (an asyncio client cannot cross loops)."""
+        found = self._async.get(loop)
+        if found is None:
+            client = redis.asyncio.Redis.from_url(
+                self._url,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=max(self._timeout, 0.05),
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+                health_check_interval=0,
+                client_name="holyroute",
+            )
+            found = self._async[loop] = (client, client.register_script(ACQUIRE))
+        return found[1]
+
+    async def aclose(self) -> None:
+        """Close the running event loop's client, if one was made."""
+        try:
+            found = self._async.pop(asyncio.get_running_loop(), None)
+        except RuntimeError:  # trio: no asyncio client was made
+            found = None
+        if found is not None:
+            await found[0].aclose()
+
+    def owe(self, endpoint: str, tpm: int, tokens: int) -> int:
+        """Add ``tokens`` to what the endpoint's shared bucket is owed; the total now owed. More than the bucket's
+        span (``2 * tpm``) either way could never apply, so the total stays within it."""
+        if tpm <= 0 or not tokens:
+            return 0
+        with self._lock:
+            total = self.owed.get(endpoint, (tpm, 0))[1] + tokens
+            total = min(max(total, -2 * tpm), 2 * tpm)
+            self.owed[endpoint] = (tpm, total)
+        return total
+
+    def take_owed(self, endpoint: str, tpm: int | None) -> int:
+        """What the endpoint's shared bucket is owed, handed to the grant request about to be sent."""
+        if not tpm or not self.owed:
+            return 0
+        with self._lock:
+            found = self.owed.pop(endpoint, None)
+        return found[1] if found is not None else 0
+
+    def _granted(self, endpoint: str, tokens: int, reply: Any) -> float | None:
+        self._link.failures = 0
+        try:
+            wait_ms, requests, granted_tokens = (int(value) for value in reply)
+        except (TypeError, ValueError):
+            self._reports.invalid(self._keys.limits(endpoint), "the rate-limit script's reply is not three integers")
+            return None  # decide locally, as when Redis cannot answer
+        if wait_ms > 0:
+            return min(wait_ms, 60_000) / 1000.0  # a bucket refills completely within 60 s
+        self._leases.granted(endpoint, max(requests, 0), max(granted_tokens, 0), tokens)
+        return 0.0
+
+
+def _acquire_args(rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int], owed: int) -> list[int]:
+    return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1], owed]

@@ -1,0 +1,99 @@
+"""The Lua scripts the Redis backend runs: each one atomic against Redis's own clock, so no two processes can race
+on a bucket or a health entry. Only text here: the callers register them (:mod:`holyroute.state.redis.grants` and
+:mod:`holyroute.state.redis.sync`)."""
+
+from __future__ import annotations
+
+__all__ = ["ACQUIRE", "HEALTH", "LIMITS_TTL_MS", "SETTLE"]
+
+LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a missing key means a full one
+
+# Token buckets for rpm and tpm in one hash, refilled continuously, against Redis's clock. First ARGV[7] tokens this
+# process owes the tpm bucket from settled calls are given back (negative: taken), the bucket kept within [-tpm, tpm].
+# Then either all limits have room for this request and all are charged, or nothing is charged: the reply is
+# {milliseconds until there is room, 0, 0}. Charged, the reply is {0, requests, tokens} granted: this request's, plus
+# up to ARGV[5] requests and ARGV[6] tokens in all for the process's lease, taken only from what the bucket holds (see
+# holyroute.state.base.Leases).
+ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local s = redis.call('HMGET', KEYS[1], 'r', 'rt', 't', 'tt')
+local function level(cap, value, stamp)
+  if cap <= 0 then return 0 end
+  local l, at = tonumber(value), tonumber(stamp)
+  if l == nil or at == nil then return cap end
+  return math.min(cap, l + math.max(0, now - at) * cap / 60)
+end
+local r, k = level(rpm, s[1], s[2]), level(tpm, s[3], s[4])
+local owed = tonumber(ARGV[7]) or 0
+if tpm > 0 and owed ~= 0 then
+  k = math.max(-tpm, math.min(tpm, k + owed))
+  redis.call('HSET', KEYS[1], 't', tostring(k), 'tt', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+local wait = 0
+if rpm > 0 and r < 1 then wait = (1 - r) * 60 / rpm end
+if tpm > 0 then
+  local need = math.min(tokens, tpm)
+  if k < need then wait = math.max(wait, (need - k) * 60 / tpm) end
+end
+if wait > 0 then return {math.max(1, math.ceil(wait * 1000)), 0, 0} end
+local want_r, want_t = tonumber(ARGV[5]), tonumber(ARGV[6])
+local gr, gt = want_r, want_t
+if rpm > 0 then
+  gr = math.max(1, math.min(want_r, math.floor(r)))
+  redis.call('HSET', KEYS[1], 'r', tostring(r - gr), 'rt', tostring(now))
+end
+if tpm > 0 then
+  gt = math.max(tokens, math.min(want_t, math.floor(k)))
+  redis.call('HSET', KEYS[1], 't', tostring(k - gt), 'tt', tostring(now))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {0, gr, gt}
+"""
+
+# Settle finished calls' tpm grants: give ARGV[2] tokens back to the bucket (negative: take them), refilled up to now
+# first as ACQUIRE refills it, kept within [-tpm, tpm]. A missing bucket is a full one: a credit changes nothing.
+SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tpm, owed = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tpm == nil or owed == nil or tpm <= 0 then return 0 end
+local s = redis.call('HMGET', KEYS[1], 't', 'tt')
+local l, at = tonumber(s[1]), tonumber(s[2])
+if l == nil or at == nil then
+  if owed >= 0 then return 0 end
+  l = tpm
+else
+  l = math.min(tpm, l + math.max(0, now - at) * tpm / 60)
+end
+l = math.max(-tpm, math.min(tpm, l + owed))
+redis.call('HSET', KEYS[1], 't', tostring(l), 'tt', tostring(now))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# One health change: set (keeping a longer entry) or delete a field, drop expired fields, expire the hash after the
+# last entry, and publish the change. Values are "<until> <json>".
+HEALTH = """
+local now = tonumber(redis.call('TIME')[1])
+local field, value, untl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if ARGV[4] == 'del' then
+  redis.call('HDEL', KEYS[1], field)
+else
+  local current = redis.call('HGET', KEYS[1], field)
+  if not current or (tonumber(string.match(current, '^%S+')) or 0) < untl then
+    redis.call('HSET', KEYS[1], field, value)
+  end
+end
+local all = redis.call('HGETALL', KEYS[1])
+local latest = 0
+for i = 1, #all, 2 do
+  local u = tonumber(string.match(all[i + 1], '^%S+')) or 0
+  if u < now then redis.call('HDEL', KEYS[1], all[i]) elseif u > latest then latest = u end
+end
+if latest > 0 then redis.call('EXPIREAT', KEYS[1], math.ceil(latest) + 60) end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
