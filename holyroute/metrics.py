@@ -120,7 +120,23 @@ class Metrics:
         self.namespace = namespace
         self._routers: weakref.WeakSet[Router] = weakref.WeakSet()
         self._lock = threading.Lock()
-        ns = namespace
+        self._create_instruments(latency_buckets, ttft_buckets)
+        self._calls: dict[tuple[str, ...], _CallSeries] = {}
+        self._event_children: dict[str, Counter] = {}
+        self._handlers = self._event_handlers()
+        self._collector = _Collector(self)
+        try:
+            self.registry.register(self._collector)
+        except ValueError as error:
+            raise ValueError(
+                f"holyroute.metrics: this registry already has {namespace}_* metrics ({error}). Make one Metrics per "
+                "registry and call metrics.instrument(client) for every client; or pass "
+                "registry=prometheus_client.CollectorRegistry(), or another namespace=..."
+            ) from None
+
+    def _create_instruments(self, latency_buckets: Sequence[float], ttft_buckets: Sequence[float]) -> None:
+        # one assignment per instrument: a table of names and help texts, long but flat
+        ns = self.namespace
 
         def counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
             return Counter(f"{ns}_{name}", documentation, labels, registry=None)
@@ -203,9 +219,9 @@ class Metrics:
             self._latency,
             self._ttft,
         )
-        self._calls: dict[tuple[str, ...], _CallSeries] = {}
-        self._event_children: dict[str, Counter] = {}
-        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+
+    def _event_handlers(self) -> dict[str, Callable[[dict[str, Any]], None]]:
+        return {
             "holyroute.request": self._on_request,
             "holyroute.failover": self._on_failover,
             "holyroute.cooldown": self._on_cooldown,
@@ -216,15 +232,6 @@ class Metrics:
             "holyroute.alert": self._on_alert,
             "holyroute.rollout": self._on_rollout,
         }
-        self._collector = _Collector(self)
-        try:
-            self.registry.register(self._collector)
-        except ValueError as error:
-            raise ValueError(
-                f"holyroute.metrics: this registry already has {namespace}_* metrics ({error}). Make one Metrics per "
-                "registry and call metrics.instrument(client) for every client; or pass "
-                "registry=prometheus_client.CollectorRegistry(), or another namespace=..."
-            ) from None
 
     # ---- attaching ---------------------------------------------------------------------------------------------
 
