@@ -17,12 +17,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from holyroute.readers.log import EventLog
+    from holyroute.readers.report import Report
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    return _dispatch(parser, parser.parse_args(argv))
+
+
+def _parser() -> argparse.ArgumentParser:  # long but linear: one add_parser block per command
     parser = argparse.ArgumentParser(prog="holyroute", description=__doc__.split("\n")[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="route a few hundred SDK calls across local fake upstreams, offline")
@@ -73,7 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     prices.add_argument("--config", type=Path, help="include this configuration's prices and its models")
     prices.add_argument("--json", action="store_true", help="print the rows as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "explain":
         return run_explain(args.config, args.request, args.header, sys.stdout, sys.stderr)
     if args.command == "prices":
@@ -274,12 +286,7 @@ def run_report(
         Settings,
         build_report,
         load_report_config,
-        render_markdown,
-        render_report,
-        report_json,
         require_matplotlib,
-        time_series,
-        write_plot,
     )
 
     try:
@@ -312,33 +319,51 @@ def run_report(
         log, loaded, settings=settings, route=route, config_path=None if config is None else str(config), notes=notes
     )
     if not result.routes:
-        what = f"for route {route!r}" if route is not None else "at all"
-        seen = sorted({e["route"] for e in log.events if isinstance(e.get("route"), str)})
-        err.write(
-            f"holyroute report: {events} has no holyroute.request events {what} "
-            f"({len(log.events)} holyroute events, {log.not_json} lines not JSON, "
-            f"{log.not_holyroute} not holyroute events, {log.malformed} malformed"
-            + (f"; routes in the log: {', '.join(seen)}" if seen and route is not None else "")
-            + ")\n"
-        )
+        err.write(_no_requests(events, log, route))
         return 2
+    _write_report(result, fmt, out)
+    if plot is not None:
+        return _write_report_plot(log, route, plot, out, err, fmt=fmt)
+    return 0
+
+
+def _no_requests(events: Path, log: EventLog, route: str | None) -> str:
+    """Why ``holyroute report`` found nothing to report: the log's counts, and its routes when one was asked for."""
+    what = f"for route {route!r}" if route is not None else "at all"
+    seen = sorted({e["route"] for e in log.events if isinstance(e.get("route"), str)})
+    return (
+        f"holyroute report: {events} has no holyroute.request events {what} "
+        f"({len(log.events)} holyroute events, {log.not_json} lines not JSON, "
+        f"{log.not_holyroute} not holyroute events, {log.malformed} malformed"
+        + (f"; routes in the log: {', '.join(seen)}" if seen and route is not None else "")
+        + ")\n"
+    )
+
+
+def _write_report(result: Report, fmt: str, out: TextIO) -> None:
+    from holyroute.readers.report import render_markdown, render_report, report_json
+
     if fmt == "json":
         out.write(json.dumps(report_json(result), indent=2) + "\n")
     elif fmt == "markdown":
         out.write(render_markdown(result) + "\n")
     else:
         out.write(render_report(result) + "\n")
-    if plot is not None:
-        try:
-            write_plot(time_series(log.events, route=route), plot)
-        except PlotUnavailableError as exc:
-            err.write(f"holyroute report: {exc}\n")
-            return 2
-        except OSError as exc:
-            err.write(f"holyroute report: cannot write the plot to {plot}: {exc.strerror or exc}\n")
-            return 2
-        if fmt != "json":
-            out.write(f"plot: {plot}\n")
+
+
+def _write_report_plot(log: EventLog, route: str | None, plot: Path, out: TextIO, err: TextIO, *, fmt: str) -> int:
+    from holyroute.readers.report import PlotUnavailableError, time_series, write_plot
+
+    try:
+        write_plot(time_series(log.events, route=route), plot)
+    except PlotUnavailableError as exc:
+        err.write(f"holyroute report: {exc}\n")
+        return 2
+    except OSError as exc:
+        err.write(f"holyroute report: cannot write the plot to {plot}: {exc.strerror or exc}\n")
+        return 2
+    if fmt != "json":
+        out.write(f"plot: {plot}\n")
     return 0
 
 
