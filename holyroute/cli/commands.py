@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from holyroute.config.prices import PriceRow
+    from holyroute.config.schema import Config
     from holyroute.readers.log import EventLog
     from holyroute.readers.report import Report
 
@@ -191,65 +193,79 @@ def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = F
     configuration's, or the genai-prices catalogue's standard rates now, with what else it prices); models a route
     uses that none of them knows are listed as unpriced (their calls log ``cost_usd: null``), never guessed. 2 on a
     bad configuration."""
-    from holyroute.config.catalogue import CatalogueRates, catalogue_rates, catalogue_source
-    from holyroute.config.prices import BUILTIN_PRICES, PRICES_AS_OF, PriceRow
-    from holyroute.config.schema import EndpointRef, load_config
-    from holyroute.core.plan import price_of
+    from holyroute.config.prices import BUILTIN_PRICES, PRICES_AS_OF
+    from holyroute.config.schema import load_config
     from holyroute.exceptions import ConfigError
 
     rows: list[dict[str, Any]] = []
-
-    def add(model: str, row: PriceRow | None, source: str) -> None:
-        rows.append(
-            {
-                "model": model,
-                "input": row.input if row else None,
-                "cached_input": row.cached_input if row else None,
-                "output": row.output if row else None,
-                "reasoning": row.reasoning if row else None,
-                "source": source,
-            }
-        )
-
-    used: set[tuple[str, str]] = set()
     if path is not None:
         try:
             config = load_config(path)
         except ConfigError as exc:
             err.write(f"{exc}\n")
             return 2
-        overrides = {name: price.row() for name, price in config.prices.items()}
-        for name, endpoint in sorted(config.endpoints.items()):
-            for model, price in sorted(endpoint.prices.items()):
-                add(model, price.row(), f"endpoint {name}")
-        for model, row in sorted(overrides.items()):
-            add(model, row, "configuration prices")
-        for route in config.routes.values():
-            for target in route.arms:
-                for entry in target.endpoints:
-                    ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
-                    used.add((ref.endpoint, ref.model or target.model))
-        listed: list[tuple[str, str, CatalogueRates]] = []
-        now = time.time()
-        for endpoint_name, model in sorted(used):
-            endpoint = config.endpoints[endpoint_name]
-            if price_of(endpoint, model, overrides)[1] != "catalogue":
-                continue
-            rates = catalogue_rates(model, provider=endpoint.provider, base_url=endpoint.base_url, when=now)
-            if rates is None:
-                why = f"not in {catalogue_source()}"
-                add(model, None, f"UNPRICED on endpoint {endpoint_name} ({why}): add it under prices")
-            else:
-                listed.append((model, f"{catalogue_source()} {rates.model} on endpoint {endpoint_name}", rates))
-        for model, source, rates in listed:
-            notes = f" ({rates.notes})" if rates.notes else ""
-            add(model, PriceRow(rates.input, rates.cached_input, rates.output), source + notes)
+        rows += _config_price_rows(config)
     for model, row in BUILTIN_PRICES.items():
-        add(model, row, f"built in, as of {PRICES_AS_OF}; bounds cost ceilings where the catalogue cannot")
+        rows.append(
+            _price_row(model, row, f"built in, as of {PRICES_AS_OF}; bounds cost ceilings where the catalogue cannot")
+        )
     if as_json:
         out.write(json.dumps(rows, indent=2) + "\n")
         return 0
+    _write_price_table(rows, out)
+    return 0
 
+
+def _price_row(model: str, row: PriceRow | None, source: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "input": row.input if row else None,
+        "cached_input": row.cached_input if row else None,
+        "output": row.output if row else None,
+        "reasoning": row.reasoning if row else None,
+        "source": source,
+    }
+
+
+def _config_price_rows(config: Config) -> list[dict[str, Any]]:
+    """The configuration's price rows: per endpoint, its ``prices:``, then the catalogue's for the models routes use."""
+    from holyroute.config.catalogue import CatalogueRates, catalogue_rates, catalogue_source
+    from holyroute.config.prices import PriceRow
+    from holyroute.config.schema import EndpointRef
+    from holyroute.core.plan import price_of
+
+    rows: list[dict[str, Any]] = []
+    used: set[tuple[str, str]] = set()
+    overrides = {name: price.row() for name, price in config.prices.items()}
+    for name, endpoint in sorted(config.endpoints.items()):
+        for model, price in sorted(endpoint.prices.items()):
+            rows.append(_price_row(model, price.row(), f"endpoint {name}"))
+    for model, row in sorted(overrides.items()):
+        rows.append(_price_row(model, row, "configuration prices"))
+    for route in config.routes.values():
+        for target in route.arms:
+            for entry in target.endpoints:
+                ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
+                used.add((ref.endpoint, ref.model or target.model))
+    listed: list[tuple[str, str, CatalogueRates]] = []
+    now = time.time()
+    for endpoint_name, model in sorted(used):
+        endpoint = config.endpoints[endpoint_name]
+        if price_of(endpoint, model, overrides)[1] != "catalogue":
+            continue
+        rates = catalogue_rates(model, provider=endpoint.provider, base_url=endpoint.base_url, when=now)
+        if rates is None:
+            why = f"not in {catalogue_source()}"
+            rows.append(_price_row(model, None, f"UNPRICED on endpoint {endpoint_name} ({why}): add it under prices"))
+        else:
+            listed.append((model, f"{catalogue_source()} {rates.model} on endpoint {endpoint_name}", rates))
+    for model, source, rates in listed:
+        notes = f" ({rates.notes})" if rates.notes else ""
+        rows.append(_price_row(model, PriceRow(rates.input, rates.cached_input, rates.output), source + notes))
+    return rows
+
+
+def _write_price_table(rows: list[dict[str, Any]], out: TextIO) -> None:
     def usd(value: float | None) -> str:
         return "-" if value is None else f"{value:g}"
 
@@ -260,7 +276,6 @@ def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = F
             f"{r['model']:<26}{usd(r['input']):>9}{usd(r['cached_input']):>9}{usd(r['output']):>9}"
             f"{usd(r['reasoning']):>11}  {r['source']}\n"
         )
-    return 0
 
 
 def run_report(
