@@ -570,8 +570,6 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
     from openai import AsyncOpenAI, OpenAI
 
     from holyroute import AsyncTransport, Router, Transport, load_config
-    from holyroute.readers.log import read_events
-    from holyroute.readers.report import render_table, summarise
     from holyroute.testing import FakeUpstream, Reply
 
     events_path.parent.mkdir(parents=True, exist_ok=True)
@@ -620,6 +618,15 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
             )
             elapsed = time.perf_counter() - started
         structlog.reset_defaults()
+    _write_demo_summary(events_path, elapsed, out)
+    return 0
+
+
+def _write_demo_summary(events_path: Path, elapsed: float, out: TextIO) -> None:
+    """What the demo's event log shows: calls, attempts, cooldowns and errors, the per-route table, the rollouts."""
+    from holyroute.readers.log import read_events
+    from holyroute.readers.report import render_table, summarise
+
     events = list(read_events(events_path))
     rows = summarise(events)
     requests = [e for e in events if e["event"] == "holyroute.request"]
@@ -634,7 +641,6 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
         if event["event"] == "holyroute.rollout":
             out.write(f"  {event['route']:<12} {event['status']:<12} {event['weight']:>5g}%  {event['reason']}\n")
     out.write(f"\nevents: {events_path} (JSON lines; one holyroute.request per call)\n")
-    return 0
 
 
 def _chat(sdk: Any, i: int, model: str = "chat-default", users: int = 40) -> None:
