@@ -121,23 +121,14 @@ class Router:
         self.retry = retry
         #: One retry budget per route (as Envoy budgets per cluster): one route's outage cannot spend the retries
         #: another route needs to fail over.
-        self.budgets = {
-            alias: RetryBudget(
-                ratio=retry.budget_ratio, min_per_s=retry.budget_min_per_s, window_s=retry.budget_window_s
-            )
-            for alias in self.routes
-        }
+        self.budgets = {alias: self._retry_budget() for alias in self.routes}
         self.probing = any(e.health_check is not None for e in config.endpoints.values())
         self.tracks_latency = any(arm.balance == "latency" for plan in self.routes.values() for arm in plan.arms)
         #: What this router shares with other processes (cooldowns, limits, rollouts, spend); default: nothing.
         self.state: StateBackend = (
             state if state is not None else open_state(config.state, emit=self.emit, clock=clock, wall_clock=wall_clock)
         )
-        self.rollouts: Rollouts | None = None
-        if any(route.rollout is not None for route in config.routes.values()):
-            from holyroute.core.rollouts import Rollouts
-
-            self.rollouts = Rollouts(config, emit=self.emit, clock=wall_clock, store=self.state.rollout_store())
+        self.rollouts: Rollouts | None = self._open_rollouts()
         self._budget_spent: set[str] = set()  # routes whose budget refused a retry (one event per bad spell)
         #: Spend caps per route, endpoint or tag (``budgets:``), counted through the state backend.
         self.spend = (
@@ -152,6 +143,18 @@ class Router:
         self.backoff: Callable[[Any], float] = tenacity.wait_exponential_jitter(
             multiplier=retry.backoff_initial_s, max=retry.backoff_max_s, jitter=retry.backoff_jitter_s
         )
+
+    def _retry_budget(self) -> RetryBudget:
+        retry = self.config.retry
+        return RetryBudget(ratio=retry.budget_ratio, min_per_s=retry.budget_min_per_s, window_s=retry.budget_window_s)
+
+    def _open_rollouts(self) -> Rollouts | None:
+        """The rollouts' states, kept in the state backend; None when no route has a rollout."""
+        if not any(route.rollout is not None for route in self.config.routes.values()):
+            return None
+        from holyroute.core.rollouts import Rollouts
+
+        return Rollouts(self.config, emit=self.emit, clock=self.wall_clock, store=self.state.rollout_store())
 
     def _preload_catalogue(self) -> None:
         # The catalogue loads here (once per process, tens of ms), not on the first call's thread or event loop.
