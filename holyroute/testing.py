@@ -347,6 +347,7 @@ def _chat(params: dict[str, Any], profile: _Profile, seq: int, created: int) -> 
     return tuple(events)
 
 
+# Long but flat: the Responses API's body and its streamed event sequence, written out as the wire has them.
 def _responses(params: dict[str, Any], profile: _Profile, seq: int, created: int) -> bytes | tuple[bytes, ...]:
     model = params["model"]
     pieces = _pieces(profile.name, model)

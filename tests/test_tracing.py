@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from structlog.testing import capture_logs
 
 import holyroute
-from holyroute import tracing
+from holyroute.observe import tracing as tracing_impl
 from holyroute.testing import FakeUpstream, Reply
 from holyroute.tracing import Tracer, instrument
 
@@ -735,7 +735,7 @@ class TestMatching:
         """A call abandoned after its failovers (a stream never closed) leaves nothing behind once they are too old."""
         tracer("holyroute.failover", self.failover(1, 1))
         tracer("holyroute.failover", self.failover(1, 2))
-        clock[0] += tracing._MAX_WAIT_S  # not yet too old
+        clock[0] += tracing_impl._MAX_WAIT_S  # not yet too old
         tracer("holyroute.failover", self.failover(2, 1))
         assert tracer.dropped == 0
         clock[0] += 1
@@ -749,7 +749,7 @@ class TestMatching:
         self, tracer: Tracer, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Past ``_MAX_WAITING`` failovers, the calls waiting longest lose theirs, and the loss is counted."""
-        monkeypatch.setattr(tracing, "_MAX_WAITING", 3)
+        monkeypatch.setattr(tracing_impl, "_MAX_WAITING", 3)
         tracer("holyroute.failover", self.failover(1, 1))
         tracer("holyroute.failover", self.failover(2, 1))
         tracer("holyroute.failover", self.failover(2, 2))
@@ -827,6 +827,7 @@ class TestSetup:
     def test_missing_otel_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, "opentelemetry", None)
         monkeypatch.delitem(sys.modules, "holyroute.tracing")
+        monkeypatch.delitem(sys.modules, "holyroute.observe.tracing")
         with pytest.raises(ImportError, match=r"pip install 'holyroute\[otel\]'"):
             importlib.import_module("holyroute.tracing")
 

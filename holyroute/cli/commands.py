@@ -17,12 +17,23 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from holyroute.config.prices import PriceRow
+    from holyroute.config.schema import Config
+    from holyroute.readers.log import EventLog
+    from holyroute.readers.report import Report
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    return _dispatch(parser, parser.parse_args(argv))
+
+
+def _parser() -> argparse.ArgumentParser:  # long but linear: one add_parser block per command
     parser = argparse.ArgumentParser(prog="holyroute", description=__doc__.split("\n")[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="route a few hundred SDK calls across local fake upstreams, offline")
@@ -73,7 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     prices.add_argument("--config", type=Path, help="include this configuration's prices and its models")
     prices.add_argument("--json", action="store_true", help="print the rows as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "explain":
         return run_explain(args.config, args.request, args.header, sys.stdout, sys.stderr)
     if args.command == "prices":
@@ -179,65 +193,79 @@ def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = F
     configuration's, or the genai-prices catalogue's standard rates now, with what else it prices); models a route
     uses that none of them knows are listed as unpriced (their calls log ``cost_usd: null``), never guessed. 2 on a
     bad configuration."""
-    from holyroute.config.catalogue import CatalogueRates, catalogue_rates, catalogue_source
-    from holyroute.config.prices import BUILTIN_PRICES, PRICES_AS_OF, PriceRow
-    from holyroute.config.schema import EndpointRef, load_config
-    from holyroute.core.plan import price_of
+    from holyroute.config.prices import BUILTIN_PRICES, PRICES_AS_OF
+    from holyroute.config.schema import load_config
     from holyroute.exceptions import ConfigError
 
     rows: list[dict[str, Any]] = []
-
-    def add(model: str, row: PriceRow | None, source: str) -> None:
-        rows.append(
-            {
-                "model": model,
-                "input": row.input if row else None,
-                "cached_input": row.cached_input if row else None,
-                "output": row.output if row else None,
-                "reasoning": row.reasoning if row else None,
-                "source": source,
-            }
-        )
-
-    used: set[tuple[str, str]] = set()
     if path is not None:
         try:
             config = load_config(path)
         except ConfigError as exc:
             err.write(f"{exc}\n")
             return 2
-        overrides = {name: price.row() for name, price in config.prices.items()}
-        for name, endpoint in sorted(config.endpoints.items()):
-            for model, price in sorted(endpoint.prices.items()):
-                add(model, price.row(), f"endpoint {name}")
-        for model, row in sorted(overrides.items()):
-            add(model, row, "configuration prices")
-        for route in config.routes.values():
-            for target in route.arms:
-                for entry in target.endpoints:
-                    ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
-                    used.add((ref.endpoint, ref.model or target.model))
-        listed: list[tuple[str, str, CatalogueRates]] = []
-        now = time.time()
-        for endpoint_name, model in sorted(used):
-            endpoint = config.endpoints[endpoint_name]
-            if price_of(endpoint, model, overrides)[1] != "catalogue":
-                continue
-            rates = catalogue_rates(model, provider=endpoint.provider, base_url=endpoint.base_url, when=now)
-            if rates is None:
-                why = f"not in {catalogue_source()}"
-                add(model, None, f"UNPRICED on endpoint {endpoint_name} ({why}): add it under prices")
-            else:
-                listed.append((model, f"{catalogue_source()} {rates.model} on endpoint {endpoint_name}", rates))
-        for model, source, rates in listed:
-            notes = f" ({rates.notes})" if rates.notes else ""
-            add(model, PriceRow(rates.input, rates.cached_input, rates.output), source + notes)
+        rows += _config_price_rows(config)
     for model, row in BUILTIN_PRICES.items():
-        add(model, row, f"built in, as of {PRICES_AS_OF}; bounds cost ceilings where the catalogue cannot")
+        rows.append(
+            _price_row(model, row, f"built in, as of {PRICES_AS_OF}; bounds cost ceilings where the catalogue cannot")
+        )
     if as_json:
         out.write(json.dumps(rows, indent=2) + "\n")
         return 0
+    _write_price_table(rows, out)
+    return 0
 
+
+def _price_row(model: str, row: PriceRow | None, source: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "input": row.input if row else None,
+        "cached_input": row.cached_input if row else None,
+        "output": row.output if row else None,
+        "reasoning": row.reasoning if row else None,
+        "source": source,
+    }
+
+
+def _config_price_rows(config: Config) -> list[dict[str, Any]]:
+    """The configuration's price rows: per endpoint, its ``prices:``, then the catalogue's for the models routes use."""
+    from holyroute.config.catalogue import CatalogueRates, catalogue_rates, catalogue_source
+    from holyroute.config.prices import PriceRow
+    from holyroute.config.schema import EndpointRef
+    from holyroute.core.plan import price_of
+
+    rows: list[dict[str, Any]] = []
+    used: set[tuple[str, str]] = set()
+    overrides = {name: price.row() for name, price in config.prices.items()}
+    for name, endpoint in sorted(config.endpoints.items()):
+        for model, price in sorted(endpoint.prices.items()):
+            rows.append(_price_row(model, price.row(), f"endpoint {name}"))
+    for model, row in sorted(overrides.items()):
+        rows.append(_price_row(model, row, "configuration prices"))
+    for route in config.routes.values():
+        for target in route.arms:
+            for entry in target.endpoints:
+                ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
+                used.add((ref.endpoint, ref.model or target.model))
+    listed: list[tuple[str, str, CatalogueRates]] = []
+    now = time.time()
+    for endpoint_name, model in sorted(used):
+        endpoint = config.endpoints[endpoint_name]
+        if price_of(endpoint, model, overrides)[1] != "catalogue":
+            continue
+        rates = catalogue_rates(model, provider=endpoint.provider, base_url=endpoint.base_url, when=now)
+        if rates is None:
+            why = f"not in {catalogue_source()}"
+            rows.append(_price_row(model, None, f"UNPRICED on endpoint {endpoint_name} ({why}): add it under prices"))
+        else:
+            listed.append((model, f"{catalogue_source()} {rates.model} on endpoint {endpoint_name}", rates))
+    for model, source, rates in listed:
+        notes = f" ({rates.notes})" if rates.notes else ""
+        rows.append(_price_row(model, PriceRow(rates.input, rates.cached_input, rates.output), source + notes))
+    return rows
+
+
+def _write_price_table(rows: list[dict[str, Any]], out: TextIO) -> None:
     def usd(value: float | None) -> str:
         return "-" if value is None else f"{value:g}"
 
@@ -248,10 +276,9 @@ def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = F
             f"{r['model']:<26}{usd(r['input']):>9}{usd(r['cached_input']):>9}{usd(r['output']):>9}"
             f"{usd(r['reasoning']):>11}  {r['source']}\n"
         )
-    return 0
 
 
-def run_report(
+def run_report(  # a 13-line signature (one option per line); the body checks, loads, builds, renders
     events: Path,
     out: TextIO,
     err: TextIO,
@@ -274,12 +301,7 @@ def run_report(
         Settings,
         build_report,
         load_report_config,
-        render_markdown,
-        render_report,
-        report_json,
         require_matplotlib,
-        time_series,
-        write_plot,
     )
 
     try:
@@ -312,33 +334,51 @@ def run_report(
         log, loaded, settings=settings, route=route, config_path=None if config is None else str(config), notes=notes
     )
     if not result.routes:
-        what = f"for route {route!r}" if route is not None else "at all"
-        seen = sorted({e["route"] for e in log.events if isinstance(e.get("route"), str)})
-        err.write(
-            f"holyroute report: {events} has no holyroute.request events {what} "
-            f"({len(log.events)} holyroute events, {log.not_json} lines not JSON, "
-            f"{log.not_holyroute} not holyroute events, {log.malformed} malformed"
-            + (f"; routes in the log: {', '.join(seen)}" if seen and route is not None else "")
-            + ")\n"
-        )
+        err.write(_no_requests(events, log, route))
         return 2
+    _write_report(result, fmt, out)
+    if plot is not None:
+        return _write_report_plot(log, route, plot, out, err, fmt=fmt)
+    return 0
+
+
+def _no_requests(events: Path, log: EventLog, route: str | None) -> str:
+    """Why ``holyroute report`` found nothing to report: the log's counts, and its routes when one was asked for."""
+    what = f"for route {route!r}" if route is not None else "at all"
+    seen = sorted({e["route"] for e in log.events if isinstance(e.get("route"), str)})
+    return (
+        f"holyroute report: {events} has no holyroute.request events {what} "
+        f"({len(log.events)} holyroute events, {log.not_json} lines not JSON, "
+        f"{log.not_holyroute} not holyroute events, {log.malformed} malformed"
+        + (f"; routes in the log: {', '.join(seen)}" if seen and route is not None else "")
+        + ")\n"
+    )
+
+
+def _write_report(result: Report, fmt: str, out: TextIO) -> None:
+    from holyroute.readers.report import render_markdown, render_report, report_json
+
     if fmt == "json":
         out.write(json.dumps(report_json(result), indent=2) + "\n")
     elif fmt == "markdown":
         out.write(render_markdown(result) + "\n")
     else:
         out.write(render_report(result) + "\n")
-    if plot is not None:
-        try:
-            write_plot(time_series(log.events, route=route), plot)
-        except PlotUnavailableError as exc:
-            err.write(f"holyroute report: {exc}\n")
-            return 2
-        except OSError as exc:
-            err.write(f"holyroute report: cannot write the plot to {plot}: {exc.strerror or exc}\n")
-            return 2
-        if fmt != "json":
-            out.write(f"plot: {plot}\n")
+
+
+def _write_report_plot(log: EventLog, route: str | None, plot: Path, out: TextIO, err: TextIO, *, fmt: str) -> int:
+    from holyroute.readers.report import PlotUnavailableError, time_series, write_plot
+
+    try:
+        write_plot(time_series(log.events, route=route), plot)
+    except PlotUnavailableError as exc:
+        err.write(f"holyroute report: {exc}\n")
+        return 2
+    except OSError as exc:
+        err.write(f"holyroute report: cannot write the plot to {plot}: {exc.strerror or exc}\n")
+        return 2
+    if fmt != "json":
+        out.write(f"plot: {plot}\n")
     return 0
 
 
@@ -530,8 +570,6 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
     from openai import AsyncOpenAI, OpenAI
 
     from holyroute import AsyncTransport, Router, Transport, load_config
-    from holyroute.readers.log import read_events
-    from holyroute.readers.report import render_table, summarise
     from holyroute.testing import FakeUpstream, Reply
 
     events_path.parent.mkdir(parents=True, exist_ok=True)
@@ -580,6 +618,15 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
             )
             elapsed = time.perf_counter() - started
         structlog.reset_defaults()
+    _write_demo_summary(events_path, elapsed, out)
+    return 0
+
+
+def _write_demo_summary(events_path: Path, elapsed: float, out: TextIO) -> None:
+    """What the demo's event log shows: calls, attempts, cooldowns and errors, the per-route table, the rollouts."""
+    from holyroute.readers.log import read_events
+    from holyroute.readers.report import render_table, summarise
+
     events = list(read_events(events_path))
     rows = summarise(events)
     requests = [e for e in events if e["event"] == "holyroute.request"]
@@ -594,7 +641,6 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
         if event["event"] == "holyroute.rollout":
             out.write(f"  {event['route']:<12} {event['status']:<12} {event['weight']:>5g}%  {event['reason']}\n")
     out.write(f"\nevents: {events_path} (JSON lines; one holyroute.request per call)\n")
-    return 0
 
 
 def _chat(sdk: Any, i: int, model: str = "chat-default", users: int = 40) -> None:

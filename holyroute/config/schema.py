@@ -16,7 +16,7 @@ import functools
 import os
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlencode, urlsplit
@@ -813,57 +813,74 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 def _cross_check(config: Config) -> list[str]:
     """Checks that span keys: references to endpoints and aliases, and weights."""
     problems: list[str] = []
-    known_endpoints = ", ".join(sorted(config.endpoints)) or "(none defined)"
-    known_routes = ", ".join(sorted(config.routes)) or "(none defined)"
     if not config.routes:
         problems.append("routes: no route defined; add at least one alias under 'routes'")
     for alias, route in config.routes.items():
-        base = f"routes.{alias}"
-        arms: set[str] = set()
-        where = "rollout" if route.rollout is not None else "targets"
-        for t_index, target in enumerate(route.arms):
-            at = (
-                f"{base}.{where}[{t_index}]"
-                if where == "targets"
-                else f"{base}.rollout.{('stable', 'candidate')[t_index]}"
-            )
-            if target.arm in arms:
+        problems += _check_route(config, alias, route)
+    problems += _check_endpoints(config)
+    problems += _check_budgets(config)
+    problems += _check_alerts(config)
+    if config.retry.backoff_max_s < config.retry.backoff_initial_s:
+        problems.append("retry.backoff_max_s: smaller than backoff_initial_s; raise it")
+    return problems
+
+
+def _known(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names)) or "(none defined)"
+
+
+def _check_route(config: Config, alias: str, route: Route) -> list[str]:
+    """A route's arms, shadow, rules and fallbacks name endpoints and aliases that exist."""
+    problems: list[str] = []
+    known_endpoints = _known(config.endpoints)
+    known_routes = _known(config.routes)
+    base = f"routes.{alias}"
+    arms: set[str] = set()
+    where = "rollout" if route.rollout is not None else "targets"
+    for t_index, target in enumerate(route.arms):
+        at = (
+            f"{base}.{where}[{t_index}]" if where == "targets" else f"{base}.rollout.{('stable', 'candidate')[t_index]}"
+        )
+        if target.arm in arms:
+            problems.append(f"{at}: arm '{target.arm}' appears twice in this route; give one of them a distinct 'name'")
+        arms.add(target.arm)
+        for e_index, entry in enumerate(target.endpoints):
+            name = entry if isinstance(entry, str) else entry.endpoint
+            if name not in config.endpoints:
+                hint = difflib.get_close_matches(name, list(config.endpoints), n=1)
+                maybe = f" (did you mean '{hint[0]}'?)" if hint else ""
                 problems.append(
-                    f"{at}: arm '{target.arm}' appears twice in this route; give one of them a distinct 'name'"
+                    f"{at}.endpoints[{e_index}]: unknown endpoint '{name}'{maybe}; known: {known_endpoints}"
                 )
-            arms.add(target.arm)
-            for e_index, entry in enumerate(target.endpoints):
+    if route.shadow is not None:
+        for e_index, entry in enumerate(route.shadow.endpoints):
+            name = entry if isinstance(entry, str) else entry.endpoint
+            if name not in config.endpoints:
+                problems.append(
+                    f"{base}.shadow.endpoints[{e_index}]: unknown endpoint '{name}'; known: {known_endpoints}"
+                )
+    if route.rollout is None and not any(target.weight > 0 for target in route.targets):
+        problems.append(f"{base}.targets: every weight is 0; give at least one target a positive weight")
+    problems += compile_rules(route.rules, known_aliases=config.routes, at=f"{base}.rules")[1]
+    for r_index, rule in enumerate(route.rules):
+        if isinstance(rule.use, Target):
+            for e_index, entry in enumerate(rule.use.endpoints):
                 name = entry if isinstance(entry, str) else entry.endpoint
                 if name not in config.endpoints:
-                    hint = difflib.get_close_matches(name, list(config.endpoints), n=1)
-                    maybe = f" (did you mean '{hint[0]}'?)" if hint else ""
                     problems.append(
-                        f"{at}.endpoints[{e_index}]: unknown endpoint '{name}'{maybe}; known: {known_endpoints}"
+                        f"{base}.rules[{r_index}].use.endpoints[{e_index}]: unknown endpoint '{name}'; "
+                        f"known: {known_endpoints}"
                     )
-        if route.shadow is not None:
-            for e_index, entry in enumerate(route.shadow.endpoints):
-                name = entry if isinstance(entry, str) else entry.endpoint
-                if name not in config.endpoints:
-                    problems.append(
-                        f"{base}.shadow.endpoints[{e_index}]: unknown endpoint '{name}'; known: {known_endpoints}"
-                    )
-        if route.rollout is None and not any(target.weight > 0 for target in route.targets):
-            problems.append(f"{base}.targets: every weight is 0; give at least one target a positive weight")
-        problems += compile_rules(route.rules, known_aliases=config.routes, at=f"{base}.rules")[1]
-        for r_index, rule in enumerate(route.rules):
-            if isinstance(rule.use, Target):
-                for e_index, entry in enumerate(rule.use.endpoints):
-                    name = entry if isinstance(entry, str) else entry.endpoint
-                    if name not in config.endpoints:
-                        problems.append(
-                            f"{base}.rules[{r_index}].use.endpoints[{e_index}]: unknown endpoint '{name}'; "
-                            f"known: {known_endpoints}"
-                        )
-        for f_index, fallback in enumerate(route.fallbacks):
-            if fallback == alias:
-                problems.append(f"{base}.fallbacks[{f_index}]: a route cannot fall back to itself")
-            elif fallback not in config.routes:
-                problems.append(f"{base}.fallbacks[{f_index}]: unknown route '{fallback}'; known: {known_routes}")
+    for f_index, fallback in enumerate(route.fallbacks):
+        if fallback == alias:
+            problems.append(f"{base}.fallbacks[{f_index}]: a route cannot fall back to itself")
+        elif fallback not in config.routes:
+            problems.append(f"{base}.fallbacks[{f_index}]: unknown route '{fallback}'; known: {known_routes}")
+    return problems
+
+
+def _check_endpoints(config: Config) -> list[str]:
+    problems: list[str] = []
     for name, endpoint in config.endpoints.items():
         own = {header for header, _ in endpoint.request_headers()}
         for f_index, header in enumerate(endpoint.forward_headers):
@@ -877,6 +894,13 @@ def _cross_check(config: Config) -> list[str]:
             continue  # keyless local servers are common; the upstream will answer 401 if it needs one
         if endpoint.auth == "none" and endpoint.api_key is not None:
             problems.append(f"endpoints.{name}.auth: 'none' but an api_key is set; remove one of them")
+    return problems
+
+
+def _check_budgets(config: Config) -> list[str]:
+    problems: list[str] = []
+    known_endpoints = _known(config.endpoints)
+    known_routes = _known(config.routes)
     for b_index, budget in enumerate(config.budgets):
         at = f"budgets[{b_index}]"
         if budget.scope == "route":
@@ -889,6 +913,13 @@ def _cross_check(config: Config) -> list[str]:
                 )
         elif budget.scope == "endpoint" and budget.name not in config.endpoints:
             problems.append(f"{at}.name: unknown endpoint '{budget.name}'; known: {known_endpoints}")
+    return problems
+
+
+def _check_alerts(config: Config) -> list[str]:
+    problems: list[str] = []
+    known_endpoints = _known(config.endpoints)
+    known_routes = _known(config.routes)
     for a_index, alert in enumerate(config.alerts):
         at = f"alerts[{a_index}]"
         names = config.routes if alert.scope == "route" else config.endpoints
@@ -899,8 +930,6 @@ def _cross_check(config: Config) -> list[str]:
             problems.append(f"{at}.resolve_below: above 'above' ({alert.above:g}); it must be at or under it")
         if alert.window <= 0:
             problems.append(f"{at}.window: must be positive, such as 5m")
-    if config.retry.backoff_max_s < config.retry.backoff_initial_s:
-        problems.append("retry.backoff_max_s: smaller than backoff_initial_s; raise it")
     return problems
 
 

@@ -8,9 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from holyroute.config.catalogue import catalogue_cost, catalogue_model, catalogue_source
-from holyroute.core.plan import (
-    Upstream,
-)
+from holyroute.core.plan import Leg, Upstream
 from holyroute.core.ports import HealthChange
 from holyroute.core.steps import GiveUp, Respond, Step
 from holyroute.core.usage import Usage, cost_usd
@@ -147,32 +145,8 @@ class Accounting(Waiting):
         ttft_ms = (
             round((self._first_byte - self.started) * 1000, 3) if self.stream and self._first_byte is not None else None
         )
-        if self.shadow_of is not None:
-            if cost:
-                router.state.add_spend(f"shadow:{self._plan.alias}", cost)
-        elif cost and router.spend is not None and upstream is not None and leg is not None:
-            router.spend.charge(leg.fallback or self._plan.alias, upstream.endpoint, self._tags, cost)
-        if (
-            self.shadow_of is None
-            and self._budget is None
-            and self._observe
-            and router.rollouts is not None
-            and outcome != "cancelled"
-        ):
-            # A call kept off the route's own arms by a spent budget says nothing about them: not measured.
-            engine = router.rollouts.get(self._plan.alias)
-            if engine is not None:
-                # Judged on the arm the split chose: a candidate call rescued by a fallback still failed the candidate.
-                primary = self._legs[0]
-                ok = outcome == "ok" and leg is primary
-                engine.observe(
-                    primary.arm.name,
-                    ok=ok,
-                    latency_ms=latency_ms,
-                    ttft_ms=ttft_ms,
-                    cost_usd=cost,
-                    quality=self._quality,
-                )
+        self._charge_spend(cost, upstream, leg)
+        self._observe_rollout(outcome, leg, latency_ms, ttft_ms, cost)
         fields = {
             "call_id": self.id,
             "route": self._plan.alias,
@@ -213,6 +187,41 @@ class Accounting(Waiting):
         router.emit("holyroute.request", fields)
         if router.alerts is not None:
             router.alerts.observe(fields)
+
+    def _charge_spend(self, cost: float | None, upstream: Upstream | None, leg: Leg | None) -> None:
+        router = self._router
+        if self.shadow_of is not None:
+            if cost:
+                router.state.add_spend(f"shadow:{self._plan.alias}", cost)
+        elif cost and router.spend is not None and upstream is not None and leg is not None:
+            router.spend.charge(leg.fallback or self._plan.alias, upstream.endpoint, self._tags, cost)
+
+    def _observe_rollout(
+        self, outcome: str, leg: Leg | None, latency_ms: float, ttft_ms: float | None, cost: float | None
+    ) -> None:
+        """Feed the route's rollout this call's result, when the call measures the route's own arms."""
+        router = self._router
+        if (
+            self.shadow_of is None
+            and self._budget is None
+            and self._observe
+            and router.rollouts is not None
+            and outcome != "cancelled"
+        ):
+            # A call kept off the route's own arms by a spent budget says nothing about them: not measured.
+            engine = router.rollouts.get(self._plan.alias)
+            if engine is not None:
+                # Judged on the arm the split chose: a candidate call rescued by a fallback still failed the candidate.
+                primary = self._legs[0]
+                ok = outcome == "ok" and leg is primary
+                engine.observe(
+                    primary.arm.name,
+                    ok=ok,
+                    latency_ms=latency_ms,
+                    ttft_ms=ttft_ms,
+                    cost_usd=cost,
+                    quality=self._quality,
+                )
 
 
 def _cost(

@@ -110,26 +110,9 @@ class Router:
         self._failed_sinks: set[int] = set()
         self._call_ids = itertools.count(1)
         self.routes = compile_routes(config)
-        # The catalogue loads here (once per process, tens of ms), not on the first call's thread or event loop.
-        for plan in self.routes.values():
-            for arm in (*plan.arms, *((plan.shadow,) if plan.shadow is not None else ())):
-                for upstream in arm.upstreams:
-                    if upstream.price_source == "catalogue":
-                        catalogue_model(upstream.model, provider=upstream.provider, base_url=upstream.base_url)
+        self._preload_catalogue()
         #: Exact token counts for fit, rules and ceilings (``context.estimate: tiktoken``), when available offline.
-        self.token_encoder: TokenEncoder | None = None
-        if config.context.estimate == "tiktoken":
-            self.token_encoder = tiktoken_encoding(config.context.encoding)
-            if self.token_encoder is None:
-                self.emit(
-                    "holyroute.tiktoken_unavailable",
-                    {
-                        "encoding": config.context.encoding,
-                        "reason": "tiktoken is not installed or the encoding is not in its local cache (holyroute "
-                        "never downloads it); counting with the heuristic. pip install 'holyroute[tiktoken]' and "
-                        f"run tiktoken.get_encoding({config.context.encoding!r}) once where the internet is reachable",
-                    },
-                )
+        self.token_encoder: TokenEncoder | None = self._token_encoder()
         #: The caller's headers never forwarded: holyroute's own, the caller's credentials, and those rules read.
         self.dropped_headers = DROPPED_HEADERS.union(
             *(plan.rules.header_names for plan in self.routes.values() if plan.rules is not None)
@@ -138,23 +121,14 @@ class Router:
         self.retry = retry
         #: One retry budget per route (as Envoy budgets per cluster): one route's outage cannot spend the retries
         #: another route needs to fail over.
-        self.budgets = {
-            alias: RetryBudget(
-                ratio=retry.budget_ratio, min_per_s=retry.budget_min_per_s, window_s=retry.budget_window_s
-            )
-            for alias in self.routes
-        }
+        self.budgets = {alias: self._retry_budget() for alias in self.routes}
         self.probing = any(e.health_check is not None for e in config.endpoints.values())
         self.tracks_latency = any(arm.balance == "latency" for plan in self.routes.values() for arm in plan.arms)
         #: What this router shares with other processes (cooldowns, limits, rollouts, spend); default: nothing.
         self.state: StateBackend = (
             state if state is not None else open_state(config.state, emit=self.emit, clock=clock, wall_clock=wall_clock)
         )
-        self.rollouts: Rollouts | None = None
-        if any(route.rollout is not None for route in config.routes.values()):
-            from holyroute.core.rollouts import Rollouts
-
-            self.rollouts = Rollouts(config, emit=self.emit, clock=wall_clock, store=self.state.rollout_store())
+        self.rollouts: Rollouts | None = self._open_rollouts()
         self._budget_spent: set[str] = set()  # routes whose budget refused a retry (one event per bad spell)
         #: Spend caps per route, endpoint or tag (``budgets:``), counted through the state backend.
         self.spend = (
@@ -169,6 +143,44 @@ class Router:
         self.backoff: Callable[[Any], float] = tenacity.wait_exponential_jitter(
             multiplier=retry.backoff_initial_s, max=retry.backoff_max_s, jitter=retry.backoff_jitter_s
         )
+
+    def _retry_budget(self) -> RetryBudget:
+        retry = self.config.retry
+        return RetryBudget(ratio=retry.budget_ratio, min_per_s=retry.budget_min_per_s, window_s=retry.budget_window_s)
+
+    def _open_rollouts(self) -> Rollouts | None:
+        """The rollouts' states, kept in the state backend; None when no route has a rollout."""
+        if not any(route.rollout is not None for route in self.config.routes.values()):
+            return None
+        from holyroute.core.rollouts import Rollouts
+
+        return Rollouts(self.config, emit=self.emit, clock=self.wall_clock, store=self.state.rollout_store())
+
+    def _preload_catalogue(self) -> None:
+        # The catalogue loads here (once per process, tens of ms), not on the first call's thread or event loop.
+        for plan in self.routes.values():
+            for arm in (*plan.arms, *((plan.shadow,) if plan.shadow is not None else ())):
+                for upstream in arm.upstreams:
+                    if upstream.price_source == "catalogue":
+                        catalogue_model(upstream.model, provider=upstream.provider, base_url=upstream.base_url)
+
+    def _token_encoder(self) -> TokenEncoder | None:
+        """tiktoken's encoder when ``context.estimate: tiktoken`` and it is available offline; else None, said once."""
+        context = self.config.context
+        if context.estimate != "tiktoken":
+            return None
+        encoder = tiktoken_encoding(context.encoding)
+        if encoder is None:
+            self.emit(
+                "holyroute.tiktoken_unavailable",
+                {
+                    "encoding": context.encoding,
+                    "reason": "tiktoken is not installed or the encoding is not in its local cache (holyroute "
+                    "never downloads it); counting with the heuristic. pip install 'holyroute[tiktoken]' and "
+                    f"run tiktoken.get_encoding({context.encoding!r}) once where the internet is reachable",
+                },
+            )
+        return encoder
 
     def emit(self, event: str, fields: dict[str, Any]) -> None:
         """Hand an event to every sink. A sink that raises never breaks the call that emitted the event: the other
@@ -374,7 +386,7 @@ class Call(Planning):
         unreadable: str | None = None,
     ) -> None:
         # Long on purpose: one line per field (typed in CallState), so every field starts in one place; the
-        # decisions are in _plan_legs and _check_spend (core/planning.py).
+        # decisions start in _begin (_plan_legs and _check_spend, core/planning.py).
         self._router = router
         self.shadow = None  # the background copy of this call, when it is mirrored
         self.shadow_of = shadow_of  # for a shadow copy: the call it mirrors
@@ -446,7 +458,19 @@ class Call(Planning):
         self._size_cost_seen = {}
         self._observe = True  # measured by the route's rollout (not when a rule, a budget or a size moved it)
         self.done = False
+        self._begin(plan, headers, data, body, shadow_of=shadow_of, unreadable=unreadable)
 
+    def _begin(
+        self,
+        plan: RoutePlan,
+        headers: HeaderLookup,
+        data: dict[str, Any],
+        body: bytes,
+        *,
+        shadow_of: Call | None,
+        unreadable: str | None,
+    ) -> None:
+        """Line up the legs: a shadow copy's one leg, a local 400 for an unreadable body, or the planned route."""
         if shadow_of is not None:
             assert plan.shadow is not None
             self._legs = [Leg(plan.alias, plan.shadow, None, False)]

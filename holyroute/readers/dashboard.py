@@ -682,7 +682,7 @@ class Board:
         }
 
     @staticmethod
-    def _route_row(alias: str, state: _RouteState) -> dict[str, Any]:
+    def _route_row(alias: str, state: _RouteState) -> dict[str, Any]:  # long but flat: one key per field
         view, last = state.view, state.rollout
         # A rollout's split is the candidate's weight from its latest event; the stable arm has the rest.
         rolled: dict[str, float] = {}

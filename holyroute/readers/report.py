@@ -736,45 +736,7 @@ def _finite(value: float | None) -> float | None:
 
 def report_json(report: Report) -> dict[str, Any]:
     """The report as one JSON-safe document; the keys are listed in this module's docstring."""
-    routes = []
-    for route in report.routes:
-        arms = []
-        for arm in route.arms:
-            verdict = arm.verdict
-            assert verdict is not None
-            arms.append(
-                {
-                    **_arm_json(arm),
-                    "verdict": {
-                        "verdict": verdict.verdict,
-                        "reason": verdict.reason,
-                        "p_value": verdict.p_value,
-                        "latency_ratio": _finite(verdict.latency_ratio),
-                    },
-                }
-            )
-        srm = route.srm
-        routes.append(
-            {
-                "route": route.route,
-                "configured": route.configured,
-                "control": route.control,
-                "control_basis": route.control_basis,
-                "arms": arms,
-                "fallbacks": [{**_arm_json(f), "fallback": f.fallback} for f in route.fallbacks],
-                "srm": {
-                    "checked": srm.checked,
-                    "p_value": srm.p_value,
-                    "warning": srm.warning,
-                    "message": srm.message,
-                    "observed": dict(srm.observed),
-                    "weights": dict(srm.weights),
-                },
-                "shadow": None
-                if route.shadow is None
-                else {"served": _arm_json(route.shadow.served), "shadow": [_arm_json(s) for s in route.shadow.shadows]},
-            }
-        )
+    routes = [_route_json(route) for route in report.routes]
     settings = report.settings
     return {
         "source": report.source,
@@ -798,6 +760,44 @@ def report_json(report: Report) -> dict[str, Any]:
         "notes": list(_notes(report)),
         "routes_without_calls": list(report.routes_without_calls),
         "routes": routes,
+    }
+
+
+def _route_json(route: RouteReport) -> dict[str, Any]:
+    arms = []
+    for arm in route.arms:
+        verdict = arm.verdict
+        assert verdict is not None
+        arms.append(
+            {
+                **_arm_json(arm),
+                "verdict": {
+                    "verdict": verdict.verdict,
+                    "reason": verdict.reason,
+                    "p_value": verdict.p_value,
+                    "latency_ratio": _finite(verdict.latency_ratio),
+                },
+            }
+        )
+    srm = route.srm
+    return {
+        "route": route.route,
+        "configured": route.configured,
+        "control": route.control,
+        "control_basis": route.control_basis,
+        "arms": arms,
+        "fallbacks": [{**_arm_json(f), "fallback": f.fallback} for f in route.fallbacks],
+        "srm": {
+            "checked": srm.checked,
+            "p_value": srm.p_value,
+            "warning": srm.warning,
+            "message": srm.message,
+            "observed": dict(srm.observed),
+            "weights": dict(srm.weights),
+        },
+        "shadow": None
+        if route.shadow is None
+        else {"served": _arm_json(route.shadow.served), "shadow": [_arm_json(s) for s in route.shadow.shadows]},
     }
 
 

@@ -385,18 +385,28 @@ class RolloutEngine:
             )
             return True
         if step.pause is not None:
-            if step.pause.duration is None:
-                self._commit(now, "pause", reason=f"step {state.step + 1}: paused until promoted", status="paused")
-                return False
-            if now - state.step_started >= step.pause.duration:
-                self._commit(
-                    now,
-                    "pause_done",
-                    reason=f"step {state.step + 1}: paused {step.pause.duration:g}s",
-                    step=state.step + 1,
-                )
-                return True
+            return self._pause_step(now, step.pause.duration)
+        return self._analysis_step(now)
+
+    def _pause_step(self, now: float, duration: float | None) -> bool:
+        """A pause step: held until promoted (no duration), or moved on once ``duration`` seconds have passed."""
+        state = self.state
+        if duration is None:
+            self._commit(now, "pause", reason=f"step {state.step + 1}: paused until promoted", status="paused")
             return False
+        if now - state.step_started >= duration:
+            self._commit(
+                now,
+                "pause_done",
+                reason=f"step {state.step + 1}: paused {duration:g}s",
+                step=state.step + 1,
+            )
+            return True
+        return False
+
+    def _analysis_step(self, now: float) -> bool:
+        """An analysis step: count a failed or inconclusive measurement (abort or pause past its limit), or pass."""
+        state = self.state
         verdict = self._measure(now, self._analysis(state.step))
         if verdict is None or verdict.result == "running":
             return False
