@@ -707,7 +707,7 @@ class TestSettlement:
     """A call's tpm debits are corrected to what it used when it ends."""
 
     def level(self, h: Harness) -> float:
-        bucket = h.router.health._endpoints["main"].tpm
+        bucket = h.router.health.rate_limits._endpoints["main"].tpm
         assert bucket is not None
         bucket.wait_for(0, h.clock.now)  # refill up to now
         return bucket.level
@@ -1006,7 +1006,7 @@ class TestHealthBookBounds:
     def test_buckets_stay_within_capacity(self, calls: list[tuple[int, int]]) -> None:
         """Any estimates and any usage: a local tpm bucket stays within [-capacity, capacity]."""
         book = HealthBook(lambda: 0.0, limits={"e": (None, 1000)})
-        bucket = book._endpoints["e"].tpm
+        bucket = book.rate_limits._endpoints["e"].tpm
         assert bucket is not None
         for estimate, used in calls:
             debits: list[Any] = []

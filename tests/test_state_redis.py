@@ -452,8 +452,8 @@ class TestSharedEjection:
         wait_until(lambda: one.router.health.ejected("a", one.now()) is None, 3.0, "A's ejection of `a` to end")
         # B's ejection ended at the same moment; without A's word it would still be half-open (its next request a
         # trial whose failure ejects again at once). Its half-open flag is the only place this shows before a call.
-        assert two.router.health._endpoints["a"].half_open
-        watch = Watch(lambda: not two.router.health._endpoints["a"].half_open, 1.0)
+        assert two.router.health.ejections._endpoints["a"].half_open
+        watch = Watch(lambda: not two.router.health.ejections._endpoints["a"].half_open, 1.0)
         one.chat()  # the half-open trial: `a` answers, A restores it
         assert sent_by(a) == {"A": 3}
         restored = watch.seen("B to apply the restoration") - a.requests[-1].received_at
