@@ -333,7 +333,7 @@ class TestQueryProperty:
     ) -> None:
         from urllib.parse import parse_qsl, urlencode
 
-        from holyroute.core.call import _merge_query
+        from holyroute.core.sending import _merge_query
         from holyroute.core.plan import DROPPED_QUERY
 
         raw = urlencode(caller)
