@@ -333,8 +333,8 @@ class TestQueryProperty:
     ) -> None:
         from urllib.parse import parse_qsl, urlencode
 
-        from holyroute.core.sending import _merge_query
         from holyroute.core.plan import DROPPED_QUERY
+        from holyroute.core.sending import _merge_query
 
         raw = urlencode(caller)
         merged = parse_qsl(_merge_query(raw, urlencode(own)) if raw else urlencode(own), keep_blank_values=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from typing import Final, Self
 
 from holyroute.core.health import Debit, server_delay
-from holyroute.core.plan import Leg
+from holyroute.core.plan import Leg, Upstream
 from holyroute.core.planning import Planning
 from holyroute.core.steps import Accepted
 from holyroute.core.usage import Usage, finish_reason, usage_from_body
@@ -89,8 +89,7 @@ class Attempts(Planning):
             reason = f"{status} from upstream; cooldown {seconds:.3g}s ({said})"
             self._cool(upstream, seconds, f"{status} {said}", now)
         if status >= 500 or status == 408 or status < 400:
-            peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
-            router.transition(health.failure(upstream.endpoint, str(status), now, peers, trial=self._trial))
+            self._endpoint_failed(upstream, str(status), now)
         self._pending_response = (status, headers, upstream, self._last_leg)
         self._failure = self._failure_fields(status=status, error=None, reason=reason)
         self._rejected = True
@@ -106,8 +105,7 @@ class Attempts(Planning):
         status = self._status
         if 200 <= status < 300 and not _looks_like_json(body):
             label = "malformed body"
-            peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
-            router.transition(router.health.failure(upstream.endpoint, label, now, peers, trial=self._trial))
+            self._endpoint_failed(upstream, label, now)
             self._failure = self._failure_fields(
                 status=status, error=label, reason=f"{status} with a body that is not JSON"
             )
@@ -166,8 +164,7 @@ class Attempts(Planning):
         router = self._router
         kind = "timeout" if timeout else "connection error"
         label = type(error).__name__
-        peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
-        router.transition(router.health.failure(upstream.endpoint, label, router.clock(), peers, trial=self._trial))
+        self._endpoint_failed(upstream, label, router.clock())
         self._end_attempt()
         self._last_error = (error, timeout)
         self._failure = self._failure_fields(status=None, error=label, reason=f"{kind}: {label}")
@@ -225,21 +222,37 @@ class Attempts(Planning):
         cancelled = not isinstance(error, Exception)
         upstream = self._current
         if self._open and upstream is not None and isinstance(error, OSError):
-            router = self._router
-            peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
-            label = type(error).__name__
-            router.transition(router.health.failure(upstream.endpoint, label, router.clock(), peers, trial=self._trial))
+            self._endpoint_failed(upstream, type(error).__name__, self._router.clock())
         self._end_attempt()
         outcome = "cancelled" if cancelled else "error"
         self._emit_request(self._status or None, outcome, None, f"{outcome}: {type(error).__name__}", self._request_id)
 
+    def _begin_attempt(self, upstream: Upstream, now: float) -> None:
+        """Begin an attempt on ``upstream``: counted in flight and charged to its rpm/tpm in the health book (maybe
+        as the half-open trial); :meth:`_end_attempt` ends it."""
+        self._attempts += 1
+        self._rejected = False
+        self._current = upstream
+        self._last_leg = self._current_leg
+        self._sent_at = now
+        self._forced = False
+        self._trial = self._router.health.begin_attempt(upstream.endpoint, now, self._tokens, self._debits)
+        self._open = True
+
     def _end_attempt(self) -> None:
-        """End the attempt begun by :meth:`_send`, exactly once whatever reports its end."""
+        """End the attempt begun by :meth:`_begin_attempt`, exactly once whatever reports its end."""
         if self._open:
             self._open = False
             upstream = self._current
             assert upstream is not None
             self._router.health.end_attempt(upstream.endpoint, trial=self._trial)
+
+    def _endpoint_failed(self, upstream: Upstream, label: str, now: float) -> None:
+        """Count a failure of the attempt's endpoint (``label``: a status, an error's name) in the health book, among
+        the endpoints of the arm it was sent for (``max_ejected_percent``); an ejection is emitted and shared."""
+        peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
+        router = self._router
+        router.transition(router.health.failure(upstream.endpoint, label, now, peers, trial=self._trial))
 
     def _latency(self, now: float) -> float | None:
         """This attempt's time to headers, for balance: latency (the only reader); None spares the health lock."""

@@ -29,16 +29,10 @@ class Sending(Attempts):
     __slots__ = ()
 
     def _send(self, upstream: Upstream, now: float) -> Send:
+        """Begin an attempt on ``upstream`` and say what to send for it."""
         router = self._router
-        deadline = self._bound()
-        self._attempts += 1
-        self._rejected = False
-        self._current = upstream
-        self._last_leg = self._current_leg
-        self._sent_at = now
-        self._forced = False
-        self._trial = router.health.begin_attempt(upstream.endpoint, now, self._tokens, self._debits)
-        self._open = True
+        deadline = self._bound()  # before the attempt counts: within the floor it gets the whole timeout
+        self._begin_attempt(upstream, now)
         # Ask for stream usage on the wire when the caller did not, so every stream is costed; the tap hides
         # the extra usage-only chunk again.
         inject = self._wants_usage_injected and upstream.stream_usage
