@@ -65,8 +65,8 @@ class Attempts(Planning):
         router = self._router
         health = router.health
         now = router.clock()
-        if health.record_headroom(upstream.endpoint, upstream.model, headers, now):
-            change = health.headroom_change(upstream.endpoint, upstream.model, now, router.wall_clock())
+        if health.cooldowns.record_headroom(upstream.endpoint, upstream.model, headers, now):
+            change = health.cooldowns.headroom_change(upstream.endpoint, upstream.model, now, router.wall_clock())
             if change is not None:
                 router.state.publish(change)
         # A redirect is a failure of this endpoint (routed requests never follow one: the prompt would leave routing).
@@ -76,7 +76,9 @@ class Attempts(Planning):
             content_type = headers.get("content-type") or ""
             event_stream = content_type.startswith("text/event-stream")
             if event_stream:
-                router.transition(health.success(upstream.endpoint, now, self._latency(now), trial=self._trial))
+                router.transition(
+                    health.ejections.success(upstream.endpoint, now, self._latency(now), trial=self._trial)
+                )
             else:
                 # Only copied (lazily, in on_rejected_body) if the body turns out to be no answer.
                 self._pending_response = (status, headers, upstream, self._last_leg)
@@ -111,7 +113,8 @@ class Attempts(Planning):
             )
             self.on_rejected_body(body)
             return False
-        router.transition(router.health.success(upstream.endpoint, now, self._latency(now), trial=self._trial))
+        ejections = router.health.ejections
+        router.transition(ejections.success(upstream.endpoint, now, self._latency(now), trial=self._trial))
         if status < 300:
             if self._api in _INJECT_USAGE_APIS:  # chat and completions answers say why they stopped
                 self._finish = finish_reason(body)
@@ -147,7 +150,7 @@ class Attempts(Planning):
         if status == 429 and b"insufficient_quota" in body:
             # Out of credit is not a rate limit: no waiting fixes it, so never again in this call, and not for long.
             self._excluded.add(upstream.endpoint)
-            router.transition(router.health.quota_exhausted(upstream.endpoint, router.clock()))
+            router.transition(router.health.ejections.quota_exhausted(upstream.endpoint, router.clock()))
             if self._failure is not None:
                 self._failure["reason"] = "429 insufficient_quota"
         self._end_attempt()
@@ -245,14 +248,14 @@ class Attempts(Planning):
             self._open = False
             upstream = self._current
             assert upstream is not None
-            self._router.health.end_attempt(upstream.endpoint, trial=self._trial)
+            self._router.health.ejections.end(upstream.endpoint, trial=self._trial)
 
     def _endpoint_failed(self, upstream: Upstream, label: str, now: float) -> None:
         """Count a failure of the attempt's endpoint (``label``: a status, an error's name) in the health book, among
         the endpoints of the arm it was sent for (``max_ejected_percent``); an ejection is emitted and shared."""
         peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
         router = self._router
-        router.transition(router.health.failure(upstream.endpoint, label, now, peers, trial=self._trial))
+        router.transition(router.health.ejections.failure(upstream.endpoint, label, now, peers, trial=self._trial))
 
     def _latency(self, now: float) -> float | None:
         """This attempt's time to headers, for balance: latency (the only reader); None spares the health lock."""

@@ -319,11 +319,12 @@ class Router:
     def panicking(self, leg: Leg, now: float) -> bool:
         """Panic mode: fewer than half of the arm's endpoints are healthy, so health is ignored for it."""
         health = self.health
+        ejections = health.ejections
         upstreams = leg.arm.upstreams
         healthy = sum(
             1
             for u in upstreams
-            if health.ejected(u.endpoint, now) is None
+            if ejections.ejected(u.endpoint, now) is None
             and not (self.probing and health.probe_status(u.endpoint) == "unhealthy")
         )
         panic = healthy * 2 < len(upstreams)
@@ -510,7 +511,7 @@ class Call(Sending):
                 upstream = self._next_available(now)
                 if upstream is not None:
                     health = router.health
-                    if health.shared_limits:
+                    if health.rate_limits.shared:
                         rpm, tpm = health.limits(upstream.endpoint)
                         if rpm or tpm:  # the shared store decides; the retry stays paid for
                             self._asking, self._failure, self._paid = upstream, failure, True

@@ -140,7 +140,9 @@ class Cooldowns:
         if requests is None and tokens is None:
             return False
         max_s = self.max_cooldown_s
-        room = self._room(endpoint, model)
+        room = self._headroom.get((endpoint, model))
+        if room is None:
+            room = self._headroom.setdefault((endpoint, model), _Headroom())
         low = False
         if requests == 0:
             reset = header_seconds(headers.get("x-ratelimit-reset-requests"), max_s=max_s)
