@@ -349,6 +349,7 @@ def _chat(params: dict[str, Any], profile: _Profile, seq: int, created: int) -> 
 
 # Long but flat: the Responses API's body and its streamed event sequence, written out as the wire has them.
 def _responses(params: dict[str, Any], profile: _Profile, seq: int, created: int) -> bytes | tuple[bytes, ...]:
+    # Long but flat: the Responses API's object has ~25 fixed fields, and its stream is one literal list of events.
     model = params["model"]
     pieces = _pieces(profile.name, model)
     text = "".join(pieces)
