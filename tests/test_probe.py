@@ -83,7 +83,7 @@ def checked_config(ups: dict[str, FakeUpstream], **check: Any) -> dict[str, Any]
 
 def make_router(config: dict[str, Any]) -> tuple[Router, FakeClock, Events]:
     clock, events = FakeClock(), Events()
-    return Router(load_config(config), clock=clock, sinks=[events]), clock, events
+    return Router(load_config(config), clock=clock, log=False, sinks=[events]), clock, events
 
 
 def checker_threads() -> list[threading.Thread]:
@@ -224,7 +224,7 @@ class TestProbeRequest:
         """The probe's headers are exactly the ones the router compiles for a routed attempt to that endpoint."""
         key = {} if auth == "none" else {"api_key": "k3"}
         config = _config({**key, "auth": auth, "organization": "o", "headers": {"X-A": "1"}})
-        router = Router(config, sinks=[])
+        router = Router(config, log=False, sinks=[])
         upstream = next(u for u in router.routes["r"].arms[0].upstreams if u.endpoint == "e")
         assert list(upstream.headers) == probe_request(config, "e")[2]
 

@@ -281,7 +281,7 @@ class TestEndToEnd:
 
     def test_failing_candidate_is_aborted(self, instant_sdk_retries: None) -> None:
         with FakeUpstream("stable") as stable, FakeUpstream("candidate") as candidate:
-            transport = holyroute.Transport(self.config(stable, candidate), sinks=[])
+            transport = holyroute.Transport(self.config(stable, candidate), log=False, sinks=[])
             sdk = openai.OpenAI(api_key="x", max_retries=0, http_client=_client(transport))
             with sdk:
                 self.run(sdk, 60)
@@ -295,7 +295,7 @@ class TestEndToEnd:
 
     def test_healthy_candidate_reaches_100(self) -> None:
         with FakeUpstream("stable") as stable, FakeUpstream("candidate") as candidate:
-            transport = holyroute.Transport(self.config(stable, candidate), sinks=[])
+            transport = holyroute.Transport(self.config(stable, candidate), log=False, sinks=[])
             with capture_logs(), openai.OpenAI(api_key="x", max_retries=0, http_client=_client(transport)) as sdk:
                 self.run(sdk, 400)
                 engine = transport.router.rollouts["chat"]  # type: ignore[index]
@@ -420,7 +420,7 @@ class TestQuality:
 
         with FakeUpstream("stable") as stable, FakeUpstream("candidate") as candidate:
             config = TestEndToEnd().config(stable, candidate)
-            transport = holyroute.Transport(config, sinks=[], quality=quality)
+            transport = holyroute.Transport(config, log=False, sinks=[], quality=quality)
             with openai.OpenAI(api_key="x", max_retries=0, http_client=_client(transport)) as sdk:
                 TestEndToEnd().run(sdk, 20)
         assert {route for route, _, _ in seen} == {"chat"}

@@ -35,7 +35,7 @@ def explain(config: Config, body: Mapping[str, Any], headers: Mapping[str, str] 
     raw = json.dumps(body).encode()
     # Read-only: what is shared is read, nothing is written (no rollout state created or advanced, no Redis key).
     state = open_backend(config.state, emit=_ignore, clock=time.monotonic, wall_clock=time.time, read_only=True)
-    router = Router(config, sinks=[], rng=random.Random(0), state=state)
+    router = Router(config, log=False, rng=random.Random(0), state=state)
     try:
         path = "/v1/responses" if "input" in body and "messages" not in body else "/v1/chat/completions"
         call = router.begin("POST", path, "", header_view, raw)
