@@ -73,3 +73,170 @@ class TestSinksAddToTheEventLog:
         assert main(["report", str(events), "--format", "json"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["routes"][0]["route"] == "chat"
+
+
+def _run(*argv: str, without: tuple[str, ...] = (), env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
+    """``holyroute ARGV`` in a fresh interpreter, as from a shell; ``without`` hides installed packages, as on a base
+    install that lacks an extra."""
+    import os
+    import subprocess
+    import sys
+
+    hide = "".join(f"sys.modules[{name!r}] = None; " for name in without)
+    code = f"import sys; {hide}from holyroute.cli import main; sys.exit(main(sys.argv[1:]))"
+    root = str(Path(__file__).resolve().parent.parent)
+    environ = {**os.environ, "PYTHONPATH": root, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+_REDIS_CONFIG = """\
+endpoints:
+  local: {base_url: "http://127.0.0.1:9/v1", api_key: test-key}
+state: {backend: redis, url: "redis://127.0.0.1:6379/15"}
+routes:
+  chat:
+    rollout:
+      stable: {model: gpt-4o, endpoints: [local]}
+      candidate: {model: gpt-4.1, endpoints: [local]}
+      steps: [{set_weight: 20}]
+"""
+
+
+class TestAMissingExtraIsAConfigurationError:
+    """Finding 2: ``state: {backend: redis}`` without redis-py names the extra to install, with no traceback."""
+
+    @pytest.mark.parametrize("command", [["check"], ["rollout", "status"]])
+    def test_the_cli_exits_2_and_names_the_extra(self, tmp_path: Path, command: list[str]) -> None:
+        config = tmp_path / "holyroute.yaml"
+        config.write_text(_REDIS_CONFIG)
+        done = _run(*command, "--config", str(config), without=("redis",))
+        assert done.returncode == 2
+        assert "pip install 'holyroute[redis]'" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stdout == ""
+
+    def test_client_raises_a_config_error_naming_the_extra(self, tmp_path: Path) -> None:
+        import subprocess
+        import sys
+
+        config = tmp_path / "holyroute.yaml"
+        config.write_text(_REDIS_CONFIG)
+        code = (
+            "import sys; sys.modules['redis'] = None\n"
+            "import holyroute\n"
+            "try:\n"
+            f"    holyroute.client({str(config)!r})\n"
+            "except holyroute.ConfigError as exc:\n"
+            "    print(exc)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+            env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+        assert "state.backend: 'redis' needs redis-py, which is not installed: pip install 'holyroute[redis]'" in (
+            done.stdout
+        )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``holyroute demo --calls 30`` run once in an empty directory: the directory and what it printed."""
+    where = tmp_path_factory.mktemp("demo")
+    done = _run("demo", "--calls", "30", cwd=where)
+    assert done.returncode == 0, done.stderr
+    return where, done.stdout
+
+
+class TestTheDemoLeavesWhatItsCommandsRead:
+    """Finding 3: the demo writes its configuration beside its event log, prints the commands that read them, says
+    what it runs, and leaves nothing untracked."""
+
+    def test_it_writes_its_configuration_beside_its_event_log(self, demo: tuple[Path, str]) -> None:
+        where, out = demo
+        assert sorted(p.name for p in where.iterdir()) == [
+            "holyroute-demo-events.jsonl",
+            "holyroute-demo-state.json",
+            "holyroute-demo-state.json.lock",
+            "holyroute.yaml",
+        ]
+        assert holyroute.load_config(where / "holyroute.yaml").state.backend == "file"
+        assert "configuration: holyroute.yaml\n" in out
+
+    def test_it_describes_itself(self, demo: tuple[Path, str]) -> None:
+        _, out = demo
+        assert out.startswith("holyroute demo: 5 local fake upstreams on 127.0.0.1: primary")
+        # --calls 30: 30 to chat-default, max(40, 20) to each canary route
+        assert "110 calls: 30 to chat-default (sync, streaming, async), 40 to each canary route\n" in out
+        assert "\n110 calls in " in out
+
+    def test_each_printed_command_works_as_printed(self, demo: tuple[Path, str]) -> None:
+        import shlex
+
+        where, out = demo
+        commands = out.split("next, on what the demo wrote:\n", 1)[1].splitlines()
+        assert [c.split()[:2] for c in commands] == [
+            ["holyroute", "report"],
+            ["holyroute", "dashboard"],
+            ["holyroute", "rollout"],
+        ]
+        report = _run(*shlex.split(commands[0])[1:], cwd=where)
+        assert report.returncode == 0, report.stderr
+        assert "route chat-default: control gpt-4.1" in report.stdout
+        status = _run(*shlex.split(commands[2])[1:], cwd=where)
+        assert status.returncode == 0, status.stderr
+        # the state it shows is the one the demo's rollouts ended in, as its event log records it
+        last = {}
+        for line in (where / "holyroute-demo-events.jsonl").read_text().splitlines():
+            event = json.loads(line)
+            if event["event"] == "holyroute.rollout":
+                last[event["route"]] = event["status"]
+        shown = {row.split()[0]: row.split()[1] for row in status.stdout.splitlines()[1::2]}
+        assert shown == last
+        assert set(shown) == {"canary-good", "canary-bad"}
+
+    def test_the_dashboard_command_serves_what_it_wrote(self, demo: tuple[Path, str]) -> None:
+        import shlex
+
+        from holyroute.readers.dashboard import serve
+        from holyroute.readers.report import load_report_config
+
+        where, out = demo
+        argv = shlex.split(out.split("next, on what the demo wrote:\n", 1)[1].splitlines()[1])
+        events, config = where / argv[argv.index("--events") + 1], where / argv[argv.index("--config") + 1]
+        with serve(events, load_report_config(config)[0], config_path=str(config)) as server:
+            import httpx2
+
+            assert httpx2.get(server.url).status_code == 200
+
+    def test_it_never_overwrites_a_configuration_of_yours(self, tmp_path: Path) -> None:
+        mine = tmp_path / "holyroute.yaml"
+        mine.write_text("endpoints: {}\n")
+        done = _run("demo", "--calls", "10", cwd=tmp_path)
+        assert done.returncode == 2
+        assert "holyroute.yaml exists and was not written by the demo" in done.stderr
+        assert mine.read_text() == "endpoints: {}\n"
+        assert not (tmp_path / "holyroute-demo-events.jsonl").exists()
+
+    def test_its_outputs_are_ignored_by_git(self) -> None:
+        import shutil
+        import subprocess
+
+        root = Path(__file__).resolve().parent.parent
+        if shutil.which("git") is None or not (root / ".git").exists():
+            pytest.skip("not a git checkout")
+        names = ["holyroute.yaml", "holyroute-demo-events.jsonl", "holyroute-demo-state.json"]
+        names.append("holyroute-demo-state.json.lock")
+        done = subprocess.run(["git", "check-ignore", *names], cwd=root, capture_output=True, text=True, check=False)
+        assert done.stdout.split() == names

@@ -625,7 +625,7 @@ class TestCheckCommand:
         with FakeUpstream("down") as up:
             up.fail_for(_FOREVER, Reply.error(503))
             path = write_config(tmp_path, {"down": up.base_url, "dead": f"http://127.0.0.1:{free_port()}/v1"})
-            assert main(["check", str(path)]) == 1
+            assert main(["check", "--config", str(path)]) == 1
         out, err = capsys.readouterr()
         lines = out.splitlines()
         header = "endpoint status latency ms http remaining requests remaining tokens error"
@@ -641,7 +641,7 @@ class TestCheckCommand:
     def test_healthy_exits_0(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         with FakeUpstream("good") as up:
             path = write_config(tmp_path, {"good": up.base_url, "dead": f"http://127.0.0.1:{free_port()}/v1"})
-            assert main(["check", str(path)]) == 0
+            assert main(["check", "--config", str(path)]) == 0
         out, _ = capsys.readouterr()
         assert out.splitlines()[-1] == "route chat-default: ok"
         assert_no_key(out)
@@ -652,7 +652,7 @@ class TestCheckCommand:
             "endpoints:\n  main: {base_url: http://127.0.0.1:1/v1, api_key: sk-good-SECRET, apikey: sk-down-SECRET}\n"
             "routes:\n  chat: {targets: [{model: m, endpoints: [main]}]}\n"
         )
-        assert main(["check", str(path)]) == 2
+        assert main(["check", "--config", str(path)]) == 2
         out, err = capsys.readouterr()
         assert out == ""
         assert err.startswith(f"invalid holyroute configuration ({path}): 1 problem")

@@ -1,11 +1,14 @@
-"""The ``holyroute`` command: ``demo`` runs offline on local fake upstreams, ``check`` probes a configuration.
+"""The ``holyroute`` command: one grammar for every subcommand, and errors as messages, never tracebacks.
 
-``demo`` runs the whole path on local fake upstreams; ``check`` probes every endpoint of a configuration once and says
-whether every route still has a healthy path.
+Every subcommand that reads a configuration takes ``--config PATH`` and, without it, reads ``$HOLYROUTE_CONFIG``,
+then ``./holyroute.yaml`` (``.yml``, ``.toml``), as :func:`holyroute.client` does. Exit status, for every command:
+0 done; 1 what was checked is unhealthy, or the action failed or changed nothing; 2 a usage or configuration error.
+A :class:`~holyroute.exceptions.ConfigError` anywhere is a message and exit 2; any other error is one line and exit 1,
+with the traceback only under ``--debug``.
 
 The demo is an application, so unlike the library it configures structlog: events go as JSON lines to the file it
 names. Nothing in the demo touches the network beyond 127.0.0.1, and no real key is used. ``check`` sends one probe
-per endpoint to the configured URLs, with the configured keys, and never prints a key.
+per endpoint and model to the configured URLs, with the configured keys, and never prints a key.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -27,36 +32,164 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
+_DESCRIPTION = """\
+Route, fail over and cost every OpenAI SDK call from inside the process.
+
+Commands that read a configuration take --config PATH; without it they read $HOLYROUTE_CONFIG, then ./holyroute.yaml
+(like holyroute.client()). Run "holyroute COMMAND --help" for a command's options and an example.
+"""
+
+_EXIT_CODES = "exit status: 0 ok; 1 {one}; 2 a usage or configuration error"
+
+_TOP_EPILOG = f"""\
+example:
+  holyroute demo                       run offline on local fake upstreams; writes holyroute.yaml and an event log
+  holyroute check --config holyroute.yaml
+
+{_EXIT_CODES.format(one="what was checked is unhealthy, or the action failed")}; bare holyroute prints this help
+and exits 2. Errors are one message, never a traceback, unless --debug is given.
+"""
+
+#: Per command: its one-line help, what exit status 1 means for it, and an example.
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": (
+        "route calls through the OpenAI SDK across five local fake upstreams, offline; writes a configuration and "
+        "an event log",
+        "never (the demo's own calls failing shows in its table, not in its exit status)",
+        "holyroute demo --calls 300 --events demo/events.jsonl   # and demo/holyroute.yaml beside it",
+    ),
+    "check": (
+        "probe every endpoint once and judge every arm: is its model served, which share of a route's traffic "
+        "has no healthy path",
+        "a weighted arm of some route has no healthy endpoint serving its model",
+        "holyroute check --config holyroute.yaml --probe chat",
+    ),
+    "rollout": (
+        "show or steer the rollouts of a configuration (the shared state every process follows)",
+        "the action changed nothing (for example promote on an aborted rollout); the message says why",
+        "holyroute rollout status --config holyroute.yaml\n  holyroute rollout promote chat-default",
+    ),
+    "report": (
+        "per route and arm from an event log: errors, latency, cost and a verdict against the control",
+        "never (a verdict of ROLLBACK is a result, not a failure)",
+        "holyroute report holyroute-demo-events.jsonl --route chat-default --format markdown",
+    ),
+    "dashboard": (
+        "a local web page that follows an event log live: endpoints, routes, rollouts, failovers",
+        "never",
+        "holyroute dashboard --events holyroute-demo-events.jsonl --port 8000",
+    ),
+    "explain": (
+        "what the router would do with a request and why (rules, sizes, costs, health); sends nothing",
+        "never (a model no route serves is explained as passed through untouched)",
+        "holyroute explain request.json --header 'x-task: complex_reasoning'",
+    ),
+    "prices": (
+        "the prices in use: per endpoint, configured, from the genai-prices catalogue",
+        "never",
+        "holyroute prices --json",
+    ),
+    "schema": (
+        "print the configuration's JSON Schema, for editors to complete and check holyroute.yaml",
+        "never",
+        "holyroute schema > holyroute.schema.json",
+    ),
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``holyroute ARGS``: the exit status (0 ok, 1 unhealthy or failed, 2 usage or configuration error)."""
+    from holyroute.exceptions import ConfigError
+
     parser = _parser()
-    return _dispatch(parser, parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stdout)
+        return 2
+    try:
+        return _dispatch(parser, args)
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(
+            f"holyroute {args.command}: {type(exc).__name__}: {exc} (run with --debug for the traceback)\n"
+        )
+        return 1
 
 
-def _parser() -> argparse.ArgumentParser:  # long but linear: one add_parser block per command
-    parser = argparse.ArgumentParser(prog="holyroute", description=__doc__.split("\n")[0] if __doc__ else None)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="route a few hundred SDK calls across local fake upstreams, offline")
-    demo.add_argument("--calls", type=int, default=300, help="total calls, split sync / async / streaming")
+def _parser() -> argparse.ArgumentParser:  # long but linear: one block per command
+    from holyroute import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="holyroute",
+        description=_DESCRIPTION,
+        epilog=_TOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"holyroute {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    with_config = argparse.ArgumentParser(add_help=False, parents=[common])
+    with_config.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="the configuration (YAML or TOML); default: $HOLYROUTE_CONFIG, then ./holyroute.yaml",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+        summary, one, example = _COMMANDS[name]
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=f"example:\n  {example}\n\n{_EXIT_CODES.format(one=one)}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=parents,
+        )
+
+    demo = command("demo", [common])
+    demo.add_argument(
+        "--calls",
+        type=int,
+        default=300,
+        help="calls to the 90/10 route chat-default, split sync / streaming / async (default 300); each canary "
+        "route gets two thirds as many more",
+    )
     demo.add_argument(
         "--events", type=Path, default=Path("holyroute-demo-events.jsonl"), help="JSON-lines event log to write"
     )
-    check = commands.add_parser(
-        "check", help="probe every endpoint once; exit 1 when a route has no healthy path, 2 on a bad configuration"
+    demo.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="where to write the demo's configuration (default: holyroute.yaml beside the event log); never "
+        "overwrites a file the demo did not write",
     )
-    check.add_argument("config", type=Path, help="the configuration file (YAML or TOML)")
-    rollout = commands.add_parser("rollout", help="show or steer the rollouts of a configuration")
+    check = command("check", [with_config])
+    check.add_argument(
+        "--probe",
+        choices=["models", "chat"],
+        default="models",
+        help="models: GET /models and look for each arm's model (default); chat: a 1-token chat call per model",
+    )
+    rollout = command("rollout", [with_config])
     rollout.add_argument("action", choices=["status", "promote", "abort", "retry"])
     rollout.add_argument("route", nargs="?", help="the route alias (every rollout for status)")
-    rollout.add_argument("--config", type=Path, required=True, help="the configuration file (YAML or TOML)")
     rollout.add_argument("--full", action="store_true", help="promote: straight to 100%%")
     rollout.add_argument("--reason", default="aborted by hand", help="abort: why (recorded in the event)")
     rollout.add_argument("--json", action="store_true", help="print the state as JSON")
-    report = commands.add_parser(
-        "report", help="per route and arm from an event log: errors, latency, cost and a verdict against the control"
-    )
+    report = command("report", [with_config])
     report.add_argument("events", type=Path, help="the JSON-lines event log (structlog JSONRenderer)")
-    report.add_argument("--config", type=Path, help="the configuration: control arms, and weights for the SRM check")
     report.add_argument("--route", help="report only this route")
     report.add_argument("--format", choices=["table", "json", "markdown"], default="table", help="default: table")
     report.add_argument("--plot", type=Path, metavar="FILE.png", help="latency and errors over time (needs [plot])")
@@ -64,45 +197,61 @@ def _parser() -> argparse.ArgumentParser:  # long but linear: one add_parser blo
     report.add_argument("--alpha", type=float, default=0.05, help="level of the error-rate test (default 0.05)")
     report.add_argument("--max-latency-ratio", type=float, default=1.5, help="p95 vs the control's (default 1.5)")
     report.add_argument("--min-calls", type=int, default=100, help="calls per arm before PROMOTE (default 100)")
-    dashboard = commands.add_parser(
-        "dashboard", help="a local web page that follows an event log live: endpoints, routes, rollouts, failovers"
-    )
+    dashboard = command("dashboard", [with_config])
     dashboard.add_argument("--events", type=Path, required=True, help="the JSON-lines event log to follow")
-    dashboard.add_argument("--config", type=Path, help="show its endpoints and routes (names, hosts, weights; no keys)")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     dashboard.add_argument("--port", type=int, default=0, help="port to listen on (default 0: a free one)")
-    explain = commands.add_parser(
-        "explain", help="what the router would do with a request and why (rules, sizes, costs, health); sends nothing"
-    )
-    explain.add_argument("config", type=Path, help="the configuration file (YAML or TOML)")
+    explain = command("explain", [with_config])
     explain.add_argument("request", type=Path, help="the request body as JSON (model, messages, max_tokens, ...)")
     explain.add_argument(
         "--header", action="append", default=[], metavar="NAME: VALUE", help="a request header (repeatable)"
     )
-    prices = commands.add_parser(
-        "prices", help="the prices in use: per endpoint, configured, from the genai-prices catalogue"
-    )
-    prices.add_argument("--config", type=Path, help="include this configuration's prices and its models")
+    prices = command("prices", [with_config])
     prices.add_argument("--json", action="store_true", help="print the rows as JSON")
+    command("schema", [common])
     return parser
 
 
+def resolve_config(given: Path | None, *, required: bool, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The configuration a command reads: ``--config``, else ``$HOLYROUTE_CONFIG``, else ``./holyroute.yaml``
+    (``.yml``, ``.toml``), as :func:`holyroute.client` finds it. None when there is none and it is optional."""
+    from holyroute.config.schema import default_config_path
+    from holyroute.exceptions import ConfigError
+
+    if given is not None:
+        return given
+    found = default_config_path(os.environ if environ is None else environ)
+    if found is None and required:
+        raise ConfigError(
+            "no configuration given: pass --config PATH, set HOLYROUTE_CONFIG, or create ./holyroute.yaml "
+            "(holyroute demo writes one)"
+        )
+    return found
+
+
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    if args.command == "explain":
-        return run_explain(args.config, args.request, args.header, sys.stdout, sys.stderr)
-    if args.command == "prices":
-        return run_prices(args.config, sys.stdout, sys.stderr, as_json=args.json)
+    if args.command == "schema":
+        return run_schema(sys.stdout)
     if args.command == "demo":
         if args.calls < 10:
             parser.error("--calls must be at least 10")
-        return run_demo(args.calls, args.events, sys.stdout)
+        return run_demo(args.calls, args.events, sys.stdout, config=args.config, err=sys.stderr)
+    required = args.command in ("check", "rollout", "explain")
+    config = resolve_config(args.config, required=required)
+    if args.command == "explain":
+        assert config is not None
+        return run_explain(config, args.request, args.header, sys.stdout, sys.stderr)
+    if args.command == "prices":
+        return run_prices(config, sys.stdout, sys.stderr, as_json=args.json)
     if args.command == "check":
-        return run_check(args.config, sys.stdout, sys.stderr)
+        assert config is not None
+        return run_check(config, sys.stdout, sys.stderr, probe=args.probe)
     if args.command == "rollout":
+        assert config is not None
         return run_rollout(
             args.action,
             args.route,
-            args.config,
+            config,
             sys.stdout,
             sys.stderr,
             full=args.full,
@@ -114,7 +263,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             args.events,
             sys.stdout,
             sys.stderr,
-            config=args.config,
+            config=config,
             route=args.route,
             fmt=args.format,
             plot=args.plot,
@@ -124,8 +273,16 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             min_calls=args.min_calls,
         )
     if args.command == "dashboard":
-        return run_dashboard(args.events, sys.stdout, sys.stderr, config=args.config, host=args.host, port=args.port)
-    return 2  # pragma: no cover - argparse requires a command
+        return run_dashboard(args.events, sys.stdout, sys.stderr, config=config, host=args.host, port=args.port)
+    return 2  # pragma: no cover - argparse allows only the commands above
+
+
+def run_schema(out: TextIO) -> int:
+    """``holyroute schema``: the configuration's JSON Schema, from the pydantic models that validate it."""
+    from holyroute.config.schema import json_schema
+
+    out.write(json.dumps(json_schema(), indent=2) + "\n")
+    return 0
 
 
 def run_dashboard(
@@ -459,14 +616,16 @@ def _rollout_action(
     return 0
 
 
-def run_check(path: Path, out: TextIO, err: TextIO) -> int:
+def run_check(path: Path, out: TextIO, err: TextIO, *, probe: str = "models") -> int:
     """Probe every endpoint once, print a table and one line per route; 0 when every route has a path."""
     from holyroute.config.schema import load_config
     from holyroute.drivers.probe import check_once, dead_arms, render_results, route_endpoints, route_paths
     from holyroute.exceptions import ConfigError
+    from holyroute.state.factory import require_backend
 
     try:
         config = load_config(path)
+        require_backend(config.state)  # before probing: a missing extra is a configuration error (exit 2)
         results = check_once(config)
     except ConfigError as exc:
         err.write(f"{exc}\n")
@@ -564,15 +723,54 @@ def demo_config(primary: str, secondary: str, slow: str, good: str = "", bad: st
     }
 
 
-def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
+#: The first line of every configuration the demo writes: the demo overwrites only files that begin with it.
+DEMO_MARK = "# holyroute demo configuration"
+
+
+def demo_files(events_path: Path, config: Path | None = None) -> tuple[Path, Path]:
+    """Where the demo writes its configuration and its rollout state: ``config`` (default ``holyroute.yaml``) and
+    ``holyroute-demo-state.json``, beside the event log."""
+    return (config or events_path.parent / "holyroute.yaml"), events_path.parent / "holyroute-demo-state.json"
+
+
+def _foreign(path: Path) -> bool:
+    """Whether ``path`` exists and was not written by the demo (so the demo must not overwrite it)."""
+    try:
+        with path.open(encoding="utf-8") as file:
+            return file.readline().rstrip("\n") != DEMO_MARK
+    except FileNotFoundError:
+        return False
+    except (OSError, UnicodeDecodeError):
+        return True
+
+
+def run_demo(
+    calls: int, events_path: Path, out: TextIO, *, config: Path | None = None, err: TextIO | None = None
+) -> int:
+    """``holyroute demo``: ``calls`` calls to chat-default and two thirds as many (at least 40) to each of the two
+    canary routes, on five local fake upstreams. Writes the event log, the configuration beside it (which the
+    commands it prints at the end read) and the rollouts' state file. 2 when the configuration path holds a file the
+    demo did not write."""
     import httpx2
     import structlog
+    import yaml
     from openai import AsyncOpenAI, OpenAI
 
     from holyroute import AsyncTransport, Router, Transport, load_config
     from holyroute.testing import FakeUpstream, Reply
 
+    config_path, state_path = demo_files(events_path, config)
+    if _foreign(config_path):
+        (err or sys.stderr).write(
+            f"holyroute demo: {config_path} exists and was not written by the demo; nothing was run. Pass "
+            "--config demo.yaml (or another free path), or run the demo in another directory\n"
+        )
+        return 2
     events_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (state_path, state_path.with_name(state_path.name + ".lock")):
+        stale.unlink(missing_ok=True)  # each run starts its rollouts afresh
+    rollout_n = max(40, calls * 2 // 3)
     with events_path.open("w", encoding="utf-8") as log_file:
         structlog.configure(
             processors=[
@@ -590,36 +788,60 @@ def run_demo(calls: int, events_path: Path, out: TextIO) -> int:
             FakeUpstream("candidate-good") as good,
             FakeUpstream("candidate-bad") as bad,
         ):
-            config = demo_config(primary.base_url, secondary.base_url, slow.base_url, good.base_url, bad.base_url)
+            routing = demo_config(primary.base_url, secondary.base_url, slow.base_url, good.base_url, bad.base_url)
+            routing["state"] = {"backend": "file", "path": str(state_path)}
+            config_path.write_text(
+                f"{DEMO_MARK}: its upstreams ran on 127.0.0.1 while the demo ran and are gone now\n"
+                + yaml.safe_dump(routing, sort_keys=False),
+                encoding="utf-8",
+            )
             primary.fail_for(1.5, Reply.rate_limited(retry_after_s=0.5))
             bad.push(*[Reply.error(500) if n % 3 else Reply() for n in range(1000)])  # 2 in 3 calls fail
             out.write(
-                "holyroute demo: 3 local upstreams on 127.0.0.1 (primary answers 429 for its first 1.5 s, "
-                "slow adds 50 ms)\nroute chat-default: gpt-4.1 90% on [primary, secondary], deepseek-chat 10% on "
-                "[slow], sticky per user, fallback chat-cheap\n\n"
+                "holyroute demo: 5 local fake upstreams on 127.0.0.1: primary (answers 429 for its first 1.5 s), "
+                "secondary, slow (adds 50 ms), candidate-good, candidate-bad (fails 2 calls in 3)\n"
+                "route chat-default: gpt-4.1 90% on [primary, secondary], deepseek-chat 10% on [slow], sticky per "
+                "user, fallback chat-cheap\n"
+                "routes canary-good, canary-bad: rollouts of gpt-4.1 (candidate) against gpt-4o (stable)\n"
+                f"{calls + 2 * rollout_n} calls: {calls} to chat-default (sync, streaming, async), {rollout_n} to "
+                f"each canary route\nconfiguration: {config_path}\n\n"
             )
             sync_n = calls * 2 // 5
             async_n = calls * 2 // 5
             stream_n = calls - sync_n - async_n
             started = time.perf_counter()
             # One router for the sync and the async client: one set of cooldowns, budgets and rollout states.
-            router = Router(load_config(config))
-            sdk = OpenAI(
-                api_key="unused-holyroute-routes", http_client=httpx2.Client(transport=Transport(router=router))
-            )
-            rollout_n = max(40, calls * 2 // 3)
-            with sdk:
-                _phase("sync calls", sync_n, out, lambda i: _chat(sdk, i))
-                _phase("streaming calls", stream_n, out, lambda i: _stream(sdk, i))
-                _phase("canary-good (healthy)", rollout_n, out, lambda i: _chat(sdk, i, "canary-good", 400))
-                _phase("canary-bad (2/3 fail)", rollout_n, out, lambda i: _chat(sdk, i, "canary-bad", 400))
-            asyncio.run(
-                _async_phase(AsyncOpenAI, httpx2.AsyncClient(transport=AsyncTransport(router=router)), async_n, out)
-            )
+            router = Router(load_config(config_path))
+            try:
+                sdk = OpenAI(
+                    api_key="unused-holyroute-routes", http_client=httpx2.Client(transport=Transport(router=router))
+                )
+                with sdk:
+                    _phase("sync calls", sync_n, out, lambda i: _chat(sdk, i))
+                    _phase("streaming calls", stream_n, out, lambda i: _stream(sdk, i))
+                    _phase("canary-good (healthy)", rollout_n, out, lambda i: _chat(sdk, i, "canary-good", 400))
+                    _phase("canary-bad (2/3 fail)", rollout_n, out, lambda i: _chat(sdk, i, "canary-bad", 400))
+                asyncio.run(
+                    _async_phase(AsyncOpenAI, httpx2.AsyncClient(transport=AsyncTransport(router=router)), async_n, out)
+                )
+            finally:
+                router.close()
             elapsed = time.perf_counter() - started
         structlog.reset_defaults()
     _write_demo_summary(events_path, elapsed, out)
+    out.write(_next_commands(events_path, config_path))
     return 0
+
+
+def _next_commands(events_path: Path, config_path: Path) -> str:
+    """The commands that read what the demo wrote, exactly as they can be typed in the same directory."""
+    events, config = shlex.quote(str(events_path)), shlex.quote(str(config_path))
+    return (
+        "\nnext, on what the demo wrote:\n"
+        f"  holyroute report {events} --config {config}\n"
+        f"  holyroute dashboard --events {events} --config {config}\n"
+        f"  holyroute rollout status --config {config}\n"
+    )
 
 
 def _write_demo_summary(events_path: Path, elapsed: float, out: TextIO) -> None:

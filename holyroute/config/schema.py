@@ -57,6 +57,8 @@ __all__ = [
     "Shadow",
     "State",
     "Target",
+    "default_config_path",
+    "json_schema",
     "load_config",
 ]
 
@@ -587,6 +589,20 @@ class Config(_Model):
         return load_config(source)
 
 
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a configuration file, generated from the models that validate it (``holyroute schema``).
+
+    Editors use it to complete and check ``holyroute.yaml`` (for example with the YAML language server's
+    ``# yaml-language-server: $schema=holyroute.schema.json``). It describes the file as written, before
+    ``${VAR}`` references are replaced, so the cross-key checks (unknown endpoints, weights) are left to
+    :func:`load_config`.
+    """
+    schema = Config.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "holyroute configuration"
+    return schema
+
+
 def load_config(
     source: str | os.PathLike[str] | Mapping[str, Any] | Config | None = None,
     *,
@@ -632,13 +648,23 @@ def load_config(
     return config
 
 
-def _default_path(env: Mapping[str, str]) -> Path:
+def default_config_path(env: Mapping[str, str]) -> Path | None:
+    """Where a configuration is read from when none is given: ``$HOLYROUTE_CONFIG``, else the first of
+    ``./holyroute.yaml``, ``./holyroute.yml`` and ``./holyroute.toml`` that exists; None when there is none.
+    :func:`load_config` and every ``holyroute`` command use this one rule."""
     explicit = env.get("HOLYROUTE_CONFIG")
     if explicit:
         return Path(explicit)
     for name in ("holyroute.yaml", "holyroute.yml", "holyroute.toml"):
         if Path(name).is_file():
             return Path(name)
+    return None
+
+
+def _default_path(env: Mapping[str, str]) -> Path:
+    found = default_config_path(env)
+    if found is not None:
+        return found
     raise ConfigError(
         "no configuration given: pass a path or dict to holyroute.client(...), set HOLYROUTE_CONFIG, "
         "or create ./holyroute.yaml"
