@@ -240,3 +240,112 @@ class TestTheDemoLeavesWhatItsCommandsRead:
         names.append("holyroute-demo-state.json.lock")
         done = subprocess.run(["git", "check-ignore", *names], cwd=root, capture_output=True, text=True, check=False)
         assert done.stdout.split() == names
+
+
+_README_ROLLOUT = """\
+endpoints:
+  openai-main: {base_url: "http://127.0.0.1:9/v1", api_key: test-key}
+routes:
+  chat-default:
+    sticky: user
+    rollout:
+      stable:    {model: gpt-4o,  endpoints: [openai-main]}
+      candidate: {model: gpt-4.1, endpoints: [openai-main]}
+      steps:
+        - set_weight: 5
+        - analysis: {}
+        - set_weight: 25
+        - pause: {duration: 10m}
+        - analysis: {min_calls: 500}
+        - pause: {}
+        - set_weight: 100
+  plain:
+    targets: [{model: gpt-4o, endpoints: [openai-main]}]
+state: {backend: file, path: STATE}
+"""
+
+
+class TestRolloutCommands:
+    """Finding 4: step numbers mean the same in status, events and the README; an action that changes nothing says
+    why and exits 1; an unknown route names the routes that have rollouts and exits 2."""
+
+    @pytest.fixture
+    def config(self, tmp_path: Path) -> Path:
+        path = tmp_path / "holyroute.yaml"
+        path.write_text(_README_ROLLOUT.replace("STATE", str(tmp_path / "state.json")))
+        return path
+
+    def rollout(self, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+        code = main(["rollout", *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    def test_the_readme_walk_through_prints_what_the_readme_shows(
+        self, config: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        for _ in range(3):  # by hand past the analysis (step 2), the timed pause (4) and the analysis (5)
+            assert self.rollout(capsys, "promote", "chat-default", "--config", str(config))[0] == 0
+        code, out, _ = self.rollout(capsys, "status", "--config", str(config))
+        assert code == 0
+        assert out.splitlines()[:2] == [
+            "route               status         step  weight  reason",
+            "chat-default        paused          6/7     25%  step 6: paused until promoted",
+        ]
+        code, out, _ = self.rollout(capsys, "promote", "chat-default", "--config", str(config))
+        assert code == 0
+        assert "chat-default        completed       7/7    100%  all steps done: candidate at 100%" in out
+
+    def test_events_json_and_table_count_steps_alike(self, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        events: list[dict[str, Any]] = []
+        rollouts = holyroute.Rollouts(config, emit=lambda name, fields: events.append(dict(fields)))
+        try:
+            for _ in range(3):
+                rollouts.promote("chat-default")
+            [status] = rollouts.status()
+        finally:
+            rollouts.close()
+        assert (events[-1]["step"], events[-1]["steps"], events[-1]["reason"]) == (
+            6,
+            7,
+            "step 6: paused until promoted",
+        )
+        assert (status["step"], status["steps"]) == (6, 7)
+        code, out, _ = self.rollout(capsys, "status", "--config", str(config), "--json")
+        assert code == 0
+        assert [(row["step"], row["steps"]) for row in json.loads(out)] == [(6, 7)]
+
+    def test_promote_on_an_aborted_rollout_says_why_and_exits_1(
+        self, config: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert self.rollout(capsys, "abort", "chat-default", "--config", str(config), "--reason", "bad answers")[0] == 0
+        code, out, err = self.rollout(capsys, "promote", "chat-default", "--config", str(config))
+        assert (code, out) == (1, "")
+        assert err == (
+            "holyroute rollout promote: chat-default is aborted (step 2/7: bad answers); an aborted rollout is not "
+            "promoted: holyroute rollout retry chat-default starts it again\n"
+        )
+        code, _, err = self.rollout(capsys, "abort", "chat-default", "--config", str(config))
+        assert code == 1
+        assert "it is already aborted" in err
+        assert self.rollout(capsys, "retry", "chat-default", "--config", str(config))[0] == 0
+
+    def test_promote_on_a_completed_rollout_exits_1(self, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        assert self.rollout(capsys, "promote", "chat-default", "--full", "--config", str(config))[0] == 0
+        code, _, err = self.rollout(capsys, "promote", "chat-default", "--config", str(config))
+        assert code == 1
+        assert "chat-default is completed (step 7/7" in err
+        assert "there is nothing left to promote" in err
+
+    @pytest.mark.parametrize(
+        ("route", "why"),
+        [
+            ("nosuch", "no route 'nosuch' in this configuration; routes with a rollout: chat-default"),
+            ("plain", "route 'plain' has no rollout; routes with a rollout: chat-default"),
+        ],
+    )
+    @pytest.mark.parametrize("action", ["status", "promote", "abort", "retry"])
+    def test_a_route_without_a_rollout_exits_2_naming_those_with_one(
+        self, config: Path, capsys: pytest.CaptureFixture[str], action: str, route: str, why: str
+    ) -> None:
+        code, out, err = self.rollout(capsys, action, route, "--config", str(config))
+        assert (code, out, err) == (2, "", f"holyroute rollout {action}: {why}\n")

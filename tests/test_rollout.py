@@ -236,7 +236,8 @@ state: {{path: {tmp_path / "state.json"}}}
 """
     )
     assert main(["rollout", "status", "--config", str(config)]) == 0
-    assert "chat                paused          1/4     10%  step 2: paused until promoted" in capsys.readouterr().out
+    # issue 15: the step column counts as the reason does (it printed 1/4 here, the steps done)
+    assert "chat                paused          2/4     10%  step 2: paused until promoted" in capsys.readouterr().out
     assert main(["rollout", "promote", "chat", "--config", str(config)]) == 0
     assert "50%" in capsys.readouterr().out
     assert main(["rollout", "abort", "chat", "--config", str(config), "--reason", "bad answers"]) == 0
@@ -244,7 +245,7 @@ state: {{path: {tmp_path / "state.json"}}}
     assert main(["rollout", "retry", "chat", "--config", str(config)]) == 0
     assert "10%" in capsys.readouterr().out
     assert main(["rollout", "promote", "nope", "--config", str(config)]) == 2
-    assert "route 'nope' has no rollout; rollouts: chat" in capsys.readouterr().err
+    assert "no route 'nope' in this configuration; routes with a rollout: chat" in capsys.readouterr().err
 
 
 class TestEndToEnd:

@@ -584,21 +584,21 @@ def _rollout_action(
             "start Redis or fix state.url (nothing was changed)\n"
         )
         return 2
-    if action != "status":
+    if action == "status":
+        if route is not None and route not in rollouts:
+            err.write(f"holyroute rollout status: {_no_rollout(rollouts, route)}\n")
+            return 2
+    else:
         if route is None:
             err.write(f"holyroute rollout {action}: name the route, e.g. holyroute rollout {action} chat-default\n")
             return 2
-        try:
-            engine = rollouts[route]
-        except KeyError as exc:
-            err.write(f"{exc.args[0]}\n")
+        if route not in rollouts:
+            err.write(f"holyroute rollout {action}: {_no_rollout(rollouts, route)}\n")
             return 2
-        if action == "promote":
-            engine.promote(full=full)
-        elif action == "abort":
-            engine.abort(reason)
-        else:
-            engine.retry()
+        refused = _change_rollout(rollouts[route], action, route, full=full, reason=reason)
+        if refused:
+            err.write(f"holyroute rollout {action}: {refused}\n")
+            return 1
     rows = [engine_status for engine_status in rollouts.status() if route is None or engine_status["route"] == route]
     if as_json:
         out.write(json.dumps(rows, indent=2) + "\n")
@@ -614,6 +614,36 @@ def _rollout_action(
         arms = ", ".join(f"{arm} {m['calls']} calls / {m['errors']} errors" for arm, m in row["arms"].items())
         out.write(f"{'':<20}this window: {arms}\n")
     return 0
+
+
+def _no_rollout(rollouts: Any, route: str) -> str:
+    """Why ``route`` cannot be shown or changed, naming the routes that have a rollout."""
+    known = ", ".join(sorted(rollouts)) or "none"
+    if route in rollouts.config.routes:
+        return f"route {route!r} has no rollout; routes with a rollout: {known}"
+    return f"no route {route!r} in this configuration; routes with a rollout: {known}"
+
+
+def _change_rollout(engine: Any, action: str, route: str, *, full: bool, reason: str) -> str | None:
+    """Promote, abort or retry; None when the state changed, else why nothing changed (the command exits 1)."""
+    engine.status()  # follows other processes' changes and advances what is due, as status shows it
+    before = engine.state
+    where = f"{route} is {before.status} (step {engine.position(before)}/{len(engine.steps)}: {before.reason})"
+    if action == "promote" and before.status == "aborted":
+        return f"{where}; an aborted rollout is not promoted: holyroute rollout retry {route} starts it again"
+    if action == "promote" and before.status == "completed":
+        return f"{where}; there is nothing left to promote"
+    if action == "abort" and before.status == "aborted":
+        return f"{where}; it is already aborted (the candidate takes no traffic)"
+    if action == "promote":
+        after = engine.promote(full=full)
+    elif action == "abort":
+        after = engine.abort(reason)
+    else:
+        after = engine.retry()
+    if after.version == before.version:
+        return f"{where}; nothing changed (another process may have changed it first: run holyroute rollout status)"
+    return None
 
 
 def run_check(path: Path, out: TextIO, err: TextIO, *, probe: str = "models") -> int:
