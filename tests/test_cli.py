@@ -7,6 +7,7 @@ subprocess where the process itself (a traceback, the exit status of ``python -m
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +350,107 @@ class TestRolloutCommands:
     ) -> None:
         code, out, err = self.rollout(capsys, action, route, "--config", str(config))
         assert (code, out, err) == (2, "", f"holyroute rollout {action}: {why}\n")
+
+
+def _arm_rows(lines: list[str]) -> list[tuple[str, ...]]:
+    """The rows of `check`'s arm table as (route, arm, share, served by)."""
+    return [tuple(line.split(None, 3)) for line in lines if re.match(r"^\S+\s+\S+\s+(\d+%|\?)\s", line)]
+
+
+class TestCheckJudgesArms:
+    """Finding 5: `check` judges each arm (is its model served on a healthy endpoint) and the share of each route's
+    traffic with no healthy path; a route is not ok while a weighted arm has none."""
+
+    def write(self, tmp_path: Path, endpoints: dict[str, str], routes: dict[str, Any]) -> Path:
+        path = tmp_path / "holyroute.yaml"
+        config = {
+            "endpoints": {name: {"base_url": url, "api_key": "test-key"} for name, url in endpoints.items()},
+            "routes": routes,
+            "state": {"backend": "file", "path": str(tmp_path / "state.json")},
+        }
+        path.write_text(json.dumps(config))
+        return path
+
+    def check(self, capsys: pytest.CaptureFixture[str], path: Path, *options: str) -> tuple[int, list[str]]:
+        code = main(["check", "--config", str(path), *options])
+        out, err = capsys.readouterr()
+        assert err == ""
+        return code, out.splitlines()
+
+    def test_the_arm_taking_90_percent_without_its_model_is_not_ok(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        with FakeUpstream("main", models=["deepseek-chat"]) as up:
+            routes = {
+                "chat-default": {
+                    "targets": [
+                        {"model": "gpt-4.1", "endpoints": ["main"], "weight": 90},
+                        {"model": "deepseek-chat", "endpoints": ["main"], "weight": 10},
+                    ]
+                }
+            }
+            code, lines = self.check(capsys, self.write(tmp_path, {"main": up.base_url}, routes))
+        assert code == 1
+        assert ("chat-default", "gpt-4.1", "90%", "NONE: main does not list gpt-4.1 in GET /models") in _arm_rows(lines)
+        assert ("chat-default", "deepseek-chat", "10%", "main") in _arm_rows(lines)
+        assert lines[-1] == "route chat-default: NO HEALTHY PATH for 90% of its traffic (arm gpt-4.1); those calls fail"
+
+    def test_a_fallback_rescues_the_calls_but_the_route_is_still_not_ok(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        with FakeUpstream("main", models=["gpt-4o"]) as up:
+            routes = {
+                "chat-default": {"targets": [{"model": "gpt-4.1", "endpoints": ["main"]}], "fallbacks": ["cheap"]},
+                "cheap": {"targets": [{"model": "gpt-4o", "endpoints": ["main"]}]},
+            }
+            code, lines = self.check(capsys, self.write(tmp_path, {"main": up.base_url}, routes))
+        assert code == 1
+        assert lines[-2:] == [
+            "route chat-default: NO HEALTHY PATH for 100% of its traffic (arm gpt-4.1); fallback cheap answers "
+            "those calls instead",
+            "route cheap: ok",
+        ]
+
+    def test_a_rollout_route_with_healthy_endpoints_is_ok(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        with FakeUpstream("stable", models=["gpt-4o"]) as stable, FakeUpstream("next", models=["gpt-4.1"]) as nxt:
+            routes = {
+                "chat": {
+                    "rollout": {
+                        "stable": {"model": "gpt-4o", "endpoints": ["stable"]},
+                        "candidate": {"model": "gpt-4.1", "endpoints": ["next"]},
+                        "steps": [{"set_weight": 20}, {"pause": {}}],
+                    }
+                }
+            }
+            path = self.write(tmp_path, {"stable": stable.base_url, "next": nxt.base_url}, routes)
+            assert main(["rollout", "status", "--config", str(path)]) == 0  # the rollout starts: candidate at 20%
+            capsys.readouterr()
+            code, lines = self.check(capsys, path)
+        assert code == 0
+        assert ("chat", "gpt-4o", "80%", "stable") in _arm_rows(lines)
+        assert ("chat", "gpt-4.1", "20%", "next") in _arm_rows(lines)
+        assert lines[-1] == "route chat: ok"
+
+    def test_probe_chat_asks_each_model_with_one_token(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        with FakeUpstream("main", models=["gpt-4o"]) as up:
+            routes = {
+                "chat": {
+                    "targets": [
+                        {"model": "gpt-4o", "endpoints": ["main"], "weight": 50},
+                        {"model": "gpt-4.1", "endpoints": ["main"], "weight": 50},
+                    ]
+                }
+            }
+            code, lines = self.check(capsys, self.write(tmp_path, {"main": up.base_url}, routes), "--probe", "chat")
+            sent = [(r.method, r.path, r.json) for r in up.requests]
+        assert code == 1
+        assert sorted(body["model"] for _, _, body in sent) == ["gpt-4.1", "gpt-4o"]
+        assert {(method, path, body["max_tokens"]) for method, path, body in sent} == {
+            ("POST", "/v1/chat/completions", 1)
+        }
+        assert ("chat", "gpt-4.1", "50%", "NONE: main does not serve gpt-4.1 (404 model_not_found)") in _arm_rows(lines)
+        assert lines[-1] == "route chat: NO HEALTHY PATH for 50% of its traffic (arm gpt-4.1); those calls fail"

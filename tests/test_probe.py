@@ -634,12 +634,20 @@ class TestCheckCommand:
         assert lines[1].split()[3:] == ["503", "9999", "29999000", "503", "server_error"]
         assert lines[2].split()[:2] == ["dead", "unhealthy"]
         assert lines[2].split()[3:] == ["-", "-", "-", "ConnectError"]
-        assert lines[-1] == "route chat-default: NO HEALTHY PATH (down unhealthy, dead unhealthy)"
+        # issue 15: the verdict names the share of the traffic and the arm; the arm table says why
+        assert (
+            lines[-1] == "route chat-default: NO HEALTHY PATH for 100% of its traffic (arm gpt-4.1); those calls fail"
+        )
+        assert (
+            "chat-default  gpt-4.1   100%  NONE: down unhealthy (503 server_error); dead unhealthy (ConnectError)"
+            in (lines)
+        )
         assert err == ""
         assert_no_key(out)
 
     def test_healthy_exits_0(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        with FakeUpstream("good") as up:
+        # issue 15: check now asks whether the arm's model is listed, so the upstream lists it
+        with FakeUpstream("good", models=["gpt-4.1"]) as up:
             path = write_config(tmp_path, {"good": up.base_url, "dead": f"http://127.0.0.1:{free_port()}/v1"})
             assert main(["check", "--config", str(path)]) == 0
         out, _ = capsys.readouterr()

@@ -179,8 +179,8 @@ def _parser() -> argparse.ArgumentParser:  # long but linear: one block per comm
     check.add_argument(
         "--probe",
         choices=["models", "chat"],
-        default="models",
-        help="models: GET /models and look for each arm's model (default); chat: a 1-token chat call per model",
+        help="models: GET /models, and is each arm's model listed; chat: a 1-token chat call per endpoint and model "
+        "(default: each endpoint's health_check.probe, else models)",
     )
     rollout = command("rollout", [with_config])
     rollout.add_argument("action", choices=["status", "promote", "abort", "retry"])
@@ -646,35 +646,50 @@ def _change_rollout(engine: Any, action: str, route: str, *, full: bool, reason:
     return None
 
 
-def run_check(path: Path, out: TextIO, err: TextIO, *, probe: str = "models") -> int:
-    """Probe every endpoint once, print a table and one line per route; 0 when every route has a path."""
+def run_check(path: Path, out: TextIO, err: TextIO, *, probe: str | None = None) -> int:
+    """``holyroute check``: probe every endpoint once, then judge every arm: is its model served on a healthy
+    endpoint, and what share of each route's traffic has no healthy path. 0 when every arm that draws traffic has
+    one, 1 when one has none, 2 for a bad configuration."""
     from holyroute.config.schema import load_config
-    from holyroute.drivers.probe import check_once, dead_arms, render_results, route_endpoints, route_paths
-    from holyroute.exceptions import ConfigError
+    from holyroute.drivers.probe import check_paths, judge_routes, render_arms, render_results
     from holyroute.state.factory import require_backend
 
-    try:
-        config = load_config(path)
-        require_backend(config.state)  # before probing: a missing extra is a configuration error (exit 2)
-        results = check_once(config)
-    except ConfigError as exc:
-        err.write(f"{exc}\n")
-        return 2
-    by_endpoint = {result.endpoint: result for result in results}
+    config = load_config(path)
+    require_backend(config.state)  # before probing: a missing extra is a configuration error (exit 2)
+    results, paths = check_paths(config, probe=probe)
     out.write(render_results(results) + "\n\n")
     if config.state.backend == "redis":
         _shared_health(config, out)
-    paths = route_paths(config, by_endpoint)
-    for alias, ok in paths.items():
-        if ok:
-            dead = dead_arms(config, alias, by_endpoint)
-            note = f" (no healthy endpoint for arm {', '.join(dead)}; its calls will fail)" if dead else ""
-            out.write(f"route {alias}: ok{note}\n")
-        else:
-            names = route_endpoints(config, alias, fallbacks=True)
-            down = ", ".join(f"{name} {by_endpoint[name].status}" for name in names)
-            out.write(f"route {alias}: NO HEALTHY PATH ({down})\n")
-    return 0 if all(paths.values()) else 1
+    checks = judge_routes(config, paths, _rollout_weights(config))
+    out.write(render_arms(checks) + "\n")
+    return 0 if all(check.ok for check in checks) else 1
+
+
+def _rollout_weights(config: Config) -> dict[str, float | None]:
+    """Each rollout's candidate weight now, read from the shared state without writing anything; None if unreadable."""
+    from holyroute.state.factory import open_backend
+
+    aliases = [alias for alias, route in config.routes.items() if route.rollout is not None]
+    if not aliases:
+        return {}
+    weights: dict[str, float | None] = dict.fromkeys(aliases)
+    try:
+        backend = open_backend(
+            config.state, emit=lambda event, fields: None, clock=time.monotonic, wall_clock=time.time, read_only=True
+        )
+    except Exception:  # the arms are still judged; only their shares are unknown
+        return weights
+    try:
+        store = backend.rollout_store()
+        for alias in aliases:
+            try:
+                state = store.load(alias)
+            except Exception:
+                continue
+            weights[alias] = 0.0 if state is None else state.weight
+    finally:
+        backend.close()
+    return weights
 
 
 def _shared_health(config: Any, out: TextIO) -> None:
