@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 from openai import OpenAI
 
 import holyroute
@@ -454,3 +456,130 @@ class TestCheckJudgesArms:
         }
         assert ("chat", "gpt-4.1", "50%", "NONE: main does not serve gpt-4.1 (404 model_not_found)") in _arm_rows(lines)
         assert lines[-1] == "route chat: NO HEALTHY PATH for 50% of its traffic (arm gpt-4.1); those calls fail"
+
+
+_SEVEN_PROBLEMS = """\
+endpoints:
+  main: {base_url: "http://127.0.0.1:1/v1", api_key: "${HOLYROUTE_TEST_UNSET_KEY}", apikey: typo}
+  backup: {base_url: "http://127.0.0.1:2/v1", organisation: org}
+routes:
+  chat:
+    targets:
+      - {model: gpt-4.1, endpoints: [main, bakup]}
+    fallbacks: [nosuch]
+  other:
+    targets: [{model: m, endpoints: [backup]}]
+    stciky: user
+retry: {max_attempts: 0}
+"""
+
+
+class TestEveryProblemAtOnce:
+    """Finding 6: a configuration's problems are all reported together, whatever stage finds them."""
+
+    EXPECTED: ClassVar[list[str]] = [
+        "endpoints.main.api_key: environment variable HOLYROUTE_TEST_UNSET_KEY is not set; "
+        "export HOLYROUTE_TEST_UNSET_KEY=... or write ${HOLYROUTE_TEST_UNSET_KEY:-default}",
+        "endpoints.main.apikey: unknown key; did you mean 'api_key'?",
+        "endpoints.backup.organisation: unknown key; did you mean 'organization'?",
+        "routes.other.stciky: unknown key; did you mean 'sticky'?",
+        "retry.max_attempts: Input should be greater than or equal to 1",
+        "routes.chat.targets[0].endpoints[1]: unknown endpoint 'bakup' (did you mean 'backup'?); known: backup, main",
+        "routes.chat.fallbacks[0]: unknown route 'nosuch'; known: chat, other",
+    ]
+
+    @pytest.mark.parametrize("command", [["check"], ["rollout", "status"], ["prices"], ["explain", "request.json"]])
+    def test_each_command_lists_all_seven(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        command: list[str],
+    ) -> None:
+        monkeypatch.delenv("HOLYROUTE_TEST_UNSET_KEY", raising=False)
+        monkeypatch.chdir(tmp_path)
+        Path("holyroute.yaml").write_text(_SEVEN_PROBLEMS)
+        Path("request.json").write_text('{"model": "chat", "messages": []}')
+        assert main(command) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.splitlines() == [
+            "invalid holyroute configuration (holyroute.yaml): 7 problems",
+            *(f"  - {problem}" for problem in self.EXPECTED),
+        ]
+
+    def test_the_client_raises_them_all(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("HOLYROUTE_TEST_UNSET_KEY", raising=False)
+        path = tmp_path / "holyroute.yaml"
+        path.write_text(_SEVEN_PROBLEMS)
+        with pytest.raises(holyroute.ConfigError) as raised:
+            holyroute.client(path)
+        assert str(raised.value).splitlines()[1:] == [f"  - {problem}" for problem in self.EXPECTED]
+
+    def test_a_required_key_missing_still_reports_the_others(self, tmp_path: Path) -> None:
+        """A problem that leaves no valid configuration to cross-check (a required key) still comes with the rest."""
+        with pytest.raises(holyroute.ConfigError) as raised:
+            holyroute.load_config(
+                {
+                    "endpoints": {"main": {"api_key": "k", "apikey": "typo"}},
+                    "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["main"]}]}},
+                    "retry": {"max_attempts": 0},
+                }
+            )
+        assert str(raised.value).splitlines()[1:] == [
+            "  - endpoints.main.base_url: required; add it",
+            "  - endpoints.main.apikey: unknown key; did you mean 'api_key'?",
+            "  - retry.max_attempts: Input should be greater than or equal to 1",
+        ]
+
+    @given(
+        edits=st.lists(
+            st.tuples(
+                st.sampled_from(
+                    [
+                        ("endpoints", "main"),
+                        ("endpoints", "main", "rpm"),
+                        ("endpoints", "typo"),
+                        ("routes", "chat"),
+                        ("routes", "chat", "targets"),
+                        ("routes", "chat", "fallbacks"),
+                        ("routes", "chat", "stciky"),
+                        ("retry",),
+                        ("retry", "max_attempts"),
+                        ("state",),
+                        ("nonsense",),
+                    ]
+                ),
+                st.recursive(
+                    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                    max_leaves=6,
+                ),
+            ),
+            max_size=4,
+        )
+    )
+    def test_any_mix_of_problems_is_a_config_error_or_a_config(self, edits: list[tuple[tuple[str, ...], Any]]) -> None:
+        """Whatever is wrong and wherever, loading ends in a Config or one ConfigError listing problems: the
+        search for the other problems never raises anything else."""
+        raw: dict[str, Any] = {
+            "endpoints": {"main": {"base_url": "http://127.0.0.1:1/v1"}},
+            "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["main"]}]}},
+        }
+        for path, value in edits:
+            parent: Any = raw
+            for part in path[:-1]:
+                child = parent.get(part) if isinstance(parent, dict) else None
+                if not isinstance(child, dict):
+                    child = {}
+                    parent[part] = child
+                parent = child
+            parent[path[-1]] = value
+        message = ""
+        try:
+            holyroute.load_config(raw, environ={})
+        except holyroute.ConfigError as exc:
+            message = str(exc)
+        assert message == "" or message.startswith(
+            ("invalid holyroute configuration (configuration): ", "configuration: ")
+        )
