@@ -583,3 +583,231 @@ class TestEveryProblemAtOnce:
         assert message == "" or message.startswith(
             ("invalid holyroute configuration (configuration): ", "configuration: ")
         )
+
+
+_COMMANDS = ["demo", "check", "rollout", "report", "dashboard", "explain", "prices", "schema"]
+#: Each command that reads a configuration, with the arguments it needs besides --config.
+_READERS = {
+    "check": [],
+    "rollout": ["status"],
+    "report": ["events.jsonl"],
+    "dashboard": ["--events", "events.jsonl"],
+    "explain": ["request.json"],
+    "prices": [],
+}
+
+
+class TestOneGrammar:
+    """Finding 8: --version, help, --config with one fallback rule, one exit-code scheme, no tracebacks."""
+
+    def test_version(self) -> None:
+        done = _run("--version")
+        assert (done.returncode, done.stdout) == (0, f"holyroute {holyroute.__version__}\n")
+
+    def test_bare_holyroute_prints_help_and_exits_2(self) -> None:
+        done = _run()
+        assert done.returncode == 2
+        assert done.stdout.startswith("usage: holyroute [-h] [--version] [--debug] COMMAND ...")
+        for command in _COMMANDS:
+            assert f"\n    {command}" in done.stdout
+        assert "bare holyroute prints this help\nand exits 2" in done.stdout
+
+    def test_top_level_help_has_no_markup(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as exited:
+            main(["--help"])
+        assert exited.value.code == 0
+        out = capsys.readouterr().out
+        assert "``" not in out
+        assert ":class:" not in out
+        assert "Commands that read a configuration take --config PATH" in out
+
+    @pytest.mark.parametrize("command", _COMMANDS)
+    def test_each_command_shows_an_example_and_the_exit_codes(
+        self, capsys: pytest.CaptureFixture[str], command: str
+    ) -> None:
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--help"])
+        assert exited.value.code == 0
+        out = capsys.readouterr().out
+        example = out.split("\nexample:\n  ", 1)[1].splitlines()[0]
+        assert example.startswith(f"holyroute {command}")
+        assert "\nexit status: 0 ok; 1 " in out
+        assert out.rstrip().endswith("2 a usage or configuration error")
+        if command in _READERS:
+            assert "--config PATH" in out
+            assert "default: $HOLYROUTE_CONFIG, then ./holyroute.yaml" in " ".join(out.split())
+
+    @pytest.mark.parametrize("how", ["--config", "HOLYROUTE_CONFIG", "./holyroute.yaml"])
+    @pytest.mark.parametrize("command", sorted(_READERS))
+    def test_each_command_finds_the_configuration_as_the_client_does(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+        command: str,
+        how: str,
+    ) -> None:
+        """A broken configuration, given each way, is the one each command reads: it exits 2 naming that file."""
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("HOLYROUTE_CONFIG", raising=False)
+        Path("events.jsonl").write_text("")
+        Path("request.json").write_text('{"model": "chat"}')
+        name = {"--config": "given.yaml", "HOLYROUTE_CONFIG": "from-env.yaml", "./holyroute.yaml": "holyroute.yaml"}[
+            how
+        ]
+        Path(name).write_text("endpoints: {}\nroutes: {}\nretyr: {}\n")
+        argv = [command, *_READERS[command]]
+        if how == "--config":
+            argv += ["--config", name]
+        elif how == "HOLYROUTE_CONFIG":
+            monkeypatch.setenv("HOLYROUTE_CONFIG", name)
+            Path("holyroute.yaml").write_text("not: read\n")  # the variable comes first, as for holyroute.client()
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err.startswith(f"invalid holyroute configuration ({name}): 2 problems\n")
+        assert "retyr: unknown key; did you mean 'retry'?" in err
+
+    @pytest.mark.parametrize("command", ["check", "rollout", "explain"])
+    def test_no_configuration_at_all_says_the_three_ways(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("HOLYROUTE_CONFIG", raising=False)
+        Path("request.json").write_text('{"model": "chat"}')
+        assert main([command, *_READERS[command]]) == 2
+        assert capsys.readouterr().err == (
+            "no configuration given: pass --config PATH, set HOLYROUTE_CONFIG, or create ./holyroute.yaml "
+            "(holyroute demo writes one)\n"
+        )
+
+    def test_an_unexpected_error_is_one_line_unless_debug(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from holyroute.cli import commands
+
+        def broken(out: Any) -> int:
+            raise RuntimeError("the schema could not be built")
+
+        monkeypatch.setattr(commands, "run_schema", broken)
+        assert main(["schema"]) == 1
+        assert capsys.readouterr().err == (
+            "holyroute schema: RuntimeError: the schema could not be built (run with --debug for the traceback)\n"
+        )
+        for argv in (["--debug", "schema"], ["schema", "--debug"]):
+            with pytest.raises(RuntimeError, match="the schema could not be built"):
+                main(argv)
+
+    def test_a_usage_error_exits_2(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as exited:
+            main(["rollout", "launch"])
+        assert exited.value.code == 2
+        assert "invalid choice: 'launch'" in capsys.readouterr().err
+
+    def test_explain_an_unrouted_model_passes_through(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        Path("holyroute.yaml").write_text(
+            json.dumps(_one_route("http://127.0.0.1:9/v1") | {"state": {"backend": "memory"}})
+        )
+        Path("request.json").write_text('{"model": "gpt-4o-mini", "messages": []}')
+        assert main(["explain", "request.json"]) == 0
+        assert capsys.readouterr().out == (
+            "model 'gpt-4o-mini' is no route of this configuration (routes: chat): holyroute would pass this call "
+            "through untouched, to the base_url and with the key the client was built with\n"
+        )
+
+    def test_prices_lists_an_overridden_model_once(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        config = _one_route("http://127.0.0.1:9/v1") | {"prices": {"gpt-4o": {"input": 1.0, "output": 2.0}}}
+        Path("holyroute.yaml").write_text(json.dumps(config))
+        assert main(["prices", "--json"]) == 0
+        rows = [row for row in json.loads(capsys.readouterr().out) if row["model"] == "gpt-4o"]
+        assert rows == [
+            {
+                "model": "gpt-4o",
+                "input": 1.0,
+                "cached_input": 1.0,
+                "output": 2.0,
+                "reasoning": None,
+                "source": "configuration prices",
+            }
+        ]
+
+
+def _loads(raw: Any) -> bool:
+    try:
+        holyroute.load_config(raw, environ={})
+    except holyroute.ConfigError:
+        return False
+    return True
+
+
+def _nothing_required(schema: Any) -> Any:
+    """``schema`` with no ``required`` list anywhere: what a fragment of a configuration must meet."""
+    if isinstance(schema, dict):
+        return {key: _nothing_required(value) for key, value in schema.items() if key != "required"}
+    if isinstance(schema, list):
+        return [_nothing_required(item) for item in schema]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    """What `holyroute schema` prints, parsed."""
+    done = _run("schema")
+    assert done.returncode == 0, done.stderr
+    parsed: dict[str, Any] = json.loads(done.stdout)
+    return parsed
+
+
+class TestSchema:
+    """`holyroute schema` prints the configuration's JSON Schema, which the demo's and the README's examples meet."""
+
+    def test_it_is_a_2020_12_schema_of_the_whole_file(self, schema: dict[str, Any]) -> None:
+        import jsonschema
+
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        assert schema["required"] == ["endpoints", "routes"]
+        assert schema["additionalProperties"] is False  # editors flag a misspelt top-level key
+
+    def test_the_demo_configuration_meets_it(self, schema: dict[str, Any], demo: tuple[Path, str]) -> None:
+        import jsonschema
+        import yaml
+
+        where, _ = demo
+        jsonschema.validate(yaml.safe_load((where / "holyroute.yaml").read_text()), schema)
+
+    def test_every_readme_configuration_meets_it(self, schema: dict[str, Any]) -> None:
+        """What load_config accepts of the README's YAML examples meets the schema as it is; each other example, a
+        fragment that adds a few keys, meets it with no key required (every key it shows is known, of the right
+        type)."""
+        import jsonschema
+        import yaml
+
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+        # ${VAR} is replaced when the file is loaded (the schema describes what it becomes, a string here), and
+        # `[...]` stands for "as above"
+        blocks = [
+            yaml.safe_load(re.sub(r"\$\{[^}]*\}", "from-the-environment", block).replace("[...]", "[]"))
+            for block in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
+        ]
+        whole = [block for block in blocks if _loads(block)]
+        assert whole, "the README shows at least one whole configuration"
+        for block in whole:
+            jsonschema.validate(block, schema)
+        fragments = _nothing_required(schema)
+        for block in blocks:
+            jsonschema.validate(block, fragments)
+
+    def test_a_typo_fails_it(self, schema: dict[str, Any]) -> None:
+        import jsonschema
+
+        config = _one_route("http://127.0.0.1:9/v1")
+        config["routes"]["chat"]["stciky"] = "user"
+        with pytest.raises(jsonschema.ValidationError, match="'stciky' was unexpected"):
+            jsonschema.validate(config, schema)

@@ -355,6 +355,7 @@ def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = F
     from holyroute.exceptions import ConfigError
 
     rows: list[dict[str, Any]] = []
+    overridden: set[str] = set()
     if path is not None:
         try:
             config = load_config(path)
@@ -362,7 +363,10 @@ def run_prices(path: Path | None, out: TextIO, err: TextIO, *, as_json: bool = F
             err.write(f"{exc}\n")
             return 2
         rows += _config_price_rows(config)
+        overridden = set(config.prices)  # the configuration's row is the one in use, for every endpoint
     for model, row in BUILTIN_PRICES.items():
+        if model in overridden:
+            continue
         rows.append(
             _price_row(model, row, f"built in, as of {PRICES_AS_OF}; bounds cost ceilings where the catalogue cannot")
         )

@@ -41,8 +41,12 @@ def explain(config: Config, body: Mapping[str, Any], headers: Mapping[str, str] 
         call = router.begin("POST", path, "", header_view, raw)
         if call is None:
             model = body.get("model")
-            raise ExplainError(
-                f"model {model!r} is no route of this configuration; routes: {', '.join(sorted(router.routes))}"
+            if not isinstance(model, str):
+                raise ExplainError('the request names no model; give the body as the SDK sends it: {"model": ...}')
+            return (
+                f"model {model!r} is no route of this configuration (routes: {', '.join(sorted(router.routes))}): "
+                "holyroute would pass this call through untouched, to the base_url and with the key the client "
+                "was built with\n"
             )
         return "\n".join(_lines(router, call, body, header_view)) + "\n"
     finally:

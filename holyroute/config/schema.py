@@ -30,6 +30,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
@@ -311,7 +312,21 @@ def parse_duration_s(value: object) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration_s)]
+#: Seconds, or a string such as "90s", "10m", "1h30m", "250ms"; the JSON Schema says both (editors check the file
+#: as written, before it is parsed).
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration_s),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*([0-9.]+(ns|us|µs|ms|s|m|h)?)+\s*$", "examples": ["90s", "10m"]},
+            ],
+            "description": "a duration: seconds (90) or 90s, 10m, 1h30m, 250ms",
+        }
+    ),
+]
 
 
 class Analysis(_Model):
