@@ -223,6 +223,12 @@ class TestTheDemoLeavesWhatItsCommandsRead:
 
             assert httpx2.get(server.url).status_code == 200
 
+    def test_it_runs_again_over_what_it_wrote(self, tmp_path: Path) -> None:
+        for _ in range(2):
+            done = _run("demo", "--calls", "10", cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+        assert (tmp_path / "holyroute.yaml").read_text().startswith("# holyroute demo configuration")
+
     def test_it_never_overwrites_a_configuration_of_yours(self, tmp_path: Path) -> None:
         mine = tmp_path / "holyroute.yaml"
         mine.write_text("endpoints: {}\n")
