@@ -693,15 +693,16 @@ class TestOneGrammar:
         from holyroute.cli import commands
 
         def broken(out: Any) -> int:
-            raise RuntimeError("the schema could not be built")
+            raise RuntimeError("cannot reach https://api.example/v1?api-key=sk-SECRET")
 
         monkeypatch.setattr(commands, "run_schema", broken)
         assert main(["schema"]) == 1
+        # the type, never the message: another library's message may quote a URL with a key
         assert capsys.readouterr().err == (
-            "holyroute schema: RuntimeError: the schema could not be built (run with --debug for the traceback)\n"
+            "holyroute schema: failed with RuntimeError (run with --debug for the traceback)\n"
         )
         for argv in (["--debug", "schema"], ["schema", "--debug"]):
-            with pytest.raises(RuntimeError, match="the schema could not be built"):
+            with pytest.raises(RuntimeError, match="cannot reach"):
                 main(argv)
 
     def test_a_usage_error_exits_2(self, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,8 +3,8 @@
 Every subcommand that reads a configuration takes ``--config PATH`` and, without it, reads ``$HOLYROUTE_CONFIG``,
 then ``./holyroute.yaml`` (``.yml``, ``.toml``), as :func:`holyroute.client` does. Exit status, for every command:
 0 done; 1 what was checked is unhealthy, or the action failed or changed nothing; 2 a usage or configuration error.
-A :class:`~holyroute.exceptions.ConfigError` anywhere is a message and exit 2; any other error is one line and exit 1,
-with the traceback only under ``--debug``.
+A :class:`~holyroute.exceptions.ConfigError` anywhere is a message and exit 2; any other error is one line naming its
+type (never its message, which may quote a URL with a key) and exit 1, with the traceback only under ``--debug``.
 
 The demo is an application, so unlike the library it configures structlog: events go as JSON lines to the file it
 names. Nothing in the demo touches the network beyond 127.0.0.1, and no real key is used. ``check`` sends one probe
@@ -118,9 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        sys.stderr.write(
-            f"holyroute {args.command}: {type(exc).__name__}: {exc} (run with --debug for the traceback)\n"
+        # The type only (and for a file, the OS's reason): another library's message may quote a URL with a key.
+        what = (
+            f"{type(exc).__name__}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         )
+        sys.stderr.write(f"holyroute {args.command}: failed with {what} (run with --debug for the traceback)\n")
         return 1
 
 
