@@ -212,7 +212,7 @@ class TestBaseUrl:
         config = load_config(
             with_endpoint(base_url="https://user:pw-SECRET@main.example/v1", api_key="k", query={"key": "q-SECRET"})
         )
-        router = holyroute.Router(config, sinks=[])
+        router = holyroute.Router(config, log=False, sinks=[])
         call = router.begin(
             "POST", "/v1/chat/completions", "", {"x-holyroute-arm": "gpt-4.1"}, json.dumps(BODY).encode()
         )

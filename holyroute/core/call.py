@@ -76,7 +76,9 @@ class Router:
     """Compiled configuration plus shared state (health, budgets). One per client; safe to share across threads.
 
     ``clock`` is monotonic seconds (durations, cooldowns), ``wall_clock`` is Unix time (HTTP-date headers), ``rng``
-    draws non-sticky splits, ``sinks`` receive every event (default: structlog's ``holyroute`` logger).
+    draws non-sticky splits. Every event goes to structlog's ``holyroute`` logger (the event log ``holyroute report``
+    and ``holyroute dashboard`` read) and to each of ``sinks`` too; ``log=False`` turns the structlog event off, so
+    that only ``sinks`` receive events.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class Router:
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         sinks: Sequence[EventSink] | None = None,
+        log: bool = True,
         quality: QualityCheck | None = None,
         state: StateBackend | None = None,
     ) -> None:
@@ -97,7 +100,7 @@ class Router:
         self.rng = rng or random.Random()
         limits = {name: (e.rpm, e.tpm) for name, e in config.endpoints.items() if e.rpm or e.tpm}
         self.health = HealthBook(clock, config.health, limits, max_cooldown_s=config.retry.max_cooldown_s)
-        self.sinks: tuple[EventSink, ...] = tuple(sinks) if sinks is not None else (structlog_sink(),)
+        self.sinks: tuple[EventSink, ...] = ((structlog_sink(),) if log else ()) + tuple(sinks or ())
         self._sinks_lock = threading.Lock()
         self._failed_sinks: set[int] = set()
         self._call_ids = itertools.count(1)
