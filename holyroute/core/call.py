@@ -24,10 +24,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from holyroute.boundary.parse import RequestView, clamp_tokens, named_alias, read_request
+from holyroute.boundary.cache import StoredAnswer
+from holyroute.boundary.parse import RequestView, clamp_tokens, finish_reason, named_alias, read_request
 from holyroute.config.catalogue import catalogue_model
 from holyroute.core.alerts import Alerts
 from holyroute.core.attempts import _INJECT_USAGE_APIS
+from holyroute.core.cache import CachePolicy, CacheTicket, compile_caches
 from holyroute.core.call_state import QualityCheck
 from holyroute.core.context import (
     TokenEncoder,
@@ -132,6 +134,8 @@ class Router:
         #: Thresholds over rolling windows (``alerts:``); add hooks with ``router.alerts.add_hook(fn)``.
         self.alerts = Alerts(config.alerts, emit=self.emit, clock=clock) if config.alerts else None
         self._panicking: set[tuple[str, str]] = set()
+        #: The routes that cache answers (``routes.<alias>.cache``); empty: the drivers never look.
+        self.caches: dict[str, CachePolicy] = compile_caches(config)
         self.state.attach(self)
         import tenacity
 
@@ -442,6 +446,7 @@ class Call(Sending):
         self._granted = None  # granted: send it next
         self._paid = False  # the retry budget already paid for the attempt being lined up
         self._budget = None  # a spent route/tag budget: the route's own arms are skipped
+        self._cache = None
         self._fallback_budgets = {}
         self._tags = ()
         self._alias = plan.alias  # the alias the caller sent (a rule may hand the call to another route)
@@ -544,6 +549,71 @@ class Call(Sending):
                     return Wait(wait)
         self._final = self._give_up(now)
         return self._final
+
+    # ---- the response cache (the drivers do the reading and writing: drivers/cache.py) ---------------------------
+
+    def open_cache(self) -> CacheTicket | None:
+        """This call's cache ticket, on a route that caches; None when it does not (or the call is already answered
+        locally, or is a shadow copy). Opened once its route and arm are planned: the key covers the arm's models."""
+        policy = self._router.caches.get(self._plan.alias)
+        if policy is None or self._final is not None or self.shadow_of is not None or self.done:
+            return None
+        arm = self._legs[0].arm
+        self._cache = policy.ticket(self._api, self._data, self._headers, (u.model for u in arm.upstreams))
+        return self._cache
+
+    def answer_cached(self, answer: StoredAnswer) -> None:
+        """The call is answered from the cache: no attempt was made, so nothing of health, cooldowns, limits, spend
+        or rollout measurements is touched. Emits its one ``holyroute.request`` (cost 0, ``saved_usd``)."""
+        ticket = self._cache
+        assert ticket is not None, "answer_cached without open_cache"
+        ticket.hit(answer)
+        self.done = True
+        router = self._router
+        leg = self._legs[0]
+        latency_ms = round((router.clock() - self.started) * 1000, 3)
+        router.emit(
+            "holyroute.request",
+            {
+                "call_id": self.id,
+                "route": self._plan.alias,
+                "arm": leg.arm.name,
+                "split_arm": leg.arm.name,
+                "model": self._alias,
+                "rule": self._rule,
+                "upstream_model": answer.upstream_model,
+                "endpoint": None,
+                "api": self._api,
+                "status": 200,
+                "outcome": "ok",
+                "error": None,
+                "attempts": 0,
+                "attempt_ms": None,
+                "fallback": None,
+                "sticky": leg.sticky,
+                "stream": self.stream,
+                "latency_ms": latency_ms,
+                "ttft_ms": latency_ms if self.stream else None,
+                "prompt_tokens": None,
+                "completion_tokens": None,
+                "cached_tokens": None,
+                "reasoning_tokens": None,
+                "cache_write_tokens": None,
+                "audio_tokens": None,
+                "image_tokens": None,
+                "service_tier": None,
+                "cost_usd": 0.0,
+                "priced": True,
+                "price_source": "cache",
+                "price_tier": None,
+                "request_id": None,
+                "finish_reason": finish_reason(answer.body) if self._api in _INJECT_USAGE_APIS else None,
+                "quality": None,
+                "shadow": False,
+                "cache": "hit",
+                "saved_usd": answer.cost_usd,
+            },
+        )
 
     @property
     def route(self) -> str:
