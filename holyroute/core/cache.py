@@ -318,7 +318,8 @@ def _chat_stream(data: dict[str, Any], include_usage: bool) -> bytes | None:
     choices = data.get("choices")
     if not isinstance(choices, list):
         return None
-    common: dict[str, Any] = {k: data[k] for k in ("id", "created", "model", "service_tier", "system_fingerprint") if k in data}
+    names = ("id", "created", "model", "service_tier", "system_fingerprint")
+    common: dict[str, Any] = {k: data[k] for k in names if k in data}
     common["object"] = "chat.completion.chunk"
     extra = {"usage": None} if include_usage else {}
 
