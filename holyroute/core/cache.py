@@ -146,13 +146,14 @@ class CacheTicket:
     """One call's dealings with the cache: its key (None: bypassed), whether it may read and write, the TTL of what
     it writes, and once it ended, its :attr:`state` and the :attr:`answer` to store (when kept)."""
 
-    __slots__ = ("answer", "body", "key", "max_bytes", "read", "reason", "saved_usd", "state", "store_truncated",
+    __slots__ = ("answer", "api", "body", "key", "max_bytes", "read", "reason", "saved_usd", "state", "store_truncated",
                  "ttl_s", "write")  # fmt: skip
 
     def __init__(
         self,
         key: str | None,
         *,
+        api: str = "",
         read: bool = False,
         write: bool = False,
         ttl_s: float = 0.0,
@@ -161,6 +162,7 @@ class CacheTicket:
         store_truncated: bool = False,
     ) -> None:
         self.key = key
+        self.api = api
         self.read = read
         self.write = write
         self.ttl_s = ttl_s
@@ -274,6 +276,7 @@ class CachePolicy:
         key = cache_key(route=self.route, models=models, api=api, tenant=tenant, data=data, ignored=self.ignored)
         return CacheTicket(
             key,
+            api=api,
             read=directives.read,
             write=directives.write and ttl_s > 0,
             ttl_s=ttl_s,

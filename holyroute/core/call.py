@@ -29,7 +29,7 @@ from holyroute.boundary.parse import RequestView, clamp_tokens, finish_reason, n
 from holyroute.config.catalogue import catalogue_model
 from holyroute.core.alerts import Alerts
 from holyroute.core.attempts import _INJECT_USAGE_APIS
-from holyroute.core.cache import CachePolicy, CacheTicket, compile_caches
+from holyroute.core.cache import CachePolicy, CacheTicket, compile_caches, replay
 from holyroute.core.call_state import QualityCheck
 from holyroute.core.context import (
     TokenEncoder,
@@ -562,11 +562,23 @@ class Call(Sending):
         self._cache = policy.ticket(self._api, self._data, self._headers, (u.model for u in arm.upstreams))
         return self._cache
 
-    def answer_cached(self, answer: StoredAnswer) -> None:
-        """The call is answered from the cache: no attempt was made, so nothing of health, cooldowns, limits, spend
-        or rollout measurements is touched. Emits its one ``holyroute.request`` (cost 0, ``saved_usd``)."""
+    @property
+    def cache_ticket(self) -> CacheTicket | None:
+        """The ticket :meth:`open_cache` opened (settled when the call has ended), or None."""
+        return self._cache
+
+    def answer_cached(self, answer: StoredAnswer) -> bytes | None:
+        """The body to answer the call with from the cache (the JSON, or its replay as a stream when the caller
+        streams), or None when it cannot be given (route it). No attempt is made, so nothing of health, cooldowns,
+        limits, spend or rollout measurements is touched. Emits its one ``holyroute.request`` (cost 0, ``saved_usd``).
+        """
         ticket = self._cache
         assert ticket is not None, "answer_cached without open_cache"
+        options = self._data.get("stream_options")
+        include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+        body = replay(self._api, answer.body, stream=self.stream, include_usage=include_usage)
+        if body is None:
+            return None
         ticket.hit(answer)
         self.done = True
         router = self._router
@@ -614,6 +626,7 @@ class Call(Sending):
                 "saved_usd": answer.cost_usd,
             },
         )
+        return body
 
     @property
     def route(self) -> str:
