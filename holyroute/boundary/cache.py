@@ -84,8 +84,8 @@ def parse_cache_ttl(value: str | None) -> float | None:
     >>> parse_cache_ttl("10m"), parse_cache_ttl("0"), parse_cache_ttl("soon")
     (600.0, 0.0, None)
     """
-    if not value or len(value) > _MAX_HEADER:
-        return None
+    if not value or len(value) > _MAX_HEADER or value.lstrip().startswith("-"):
+        return None  # a negative TTL is a mistake, not "store nothing"
     seconds = header_seconds(value.strip(), max_s=MAX_CACHE_TTL_S)
     if seconds is None or not seconds >= 0:  # also NaN
         return None
