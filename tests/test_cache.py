@@ -360,3 +360,36 @@ class TestFailingCache:
         assert upstream.received == 2
         assert len(events.named("holyroute.cache_failed")) == 1
         assert [e["cache"] for e in requests(events)] == ["stored", "stored", "hit"]
+
+
+class TestHitsTouchNothing:
+    def test_hits_spend_no_rate_limit(self, make_sdk: Any, upstream: FakeUpstream) -> None:
+        """With rpm 2, one stored call and five hits leave room for one more routed call."""
+        config = cache_config(upstream)
+        config["endpoints"]["main"]["rpm"] = 2
+        config["retry"] = {"max_attempts": 1, "min_attempts": 0, "max_wait_s": 0}
+        sdk, events = make_sdk(config)
+        for _ in range(6):
+            sdk.chat()
+        sdk.chat(messages=[{"role": "user", "content": "another"}])
+        assert upstream.received == 2
+        assert [e["status"] for e in requests(events)] == [200] * 7
+
+    def test_hits_are_not_rollout_measurements(self, make_sdk: Any, upstream: FakeUpstream) -> None:
+        config = cache_config(upstream)
+        config["routes"]["chat"] = {
+            "rollout": {
+                "stable": {"model": "gpt-4.1", "endpoints": ["main"]},
+                "candidate": {"model": "gpt-4.1-mini", "endpoints": ["main"]},
+                "steps": [{"set_weight": 50}, {"pause": {}}],
+            },
+            "cache": {},
+        }
+        sdk, events = make_sdk(config)
+        for _ in range(10):
+            sdk.chat()
+        assert upstream.received <= 2  # one per arm at most: each arm's models are in its key
+        engine = holyroute.router_of(sdk.client._client).rollouts.get("chat")
+        measured = sum(m.calls for m in engine.window_measurements().values())
+        assert measured == upstream.received
+        assert sum(e["cache"] == "hit" for e in requests(events)) == 10 - upstream.received
