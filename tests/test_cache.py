@@ -393,3 +393,27 @@ class TestHitsTouchNothing:
         measured = sum(m.calls for m in engine.window_measurements().values())
         assert measured == upstream.received
         assert sum(e["cache"] == "hit" for e in requests(events)) == 10 - upstream.received
+
+
+class TestMetrics:
+    def test_hits_misses_and_savings_are_counted(self, make_sdk: Any, upstream: FakeUpstream) -> None:
+        import prometheus_client
+
+        from holyroute.metrics import Metrics
+
+        sdk, events = make_sdk(cache_config(upstream))
+        sdk.chat()
+        sdk.chat()
+        sdk.chat()
+        sdk.chat(temperature=1)
+        registry = prometheus_client.CollectorRegistry()
+        metrics = Metrics(registry)
+        for name, fields in events.items:
+            metrics(name, fields)
+        count = {
+            result: registry.get_sample_value("holyroute_cache_lookups_total", {"route": "chat", "result": result})
+            for result in ("stored", "hit", "bypass")
+        }
+        assert count == {"stored": 1.0, "hit": 2.0, "bypass": 1.0}
+        saved = registry.get_sample_value("holyroute_cache_saved_usd_total", {"route": "chat"})
+        assert saved == pytest.approx(2 * requests(events)[0]["cost_usd"])
