@@ -417,3 +417,38 @@ class TestMetrics:
         assert count == {"stored": 1.0, "hit": 2.0, "bypass": 1.0}
         saved = registry.get_sample_value("holyroute_cache_saved_usd_total", {"route": "chat"})
         assert saved == pytest.approx(2 * requests(events)[0]["cost_usd"])
+
+
+class TestNotKeptEither:
+    def test_a_fallbacks_answer_is_not_kept(self, make_sdk: Any, upstream: FakeUpstream) -> None:
+        """The key holds the planned arm's models: an answer another route's model gave is not stored under it."""
+        with FakeUpstream("backup") as backup:
+            config = cache_config(upstream)
+            config["endpoints"]["backup"] = {"base_url": backup.base_url, "api_key": "key-backup"}
+            config["routes"]["cheap"] = {"targets": [{"model": "gpt-4.1-mini", "endpoints": ["backup"]}]}
+            config["routes"]["chat"]["fallbacks"] = ["cheap"]
+            config["retry"] = {"max_attempts": 2, "min_attempts": 0, "backoff_initial_s": 0, "backoff_jitter_s": 0}
+            sdk, events = make_sdk(config)
+            upstream.push(Reply.error(500))
+            assert sdk.chat().model == "gpt-4.1-mini"
+            sdk.chat()
+            assert (upstream.received, backup.received) == (2, 1)
+            assert [e["cache"] for e in requests(events)] == ["miss", "stored"]
+
+    def test_a_stream_closed_early_is_not_kept(self, make_sdk: Any, upstream: FakeUpstream, mode: str) -> None:
+        sdk, events = make_sdk(cache_config(upstream))
+        kwargs = {"model": "chat", "messages": [{"role": "user", "content": "hello"}], "temperature": 0}
+        if mode == "sync":
+            with sdk.client.chat.completions.create(stream=True, **kwargs) as stream:
+                next(iter(stream))
+        else:
+
+            async def first() -> None:
+                async with await sdk.client.chat.completions.create(stream=True, **kwargs) as stream:
+                    async for _ in stream:
+                        break
+
+            sdk._runner.run(first())
+        sdk.chat()
+        assert upstream.received == 2
+        assert [e["cache"] for e in requests(events)] == ["miss", "stored"]
