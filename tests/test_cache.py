@@ -452,3 +452,37 @@ class TestNotKeptEither:
         sdk.chat()
         assert upstream.received == 2
         assert [e["cache"] for e in requests(events)] == ["miss", "stored"]
+
+
+class TestRedisBackend:
+    def test_hits_from_redis(self, make_sdk: Any, upstream: FakeUpstream) -> None:
+        """Both clients read and write the Redis store (the async one from a worker thread), streamed or not."""
+        import uuid
+
+        import redis
+
+        client = redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_timeout=2, socket_connect_timeout=1)
+        try:
+            client.ping()
+        except redis.RedisError:
+            client.close()
+            pytest.skip("no Redis at 127.0.0.1:6379")
+        prefix = f"holyroute-test-{uuid.uuid4().hex[:12]}"
+        config = cache_config(upstream)
+        config["cache"] = {"backend": "redis", "timeout_ms": 2000}
+        config["state"] = {"backend": "memory", "url": "redis://127.0.0.1:6379/0", "prefix": prefix}
+        try:
+            sdk, events = make_sdk(config)
+            first = sdk.chat()
+            assert sdk.chat().model_dump() == first.model_dump()
+            streamed = sdk.chat_stream(messages=[{"role": "user", "content": "streamed"}])
+            whole = sdk.chat(messages=[{"role": "user", "content": "streamed"}])
+            assert whole.choices[0].message.content == "".join(c.choices[0].delta.content or "" for c in streamed)
+            assert upstream.received == 2
+            assert [e["cache"] for e in requests(events)] == ["stored", "hit", "stored", "hit"]
+            assert events.named("holyroute.cache_failed") == []
+        finally:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()

@@ -54,7 +54,10 @@ class HeaderLookup(Protocol):
 
 class CacheStore(Protocol):
     """Where kept answers live (``holyroute.state.cache`` implements it). Either method may raise: the drivers turn
-    any failure into a miss and one ``holyroute.cache_failed`` event."""
+    any failure into a miss and one ``holyroute.cache_failed`` event. ``blocking``: whether a call does I/O (the async
+    driver then calls it from a worker thread)."""
+
+    blocking: bool
 
     def get(self, key: str) -> bytes | None:
         """The bytes stored under ``key``, or None."""

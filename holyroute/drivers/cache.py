@@ -40,7 +40,22 @@ class ResponseCache:
         ticket = call.open_cache()
         if ticket is None or ticket.key is None or not ticket.read:
             return None
-        raw = self._safely("get", self.store.get, ticket.key)
+        return self._answer(call, self._safely("get", self.store.get, ticket.key), request)
+
+    async def alookup(self, call: Call, request: httpx2.Request) -> httpx2.Response | None:
+        """:meth:`lookup` for the async driver: a store that does I/O (Redis) is asked from a worker thread, so that
+        the event loop never waits on it."""
+        ticket = call.open_cache()
+        if ticket is None or ticket.key is None or not ticket.read:
+            return None
+        if not self.store.blocking:
+            return self._answer(call, self._safely("get", self.store.get, ticket.key), request)
+        import anyio.to_thread
+
+        raw = await anyio.to_thread.run_sync(self._safely, "get", self.store.get, ticket.key)
+        return self._answer(call, raw, request)
+
+    def _answer(self, call: Call, raw: bytes | None, request: httpx2.Request) -> httpx2.Response | None:
         if raw is None:
             return None
         answer = parse_stored(raw)
@@ -59,6 +74,18 @@ class ResponseCache:
             return
         answer, ticket.answer = ticket.answer, None
         self._write(ticket.key, answer, ticket.ttl_s)
+
+    async def akeep(self, ticket: CacheTicket | None) -> None:
+        """:meth:`keep` for the async driver (a store that does I/O is written from a worker thread)."""
+        if ticket is None or ticket.answer is None or ticket.key is None:
+            return
+        if not self.store.blocking:
+            self.keep(ticket)
+            return
+        answer, ticket.answer = ticket.answer, None
+        import anyio.to_thread
+
+        await anyio.to_thread.run_sync(self._write, ticket.key, answer, ticket.ttl_s)
 
     def _write(self, key: str, answer: StoredAnswer, ttl_s: float) -> None:
         self._safely("put", self.store.put, key, stored_bytes(answer), ttl_s)

@@ -86,7 +86,6 @@ class BodyWatch:
         if torn is None and scanner.error is None:
             self._put_together(tail)
         self._call.on_complete(scanner.usage, error=torn or scanner.error, finish_reason=scanner.finish_reason)
-        self._keep()
         return rest, torn
 
     def fail(self, error: BaseException) -> None:
@@ -117,7 +116,6 @@ class BodyWatch:
                     self._put_together(b"")
             finally:
                 self._call.on_complete(scanner.usage, error=scanner.error, finish_reason=scanner.finish_reason)
-            self._keep()
             return
         self._call.on_complete(scanner.usage, cancelled=True)
 
@@ -128,9 +126,15 @@ class BodyWatch:
             ticket.body = reassemble_stream(ticket.api, bytes(self._collected + tail))
         self._collected = None
 
-    def _keep(self) -> None:
+    def keep(self) -> None:
+        """Write the answer the call's cache ticket kept, if any (after the call ended; at most once)."""
         if self._cache is not None:
             self._cache.keep(self._call.cache_ticket)
+
+    async def akeep(self) -> None:
+        """:meth:`keep` for the async tap."""
+        if self._cache is not None:
+            await self._cache.akeep(self._call.cache_ticket)
 
 
 class SyncTap(httpx2.SyncByteStream):
@@ -149,6 +153,7 @@ class SyncTap(httpx2.SyncByteStream):
                 if out:
                     yield out
             rest, torn = watch.end()
+            watch.keep()
             if rest:
                 yield rest
         except BaseException as error:
@@ -160,6 +165,7 @@ class SyncTap(httpx2.SyncByteStream):
     def close(self) -> None:
         try:
             self._watch.close()
+            self._watch.keep()
         finally:
             self._stream.close()
 
@@ -180,6 +186,7 @@ class AsyncTap(httpx2.AsyncByteStream):
                 if out:
                     yield out
             rest, torn = watch.end()
+            await watch.akeep()
             if rest:
                 yield rest
         except BaseException as error:
@@ -191,6 +198,7 @@ class AsyncTap(httpx2.AsyncByteStream):
     async def aclose(self) -> None:
         try:
             self._watch.close()
+            await self._watch.akeep()
         finally:
             await self._stream.aclose()
 

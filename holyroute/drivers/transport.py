@@ -251,7 +251,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
             )
         if self._cache is not None:
             with call.owned():
-                cached = self._cache.lookup(call, request)  # inline: a store's commands are bounded by its timeout
+                cached = await self._cache.alookup(call, request)
             if cached is not None:
                 return cached
         return await self._drive(request, call)
@@ -295,7 +295,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                     await stream.aclose()
                 if _judged(call, accepted, response, raw):
                     if self._cache is not None:
-                        self._cache.keep(call.cache_ticket)
+                        await self._cache.akeep(call.cache_ticket)
                     return response
             elif isinstance(step, Acquire):
                 call.on_acquired(await self.router.state.aacquire(step.endpoint, step.rpm, step.tpm, step.tokens))

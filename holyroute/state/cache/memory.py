@@ -26,6 +26,8 @@ class MemoryCache:
     (True, b'v')
     """
 
+    blocking = False
+
     def __init__(self, *, max_entries: int, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes

@@ -53,6 +53,8 @@ class RedisCache:
     """Entries shared by every process on one Redis; see the module docstring. Methods raise ``redis`` errors: the
     driver makes any failure a miss."""
 
+    blocking = True
+
     def __init__(
         self,
         url: str,
