@@ -221,3 +221,39 @@ class TestMemoryCache:
         clock.advance(10)
         assert cache.get("a") is None
         assert cache.size == 0
+
+
+class TestConfiguration:
+    def base(self, **cache: Any) -> dict[str, Any]:
+        return {
+            "endpoints": {"main": {"base_url": "http://127.0.0.1:1/v1"}},
+            "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["main"]}], "cache": cache}},
+        }
+
+    def test_off_by_default(self) -> None:
+        from holyroute import load_config
+
+        config = load_config({**self.base(), "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["main"]}]}}})
+        assert config.routes["chat"].cache is None
+        assert config.cache.backend == "memory"
+
+    def test_defaults_and_durations(self) -> None:
+        from holyroute import load_config
+
+        cache = load_config(self.base(ttl="10m", tenant="body:metadata.team")).routes["chat"].cache
+        assert cache is not None
+        assert (cache.ttl, cache.when, cache.tenant) == (600.0, "deterministic", "body:metadata.team")
+
+    def test_mistakes_name_their_key_path(self) -> None:
+        import pytest
+
+        from holyroute import load_config
+        from holyroute.exceptions import ConfigError
+
+        with pytest.raises(ConfigError) as raised:
+            load_config({**self.base(tenant="cookie:x", ignore_fields=["model"], when="sometimes"),
+                         "cache": {"backend": "disk", "max_bytes": 0}})  # fmt: skip
+        message = str(raised.value)
+        for where in ("routes.chat.cache.tenant", "routes.chat.cache.ignore_fields", "routes.chat.cache.when",
+                      "cache.backend", "cache.max_bytes"):  # fmt: skip
+            assert where in message
