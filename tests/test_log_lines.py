@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from holyroute import cli
-from holyroute.readers.dashboard import Board, Dashboard
 from holyroute.readers.aggregate import aggregate_log
+from holyroute.readers.dashboard import Board, Dashboard
 from holyroute.readers.log import load_log
 from holyroute.readers.report import build_report, render_markdown, render_report, report_json, summarise
 

@@ -332,7 +332,12 @@ def run_report(  # a 13-line signature (one option per line); the body checks, l
         err.write(f"holyroute report: cannot read {events}: {exc.strerror or exc}\n")
         return 2
     result = build_report(
-        aggregate_log(log), loaded, settings=settings, route=route, config_path=None if config is None else str(config), notes=notes
+        aggregate_log(log),
+        loaded,
+        settings=settings,
+        route=route,
+        config_path=None if config is None else str(config),
+        notes=notes,
     )
     if not result.routes:
         err.write(_no_requests(events, log, route))
