@@ -14,8 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from holyroute.readers.aggregate import MAX_NAMES, Aggregate, aggregate_events, time_series
+from holyroute.readers.log import number
 from holyroute.readers.report import build_report, render_report
-from holyroute.readers.tally import Call, Quantiles, Tally, nearest_rank
+from holyroute.readers.tally import Call, Quantiles, Tally, _number, nearest_rank
 
 
 def request(route: str = "chat", arm: str = "a", **fields: Any) -> dict[str, Any]:
@@ -92,6 +93,18 @@ def numbers(tally: Tally) -> tuple[Any, ...]:
         tally.latency.quantile(0.95),
         tally.ttft.quantile(0.95),
     )
+
+
+@given(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=3)
+)
+def test_fast_numbers_are_the_readers_numbers(value: object) -> None:
+    """The hot loop's shortcut reads every value as :func:`holyroute.readers.log.number` does."""
+    assert _number(value) == number(value) or (_number(value), number(value)) == (None, None)
 
 
 class TestTally:

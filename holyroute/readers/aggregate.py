@@ -273,9 +273,8 @@ class Aggregate:
             outcome = "(other)"
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self._ended_on(event, key, call, at)
-        route = _named(self.routes, key[0], RouteRecord, MAX_NAMES)
+        route = self.routes.get(key[0]) or self._route(key[0])
         if route is None:
-            self.dropped_names += 1
             return
         if event.get("shadow") is True:
             route.shadow_events += 1
@@ -296,14 +295,18 @@ class Aggregate:
         if arm is None:  # a fallback served it and the event does not name the split's arm (an older log)
             self._tally(route.unattributed, (str(event.get("fallback")), key[1])).add(call)
         else:
-            self._tally(route.arms, arm).add(charged)
+            (route.arms.get(arm) or self._tally(route.arms, arm)).add(charged)
 
     def _ended_on(self, event: Mapping[str, Any], key: tuple[str, str], call: Call, at: float | None) -> None:
         """The endpoint and row where the call ended (shadow copies too)."""
-        row = self._row(key[0], str(event.get("arm")), event.get("endpoint"))
+        name = event.get("endpoint")
+        row = self.rows.get((key[0], str(event.get("arm")), str(name))) or self._row(
+            key[0], str(event.get("arm")), name
+        )
         if row is not None:
             row.tally.add(call)
-        endpoint = self._endpoint(event.get("endpoint"))
+        endpoint = self.endpoints.get(name) if isinstance(name, str) else None
+        endpoint = endpoint or self._endpoint(name)
         if endpoint is not None:
             endpoint.served.add(call)
             if call.outcome != "cancelled":

@@ -108,6 +108,20 @@ class Quantiles:
         self._sketch, self._values = sketch, []
 
 
+def _number(value: object) -> float | None:
+    """:func:`holyroute.readers.log.number`, with the common cases first (this runs six times per call read)."""
+    if value is None:
+        return None
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int:
+        try:
+            return float(value)
+        except OverflowError:  # an int too large for a float
+            return None
+    return number(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """What a ``holyroute.request`` event says about one call, read once (total: odd fields become None)."""
@@ -126,15 +140,15 @@ class Call:
     @classmethod
     def of(cls, event: Mapping[str, Any]) -> Call:
         outcome = event.get("outcome")
-        cost = number(event.get("cost_usd"))
+        cost = _number(event.get("cost_usd"))
         priced = event.get("priced")
         model, finish, quality = event.get("upstream_model"), event.get("finish_reason"), event.get("quality")
         return cls(
             outcome=outcome if isinstance(outcome, str) else None,
-            latency_ms=number(event.get("latency_ms")),
-            ttft_ms=number(event.get("ttft_ms")),
-            prompt_tokens=int(number(event.get("prompt_tokens")) or 0),
-            completion_tokens=number(event.get("completion_tokens")),
+            latency_ms=_number(event.get("latency_ms")),
+            ttft_ms=_number(event.get("ttft_ms")),
+            prompt_tokens=int(_number(event.get("prompt_tokens")) or 0),
+            completion_tokens=_number(event.get("completion_tokens")),
             cost_usd=cost,
             # Logs without `priced` (older versions): an answered call with no cost had no price.
             unpriced=priced is False or (priced is None and cost is None and outcome == "ok"),
