@@ -20,15 +20,17 @@ import pytest
 
 import holyroute
 from holyroute import cli
+from holyroute.config import Rollout
 from holyroute.readers import dashboard as dashboard_module
 from holyroute.readers import report as report_module
 from holyroute.readers.aggregate import Aggregate, aggregate_events, read_log
 from holyroute.readers.dashboard import Board, Dashboard, page_state
 from holyroute.readers.report import Settings, build_report, render_report, summarise
+from holyroute.rollout.engine import MemoryStore, RolloutEngine
 from holyroute.rollout.stats import SequentialNonInferiority
 from holyroute.testing import FakeUpstream, Reply
 
-from .conftest import Events
+from .conftest import Events, FakeClock
 
 T0 = 1_800_000_000.0
 
@@ -240,6 +242,57 @@ class TestRolloutAnalysisAgrees:
         board.aggregate = aggregate
         shown = {a["arm"]: (a["calls"], a["errors"]) for a in board.snapshot(T0)["routes"][0]["arms"]}
         assert shown == counts
+
+
+class TestReportFollowsTheRolloutsAbort:
+    """A candidate the rollout aborted on its own is a ROLLBACK in the report, even when the final counts of the
+    whole log no longer reject it; an abort by hand, or a retry after the abort, leaves the report's own verdict."""
+
+    def rollout_events(self, how: str) -> list[dict[str, Any]]:
+        """The events the real rollout engine emits when it aborts the candidate ``how``."""
+        settings: dict[str, Any] = {
+            "stable": {"model": "gpt-4o", "endpoints": ["main"]},
+            "candidate": {"model": "gpt-4.1", "endpoints": ["main"]},
+            "steps": [{"set_weight": 50}, {"analysis": {}}],
+            "analysis": {"min_calls": 20, "min_duration": 0, "interval": 0},
+        }
+        if how == "consecutive":
+            settings["rollback_on_consecutive_errors"] = 3
+        emitted = Events()
+        clock = FakeClock(T0)
+        engine = RolloutEngine("chat", Rollout.model_validate(settings), MemoryStore(), emit=emitted, clock=clock)
+        if how == "by hand":
+            engine.abort()
+        for n in range(60):
+            clock.advance(1.0)
+            engine.observe("gpt-4o", ok=True, latency_ms=100.0, ttft_ms=None, cost_usd=None)
+            engine.observe("gpt-4.1", ok=n % 2 == 0, latency_ms=100.0, ttft_ms=None, cost_usd=None)
+        assert engine.state.status == "aborted"
+        return [{"event": name, "timestamp": T0 + 500, **fields} for name, fields in emitted.items]
+
+    def verdict(self, *extra: dict[str, Any]) -> tuple[str, str]:
+        # 1,000 stable calls after the abort and a candidate that failed 2 of 6: no longer rejected on these counts.
+        events = [request(n, "gpt-4o") for n in range(1000)]
+        events += [request(n, "gpt-4.1", outcome="error" if n < 2 else "ok") for n in range(6)]
+        [chat] = build_report(aggregate_events([*events, *extra]), settings=Settings(min_calls=5)).routes
+        [verdict] = [arm.verdict for arm in chat.arms if arm.arm == "gpt-4.1"]
+        assert verdict is not None
+        return verdict.verdict, verdict.reason
+
+    @pytest.mark.parametrize("how", ["analysis", "consecutive"])
+    def test_an_abort_by_the_rollout_is_a_rollback(self, how: str) -> None:
+        own, _ = self.verdict()
+        assert own == "CONTINUE"
+        events = self.rollout_events(how)
+        assert events[-1]["reason"].startswith({"analysis": "analysis failed: ", "consecutive": "3 consecutive"}[how])
+        verdict, reason = self.verdict(*events)
+        assert verdict == "ROLLBACK"
+        assert reason.startswith(f"the rollout aborted gpt-4.1: {events[-1]['reason']}; ")
+        retried = {**events[-1], "action": "retry", "status": "progressing", "reason": "retried by hand"}
+        assert self.verdict(*events, retried)[0] == own
+
+    def test_an_abort_by_hand_is_not_evidence(self) -> None:
+        assert self.verdict(*self.rollout_events("by hand"))[0] == "CONTINUE"
 
 
 # ---- the guard: renderers take the aggregation, never an event ---------------------------------------------------

@@ -22,7 +22,8 @@ a person or a script, not a rollout step.
   final counts, rejects (valid at any sample size, like the rollout analysis); else WAIT while either arm has fewer
   than ``min_calls``; else ROLLBACK when p95 latency > ``max_latency_ratio`` x the control's; else PROMOTE when the
   observed error rate is within ``margin`` of the control's (and would stay so were every fallback call the arm's
-  failure); else CONTINUE. The control arm itself gets CONTROL.
+  failure); else CONTINUE. The control arm itself gets CONTROL. A rollout candidate whose latest ``holyroute.rollout``
+  event says the rollout aborted it (not by hand) gets ROLLBACK, as the rollout analysis decided.
 - **Sample ratio mismatch** compares per-arm counts (cancelled calls included: the split assigned them) with the
   configured weights. It needs a configuration, and is skipped for rollout routes, whose weight changes by step at
   times the log does not record.
@@ -493,7 +494,7 @@ def _route_report(name: str, record: RouteRecord, config: Config | None, setting
             verdict = Verdict("CONTROL", f"control arm: {basis}")
         else:
             assert control is not None
-            verdict = judge(stats[control], stats[arm], settings, unattributed=rescued)
+            verdict = _as_rolled_back(judge(stats[control], stats[arm], settings, unattributed=rescued), arm, record)
         arms.append(replace(stats[arm], verdict=verdict))
     fallbacks = tuple(_stats(record.unattributed[key], key[1], key[0]) for key in sorted(record.unattributed))
     shadow = None
@@ -511,6 +512,22 @@ def _route_report(name: str, record: RouteRecord, config: Config | None, setting
         srm=_srm(name, record, config, arms),
         shadow=shadow,
     )
+
+
+#: The reasons the rollout engine gives when it aborts a candidate by itself (``rollout/engine.py``).
+_ANALYSIS_ABORT = re.compile(r"analysis failed: |\d+ consecutive candidate errors >= ")
+
+
+def _as_rolled_back(verdict: Verdict, arm: str, record: RouteRecord) -> Verdict:
+    """ROLLBACK when the route's rollout analysis aborted this candidate and no retry followed, whatever the final
+    counts say: its always-valid test rejected at some moment, which the counts of the whole log may no longer show
+    (stable calls went on after the abort). An abort by hand is a person's decision, not evidence: not counted."""
+    last = record.rollout
+    if verdict.verdict == "ROLLBACK" or last is None or (last.status, last.candidate) != ("aborted", arm):
+        return verdict
+    if last.reason is None or not _ANALYSIS_ABORT.match(last.reason):
+        return verdict
+    return Verdict("ROLLBACK", f"the rollout aborted {arm}: {last.reason}; {verdict.reason}", verdict.p_value)
 
 
 def _srm(name: str, record: RouteRecord, config: Config | None, arms: Sequence[ArmStats]) -> SrmCheck:
