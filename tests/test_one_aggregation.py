@@ -266,7 +266,8 @@ class TestReportFollowsTheRolloutsAbort:
         for n in range(60):
             clock.advance(1.0)
             engine.observe("gpt-4o", ok=True, latency_ms=100.0, ttft_ms=None, cost_usd=None)
-            engine.observe("gpt-4.1", ok=n % 2 == 0, latency_ms=100.0, ttft_ms=None, cost_usd=None)
+            ok = how != "consecutive" and n % 2 == 0
+            engine.observe("gpt-4.1", ok=ok, latency_ms=100.0, ttft_ms=None, cost_usd=None)
         assert engine.state.status == "aborted"
         return [{"event": name, "timestamp": T0 + 500, **fields} for name, fields in emitted.items]
 
