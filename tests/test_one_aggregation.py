@@ -244,6 +244,23 @@ class TestRolloutAnalysisAgrees:
         assert shown == counts
 
 
+def test_the_demos_failing_candidate_fails_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After ``holyroute demo``, the report and the dashboard show the failing canary's rescued failures as its errors
+    and roll it back (issue 15, finding 7: it showed 0.00% errors and WAIT); the log says the rollout aborted it."""
+    path = tmp_path / "events.jsonl"
+    assert cli.main(["demo", "--events", str(path)]) == 0
+    capsys.readouterr()
+    route = next(r for r in report_document(path, capsys)["routes"] if r["route"] == "canary-bad")
+    candidate = next(a for a in route["arms"] if a["arm"] == "gpt-4.1")
+    assert candidate["errors"] > 0
+    assert candidate["verdict"]["verdict"] == "ROLLBACK"
+    chat = next(r for r in dashboard_state(path)["routes"] if r["route"] == "canary-bad")
+    shown = {a["arm"]: (a["calls"], a["errors"]) for a in chat["arms"]}
+    assert shown == {a["arm"]: (a["calls"], a["errors"]) for a in route["arms"]}
+    assert chat["errors"] == 0, "the application saw none: fallbacks rescued them all"
+    assert (chat["rollout"]["last"]["status"], chat["rollout"]["last"]["candidate"]) == ("aborted", "gpt-4.1")
+
+
 class TestReportFollowsTheRolloutsAbort:
     """A candidate the rollout aborted on its own is a ROLLBACK in the report, even when the final counts of the
     whole log no longer reject it; an abort by hand, or a retry after the abort, leaves the report's own verdict."""
