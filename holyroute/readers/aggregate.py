@@ -211,7 +211,8 @@ class Aggregate:
     # ---- input ----------------------------------------------------------------------------------------------------
 
     def add_line(self, line: str, received: float | None = None) -> None:
-        """One line of the log: a holyroute event is added; anything else is counted (a blank line is not)."""
+        """One line of the log: a holyroute event is added; anything else is counted as skipped (a blank line only
+        as a line)."""
         self.lines += 1
         self.version += 1
         parsed = parse_line(line)
@@ -370,7 +371,10 @@ def aggregate_events(events: Iterable[Mapping[str, Any]], source: str = "") -> A
     """The aggregation of parsed events (for example a test's, or ``structlog.testing.capture_logs()``)."""
     aggregate = Aggregate(source)
     for event in events:
-        aggregate.add(event)
+        try:
+            aggregate.add(event)
+        except Exception:  # a field no check foresaw: this event is lost, never the events after it
+            aggregate.malformed += 1
     return aggregate
 
 
