@@ -216,7 +216,7 @@ class TestRolloutAnalysisAgrees:
         with FakeUpstream("stable") as stable, FakeUpstream("candidate") as candidate:
             candidate.push(*[Reply.error(500) if n % 2 else Reply() for n in range(200)])
             config = holyroute.load_config(self.config(stable, candidate))
-            transport = holyroute.Transport(config, sinks=[events])
+            transport = holyroute.Transport(config, sinks=[events], log=False)
             sdk = openai.OpenAI(api_key="x", max_retries=0, http_client=httpx2.Client(transport=transport))
             with sdk:
                 for n in range(120):
