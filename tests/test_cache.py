@@ -486,3 +486,31 @@ class TestRedisBackend:
             if keys:
                 client.delete(*keys)
             client.close()
+
+
+class TestReaders:
+    def test_report_and_dashboard_show_hits_and_savings(self, make_sdk: Any, upstream: FakeUpstream) -> None:
+        """The report and the dashboard count hits per route (not per arm: a hit measures no arm) and the money
+        saved."""
+        from holyroute.config.schema import load_config
+        from holyroute.readers.aggregate import aggregate_events
+        from holyroute.readers.dashboard import config_view, page_state
+        from holyroute.readers.report import build_report, render_report, report_json
+
+        config = cache_config(upstream)
+        sdk, events = make_sdk(config)
+        for _ in range(3):
+            sdk.chat()
+        sdk.chat(temperature=1)  # bypass
+        cost = requests(events)[0]["cost_usd"]
+        source = aggregate_events({"event": name, **fields} for name, fields in events.items)
+        report = build_report(source, load_config(config))
+        (route,) = [r for r in report_json(report)["routes"] if r["route"] == "chat"]
+        assert route["cache"] == {"hits": 2, "lookups": 3, "hit_ratio": 2 / 3, "saved_usd": pytest.approx(2 * cost)}
+        assert sum(arm["calls"] for arm in route["arms"]) == 2  # the stored call and the bypass
+        assert "response cache: 2 hits of 3 lookups" in render_report(report)
+        state = page_state(source, config_view(load_config(config)), now=0.0)
+        (row,) = [r for r in state["routes"] if r["route"] == "chat"]
+        assert (row["calls"], row["cache_hits"], row["cache_lookups"]) == (4, 2, 3)
+        assert row["saved_usd"] == pytest.approx(2 * cost)
+        assert state["totals"]["saved_usd"] == pytest.approx(2 * cost)
