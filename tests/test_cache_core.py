@@ -184,6 +184,13 @@ class TestStreams:
         assert again is not None
         assert reassemble_stream("chat", again) == body
 
+    def test_a_chunk_with_nothing_of_the_answer_is_skipped(self) -> None:
+        filters = b'data: {"object":"","id":"","created":0,"model":"","choices":[],"prompt_filter_results":[]}\n\n'
+        body = reassemble_stream("chat", filters + chat_stream(["a", "b"], usage=True))
+        assert body is not None
+        assert json.loads(body)["id"] == "c1"
+        assert json.loads(body)["choices"][0]["message"]["content"] == "ab"
+
     def test_a_stream_without_its_end_is_not_put_together(self) -> None:
         raw = chat_stream(["a"], usage=False)
         cut = raw[: raw.index(b'"finish_reason": "stop"')]

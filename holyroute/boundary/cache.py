@@ -178,7 +178,11 @@ def _chat_body(events: list[Any]) -> bytes | None:
     choices: dict[int, dict[str, Any]] = {}
     usage: Any = None
     for event in events:
-        if not isinstance(event, dict) or event.get("object") != "chat.completion.chunk" or "error" in event:
+        if not isinstance(event, dict) or "error" in event:
+            return None
+        if event.get("choices") == [] and event.get("usage") is None:
+            continue  # nothing of the answer (Azure's first chunk carries only prompt_filter_results)
+        if event.get("object") != "chat.completion.chunk":
             return None
         if head is None:
             head = {k: event.get(k) for k in ("id", "created", "model", "service_tier", "system_fingerprint")}
