@@ -514,3 +514,26 @@ class TestReaders:
         assert (row["calls"], row["cache_hits"], row["cache_lookups"]) == (4, 2, 3)
         assert row["saved_usd"] == pytest.approx(2 * cost)
         assert state["totals"]["saved_usd"] == pytest.approx(2 * cost)
+
+
+class TestQuality:
+    def test_an_answer_the_quality_check_rejects_is_never_kept(self, upstream: FakeUpstream) -> None:
+        import httpx2
+
+        config = cache_config(upstream)
+        config["routes"]["chat"] = {
+            "rollout": {
+                "stable": {"model": "gpt-4.1", "endpoints": ["main"]},
+                "candidate": {"model": "gpt-4.1-mini", "endpoints": ["main"]},
+                "steps": [{"set_weight": 0}, {"pause": {}}],
+            },
+            "cache": {},
+        }
+        events = Events()
+        verdicts = iter([False, True])
+        transport = holyroute.Transport(config, sinks=[events], log=False, quality=lambda *_: next(verdicts))
+        with openai.OpenAI(http_client=httpx2.Client(transport=transport), api_key="own", base_url=_UNUSED) as sdk:
+            for _ in range(3):
+                sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "q"}], temperature=0)
+        assert upstream.received == 2
+        assert [(e["quality"], e["cache"]) for e in requests(events)] == [(False, "miss"), (True, "stored"), (None, "hit")]
