@@ -1,0 +1,251 @@
+"""Every example in README.md and docs/ runs here, through Sybil, against local fake upstreams.
+
+Each page is one Sybil document with its own namespace, run in a fresh temporary directory with dummy keys in the
+environment (``${OPENAI_API_KEY}`` and the others the pages name) and nothing reachable but 127.0.0.1:
+
+- ``python`` blocks run in the page's namespace; a block that starts with ``>>>`` is a doctest whose output is
+  compared (``...`` matches anything).
+- ``console`` blocks run each ``$ holyroute ...`` line through the command's own ``main`` and compare what it prints
+  (stdout and stderr, in order) with the lines under it; ``...`` matches anything, as in a doctest. A command that
+  exits non-zero must be followed by ``$ echo $?`` and its code, so an example never fails quietly. ``$ cat FILE``
+  prints a file the examples wrote. Any other command is an error: mark the block skipped instead.
+- ``yaml`` and ``toml`` blocks are parsed. A complete configuration (``endpoints`` and ``routes``) is loaded with
+  :func:`holyroute.load_config`, then written to ``holyroute.yaml`` in the page's directory with every endpoint's
+  ``base_url`` pointed at a :class:`~holyroute.testing.FakeUpstream` of its own, so the commands and code after it
+  run on the configuration the reader just saw. ``json`` blocks are parsed.
+- Any other block (``bash``, ``text``...) fails unless a ``<!-- skip: next "why" -->`` comment before it says why it
+  is not run. Nothing is ignored silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import doctest
+import io
+import json
+import os
+import shlex
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+from sybil import Document, Example, Region, Sybil
+from sybil.parsers.markdown import ClearNamespaceParser, CodeBlockParser, PythonCodeBlockParser, SkipParser
+
+from holyroute.testing import FakeUpstream
+
+__all__ = ["DocPage", "sybil"]
+
+#: The variables the pages' configurations name; dummies, since every endpoint is a local fake.
+DUMMY_ENVIRONMENT = {
+    "OPENAI_API_KEY": "sk-docs-openai",
+    "OPENAI_BACKUP_KEY": "sk-docs-backup",
+    "DEEPSEEK_API_KEY": "sk-docs-deepseek",
+    "GEMINI_API_KEY": "sk-docs-gemini",
+    "RESELLER_KEY": "sk-docs-reseller",
+    "REDIS_PASSWORD": "docs-redis-password",
+}
+#: Variables that would change what a command does, unset while a page runs.
+CLEARED_ENVIRONMENT = ("HOLYROUTE_CONFIG", "OPENAI_BASE_URL")
+HANDLED_LANGUAGES = frozenset({"python", "console", "yaml", "toml", "json"})
+
+
+class DocPage:
+    """What one page's examples share: its directory and the fake upstreams its configurations point at."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="holyroute-docs-"))
+        self.upstreams: dict[str, FakeUpstream] = {}
+        self.last_exit: int | None = None
+        self._previous_cwd = Path.cwd()
+        self._previous_env = {name: os.environ.get(name) for name in (*DUMMY_ENVIRONMENT, *CLEARED_ENVIRONMENT)}
+
+    def enter(self) -> None:
+        os.chdir(self.directory)
+        os.environ.update(DUMMY_ENVIRONMENT)
+        for name in CLEARED_ENVIRONMENT:
+            os.environ.pop(name, None)
+
+    def close(self) -> None:
+        for upstream in self.upstreams.values():
+            upstream.stop()
+        structlog.reset_defaults()  # a page may configure structlog, as an application does
+        os.chdir(self._previous_cwd)
+        for name, value in self._previous_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def upstream(self, name: str) -> FakeUpstream:
+        """The fake upstream standing in for endpoint ``name``, started on first use."""
+        if name not in self.upstreams:
+            self.upstreams[name] = FakeUpstream(name).start()
+        return self.upstreams[name]
+
+    def local_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """``config`` with each endpoint's ``base_url`` pointed at its fake upstream (keys and all else kept)."""
+        endpoints = {
+            name: {**endpoint, "base_url": self.upstream(name).base_url}
+            for name, endpoint in config["endpoints"].items()
+        }
+        return {**config, "endpoints": endpoints}
+
+
+def _page(example: Example) -> DocPage:
+    page = example.namespace["page"]
+    assert isinstance(page, DocPage)
+    return page
+
+
+def _setup(namespace: dict[str, Any]) -> None:
+    page = DocPage()
+    page.enter()
+    namespace["page"] = page
+
+
+def _teardown(namespace: dict[str, Any]) -> None:
+    _page_of(namespace).close()
+
+
+def _page_of(namespace: dict[str, Any]) -> DocPage:
+    page = namespace["page"]
+    assert isinstance(page, DocPage)
+    return page
+
+
+# ----------------------------------------------------------------------------------------------------
+# Console blocks
+
+
+def _run_holyroute(argv: list[str]) -> tuple[str, int]:
+    """Run ``holyroute ARGV`` in this process as the entry point would: stdout and stderr in one stream, in order."""
+    from holyroute.cli import main
+
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse: --help, --version, usage errors
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return output.getvalue(), code
+
+
+def _commands(source: str) -> Iterator[tuple[str, str]]:
+    """Each ``$ command`` of a console block with the output printed under it."""
+    command: str | None = None
+    lines: list[str] = []
+    for line in source.splitlines():
+        if line.startswith("$ "):
+            if command is not None:
+                yield command, "\n".join(lines)
+            command, lines = line[2:], []
+        elif command is None:
+            raise ValueError(f"a console block must start with '$ command', not {line!r}")
+        else:
+            lines.append(line)
+    if command is not None:
+        yield command, "\n".join(lines)
+
+
+def _same_output(expected: str, actual: str) -> bool:
+    want = "\n".join(line.rstrip() for line in expected.strip("\n").splitlines())
+    got = "\n".join(line.rstrip() for line in actual.strip("\n").splitlines())
+    return doctest.OutputChecker().check_output(want + "\n", got + "\n", doctest.ELLIPSIS)
+
+
+def evaluate_console(example: Example) -> str | None:
+    page = _page(example)
+    pending: str | None = None  # a command that failed and whose exit code the example has not shown yet
+    for command, expected in _commands(example.parsed):
+        argv = shlex.split(command)
+        if argv == ["echo", "$?"]:
+            output, code = f"{page.last_exit}\n", 0
+            pending = None
+        elif argv[:1] == ["cat"] and len(argv) == 2:
+            output, code = Path(argv[1]).read_text(encoding="utf-8"), 0
+        elif argv[:1] == ["holyroute"]:
+            if pending is not None:
+                return f"'$ {pending}' exited {page.last_exit}; show it with '$ echo $?' before the next command"
+            output, code = _run_holyroute(argv[1:])
+        else:
+            return f"'$ {command}' is not run by the docs tests: mark the block <!-- skip: next \"why\" -->"
+        page.last_exit = code
+        if code != 0:
+            pending = command
+        if not _same_output(expected, output):
+            return f"'$ {command}' printed (exit {code}):\n{output}\nthe example shows:\n{expected}\n"
+    if pending is not None:
+        return f"'$ {pending}' exited {page.last_exit}; show it with '$ echo $?'"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configuration and data blocks
+
+
+def evaluate_config(example: Example) -> None:
+    """Parse a YAML or TOML block; load a complete configuration and write it, on fakes, to ``holyroute.yaml``."""
+    from holyroute import load_config
+
+    language = example.region.lexemes.get("arguments")
+    text: str = example.parsed
+    data = tomllib.loads(text) if language == "toml" else yaml.safe_load(text)
+    if not isinstance(data, dict) or not {"endpoints", "routes"} <= data.keys():
+        return  # a fragment: parsed above, and completed by the configuration it belongs in
+    load_config(data)  # as written, with the dummy keys: every problem raises here
+    local = _page(example).local_config(data)
+    load_config(local)
+    Path("holyroute.yaml").write_text(yaml.safe_dump(local, sort_keys=False), encoding="utf-8")
+
+
+def evaluate_json(example: Example) -> None:
+    json.loads(example.parsed)
+
+
+class UnrunBlockParser(CodeBlockParser):
+    """Every fenced block in a language no evaluator runs: it fails unless it is marked skipped with a reason."""
+
+    language = "*"
+
+    def __call__(self, document: Document) -> Iterable[Region]:
+        for region in self.lexers(document):
+            language = region.lexemes["arguments"]
+            if language not in HANDLED_LANGUAGES:
+                region.parsed = language
+                region.evaluator = self._unrun
+                yield region
+
+    @staticmethod
+    def _unrun(example: Example) -> str:
+        return (
+            f"a ```{example.parsed} block is not run by the docs tests: make it a python or console example, "
+            'or say why it is not run with <!-- skip: next "why" --> before it'
+        )
+
+
+def sybil(root: Path) -> Sybil:
+    """The Sybil that collects README.md and every page under docs/."""
+    return Sybil(
+        parsers=[
+            SkipParser(),
+            ClearNamespaceParser(),
+            PythonCodeBlockParser(doctest_optionflags=doctest.ELLIPSIS),
+            CodeBlockParser("console", evaluate_console),
+            CodeBlockParser("yaml", evaluate_config),
+            CodeBlockParser("toml", evaluate_config),
+            CodeBlockParser("json", evaluate_json),
+            UnrunBlockParser(),
+        ],
+        path=str(root),
+        patterns=["README.md", "docs/*.md", "docs/*/*.md"],
+        setup=_setup,
+        teardown=_teardown,
+        name="docs",
+    )
