@@ -27,7 +27,6 @@ import os
 import shlex
 import shutil
 import tempfile
-import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -191,18 +190,20 @@ def evaluate_console(example: Example) -> str | None:
 
 
 def evaluate_config(example: Example) -> None:
-    """Parse a YAML or TOML block; load a complete configuration and write it, on fakes, to ``holyroute.yaml``."""
+    """Parse a YAML or TOML block as holyroute reads a file; a complete configuration is also loaded, then written
+    to ``holyroute.yaml`` with its endpoints on fake upstreams (``${VAR}`` references kept)."""
     from holyroute import load_config
+    from holyroute.config.schema import _read_file
 
     language = example.region.lexemes.get("arguments")
-    text: str = example.parsed
-    data = tomllib.loads(text) if language == "toml" else yaml.safe_load(text)
+    shown = Path(f"shown-example.{language}")
+    shown.write_text(example.parsed, encoding="utf-8")
+    data = _read_file(shown)  # the shielding of ${VAR} inside {...} that holyroute applies to its files
     if not isinstance(data, dict) or not {"endpoints", "routes"} <= data.keys():
         return  # a fragment: parsed above, and completed by the configuration it belongs in
-    load_config(data)  # as written, with the dummy keys: every problem raises here
-    local = _page(example).local_config(data)
-    load_config(local)
-    Path("holyroute.yaml").write_text(yaml.safe_dump(local, sort_keys=False), encoding="utf-8")
+    load_config(shown)  # as written, with the dummy keys: every problem raises here
+    Path("holyroute.yaml").write_text(yaml.safe_dump(_page(example).local_config(data), sort_keys=False), "utf-8")
+    load_config("holyroute.yaml")
 
 
 def evaluate_json(example: Example) -> None:
