@@ -98,7 +98,7 @@ class DocPage:
 
 
 def _page(example: Example) -> DocPage:
-    page = example.namespace["page"]
+    page = example.namespace["__docs_page__"]
     assert isinstance(page, DocPage)
     return page
 
@@ -106,7 +106,7 @@ def _page(example: Example) -> DocPage:
 def _setup(namespace: dict[str, Any]) -> None:
     page = DocPage()
     page.enter()
-    namespace["page"] = page
+    namespace["__docs_page__"] = page
 
 
 def _teardown(namespace: dict[str, Any]) -> None:
@@ -114,7 +114,7 @@ def _teardown(namespace: dict[str, Any]) -> None:
 
 
 def _page_of(namespace: dict[str, Any]) -> DocPage:
-    page = namespace["page"]
+    page = namespace["__docs_page__"]
     assert isinstance(page, DocPage)
     return page
 
