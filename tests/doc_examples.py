@@ -38,7 +38,10 @@ from sybil.parsers.markdown import ClearNamespaceParser, CodeBlockParser, Python
 
 from holyroute.testing import FakeUpstream
 
-__all__ = ["DocPage", "sybil"]
+__all__ = ["REPOSITORY", "DocPage", "sybil"]
+
+#: The repository the pages belong to (examples may copy its files, such as the cassettes).
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 #: The variables the pages' configurations name; dummies, since every endpoint is a local fake.
 DUMMY_ENVIRONMENT = {
