@@ -4,7 +4,7 @@ Each page is one Sybil document with its own namespace, run in a fresh temporary
 environment (``${OPENAI_API_KEY}`` and the others the pages name) and nothing reachable but 127.0.0.1:
 
 - ``python`` blocks run in the page's namespace; a block that starts with ``>>>`` is a doctest whose output is
-  compared (``...`` matches anything).
+  compared (``...`` matches anything). holyroute's events, which structlog's defaults print, go to stderr.
 - ``console`` blocks run each ``$ holyroute ...`` line through the command's own ``main`` and compare what it prints
   (stdout and stderr, in order) with the lines under it; ``...`` matches anything, as in a doctest. A command that
   exits non-zero must be followed by ``$ echo $?`` and its code, so an example never fails quietly. ``$ cat FILE``
@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -68,6 +69,9 @@ class DocPage:
         self._previous_env = {name: os.environ.get(name) for name in (*DUMMY_ENVIRONMENT, *CLEARED_ENVIRONMENT)}
 
     def enter(self) -> None:
+        # structlog's defaults print holyroute's events to stdout, between the lines a doctest compares: the pages
+        # show what the code returns, and the events (structlog's default rendering) go to stderr instead.
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
         os.chdir(self.directory)
         os.environ.update(DUMMY_ENVIRONMENT)
         for name in CLEARED_ENVIRONMENT:
