@@ -53,6 +53,8 @@ DUMMY_ENVIRONMENT = {
     "RESELLER_KEY": "sk-docs-reseller",
     "REDIS_PASSWORD": "docs-redis-password",
 }
+#: The width argparse formats help at, as scripts/gen_reference.py wrote the CLI reference.
+HELP_COLUMNS = "100"
 #: Variables that would change what a command does, unset while a page runs.
 CLEARED_ENVIRONMENT = ("HOLYROUTE_CONFIG", "OPENAI_BASE_URL")
 HANDLED_LANGUAGES = frozenset({"python", "console", "yaml", "toml", "json"})
@@ -66,7 +68,8 @@ class DocPage:
         self.upstreams: dict[str, FakeUpstream] = {}
         self.last_exit: int | None = None
         self._previous_cwd = Path.cwd()
-        self._previous_env = {name: os.environ.get(name) for name in (*DUMMY_ENVIRONMENT, *CLEARED_ENVIRONMENT)}
+        names = (*DUMMY_ENVIRONMENT, *CLEARED_ENVIRONMENT, "COLUMNS")
+        self._previous_env = {name: os.environ.get(name) for name in names}
 
     def enter(self) -> None:
         # structlog's defaults print holyroute's events to stdout, between the lines a doctest compares: the pages
@@ -74,6 +77,7 @@ class DocPage:
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
         os.chdir(self.directory)
         os.environ.update(DUMMY_ENVIRONMENT)
+        os.environ["COLUMNS"] = HELP_COLUMNS
         for name in CLEARED_ENVIRONMENT:
             os.environ.pop(name, None)
 
