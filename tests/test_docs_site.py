@@ -85,6 +85,15 @@ class TestNavigation:
         assert sorted(listed) == on_disk
 
 
+class TestReadme:
+    def test_links_resolve(self) -> None:
+        """Every relative link of README.md names a file of the repository (mkdocs --strict checks docs/ itself)."""
+        text = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+        targets = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text)
+        assert targets
+        assert [target for target in targets if not (REPOSITORY / target).is_file()] == []
+
+
 class TestExampleRunner:
     """tests/doc_examples.py fails an example that is wrong, and never passes one it did not run."""
 
