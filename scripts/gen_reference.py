@@ -184,7 +184,7 @@ def _help(argv: list[str]) -> str:
     previous = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = HELP_COLUMNS
     try:
-        with contextlib.redirect_stdout(output), contextlib.suppress(SystemExit):
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output), contextlib.suppress(SystemExit):
             main([*argv, "--help"])
     finally:
         if previous is None:
