@@ -144,7 +144,8 @@ def _run_holyroute(argv: list[str]) -> tuple[str, int]:
             code = main(argv)
         except SystemExit as exc:  # argparse: --help, --version, usage errors
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    return output.getvalue(), code
+    # A progress line ends in '\r' and is written over on a terminal; in a pipe only its last state is written.
+    return output.getvalue().replace("\r", ""), code
 
 
 def _commands(source: str) -> Iterator[tuple[str, str]]:
