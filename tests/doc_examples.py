@@ -93,19 +93,37 @@ class DocPage:
                 os.environ[name] = value
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def upstream(self, name: str) -> FakeUpstream:
-        """The fake upstream standing in for endpoint ``name``, started on first use."""
+    def upstream(self, name: str, models: Iterable[str] = ()) -> FakeUpstream:
+        """The fake upstream standing in for endpoint ``name``, started on first use, listing ``models`` (the ones
+        the configuration sends it) in ``GET /models`` as a real provider would."""
         if name not in self.upstreams:
-            self.upstreams[name] = FakeUpstream(name).start()
+            self.upstreams[name] = FakeUpstream(name, models=sorted(models) or None).start()
         return self.upstreams[name]
 
     def local_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """``config`` with each endpoint's ``base_url`` pointed at its fake upstream (keys and all else kept)."""
+        served = _served_models(config)
         endpoints = {
-            name: {**endpoint, "base_url": self.upstream(name).base_url}
+            name: {**endpoint, "base_url": self.upstream(name, served.get(name, ())).base_url}
             for name, endpoint in config["endpoints"].items()
         }
         return {**config, "endpoints": endpoints}
+
+
+def _served_models(config: dict[str, Any]) -> dict[str, set[str]]:
+    """The upstream models a configuration sends to each endpoint: targets, rollout arms, shadows, rules' targets."""
+    served: dict[str, set[str]] = {}
+    for route in config.get("routes", {}).values():
+        rollout = route.get("rollout") or {}
+        rules = [rule["use"] for rule in route.get("rules", []) if isinstance(rule.get("use"), dict)]
+        targets = [*route.get("targets", []), rollout.get("stable"), rollout.get("candidate"), route.get("shadow")]
+        for target in [*targets, *rules]:
+            if not isinstance(target, dict):
+                continue
+            for entry in target.get("endpoints", []):
+                name, model = (entry, None) if isinstance(entry, str) else (entry["endpoint"], entry.get("model"))
+                served.setdefault(name, set()).add(model or target["model"])
+    return served
 
 
 def _page(example: Example) -> DocPage:
