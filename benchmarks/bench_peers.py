@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import importlib.metadata
 import json
 import logging
@@ -96,10 +97,20 @@ def holyroute_config(base_url: str, state: dict[str, Any], *, rpm: int | None = 
     }
 
 
+WARNINGS: collections.Counter[str] = collections.Counter()
+
+
+def count_warnings(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Count holyroute's warning events (a ``holyroute.state_degraded`` means Redis was not shared after all)."""
+    if method != "info":
+        WARNINGS[str(event_dict.get("event"))] += 1
+    return event_dict
+
+
 def render_events_to(devnull: Any) -> None:
     """holyroute's events as JSON lines to ``devnull``: what a production pipeline pays per call."""
     structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        processors=[count_warnings, structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.WriteLoggerFactory(file=devnull),
         cache_logger_on_first_use=True,
@@ -323,7 +334,7 @@ def main() -> int:
 
     rows = summarise(samples)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"rows": rows, "warnings": dict(WARNINGS)}, indent=2))
         return 0
     versions = f"holyroute {holyroute.__version__}, openai {openai.__version__}"
     if not args.no_litellm:
@@ -331,6 +342,7 @@ def main() -> int:
     pinned = f"upstream pinned to CPU {upstream_cpu}" if upstream_cpu is not None else "nothing pinned"
     print(f"{versions}, python {sys.version.split()[0]}; {os.cpu_count()} CPUs, {pinned}")
     print(f"load average {os.getloadavg()[0]:.1f}; redis keys deleted: {deleted}")
+    print(f"holyroute warnings: {dict(WARNINGS) or 'none'}")
     print(f"sequential: {args.rounds} rounds; async: {args.async_rounds} rounds x {args.async_calls} calls, c=64")
     print("times in microseconds; added = median of paired differences against the raw SDK in the same round\n")
     header = f"{'client':<24}{'p50':>8}{'p99':>8}{'added':>8}{'cpu':>8}{'+cpu':>8}"
