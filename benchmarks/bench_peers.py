@@ -260,6 +260,7 @@ def main() -> int:
     alias = {"model": ALIAS, "messages": MESSAGES}
     direct = {"model": UPSTREAM_MODEL, "messages": MESSAGES}
     samples: dict[str, Timings]
+    warned: dict[str, dict[str, int]] = {}  # section -> holyroute warning events counted in it
     try:
         with upstream_process(record=False, cpu=upstream_cpu) as base_url:
             pin(upstream_cpu)
@@ -283,6 +284,8 @@ def main() -> int:
                 sync["LiteLLM Router"] = lambda: router.completion(**alias)
             try:
                 samples = sequential(sync, args.rounds, args.warmup)
+                warned["sequential"] = dict(WARNINGS)
+                WARNINGS.clear()
             finally:
                 for client in (raw, routed, limited):
                     if client is not None:
@@ -328,13 +331,14 @@ def main() -> int:
                             await client.close()
 
             asyncio.run(run_async())
+            warned["async"] = dict(WARNINGS)
     finally:
         deleted = delete_prefix(prefix) if use_redis else 0
         devnull.close()
 
     rows = summarise(samples)
     if args.json:
-        print(json.dumps({"rows": rows, "warnings": dict(WARNINGS)}, indent=2))
+        print(json.dumps({"rows": rows, "warnings": warned}, indent=2))
         return 0
     versions = f"holyroute {holyroute.__version__}, openai {openai.__version__}"
     if not args.no_litellm:
@@ -342,7 +346,7 @@ def main() -> int:
     pinned = f"upstream pinned to CPU {upstream_cpu}" if upstream_cpu is not None else "nothing pinned"
     print(f"{versions}, python {sys.version.split()[0]}; {os.cpu_count()} CPUs, {pinned}")
     print(f"load average {os.getloadavg()[0]:.1f}; redis keys deleted: {deleted}")
-    print(f"holyroute warnings: {dict(WARNINGS) or 'none'}")
+    print("holyroute warnings: " + "; ".join(f"{section} {found or 'none'}" for section, found in warned.items()))
     print(f"sequential: {args.rounds} rounds; async: {args.async_rounds} rounds x {args.async_calls} calls, c=64")
     print("times in microseconds; added = median of paired differences against the raw SDK in the same round\n")
     header = f"{'client':<24}{'p50':>8}{'p99':>8}{'added':>8}{'cpu':>8}{'+cpu':>8}"
