@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from holyroute.boundary.parse import header_seconds
+from holyroute.boundary.parse import CACHE_HEADER, CACHE_TTL_HEADER, header_seconds
 
 __all__ = [
     "CACHE_HEADER",
@@ -28,10 +28,6 @@ __all__ = [
     "stored_bytes",
 ]
 
-#: The caller's word on the cache for one call; read here, never forwarded.
-CACHE_HEADER = "x-holyroute-cache"
-#: The TTL for this call's answer, seconds or a duration (``90``, ``10m``); ``0`` stores nothing. Never forwarded.
-CACHE_TTL_HEADER = "x-holyroute-cache-ttl"
 #: The longest TTL a caller may ask for (30 days), as Redis and the memory store both hold it.
 MAX_CACHE_TTL_S = 30 * 24 * 3600.0
 _MAX_HEADER = 200

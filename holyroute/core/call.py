@@ -24,11 +24,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from holyroute.boundary.cache import StoredAnswer
 from holyroute.boundary.parse import RequestView, clamp_tokens, finish_reason, named_alias, read_request
 from holyroute.config.catalogue import catalogue_model
 from holyroute.core.attempts import _INJECT_USAGE_APIS
-from holyroute.core.cache import CachePolicy, CacheTicket, compile_caches, replay
 from holyroute.core.call_state import QualityCheck
 from holyroute.core.context import (
     TokenEncoder,
@@ -55,7 +53,9 @@ from holyroute.core.spend import SpendBudgets
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Step, Wait
 
 if TYPE_CHECKING:
+    from holyroute.boundary.cache import StoredAnswer
     from holyroute.core.alerts import Alerts
+    from holyroute.core.cache import CachePolicy, CacheTicket
     from holyroute.core.rollouts import Rollouts
 from holyroute.config.schema import Config
 
@@ -139,7 +139,11 @@ class Router:
             self.alerts = Alerts(config.alerts, emit=self.emit, clock=clock)
         self._panicking: set[tuple[str, str]] = set()
         #: The routes that cache answers (``routes.<alias>.cache``); empty: the drivers never look.
-        self.caches: dict[str, CachePolicy] = compile_caches(config)
+        self.caches: dict[str, CachePolicy] = {}
+        if any(route.cache is not None for route in config.routes.values()):
+            from holyroute.core.cache import compile_caches  # loaded only when a route caches
+
+            self.caches = compile_caches(config)
         self.state.attach(self)
         import tenacity
 
@@ -580,6 +584,8 @@ class Call(Sending):
         assert ticket is not None, "answer_cached without open_cache"
         options = self._data.get("stream_options")
         include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+        from holyroute.core.cache import replay
+
         body = replay(self._api, answer.body, stream=self.stream, include_usage=include_usage)
         if body is None:
             return None

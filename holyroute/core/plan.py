@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from holyroute.boundary.cache import CACHE_HEADER, CACHE_TTL_HEADER
+from holyroute.boundary.parse import CACHE_HEADER, CACHE_TTL_HEADER
 from holyroute.config.prices import PriceRow
 from holyroute.config.rules import CompiledRules, compile_rules
 from holyroute.core.context import (

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import httpx2
 
-from holyroute.boundary.cache import reassemble_stream
 from holyroute.boundary.parse import StreamDecoder
 from holyroute.core.call import Call
 from holyroute.core.steps import Accepted
@@ -123,6 +122,8 @@ class BodyWatch:
         """Hand the call's cache ticket the whole answer this complete stream carried (before the call ends)."""
         ticket = self._call.cache_ticket
         if self._collected is not None and ticket is not None:
+            from holyroute.boundary.cache import reassemble_stream
+
             ticket.body = reassemble_stream(ticket.api, bytes(self._collected + tail))
         self._collected = None
 

@@ -33,12 +33,13 @@ from holyroute.boundary.parse import StreamDecoder, decode_content
 from holyroute.config.schema import Config, load_config
 from holyroute.core.call import Call, EventSink, QualityCheck, Router
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Wait
-from holyroute.drivers.cache import ResponseCache
 from holyroute.drivers.compat import attempt_request, header_view, restore_read_timeout
 from holyroute.drivers.stream import AsyncTap, BodyWatch, SyncTap
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
+
+    from holyroute.drivers.cache import ResponseCache
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "AsyncTransport", "Transport", "async_client", "client"]
 
@@ -560,6 +561,7 @@ def _response_cache(router: Router) -> ResponseCache | None:
     """The client's response cache, only when a route caches: otherwise the drivers never look."""
     if not router.caches:
         return None
+    from holyroute.drivers.cache import ResponseCache
     from holyroute.state.cache.factory import open_cache
 
     return ResponseCache(router, open_cache(router.config))
