@@ -16,14 +16,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from holyroute.boundary.redis_url import RedisUrl, parse_redis_url
 from holyroute.rollout.engine import RolloutEngine, StateStore
 from holyroute.state.base import PERIODS, AttachedRouter, HealthChange, Leases, Period, ReadOnlyStore, period_key
+from holyroute.state.redis.connect import FAILURES, Client, open_client, unreachable
 from holyroute.state.redis.grants import Grants
 from holyroute.state.redis.listener import Listener
-from holyroute.state.redis.payloads import MAX_USD, Horizons, Keys, parse_health_entry, redacted, text_of
+from holyroute.state.redis.payloads import MAX_USD, Horizons, Keys, parse_health_entry, text_of
 from holyroute.state.redis.reports import EventSink, Reports
 from holyroute.state.redis.store import RedisStore
 from holyroute.state.redis.sync import MEMBER_TTL_S, Sync
@@ -51,7 +51,11 @@ class RedisBackend:
         #: Read what is shared, write nothing (``holyroute explain``): no threads, no publishing, no grants.
         self.read_only = read_only
         self._url = state.url.get_secret_value()
-        self.where = redacted(self._url)
+        found = parse_redis_url(self._url)
+        if isinstance(found, str):  # the schema read it already: only a State built around its validator
+            raise ValueError(f"state.url {found}")
+        self.deployment: RedisUrl = found
+        self.where = found.where
         self.keys = Keys(state.prefix)
         self.timeout = state.timeout_ms / 1000.0
         self.interval = state.sync_interval_s
@@ -72,7 +76,7 @@ class RedisBackend:
         self.reports = Reports(emit, self.where, self._lock)
         self.grants = Grants(
             self.redis,
-            url=self._url,
+            url=found,
             timeout=self.timeout,
             keys=self.keys,
             leases=self.leases,
@@ -88,15 +92,18 @@ class RedisBackend:
         self._pid = os.getpid()
         self.horizons = Horizons()  # the configured maxima, once attached to a router
 
-    def client(self, timeout: float | None) -> redis.Redis:
-        return redis.Redis.from_url(
-            self._url,
-            socket_timeout=timeout,
-            socket_connect_timeout=max(self.timeout, 0.05) if timeout is not None else 1.0,
-            retry=Retry(NoBackoff(), 0),  # a slow Redis is a down Redis: never retry on the request path
-            health_check_interval=0,
-            client_name="holyroute",
-        )
+    def client(self, timeout: float | None) -> Client:
+        """A client that never retries (a slow Redis is a down Redis on the request path); ``timeout`` None for
+        the subscriber, which blocks."""
+        connect = max(self.timeout, 0.05) if timeout is not None else 1.0
+        return open_client(self.deployment, timeout=timeout, connect_timeout=connect)
+
+    def scrub(self, text: str) -> str:
+        """``text`` (an error message) with the URL and every credential in it replaced."""
+        text = text.replace(self._url, self.where)
+        for secret in self.deployment.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     # ---- the protocol the core calls ----------------------------------------------------------------------------
 
@@ -151,14 +158,14 @@ class RedisBackend:
         self.wake.set()
         if self.threads and self.live:
             # Wake our listener out of its blocking read at once (other processes ignore a "bye").
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(*FAILURES):
                 self.redis.publish(self.keys.channel, self.message("bye"))
         for thread in self.threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=2.0)
         if self.router is not None and self.live:
             self.sync.flush()  # what is pending goes out once more (bounded by the command timeout)
-            with contextlib.suppress(redis.RedisError):  # gone: no longer counted for the local share of limits
+            with contextlib.suppress(*FAILURES):  # gone: no longer counted for the local share of limits
                 self.redis.zrem(self.keys.members, self.origin)
         self.redis.close()
 
@@ -213,15 +220,15 @@ class RedisBackend:
             return
         usd = min(usd, MAX_USD)
         now = self.wall()
-        pending = self.sync.spend_pending
         with self._lock:
+            pending = self.sync.spend_pending  # under the lock: the sync thread swaps it for a new one
             for period in PERIODS:
                 key = (period, period_key(period, now), name)
                 pending[key] = pending.get(key, 0.0) + usd
 
     def spent(self, name: str, period: Period) -> float:
         key = (period, period_key(period, self.wall()), name)
-        return self.sync.spend_seen.get(key, 0.0) + self.sync.spend_pending.get(key, 0.0)
+        return self.sync.spend_seen.get(key, 0.0) + self.sync.spend_pending.get(key, 0.0) + self.sync.unconfirmed(key)
 
     def rollout_store(self) -> StateStore:
         return ReadOnlyStore(self.store) if self.read_only else self.store
@@ -243,7 +250,7 @@ class RedisBackend:
             pipe.hgetall(self.keys.measurements(engine.route, window, arm))
         try:
             stable_raw, candidate_raw = pipe.execute(raise_on_error=False)
-        except redis.RedisError as error:
+        except FAILURES as error:
             self.failed(error)
             return
         read = self.sync.read_measurements
@@ -272,7 +279,7 @@ class RedisBackend:
     def failed(self, error: BaseException) -> None:
         """A command failed. A refused connection means down at once; timeouts after three in a row."""
         self.failures += 1
-        refused = isinstance(error, redis.ConnectionError) and not isinstance(error, redis.TimeoutError)
+        refused = unreachable(error) and not isinstance(error, redis.TimeoutError | TimeoutError)
         if not self.live or (self.failures < 3 and not refused):
             return
         with self._lock:
@@ -285,7 +292,7 @@ class RedisBackend:
         if self.router is not None:
             self.router.health.share_limits(False, self.sync.members, self.clock())
         self.leases.clear()
-        reason = f"{type(error).__name__}: {str(error)[:200]}".replace(self._url, self.where)
+        reason = self.scrub(f"{type(error).__name__}: {error}")[:300]
         self._emit(
             "holyroute.state_degraded",
             {
@@ -301,7 +308,7 @@ class RedisBackend:
         """Redis answers again: push what was learnt here, re-read everything, then trust the store again."""
         try:
             self.redis.ping()
-        except redis.RedisError:
+        except FAILURES:
             return False
         self._recovering = True
         try:

@@ -10,16 +10,16 @@ import threading
 import weakref
 from typing import Any, Protocol
 
-import redis
-import redis.asyncio
-from redis.backoff import NoBackoff
-
+from holyroute.boundary.redis_url import RedisUrl
 from holyroute.state.base import Leases
+from holyroute.state.redis.connect import FAILURES, Client, open_async_client
 from holyroute.state.redis.payloads import Keys
 from holyroute.state.redis.reports import Reports
 from holyroute.state.redis.scripts import ACQUIRE, LIMITS_TTL_MS
 
 __all__ = ["Grants", "Link"]
+
+ASYNC_FAILURES: tuple[type[BaseException], ...] = (TimeoutError, *FAILURES)  # asyncio's own timeout too
 
 
 class Link(Protocol):
@@ -35,9 +35,9 @@ class Grants:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
-        url: str,
+        url: RedisUrl,
         timeout: float,
         keys: Keys,
         leases: Leases,
@@ -67,7 +67,7 @@ class Grants:
         owed = self.take_owed(endpoint, tpm)
         try:
             reply = self.script(keys=[self._keys.limits(endpoint)], args=_acquire_args(rpm, tpm, tokens, ask, owed))
-        except redis.RedisError as error:
+        except FAILURES as error:
             self.owe(endpoint, tpm or 0, owed)  # sent again with the next request or sync (at least once, as spend)
             self._link.failed(error)
             return None
@@ -91,7 +91,7 @@ class Grants:
         owed = self.take_owed(endpoint, tpm)
         try:
             reply = await script(keys=[self._keys.limits(endpoint)], args=_acquire_args(rpm, tpm, tokens, ask, owed))
-        except (TimeoutError, redis.RedisError, OSError) as error:
+        except ASYNC_FAILURES as error:
             self.owe(endpoint, tpm or 0, owed)
             self._link.failed(error)
             return None
@@ -104,14 +104,7 @@ class Grants:
         """The acquire script on this event loop's own client (an asyncio client cannot cross loops)."""
         found = self._async.get(loop)
         if found is None:
-            client = redis.asyncio.Redis.from_url(
-                self._url,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=max(self._timeout, 0.05),
-                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
-                health_check_interval=0,
-                client_name="holyroute",
-            )
+            client = open_async_client(self._url, timeout=self._timeout, connect_timeout=max(self._timeout, 0.05))
             found = self._async[loop] = (client, client.register_script(ACQUIRE))
         return found[1]
 

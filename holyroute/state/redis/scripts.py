@@ -4,7 +4,7 @@ on a bucket or a health entry. Only text here: the callers register them (:mod:`
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "HEALTH", "LIMITS_TTL_MS", "SETTLE"]
+__all__ = ["ACQUIRE", "HEALTH", "LIMITS_TTL_MS", "ONCE", "ROLLOUT", "SETTLE"]
 
 LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a missing key means a full one
 
@@ -95,5 +95,47 @@ for i = 1, #all, 2 do
 end
 if latest > 0 then redis.call('EXPIREAT', KEYS[1], math.ceil(latest) + 60) end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
+
+# Add a batch of increments at most once: KEYS[1] holds each process's last batch counted (field ARGV[1], the
+# process; ARGV[2] the batch's sequence number, ARGV[3] that hash's ttl). A batch at or below it was counted already:
+# nothing is added (a batch sent again after a failure whose first sending had landed). Then for each further key:
+# its ttl, a count n, and n triples (f: HINCRBYFLOAT / i: HINCRBY, field, amount). Returns 1 added, 0 already counted.
+ONCE = """
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0
+local seq = tonumber(ARGV[2])
+if seq == nil or seq <= last then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local a = 4
+for k = 2, #KEYS do
+  local ttl, n = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  for _ = 1, n do
+    if ARGV[a] == 'f' then
+      redis.call('HINCRBYFLOAT', KEYS[k], ARGV[a + 1], ARGV[a + 2])
+    else
+      redis.call('HINCRBY', KEYS[k], ARGV[a + 1], ARGV[a + 2])
+    end
+    a = a + 3
+  end
+  redis.call('EXPIRE', KEYS[k], ttl)
+end
+return 1
+"""
+
+# A rollout's state, compare-and-set: written only if the key still holds what the caller read (ARGV[1] its type:
+# none, string or other; ARGV[2] the string read), then the change is published (ARGV[4] the channel, ARGV[5] the
+# message). One key, one script: the same on one server, Sentinel's master, or the cluster node holding the slot.
+# Returns 1 written, 0 changed meanwhile (read again and retry).
+ROLLOUT = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+local kind = (t == 'none' or t == 'string') and t or 'other'
+if kind ~= ARGV[1] then return 0 end
+if kind == 'string' and redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+if kind == 'other' then redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 """

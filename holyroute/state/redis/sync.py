@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-import redis
-
 from holyroute.rollout.engine import Measurements, RolloutEngine
 from holyroute.state.base import PERIODS, AttachedRouter, HealthChange, Period, period_key
+from holyroute.state.redis.connect import FAILURES, Client, unreachable
 from holyroute.state.redis.grants import Grants
 from holyroute.state.redis.payloads import (
     FIELD_KINDS,
@@ -27,7 +26,7 @@ from holyroute.state.redis.payloads import (
     text_of,
 )
 from holyroute.state.redis.reports import Reports
-from holyroute.state.redis.scripts import HEALTH, LIMITS_TTL_MS, SETTLE
+from holyroute.state.redis.scripts import HEALTH, LIMITS_TTL_MS, ONCE, SETTLE
 from holyroute.state.redis.store import RedisStore
 
 __all__ = ["MEMBER_TTL_S", "Sync", "SyncOwner"]
@@ -38,6 +37,20 @@ SPEND_TTL_S = {"hour": 2 * 86400, "day": 40 * 86400, "month": 400 * 86400}
 MEMBER_TTL_S = 10.0  # a process not heard of for this long no longer counts for the local share of a limit
 
 SpendKey = tuple[Period, str, str]
+SEQ_TTL_S = 2 * 86400  # a process's last spend sequence number is kept this long after its last spend
+
+
+def once_call(keys: Keys, origin: str, batch: SpendBatch) -> tuple[list[str], list[str | int | float]]:
+    """The ``ONCE`` script's keys and arguments for ``batch`` (every key in the ``{spend}`` slot)."""
+    by_key: dict[str, list[tuple[str, float, int]]] = {}
+    for (period, bucket, name), usd in batch.spend.items():
+        by_key.setdefault(keys.spend(period, bucket), []).append((name, usd, SPEND_TTL_S[period]))
+    args: list[str | int | float] = [origin, batch.seq, SEQ_TTL_S]
+    for fields in by_key.values():
+        args += [fields[0][2], len(fields)]
+        for name, usd, _ttl in fields:
+            args += ["f", name, repr(usd)]
+    return [keys.spend_seq, *by_key], args
 
 
 class SyncOwner(Protocol):
@@ -48,7 +61,7 @@ class SyncOwner(Protocol):
     failures: int
     origin: str
     interval: float
-    redis: redis.Redis
+    redis: Client
     keys: Keys
     store: RedisStore
     grants: Grants
@@ -71,12 +84,22 @@ class SyncOwner(Protocol):
     def wall(self) -> float: ...
 
 
+@dataclass(frozen=True, slots=True)
+class SpendBatch:
+    """Spend added here since the last flush, sent under its own sequence number until Redis confirms it: sent again
+    after a failure, it is counted at most once (the ``ONCE`` script), however much of the pipeline had landed."""
+
+    seq: int
+    spend: dict[SpendKey, float]
+
+
 @dataclass(slots=True)
 class _Pending:
-    """What one flush sends: taken from the queues at its start, put back if Redis fails."""
+    """What one flush sends: taken from the queues at its start, put back if Redis fails (spend batches stay queued
+    until confirmed instead)."""
 
     outbox: list[HealthChange]
-    spend: dict[SpendKey, float]
+    batches: list[SpendBatch]
     owed: dict[str, tuple[int, int]]
     drained: list[tuple[RolloutEngine, int, dict[str, Measurements]]]
 
@@ -89,8 +112,11 @@ class Sync:
         self._lock = lock
         self._health = owner.redis.register_script(HEALTH)
         self.settle_script = owner.redis.register_script(SETTLE)
+        self._once = owner.redis.register_script(ONCE)
         self.outbox: list[HealthChange] = []
         self.spend_pending: dict[SpendKey, float] = {}
+        self.spend_batches: list[SpendBatch] = []  # sent, not yet confirmed, in order
+        self._seq = 0
         self.spend_seen: dict[SpendKey, float] = {}
         self.members = 1
 
@@ -131,18 +157,24 @@ class Sync:
         pending = self._take_pending()
         now = owner.wall()
         pipe = owner.redis.pipeline(transaction=False)
+        batches = len(pending.batches)
         self._write(pipe, pending, now)
         reads = len(pipe)
         windows = self._read(pipe, now)
         try:
             results = pipe.execute(raise_on_error=False)
-        except redis.RedisError as error:
+            down = next((r for r in results if isinstance(r, BaseException) and unreachable(r)), None)
+            if down is not None:  # a cluster node holding some of the keys is away: the rest may have landed
+                self._confirm(pending.batches, results[:batches])
+                raise down
+        except FAILURES as error:
             self._put_back(pending)  # nothing is lost: it all goes out with the next flush
             owner.failures = 3  # a failed flush is reason enough
             owner.failed(error)
             return False
         owner.failures = 0
-        for refused in results[:reads]:
+        self._confirm(pending.batches, results[:batches])
+        for refused in results[batches:reads]:
             if isinstance(refused, Exception):
                 owner.reports.refused(refused)
         self._apply(iter(results[reads:]), windows, now)
@@ -155,17 +187,36 @@ class Sync:
         writes = not owner.read_only
         with self._lock:
             outbox, self.outbox = (self.outbox, []) if writes else ([], self.outbox)
-            spend, self.spend_pending = (self.spend_pending, {}) if writes else ({}, self.spend_pending)
+            if writes and self.spend_pending:
+                self._seq += 1
+                self.spend_batches.append(SpendBatch(self._seq, self.spend_pending))
+                self.spend_pending = {}
+            batches = list(self.spend_batches) if writes else []
             owed, grants.owed = (grants.owed, {}) if writes else ({}, grants.owed)
             grants.sending.update(owed)
         drained = [(engine, *engine.drain()) for engine in owner.engines] if writes else []
-        return _Pending(outbox, spend, owed, drained)
+        return _Pending(outbox, batches, owed, drained)
+
+    def _confirm(self, sent: list[SpendBatch], results: list[Any]) -> None:
+        """Drop the spend batches Redis confirmed (or refused: reported once, never sent again)."""
+        done = set()
+        for batch, result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException) and unreachable(result):
+                continue
+            if isinstance(result, Exception):
+                self._owner.reports.refused(result)
+            done.add(batch.seq)
+        with self._lock:
+            self.spend_batches = [batch for batch in self.spend_batches if batch.seq not in done]
+
+    def unconfirmed(self, key: SpendKey) -> float:
+        """Spend of ``key`` sent but not confirmed yet (counted here, not yet in what was read back)."""
+        with self._lock:
+            return sum(batch.spend.get(key, 0.0) for batch in self.spend_batches)
 
     def _put_back(self, pending: _Pending) -> None:
         with self._lock:
             self.outbox[:0] = pending.outbox
-            for counted, usd in pending.spend.items():
-                self.spend_pending[counted] = self.spend_pending.get(counted, 0.0) + usd
         for endpoint, (tpm, tokens) in pending.owed.items():
             self._owner.grants.owe(endpoint, tpm, tokens)
         for engine, window, measured in pending.drained:
@@ -173,6 +224,9 @@ class Sync:
 
     def _write(self, pipe: Any, pending: _Pending, now: float) -> None:
         owner, keys = self._owner, self._owner.keys
+        for batch in pending.batches:  # first: their replies are the pipeline's first
+            once_keys, once_args = once_call(keys, owner.origin, batch)
+            self._once(keys=once_keys, args=once_args, client=pipe)
         for change in pending.outbox:
             try:
                 self._health_command(pipe, change)
@@ -180,10 +234,6 @@ class Sync:
                 owner.reports.background_error("sync", error)
         for endpoint, (tpm, tokens) in pending.owed.items():
             self.settle_script(keys=[keys.limits(endpoint)], args=[tpm, tokens, LIMITS_TTL_MS], client=pipe)
-        for (period, bucket, name), usd in pending.spend.items():
-            key = keys.spend(period, bucket)
-            pipe.hincrbyfloat(key, name, usd)
-            pipe.expire(key, SPEND_TTL_S[period])
         for engine, window, measured_by_arm in pending.drained:
             for arm, measured in measured_by_arm.items():
                 key = keys.measurements(engine.route, window, arm)
@@ -261,7 +311,7 @@ class Sync:
         pipe = self._owner.redis.pipeline(transaction=False)
         for engine in engines:
             pipe.set(self._owner.keys.rollout(engine.route), json.dumps(asdict(engine.state)), nx=True)
-        with contextlib.suppress(redis.RedisError):  # the next flush reads whatever is there, and tries again
+        with contextlib.suppress(*FAILURES):  # the next flush reads whatever is there, and tries again
             pipe.execute()
 
     def _health_command(self, pipe: Any, change: HealthChange) -> None:

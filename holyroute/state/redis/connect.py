@@ -1,0 +1,128 @@
+"""Builds the redis-py client a parsed ``state.url`` names (:mod:`holyroute.boundary.redis_url`): one server, Redis
+Cluster (``RedisCluster``) or Sentinel (``Sentinel.master_for``), each sync or asyncio, with or without TLS; and
+says which errors mean "Redis cannot be reached now" (degrade, keep what is pending, try again) rather than "Redis
+refused this one command".
+
+Every client is built never to retry on its own (``Retry(NoBackoff(), 0)``): a slow or moving Redis is a down Redis
+for the request path, and the backend's sync thread finds the new topology when it comes back. A cluster client
+refreshes its slot map after a failed command; a Sentinel client asks the Sentinels for the master on every new
+connection, and drops a connection to a master that was demoted (``READONLY`` becomes a ``ConnectionError``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
+
+from holyroute.boundary.redis_url import RedisUrl
+
+__all__ = ["FAILURES", "Client", "open_async_client", "open_client", "unreachable"]
+
+#: What a sync client is: one server (or Sentinel's master) or a cluster.
+Client = redis.Redis | redis.cluster.RedisCluster
+
+#: Every error a Redis command may raise (a cluster's own are not all ``RedisError``s).
+FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException, OSError)
+
+
+def unreachable(error: BaseException) -> bool:
+    """True when ``error`` says Redis (or the part of a cluster holding a key) cannot answer now, rather than that it
+    refused one command: a connection error or timeout, a cluster that is down or moving (``CLUSTERDOWN``,
+    ``TRYAGAIN``, a slot no node covers), a replica answering for a demoted master."""
+    return isinstance(
+        error,
+        redis.ConnectionError
+        | redis.TimeoutError
+        | ClusterError
+        | TryAgainError
+        | RedisClusterException
+        | redis.ReadOnlyError
+        | OSError,
+    )
+
+
+def _tls(url: RedisUrl) -> dict[str, Any]:
+    if not url.tls:
+        return {}
+    options: dict[str, Any] = {"ssl": True}
+    if url.ca_file:
+        options["ssl_ca_certs"] = url.ca_file
+    if url.cert_file:
+        options["ssl_certfile"] = url.cert_file
+    if url.key_file:
+        options["ssl_keyfile"] = url.key_file
+    if url.check_hostname is not None:
+        options["ssl_check_hostname"] = url.check_hostname
+    if url.cert_reqs is not None:
+        options["ssl_cert_reqs"] = url.cert_reqs
+    return options
+
+
+def _options(url: RedisUrl, timeout: float | None, connect_timeout: float) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": connect_timeout,
+        "health_check_interval": 0,
+        "client_name": "holyroute",
+        **_tls(url),
+    }
+    if url.username:
+        options["username"] = url.username
+    if url.password:
+        options["password"] = url.password
+    return options
+
+
+def _sentinel_options(url: RedisUrl, timeout: float | None, connect_timeout: float) -> dict[str, Any]:
+    """How the Sentinels themselves are asked (their own credentials, if any; the same TLS)."""
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout, **_tls(url)}
+    if url.sentinel_username:
+        options["username"] = url.sentinel_username
+    if url.sentinel_password:
+        options["password"] = url.sentinel_password
+    return options
+
+
+def open_client(url: RedisUrl, *, timeout: float | None, connect_timeout: float) -> Client:
+    """A sync client for ``url`` that never retries on its own; ``timeout`` None for a blocking subscriber."""
+    options = _options(url, timeout, connect_timeout)
+    retry = redis.retry.Retry(NoBackoff(), 0)
+    if url.kind == "cluster":
+        nodes = [redis.cluster.ClusterNode(host, port) for host, port in url.hosts]  # type: ignore[no-untyped-call]
+        return redis.cluster.RedisCluster(startup_nodes=nodes, retry=retry, **options)
+    if url.kind == "sentinel":
+        sentinel = redis.sentinel.Sentinel(
+            list(url.hosts), sentinel_kwargs=_sentinel_options(url, timeout, connect_timeout), retry=retry, **options
+        )
+        master: redis.Redis = sentinel.master_for(url.service or "", db=url.db)
+        return master
+    if url.socket is not None:
+        return redis.Redis(unix_socket_path=url.socket, db=url.db, retry=retry, **options)
+    host, port = url.hosts[0]
+    return redis.Redis(host=host, port=port, db=url.db, retry=retry, **options)
+
+
+def open_async_client(url: RedisUrl, *, timeout: float, connect_timeout: float) -> Any:
+    """The asyncio twin of :func:`open_client` (for the grant round trip on an event loop)."""
+    options = _options(url, timeout, connect_timeout)
+    retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
+    if url.kind == "cluster":
+        nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in url.hosts]
+        return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, retry=retry, **options)
+    if url.kind == "sentinel":
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            list(url.hosts), sentinel_kwargs=_sentinel_options(url, timeout, connect_timeout), retry=retry, **options
+        )
+        return sentinel.master_for(url.service or "", db=url.db)
+    if url.socket is not None:
+        return redis.asyncio.Redis(unix_socket_path=url.socket, db=url.db, retry=retry, **options)
+    host, port = url.hosts[0]
+    return redis.asyncio.Redis(host=host, port=port, db=url.db, retry=retry, **options)
