@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+import redis.exceptions
+
 from holyroute.rollout.engine import Measurements, RolloutEngine
 from holyroute.state.base import PERIODS, AttachedRouter, HealthChange, Period, period_key
 from holyroute.state.redis.connect import FAILURES, Client, unreachable
@@ -117,6 +119,7 @@ class Sync:
         self.spend_pending: dict[SpendKey, float] = {}
         self.spend_batches: list[SpendBatch] = []  # sent, not yet confirmed, in order
         self._seq = 0
+        self._scripted: list[tuple[int, Any, list[str], list[Any]]] = []  # this flush's scripts, by position
         self.spend_seen: dict[SpendKey, float] = {}
         self.members = 1
 
@@ -158,11 +161,12 @@ class Sync:
         now = owner.wall()
         pipe = owner.redis.pipeline(transaction=False)
         batches = len(pending.batches)
+        self._scripted = []
         self._write(pipe, pending, now)
         reads = len(pipe)
         windows = self._read(pipe, now)
         try:
-            results = pipe.execute(raise_on_error=False)
+            results = self._unloaded(pipe.execute(raise_on_error=False))
             down = next((r for r in results if isinstance(r, BaseException) and unreachable(r)), None)
             if down is not None:  # a cluster node holding some of the keys is away: the rest may have landed
                 self._confirm(pending.batches, results[:batches])
@@ -180,6 +184,24 @@ class Sync:
         self._apply(iter(results[reads:]), windows, now)
         owner.store.cached = bool(owner.threads) or owner.read_only
         return True
+
+    def _queue(self, pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
+        """Queue a script on the pipeline, noting where: a node that does not know it yet answers NOSCRIPT (a
+        cluster pipeline cannot load it first), and the script is then run again on its own (see
+        :meth:`_unloaded`)."""
+        self._scripted.append((len(pipe), script, keys, args))
+        script(keys=keys, args=args, client=pipe)
+
+    def _unloaded(self, results: list[Any]) -> list[Any]:
+        """The pipeline's results, each script a node did not know (it ran nothing) run again on its own: the
+        client then loads it (on every master of a cluster) and runs it."""
+        for position, script, keys, args in self._scripted:
+            if isinstance(results[position], redis.exceptions.NoScriptError):
+                try:
+                    results[position] = script(keys=keys, args=args)
+                except FAILURES as error:
+                    results[position] = error
+        return results
 
     def _take_pending(self) -> _Pending:
         """Everything queued, or nothing when read-only (a read-only backend only reads)."""
@@ -226,14 +248,14 @@ class Sync:
         owner, keys = self._owner, self._owner.keys
         for batch in pending.batches:  # first: their replies are the pipeline's first
             once_keys, once_args = once_call(keys, owner.origin, batch)
-            self._once(keys=once_keys, args=once_args, client=pipe)
+            self._queue(pipe, self._once, once_keys, once_args)
         for change in pending.outbox:
             try:
                 self._health_command(pipe, change)
             except Exception as error:  # this change cannot be sent: drop it, never resend it, send the rest
                 owner.reports.background_error("sync", error)
         for endpoint, (tpm, tokens) in pending.owed.items():
-            self.settle_script(keys=[keys.limits(endpoint)], args=[tpm, tokens, LIMITS_TTL_MS], client=pipe)
+            self._queue(pipe, self.settle_script, [keys.limits(endpoint)], [tpm, tokens, LIMITS_TTL_MS])
         for engine, window, measured_by_arm in pending.drained:
             for arm, measured in measured_by_arm.items():
                 key = keys.measurements(engine.route, window, arm)
@@ -331,8 +353,8 @@ class Sync:
         )
         mode = "del" if change.kind == "restored" else "set"
         value = f"{change.until:.3f} {message}"
-        self._health(
-            keys=[owner.keys.health], args=[field, value, change.until, mode, owner.keys.channel, message], client=pipe
+        self._queue(
+            pipe, self._health, [owner.keys.health], [field, value, change.until, mode, owner.keys.channel, message]
         )
 
     def apply_health(self, raw: object, router: AttachedRouter) -> None:

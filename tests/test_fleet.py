@@ -1,0 +1,303 @@
+"""Fleet scale: the Redis backend on Redis Cluster, on Sentinel and over TLS with an ACL user, against real servers
+the tests start themselves on free 127.0.0.1 ports (:mod:`tests.redis_deployments`), through failovers.
+
+Each test holds routers as worker processes would (the official SDK over ``holyroute.client``), calls fake upstreams
+on 127.0.0.1, and judges what reached them and what the routers and Redis hold. A failover is real: a cluster master
+is killed with SIGKILL and a replica takes its slots over; Sentinel is told ``SENTINEL FAILOVER``. Every wait is
+bounded; the figures are printed (shown without ``-s``) for ``docs/fleet.md``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis
+import redis.cluster
+import yaml
+
+import holyroute
+from holyroute import cli
+from holyroute.core.call import Router
+from holyroute.rollout.engine import RolloutEngine
+from holyroute.state.redis.payloads import Keys
+from holyroute.testing import FakeUpstream, Reply
+from tests.redis_deployments import Cluster, running, wait_for
+
+NOWHERE = "http://127.0.0.1:9/v1"
+MODEL = "gpt-4o-mini"
+STABLE, CANDIDATE = "stable-model", "candidate-model"
+PASSWORD = "Fl33t-s3cret-pw"
+
+Logs = list[MutableMapping[str, Any]]
+
+
+# ---- helpers --------------------------------------------------------------------------------------------------
+
+
+def config(url: str, prefix: str, endpoints: dict[str, dict[str, Any]], routes: dict[str, Any]) -> dict[str, Any]:
+    """The Redis state backend at ``url`` under ``prefix``. ``timeout_ms`` 1000: the default 10 ms would measure
+    this loaded two-core machine's scheduler, not the sharing."""
+    return {
+        "endpoints": endpoints,
+        "routes": routes,
+        "retry": {"budget_min_per_s": 100, "backoff_initial_s": 0.001, "backoff_jitter_s": 0},
+        "state": {"backend": "redis", "url": url, "prefix": prefix, "timeout_ms": 1000, "sync_interval_s": 0.05},
+    }
+
+
+def ordered(*endpoints: str) -> dict[str, Any]:
+    return {"targets": [{"model": MODEL, "endpoints": list(endpoints)}]}
+
+
+def rollout_route(endpoint: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "rollout": {
+            "stable": {"model": STABLE, "endpoints": [endpoint]},
+            "candidate": {"model": CANDIDATE, "endpoints": [endpoint]},
+            "steps": steps,
+        }
+    }
+
+
+def named(logs: Logs, event: str) -> list[MutableMapping[str, Any]]:
+    return [entry for entry in list(logs) if entry.get("event") == event]
+
+
+def sent_by(up: FakeUpstream) -> Counter[str]:
+    return Counter(request.headers.get("x-client", "?") for request in list(up.requests))
+
+
+class Client:
+    """One router as one worker process holds it: the official SDK over ``holyroute.client``."""
+
+    def __init__(self, configuration: dict[str, Any] | Path, name: str) -> None:
+        self.name = name
+        self.http = holyroute.client(configuration)
+        transport = self.http._transport
+        assert isinstance(transport, holyroute.Transport)
+        self.router: Router = transport.router
+        self.sdk = openai.OpenAI(api_key="unused", base_url=NOWHERE, http_client=self.http, max_retries=0)
+        self.closed = False
+
+    def chat(self, model: str = "chat", **options: Any) -> str:
+        answer = self.sdk.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], extra_headers={"x-client": self.name}, **options
+        )
+        served: str = answer.model
+        return served
+
+    def now(self) -> float:
+        return self.router.clock()
+
+    def engine(self, route: str = "chat") -> RolloutEngine:
+        assert self.router.rollouts is not None
+        return self.router.rollouts[route]
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.sdk.close()
+
+
+class Deployment:
+    """The fake upstreams and routers of one test; all stopped and closed at its end."""
+
+    def __init__(self) -> None:
+        self.upstreams: list[FakeUpstream] = []
+        self.clients: list[Client] = []
+
+    def upstream(self, name: str) -> FakeUpstream:
+        up = FakeUpstream(name).start()
+        self.upstreams.append(up)
+        return up
+
+    def client(self, configuration: dict[str, Any] | Path, name: str) -> Client:
+        made = Client(configuration, name)
+        self.clients.append(made)
+        return made
+
+    def close(self) -> None:
+        closing = [threading.Thread(target=client.close) for client in self.clients]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join(10)
+        for up in self.upstreams:
+            up.stop()
+
+
+@pytest.fixture
+def deployment() -> Iterator[Deployment]:
+    made = Deployment()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Three masters and three replicas, shared by the tests that kill nothing."""
+    made = Cluster(tmp_path_factory.mktemp("cluster"))
+    with running(made):
+        yield made
+
+
+class Calls:
+    """Routers calling in threads of their own until stopped (bounded by ``max_s``): every outcome is kept."""
+
+    def __init__(
+        self, clients: list[Client], *, model: str = "chat", pause_s: float = 0.002, max_s: float = 60
+    ) -> None:
+        self.outcomes: list[tuple[str, float, str]] = []  # (client, when, model served or the error)
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(client, model, pause_s, max_s), daemon=True) for client in clients
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, client: Client, model: str, pause_s: float, max_s: float) -> None:
+        deadline = time.monotonic() + max_s
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                served = client.chat(model)
+            except openai.APIError as error:
+                served = f"error: {type(error).__name__}: {error}"[:300]
+            self.outcomes.append((client.name, time.time(), served))
+            time.sleep(pause_s)
+
+    def stop(self) -> list[tuple[str, float, str]]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        return list(self.outcomes)
+
+
+def used(prompt: int, completion: int) -> Reply:
+    """A chat completion that used ``prompt`` + ``completion`` tokens."""
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    choice = {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    body = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [choice]}
+    return Reply(body={**body, "usage": usage})
+
+
+def failed(outcomes: list[tuple[str, float, str]]) -> list[str]:
+    return [f"{name}: {served}" for name, _at, served in outcomes if served.startswith("error")]
+
+
+# ---- Redis Cluster -----------------------------------------------------------------------------------------------
+
+
+class TestCluster:
+    """On Redis Cluster (``redis+cluster://``) every feature works as on one server, its keys over the masters."""
+
+    def test_every_feature_with_keys_spread_over_the_masters(
+        self, cluster: Cluster, tmp_path: Path, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Health, rpm and tpm limits with leases, rollout state and measurements, and spend, across two routers."""
+        prefix = "feat"
+        a, b = deployment.upstream("a"), deployment.upstream("b")
+        limited, backup, main = deployment.upstream("limited"), deployment.upstream("backup"), deployment.upstream("m")
+        tokens = deployment.upstream("tokens")
+        cfg = config(
+            cluster.url,
+            prefix,
+            {
+                "a": {"base_url": a.base_url},
+                "b": {"base_url": b.base_url},
+                "limited": {"base_url": limited.base_url, "rpm": 6},
+                "tokens": {"base_url": tokens.base_url, "tpm": 3500},
+                "backup": {"base_url": backup.base_url},
+                "main": {"base_url": main.base_url},
+            },
+            {
+                "chat": ordered("a", "b"),
+                "rpm": ordered("limited", "backup"),
+                "tpm": ordered("tokens", "backup"),
+                "canary": rollout_route("main", [{"set_weight": 50}, {"pause": {}}]),
+            },
+        )
+        path = tmp_path / "holyroute.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        one, two = deployment.client(path, "A"), deployment.client(path, "B")
+
+        # Health: A's 429 cools `a` down for B.
+        a.push(Reply.rate_limited(retry_after_s=30))
+        one.chat()
+        wait_for(lambda: two.router.health.cooldown("a", MODEL, two.now()) is not None, 2, "B to learn the cooldown")
+        assert two.chat() == MODEL
+        assert sent_by(a) == {"A": 1}, "B sent nothing to the cooled endpoint"
+
+        # rpm 6 across both: of 10 alternating calls, exactly 6 reach `limited`.
+        for n in range(10):
+            (one, two)[n % 2].chat("rpm")
+        assert sum(sent_by(limited).values()) == 6
+        # tpm 3500, calls of about 1020 estimated tokens that use 1100 (settled after each call): 3 fit.
+        tokens.push(*[used(100, 1000)] * 3)
+        for n in range(6):
+            (one, two)[n % 2].chat("tpm", max_tokens=1000)
+        assert sum(sent_by(tokens).values()) == 3
+
+        # Rollout: both routers' calls are measured together; promote from the CLI reaches both.
+        for _ in range(6):
+            one.chat("canary")
+            two.chat("canary")
+        rollouts = holyroute.Rollouts(path, emit=lambda event, fields: None)
+        try:
+            wait_for(
+                lambda: sum(arm["calls"] for arm in rollouts.status()[0]["arms"].values()) == 12,
+                3,
+                "the status to count both routers' 12 calls",
+            )
+        finally:
+            rollouts.close()
+        assert cli.main(["rollout", "promote", "canary", "--config", str(path), "--full"]) == 0
+        wait_for(
+            lambda: {one.engine("canary").state.status, two.engine("canary").state.status} == {"completed"},
+            2,
+            "both routers to follow promote",
+        )
+        assert {one.chat("canary"), two.chat("canary")} == {CANDIDATE}
+
+        # Spend: both routers' spend is one total.
+        one.router.state.add_spend("route:chat", 0.25)
+        two.router.state.add_spend("route:chat", 0.5)
+        wait_for(
+            lambda: all(c.router.state.spent("route:chat", "day") == pytest.approx(0.75) for c in (one, two)),
+            2,
+            "both routers to see 0.75 USD",
+        )
+
+        # The keys: under the prefix, each with a hash tag, over more than one master.
+        store = cluster.client()
+        try:
+            found = [key.decode() for key in store.scan_iter(match=f"{prefix}:*", count=1000, target_nodes="primaries")]
+        finally:
+            store.close()
+        tags = {re.search(r"\{([^{}]+)\}", key).group(1) for key in found}  # type: ignore[union-attr]
+        assert {"health", "members", "spend", "limits:limited", "limits:tokens", "rollout:canary"} <= tags
+        masters = {cluster.master_of(key) for key in found}
+        assert len(masters) >= 2, f"every key on one master: {found}"
+        with capsys.disabled():
+            print(
+                f"\ncluster features: {len(found)} keys, {len(tags)} hash tags over masters "
+                f"{sorted(masters)} of {cluster.master_ports()}"
+            )
+
+    def test_a_lua_script_keeps_to_one_slot(self, cluster: Cluster) -> None:
+        """Every script's keys share one slot (their hash tag): the cluster never answers CROSSSLOT."""
+        keys = Keys("slots")
+        with redis.cluster.RedisCluster(startup_nodes=cluster.client().startup_nodes, socket_timeout=2) as client:
+            slot = client.keyslot
+            assert slot(keys.spend_seq) == slot(keys.spend("day", "20260101")) == slot(keys.spend("hour", "x"))
+            assert slot(keys.rollout("chat")) == slot(keys.measurements("chat", 3, STABLE))
+            assert len({slot(keys.health), slot(keys.members), slot(keys.limits("a"))}) == 3, "spread, not piled"
