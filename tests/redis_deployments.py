@@ -142,6 +142,8 @@ class Cluster:
                 str(directory / f"node-{port}" / "nodes.conf"),
                 "--cluster-node-timeout",
                 str(NODE_TIMEOUT_MS),
+                "--repl-diskless-sync-delay",
+                "0",
             )
             for port in self.ports
         ]
@@ -174,7 +176,7 @@ class Cluster:
                 check=False,
             )
             assert created.returncode == 0, created.stdout[-2000:] + created.stderr[-2000:]
-            wait_for(self._ready, 30, "the cluster to cover every slot, every node knowing the others")
+            wait_for(self._ready, 30, "the cluster to cover every slot, every node knowing the others, replicas synced")
         except BaseException:
             self.stop()
             raise
@@ -190,6 +192,9 @@ class Cluster:
                 info = client.cluster("info")
                 if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) < len(self.nodes):
                     return False
+                replication = client.info("replication")
+                if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+                    return False  # a replica that never synced cannot take over
         return len(self.master_ports()) == self.masters
 
     def client(self) -> redis.cluster.RedisCluster:

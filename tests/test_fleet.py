@@ -22,6 +22,7 @@ import pytest
 import redis
 import redis.cluster
 import yaml
+from structlog.testing import capture_logs
 
 import holyroute
 from holyroute import cli
@@ -29,7 +30,7 @@ from holyroute.core.call import Router
 from holyroute.rollout.engine import RolloutEngine
 from holyroute.state.redis.payloads import Keys
 from holyroute.testing import FakeUpstream, Reply
-from tests.redis_deployments import Cluster, running, wait_for
+from tests.redis_deployments import Cluster, Sentinels, TlsServer, running, wait_for
 
 NOWHERE = "http://127.0.0.1:9/v1"
 MODEL = "gpt-4o-mini"
@@ -301,3 +302,154 @@ class TestCluster:
             assert slot(keys.spend_seq) == slot(keys.spend("day", "20260101")) == slot(keys.spend("hour", "x"))
             assert slot(keys.rollout("chat")) == slot(keys.measurements("chat", 3, STABLE))
             assert len({slot(keys.health), slot(keys.members), slot(keys.limits("a"))}) == 3, "spread, not piled"
+
+
+# ---- through a failover ------------------------------------------------------------------------------------------
+
+
+def spent_in_redis(client: redis.Redis | redis.cluster.RedisCluster, prefix: str, name: str) -> float:
+    """What Redis holds for ``name`` in today's spend hash."""
+    day = time.strftime("%Y%m%d", time.gmtime())
+    return float(client.hget(Keys(prefix).spend("day", day), name) or 0)
+
+
+def through_failover(
+    url: str,
+    deployment: Deployment,
+    tmp_path: Path,
+    *,
+    fail: Callable[[], float],
+    promoted: Callable[[], bool],
+    inspect: Callable[[], redis.Redis | redis.cluster.RedisCluster],
+    label: str,
+    capsys: pytest.CaptureFixture[str],
+    must_notice: bool,
+) -> None:
+    """Two routers call on (a shared rpm, a budget, a rollout at 50%) while ``fail`` starts a failover; router A
+    aborts the rollout at once, while the master is away or moving. No call fails;
+    the abort reaches B within a second of the new master answering; Redis counts every call's cost once. A router
+    that noticed (``must_notice``: it must) emits one degraded and one restored event."""
+    prefix = "failover"
+    up, main = deployment.upstream("up"), deployment.upstream("main")
+    cfg = config(
+        url,
+        prefix,
+        {"up": {"base_url": up.base_url, "rpm": 100_000}, "main": {"base_url": main.base_url}},
+        {"chat": ordered("up"), "canary": rollout_route("main", [{"set_weight": 50}, {"pause": {}}])},
+    )
+    cfg["budgets"] = [{"scope": "route", "name": "chat", "usd": 1000.0}]
+    path = tmp_path / "holyroute.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with capture_logs() as logs:
+        a, b = deployment.client(path, "A"), deployment.client(path, "B")
+        chat = Calls([a, b])
+        canary = Calls([a, b], model="canary", pause_s=0.01)
+        noticed = Noticed([a, b])
+        try:
+            time.sleep(1.0)
+            killed = fail()
+            a.engine("canary").abort("aborted during the failover")
+            aborted = time.time()
+            wait_for(promoted, 30, "the new master to take over")
+            took_over = time.time()
+            followed = wait_for(lambda: b.engine("canary").state.status == "aborted", 10, "B to follow the abort")
+            wait_for(lambda: a.router.state.shares_limits and b.router.state.shares_limits, 10, "both back on Redis")
+            restored = time.time()
+            time.sleep(0.5)
+        finally:
+            outcomes = chat.stop() + canary.stop()
+            noticed.stop()
+        a.close()
+        b.close()
+    store = inspect()
+    try:
+        in_redis = spent_in_redis(store, prefix, "budget:route:chat")
+        state = store.get(Keys(prefix).rollout("canary"))
+    finally:
+        store.close()
+    costs = [float(e["cost_usd"]) for e in named(logs, "holyroute.request") if e.get("route") == "chat"]
+    degraded_events, restored_events = named(logs, "holyroute.state_degraded"), named(logs, "holyroute.state_restored")
+    seen = [f"{1000 * (at - killed):.0f} ms" if at else "never" for at in noticed.at]
+    with capsys.disabled():
+        print(
+            f"\n{label}: {len(outcomes)} calls, {len(failed(outcomes))} failed; the routers noticed {seen} after the "
+            f"failure began; the new master took over {took_over - killed:.2f} s after it; B followed A's abort "
+            f"(written {aborted - killed:.2f} s in) {1000 * followed:.0f} ms after that; both back on Redis "
+            f"{restored - took_over:.2f} s after it ({len(degraded_events)} degraded, {len(restored_events)} restored "
+            f"events, down_s {[e['down_s'] for e in restored_events]}); "
+            f"spend {in_redis:.6f} in Redis, {sum(costs):.6f} counted by the routers"
+        )
+    assert failed(outcomes) == []
+    assert len(degraded_events) == len(restored_events) == sum(1 for at in noticed.at if at), "once each, per router"
+    if must_notice:
+        assert len(degraded_events) == 2
+    assert followed < 1.0, "the abort reached B within a second of the new master taking over"
+    assert state is not None and b'"aborted"' in state
+    assert in_redis == pytest.approx(sum(costs), rel=1e-9), "every call's cost counted once"
+    for event in degraded_events + restored_events:
+        assert PASSWORD not in str(event)
+
+
+class Noticed:
+    """When (``time.time()``) each router first stopped sharing limits (Redis away), polled every millisecond."""
+
+    def __init__(self, clients: list[Client]) -> None:
+        self.at: list[float | None] = [None] * len(clients)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(clients,), daemon=True)
+        self._thread.start()
+
+    def _poll(self, clients: list[Client]) -> None:
+        deadline = time.monotonic() + 120
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            for n, client in enumerate(clients):
+                if self.at[n] is None and not client.router.state.shares_limits:
+                    self.at[n] = time.time()
+            time.sleep(0.001)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class TestClusterFailover:
+    """A cluster master is killed while routers call; a replica takes its slots over."""
+
+    def test_a_master_killed(self, tmp_path: Path, deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+        """The master holding the rollout's state (and so where A's abort must go) dies with SIGKILL."""
+        made = Cluster(tmp_path / "cluster")
+        with running(made):
+            victim = made.master_of(Keys("failover").rollout("canary"))
+            through_failover(
+                made.url,
+                deployment,
+                tmp_path,
+                fail=lambda: made.kill_master(victim),
+                promoted=lambda: made.promoted(victim),
+                inspect=made.client,
+                label=f"cluster failover (master {victim} killed)",
+                capsys=capsys,
+                must_notice=True,
+            )
+
+
+class TestSentinelFailover:
+    """Sentinel elects a new master (``SENTINEL FAILOVER``) while routers call."""
+
+    def test_sentinel_failover(
+        self, tmp_path: Path, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        made = Sentinels(tmp_path / "sentinel")
+        with running(made):
+            old = made.master()
+            through_failover(
+                made.url(),
+                deployment,
+                tmp_path,
+                fail=made.failover,
+                promoted=lambda: made.promoted(old),
+                inspect=lambda: redis.Redis(port=made.master(), socket_timeout=2),
+                label="sentinel failover (SENTINEL FAILOVER)",
+                capsys=capsys,
+                must_notice=False,  # the old master drops its clients: they may reconnect to the new one unharmed
+            )

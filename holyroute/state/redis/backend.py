@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
+import redis.cluster
 
 from holyroute.boundary.redis_url import RedisUrl, parse_redis_url
 from holyroute.rollout.engine import RolloutEngine, StateStore
@@ -97,6 +98,19 @@ class RedisBackend:
         the subscriber, which blocks."""
         connect = max(self.timeout, 0.05) if timeout is not None else 1.0
         return open_client(self.deployment, timeout=timeout, connect_timeout=connect)
+
+    def master(self) -> str:
+        """Where writes go now: Sentinel's master as the Sentinels say (a round trip; a new one makes the client drop
+        its idle connections to the old), the cluster node serving the spend slot as the client last learnt, or
+        the one server. Raises what the Sentinels' client raises when none answers."""
+        pool = getattr(self.redis, "connection_pool", None)
+        if self.deployment.kind == "sentinel" and pool is not None:
+            host, port = pool.get_master_address()
+            return f"{host}:{port}"
+        if self.deployment.kind == "cluster" and isinstance(self.redis, redis.cluster.RedisCluster):
+            node = self.redis.get_node_from_key(self.keys.spend_seq)  # type: ignore[no-untyped-call]
+            return str(node.name) if node is not None else "?"
+        return self.where
 
     def scrub(self, text: str) -> str:
         """``text`` (an error message) with the URL and every credential in it replaced."""

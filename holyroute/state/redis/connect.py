@@ -29,6 +29,10 @@ __all__ = ["FAILURES", "Client", "open_async_client", "open_client", "unreachabl
 #: What a sync client is: one server (or Sentinel's master) or a cluster.
 Client = redis.Redis | redis.cluster.RedisCluster
 
+#: After a failed command a cluster client reads the slot map again at most this often (redis-py's default, 1 s,
+#: would add up to a second to noticing that a replica took over).
+TOPOLOGY_REFRESH_S = 0.1
+
 #: Every error a Redis command may raise (a cluster's own are not all ``RedisError``s).
 FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException, OSError)
 
@@ -97,7 +101,9 @@ def open_client(url: RedisUrl, *, timeout: float | None, connect_timeout: float)
     retry = redis.retry.Retry(NoBackoff(), 0)
     if url.kind == "cluster":
         nodes = [redis.cluster.ClusterNode(host, port) for host, port in url.hosts]  # type: ignore[no-untyped-call]
-        return redis.cluster.RedisCluster(startup_nodes=nodes, retry=retry, **options)
+        return redis.cluster.RedisCluster(
+            startup_nodes=nodes, retry=retry, topology_refresh_min_interval=TOPOLOGY_REFRESH_S, **options
+        )
     if url.kind == "sentinel":
         sentinel = redis.sentinel.Sentinel(
             list(url.hosts), sentinel_kwargs=_sentinel_options(url, timeout, connect_timeout), retry=retry, **options

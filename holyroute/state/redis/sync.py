@@ -36,6 +36,7 @@ __all__ = ["MEMBER_TTL_S", "Sync", "SyncOwner"]
 #: Seconds the keys that are rewritten all the time live after their last write.
 MEASUREMENTS_TTL_S = 7 * 86400
 SPEND_TTL_S = {"hour": 2 * 86400, "day": 40 * 86400, "month": 400 * 86400}
+RECOVER_EVERY_S = 0.25  # the longest wait between two tries to reach Redis again (a ping)
 MEMBER_TTL_S = 10.0  # a process not heard of for this long no longer counts for the local share of a limit
 
 SpendKey = tuple[Period, str, str]
@@ -79,6 +80,8 @@ class SyncOwner(Protocol):
 
     def recover(self) -> bool: ...
 
+    def master(self) -> str: ...
+
     def message(self, kind: str, **fields: Any) -> str: ...
 
     def clock(self) -> float: ...
@@ -86,13 +89,17 @@ class SyncOwner(Protocol):
     def wall(self) -> float: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpendBatch:
-    """Spend added here since the last flush, sent under its own sequence number until Redis confirms it: sent again
-    after a failure, it is counted at most once (the ``ONCE`` script), however much of the pipeline had landed."""
+    """Spend added here since the last flush, under its own sequence number. Sent until a master takes it (the
+    ``ONCE`` script counts a number at most once, so sending it again after a failure whose first sending had landed
+    adds nothing), then kept until the next flush finds the same master still in charge: had a failover replaced it
+    meanwhile (Sentinel's old master takes writes until it is told it is a replica, then drops them), the batch goes
+    out again, to the new master."""
 
     seq: int
     spend: dict[SpendKey, float]
+    landed: str | None = None  # the master that took it (``Owner.master``), until that is known to hold
 
 
 @dataclass(slots=True)
@@ -133,7 +140,7 @@ class Sync:
                         retry = 0.05
                         continue
                     owner.stop.wait(retry)
-                    retry = min(retry * 2, 1.0)
+                    retry = min(retry * 2, RECOVER_EVERY_S)
                     continue
                 owner.wake.clear()  # before the flush: a change published during it wakes the next one at once
                 self.flush()
@@ -157,6 +164,13 @@ class Sync:
 
     def _flush_pipeline(self) -> bool:
         owner = self._owner
+        try:
+            master = owner.master()
+        except FAILURES as error:
+            owner.failures = 3
+            owner.failed(error)
+            return False
+        self._settle_batches(master)
         pending = self._take_pending()
         now = owner.wall()
         pipe = owner.redis.pipeline(transaction=False)
@@ -169,7 +183,7 @@ class Sync:
             results = self._unloaded(pipe.execute(raise_on_error=False))
             down = next((r for r in results if isinstance(r, BaseException) and unreachable(r)), None)
             if down is not None:  # a cluster node holding some of the keys is away: the rest may have landed
-                self._confirm(pending.batches, results[:batches])
+                self._confirm(pending.batches, results[:batches], master)
                 raise down
         except FAILURES as error:
             self._put_back(pending)  # nothing is lost: it all goes out with the next flush
@@ -177,7 +191,7 @@ class Sync:
             owner.failed(error)
             return False
         owner.failures = 0
-        self._confirm(pending.batches, results[:batches])
+        self._confirm(pending.batches, results[:batches], master)
         for refused in results[batches:reads]:
             if isinstance(refused, Exception):
                 owner.reports.refused(refused)
@@ -213,28 +227,34 @@ class Sync:
                 self._seq += 1
                 self.spend_batches.append(SpendBatch(self._seq, self.spend_pending))
                 self.spend_pending = {}
-            batches = list(self.spend_batches) if writes else []
+            batches = [batch for batch in self.spend_batches if batch.landed is None] if writes else []
             owed, grants.owed = (grants.owed, {}) if writes else ({}, grants.owed)
             grants.sending.update(owed)
         drained = [(engine, *engine.drain()) for engine in owner.engines] if writes else []
         return _Pending(outbox, batches, owed, drained)
 
-    def _confirm(self, sent: list[SpendBatch], results: list[Any]) -> None:
-        """Drop the spend batches Redis confirmed (or refused: reported once, never sent again)."""
-        done = set()
+    def _settle_batches(self, master: str) -> None:
+        """Before a flush: drop the batches the master still in charge took; send again those another took."""
+        with self._lock:
+            for batch in self.spend_batches:
+                if batch.landed is not None and batch.landed != master:
+                    batch.landed = None
+            self.spend_batches = [batch for batch in self.spend_batches if batch.landed is None]
+
+    def _confirm(self, sent: list[SpendBatch], results: list[Any], master: str) -> None:
+        """Note the batches ``master`` took (or refused: reported once, never sent again)."""
         for batch, result in zip(sent, results, strict=True):
             if isinstance(result, BaseException) and unreachable(result):
                 continue
             if isinstance(result, Exception):
                 self._owner.reports.refused(result)
-            done.add(batch.seq)
-        with self._lock:
-            self.spend_batches = [batch for batch in self.spend_batches if batch.seq not in done]
+            with self._lock:
+                batch.landed = master
 
     def unconfirmed(self, key: SpendKey) -> float:
-        """Spend of ``key`` sent but not confirmed yet (counted here, not yet in what was read back)."""
+        """Spend of ``key`` no master has taken yet (counted here, not in what was read back)."""
         with self._lock:
-            return sum(batch.spend.get(key, 0.0) for batch in self.spend_batches)
+            return sum(batch.spend.get(key, 0.0) for batch in self.spend_batches if batch.landed is None)
 
     def _put_back(self, pending: _Pending) -> None:
         with self._lock:
@@ -313,6 +333,7 @@ class Sync:
         owner, keys = self._owner, self._owner.keys
         raw_states = [next(answers) for _ in owner.engines]
         lost: list[RolloutEngine] = []
+        behind: list[RolloutEngine] = []
         for engine, window, raw in zip(owner.engines, windows, raw_states, strict=True):
             stable = self.read_measurements(keys.measurements(engine.route, window, engine.stable_arm), next(answers))
             candidate = self.read_measurements(
@@ -322,10 +343,24 @@ class Sync:
             found = owner.store.parsed(engine.route, raw)
             if found is not None and engine.route not in owner.store.invalid:
                 engine.follow(found)
+                if found.version < engine.state.version:
+                    behind.append(engine)
             elif found is None and engine.state.version > 0:
                 lost.append(engine)  # missing (a Redis restarted empty): put back what this process follows
         if lost and not owner.read_only:
             self._restore_rollouts(lost)
+        if behind and not owner.read_only:
+            self._push_newer(behind)
+
+    def _push_newer(self, engines: list[RolloutEngine]) -> None:
+        """Redis holds an older state than this process follows: a write it took was lost (a master failed over
+        before passing it on, or took it after it had been replaced). Write ours again, unless a newer one is there
+        by then (read just before the write, compared-and-set)."""
+        for engine in engines:
+            mine = engine.state
+            self._owner.store.update(
+                engine.route, lambda found, mine=mine: mine if found is None or found.version < mine.version else None
+            )
 
     def _restore_rollouts(self, engines: list[RolloutEngine]) -> None:
         """A rollout's state key is missing (a Redis restarted empty, or a first start): put back what this process
