@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+import redis.cluster
 import redis.exceptions
 
-from holyroute.rollout.engine import Measurements, RolloutEngine
+from holyroute.boundary.redis_url import RedisUrl
+from holyroute.rollout.engine import Measurements, RolloutEngine, RolloutState
 from holyroute.state.base import PERIODS, AttachedRouter, HealthChange, Period, period_key
 from holyroute.state.redis.connect import FAILURES, Client, unreachable
 from holyroute.state.redis.grants import Grants
@@ -36,6 +38,7 @@ __all__ = ["MEMBER_TTL_S", "Sync", "SyncOwner"]
 #: Seconds the keys that are rewritten all the time live after their last write.
 MEASUREMENTS_TTL_S = 7 * 86400
 SPEND_TTL_S = {"hour": 2 * 86400, "day": 40 * 86400, "month": 400 * 86400}
+UNREPLICATED_HOLD_S = 5.0  # a spend batch no replica acknowledged is resent if its master is replaced this soon
 RECOVER_EVERY_S = 0.25  # the longest wait between two tries to reach Redis again (a ping)
 MEMBER_TTL_S = 10.0  # a process not heard of for this long no longer counts for the local share of a limit
 
@@ -82,6 +85,12 @@ class SyncOwner(Protocol):
 
     def master(self) -> str: ...
 
+    @property
+    def deployment(self) -> RedisUrl: ...
+
+    @property
+    def timeout(self) -> float: ...
+
     def message(self, kind: str, **fields: Any) -> str: ...
 
     def clock(self) -> float: ...
@@ -100,6 +109,8 @@ class SpendBatch:
     seq: int
     spend: dict[SpendKey, float]
     landed: str | None = None  # the master that took it (``Owner.master``), until that is known to hold
+    replicated: bool = False  # a replica of that master acknowledged it (``WAIT 1``)
+    landed_at: float = 0.0  # when (monotonic)
 
 
 @dataclass(slots=True)
@@ -175,6 +186,7 @@ class Sync:
         now = owner.wall()
         pipe = owner.redis.pipeline(transaction=False)
         batches = len(pending.batches)
+        waited = batches and owner.deployment.kind != "single"
         self._scripted = []
         self._write(pipe, pending, now)
         reads = len(pipe)
@@ -183,7 +195,7 @@ class Sync:
             results = self._unloaded(pipe.execute(raise_on_error=False))
             down = next((r for r in results if isinstance(r, BaseException) and unreachable(r)), None)
             if down is not None:  # a cluster node holding some of the keys is away: the rest may have landed
-                self._confirm(pending.batches, results[:batches], master)
+                self._confirm(pending.batches, results[:batches], master, results[batches] if waited else 0)
                 raise down
         except FAILURES as error:
             self._put_back(pending)  # nothing is lost: it all goes out with the next flush
@@ -191,8 +203,8 @@ class Sync:
             owner.failed(error)
             return False
         owner.failures = 0
-        self._confirm(pending.batches, results[:batches], master)
-        for refused in results[batches:reads]:
+        self._confirm(pending.batches, results[:batches], master, results[batches] if waited else 0)
+        for refused in results[batches + bool(waited) : reads]:
             if isinstance(refused, Exception):
                 owner.reports.refused(refused)
         self._apply(iter(results[reads:]), windows, now)
@@ -234,22 +246,38 @@ class Sync:
         return _Pending(outbox, batches, owed, drained)
 
     def _settle_batches(self, master: str) -> None:
-        """Before a flush: drop the batches the master still in charge took; send again those another took."""
+        """Before a flush: drop the batches the master still in charge holds for good; send again those another
+        took. Held for good: one server took it; or a replica acknowledged it; or no replica did but the master
+        that took it is still in charge :data:`UNREPLICATED_HOLD_S` later (it has no replica: no failover can have
+        replaced it). Until then a master replaced meanwhile (Sentinel's old master takes writes until it is told
+        it is a replica, then drops them) means sending the batch again, to the new one."""
+        now = self._owner.clock()
+        single = self._owner.deployment.kind == "single"
         with self._lock:
             for batch in self.spend_batches:
                 if batch.landed is not None and batch.landed != master:
-                    batch.landed = None
-            self.spend_batches = [batch for batch in self.spend_batches if batch.landed is None]
+                    batch.landed, batch.replicated = None, False
+            self.spend_batches = [
+                batch
+                for batch in self.spend_batches
+                if batch.landed is None
+                or not (single or batch.replicated or now - batch.landed_at >= UNREPLICATED_HOLD_S)
+            ]
 
-    def _confirm(self, sent: list[SpendBatch], results: list[Any], master: str) -> None:
-        """Note the batches ``master`` took (or refused: reported once, never sent again)."""
+    def _confirm(self, sent: list[SpendBatch], results: list[Any], master: str, replicas: object) -> None:
+        """Note the batches ``master`` took (or refused: reported once, never sent again); ``replicas`` is what
+        ``WAIT`` answered after them (how many replicas have them)."""
+        replicated = isinstance(replicas, int) and replicas >= 1
+        now = self._owner.clock()
         for batch, result in zip(sent, results, strict=True):
             if isinstance(result, BaseException) and unreachable(result):
                 continue
             if isinstance(result, Exception):
                 self._owner.reports.refused(result)
             with self._lock:
-                batch.landed = master
+                if batch.landed != master:
+                    batch.landed, batch.landed_at = master, now
+                batch.replicated = replicated
 
     def unconfirmed(self, key: SpendKey) -> float:
         """Spend of ``key`` no master has taken yet (counted here, not in what was read back)."""
@@ -269,6 +297,14 @@ class Sync:
         for batch in pending.batches:  # first: their replies are the pipeline's first
             once_keys, once_args = once_call(keys, owner.origin, batch)
             self._queue(pipe, self._once, once_keys, once_args)
+        if pending.batches and owner.deployment.kind != "single":
+            # How many replicas have them (same connection as the writes, to the master of the spend slot).
+            wait = ["WAIT", 1, max(1, int(owner.timeout * 500))]  # well within the command timeout
+            if isinstance(owner.redis, redis.cluster.RedisCluster):
+                node = owner.redis.get_node_from_key(keys.spend_seq)  # type: ignore[no-untyped-call]
+                pipe.execute_command(*wait, target_nodes=node)
+            else:
+                pipe.execute_command(*wait)
         for change in pending.outbox:
             try:
                 self._health_command(pipe, change)
@@ -357,10 +393,11 @@ class Sync:
         before passing it on, or took it after it had been replaced). Write ours again, unless a newer one is there
         by then (read just before the write, compared-and-set)."""
         for engine in engines:
-            mine = engine.state
-            self._owner.store.update(
-                engine.route, lambda found, mine=mine: mine if found is None or found.version < mine.version else None
-            )
+
+            def newer(found: RolloutState | None, mine: RolloutState = engine.state) -> RolloutState | None:
+                return mine if found is None or found.version < mine.version else None
+
+            self._owner.store.update(engine.route, newer)
 
     def _restore_rollouts(self, engines: list[RolloutEngine]) -> None:
         """A rollout's state key is missing (a Redis restarted empty, or a first start): put back what this process
