@@ -453,3 +453,62 @@ class TestSentinelFailover:
                 capsys=capsys,
                 must_notice=False,  # the old master drops its clients: they may reconnect to the new one unharmed
             )
+
+
+# ---- TLS and an ACL user -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    made = TlsServer(tmp_path_factory.mktemp("tls"), PASSWORD)
+    with running(made):
+        yield made
+
+
+class TestTls:
+    """``rediss://`` with a CA file and an ACL user: shared state works; a wrong password is a clear error that
+    never shows the password, and no call fails because of it."""
+
+    def test_shared_over_tls_as_an_acl_user(self, tls: TlsServer, deployment: Deployment) -> None:
+        a, b = deployment.upstream("a"), deployment.upstream("b")
+        cfg = config(tls.url(PASSWORD), "tls", {"a": {"base_url": a.base_url}, "b": {"base_url": b.base_url}}, {})
+        cfg["routes"] = {"chat": ordered("a", "b")}
+        with capture_logs() as logs:
+            one, two = deployment.client(cfg, "A"), deployment.client(cfg, "B")
+            a.push(Reply.rate_limited(retry_after_s=30))
+            one.chat()
+            wait_for(lambda: two.router.health.cooldown("a", MODEL, two.now()) is not None, 2, "B to learn it")
+            assert two.chat() == MODEL
+        assert sent_by(a) == {"A": 1}
+        assert named(logs, "holyroute.state_degraded") == []
+        store = tls.client()
+        try:
+            assert store.hexists(Keys("tls").health, f"c|a|{MODEL}")
+            names = [entry["name"] for entry in store.client_list()]
+            assert "holyroute" in names, "the backend's connections, as the ACL user, over TLS"
+        finally:
+            store.close()
+        backend = one.router.state
+        assert PASSWORD not in repr(backend) and PASSWORD not in str(getattr(backend, "where", ""))
+
+    def test_a_wrong_password_is_a_clear_error_without_the_password(
+        self, tls: TlsServer, deployment: Deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        wrong = "Wr0ng-" + PASSWORD
+        up = deployment.upstream("up")
+        cfg = config(tls.url(wrong), "tls-wrong", {"up": {"base_url": up.base_url, "rpm": 600}}, {})
+        cfg["routes"] = {"chat": ordered("up")}
+        path = tmp_path / "holyroute.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        with capture_logs() as logs:
+            client = deployment.client(path, "A")
+            assert [client.chat() for _ in range(3)] == [MODEL] * 3, "no call fails because Redis refuses us"
+            [degraded] = named(logs, "holyroute.state_degraded")
+            assert cli.main(["check", str(path)]) == 0
+        out = capsys.readouterr()
+        shown = f"{degraded} {logs} {out.out} {out.err}"
+        assert "AuthenticationError" in degraded["reason"], degraded["reason"]
+        assert "invalid username-password pair" in degraded["reason"]
+        assert degraded["redis"] == f"rediss://127.0.0.1:{tls.port}/0"
+        assert PASSWORD not in shown and "Wr0ng" not in shown
+        assert "UNREACHABLE (AuthenticationError)" in out.out

@@ -124,6 +124,7 @@ class _Endpoint:
     limits: tuple[int | None, int | None] = (None, None)  # the configured (rpm, tpm)
     limited_until: float = 0.0  # a shared limit said no until then
     limited_reason: str = ""
+    taken_local: tuple[int, int] = (0, 0)  # requests and tokens taken from the local buckets since they took over
 
 
 @dataclass(slots=True)
@@ -280,6 +281,9 @@ class HealthBook:
                     state.rpm.take(1, now)
                 if state.tpm is not None:
                     _debit(endpoint, state.tpm, tokens, now, debits)
+                if state.rpm is not None or state.tpm is not None:
+                    requests, taken = state.taken_local
+                    state.taken_local = (requests + 1, taken + (tokens if state.tpm is not None else 0))
             if state.half_open and not state.trial and state.ejected_until <= now:
                 state.trial = True
                 return True
@@ -553,21 +557,41 @@ class HealthBook:
         debits.clear()
         return [(name, tpm, tokens) for name, (tpm, tokens) in shared.items() if tokens]
 
-    def share_limits(self, shared: bool, processes: int, now: float) -> None:
-        """Switch the rpm/tpm limits between the shared store and this process's buckets. Back on local buckets
-        (the store is away), each of ``processes`` live processes takes its share, starting full so a degraded
-        process serves at once: right after the switch the processes together may exceed a limit by at most one
-        limit's worth (what the shared bucket had already granted), never more."""
+    def share_limits(
+        self,
+        shared: bool,
+        processes: int,
+        now: float,
+        levels: Mapping[str, tuple[float | None, float | None]] | None = None,
+    ) -> dict[str, tuple[int, int]]:
+        """Switch the rpm/tpm limits between the shared store and this process's buckets.
+
+        Back on local buckets (the store is away), each of ``processes`` live processes takes its share of each
+        limit. A bucket starts with its share of what the shared one was last seen to hold (``levels``: requests,
+        tokens, refilled to ``now``), so the processes together take no more than the shared bucket would have
+        given; with nothing known it starts full, so a degraded process serves at once. Back on the shared store,
+        returns what each endpoint's local buckets gave out meanwhile (requests, tokens), for the store to be
+        charged with it.
+        """
         with self._lock:
             self.shared_limits = shared
             if shared:
-                return
+                taken = {name: state.taken_local for name, state in self._endpoints.items() if any(state.taken_local)}
+                for state in self._endpoints.values():
+                    state.taken_local = (0, 0)
+                return taken
             share = max(1, processes)
-            for state in self._endpoints.values():
+            for name, state in self._endpoints.items():
                 rpm, tpm = state.limits
-                for name, limit in (("rpm", rpm), ("tpm", tpm)):
+                known = (levels or {}).get(name, (None, None))
+                for kind, limit, level in (("rpm", rpm, known[0]), ("tpm", tpm, known[1])):
                     if limit:
-                        setattr(state, name, TokenBucket(limit / share, now))
+                        bucket = TokenBucket(limit / share, now)
+                        if level is not None:
+                            bucket.level = min(bucket.capacity, max(0.0, level) / share)
+                        setattr(state, kind, bucket)
+                state.taken_local = (0, 0)
+            return {}
 
     def limits(self, endpoint: str) -> tuple[int | None, int | None]:
         """The endpoint's configured (rpm, tpm)."""

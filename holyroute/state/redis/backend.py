@@ -84,6 +84,7 @@ class RedisBackend:
             reports=self.reports,
             link=self,
             lock=self._lock,
+            clock=clock,
         )
         self.sync = Sync(self, self._lock)
         self.listener = Listener(self)
@@ -303,8 +304,11 @@ class RedisBackend:
             if self._recovering:
                 return
             self._down_since = self.clock()
-        if self.router is not None:
-            self.router.health.share_limits(False, self.sync.members, self.clock())
+        router = self.router
+        if router is not None:
+            now = self.clock()
+            levels = self.grants.levels_at(now, router.health.limits)
+            router.health.share_limits(False, self.sync.members, now, levels)
         self.leases.clear()
         reason = self.scrub(f"{type(error).__name__}: {error}")[:300]
         self._emit(
@@ -345,7 +349,14 @@ class RedisBackend:
             self.live = False
             return False
         if router is not None:
-            router.health.share_limits(True, self.sync.members, self.clock())
+            taken = router.health.share_limits(True, self.sync.members, self.clock())
+            for endpoint, (requests, tokens) in taken.items():
+                rpm, tpm = router.health.limits(endpoint)
+                try:  # what this process gave out on its own meanwhile, charged to the shared buckets
+                    self.grants.charge(endpoint, rpm, tpm, requests, tokens)
+                except FAILURES as error:
+                    self.reports.background_error("sync", error)
+            self.wake.set()
         self.leases.clear()
         down = self.clock() - (self._down_since or self.clock())
         self._emit(

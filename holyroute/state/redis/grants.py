@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from holyroute.boundary.redis_url import RedisUrl
@@ -15,7 +17,7 @@ from holyroute.state.base import Leases
 from holyroute.state.redis.connect import FAILURES, Client, open_async_client
 from holyroute.state.redis.payloads import Keys
 from holyroute.state.redis.reports import Reports
-from holyroute.state.redis.scripts import ACQUIRE, LIMITS_TTL_MS
+from holyroute.state.redis.scripts import ACQUIRE, DEBT, LIMITS_TTL_MS
 
 __all__ = ["Grants", "Link"]
 
@@ -44,6 +46,7 @@ class Grants:
         reports: Reports,
         link: Link,
         lock: threading.Lock,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._url = url
         self._timeout = timeout
@@ -52,7 +55,11 @@ class Grants:
         self._reports = reports
         self._link = link
         self._lock = lock
+        self._clock = clock
         self.script = client.register_script(ACQUIRE)
+        self.debt_script = client.register_script(DEBT)
+        #: endpoint -> (requests, tokens) its shared buckets held after this process's last grant request, and when
+        self.levels: dict[str, tuple[int, int, float]] = {}
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self.owed: dict[str, tuple[int, int]] = {}  # endpoint -> (tpm, tokens owed to its shared bucket)
         self.sending: set[str] = set()  # endpoints whose owed tokens a flush is sending now
@@ -139,14 +146,38 @@ class Grants:
     def _granted(self, endpoint: str, tokens: int, reply: Any) -> float | None:
         self._link.failures = 0
         try:
-            wait_ms, requests, granted_tokens = (int(value) for value in reply)
+            wait_ms, requests, granted_tokens, left_requests, left_tokens = (int(value) for value in reply)
         except (TypeError, ValueError):
-            self._reports.invalid(self._keys.limits(endpoint), "the rate-limit script's reply is not three integers")
+            self._reports.invalid(self._keys.limits(endpoint), "the rate-limit script's reply is not five integers")
             return None  # decide locally, as when Redis cannot answer
+        self.levels[endpoint] = (left_requests, left_tokens, self._clock())
         if wait_ms > 0:
             return min(wait_ms, 60_000) / 1000.0  # a bucket refills completely within 60 s
         self._leases.granted(endpoint, max(requests, 0), max(granted_tokens, 0), tokens)
         return 0.0
+
+    def levels_at(
+        self, now: float, limits: Callable[[str], tuple[int | None, int | None]]
+    ) -> dict[str, tuple[float | None, float | None]]:
+        """What each endpoint's shared buckets hold by ``now``, as far as this process knows: what they held after
+        its last grant request, refilled since at the limit's rate (the others' use since is unknown)."""
+        found: dict[str, tuple[float | None, float | None]] = {}
+        for endpoint, (requests, tokens, at) in list(self.levels.items()):
+            rpm, tpm = limits(endpoint)
+            elapsed = max(0.0, now - at)
+            found[endpoint] = (
+                min(rpm, requests + elapsed * rpm / 60) if rpm else None,
+                min(tpm, tokens + elapsed * tpm / 60) if tpm else None,
+            )
+        return found
+
+    def charge(self, endpoint: str, rpm: int | None, tpm: int | None, requests: int, tokens: int) -> None:
+        """Charge the shared buckets with what this process gave out on its own while Redis was away: the tokens
+        with its next request or sync (as a settled call's), the requests now (raises what Redis raises)."""
+        if tpm and tokens:
+            self.owe(endpoint, tpm, -tokens)
+        if rpm and requests:
+            self.debt_script(keys=[self._keys.limits(endpoint)], args=[rpm, requests, LIMITS_TTL_MS])
 
 
 def _acquire_args(rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int], owed: int) -> list[int]:

@@ -4,7 +4,7 @@ on a bucket or a health entry. Only text here: the callers register them (:mod:`
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "HEALTH", "LIMITS_TTL_MS", "ONCE", "ROLLOUT", "SETTLE"]
+__all__ = ["ACQUIRE", "DEBT", "HEALTH", "LIMITS_TTL_MS", "ONCE", "ROLLOUT", "SETTLE"]
 
 LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a missing key means a full one
 
@@ -13,7 +13,8 @@ LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a m
 # Then either all limits have room for this request and all are charged, or nothing is charged: the reply is
 # {milliseconds until there is room, 0, 0}. Charged, the reply is {0, requests, tokens} granted: this request's, plus
 # up to ARGV[5] requests and ARGV[6] tokens in all for the process's lease, taken only from what the bucket holds (see
-# holyroute.state.base.Leases).
+# holyroute.state.base.Leases). Either reply ends with what the buckets hold after it (requests, tokens): a process
+# that loses Redis starts its local share of each limit from there.
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -38,7 +39,7 @@ if tpm > 0 then
   local need = math.min(tokens, tpm)
   if k < need then wait = math.max(wait, (need - k) * 60 / tpm) end
 end
-if wait > 0 then return {math.max(1, math.ceil(wait * 1000)), 0, 0} end
+if wait > 0 then return {math.max(1, math.ceil(wait * 1000)), 0, 0, math.floor(r), math.floor(k)} end
 local want_r, want_t = tonumber(ARGV[5]), tonumber(ARGV[6])
 local gr, gt = want_r, want_t
 if rpm > 0 then
@@ -50,7 +51,9 @@ if tpm > 0 then
   redis.call('HSET', KEYS[1], 't', tostring(k - gt), 'tt', tostring(now))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {0, gr, gt}
+if rpm > 0 then r = r - gr end
+if tpm > 0 then k = k - gt end
+return {0, gr, gt, math.floor(r), math.floor(k)}
 """
 
 # Settle finished calls' tpm grants: give ARGV[2] tokens back to the bucket (negative: take them), refilled up to now
@@ -137,5 +140,21 @@ if kind == 'string' and redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
 if kind == 'other' then redis.call('DEL', KEYS[1]) end
 redis.call('SET', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+# Charge the rpm bucket with ARGV[2] requests a process gave out on its own while Redis was away (refilled up to now
+# first, as ACQUIRE refills it; kept within [-rpm, rpm]; a missing bucket is a full one). ARGV[1] is the limit.
+DEBT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm, taken = tonumber(ARGV[1]), tonumber(ARGV[2])
+if rpm == nil or taken == nil or rpm <= 0 or taken <= 0 then return 0 end
+local s = redis.call('HMGET', KEYS[1], 'r', 'rt')
+local l, at = tonumber(s[1]), tonumber(s[2])
+if l == nil or at == nil then l = rpm else l = math.min(rpm, l + math.max(0, now - at) * rpm / 60) end
+l = math.max(-rpm, l - taken)
+redis.call('HSET', KEYS[1], 'r', tostring(l), 'rt', tostring(now))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
