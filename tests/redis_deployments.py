@@ -148,6 +148,7 @@ class Cluster:
             for port in self.ports
         ]
         self.masters = masters
+        self._replica_of: dict[int, int] = {}
 
     @property
     def url(self) -> str:
@@ -228,12 +229,31 @@ class Cluster:
         return next(node for node in self.nodes if node.port == port)
 
     def kill_master(self, port: int) -> float:
-        """SIGKILL the master on ``port``; the Unix time it died."""
+        """SIGKILL the master on ``port``; the Unix time the signal was sent."""
+        self._replica_of[port] = self.replica_of(port)
+        killed = time.time()
         self.node(port).kill()
-        return time.time()
+        return killed
+
+    def replica_of(self, port: int) -> int:
+        """The port of the replica of the master on ``port``."""
+        with contextlib.closing(self._client(port)) as client:
+            nodes = client.cluster("nodes")
+        master_id = next(info["node_id"] for address, info in nodes.items() if address.endswith(f":{port}"))
+        return next(
+            int(address.split(":")[1].split("@")[0])
+            for address, info in nodes.items()
+            if info["master_id"] == master_id
+        )
 
     def promoted(self, old: int) -> bool:
-        """True once a replica took over every slot the master on ``old`` served."""
+        """True once the replica of the (killed) master on ``old`` answers as a master: it took the slots over."""
+        replica = self._replica_of.get(old) or self.replica_of(old)
+        with contextlib.closing(self._client(replica)) as client:
+            return bool(client.info("replication").get("role") == "master")
+
+    def settled(self, old: int) -> bool:
+        """True once every live node agrees the cluster is whole again without the master on ``old``."""
         return self._ready_without(old)
 
     def _ready_without(self, old: int) -> bool:
@@ -410,7 +430,7 @@ class TlsServer:
     def start(self) -> None:
         self.node.start()
         try:
-            wait_for(lambda: self._ping(), 10, f"the TLS server on {self.port} to answer")
+            wait_for(self._ping, 10, f"the TLS server on {self.port} to answer")
         except BaseException:
             self.stop()
             raise

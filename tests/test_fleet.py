@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -384,7 +384,8 @@ def through_failover(
     if must_notice:
         assert len(degraded_events) == 2
     assert followed < 1.0, "the abort reached B within a second of the new master taking over"
-    assert state is not None and b'"aborted"' in state
+    assert state is not None
+    assert b'"aborted"' in state
     assert in_redis == pytest.approx(sum(costs), rel=1e-9), "every call's cost counted once"
     for event in degraded_events + restored_events:
         assert PASSWORD not in str(event)
@@ -489,7 +490,8 @@ class TestTls:
         finally:
             store.close()
         backend = one.router.state
-        assert PASSWORD not in repr(backend) and PASSWORD not in str(getattr(backend, "where", ""))
+        assert PASSWORD not in repr(backend)
+        assert PASSWORD not in str(getattr(backend, "where", ""))
 
     def test_a_wrong_password_is_a_clear_error_without_the_password(
         self, tls: TlsServer, deployment: Deployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -510,5 +512,122 @@ class TestTls:
         assert "AuthenticationError" in degraded["reason"], degraded["reason"]
         assert "invalid username-password pair" in degraded["reason"]
         assert degraded["redis"] == f"rediss://127.0.0.1:{tls.port}/0"
-        assert PASSWORD not in shown and "Wr0ng" not in shown
+        assert PASSWORD not in shown
+        assert "Wr0ng" not in shown
         assert "UNREACHABLE (AuthenticationError)" in out.out
+
+
+# ---- the fleet soak ----------------------------------------------------------------------------------------------
+
+
+def names_on(cluster: Cluster, master: int, make: Callable[[int], str], key: Callable[[str], str]) -> str:
+    """The first of ``make(0)``, ``make(1)``, ... whose key (``key(name)``) the master on ``master`` serves."""
+    for n in range(1000):
+        if cluster.master_of(key(make(n))) == master:
+            return make(n)
+    raise AssertionError("no name found")  # pragma: no cover - 1000 names cover every master
+
+
+class TestFleetSoak:
+    """16 worker processes share one rpm limit, a rollout and a spend budget on a cluster while the master holding
+    all three is killed (SIGKILL) and a replica takes over. Bounded: about 25 s of calls, the workers capped at
+    120 s; sized for a loaded two-core machine (the limit is 1200 rpm so that 16 workers exceed it many times over
+    without the machine being the bottleneck)."""
+
+    WORKERS = 16
+    RPM = 1200
+    LEASE = max(1, int(RPM * 0.01))  # the most one grant takes ahead (lease_fraction 0.01)
+    SOAK_S = 25.0
+    KILL_AT_S = 8.0
+
+    def test_a_master_killed_mid_soak(
+        self, tmp_path: Path, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from tests.test_workers import Workers, follow_lag
+
+        rate = self.RPM / 60
+        made = Cluster(tmp_path / "cluster")
+        with running(made):
+            keys = Keys("soak")
+            victim = made.master_of(keys.spend_seq)
+            limited = names_on(made, victim, lambda n: f"limited-{n}", keys.limits)
+            canary = names_on(made, victim, lambda n: f"canary-{n}", keys.rollout)
+            up, main = deployment.upstream(limited), deployment.upstream("main")
+            cfg = config(
+                made.url,
+                "soak",
+                {limited: {"base_url": up.base_url, "rpm": self.RPM}, "main": {"base_url": main.base_url}},
+                {"chat": ordered(limited), canary: rollout_route("main", [{"set_weight": 50}, {"pause": {}}])},
+            )
+            cfg["retry"].update(when_limited="wait", max_wait_s=60)
+            cfg["budgets"] = [{"scope": "route", "name": "chat", "usd": 1000.0}]
+            cfg["state"]["sync_interval_s"] = 0.1
+            path = tmp_path / "holyroute.yaml"
+            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            run_dir = tmp_path / "run"
+            run_dir.mkdir()
+            workers = Workers(run_dir)
+            try:
+                for n in range(1, self.WORKERS + 1):
+                    options = ["--models", f"chat,{canary}", "--sleep", "0.2", "--max-s", "150", "--watch", canary]
+                    workers.start(path, *options, *(["--abort", canary] if n == 1 else []), count=1, first=n)
+                store = made.client()
+                try:  # an empty shared bucket to start from: the soak measures the rate, not the first burst
+                    seconds, micros = store.time(target_nodes=store.get_node_from_key(keys.limits(limited)))
+                    emptied = time.time()
+                    store.hset(keys.limits(limited), mapping={"r": "0", "rt": f"{seconds}.{micros:06d}"})
+                finally:
+                    store.close()
+                until = time.time() + self.SOAK_S
+                workers.go(until)
+                time.sleep(self.KILL_AT_S)
+                killed = made.kill_master(victim)
+                (run_dir / "abort").touch()
+                wait_for(lambda: made.promoted(victim), 30, "a replica to take over")
+                took_over = time.time()
+                results = workers.results(self.SOAK_S + 120)
+            finally:
+                workers.kill()
+            arrivals = sorted(r.received_at for r in list(up.requests))
+            store = made.client()
+            try:
+                day = time.strftime("%Y%m%d", time.gmtime())
+                in_redis = float(store.hget(keys.spend("day", day), "budget:route:chat") or 0)
+            finally:
+                store.close()
+
+        calls = [call for result in results for call in result["calls"]]
+        errors = [call["error"] for call in calls if "error" in call]
+        counted = [arrival for arrival in arrivals if arrival <= until]
+        measured_rate = len(counted) / (until - emptied)
+        over = max(n + 1 - rate * (t - emptied) for n, t in enumerate(arrivals))
+        canary_calls = [{**r, "calls": [c for c in r["calls"] if c["alias"] == canary]} for r in results]
+        served_lags = follow_lag(canary_calls, took_over, STABLE)  # to within one call (0.2 s apart)
+        lags = [max(0.0, result["followed"][0] - took_over) if result["followed"] else 99.0 for result in results]
+        own = sum(result["spend"].get("chat", 0.0) for result in results)
+        degraded = [result["events"].get("holyroute.state_degraded", 0) for result in results]
+        restored = [result["events"].get("holyroute.state_restored", 0) for result in results]
+        noticed = [result["first"].get("holyroute.state_degraded", float("nan")) - killed for result in results]
+        back = [result["first"].get("holyroute.state_restored", float("nan")) - took_over for result in results]
+        with capsys.disabled():
+            print(
+                f"\nfleet soak: {self.WORKERS} workers, {len(calls)} calls ({len(errors)} failed); shared rpm "
+                f"{self.RPM}: {len(counted)} calls in {until - emptied:.1f} s = {measured_rate:.3f}/s (limit "
+                f"{rate:g}/s, {100 * (measured_rate / rate - 1):+.2f}%), at most {over:.1f} above the limit's line "
+                f"(a lease is {self.LEASE}); master {victim} killed at +{killed - (until - self.SOAK_S):.1f} s, "
+                f"replica took over {took_over - killed:.2f} s later; workers noticed in "
+                f"{1000 * min(noticed):.0f}-{1000 * max(noticed):.0f} ms, back on Redis "
+                f"{1000 * min(back):.0f}-{1000 * max(back):.0f} ms after the takeover; abort (written by worker 1 "
+                f"{results[0]['aborted'][0] - killed:.2f} s after the kill) followed by every worker "
+                f"{1000 * max(lags):.0f} ms after the takeover at the latest (every call served by the stable arm "
+                f"{1000 * max(served_lags):.0f} ms after it); spend {in_redis:.6f} USD in Redis, "
+                f"{own:.6f} counted by the workers; degraded/restored events per worker {set(degraded)}/{set(restored)}"
+            )
+        assert errors == []
+        assert measured_rate == pytest.approx(rate, rel=0.02)
+        assert over <= self.LEASE + 1, "never above the limit by more than one lease"
+        assert max(lags) < 1.0, lags
+        assert max(served_lags) < 1.5, served_lags
+        assert in_redis == pytest.approx(own, rel=1e-9)
+        assert degraded == [1] * self.WORKERS
+        assert restored == [1] * self.WORKERS
