@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-import redis.cluster
 import redis.exceptions
 
 from holyroute.boundary.redis_url import RedisUrl
@@ -38,8 +37,8 @@ __all__ = ["MEMBER_TTL_S", "Sync", "SyncOwner"]
 #: Seconds the keys that are rewritten all the time live after their last write.
 MEASUREMENTS_TTL_S = 7 * 86400
 SPEND_TTL_S = {"hour": 2 * 86400, "day": 40 * 86400, "month": 400 * 86400}
-UNREPLICATED_HOLD_S = 5.0  # a spend batch no replica acknowledged is resent if its master is replaced this soon
-RECOVER_EVERY_S = 0.25  # the longest wait between two tries to reach Redis again (a ping)
+HOLD_S = 5.0  # a spend batch is sent again if the master that took it is replaced within this (see SpendBatch)
+RECOVER_EVERY_S = 0.1  # the longest wait between two tries to reach Redis again (a ping: cheap)
 MEMBER_TTL_S = 10.0  # a process not heard of for this long no longer counts for the local share of a limit
 
 SpendKey = tuple[Period, str, str]
@@ -88,9 +87,6 @@ class SyncOwner(Protocol):
     @property
     def deployment(self) -> RedisUrl: ...
 
-    @property
-    def timeout(self) -> float: ...
-
     def message(self, kind: str, **fields: Any) -> str: ...
 
     def clock(self) -> float: ...
@@ -102,14 +98,11 @@ class SyncOwner(Protocol):
 class SpendBatch:
     """Spend added here since the last flush, under its own sequence number. Sent until a master takes it (the
     ``ONCE`` script counts a number at most once, so sending it again after a failure whose first sending had landed
-    adds nothing), then kept until the next flush finds the same master still in charge: had a failover replaced it
-    meanwhile (Sentinel's old master takes writes until it is told it is a replica, then drops them), the batch goes
-    out again, to the new master."""
+    adds nothing), then kept :data:`HOLD_S` in case a failover replaces that master (see :meth:`Sync._drop_held`)."""
 
     seq: int
     spend: dict[SpendKey, float]
     landed: str | None = None  # the master that took it (``Owner.master``), until that is known to hold
-    replicated: bool = False  # a replica of that master acknowledged it (``WAIT 1``)
     landed_at: float = 0.0  # when (monotonic)
 
 
@@ -186,7 +179,6 @@ class Sync:
         now = owner.wall()
         pipe = owner.redis.pipeline(transaction=False)
         batches = len(pending.batches)
-        waited = batches and owner.deployment.kind != "single"
         self._scripted = []
         self._write(pipe, pending, now)
         reads = len(pipe)
@@ -195,7 +187,7 @@ class Sync:
             results = self._unloaded(pipe.execute(raise_on_error=False))
             down = next((r for r in results if isinstance(r, BaseException) and unreachable(r)), None)
             if down is not None:  # a cluster node holding some of the keys is away: the rest may have landed
-                self._confirm(pending.batches, results[:batches], master, results[batches] if waited else 0)
+                self._confirm(pending.batches, results[:batches], master)
                 raise down
         except FAILURES as error:
             self._put_back(pending)  # nothing is lost: it all goes out with the next flush
@@ -203,8 +195,9 @@ class Sync:
             owner.failed(error)
             return False
         owner.failures = 0
-        self._confirm(pending.batches, results[:batches], master, results[batches] if waited else 0)
-        for refused in results[batches + bool(waited) : reads]:
+        self._confirm(pending.batches, results[:batches], master)
+        self._drop_held(master)
+        for refused in results[batches:reads]:
             if isinstance(refused, Exception):
                 owner.reports.refused(refused)
         self._apply(iter(results[reads:]), windows, now)
@@ -246,28 +239,28 @@ class Sync:
         return _Pending(outbox, batches, owed, drained)
 
     def _settle_batches(self, master: str) -> None:
-        """Before a flush: drop the batches the master still in charge holds for good; send again those another
-        took. Held for good: one server took it; or a replica acknowledged it; or no replica did but the master
-        that took it is still in charge :data:`UNREPLICATED_HOLD_S` later (it has no replica: no failover can have
-        replaced it). Until then a master replaced meanwhile (Sentinel's old master takes writes until it is told
-        it is a replica, then drops them) means sending the batch again, to the new one."""
-        now = self._owner.clock()
-        single = self._owner.deployment.kind == "single"
+        """Before a flush: the batches another master took go out again, to ``master``."""
         with self._lock:
             for batch in self.spend_batches:
                 if batch.landed is not None and batch.landed != master:
-                    batch.landed, batch.replicated = None, False
+                    batch.landed = None
+
+    def _drop_held(self, master: str) -> None:
+        """After a flush ``master`` answered: forget the batches it took :data:`HOLD_S` ago or more (one server:
+        at once). Had a failover replaced it before then, they would have gone out again to the new master, which
+        counts only those its old master had not passed on (the ``ONCE`` script's sequence numbers came along): so
+        a failover loses no spend taken in the last :data:`HOLD_S`, even what the old master took and never
+        replicated, and Sentinel's old master dropping the writes it took after the promotion loses nothing."""
+        now, single = self._owner.clock(), self._owner.deployment.kind == "single"
+        with self._lock:
             self.spend_batches = [
                 batch
                 for batch in self.spend_batches
-                if batch.landed is None
-                or not (single or batch.replicated or now - batch.landed_at >= UNREPLICATED_HOLD_S)
+                if batch.landed != master or not (single or now - batch.landed_at >= HOLD_S)
             ]
 
-    def _confirm(self, sent: list[SpendBatch], results: list[Any], master: str, replicas: object) -> None:
-        """Note the batches ``master`` took (or refused: reported once, never sent again); ``replicas`` is what
-        ``WAIT`` answered after them (how many replicas have them)."""
-        replicated = isinstance(replicas, int) and replicas >= 1
+    def _confirm(self, sent: list[SpendBatch], results: list[Any], master: str) -> None:
+        """Note the batches ``master`` took (or refused: reported once, never sent again)."""
         now = self._owner.clock()
         for batch, result in zip(sent, results, strict=True):
             if isinstance(result, BaseException) and unreachable(result):
@@ -277,7 +270,6 @@ class Sync:
             with self._lock:
                 if batch.landed != master:
                     batch.landed, batch.landed_at = master, now
-                batch.replicated = replicated
 
     def unconfirmed(self, key: SpendKey) -> float:
         """Spend of ``key`` no master has taken yet (counted here, not in what was read back)."""
@@ -297,14 +289,6 @@ class Sync:
         for batch in pending.batches:  # first: their replies are the pipeline's first
             once_keys, once_args = once_call(keys, owner.origin, batch)
             self._queue(pipe, self._once, once_keys, once_args)
-        if pending.batches and owner.deployment.kind != "single":
-            # How many replicas have them (same connection as the writes, to the master of the spend slot).
-            wait = ["WAIT", 1, max(1, int(owner.timeout * 500))]  # well within the command timeout
-            if isinstance(owner.redis, redis.cluster.RedisCluster):
-                node = owner.redis.get_node_from_key(keys.spend_seq)  # type: ignore[no-untyped-call]
-                pipe.execute_command(*wait, target_nodes=node)
-            else:
-                pipe.execute_command(*wait)
         for change in pending.outbox:
             try:
                 self._health_command(pipe, change)
