@@ -9,6 +9,7 @@ bounded; the figures are printed (shown without ``-s``) for ``docs/fleet.md``.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -293,6 +294,32 @@ class TestCluster:
                 f"\ncluster features: {len(found)} keys, {len(tags)} hash tags over masters "
                 f"{sorted(masters)} of {cluster.master_ports()}"
             )
+
+    def test_async_routers_share_rpm_on_a_cluster(self, cluster: Cluster, deployment: Deployment) -> None:
+        """The asyncio grant path (a ``redis.asyncio`` cluster client): rpm 4 across two AsyncOpenAI clients."""
+        limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
+        cfg = config(
+            cluster.url,
+            "async",
+            {"limited": {"base_url": limited.base_url, "rpm": 4}, "backup": {"base_url": backup.base_url}},
+            {"chat": ordered("limited", "backup")},
+        )
+
+        async def run() -> None:
+            clients = [holyroute.async_client(cfg) for _ in range(2)]
+            sdks = [openai.AsyncOpenAI(api_key="x", base_url=NOWHERE, http_client=c, max_retries=0) for c in clients]
+            try:
+                for n in range(10):
+                    await sdks[n % 2].chat.completions.create(
+                        model="chat", messages=[{"role": "user", "content": "hi"}]
+                    )
+            finally:
+                for sdk in sdks:
+                    await sdk.close()
+
+        asyncio.run(asyncio.wait_for(run(), timeout=30))
+        assert len(limited.requests) == 4
+        assert len(backup.requests) == 6
 
     def test_a_lua_script_keeps_to_one_slot(self, cluster: Cluster) -> None:
         """Every script's keys share one slot (their hash tag): the cluster never answers CROSSSLOT."""
