@@ -6,9 +6,9 @@ asyncio), the lease taken with it and the tpm owed by settled calls; ``sync`` th
 (what goes out, the snapshots read back); ``listener`` the pub/sub thread and how a message is applied; ``scripts``
 the Lua scripts; ``reports`` the once-each problem events; ``store`` the rollout store; ``payloads`` the key names
 and the total parsers of everything read back; ``connect`` the client for the deployment ``state.url`` names (one
-server, Redis Cluster, Sentinel; TLS) and which errors mean Redis is away. The parts never import ``backend``: each says what it uses of it in a
-small protocol, and ``grants``, ``sync`` and ``listener`` do not know each other except that ``sync`` hands the owed
-tokens of ``grants`` to its pipeline.
+server, Redis Cluster, Sentinel; TLS) and which errors mean Redis is away. The parts never import ``backend``: each
+says what it uses of it in a small protocol, and ``grants``, ``sync`` and ``listener`` do not know each other except
+that ``sync`` hands the owed tokens of ``grants`` to its pipeline.
 
 What is shared, and how each piece keeps the request path fast:
 
