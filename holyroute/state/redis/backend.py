@@ -93,6 +93,7 @@ class RedisBackend:
         self.threads: list[threading.Thread] = []
         self._pid = os.getpid()
         self.horizons = Horizons()  # the configured maxima, once attached to a router
+        self._master_seen: str | None = None  # Sentinel's master, as last named
 
     def client(self, timeout: float | None) -> Client:
         """A client that never retries (a slow Redis is a down Redis on the request path); ``timeout`` None for
@@ -101,13 +102,19 @@ class RedisBackend:
         return open_client(self.deployment, timeout=timeout, connect_timeout=connect)
 
     def master(self) -> str:
-        """Where writes go now: Sentinel's master as the Sentinels say (a round trip; a new one makes the client drop
-        its idle connections to the old), the cluster node serving the spend slot as the client last learnt, or
-        the one server. Raises what the Sentinels' client raises when none answers."""
+        """Where writes go now: Sentinel's master as the Sentinels say (a round trip to one per sync; a new one makes
+        the client drop its idle connections to the old), the cluster node serving the spend slot as the client last
+        learnt, or the one server. Raises what the Sentinels' client raises when none answers and none ever did."""
         pool = getattr(self.redis, "connection_pool", None)
         if self.deployment.kind == "sentinel" and pool is not None:
-            host, port = pool.get_master_address()
-            return f"{host}:{port}"
+            try:
+                host, port = pool.get_master_address()
+            except FAILURES:
+                if self._master_seen is None:
+                    raise
+                return self._master_seen  # the Sentinels are slow or away, not the master: go on with the last
+            self._master_seen = f"{host}:{port}"
+            return self._master_seen
         if self.deployment.kind == "cluster" and isinstance(self.redis, redis.cluster.RedisCluster):
             node = self.redis.get_node_from_key(self.keys.spend_seq)  # type: ignore[no-untyped-call]
             return str(node.name) if node is not None else "?"
