@@ -343,26 +343,8 @@ class TestSync:
         assert ran == [(["k"], [1])], "run once more, with the same keys and arguments"
 
     def test_a_rollout_state_redis_lost_is_written_again(self, store: redis.Redis, keys: Keys) -> None:
-        from holyroute import load_config
-
-        config = load_config(
-            {
-                "endpoints": {"main": {"base_url": "http://127.0.0.1:9/v1"}},
-                "routes": {
-                    "canary": {
-                        "rollout": {
-                            "stable": {"model": "s", "endpoints": ["main"]},
-                            "candidate": {"model": "c", "endpoints": ["main"]},
-                            "steps": [{"set_weight": 50}, {"pause": {}}],
-                        }
-                    }
-                },
-            }
-        )
         owner = Owner(store, keys)
-        rollout = config.routes["canary"].rollout
-        assert rollout is not None
-        engine = RolloutEngine("canary", rollout, owner.store, emit=owner.events, clock=owner.clock)
+        engine = rollout_engine(owner)
         owner.engines = [engine]
         sync = Sync(owner, threading.Lock())
         engine.abort("by hand")
@@ -372,6 +354,29 @@ class TestSync:
         assert sync.flush()
         stored = json.loads(store.get(keys.rollout("canary")) or b"{}")
         assert (stored["version"], stored["status"]) == (mine.version, "aborted")
+
+
+def rollout_engine(owner: Owner) -> RolloutEngine:
+    """Route ``canary`` at 50%, paused, on ``owner``'s rollout store."""
+    from holyroute import load_config
+
+    config = load_config(
+        {
+            "endpoints": {"main": {"base_url": "http://127.0.0.1:9/v1"}},
+            "routes": {
+                "canary": {
+                    "rollout": {
+                        "stable": {"model": "s", "endpoints": ["main"]},
+                        "candidate": {"model": "c", "endpoints": ["main"]},
+                        "steps": [{"set_weight": 50}, {"pause": {}}],
+                    }
+                }
+            },
+        }
+    )
+    rollout = config.routes["canary"].rollout
+    assert rollout is not None
+    return RolloutEngine("canary", rollout, owner.store, emit=owner.events, clock=owner.clock)
 
 
 # ---- listener -----------------------------------------------------------------------------------------------------
@@ -396,6 +401,15 @@ class TestListener:
         assert [(c.kind, c.endpoint) for c in router.health.applied] == [("cooldown", "a")]
         [invalid] = owner.events.named("holyroute.state_invalid")
         assert invalid["key"] == keys.channel
+
+    def test_a_rollout_message_makes_the_engine_follow_the_stored_state(self, store: redis.Redis, keys: Keys) -> None:
+        owner = Owner(store, keys)
+        engine = rollout_engine(owner)
+        owner.engines = [engine]
+        newer = replace(engine.state, version=engine.state.version + 5, status="aborted", weight=0.0)
+        store.set(keys.rollout("canary"), json.dumps(asdict(newer)))
+        Listener(owner).apply(self.message("other", kind="rollout", route="canary"), owner.router, 0, time.time())
+        assert (engine.state.version, engine.state.status) == (newer.version, "aborted")
 
     def test_the_loop_applies_what_is_published_and_ends_on_stop(self, store: redis.Redis, keys: Keys) -> None:
         owner = Owner(store, keys)
