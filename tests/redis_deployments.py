@@ -272,18 +272,20 @@ class Cluster:
 
 
 class Sentinels:
-    """A master, one replica and three Sentinels watching them as ``mymaster``."""
+    """A master, its replicas (one by default) and three Sentinels watching them as ``mymaster``."""
 
     SERVICE = "mymaster"
 
-    def __init__(self, directory: Path, *args: str) -> None:
+    def __init__(self, directory: Path, *args: str, replicas: int = 1) -> None:
         need(("redis-server", REDIS_SERVER))
-        ports = free_ports(5)
-        self.master_port, self.replica_port = ports[:2]
-        self.sentinel_ports = ports[2:]
-        self.data = [
-            Node(directory / "master", self.master_port, *args),
-            Node(directory / "replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port), *args),
+        ports = free_ports(4 + replicas)
+        self.master_port, self.replica_ports = ports[0], ports[1 : 1 + replicas]
+        self.replica_port = self.replica_ports[0]
+        self.sentinel_ports = ports[1 + replicas :]
+        self.replicas = replicas
+        self.data = [Node(directory / "master", self.master_port, *args)] + [
+            Node(directory / f"replica-{port}", port, "--replicaof", "127.0.0.1", str(self.master_port), *args)
+            for port in self.replica_ports
         ]
         self.sentinels = []
         for port in self.sentinel_ports:
@@ -306,15 +308,18 @@ class Sentinels:
         try:
             for node in [*self.data, *self.sentinels]:
                 node.start()
-            wait_for(self._replicating, 20, "the replica to sync with the master")
-            wait_for(lambda: self._sentinels_agree(self.master_port, replicas=1), 20, "the Sentinels to see both")
+            wait_for(self._replicating, 20, "the replicas to sync with the master")
+            wait_for(lambda: self._sentinels_agree(self.master_port, self.replicas), 20, "the Sentinels to see all")
         except BaseException:
             self.stop()
             raise
 
     def _replicating(self) -> bool:
-        with contextlib.closing(redis.Redis(port=self.replica_port, socket_timeout=1)) as client:
-            return bool(client.info("replication").get("master_link_status") == "up")
+        for port in self.replica_ports:
+            with contextlib.closing(redis.Redis(port=port, socket_timeout=1)) as client:
+                if client.info("replication").get("master_link_status") != "up":
+                    return False
+        return True
 
     def sentinel(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=0.5, decode_responses=True)

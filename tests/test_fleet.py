@@ -340,6 +340,24 @@ def spent_in_redis(client: redis.Redis | redis.cluster.RedisCluster, prefix: str
     return float(client.hget(Keys(prefix).spend("day", day), name) or 0)
 
 
+RPM = 600  # the routers' shared limit in the failover tests: 10/s, well below what two routers would send
+
+
+def empty_bucket(inspect: Callable[[], redis.Redis | redis.cluster.RedisCluster], key: str) -> float:
+    """Empty the shared rpm bucket at ``key`` now (Redis's clock); the Unix time it was emptied."""
+    store = inspect()
+    try:
+        if isinstance(store, redis.cluster.RedisCluster):
+            seconds, micros = store.time(target_nodes=store.get_node_from_key(key))
+        else:
+            seconds, micros = store.time()
+        emptied = time.time()
+        store.hset(key, mapping={"r": "0", "rt": f"{seconds}.{micros:06d}"})
+    finally:
+        store.close()
+    return emptied
+
+
 def through_failover(
     url: str,
     deployment: Deployment,
@@ -352,23 +370,26 @@ def through_failover(
     capsys: pytest.CaptureFixture[str],
     must_notice: bool,
 ) -> None:
-    """Two routers call on (a shared rpm, a budget, a rollout at 50%) while ``fail`` starts a failover; router A
-    aborts the rollout at once, while the master is away or moving. No call fails;
-    the abort reaches B within a second of the new master answering; Redis counts every call's cost once. A router
-    that noticed (``must_notice``: it must) emits one degraded and one restored event."""
+    """Two routers call on (a shared rpm, emptied at the start, a budget, a rollout at 50%) while ``fail`` starts a
+    failover; router A aborts the rollout at once, while the master is away or moving. No call fails; the routers
+    together never pass the rpm limit by more than a lease; the abort reaches B within a second of the new master
+    answering; Redis counts every call's cost once. A router that noticed (``must_notice``: it must) emits one
+    degraded and one restored event."""
     prefix = "failover"
     up, main = deployment.upstream("up"), deployment.upstream("main")
     cfg = config(
         url,
         prefix,
-        {"up": {"base_url": up.base_url, "rpm": 100_000}, "main": {"base_url": main.base_url}},
+        {"up": {"base_url": up.base_url, "rpm": RPM}, "main": {"base_url": main.base_url}},
         {"chat": ordered("up"), "canary": rollout_route("main", [{"set_weight": 50}, {"pause": {}}])},
     )
     cfg["budgets"] = [{"scope": "route", "name": "chat", "usd": 1000.0}]
+    cfg["retry"].update(when_limited="wait", max_wait_s=30)
     path = tmp_path / "holyroute.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     with capture_logs() as logs:
         a, b = deployment.client(path, "A"), deployment.client(path, "B")
+        emptied = empty_bucket(inspect, Keys(prefix).limits("up"))
         chat = Calls([a, b])
         canary = Calls([a, b], model="canary", pause_s=0.01)
         noticed = Noticed([a, b])
@@ -380,14 +401,27 @@ def through_failover(
             wait_for(promoted, 30, "the new master to take over")
             took_over = time.time()
             followed = wait_for(lambda: b.engine("canary").state.status == "aborted", 10, "B to follow the abort")
-            wait_for(lambda: a.router.state.shares_limits and b.router.state.shares_limits, 10, "both back on Redis")
-            restored = time.time()
+
+            def settled() -> bool:  # a router may notice late (a new master refusing writes until it has a replica)
+                degraded = len(named(logs, "holyroute.state_degraded"))
+                return time.time() > took_over + 1.5 and degraded == len(named(logs, "holyroute.state_restored"))
+
+            wait_for(settled, 30, "every router that noticed to be back on Redis")
             time.sleep(0.5)
         finally:
             outcomes = chat.stop() + canary.stop()
+            ended = time.time()
             noticed.stop()
         a.close()
         b.close()
+    arrivals = sorted(request.received_at for request in list(up.requests))
+    over = max(n + 1 - RPM / 60 * (t - emptied) for n, t in enumerate(arrivals))
+    import os
+    if os.environ.get("DEBUG_OVER"):
+        for n, t in enumerate(arrivals):
+            print(f"DBG {t - killed:+.3f} {n + 1 - RPM / 60 * (t - emptied):+.2f}")
+        for e in named(logs, "holyroute.state_degraded") + named(logs, "holyroute.state_restored") + named(logs, "holyroute.background_error") + named(logs, "holyroute.state_write_failed"):
+            print("DBG", e.get("event"), e.get("reason", "")[:120], e.get("down_s"))
     store = inspect()
     try:
         in_redis = spent_in_redis(store, prefix, "budget:route:chat")
@@ -401,12 +435,15 @@ def through_failover(
         print(
             f"\n{label}: {len(outcomes)} calls, {len(failed(outcomes))} failed; the routers noticed {seen} after the "
             f"failure began; the new master took over {took_over - killed:.2f} s after it; B followed A's abort "
-            f"(written {aborted - killed:.2f} s in) {1000 * followed:.0f} ms after that; both back on Redis "
-            f"{restored - took_over:.2f} s after it ({len(degraded_events)} degraded, {len(restored_events)} restored "
-            f"events, down_s {[e['down_s'] for e in restored_events]}); "
-            f"spend {in_redis:.6f} in Redis, {sum(costs):.6f} counted by the routers"
+            f"(written {aborted - killed:.2f} s in) {1000 * followed:.0f} ms after that; back on Redis "
+            f"{[f'{1000 * (at - took_over):.0f} ms' for at in noticed.back if at]} after it ({len(degraded_events)} "
+            f"degraded, {len(restored_events)} restored events, down_s {[e['down_s'] for e in restored_events]}); "
+            f"spend {in_redis:.6f} in Redis, {sum(costs):.6f} counted by the routers; shared rpm {RPM}: "
+            f"{len(arrivals)} calls in {ended - emptied:.1f} s = {len(arrivals) / (ended - emptied):.2f}/s (limit "
+            f"{RPM / 60:g}/s), at most {over:.1f} above the limit's line (a lease is {RPM // 100})"
         )
     assert failed(outcomes) == []
+    assert over <= RPM // 100 + 1, "never above the shared limit by more than one lease"
     assert len(degraded_events) == len(restored_events) == sum(1 for at in noticed.at if at), "once each, per router"
     if must_notice:
         assert len(degraded_events) == 2
@@ -419,10 +456,12 @@ def through_failover(
 
 
 class Noticed:
-    """When (``time.time()``) each router first stopped sharing limits (Redis away), polled every millisecond."""
+    """When (``time.time()``) each router first stopped sharing limits (Redis away) and last started again, polled
+    every millisecond."""
 
     def __init__(self, clients: list[Client]) -> None:
         self.at: list[float | None] = [None] * len(clients)
+        self.back: list[float | None] = [None] * len(clients)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, args=(clients,), daemon=True)
         self._thread.start()
@@ -431,8 +470,13 @@ class Noticed:
         deadline = time.monotonic() + 120
         while not self._stop.is_set() and time.monotonic() < deadline:
             for n, client in enumerate(clients):
-                if self.at[n] is None and not client.router.state.shares_limits:
+                shares = client.router.state.shares_limits
+                if self.at[n] is None and not shares:
                     self.at[n] = time.time()
+                elif self.at[n] is not None and shares and (self.back[n] is None or self.back[n] < self.at[n]):
+                    self.back[n] = time.time()
+                elif not shares and self.back[n] is not None:
+                    self.back[n] = None  # away again (a try that failed): not back yet
             time.sleep(0.001)
 
     def stop(self) -> None:
@@ -467,7 +511,11 @@ class TestSentinelFailover:
     def test_sentinel_failover(
         self, tmp_path: Path, deployment: Deployment, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        made = Sentinels(tmp_path / "sentinel")
+        """A master with two replicas that refuses writes without one (``min-replicas-to-write 1``, as
+        docs/fleet.md recommends): what the old master would take after the promotion, and then drop, it refuses."""
+        made = Sentinels(
+            tmp_path / "sentinel", "--min-replicas-to-write", "1", "--min-replicas-max-lag", "10", replicas=2
+        )
         with running(made):
             old = made.master()
             through_failover(

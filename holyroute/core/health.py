@@ -593,6 +593,12 @@ class HealthBook:
                 state.taken_local = (0, 0)
             return {}
 
+    def taken_local(self) -> dict[str, tuple[int, int]]:
+        """What each endpoint's local buckets gave out since they took over from the shared store (requests,
+        tokens), without switching back: the store can be charged with it before it decides again."""
+        with self._lock:
+            return {name: state.taken_local for name, state in self._endpoints.items() if any(state.taken_local)}
+
     def limits(self, endpoint: str) -> tuple[int | None, int | None]:
         """The endpoint's configured (rpm, tpm)."""
         state = self._endpoints.get(endpoint)

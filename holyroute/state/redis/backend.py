@@ -341,6 +341,14 @@ class RedisBackend:
         finally:
             self._recovering = False
 
+    def _charge(self, router: AttachedRouter, taken: dict[str, tuple[int, int]]) -> None:
+        for endpoint, (requests, tokens) in taken.items():
+            rpm, tpm = router.health.limits(endpoint)
+            try:
+                self.grants.charge(endpoint, rpm, tpm, max(0, requests), max(0, tokens))
+            except FAILURES as error:
+                self.reports.background_error("sync", error)
+
     def _resync(self) -> bool:
         router = self.router
         pushed = 0
@@ -356,13 +364,13 @@ class RedisBackend:
             self.live = False
             return False
         if router is not None:
+            # What this process gave out on its own meanwhile is charged to the shared buckets before they decide
+            # again (else they would grant, refilled, what was already used); what it gives out while switching, after.
+            charged = router.health.taken_local()
+            self._charge(router, charged)
             taken = router.health.share_limits(True, self.sync.members, self.clock())
-            for endpoint, (requests, tokens) in taken.items():
-                rpm, tpm = router.health.limits(endpoint)
-                try:  # what this process gave out on its own meanwhile, charged to the shared buckets
-                    self.grants.charge(endpoint, rpm, tpm, requests, tokens)
-                except FAILURES as error:
-                    self.reports.background_error("sync", error)
+            rest = {e: (r - charged.get(e, (0, 0))[0], t - charged.get(e, (0, 0))[1]) for e, (r, t) in taken.items()}
+            self._charge(router, rest)
             self.wake.set()
         self.leases.clear()
         down = self.clock() - (self._down_since or self.clock())

@@ -40,7 +40,10 @@ FAILURES: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterExcep
 def unreachable(error: BaseException) -> bool:
     """True when ``error`` says Redis (or the part of a cluster holding a key) cannot answer now, rather than that it
     refused one command: a connection error or timeout, a cluster that is down or moving (``CLUSTERDOWN``,
-    ``TRYAGAIN``, a slot no node covers), a replica answering for a demoted master."""
+    ``TRYAGAIN``, a slot no node covers), a replica answering for a demoted master, a master refusing writes because
+    its replicas are gone (``NOREPLICAS``: a Sentinel promoted one of them)."""
+    if isinstance(error, redis.ResponseError) and str(error).startswith(("NOREPLICAS", "MASTERDOWN")):
+        return True  # a master cut off from its replicas (min-replicas-to-write), or a replica cut off from its master
     return isinstance(
         error,
         redis.ConnectionError
