@@ -341,6 +341,14 @@ class Sentinels:
                     return False
         return True
 
+    def agree(self, port: int) -> bool:
+        """True once every Sentinel names the master on ``port``."""
+        for sentinel in self.sentinel_ports:
+            with contextlib.closing(self.sentinel(sentinel)) as client:
+                if int(client.sentinel_get_master_addr_by_name(self.SERVICE)[1]) != port:
+                    return False
+        return True
+
     def failover(self) -> float:
         """``SENTINEL FAILOVER``: the replica becomes the master. The Unix time it was asked."""
         asked = time.time()

@@ -86,6 +86,7 @@ class RedisBackend:
             lock=self._lock,
             clock=clock,
         )
+        self.grants.origin = self.origin
         self.sync = Sync(self, self._lock)
         self.listener = Listener(self)
         self.router: AttachedRouter | None = None
@@ -167,6 +168,7 @@ class RedisBackend:
         """A forked child (gunicorn --preload): the parent's threads did not come along; start our own."""
         if os.getpid() != self._pid and self.router is not None:
             self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self.grants.origin, self.grants.granted = self.origin, {}
             self._start()
 
     def close(self) -> None:
@@ -368,6 +370,10 @@ class RedisBackend:
             # again (else they would grant, refilled, what was already used); what it gives out while switching, after.
             charged = router.health.taken_local()
             self._charge(router, charged)
+            try:  # and what a replaced master granted it and never passed on
+                self.grants.reconcile()
+            except FAILURES as error:
+                self.reports.background_error("sync", error)
             taken = router.health.share_limits(True, self.sync.members, self.clock())
             rest = {e: (r - charged.get(e, (0, 0))[0], t - charged.get(e, (0, 0))[1]) for e, (r, t) in taken.items()}
             self._charge(router, rest)

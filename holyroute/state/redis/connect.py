@@ -56,6 +56,43 @@ def unreachable(error: BaseException) -> bool:
     )
 
 
+def _address(found: tuple[object, object] | list[object]) -> tuple[str, int]:
+    host, port = found
+    return (host.decode() if isinstance(host, bytes) else str(host)), int(str(port))
+
+
+class _Sentinel(redis.sentinel.Sentinel):
+    """Asks for the master as Redis's client guidelines say, ``SENTINEL GET-MASTER-ADDR-BY-NAME``: from the moment a
+    replica is promoted it names the new master, where ``SENTINEL MASTERS`` (redis-py's way) names the old one until
+    the whole failover ends (every other replica reconfigured: seconds), while the old master still takes writes."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        for number, sentinel in enumerate(self.sentinels):
+            try:
+                found = sentinel.sentinel_get_master_addr_by_name(service_name)
+            except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
+                continue
+            if isinstance(found, tuple | list) and len(found) == 2:
+                self.sentinels[0], self.sentinels[number] = sentinel, self.sentinels[0]  # ask it first next time
+                return _address(found)
+        raise redis.sentinel.MasterNotFoundError(f"no Sentinel names a master for {service_name!r}")
+
+
+class _AsyncSentinel(redis.asyncio.sentinel.Sentinel):
+    """:class:`_Sentinel` on asyncio."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        for number, sentinel in enumerate(self.sentinels):
+            try:
+                found = await sentinel.sentinel_get_master_addr_by_name(service_name)
+            except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
+                continue
+            if isinstance(found, tuple | list) and len(found) == 2:
+                self.sentinels[0], self.sentinels[number] = sentinel, self.sentinels[0]
+                return _address(found)
+        raise redis.sentinel.MasterNotFoundError(f"no Sentinel names a master for {service_name!r}")
+
+
 def _tls(url: RedisUrl) -> dict[str, Any]:
     if not url.tls:
         return {}
@@ -108,7 +145,7 @@ def open_client(url: RedisUrl, *, timeout: float | None, connect_timeout: float)
             startup_nodes=nodes, retry=retry, topology_refresh_min_interval=TOPOLOGY_REFRESH_S, **options
         )
     if url.kind == "sentinel":
-        sentinel = redis.sentinel.Sentinel(
+        sentinel = _Sentinel(
             list(url.hosts), sentinel_kwargs=_sentinel_options(url, timeout, connect_timeout), retry=retry, **options
         )
         master: redis.Redis = sentinel.master_for(url.service or "", db=url.db)
@@ -127,7 +164,7 @@ def open_async_client(url: RedisUrl, *, timeout: float, connect_timeout: float) 
         nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in url.hosts]
         return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, retry=retry, **options)
     if url.kind == "sentinel":
-        sentinel = redis.asyncio.sentinel.Sentinel(
+        sentinel = _AsyncSentinel(
             list(url.hosts), sentinel_kwargs=_sentinel_options(url, timeout, connect_timeout), retry=retry, **options
         )
         return sentinel.master_for(url.service or "", db=url.db)

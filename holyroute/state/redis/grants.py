@@ -17,7 +17,7 @@ from holyroute.state.base import Leases
 from holyroute.state.redis.connect import FAILURES, Client, open_async_client
 from holyroute.state.redis.payloads import Keys
 from holyroute.state.redis.reports import Reports
-from holyroute.state.redis.scripts import ACQUIRE, DEBT, LIMITS_TTL_MS
+from holyroute.state.redis.scripts import ACQUIRE, DEBT, LIMITS_TTL_MS, RECONCILE
 
 __all__ = ["Grants", "Link"]
 
@@ -58,6 +58,10 @@ class Grants:
         self._clock = clock
         self.script = client.register_script(ACQUIRE)
         self.debt_script = client.register_script(DEBT)
+        self.reconcile_script = client.register_script(RECONCILE)
+        self.origin = ""  # this process, as the buckets count its grants (set by the backend)
+        #: endpoint -> (rpm, requests granted to this process from its shared bucket, in all)
+        self.granted: dict[str, tuple[int, int]] = {}
         #: endpoint -> (requests, tokens) its shared buckets held after this process's last grant request, and when
         self.levels: dict[str, tuple[int, int, float]] = {}
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
@@ -73,7 +77,8 @@ class Grants:
                 self.sent.wait_for(lambda: endpoint not in self.sending, timeout=max(self._timeout, 0.05))
         owed = self.take_owed(endpoint, tpm)
         try:
-            reply = self.script(keys=[self._keys.limits(endpoint)], args=_acquire_args(rpm, tpm, tokens, ask, owed))
+            args = _acquire_args(rpm, tpm, tokens, ask, owed=owed, origin=self.origin)
+            reply = self.script(keys=[self._keys.limits(endpoint)], args=args)
         except FAILURES as error:
             self.owe(endpoint, tpm or 0, owed)  # sent again with the next request or sync (at least once, as spend)
             self._link.failed(error)
@@ -81,7 +86,7 @@ class Grants:
         except BaseException:
             self.owe(endpoint, tpm or 0, owed)
             raise
-        return self._granted(endpoint, tokens, reply)
+        return self._granted(endpoint, tokens, reply, rpm)
 
     async def aask(
         self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]
@@ -97,7 +102,8 @@ class Grants:
         script = self._async_script(loop)
         owed = self.take_owed(endpoint, tpm)
         try:
-            reply = await script(keys=[self._keys.limits(endpoint)], args=_acquire_args(rpm, tpm, tokens, ask, owed))
+            args = _acquire_args(rpm, tpm, tokens, ask, owed=owed, origin=self.origin)
+            reply = await script(keys=[self._keys.limits(endpoint)], args=args)
         except ASYNC_FAILURES as error:
             self.owe(endpoint, tpm or 0, owed)
             self._link.failed(error)
@@ -105,7 +111,7 @@ class Grants:
         except BaseException:  # cancelled: whether Redis applied what was owed is unknown; at least once
             self.owe(endpoint, tpm or 0, owed)
             raise
-        return self._granted(endpoint, tokens, reply)
+        return self._granted(endpoint, tokens, reply, rpm)
 
     def _async_script(self, loop: asyncio.AbstractEventLoop) -> Any:
         """The acquire script on this event loop's own client (an asyncio client cannot cross loops)."""
@@ -143,7 +149,7 @@ class Grants:
             found = self.owed.pop(endpoint, None)
         return found[1] if found is not None else 0
 
-    def _granted(self, endpoint: str, tokens: int, reply: Any) -> float | None:
+    def _granted(self, endpoint: str, tokens: int, reply: Any, rpm: int | None = None) -> float | None:
         self._link.failures = 0
         try:
             wait_ms, requests, granted_tokens, left_requests, left_tokens = (int(value) for value in reply)
@@ -153,6 +159,9 @@ class Grants:
         self.levels[endpoint] = (left_requests, left_tokens, self._clock())
         if wait_ms > 0:
             return min(wait_ms, 60_000) / 1000.0  # a bucket refills completely within 60 s
+        if rpm and requests > 0:
+            with self._lock:
+                self.granted[endpoint] = (rpm, self.granted.get(endpoint, (rpm, 0))[1] + requests)
         self._leases.granted(endpoint, max(requests, 0), max(granted_tokens, 0), tokens)
         return 0.0
 
@@ -179,6 +188,22 @@ class Grants:
         if rpm and requests:
             self.debt_script(keys=[self._keys.limits(endpoint)], args=[rpm, requests, LIMITS_TTL_MS])
 
+    def reconcile(self) -> int:
+        """After a failover or an outage: tell each shared rpm bucket how many requests it granted this process in
+        all; whatever its master does not know of (granted by a master replaced before passing it on) is taken now.
+        Returns the requests taken. Raises what Redis raises."""
+        with self._lock:
+            granted = dict(self.granted)
+        taken = 0
+        for endpoint, (rpm, total) in granted.items():
+            found = self.reconcile_script(
+                keys=[self._keys.limits(endpoint)], args=[rpm, self.origin, total, LIMITS_TTL_MS]
+            )
+            taken += int(found) if isinstance(found, int) else 0
+        return taken
 
-def _acquire_args(rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int], owed: int) -> list[int]:
-    return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1], owed]
+
+def _acquire_args(
+    rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int], *, owed: int, origin: str
+) -> list[int | str]:
+    return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1], owed, origin]

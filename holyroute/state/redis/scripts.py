@@ -4,7 +4,7 @@ on a bucket or a health entry. Only text here: the callers register them (:mod:`
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "DEBT", "HEALTH", "LIMITS_TTL_MS", "ONCE", "ROLLOUT", "SETTLE"]
+__all__ = ["ACQUIRE", "DEBT", "HEALTH", "LIMITS_TTL_MS", "ONCE", "RECONCILE", "ROLLOUT", "SETTLE"]
 
 LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a missing key means a full one
 
@@ -14,7 +14,8 @@ LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a m
 # {milliseconds until there is room, 0, 0}. Charged, the reply is {0, requests, tokens} granted: this request's, plus
 # up to ARGV[5] requests and ARGV[6] tokens in all for the process's lease, taken only from what the bucket holds (see
 # holyroute.state.base.Leases). Either reply ends with what the buckets hold after it (requests, tokens): a process
-# that loses Redis starts its local share of each limit from there.
+# that loses Redis starts its local share of each limit from there. The requests granted are also added up per process
+# (field g:<ARGV[8]>), so that a new master can be told what its old one granted and never passed on (RECONCILE).
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -45,6 +46,7 @@ local gr, gt = want_r, want_t
 if rpm > 0 then
   gr = math.max(1, math.min(want_r, math.floor(r)))
   redis.call('HSET', KEYS[1], 'r', tostring(r - gr), 'rt', tostring(now))
+  if ARGV[8] and ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[1], 'g:' .. ARGV[8], gr) end
 end
 if tpm > 0 then
   gt = math.max(tokens, math.min(want_t, math.floor(k)))
@@ -157,4 +159,31 @@ l = math.max(-rpm, l - taken)
 redis.call('HSET', KEYS[1], 'r', tostring(l), 'rt', tostring(now))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
+"""
+
+# After a failover: ARGV[3] is how many requests this process (ARGV[2]) was granted from the rpm bucket (ARGV[1] the
+# limit) in all; the bucket's g:<process> field says how many of them this master knows of. Those it does not (its
+# old master granted them and was replaced before passing them on) are taken from the bucket now, refilled first and
+# kept within [-rpm, rpm]. A bucket or field this master never had (it started afresh) is only told the count.
+# Returns the requests taken.
+RECONCILE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm, mine = tonumber(ARGV[1]), tonumber(ARGV[3])
+if rpm == nil or mine == nil or rpm <= 0 then return 0 end
+local field = 'g:' .. ARGV[2]
+local seen = tonumber(redis.call('HGET', KEYS[1], field))
+if seen == nil then
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], field, ARGV[3]) end
+  return 0
+end
+local missing = mine - seen
+if missing <= 0 then return 0 end
+local s = redis.call('HMGET', KEYS[1], 'r', 'rt')
+local l, at = tonumber(s[1]), tonumber(s[2])
+if l == nil or at == nil then l = rpm else l = math.min(rpm, l + math.max(0, now - at) * rpm / 60) end
+l = math.max(-rpm, l - missing)
+redis.call('HSET', KEYS[1], 'r', tostring(l), 'rt', tostring(now), field, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return missing
 """

@@ -37,7 +37,7 @@ __all__ = ["MEMBER_TTL_S", "Sync", "SyncOwner"]
 #: Seconds the keys that are rewritten all the time live after their last write.
 MEASUREMENTS_TTL_S = 7 * 86400
 SPEND_TTL_S = {"hour": 2 * 86400, "day": 40 * 86400, "month": 400 * 86400}
-HOLD_S = 5.0  # a spend batch is sent again if the master that took it is replaced within this (see SpendBatch)
+HOLD_S = 10.0  # a spend batch is sent again if the master that took it is replaced within this (see SpendBatch)
 RECOVER_EVERY_S = 0.1  # the longest wait between two tries to reach Redis again (a ping: cheap)
 MEMBER_TTL_S = 10.0  # a process not heard of for this long no longer counts for the local share of a limit
 
@@ -130,6 +130,7 @@ class Sync:
         self.spend_pending: dict[SpendKey, float] = {}
         self.spend_batches: list[SpendBatch] = []  # sent, not yet confirmed, in order
         self._seq = 0
+        self._master: str | None = None  # the master the last flush wrote to
         self._scripted: list[tuple[int, Any, list[str], list[Any]]] = []  # this flush's scripts, by position
         self.spend_seen: dict[SpendKey, float] = {}
         self.members = 1
@@ -174,6 +175,14 @@ class Sync:
             owner.failures = 3
             owner.failed(error)
             return False
+        if self._master is not None and master != self._master and owner.live:
+            try:  # a new master: tell the shared rpm buckets what the old one granted here and never passed on
+                owner.grants.reconcile()
+            except FAILURES as error:
+                owner.failures = 3
+                owner.failed(error)
+                return False
+        self._master = master
         self._settle_batches(master)
         pending = self._take_pending()
         now = owner.wall()
