@@ -172,6 +172,25 @@ class TestGrants:
         clock.now += 600
         assert made.levels_at(clock.now, lambda endpoint: (600, None)) == {"a": (600.0, None)}
 
+    def test_a_new_master_takes_the_requests_its_old_one_granted_and_never_passed_on(
+        self, store: redis.Redis, keys: Keys
+    ) -> None:
+        made = grants(store, keys, Clock(), Events(), Link())
+        made.origin = "me"
+        for _ in range(3):
+            made._leases.take("a", 600, None, 1)
+            assert made.ask("a", 600, None, 1, (2, 2)) == 0.0
+        assert made.granted == {"a": (600, 6)}
+        assert store.hget(keys.limits("a"), "g:me") == b"6", "the bucket counts what it granted each process"
+        assert made.reconcile() == 0, "this master knows of every one"
+        store.hset(keys.limits("a"), mapping={"g:me": "2", "r": "100"})  # a new master that saw only two of them
+        assert made.reconcile() == 4
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(96, abs=1)
+        assert made.reconcile() == 0, "told once"
+        store.delete(keys.limits("a"))  # a master that started afresh: a full bucket, nothing to make up
+        assert made.reconcile() == 0
+        assert not store.exists(keys.limits("a"))
+
     def test_charge_takes_requests_given_out_alone_from_the_shared_bucket(self, store: redis.Redis, keys: Keys) -> None:
         made = grants(store, keys, Clock(), Events(), Link())
         made.charge("a", 600, 6000, requests=100, tokens=2000)

@@ -191,6 +191,8 @@ class RedisBackend:
             self.sync.flush()  # what is pending goes out once more (bounded by the command timeout)
             with contextlib.suppress(*FAILURES):  # gone: no longer counted for the local share of limits
                 self.redis.zrem(self.keys.members, self.origin)
+                for endpoint in list(self.grants.granted):  # nor in the buckets' counts of what each was granted
+                    self.redis.hdel(self.keys.limits(endpoint), f"g:{self.origin}")
         self.redis.close()
 
     async def aclose(self) -> None:
