@@ -584,7 +584,7 @@ class TestTls:
             client = deployment.client(path, "A")
             assert [client.chat() for _ in range(3)] == [MODEL] * 3, "no call fails because Redis refuses us"
             [degraded] = named(logs, "holyroute.state_degraded")
-            assert cli.main(["check", str(path)]) == 0
+            assert cli.main(["check", "--config", str(path)]) == 0
         out = capsys.readouterr()
         shown = f"{degraded} {logs} {out.out} {out.err}"
         assert "AuthenticationError" in degraded["reason"], degraded["reason"]
