@@ -369,13 +369,14 @@ def through_failover(
     label: str,
     capsys: pytest.CaptureFixture[str],
     must_notice: bool,
+    episodes: int = 1,
     converged: Callable[[], bool] = lambda: True,
 ) -> None:
     """Two routers call on (a shared rpm, emptied at the start, a budget, a rollout at 50%) while ``fail`` starts a
     failover; router A aborts the rollout at once, while the master is away or moving. No call fails; the routers
     together never pass the rpm limit by more than a lease; the abort reaches B within a second of the new master
     answering; Redis counts every call's cost once. A router that noticed (``must_notice``: it must) emits one
-    degraded and one restored event."""
+    degraded and one restored event per outage, and sees at most ``episodes`` outages."""
     prefix = "failover"
     up, main = deployment.upstream("up"), deployment.upstream("main")
     cfg = config(
@@ -440,7 +441,9 @@ def through_failover(
         )
     assert failed(outcomes) == []
     assert over <= RPM // 100 + 1, "never above the shared limit by more than one lease"
-    assert len(degraded_events) == len(restored_events) == sum(1 for at in noticed.at if at), "once each, per router"
+    noticing = sum(1 for at in noticed.at if at)
+    assert len(degraded_events) == len(restored_events), "every outage a router noticed ended"
+    assert noticing <= len(degraded_events) <= episodes * noticing, f"at most {episodes} outage(s) per router"
     if must_notice:
         assert len(degraded_events) == 2
     assert followed < 1.0, "the abort reached B within a second of the new master taking over"
@@ -531,6 +534,9 @@ class TestSentinelFailover:
                 label=f"sentinel failover (SENTINEL FAILOVER, {' '.join(settings) or 'defaults'})",
                 capsys=capsys,
                 must_notice=False,  # the old master drops its clients: they may reconnect to the new one unharmed
+                # With min-replicas-to-write a router may see two short outages: its connection to the old master
+                # dropped as it is demoted, then the new master refusing writes until the other replica follows it.
+                episodes=2 if settings else 1,
             )
 
 
