@@ -52,6 +52,8 @@ DUMMY_ENVIRONMENT = {
     "GEMINI_API_KEY": "sk-docs-gemini",
     "RESELLER_KEY": "sk-docs-reseller",
     "REDIS_PASSWORD": "docs-redis-password",
+    # The local Redis the suite runs beside (.ci/run starts it); a page's example gets its own key prefix there.
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
 }
 #: The width argparse formats help at, as scripts/gen_reference.py wrote the CLI reference.
 HELP_COLUMNS = "100"

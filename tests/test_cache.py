@@ -482,7 +482,7 @@ class TestRedisBackend:
             assert [e["cache"] for e in requests(events)] == ["stored", "hit", "stored", "hit"]
             assert events.named("holyroute.cache_failed") == []
         finally:
-            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            keys = [*client.scan_iter(match=f"{prefix}:*", count=1000), *client.scan_iter(match="{" + prefix + ":*")]
             if keys:
                 client.delete(*keys)
             client.close()

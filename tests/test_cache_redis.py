@@ -36,7 +36,7 @@ def prefix() -> Iterator[str]:
     try:
         yield name
     finally:
-        keys = list(client.scan_iter(match=f"{name}:*", count=1000))
+        keys = [*client.scan_iter(match=f"{name}:*", count=1000), *client.scan_iter(match="{" + name + ":*")]
         if keys:
             client.delete(*keys)
         client.close()
@@ -57,7 +57,7 @@ class TestRedisCache:
             cache.put("k", b"value", 60)
             assert cache.get("k") == b"value"
             assert cache.get("other") is None
-            ttl = cache.redis.pttl(f"{prefix}:cache:e:k")
+            ttl = cache.redis.pttl("{" + prefix + ":cache}:e:k")
             assert isinstance(ttl, int)
             assert 0 < ttl <= 60_000
         finally:

@@ -101,15 +101,15 @@ class Workers:
         self.run_dir = run_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, config: Path, *options: str, count: int = WORKERS) -> None:
-        """Start ``count`` workers (numbered from 1) and wait until each has built its client."""
-        for n in range(1, count + 1):
+    def start(self, config: Path, *options: str, count: int = WORKERS, first: int = 1) -> None:
+        """Start ``count`` workers (numbered from ``first``) and wait until each has built its client."""
+        for n in range(first, first + count):
             with (self.run_dir / f"worker-{n}.log").open("wb") as log:
                 command = [sys.executable, "-m", "tests._worker", str(config), str(self.run_dir), str(n), *options]
                 self.procs.append(
                     subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
                 )
-        ready = [self.run_dir / f"ready-{n}" for n in range(1, count + 1)]
+        ready = [self.run_dir / f"ready-{n}" for n in range(first, first + count)]
         wait_until(lambda: all(path.exists() for path in ready), 40, "the workers to start", self)
 
     def go(self, until: float | None = None) -> None:

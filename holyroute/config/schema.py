@@ -19,7 +19,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import httpx2
 from pydantic import (
@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 from holyroute.boundary.durations import parse_duration
+from holyroute.boundary.redis_url import SCHEMES, parse_redis_url
 from holyroute.config.rules import Rule, compile_rules
 from holyroute.exceptions import ConfigError
 
@@ -740,37 +741,20 @@ class State(_Model):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: SecretStr) -> SecretStr:
-        scheme, sep, _ = value.get_secret_value().partition("://")
-        if scheme not in ("redis", "rediss", "unix"):
+        text = value.get_secret_value()
+        scheme, sep, _ = text.partition("://")
+        if scheme.lower() not in SCHEMES:
             # Name only the scheme, and only when it looks like one: the rest may hold a password.
             got = f"a {scheme}:// URL" if sep and scheme.isalnum() and len(scheme) <= 10 else "no scheme"
             raise ValueError(
-                f"state.url must start with redis://, rediss:// or unix:// (got {got}); "
-                "for example redis://127.0.0.1:6379/0"
+                "state.url must start with redis://, rediss:// or unix:// (or redis+cluster://, redis+sentinel:// "
+                f"and their rediss+ forms; got {got}); for example redis://127.0.0.1:6379/0"
             )
-        # Read here as redis-py will read it, so that a URL it cannot read fails now, with no part of it quoted
-        # (its errors do quote it: "Port could not be cast to integer value as '<the password>'").
-        text = value.get_secret_value()
-        encode = "a '/', '?', '#' or '@' in a user name or password must be percent-encoded (%2F, %3F, %23, %40)"
-        try:
-            parts = urlsplit(text)
-            parts.port, parts.hostname, parts.username, parts.password  # noqa: B018 (each may raise)
-        except ValueError:
-            raise ValueError(f"is not a URL whose host and port can be read; {encode}") from None
-        if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
-            # redis://:123/pw@host would go to port 123 of no host, the password in the path
-            raise ValueError(f"has an '@' after its host; {encode}")
-        try:
-            from redis.connection import parse_url
-        except ImportError:  # pragma: no cover - redis is needed for backend: redis anyway
-            return value
-        try:
-            parse_url(text)  # type: ignore[no-untyped-call]
-        except Exception:
-            raise ValueError(
-                "cannot be read by redis (a port, a db number or a query parameter); "
-                "for example redis://:password@127.0.0.1:6379/0"
-            ) from None
+        # Read here as the client will be built from it, so that a URL that cannot be read fails now, with no part
+        # of it quoted (redis-py's own errors do quote it: "Port could not be cast to integer value as '<password>'").
+        found = parse_redis_url(text)
+        if isinstance(found, str):
+            raise ValueError(f"{found}; for example redis://:password@127.0.0.1:6379/0")
         return value
 
 

@@ -206,10 +206,21 @@ class HealthBook:
         debits come back as ``(endpoint, tpm, tokens to give back)`` (:meth:`RateLimits.settle` says how)."""
         return self.rate_limits.settle(debits, now, endpoint=endpoint, used=used)
 
-    def share_limits(self, shared: bool, processes: int, now: float) -> None:
+    def share_limits(
+        self,
+        shared: bool,
+        processes: int,
+        now: float,
+        levels: Mapping[str, tuple[float | None, float | None]] | None = None,
+    ) -> dict[str, tuple[int, int]]:
         """Switch the rpm/tpm limits between the shared store and this process's buckets (each of ``processes``
-        live processes takes its share of a limit when back on local buckets: :meth:`RateLimits.share`)."""
-        self.rate_limits.share(shared, processes, now)
+        live processes takes its share of a limit when back on local buckets, from its share of ``levels``; back on
+        the store, what the local buckets gave out meanwhile comes back: :meth:`RateLimits.share`)."""
+        return self.rate_limits.share(shared, processes, now, levels)
+
+    def taken_local(self) -> dict[str, tuple[int, int]]:
+        """What the local buckets gave out since the last switch, without switching (:meth:`RateLimits.taken`)."""
+        return self.rate_limits.taken()
 
     # ---- sharing with other processes ---------------------------------------------------------------------------
 

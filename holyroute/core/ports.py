@@ -9,7 +9,7 @@ the router. The backend for a configuration is chosen by the opener :mod:`holyro
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -76,7 +76,13 @@ class SharedHealth(Protocol):
 
     def live_changes(self, now: float, wall: float) -> list[HealthChange]: ...
 
-    def share_limits(self, shared: bool, processes: int, now: float) -> None: ...
+    def limits(self, endpoint: str) -> tuple[int | None, int | None]: ...
+
+    def taken_local(self) -> dict[str, tuple[int, int]]: ...
+
+    def share_limits(
+        self, shared: bool, processes: int, now: float, levels: Mapping[str, tuple[float | None, float | None]] = ...
+    ) -> dict[str, tuple[int, int]]: ...
 
 
 class AttachedRouter(Protocol):

@@ -63,6 +63,7 @@ class _Limits:
     tpm: TokenBucket | None = None
     limited_until: float = 0.0  # a shared limit said no until then
     limited_reason: str = ""
+    taken: tuple[int, int] = (0, 0)  # requests and tokens the local buckets gave out since the last switch
 
 
 class RateLimits:
@@ -170,22 +171,54 @@ class RateLimits:
         debits.clear()
         return [(name, tpm, tokens) for name, (tpm, tokens) in shared.items() if tokens]
 
-    def share(self, shared: bool, processes: int, now: float) -> None:
-        """Switch the limits between the shared store and this process's buckets. Back on local buckets (the store
-        is away), each of ``processes`` live processes takes its share, starting full so a degraded process serves at
-        once: right after the switch the processes together may exceed a limit by at most one limit's worth (what
-        the shared bucket had already granted), never more."""
+    def share(
+        self,
+        shared: bool,
+        processes: int,
+        now: float,
+        levels: Mapping[str, tuple[float | None, float | None]] | None = None,
+    ) -> dict[str, tuple[int, int]]:
+        """Switch the limits between the shared store and this process's buckets.
+
+        Back on local buckets (the store is away), each of ``processes`` live processes takes its share of each
+        limit. A bucket starts with its share of what the shared one was last seen to hold (``levels``: requests,
+        tokens, refilled to ``now``), so the processes together take no more than the shared bucket would have
+        given; with nothing known it starts full, so a degraded process serves at once (the processes together may
+        then exceed a limit by at most one limit's worth, what the shared bucket had already granted). Back on the
+        shared store, returns what each endpoint's local buckets gave out meanwhile (requests, tokens), for the
+        store to be charged with it.
+        """
         with self._lock:
             self.shared = shared
             if shared:
-                return
+                taken = {name: state.taken for name, state in self._endpoints.items() if any(state.taken)}
+                for state in self._endpoints.values():
+                    state.taken = (0, 0)
+                return taken
             share = max(1, processes)
-            for state in self._endpoints.values():
+            for name, state in self._endpoints.items():
                 rpm, tpm = state.configured
+                known = (levels or {}).get(name, (None, None))
                 if rpm:
-                    state.rpm = TokenBucket(rpm / share, now)
+                    state.rpm = _share_of(rpm / share, known[0], share, now)
                 if tpm:
-                    state.tpm = TokenBucket(tpm / share, now)
+                    state.tpm = _share_of(tpm / share, known[1], share, now)
+                state.taken = (0, 0)
+            return {}
+
+    def taken(self) -> dict[str, tuple[int, int]]:
+        """What each endpoint's local buckets gave out since the last switch (requests, tokens), without switching:
+        the shared store can be charged with it before it decides again."""
+        with self._lock:
+            return {name: state.taken for name, state in self._endpoints.items() if any(state.taken)}
+
+
+def _share_of(capacity: float, level: float | None, share: int, now: float) -> TokenBucket:
+    """A bucket of ``capacity``, holding its share of ``level`` (full when the level is unknown)."""
+    bucket = TokenBucket(capacity, now)
+    if level is not None:
+        bucket.level = min(capacity, max(0.0, level) / share)
+    return bucket
 
 
 def _no_room(state: _Limits, tokens: int, now: float, where: str) -> tuple[str, float] | None:
@@ -203,11 +236,13 @@ def _no_room(state: _Limits, tokens: int, now: float, where: str) -> tuple[str, 
 
 
 def _take(endpoint: str, state: _Limits, tokens: int, now: float, debits: list[Debit] | None) -> None:
-    """Charge one request to the endpoint's buckets. Called under the lock."""
+    """Charge one request to the endpoint's buckets, counted in what they gave out. Called under the lock."""
     if state.rpm is not None:
         state.rpm.take(1, now)
     if state.tpm is not None:
         _debit(endpoint, state.tpm, tokens, now, debits)
+    if state.rpm is not None or state.tpm is not None:
+        state.taken = (state.taken[0] + 1, state.taken[1] + (tokens if state.tpm is not None else 0))
 
 
 def _debit(endpoint: str, bucket: TokenBucket, tokens: float, now: float, debits: list[Debit] | None) -> None:

@@ -1,9 +1,10 @@
 """The shared cache store: entries in Redis with their TTLs, under the ``state:`` prefix, bounded as a whole.
 
-Each entry is a string key ``<prefix>:cache:e:<key>`` set with ``PX``. Next to them, one script keeps an index (a
-sorted set by expiry time), each entry's size (a hash) and their total, so that a write past ``max_entries`` or
-``max_bytes`` removes the entries closest to expiry first: memory stays bounded even where Redis has no ``maxmemory``.
-Every command is bounded by ``cache.timeout_ms`` and never retried: a slow Redis is a miss, not a slow call.
+Each entry is a string key ``{<prefix>:cache}:e:<key>`` set with ``PX`` (one hash tag: one Redis Cluster slot). Next
+to them, one script keeps an index (a sorted set by expiry time), each entry's size (a hash) and their total, so
+that a write past ``max_entries`` or ``max_bytes`` removes the entries closest to expiry first: memory stays bounded
+even where Redis has no ``maxmemory``. Every command is bounded by ``cache.timeout_ms`` and never retried: a slow
+Redis is a miss, not a slow call.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from holyroute.boundary.redis_url import parse_redis_url
+from holyroute.state.redis.connect import open_client
 
 __all__ = ["RedisCache"]
 
@@ -68,16 +68,17 @@ class RedisCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._wall = wall_clock
-        self._base = f"{prefix}:cache:e:"
-        self._meta = (f"{prefix}:cache:index", f"{prefix}:cache:sizes", f"{prefix}:cache:bytes")
-        self.redis = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=max(timeout_s, 0.05),
-            retry=Retry(NoBackoff(), 0),  # a slow Redis is a miss: never retried on the request path
-            health_check_interval=0,
-            client_name="holyroute-cache",
-        )
+        # One hash tag for every key: on Redis Cluster the entries and their index share a slot, so one script can
+        # keep them together.
+        tag = "{" + prefix + ":cache}"
+        self._base = f"{tag}:e:"
+        self._meta = (f"{tag}:index", f"{tag}:sizes", f"{tag}:bytes")
+        found = parse_redis_url(url)
+        if isinstance(found, str):  # the schema read it already: only a State built around its validator
+            raise ValueError(f"state.url {found}")
+        # The state backend's connection settings (one server, Sentinel or Cluster, TLS), never retrying: a slow
+        # Redis is a miss on the request path.
+        self.redis = open_client(found, timeout=timeout_s, connect_timeout=max(timeout_s, 0.05))
         self._put = self.redis.register_script(_PUT)
 
     def get(self, key: str) -> bytes | None:

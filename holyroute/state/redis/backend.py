@@ -17,14 +17,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+import redis.cluster
 
+from holyroute.boundary.redis_url import RedisUrl, parse_redis_url
 from holyroute.rollout.engine import RolloutEngine, StateStore
 from holyroute.state.base import PERIODS, AttachedRouter, HealthChange, Leases, Period, ReadOnlyStore, period_key
+from holyroute.state.redis.connect import FAILURES, Client, open_client, unreachable
 from holyroute.state.redis.grants import Grants
 from holyroute.state.redis.listener import Listener
-from holyroute.state.redis.payloads import MAX_USD, Horizons, Keys, parse_health_entry, redacted, text_of
+from holyroute.state.redis.payloads import MAX_USD, Horizons, Keys, parse_health_entry, text_of
 from holyroute.state.redis.reports import EventSink, Reports
 from holyroute.state.redis.store import RedisStore
 from holyroute.state.redis.sync import MEMBER_TTL_S, Sync
@@ -52,7 +53,11 @@ class RedisBackend:
         #: Read what is shared, write nothing (``holyroute explain``): no threads, no publishing, no grants.
         self.read_only = read_only
         self._url = state.url.get_secret_value()
-        self.where = redacted(self._url)
+        found = parse_redis_url(self._url)
+        if isinstance(found, str):  # the schema read it already: only a State built around its validator
+            raise ValueError(f"state.url {found}")
+        self.deployment: RedisUrl = found
+        self.where = found.where
         self.keys = Keys(state.prefix)
         self.timeout = state.timeout_ms / 1000.0
         self.interval = state.sync_interval_s
@@ -73,14 +78,16 @@ class RedisBackend:
         self.reports = Reports(emit, self.where, self._lock)
         self.grants = Grants(
             self.redis,
-            url=self._url,
+            url=found,
             timeout=self.timeout,
             keys=self.keys,
             leases=self.leases,
             reports=self.reports,
             link=self,
             lock=self._lock,
+            clock=clock,
         )
+        self.grants.origin = self.origin
         self.sync = Sync(self, self._lock)
         self.listener = Listener(self)
         self.router: AttachedRouter | None = None
@@ -88,16 +95,39 @@ class RedisBackend:
         self.threads: list[threading.Thread] = []
         self._pid = os.getpid()
         self.horizons = Horizons()  # the configured maxima, once attached to a router
+        self._master_seen: str | None = None  # Sentinel's master, as last named
 
-    def client(self, timeout: float | None) -> redis.Redis:
-        return redis.Redis.from_url(
-            self._url,
-            socket_timeout=timeout,
-            socket_connect_timeout=max(self.timeout, 0.05) if timeout is not None else 1.0,
-            retry=Retry(NoBackoff(), 0),  # a slow Redis is a down Redis: never retry on the request path
-            health_check_interval=0,
-            client_name="holyroute",
-        )
+    def client(self, timeout: float | None) -> Client:
+        """A client that never retries (a slow Redis is a down Redis on the request path); ``timeout`` None for
+        the subscriber, which blocks."""
+        connect = max(self.timeout, 0.05) if timeout is not None else 1.0
+        return open_client(self.deployment, timeout=timeout, connect_timeout=connect)
+
+    def master(self) -> str:
+        """Where writes go now: Sentinel's master as the Sentinels say (a round trip to one per sync; a new one makes
+        the client drop its idle connections to the old), the cluster node serving the spend slot as the client last
+        learnt, or the one server. Raises what the Sentinels' client raises when none answers and none ever did."""
+        pool = getattr(self.redis, "connection_pool", None)
+        if self.deployment.kind == "sentinel" and pool is not None:
+            try:
+                host, port = pool.get_master_address()
+            except FAILURES:
+                if self._master_seen is None:
+                    raise
+                return self._master_seen  # the Sentinels are slow or away, not the master: go on with the last
+            self._master_seen = f"{host}:{port}"
+            return self._master_seen
+        if self.deployment.kind == "cluster" and isinstance(self.redis, redis.cluster.RedisCluster):
+            node = self.redis.get_node_from_key(self.keys.spend_seq)  # type: ignore[no-untyped-call]
+            return str(node.name) if node is not None else "?"
+        return self.where
+
+    def scrub(self, text: str) -> str:
+        """``text`` (an error message) with the URL and every credential in it replaced."""
+        text = text.replace(self._url, self.where)
+        for secret in self.deployment.secrets:
+            text = text.replace(secret, "***")
+        return text
 
     # ---- the protocol the core calls ----------------------------------------------------------------------------
 
@@ -139,6 +169,7 @@ class RedisBackend:
         """A forked child (gunicorn --preload): the parent's threads did not come along; start our own."""
         if os.getpid() != self._pid and self.router is not None:
             self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self.grants.origin, self.grants.granted = self.origin, {}
             self._start()
 
     def close(self) -> None:
@@ -152,15 +183,17 @@ class RedisBackend:
         self.wake.set()
         if self.threads and self.live:
             # Wake our listener out of its blocking read at once (other processes ignore a "bye").
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(*FAILURES):
                 self.redis.publish(self.keys.channel, self.message("bye"))
         for thread in self.threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=2.0)
         if self.router is not None and self.live:
             self.sync.flush()  # what is pending goes out once more (bounded by the command timeout)
-            with contextlib.suppress(redis.RedisError):  # gone: no longer counted for the local share of limits
+            with contextlib.suppress(*FAILURES):  # gone: no longer counted for the local share of limits
                 self.redis.zrem(self.keys.members, self.origin)
+                for endpoint in list(self.grants.granted):  # nor in the buckets' counts of what each was granted
+                    self.redis.hdel(self.keys.limits(endpoint), f"g:{self.origin}")
         self.redis.close()
 
     async def aclose(self) -> None:
@@ -221,15 +254,15 @@ class RedisBackend:
             return
         usd = min(usd, MAX_USD)
         now = self.wall()
-        pending = self.sync.spend_pending
         with self._lock:
+            pending = self.sync.spend_pending  # under the lock: the sync thread swaps it for a new one
             for period in PERIODS:
                 key = (period, period_key(period, now), name)
                 pending[key] = pending.get(key, 0.0) + usd
 
     def spent(self, name: str, period: Period) -> float:
         key = (period, period_key(period, self.wall()), name)
-        return self.sync.spend_seen.get(key, 0.0) + self.sync.spend_pending.get(key, 0.0)
+        return self.sync.spend_seen.get(key, 0.0) + self.sync.spend_pending.get(key, 0.0) + self.sync.unconfirmed(key)
 
     def rollout_store(self) -> StateStore:
         return ReadOnlyStore(self.store) if self.read_only else self.store
@@ -251,7 +284,7 @@ class RedisBackend:
             pipe.hgetall(self.keys.measurements(engine.route, window, arm))
         try:
             stable_raw, candidate_raw = pipe.execute(raise_on_error=False)
-        except redis.RedisError as error:
+        except FAILURES as error:
             self.failed(error)
             return
         read = self.sync.read_measurements
@@ -280,7 +313,7 @@ class RedisBackend:
     def failed(self, error: BaseException) -> None:
         """A command failed. A refused connection means down at once; timeouts after three in a row."""
         self.failures += 1
-        refused = isinstance(error, redis.ConnectionError) and not isinstance(error, redis.TimeoutError)
+        refused = unreachable(error) and not isinstance(error, redis.TimeoutError | TimeoutError)
         if not self.live or (self.failures < 3 and not refused):
             return
         with self._lock:
@@ -290,10 +323,13 @@ class RedisBackend:
             if self._recovering:
                 return
             self._down_since = self.clock()
-        if self.router is not None:
-            self.router.health.share_limits(False, self.sync.members, self.clock())
+        router = self.router
+        if router is not None:
+            now = self.clock()
+            levels = self.grants.levels_at(now, router.health.limits)
+            router.health.share_limits(False, self.sync.members, now, levels)
         self.leases.clear()
-        reason = f"{type(error).__name__}: {str(error)[:200]}".replace(self._url, self.where)
+        reason = self.scrub(f"{type(error).__name__}: {error}")[:300]
         self._emit(
             "holyroute.state_degraded",
             {
@@ -309,13 +345,21 @@ class RedisBackend:
         """Redis answers again: push what was learnt here, re-read everything, then trust the store again."""
         try:
             self.redis.ping()
-        except redis.RedisError:
+        except FAILURES:
             return False
         self._recovering = True
         try:
             return self._resync()
         finally:
             self._recovering = False
+
+    def _charge(self, router: AttachedRouter, taken: dict[str, tuple[int, int]]) -> None:
+        for endpoint, (requests, tokens) in taken.items():
+            rpm, tpm = router.health.limits(endpoint)
+            try:
+                self.grants.charge(endpoint, rpm, tpm, max(0, requests), max(0, tokens))
+            except FAILURES as error:
+                self.reports.background_error("sync", error)
 
     def _resync(self) -> bool:
         router = self.router
@@ -332,7 +376,18 @@ class RedisBackend:
             self.live = False
             return False
         if router is not None:
-            router.health.share_limits(True, self.sync.members, self.clock())
+            # What this process gave out on its own meanwhile is charged to the shared buckets before they decide
+            # again (else they would grant, refilled, what was already used); what it gives out while switching, after.
+            charged = router.health.taken_local()
+            self._charge(router, charged)
+            try:  # and what a replaced master granted it and never passed on
+                self.grants.reconcile()
+            except FAILURES as error:
+                self.reports.background_error("sync", error)
+            taken = router.health.share_limits(True, self.sync.members, self.clock())
+            rest = {e: (r - charged.get(e, (0, 0))[0], t - charged.get(e, (0, 0))[1]) for e, (r, t) in taken.items()}
+            self._charge(router, rest)
+            self.wake.set()
         self.leases.clear()
         down = self.clock() - (self._down_since or self.clock())
         self._emit(

@@ -8,23 +8,24 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
-import redis
-import redis.asyncio
-from redis.backoff import NoBackoff
-
+from holyroute.boundary.redis_url import RedisUrl
 from holyroute.state.base import Leases
+from holyroute.state.redis.connect import FAILURES, Client, open_async_client
 from holyroute.state.redis.payloads import Keys
 from holyroute.state.redis.reports import Reports
-from holyroute.state.redis.scripts import ACQUIRE, LIMITS_TTL_MS
+from holyroute.state.redis.scripts import ACQUIRE, DEBT, LIMITS_TTL_MS, RECONCILE
 
 __all__ = ["Grants", "Link"]
 
 #: How long an asyncio grant request may wait in all while its event loop is too busy to read the reply (see
 #: :meth:`Grants._bounded`); an idle loop still gives up after the configured command timeout.
 LAG_CAP_S = 0.5
+ASYNC_FAILURES: tuple[type[BaseException], ...] = (TimeoutError, *FAILURES)  # asyncio's own timeout too
 
 
 class Link(Protocol):
@@ -40,15 +41,16 @@ class Grants:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
-        url: str,
+        url: RedisUrl,
         timeout: float,
         keys: Keys,
         leases: Leases,
         reports: Reports,
         link: Link,
         lock: threading.Lock,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._url = url
         self._timeout = timeout
@@ -57,7 +59,15 @@ class Grants:
         self._reports = reports
         self._link = link
         self._lock = lock
+        self._clock = clock
         self.script = client.register_script(ACQUIRE)
+        self.debt_script = client.register_script(DEBT)
+        self.reconcile_script = client.register_script(RECONCILE)
+        self.origin = ""  # this process, as the buckets count its grants (set by the backend)
+        #: endpoint -> (rpm, requests granted to this process from its shared bucket, in all)
+        self.granted: dict[str, tuple[int, int]] = {}
+        #: endpoint -> (requests, tokens) its shared buckets held after this process's last grant request, and when
+        self.levels: dict[str, tuple[int, int, float]] = {}
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._warm: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()  # loops whose client answered
         #: endpoint -> the grant request this event loop is waiting for (one at a time: see in_flight)
@@ -76,15 +86,16 @@ class Grants:
                 self.sent.wait_for(lambda: endpoint not in self.sending, timeout=max(self._timeout, 0.05))
         owed = self.take_owed(endpoint, tpm)
         try:
-            reply = self.script(keys=[self._keys.limits(endpoint)], args=_acquire_args(rpm, tpm, tokens, ask, owed))
-        except redis.RedisError as error:
+            args = _acquire_args(rpm, tpm, tokens, ask, owed=owed, origin=self.origin)
+            reply = self.script(keys=[self._keys.limits(endpoint)], args=args)
+        except FAILURES as error:
             self.owe(endpoint, tpm or 0, owed)  # sent again with the next request or sync (at least once, as spend)
             self._link.failed(error)
             return None
         except BaseException:
             self.owe(endpoint, tpm or 0, owed)
             raise
-        return self._granted(endpoint, tokens, reply)
+        return self._granted(endpoint, tokens, reply, rpm)
 
     async def aask(
         self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]
@@ -100,29 +111,23 @@ class Grants:
         script = self._async_script(loop)
         owed = self.take_owed(endpoint, tpm)
         try:
-            reply = await script(keys=[self._keys.limits(endpoint)], args=_acquire_args(rpm, tpm, tokens, ask, owed))
-        except (TimeoutError, redis.RedisError, OSError) as error:
+            args = _acquire_args(rpm, tpm, tokens, ask, owed=owed, origin=self.origin)
+            reply = await script(keys=[self._keys.limits(endpoint)], args=args)
+        except ASYNC_FAILURES as error:
             self.owe(endpoint, tpm or 0, owed)
             self._link.failed(error)
             return None
         except BaseException:  # cancelled: whether Redis applied what was owed is unknown; at least once
             self.owe(endpoint, tpm or 0, owed)
             raise
-        return self._granted(endpoint, tokens, reply)
+        return self._granted(endpoint, tokens, reply, rpm)
 
     def _async_script(self, loop: asyncio.AbstractEventLoop) -> Any:
         """The acquire script on this event loop's own client (an asyncio client cannot cross loops)."""
         found = self._async.get(loop)
         if found is None:
-            client = redis.asyncio.Redis.from_url(
-                self._url,
-                # The command timeout is _bounded's: asyncio's own would count the loop's lag as Redis's.
-                socket_timeout=LAG_CAP_S,
-                socket_connect_timeout=LAG_CAP_S,
-                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
-                health_check_interval=0,
-                client_name="holyroute",
-            )
+            # The command timeout is _bounded's: asyncio's own would count the loop's lag as Redis's.
+            client = open_async_client(self._url, timeout=LAG_CAP_S, connect_timeout=LAG_CAP_S)
             found = self._async[loop] = (client, functools.partial(self._bounded, client.register_script(ACQUIRE)))
         return found[1]
 
@@ -209,18 +214,61 @@ class Grants:
             found = self.owed.pop(endpoint, None)
         return found[1] if found is not None else 0
 
-    def _granted(self, endpoint: str, tokens: int, reply: Any) -> float | None:
+    def _granted(self, endpoint: str, tokens: int, reply: Any, rpm: int | None = None) -> float | None:
         self._link.failures = 0
         try:
-            wait_ms, requests, granted_tokens = (int(value) for value in reply)
+            wait_ms, requests, granted_tokens, left_requests, left_tokens = (int(value) for value in reply)
         except (TypeError, ValueError):
-            self._reports.invalid(self._keys.limits(endpoint), "the rate-limit script's reply is not three integers")
+            self._reports.invalid(self._keys.limits(endpoint), "the rate-limit script's reply is not five integers")
             return None  # decide locally, as when Redis cannot answer
+        self.levels[endpoint] = (left_requests, left_tokens, self._clock())
         if wait_ms > 0:
             return min(wait_ms, 60_000) / 1000.0  # a bucket refills completely within 60 s
+        if rpm and requests > 0:
+            with self._lock:
+                self.granted[endpoint] = (rpm, self.granted.get(endpoint, (rpm, 0))[1] + requests)
         self._leases.granted(endpoint, max(requests, 0), max(granted_tokens, 0), tokens)
         return 0.0
 
+    def levels_at(
+        self, now: float, limits: Callable[[str], tuple[int | None, int | None]]
+    ) -> dict[str, tuple[float | None, float | None]]:
+        """What each endpoint's shared buckets hold by ``now``, as far as this process knows: what they held after
+        its last grant request, refilled since at the limit's rate (the others' use since is unknown)."""
+        found: dict[str, tuple[float | None, float | None]] = {}
+        for endpoint, (requests, tokens, at) in list(self.levels.items()):
+            rpm, tpm = limits(endpoint)
+            elapsed = max(0.0, now - at)
+            found[endpoint] = (
+                min(rpm, requests + elapsed * rpm / 60) if rpm else None,
+                min(tpm, tokens + elapsed * tpm / 60) if tpm else None,
+            )
+        return found
 
-def _acquire_args(rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int], owed: int) -> list[int]:
-    return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1], owed]
+    def charge(self, endpoint: str, rpm: int | None, tpm: int | None, requests: int, tokens: int) -> None:
+        """Charge the shared buckets with what this process gave out on its own while Redis was away: the tokens
+        with its next request or sync (as a settled call's), the requests now (raises what Redis raises)."""
+        if tpm and tokens:
+            self.owe(endpoint, tpm, -tokens)
+        if rpm and requests:
+            self.debt_script(keys=[self._keys.limits(endpoint)], args=[rpm, requests, LIMITS_TTL_MS])
+
+    def reconcile(self) -> int:
+        """After a failover or an outage: tell each shared rpm bucket how many requests it granted this process in
+        all; whatever its master does not know of (granted by a master replaced before passing it on) is taken now.
+        Returns the requests taken. Raises what Redis raises."""
+        with self._lock:
+            granted = dict(self.granted)
+        taken = 0
+        for endpoint, (rpm, total) in granted.items():
+            found = self.reconcile_script(
+                keys=[self._keys.limits(endpoint)], args=[rpm, self.origin, total, LIMITS_TTL_MS]
+            )
+            taken += int(found) if isinstance(found, int) else 0
+        return taken
+
+
+def _acquire_args(
+    rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int], *, owed: int, origin: str
+) -> list[int | str]:
+    return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1], owed, origin]

@@ -8,11 +8,9 @@ import contextlib
 import threading
 from typing import Protocol
 
-import redis
-from redis import Redis
-
 from holyroute.rollout.engine import RolloutEngine
 from holyroute.state.base import AttachedRouter
+from holyroute.state.redis.connect import FAILURES, Client
 from holyroute.state.redis.payloads import Horizons, Keys, parse_message
 from holyroute.state.redis.reports import Reports
 from holyroute.state.redis.store import RedisStore
@@ -26,7 +24,7 @@ class ListenerOwner(Protocol):
     live: bool
     failures: int
     origin: str
-    redis: Redis
+    redis: Client
     keys: Keys
     store: RedisStore
     reports: Reports
@@ -38,7 +36,7 @@ class ListenerOwner(Protocol):
 
     def failed(self, error: BaseException) -> None: ...
 
-    def client(self, timeout: float | None) -> Redis: ...
+    def client(self, timeout: float | None) -> Client: ...
 
     def clock(self) -> float: ...
 
@@ -53,11 +51,14 @@ class Listener:
 
     def loop(self) -> None:
         owner = self._owner
-        listener = owner.client(None)
+        listener: Client | None = None
         while not owner.stop.is_set():
             if not owner.live:
                 owner.stop.wait(0.1)
                 continue
+            if listener is None:
+                # A fresh client after every failure: a cluster's slot map or Sentinel's master may have moved.
+                listener = owner.client(None)
             pubsub = listener.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(owner.keys.channel)
@@ -70,9 +71,12 @@ class Listener:
                             self.apply(message.get("data"), router, owner.clock(), owner.wall())
                         except Exception as error:  # one bad message never ends the loop
                             owner.reports.background_error("listen", error)
-            except (redis.RedisError, OSError) as error:
+            except FAILURES as error:
                 owner.failures = 3
                 owner.failed(error)
+                with contextlib.suppress(Exception):
+                    listener.close()
+                listener = None
                 owner.stop.wait(0.1)
             except Exception as error:  # anything else: report once, subscribe afresh, go on
                 owner.reports.background_error("listen", error)
@@ -80,8 +84,9 @@ class Listener:
             finally:
                 with contextlib.suppress(Exception):
                     pubsub.close()
-        with contextlib.suppress(Exception):
-            listener.close()
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                listener.close()
 
     def apply(self, payload: object, router: AttachedRouter, now: float, wall: float) -> None:
         owner = self._owner
@@ -103,7 +108,7 @@ class Listener:
         owner = self._owner
         try:
             raw = owner.redis.get(owner.keys.rollout(route))
-        except redis.RedisError as error:
+        except FAILURES as error:
             owner.failed(error)
             return
         state = owner.store.parsed(route, raw)

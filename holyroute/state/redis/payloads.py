@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from holyroute.boundary.redis_url import SCHEMES, parse_redis_url
 from holyroute.config.schema import Health
 from holyroute.config.schema import Retry as RetrySettings
 from holyroute.rollout.engine import (
@@ -46,13 +47,18 @@ FIELD_KINDS = {"cooldown": "c", "ejected": "e", "restored": "e", "quota": "q", "
 
 
 def redacted(url: str) -> str:
-    """``redis://host:port/db`` without user, password or query, for messages. Total: what cannot be read is ``?``.
+    """The URL without user, password or query, for messages. Total: what cannot be read is ``?``.
 
     >>> redacted("redis://:pa/ss@cache:6380/2?password=x")
     'redis://cache:6380/2'
+    >>> redacted("redis+sentinel://:pw@s1,s2:26380/mymaster")
+    'redis+sentinel://s1:26379,s2:26380/mymaster/0'
     """
+    found = parse_redis_url(url)
+    if not isinstance(found, str):
+        return found.where
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("redis", "rediss", "unix"):
+    if not sep or scheme not in SCHEMES:
         return "?"
     try:  # after the last '@': a password may hold '/', '?', '#' or '@'
         parts = urlsplit(f"{scheme}://{rest.rpartition('@')[2]}")
@@ -70,6 +76,7 @@ class Keys:
         self.prefix = prefix
         self.health = f"{prefix}:{{health}}"
         self.members = f"{prefix}:{{members}}"
+        self.spend_seq = f"{prefix}:batches:{{spend}}"  # each process's last spend batch counted (see sync.SpendBatch)
         self.channel = f"{prefix}:events"
 
     def limits(self, endpoint: str) -> str:

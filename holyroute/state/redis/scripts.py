@@ -4,7 +4,7 @@ on a bucket or a health entry. Only text here: the callers register them (:mod:`
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "HEALTH", "LIMITS_TTL_MS", "SETTLE"]
+__all__ = ["ACQUIRE", "DEBT", "HEALTH", "LIMITS_TTL_MS", "ONCE", "RECONCILE", "ROLLOUT", "SETTLE"]
 
 LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a missing key means a full one
 
@@ -13,7 +13,9 @@ LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a m
 # Then either all limits have room for this request and all are charged, or nothing is charged: the reply is
 # {milliseconds until there is room, 0, 0}. Charged, the reply is {0, requests, tokens} granted: this request's, plus
 # up to ARGV[5] requests and ARGV[6] tokens in all for the process's lease, taken only from what the bucket holds (see
-# holyroute.state.base.Leases).
+# holyroute.state.base.Leases). Either reply ends with what the buckets hold after it (requests, tokens): a process
+# that loses Redis starts its local share of each limit from there. The requests granted are also added up per process
+# (field g:<ARGV[8]>), so that a new master can be told what its old one granted and never passed on (RECONCILE).
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -38,19 +40,22 @@ if tpm > 0 then
   local need = math.min(tokens, tpm)
   if k < need then wait = math.max(wait, (need - k) * 60 / tpm) end
 end
-if wait > 0 then return {math.max(1, math.ceil(wait * 1000)), 0, 0} end
+if wait > 0 then return {math.max(1, math.ceil(wait * 1000)), 0, 0, math.floor(r), math.floor(k)} end
 local want_r, want_t = tonumber(ARGV[5]), tonumber(ARGV[6])
 local gr, gt = want_r, want_t
 if rpm > 0 then
   gr = math.max(1, math.min(want_r, math.floor(r)))
   redis.call('HSET', KEYS[1], 'r', tostring(r - gr), 'rt', tostring(now))
+  if ARGV[8] and ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[1], 'g:' .. ARGV[8], gr) end
 end
 if tpm > 0 then
   gt = math.max(tokens, math.min(want_t, math.floor(k)))
   redis.call('HSET', KEYS[1], 't', tostring(k - gt), 'tt', tostring(now))
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {0, gr, gt}
+if rpm > 0 then r = r - gr end
+if tpm > 0 then k = k - gt end
+return {0, gr, gt, math.floor(r), math.floor(k)}
 """
 
 # Settle finished calls' tpm grants: give ARGV[2] tokens back to the bucket (negative: take them), refilled up to now
@@ -96,4 +101,89 @@ end
 if latest > 0 then redis.call('EXPIREAT', KEYS[1], math.ceil(latest) + 60) end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
+"""
+
+# Add a batch of increments at most once: KEYS[1] holds each process's last batch counted (field ARGV[1], the
+# process; ARGV[2] the batch's sequence number, ARGV[3] that hash's ttl). A batch at or below it was counted already:
+# nothing is added (a batch sent again after a failure whose first sending had landed). Then for each further key:
+# its ttl, a count n, and n triples (f: HINCRBYFLOAT / i: HINCRBY, field, amount). Returns 1 added, 0 already counted.
+ONCE = """
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0
+local seq = tonumber(ARGV[2])
+if seq == nil or seq <= last then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local a = 4
+for k = 2, #KEYS do
+  local ttl, n = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  for _ = 1, n do
+    if ARGV[a] == 'f' then
+      redis.call('HINCRBYFLOAT', KEYS[k], ARGV[a + 1], ARGV[a + 2])
+    else
+      redis.call('HINCRBY', KEYS[k], ARGV[a + 1], ARGV[a + 2])
+    end
+    a = a + 3
+  end
+  redis.call('EXPIRE', KEYS[k], ttl)
+end
+return 1
+"""
+
+# A rollout's state, compare-and-set: written only if the key still holds what the caller read (ARGV[1] its type:
+# none, string or other; ARGV[2] the string read), then the change is published (ARGV[4] the channel, ARGV[5] the
+# message). One key, one script: the same on one server, Sentinel's master, or the cluster node holding the slot.
+# Returns 1 written, 0 changed meanwhile (read again and retry).
+ROLLOUT = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+local kind = (t == 'none' or t == 'string') and t or 'other'
+if kind ~= ARGV[1] then return 0 end
+if kind == 'string' and redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+if kind == 'other' then redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+# Charge the rpm bucket with ARGV[2] requests a process gave out on its own while Redis was away (refilled up to now
+# first, as ACQUIRE refills it; kept within [-rpm, rpm]; a missing bucket is a full one). ARGV[1] is the limit.
+DEBT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm, taken = tonumber(ARGV[1]), tonumber(ARGV[2])
+if rpm == nil or taken == nil or rpm <= 0 or taken <= 0 then return 0 end
+local s = redis.call('HMGET', KEYS[1], 'r', 'rt')
+local l, at = tonumber(s[1]), tonumber(s[2])
+if l == nil or at == nil then l = rpm else l = math.min(rpm, l + math.max(0, now - at) * rpm / 60) end
+l = math.max(-rpm, l - taken)
+redis.call('HSET', KEYS[1], 'r', tostring(l), 'rt', tostring(now))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# After a failover: ARGV[3] is how many requests this process (ARGV[2]) was granted from the rpm bucket (ARGV[1] the
+# limit) in all; the bucket's g:<process> field says how many of them this master knows of. Those it does not (its
+# old master granted them and was replaced before passing them on) are taken from the bucket now, refilled first and
+# kept within [-rpm, rpm]. A bucket or field this master never had (it started afresh) is only told the count.
+# Returns the requests taken.
+RECONCILE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm, mine = tonumber(ARGV[1]), tonumber(ARGV[3])
+if rpm == nil or mine == nil or rpm <= 0 then return 0 end
+local field = 'g:' .. ARGV[2]
+local seen = tonumber(redis.call('HGET', KEYS[1], field))
+if seen == nil then
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], field, ARGV[3]) end
+  return 0
+end
+local missing = mine - seen
+if missing <= 0 then return 0 end
+local s = redis.call('HMGET', KEYS[1], 'r', 'rt')
+local l, at = tonumber(s[1]), tonumber(s[2])
+if l == nil or at == nil then l = rpm else l = math.min(rpm, l + math.max(0, now - at) * rpm / 60) end
+l = math.max(-rpm, l - missing)
+redis.call('HSET', KEYS[1], 'r', tostring(l), 'rt', tostring(now), field, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return missing
 """

@@ -1,26 +1,16 @@
-"""Rollout state in Redis: read-modify-write under ``WATCH``, so two processes never both advance a step."""
+"""Rollout state in Redis: a read then a compare-and-set, so two processes never both advance a step."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-import redis
-import redis.asyncio
-
-from holyroute.rollout.engine import (
-    RolloutState,
-    held_state,
-    parse_stored_state,
-)
-
-if TYPE_CHECKING:
-    pass
-
-
+from holyroute.rollout.engine import RolloutState, held_state, parse_stored_state
+from holyroute.state.redis.connect import FAILURES, Client, unreachable
 from holyroute.state.redis.payloads import Keys
+from holyroute.state.redis.scripts import ROLLOUT
 
 __all__ = ["RedisStore", "StoreBackend"]
 
@@ -32,7 +22,7 @@ class StoreBackend(Protocol):
 
     live: bool
     keys: Keys
-    redis: redis.Redis
+    redis: Client
 
     def invalid(self, key: str, problem: str) -> None: ...
 
@@ -43,10 +33,12 @@ class StoreBackend(Protocol):
 
 class RedisStore:
     """Rollout state in Redis. While its backend syncs, reads come from the backend's cache (no round trip);
-    writes are a ``WATCH``/``MULTI`` read-modify-write, so two processes never both advance a step."""
+    writes are a read then a compare-and-set (the ``ROLLOUT`` script, one key: fine on a cluster), so two processes
+    never both advance a step."""
 
     def __init__(self, backend: StoreBackend) -> None:
         self._backend = backend
+        self._write = backend.redis.register_script(ROLLOUT)
         self.cache: dict[str, RolloutState] = {}
         self.cached = False  # True once the backend's sync thread keeps `cache` fresh
         self._unsynced: dict[str, tuple[RolloutState, int]] = {}  # changed while Redis was away: (state, base)
@@ -81,11 +73,11 @@ class RedisStore:
             return self._known(route)
         try:
             raw: object = self._backend.redis.get(self._backend.keys.rollout(route))
-        except redis.ResponseError as error:  # the key holds another type: a bad entry, Redis itself is fine
-            raw = error
-        except redis.RedisError as error:
-            self._backend.failed(error)
-            return self._known(route)
+        except FAILURES as error:
+            if unreachable(error):
+                self._backend.failed(error)
+                return self._known(route)
+            raw = error  # the key holds another type: a bad entry, Redis itself is fine
         return self.parsed(route, raw)
 
     def update(self, route: str, change: Callable[[RolloutState | None], RolloutState | None]) -> RolloutState | None:
@@ -94,32 +86,30 @@ class RedisStore:
         if backend.live:
             try:
                 for _ in range(16):  # bounded: another process would have to win 16 races in a row
-                    with backend.redis.pipeline() as pipe:
-                        try:
-                            pipe.watch(key)  # type: ignore[no-untyped-call]
-                            try:
-                                raw: object = pipe.get(key)
-                            except redis.ResponseError as error:  # another type: SET below replaces it
-                                raw = error
-                            current = self.parsed(route, raw)
-                            if route in self.invalid and route not in self.cache:
-                                pipe.unwatch()  # unreadable, nothing known: never invent a state over it
-                                return None
-                            new = change(current)
-                            if new is None:
-                                pipe.unwatch()
-                                if current is not None:
-                                    self.cache[route] = current
-                                return None
-                            pipe.multi()
-                            pipe.set(key, json.dumps(asdict(new)))
-                            pipe.publish(backend.keys.channel, backend.message("rollout", route=route))
-                            pipe.execute()
-                        except redis.WatchError:
-                            continue
-                    self.cache[route] = new
-                    return new
-            except redis.RedisError as error:
+                    try:
+                        raw: object = backend.redis.get(key)
+                    except FAILURES as error:
+                        if unreachable(error):
+                            raise
+                        raw = error  # the key holds another type: the write below replaces it
+                    current = self.parsed(route, raw)
+                    if route in self.invalid and route not in self.cache:
+                        return None  # unreadable, nothing known: never invent a state over it
+                    new = change(current)
+                    if new is None:
+                        if current is not None:
+                            self.cache[route] = current
+                        return None
+                    kind = "none" if raw is None else "string" if isinstance(raw, bytes | str) else "other"
+                    seen = raw if isinstance(raw, bytes | str) else ""
+                    message = backend.message("rollout", route=route)
+                    written = self._write(
+                        keys=[key], args=[kind, seen, json.dumps(asdict(new)), backend.keys.channel, message]
+                    )
+                    if written == 1:
+                        self.cache[route] = new
+                        return new
+            except FAILURES as error:
                 backend.failed(error)
         # Redis is away: the change holds here (an abort must take effect at once) and is pushed when it returns.
         current = self.cache.get(route)

@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-import redis
+import redis.exceptions
 
-from holyroute.rollout.engine import Measurements, RolloutEngine
+from holyroute.boundary.redis_url import RedisUrl
+from holyroute.rollout.engine import Measurements, RolloutEngine, RolloutState
 from holyroute.state.base import PERIODS, AttachedRouter, HealthChange, Period, period_key
+from holyroute.state.redis.connect import FAILURES, Client, unreachable
 from holyroute.state.redis.grants import Grants
 from holyroute.state.redis.payloads import (
     FIELD_KINDS,
@@ -27,7 +29,7 @@ from holyroute.state.redis.payloads import (
     text_of,
 )
 from holyroute.state.redis.reports import Reports
-from holyroute.state.redis.scripts import HEALTH, LIMITS_TTL_MS, SETTLE
+from holyroute.state.redis.scripts import HEALTH, LIMITS_TTL_MS, ONCE, SETTLE
 from holyroute.state.redis.store import RedisStore
 
 __all__ = ["MEMBER_TTL_S", "Sync", "SyncOwner"]
@@ -35,9 +37,25 @@ __all__ = ["MEMBER_TTL_S", "Sync", "SyncOwner"]
 #: Seconds the keys that are rewritten all the time live after their last write.
 MEASUREMENTS_TTL_S = 7 * 86400
 SPEND_TTL_S = {"hour": 2 * 86400, "day": 40 * 86400, "month": 400 * 86400}
+HOLD_S = 10.0  # a spend batch is sent again if the master that took it is replaced within this (see SpendBatch)
+RECOVER_EVERY_S = 0.1  # the longest wait between two tries to reach Redis again (a ping: cheap)
 MEMBER_TTL_S = 10.0  # a process not heard of for this long no longer counts for the local share of a limit
 
 SpendKey = tuple[Period, str, str]
+SEQ_TTL_S = 2 * 86400  # a process's last spend sequence number is kept this long after its last spend
+
+
+def once_call(keys: Keys, origin: str, batch: SpendBatch) -> tuple[list[str], list[str | int | float]]:
+    """The ``ONCE`` script's keys and arguments for ``batch`` (every key in the ``{spend}`` slot)."""
+    by_key: dict[str, list[tuple[str, float, int]]] = {}
+    for (period, bucket, name), usd in batch.spend.items():
+        by_key.setdefault(keys.spend(period, bucket), []).append((name, usd, SPEND_TTL_S[period]))
+    args: list[str | int | float] = [origin, batch.seq, SEQ_TTL_S]
+    for fields in by_key.values():
+        args += [fields[0][2], len(fields)]
+        for name, usd, _ttl in fields:
+            args += ["f", name, repr(usd)]
+    return [keys.spend_seq, *by_key], args
 
 
 class SyncOwner(Protocol):
@@ -48,7 +66,7 @@ class SyncOwner(Protocol):
     failures: int
     origin: str
     interval: float
-    redis: redis.Redis
+    redis: Client
     keys: Keys
     store: RedisStore
     grants: Grants
@@ -64,6 +82,11 @@ class SyncOwner(Protocol):
 
     def recover(self) -> bool: ...
 
+    def master(self) -> str: ...
+
+    @property
+    def deployment(self) -> RedisUrl: ...
+
     def message(self, kind: str, **fields: Any) -> str: ...
 
     def clock(self) -> float: ...
@@ -72,11 +95,24 @@ class SyncOwner(Protocol):
 
 
 @dataclass(slots=True)
+class SpendBatch:
+    """Spend added here since the last flush, under its own sequence number. Sent until a master takes it (the
+    ``ONCE`` script counts a number at most once, so sending it again after a failure whose first sending had landed
+    adds nothing), then kept :data:`HOLD_S` in case a failover replaces that master (see :meth:`Sync._drop_held`)."""
+
+    seq: int
+    spend: dict[SpendKey, float]
+    landed: str | None = None  # the master that took it (``Owner.master``), until that is known to hold
+    landed_at: float = 0.0  # when (monotonic)
+
+
+@dataclass(slots=True)
 class _Pending:
-    """What one flush sends: taken from the queues at its start, put back if Redis fails."""
+    """What one flush sends: taken from the queues at its start, put back if Redis fails (spend batches stay queued
+    until confirmed instead)."""
 
     outbox: list[HealthChange]
-    spend: dict[SpendKey, float]
+    batches: list[SpendBatch]
     owed: dict[str, tuple[int, int]]
     drained: list[tuple[RolloutEngine, int, dict[str, Measurements]]]
 
@@ -89,8 +125,13 @@ class Sync:
         self._lock = lock
         self._health = owner.redis.register_script(HEALTH)
         self.settle_script = owner.redis.register_script(SETTLE)
+        self._once = owner.redis.register_script(ONCE)
         self.outbox: list[HealthChange] = []
         self.spend_pending: dict[SpendKey, float] = {}
+        self.spend_batches: list[SpendBatch] = []  # sent, not yet confirmed, in order
+        self._seq = 0
+        self._master: str | None = None  # the master the last flush wrote to
+        self._scripted: list[tuple[int, Any, list[str], list[Any]]] = []  # this flush's scripts, by position
         self.spend_seen: dict[SpendKey, float] = {}
         self.members = 1
 
@@ -104,7 +145,7 @@ class Sync:
                         retry = 0.05
                         continue
                     owner.stop.wait(retry)
-                    retry = min(retry * 2, 1.0)
+                    retry = min(retry * 2, RECOVER_EVERY_S)
                     continue
                 owner.wake.clear()  # before the flush: a change published during it wakes the next one at once
                 self.flush()
@@ -128,26 +169,67 @@ class Sync:
 
     def _flush_pipeline(self) -> bool:
         owner = self._owner
+        try:
+            master = owner.master()
+        except FAILURES as error:
+            owner.failures = 3
+            owner.failed(error)
+            return False
+        if self._master is not None and master != self._master and owner.live:
+            try:  # a new master: tell the shared rpm buckets what the old one granted here and never passed on
+                owner.grants.reconcile()
+            except FAILURES as error:
+                owner.failures = 3
+                owner.failed(error)
+                return False
+        self._master = master
+        self._settle_batches(master)
         pending = self._take_pending()
         now = owner.wall()
         pipe = owner.redis.pipeline(transaction=False)
+        batches = len(pending.batches)
+        self._scripted = []
         self._write(pipe, pending, now)
         reads = len(pipe)
         windows = self._read(pipe, now)
         try:
-            results = pipe.execute(raise_on_error=False)
-        except redis.RedisError as error:
+            results = self._unloaded(pipe.execute(raise_on_error=False))
+            down = next((r for r in results if isinstance(r, BaseException) and unreachable(r)), None)
+            if down is not None:  # a cluster node holding some of the keys is away: the rest may have landed
+                self._confirm(pending.batches, results[:batches], master)
+                raise down
+        except FAILURES as error:
             self._put_back(pending)  # nothing is lost: it all goes out with the next flush
             owner.failures = 3  # a failed flush is reason enough
             owner.failed(error)
             return False
         owner.failures = 0
-        for refused in results[:reads]:
+        self._confirm(pending.batches, results[:batches], master)
+        self._drop_held(master)
+        for refused in results[batches:reads]:
             if isinstance(refused, Exception):
                 owner.reports.refused(refused)
         self._apply(iter(results[reads:]), windows, now)
         owner.store.cached = bool(owner.threads) or owner.read_only
         return True
+
+    def _queue(self, pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
+        """Queue a script on the pipeline, noting where: a node that does not know it yet answers NOSCRIPT (a
+        cluster pipeline cannot load it first), and the script is then run again on its own (see
+        :meth:`_unloaded`)."""
+        self._scripted.append((len(pipe), script, keys, args))
+        script(keys=keys, args=args, client=pipe)
+
+    def _unloaded(self, results: list[Any]) -> list[Any]:
+        """The pipeline's results, each script a node did not know (it ran nothing) run again on its own: the
+        client then loads it (on every master of a cluster) and runs it."""
+        for position, script, keys, args in self._scripted:
+            if isinstance(results[position], redis.exceptions.NoScriptError):
+                try:
+                    results[position] = script(keys=keys, args=args)
+                except FAILURES as error:
+                    results[position] = error
+        return results
 
     def _take_pending(self) -> _Pending:
         """Everything queued, or nothing when read-only (a read-only backend only reads)."""
@@ -155,17 +237,57 @@ class Sync:
         writes = not owner.read_only
         with self._lock:
             outbox, self.outbox = (self.outbox, []) if writes else ([], self.outbox)
-            spend, self.spend_pending = (self.spend_pending, {}) if writes else ({}, self.spend_pending)
+            if writes and self.spend_pending:
+                self._seq += 1
+                self.spend_batches.append(SpendBatch(self._seq, self.spend_pending))
+                self.spend_pending = {}
+            batches = [batch for batch in self.spend_batches if batch.landed is None] if writes else []
             owed, grants.owed = (grants.owed, {}) if writes else ({}, grants.owed)
             grants.sending.update(owed)
         drained = [(engine, *engine.drain()) for engine in owner.engines] if writes else []
-        return _Pending(outbox, spend, owed, drained)
+        return _Pending(outbox, batches, owed, drained)
+
+    def _settle_batches(self, master: str) -> None:
+        """Before a flush: the batches another master took go out again, to ``master``."""
+        with self._lock:
+            for batch in self.spend_batches:
+                if batch.landed is not None and batch.landed != master:
+                    batch.landed = None
+
+    def _drop_held(self, master: str) -> None:
+        """After a flush ``master`` answered: forget the batches it took :data:`HOLD_S` ago or more (one server:
+        at once). Had a failover replaced it before then, they would have gone out again to the new master, which
+        counts only those its old master had not passed on (the ``ONCE`` script's sequence numbers came along): so
+        a failover loses no spend taken in the last :data:`HOLD_S`, even what the old master took and never
+        replicated, and Sentinel's old master dropping the writes it took after the promotion loses nothing."""
+        now, single = self._owner.clock(), self._owner.deployment.kind == "single"
+        with self._lock:
+            self.spend_batches = [
+                batch
+                for batch in self.spend_batches
+                if batch.landed != master or not (single or now - batch.landed_at >= HOLD_S)
+            ]
+
+    def _confirm(self, sent: list[SpendBatch], results: list[Any], master: str) -> None:
+        """Note the batches ``master`` took (or refused: reported once, never sent again)."""
+        now = self._owner.clock()
+        for batch, result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException) and unreachable(result):
+                continue
+            if isinstance(result, Exception):
+                self._owner.reports.refused(result)
+            with self._lock:
+                if batch.landed != master:
+                    batch.landed, batch.landed_at = master, now
+
+    def unconfirmed(self, key: SpendKey) -> float:
+        """Spend of ``key`` no master has taken yet (counted here, not in what was read back)."""
+        with self._lock:
+            return sum(batch.spend.get(key, 0.0) for batch in self.spend_batches if batch.landed is None)
 
     def _put_back(self, pending: _Pending) -> None:
         with self._lock:
             self.outbox[:0] = pending.outbox
-            for counted, usd in pending.spend.items():
-                self.spend_pending[counted] = self.spend_pending.get(counted, 0.0) + usd
         for endpoint, (tpm, tokens) in pending.owed.items():
             self._owner.grants.owe(endpoint, tpm, tokens)
         for engine, window, measured in pending.drained:
@@ -173,17 +295,16 @@ class Sync:
 
     def _write(self, pipe: Any, pending: _Pending, now: float) -> None:
         owner, keys = self._owner, self._owner.keys
+        for batch in pending.batches:  # first: their replies are the pipeline's first
+            once_keys, once_args = once_call(keys, owner.origin, batch)
+            self._queue(pipe, self._once, once_keys, once_args)
         for change in pending.outbox:
             try:
                 self._health_command(pipe, change)
             except Exception as error:  # this change cannot be sent: drop it, never resend it, send the rest
                 owner.reports.background_error("sync", error)
         for endpoint, (tpm, tokens) in pending.owed.items():
-            self.settle_script(keys=[keys.limits(endpoint)], args=[tpm, tokens, LIMITS_TTL_MS], client=pipe)
-        for (period, bucket, name), usd in pending.spend.items():
-            key = keys.spend(period, bucket)
-            pipe.hincrbyfloat(key, name, usd)
-            pipe.expire(key, SPEND_TTL_S[period])
+            self._queue(pipe, self.settle_script, [keys.limits(endpoint)], [tpm, tokens, LIMITS_TTL_MS])
         for engine, window, measured_by_arm in pending.drained:
             for arm, measured in measured_by_arm.items():
                 key = keys.measurements(engine.route, window, arm)
@@ -241,6 +362,7 @@ class Sync:
         owner, keys = self._owner, self._owner.keys
         raw_states = [next(answers) for _ in owner.engines]
         lost: list[RolloutEngine] = []
+        behind: list[RolloutEngine] = []
         for engine, window, raw in zip(owner.engines, windows, raw_states, strict=True):
             stable = self.read_measurements(keys.measurements(engine.route, window, engine.stable_arm), next(answers))
             candidate = self.read_measurements(
@@ -250,10 +372,25 @@ class Sync:
             found = owner.store.parsed(engine.route, raw)
             if found is not None and engine.route not in owner.store.invalid:
                 engine.follow(found)
+                if found.version < engine.state.version:
+                    behind.append(engine)
             elif found is None and engine.state.version > 0:
                 lost.append(engine)  # missing (a Redis restarted empty): put back what this process follows
         if lost and not owner.read_only:
             self._restore_rollouts(lost)
+        if behind and not owner.read_only:
+            self._push_newer(behind)
+
+    def _push_newer(self, engines: list[RolloutEngine]) -> None:
+        """Redis holds an older state than this process follows: a write it took was lost (a master failed over
+        before passing it on, or took it after it had been replaced). Write ours again, unless a newer one is there
+        by then (read just before the write, compared-and-set)."""
+        for engine in engines:
+
+            def newer(found: RolloutState | None, mine: RolloutState = engine.state) -> RolloutState | None:
+                return mine if found is None or found.version < mine.version else None
+
+            self._owner.store.update(engine.route, newer)
 
     def _restore_rollouts(self, engines: list[RolloutEngine]) -> None:
         """A rollout's state key is missing (a Redis restarted empty, or a first start): put back what this process
@@ -261,7 +398,7 @@ class Sync:
         pipe = self._owner.redis.pipeline(transaction=False)
         for engine in engines:
             pipe.set(self._owner.keys.rollout(engine.route), json.dumps(asdict(engine.state)), nx=True)
-        with contextlib.suppress(redis.RedisError):  # the next flush reads whatever is there, and tries again
+        with contextlib.suppress(*FAILURES):  # the next flush reads whatever is there, and tries again
             pipe.execute()
 
     def _health_command(self, pipe: Any, change: HealthChange) -> None:
@@ -281,8 +418,8 @@ class Sync:
         )
         mode = "del" if change.kind == "restored" else "set"
         value = f"{change.until:.3f} {message}"
-        self._health(
-            keys=[owner.keys.health], args=[field, value, change.until, mode, owner.keys.channel, message], client=pipe
+        self._queue(
+            pipe, self._health, [owner.keys.health], [field, value, change.until, mode, owner.keys.channel, message]
         )
 
     def apply_health(self, raw: object, router: AttachedRouter) -> None:
