@@ -28,7 +28,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -39,6 +39,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "MAX_TOKENS",
     "HeaderLookup",
+    "RequestBody",
     "RequestView",
     "SSEScanner",
     "StreamDecoder",
@@ -235,19 +236,129 @@ _MAX_MODEL_CHARS: Final = 256
 class RequestView(NamedTuple):
     """A caller's request body, parsed and checked: everything the core reads from it.
 
-    ``data`` is the parsed body (nested at most :data:`MAX_DEPTH` deep); the other fields are its validated values:
+    ``data`` is the body's object (nested at most :data:`MAX_DEPTH` deep; a :class:`RequestBody` that decodes the
+    whole of it only when asked for a field beyond those below); the other fields are its validated values:
     the model it names, whether it streams, the output it asks for at most (clamped to :data:`MAX_TOKENS`), the
     choices it asks for (``n``, within ``[1, MAX_CHOICES]``), the end user (``user`` or ``safety_identifier``, when
     a string) and ``metadata`` (when an object). Immutable, and a tuple: built on every call, it must be cheap.
     """
 
-    data: dict[str, Any]
+    data: Mapping[str, Any]
     model: str
     stream: bool
     max_output_tokens: int | None
     choices: int
     user: str | None
     metadata: Mapping[str, Any] | None
+
+
+#: The top-level fields the core reads on every call (routing, limits, costing, stream usage); picked out of a body
+#: by a validating scan that builds nothing for the rest (the messages, the tools).
+_READ_KEYS: Final = frozenset(
+    {
+        "model",
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "service_tier",
+        "n",
+        *_OUTPUT_KEYS,
+    }
+)
+
+
+class RequestBody(Mapping[str, Any]):
+    """A request body's top-level object whose whole was validated but not decoded: the fields in ``_READ_KEYS``
+    come from the scan; asking for any other field (a rule's path, a sticky key, a re-encoding, a size estimate)
+    decodes the whole body once. Read-only, as the core treats every body."""
+
+    __slots__ = ("_body", "_known", "_whole")
+
+    def __init__(self, body: bytes | bytearray, known: dict[str, Any]) -> None:
+        self._body = body
+        self._known = known
+        self._whole: dict[str, Any] | None = None
+
+    def whole(self) -> dict[str, Any]:
+        """The whole object, decoded on first use (the body was validated, so this cannot fail; should it, the
+        scanned fields stand for the body)."""
+        whole = self._whole
+        if whole is None:
+            try:
+                decoded = json.loads(self._body)
+            except _JSON_ERRORS:
+                decoded = None
+            whole = self._whole = decoded if isinstance(decoded, dict) else dict(self._known)
+        return whole
+
+    def __getitem__(self, key: str) -> Any:
+        if self._whole is None and key in _READ_KEYS:
+            return self._known[key]
+        return self.whole()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if self._whole is None and key in _READ_KEYS:
+            return self._known.get(key, default)
+        return self.whole().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if self._whole is None and key in _READ_KEYS:
+            return key in self._known
+        return key in self.whole()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.whole())
+
+    def __len__(self) -> int:
+        return len(self.whole())
+
+    def __repr__(self) -> str:  # never the prompt: the body is the caller's
+        return f"RequestBody({len(self._body)} bytes, model={self._known.get('model')!r})"
+
+
+@functools.cache
+def _scanner() -> Any:
+    """pydantic-core's JSON validator for a top-level object, keeping only ``_READ_KEYS``: it checks the whole body
+    at C speed (strict JSON, UTF-8, numbers within 4300 digits, nesting within 200) and builds Python values for
+    those fields only. Built on first use."""
+    from pydantic_core import SchemaValidator, core_schema
+
+    fields = {key: core_schema.typed_dict_field(core_schema.any_schema(), required=False) for key in _READ_KEYS}
+    return SchemaValidator(core_schema.typed_dict_schema(fields, extra_behavior="ignore"))
+
+
+def _scan(body: bytes | bytearray) -> dict[str, Any] | None:
+    """The ``_READ_KEYS`` of a body that is one valid JSON object (the last of a repeated key, as ``json.loads``
+    keeps), or ``None`` when the scanner refuses it; everything it accepts, ``json.loads`` reads the same way, and
+    what it refuses (a byte order mark, a lone surrogate, a long number, deep nesting) goes to ``json.loads``."""
+    try:
+        found = _scanner().validate_json(body)
+    except Exception:  # pydantic_core.ValidationError, and nothing a body can do may escape
+        return None
+    return found if isinstance(found, dict) else None
+
+
+#: Deleted before the nesting of a validated body is measured: every byte but quotes and brackets.
+_NOT_STRUCTURE: Final = bytes(set(range(256)) - set(b'"[]{}'))
+_PARENS: Final = bytes.maketrans(b"[{]}", b"(())")
+_STRING_BODY: Final = re.compile(rb'"[^"]*"')
+
+
+def _deeper_than(body: bytes | bytearray, limit: int) -> bool:
+    """Whether a body that is valid JSON nests deeper than ``limit``, measured without decoding it: escaped
+    backslashes and quotes go, then every byte but quotes and brackets, then the strings' insides; each pass of
+    ``replace(b"()", b"")`` then removes one level of nesting. A handful of C-speed passes over the body."""
+    if len(body) <= 2 * limit or body.count(b"{") + body.count(b"[") <= limit:
+        return False
+    text = bytes(body).replace(b"\\\\", b"").replace(b'\\"', b"").translate(_PARENS, _NOT_STRUCTURE)
+    text = _STRING_BODY.sub(b"", text)
+    for _ in range(limit):
+        if not text:
+            return False
+        text = text.replace(b"()", b"")
+    return bool(text)
 
 
 def parse_request(body: bytes | None) -> RequestView | None:
@@ -276,6 +387,9 @@ def read_request(body: bytes | None) -> RequestView | str | None:
     """
     if not body or not isinstance(body, _BYTES) or _OBJECT_START.match(body) is None:
         return None
+    known = _scan(body)
+    if known is not None and not _deeper_than(body, MAX_DEPTH):
+        return _view(RequestBody(body, known), known)
     try:
         data = json.loads(body)
     except RecursionError:
@@ -289,17 +403,22 @@ def read_request(body: bytes | None) -> RequestView | str | None:
         return None
     if _too_deep(data, body):
         return _TOO_DEEP
-    model = data.get("model")
+    return _view(data, data)
+
+
+def _view(data: Mapping[str, Any], fields: Mapping[str, Any]) -> RequestView | None:
+    """The view of a readable body: ``fields`` holds (at least) its ``_READ_KEYS``."""
+    model = fields.get("model")
     if not isinstance(model, str) or not 0 < len(model) <= _MAX_MODEL_CHARS:
         return None
-    user = data.get("user") or data.get("safety_identifier")
-    metadata = data.get("metadata")
+    user = fields.get("user") or fields.get("safety_identifier")
+    metadata = fields.get("metadata")
     return RequestView(
         data=data,
         model=model,
-        stream=data.get("stream") is True,
-        max_output_tokens=requested_output_tokens(data),
-        choices=requested_choices(data),
+        stream=fields.get("stream") is True,
+        max_output_tokens=requested_output_tokens(fields),
+        choices=requested_choices(fields),
         user=user if isinstance(user, str) else None,
         metadata=metadata if isinstance(metadata, dict) else None,
     )

@@ -379,7 +379,7 @@ class Call(Planning):
         operation: str,
         query: str,
         headers: HeaderLookup,
-        data: dict[str, Any],
+        data: Mapping[str, Any],
         body: bytes,
         timeout: float | None,
         shadow_of: Call | None = None,
@@ -404,7 +404,7 @@ class Call(Planning):
         self._rejected = False  # the open attempt's answer was judged a failure (its body is still to be read)
         self._headers = headers
         self.stream = data.get("stream") is True
-        own = data.get("stream_options")
+        own = data.get("stream_options") if self.stream else None
         self._wants_usage_injected = (
             self.stream
             and api in _INJECT_USAGE_APIS
@@ -786,8 +786,10 @@ class Call(Planning):
         inject = self._wants_usage_injected and upstream.stream_usage
         self._hide_usage = inject
         body = self._bodies.get((upstream.model, inject))
-        if body is None and not inject:
+        if body is None:
             body = _swap_model(self._raw_body, self._alias_token, upstream.token)
+            if body is not None and inject:
+                body = None if "stream_options" in self._data else _with_usage_option(body)
         if body is None:
             data = dict(self._data)
             data["model"] = upstream.model
@@ -903,3 +905,16 @@ def _swap_model(body: bytes, alias: bytes, model: bytes) -> bytes | None:
     if body.count(alias) != 1:
         return None
     return body.replace(alias, model)
+
+
+#: What asks a stream for its usage, put first in a body that has no ``stream_options`` of its own.
+_USAGE_OPTION: Final = b'"stream_options":{"include_usage":true},'
+
+
+def _with_usage_option(body: bytes) -> bytes | None:
+    """``body`` (a JSON object with at least one field and no ``stream_options``) asking for stream usage, without
+    re-serialising: the option goes in right after the opening brace. ``None`` when that is not certain."""
+    start = body.find(b"{")
+    if start < 0 or body[:start].strip(b" \t\r\n"):
+        return None
+    return body[: start + 1] + _USAGE_OPTION + body[start + 1 :]

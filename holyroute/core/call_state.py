@@ -161,7 +161,7 @@ class CallState:
     _current: Upstream | None
     _current_leg: Leg | None
     _cursor: int
-    _data: dict[str, Any]
+    _data: Mapping[str, Any]
     _deadline: float | None
     _timeout: float | None
     _rejected: bool
