@@ -757,11 +757,14 @@ class Usage:
 
 
 def _tokens(value: object) -> int:
+    if value is None:
+        return 0
+    if type(value) is int:  # what providers write: checked here without a call
+        return min(value, MAX_TOKENS) if value > 0 else 0
     return token_count(value) or 0
 
 
-def _detail(details: object, key: str) -> int:
-    return _tokens(details.get(key)) if isinstance(details, Mapping) else 0
+_NO_DETAILS: Final[Mapping[str, Any]] = {}
 
 
 #: What an answer may name as its model or service tier; anything else is not recorded.
@@ -779,40 +782,40 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
     Anthropic's cache fields). Counts that are not numbers, or not positive, are 0; absurd ones are clamped to
     :data:`MAX_TOKENS`; every part is clamped to its whole. ``model`` and ``service_tier`` are the answer's own
     fields, kept when they look like names."""
-    if "input_tokens" in usage or "output_tokens" in usage:
-        prompt, completion = _tokens(usage.get("input_tokens")), _tokens(usage.get("output_tokens"))
-        in_details, out_details = usage.get("input_tokens_details"), usage.get("output_tokens_details")
+    get = usage.get
+    responses = "input_tokens" in usage or "output_tokens" in usage
+    if responses:
+        prompt, completion = _tokens(get("input_tokens")), _tokens(get("output_tokens"))
+        in_details, out_details = get("input_tokens_details"), get("output_tokens_details")
     else:
-        prompt, completion = _tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens"))
-        in_details, out_details = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
-    cached = _detail(in_details, "cached_tokens")
+        prompt, completion = _tokens(get("prompt_tokens")), _tokens(get("completion_tokens"))
+        in_details, out_details = get("prompt_tokens_details"), get("completion_tokens_details")
+    ins = in_details if isinstance(in_details, Mapping) else _NO_DETAILS
+    outs = out_details if isinstance(out_details, Mapping) else _NO_DETAILS
+    cached = _tokens(ins.get("cached_tokens"))
     if not cached:
-        cached = _tokens(usage.get("prompt_cache_hit_tokens"))  # DeepSeek
-    written = _detail(in_details, "cache_write_tokens")
+        cached = _tokens(get("prompt_cache_hit_tokens"))  # DeepSeek
+    written = _tokens(ins.get("cache_write_tokens"))
     # Anthropic's own names: its input_tokens leave both cache parts out, so they are added to the prompt.
-    read_apart, written_apart = (
-        _tokens(usage.get("cache_read_input_tokens")),
-        _tokens(usage.get("cache_creation_input_tokens")),
-    )
+    read_apart, written_apart = _tokens(get("cache_read_input_tokens")), _tokens(get("cache_creation_input_tokens"))
     if (read_apart or written_apart) and not cached and not written:
         cached, written = read_apart, written_apart
         if "input_tokens" in usage:
             prompt = min(prompt + read_apart + written_apart, MAX_TOKENS)
     cached = min(cached, prompt)
     written = min(written, prompt - cached)
-    reasoning = min(_detail(out_details, "reasoning_tokens"), completion)
     return Usage(
         prompt,
         completion,
         cached,
-        reasoning,
+        min(_tokens(outs.get("reasoning_tokens")), completion),
         written,
-        min(_detail(in_details, "audio_tokens"), prompt),
-        min(_detail(out_details, "audio_tokens"), completion),
-        min(_detail(in_details, "image_tokens"), prompt),
-        min(_detail(out_details, "image_tokens"), completion),
-        _name(model),
-        _name(service_tier),
+        min(_tokens(ins.get("audio_tokens")), prompt),
+        min(_tokens(outs.get("audio_tokens")), completion),
+        min(_tokens(ins.get("image_tokens")), prompt),
+        min(_tokens(outs.get("image_tokens")), completion),
+        _name(model) if model is not None else None,
+        _name(service_tier) if service_tier is not None else None,
     )
 
 
@@ -838,7 +841,7 @@ def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
             except _JSON_ERRORS:
                 break
             if isinstance(found, Mapping):
-                return usage_from_mapping(found, **_answer_names(body))
+                return usage_from_mapping(found, **_answer_names(body, position))
             break
         position = body.rfind(b'"usage"', 0, position)
     try:
@@ -852,12 +855,24 @@ def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
     return None
 
 
-def _answer_names(body: bytes) -> dict[str, str | None]:
-    """The answer's ``model`` (its first, which is the top-level one in OpenAI's answers) and ``service_tier``
-    (its last), read without decoding the whole body."""
-    model = _MODEL_KEY.search(body)
+#: How far from the start (the model of chat and Responses answers) and around the usage (the model of embeddings
+#: answers, which follows their data; the service tier) the answer's names are looked for: a large answer is never
+#: scanned whole for them.
+_NAMES_WINDOW: Final = 64 * 1024
+
+
+def _answer_names(body: bytes, usage_at: int) -> dict[str, str | None]:
+    """The answer's ``model`` (its first in the first 64 KB, which is the top-level one in OpenAI's chat and Responses
+    answers, else the last before the usage, as embeddings answers put it) and ``service_tier`` (its last, within
+    64 KB before the usage or after it), read without decoding the body or scanning all of a large one."""
+    model = _MODEL_KEY.search(body, 0, _NAMES_WINDOW)
+    if model is None:
+        position = body.rfind(b'"model"', max(0, usage_at - _NAMES_WINDOW), usage_at)
+        while position >= 0 and model is None:
+            model = _MODEL_KEY.match(body, position)
+            position = body.rfind(b'"model"', max(0, usage_at - _NAMES_WINDOW), position)
     tier = None
-    position = body.rfind(b'"service_tier"')
+    position = body.rfind(b'"service_tier"', max(0, usage_at - _NAMES_WINDOW))
     if position >= 0:
         tier = _TIER_KEY.match(body, position)
     return {

@@ -464,7 +464,7 @@ class Call(Planning):
         self,
         plan: RoutePlan,
         headers: HeaderLookup,
-        data: dict[str, Any],
+        data: Mapping[str, Any],
         body: bytes,
         *,
         shadow_of: Call | None,
