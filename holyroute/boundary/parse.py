@@ -767,6 +767,19 @@ def _tokens(value: object) -> int:
 _NO_DETAILS: Final[Mapping[str, Any]] = {}
 
 
+def _details(value: object) -> Mapping[str, Any]:
+    # A decoded answer's objects are dicts: checked first, without the Mapping ABC's slower check.
+    return value if type(value) is dict or isinstance(value, Mapping) else _NO_DETAILS
+
+
+def _part(value: object, whole: int) -> int:
+    """A count that is part of ``whole``: within ``[0, whole]``."""
+    if value is None:
+        return 0
+    found = _tokens(value)
+    return found if found <= whole else whole
+
+
 #: What an answer may name as its model or service tier; anything else is not recorded.
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 _MODEL_KEY: Final = re.compile(rb'"model"\s*:\s*"([A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127})"')
@@ -790,8 +803,8 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
     else:
         prompt, completion = _tokens(get("prompt_tokens")), _tokens(get("completion_tokens"))
         in_details, out_details = get("prompt_tokens_details"), get("completion_tokens_details")
-    ins = in_details if isinstance(in_details, Mapping) else _NO_DETAILS
-    outs = out_details if isinstance(out_details, Mapping) else _NO_DETAILS
+    ins = _details(in_details)
+    outs = _details(out_details)
     cached = _tokens(ins.get("cached_tokens"))
     if not cached:
         cached = _tokens(get("prompt_cache_hit_tokens"))  # DeepSeek
@@ -802,18 +815,19 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
         cached, written = read_apart, written_apart
         if "input_tokens" in usage:
             prompt = min(prompt + read_apart + written_apart, MAX_TOKENS)
-    cached = min(cached, prompt)
-    written = min(written, prompt - cached)
+    # Every part within its whole (written as comparisons: most parts are 0, and this runs on every call).
+    cached = cached if cached <= prompt else prompt
+    written = written if written <= prompt - cached else prompt - cached
     return Usage(
         prompt,
         completion,
         cached,
-        min(_tokens(outs.get("reasoning_tokens")), completion),
+        _part(outs.get("reasoning_tokens"), completion),
         written,
-        min(_tokens(ins.get("audio_tokens")), prompt),
-        min(_tokens(outs.get("audio_tokens")), completion),
-        min(_tokens(ins.get("image_tokens")), prompt),
-        min(_tokens(outs.get("image_tokens")), completion),
+        _part(ins.get("audio_tokens"), prompt),
+        _part(outs.get("audio_tokens"), completion),
+        _part(ins.get("image_tokens"), prompt),
+        _part(outs.get("image_tokens"), completion),
         _name(model) if model is not None else None,
         _name(service_tier) if service_tier is not None else None,
     )
@@ -840,7 +854,7 @@ def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
                 found, _ = _DECODER.raw_decode(body[match.end() - 1 :].decode("utf-8"))
             except _JSON_ERRORS:
                 break
-            if isinstance(found, Mapping):
+            if isinstance(found, dict):
                 return usage_from_mapping(found, **_answer_names(body, position))
             break
         position = body.rfind(b'"usage"', 0, position)

@@ -119,6 +119,8 @@ class Router:
         )
         retry = config.retry
         self.retry = retry
+        #: The attempts a call makes on transient errors whatever health and the retry budget say (shadows: 1).
+        self.attempt_floor = min(retry.min_attempts, retry.max_attempts)
         #: One retry budget per route (as Envoy budgets per cluster): one route's outage cannot spend the retries
         #: another route needs to fail over.
         self.budgets = {alias: self._retry_budget() for alias in self.routes}
@@ -410,7 +412,8 @@ class Call(Planning):
             and api in _INJECT_USAGE_APIS
             and not (isinstance(own, Mapping) and own.get("include_usage") is True)
         )
-        self._tokens = _estimate_tokens(body, data)
+        self._out = _requested_output(data)
+        self._tokens = _estimate_tokens(body, self._out)
         self._debits = []  # tpm debits (local and shared), settled with the real usage when the call ends
         self._bodies = {}
         self._attempts = 0
@@ -452,7 +455,6 @@ class Call(Planning):
         self._alias_token = plan.token  # ... as it is in the body, for swapping the model in without re-encoding
         self._rule = None  # the rule that decided, DEFAULT_RULE when none did; None: no rules
         self._input = None  # estimated input tokens, counted when first needed
-        self._out = _requested_output(data)
         self._ceiling = None
         self._check_size = False
         self._size_cost_seen = {}
@@ -856,10 +858,10 @@ def _looks_like_json(body: bytes) -> bool:
     return bool(text) and text[:1] in b"{[" and text[-1:] in b"}]"
 
 
-def _estimate_tokens(body: bytes, data: Mapping[str, Any]) -> int:
+def _estimate_tokens(body: bytes, out: int | None) -> int:
     """A cheap upper-bound guess of a call's tokens: the body's size / 4 plus the output it asks for at most,
     within ``[0, MAX_TOKENS]`` (each bucket takes at most its capacity of it)."""
-    return clamp_tokens(len(body) // 4 + (_requested_output(data) or 0))
+    return clamp_tokens(len(body) // 4 + (out or 0))
 
 
 class _NoHeaders:
