@@ -57,6 +57,7 @@ class RouterView(Protocol):
     probing: bool
     quality: QualityCheck | None
     retry: Retry
+    attempt_floor: int
     rollouts: Rollouts | None
     routes: dict[str, RoutePlan]
     spend: SpendBudgets | None
