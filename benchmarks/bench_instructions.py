@@ -10,9 +10,11 @@ comparison of a ``qsort`` of two numbers). Callgrind counts only what runs insid
 Everything else (start-up, imports, client construction, first-call caches) is outside the count. Holyroute's events
 are rendered by structlog's ``JSONRenderer`` to ``/dev/null``, as a user piping JSON logs would.
 
-Cases: a chat call with a 0.1 KB prompt, with 32 KB and 128 KB of messages, and an embeddings call whose answer is
-1.6 MB. "added" is holyroute's instructions minus the raw SDK's, per call; the per-KB columns divide what holyroute
-adds beyond the small chat call by the request's (or the answer's) extra size.
+Cases: a chat call with a 0.1 KB prompt, with 32 KB and 128 KB of messages, an embeddings call whose answer is
+1.6 MB, and a chat stream counted from the call to its first chunk (``stream-ttft``: each stream's rest is read
+between the counted parts, so only what precedes the first chunk counts). "added" is holyroute's instructions minus
+the raw SDK's, per call; the per-KB columns divide what holyroute adds beyond the small chat call by the request's
+(or the answer's) extra size.
 
     python benchmarks/bench_instructions.py               # all cases, 40 measured calls each
     python benchmarks/bench_instructions.py --calls 100 --cases chat,chat-128k --json
@@ -30,7 +32,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 #: Instructions per microsecond on the machine the README's figures come from (about 4 G instructions/s in CPython).
@@ -58,6 +60,8 @@ CASES: dict[str, tuple[str, float, float]] = {
     "chat-32k": ("chat", 32, 0.3),
     "chat-128k": ("chat", 128, 0.3),
     "embeddings-1.6m": ("embeddings", 0.8, 1600),
+    # Counted from the call to the stream's first chunk only; the rest of each stream is read outside the count.
+    "stream-ttft": ("stream", 0.1, 0.3),
 }
 
 
@@ -84,6 +88,18 @@ def _embeddings_answer(kilobytes: float) -> bytes:
     return json.dumps(body).encode()
 
 
+def _stream_events() -> list[bytes]:
+    """A short chat stream as providers send it: content chunks, the finish, the usage chunk, ``[DONE]``."""
+    head = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4.1"}
+    chunks = [
+        {**head, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+        for word in ("A ", "prince ", "avenges.")
+    ]
+    chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    chunks.append({**head, "choices": [], "usage": {"prompt_tokens": 19, "completion_tokens": 4, "total_tokens": 23}})
+    return [b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks] + [b"data: [DONE]\n\n"]
+
+
 def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     """Build one client, warm it up, then make ``calls`` calls inside a ctypes callback (all callgrind counts)."""
     import httpx2
@@ -93,10 +109,17 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     import holyroute
 
     operation, request_kb, answer_kb = CASES[case]
-    answer = json.dumps(CHAT_ANSWER).encode() if operation == "chat" else _embeddings_answer(answer_kb)
+    answer = _embeddings_answer(answer_kb) if operation == "embeddings" else json.dumps(CHAT_ANSWER).encode()
     headers = [("content-type", "application/json"), ("x-request-id", "req_bench")]
+    events = _stream_events()
+
+    class Events(httpx2.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(events)  # one event at a time, as a connection would hand them over
 
     def canned(request: httpx2.Request) -> httpx2.Response:
+        if operation == "stream":
+            return httpx2.Response(200, headers=[("content-type", "text/event-stream")], stream=Events())
         return httpx2.Response(200, headers=headers, stream=httpx2.ByteStream(answer))
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole process
@@ -121,33 +144,50 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     sdk = openai.OpenAI(
         base_url=base_url, api_key="bench-key", http_client=routed if client_kind == "holyroute" else raw
     )
-    model = {"chat": "gpt-4.1", "embeddings": "text-embedding-3-small"}[operation]
+    model = "text-embedding-3-small" if operation == "embeddings" else "gpt-4.1"
     if client_kind == "holyroute":
-        model = {"chat": "chat-default", "embeddings": "embed-default"}[operation]
+        model = "embed-default" if operation == "embeddings" else "chat-default"
     call: Callable[[], Any]
+    messages: Any = _messages(request_kb)
+    rest: list[Iterator[Any]] = []
     if operation == "chat":
-        messages: Any = _messages(request_kb)
 
         def call() -> Any:
             return sdk.chat.completions.create(model=model, messages=messages)
+    elif operation == "stream":
+
+        def call() -> Any:
+            stream = iter(sdk.chat.completions.create(model=model, messages=messages, stream=True))
+            first = next(stream)
+            rest.append(stream)
+            return first
     else:
         inputs = [f"sentence number {i} to embed" for i in range(24)]
 
         def call() -> Any:
             return sdk.embeddings.create(model=model, input=inputs, encoding_format="float")
 
+    def drain() -> None:
+        while rest:
+            for _ in rest.pop():
+                pass
+
     for _ in range(warmup):
         call()
+        drain()
 
     def measured(_a: int, _b: int) -> int:
-        for _ in range(calls):
+        for _ in range(1 if operation == "stream" else calls):
             call()
         return 0
 
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(measured)
     pair = (ctypes.c_int * 2)(1, 2)
-    libc.qsort(pair, 2, ctypes.sizeof(ctypes.c_int), compare)  # two elements: exactly one comparison
+    # Two elements: exactly one comparison. A stream's rest is read between comparisons, outside the count.
+    for _ in range(calls if operation == "stream" else 1):
+        libc.qsort(pair, 2, ctypes.sizeof(ctypes.c_int), compare)
+        drain()
     sdk.close()
     routed.close()
     raw.close()

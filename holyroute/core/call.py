@@ -271,13 +271,13 @@ class Router:
         plan = self.routes.get(view.model)
         if plan is None:
             return None
-        describe = functools.partial(
-            Call, self, plan, api=api[0], operation=api[1], query=query, data=view.data, body=body, timeout=timeout
-        )
-        call = describe(headers=headers)
+        operation, data = api[1], view.data
+        call = Call(self, plan, api=api[0], operation=operation, query=query, headers=headers, data=data, body=body,
+                    timeout=timeout)  # fmt: skip
         self.budgets[call.route].record_call(call.started)
         if plan.shadow is not None and self._shadow_wanted(plan):
-            call.shadow = describe(headers=_NO_HEADERS, shadow_of=call)
+            call.shadow = Call(self, plan, api=api[0], operation=operation, query=query, headers=_NO_HEADERS,
+                               data=data, body=body, timeout=timeout, shadow_of=call)  # fmt: skip
         return call
 
     def _shadow_wanted(self, plan: RoutePlan) -> bool:
@@ -330,12 +330,12 @@ class Router:
         """Panic mode: fewer than half of the arm's endpoints are healthy, so health is ignored for it."""
         health = self.health
         upstreams = leg.arm.upstreams
-        healthy = sum(
-            1
-            for u in upstreams
-            if health.ejected(u.endpoint, now) is None
-            and not (self.probing and health.probe_status(u.endpoint) == "unhealthy")
-        )
+        healthy = 0
+        for u in upstreams:  # a loop, not sum() over a generator: this runs at every step of every call
+            if health.ejected(u.endpoint, now) is None and not (
+                self.probing and health.probe_status(u.endpoint) == "unhealthy"
+            ):
+                healthy += 1
         panic = healthy * 2 < len(upstreams)
         key = (leg.route, leg.arm.name)
         if panic != (key in self._panicking):
