@@ -132,8 +132,8 @@ def core_paired(pairs: int) -> list[dict[str, Any]]:
         ("core: 20 rules, none matches", twenty_rules(NEVER)),
         ("core: 20 rules, last matches", twenty_rules(LAST)),
     ):
-        with_rules = Router(config(rules), sinks=[])
-        without = Router(config([]), sinks=[])
+        with_rules = Router(config(rules), log=False, sinks=[])
+        without = Router(config([]), log=False, sinks=[])
 
         def decide(router: Router) -> float:
             start = time.perf_counter()

@@ -33,7 +33,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -186,6 +186,8 @@ class _Profile:
     reasoning_tokens: int
     embedding_dims: int
     latency_s: float
+    models: tuple[str, ...] = _MODELS
+    strict_models: bool = False  # answer 404 model_not_found for a model not in ``models``
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,10 +279,13 @@ def _default(
     operation = _operation(request.path)
     method = "GET" if request.method == "HEAD" else request.method
     if method == "GET" and operation == "/models":
-        models = [_model_object(model) for model in _MODELS]
+        models = [_model_object(model) for model in profile.models]
         return 200, _dumps({"object": "list", "data": models})
     if method == "GET" and operation is not None and operation.startswith("/models/"):
-        return 200, _dumps(_model_object(operation.removeprefix("/models/")))
+        model = operation.removeprefix("/models/")
+        if profile.strict_models and model not in profile.models:
+            return 404, _dumps(_model_not_found(model))
+        return 200, _dumps(_model_object(model))
     builders = {
         "/chat/completions": _chat,
         "/responses": _responses,
@@ -297,7 +302,14 @@ def _default(
         return 400, _dumps(_error_body(message, "invalid_request_error", None))
     if not isinstance(params.get("model"), str):
         return 400, _dumps(_error_body("you must provide a model parameter", "invalid_request_error", None))
+    if profile.strict_models and params["model"] not in profile.models:
+        return 404, _dumps(_model_not_found(params["model"]))
     return 200, builder(params, profile, seq, created)
+
+
+def _model_not_found(model: str) -> dict[str, Any]:
+    message = f"The model `{model}` does not exist or you do not have access to it."
+    return _error_body(message, "invalid_request_error", "model_not_found")
 
 
 def _operation(path: str) -> str | None:
@@ -349,6 +361,7 @@ def _chat(params: dict[str, Any], profile: _Profile, seq: int, created: int) -> 
 
 # Long but flat: the Responses API's body and its streamed event sequence, written out as the wire has them.
 def _responses(params: dict[str, Any], profile: _Profile, seq: int, created: int) -> bytes | tuple[bytes, ...]:
+    # Long but flat: the Responses API's object has ~25 fixed fields, and its stream is one literal list of events.
     model = params["model"]
     pieces = _pieces(profile.name, model)
     text = "".join(pieces)
@@ -569,6 +582,9 @@ class FakeUpstream:
     ...     up.base_url.startswith("http://127.0.0.1:")
     True
 
+    ``models``: the models ``GET /models`` lists and the only ones it serves (any other gets 404
+    ``model_not_found``, as OpenAI answers); by default it lists three and answers for any model.
+
     ``requests`` lists every request received, in order; ``gate_log`` records how each gate wait ended
     (``"set"`` or ``"timeout"``); ``connections`` counts accepted TCP connections. ``clock`` (monotonic
     seconds) only drives :meth:`fail_for`, so tests can move it forward instead of sleeping.
@@ -585,6 +601,7 @@ class FakeUpstream:
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
         record: bool = True,
+        models: Sequence[str] | None = None,
     ) -> None:
         if not name or not name.isascii() or not name.isprintable():
             raise ValueError(f"FakeUpstream.name: {name!r} must be non-empty printable ASCII (it is a header value)")
@@ -606,7 +623,10 @@ class FakeUpstream:
         self._record = record  # False for long load runs: count requests without keeping them
         self.gate_log: list[str] = []
         self.connections = 0
-        self._profile = _Profile(name, cached_tokens, reasoning_tokens, embedding_dims, latency_s)
+        listed = _MODELS if models is None else tuple(models)
+        self._profile = _Profile(
+            name, cached_tokens, reasoning_tokens, embedding_dims, latency_s, listed, strict_models=models is not None
+        )
         self._requested_port = port
         self._clock = clock
         self._lock = threading.Lock()

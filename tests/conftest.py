@@ -162,6 +162,7 @@ def make_harness() -> Callable[..., Harness]:
             clock=clock,
             wall_clock=lambda: 1_700_000_000.0 + clock.now,
             rng=random.Random(seed),
+            log=False,
             sinks=[events],
             state=state,
         )

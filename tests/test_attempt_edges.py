@@ -64,7 +64,7 @@ class TestBrokenErrorBody:
     @pytest.mark.parametrize("mode", ["sync", "async"])
     def test_through_the_transport(self, mode: str) -> None:
         events = Events()
-        router = Router(load_config(one_endpoint()), sinks=[events])
+        router = Router(load_config(one_endpoint()), log=False, sinks=[events])
         seen: list[str] = []
 
         def handler(request: httpx2.Request) -> httpx2.Response:
@@ -155,7 +155,7 @@ def test_a_quality_check_that_raises_never_fails_the_call() -> None:
         },
         "state": {"backend": "memory"},
     }
-    router = Router(load_config(config), sinks=[events], quality=quality)
+    router = Router(load_config(config), log=False, sinks=[events], quality=quality)
     transport = holyroute.Transport(
         router=router, transport=httpx2.MockTransport(lambda _: httpx2.Response(200, json=ANSWER))
     )
@@ -173,7 +173,7 @@ class TestStreamDroppedUnread:
 
     def test_sync(self) -> None:
         events = Events()
-        router = Router(load_config(one_endpoint()), sinks=[events])
+        router = Router(load_config(one_endpoint()), log=False, sinks=[events])
         inner = httpx2.MockTransport(
             lambda _: httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=SSE)
         )
@@ -191,7 +191,7 @@ class TestStreamDroppedUnread:
 
     def test_async(self) -> None:
         events = Events()
-        router = Router(load_config(one_endpoint()), sinks=[events])
+        router = Router(load_config(one_endpoint()), log=False, sinks=[events])
 
         async def go() -> None:
             inner = httpx2.MockTransport(
@@ -227,7 +227,7 @@ def test_async_shadow_cancelled_before_it_ran_still_ends() -> None:
         "state": {"backend": "memory"},
     }
     events = Events()
-    router = Router(load_config(config), sinks=[events])
+    router = Router(load_config(config), log=False, sinks=[events])
     hosts: list[str] = []
 
     def handler(request: httpx2.Request) -> httpx2.Response:

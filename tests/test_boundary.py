@@ -224,7 +224,9 @@ class TestRequestProperties:
         """Too deep or a number too long to read: a body naming a routed alias is answered 400 here, with one
         event; one naming no routed alias passes through; a readable one is routed."""
         events = Events()
-        router = Router(load_config(base_config()), clock=FakeClock(), wall_clock=lambda: WALL, sinks=[events])
+        router = Router(
+            load_config(base_config()), clock=FakeClock(), wall_clock=lambda: WALL, log=False, sinks=[events]
+        )
         named = f'"model"{" : " if spaced else ":"}"{alias}"'.encode()
         body = b"{" + named + b',"messages":' + b"[" * depth + b"]" * depth + b',"seed":' + b"7" * digits + b"}"
         call = router.begin("POST", "/v1/chat/completions", "", {}, body)
@@ -267,7 +269,7 @@ class TestRequestProperties:
         body = json.dumps(payload, ensure_ascii=ascii_only).encode("utf-8")
         config = base_config()
         config["routes"]["chat-default"]["sticky"] = "user"  # the user's string is hashed to pick the arm
-        router = Router(load_config(config), clock=FakeClock(), wall_clock=lambda: WALL, sinks=[Events()])
+        router = Router(load_config(config), clock=FakeClock(), wall_clock=lambda: WALL, log=False, sinks=[Events()])
         call = router.begin("POST", "/v1/chat/completions", "", {}, body)
         assert call is not None
         answer = (200, {"content-type": "text/event-stream"}, b"") if stream else ok()
@@ -282,7 +284,7 @@ class TestRequestProperties:
         clock = FakeClock()
         config = base_config()
         config["endpoints"]["main"]["tpm"] = 1000
-        router = Router(load_config(config), clock=clock, wall_clock=lambda: WALL, sinks=[Events()])
+        router = Router(load_config(config), clock=clock, wall_clock=lambda: WALL, log=False, sinks=[Events()])
         headers = {**PRIMARY, **({"x-holyroute-max-cost": "0.01"} if ceiling else {})}
         body = json.dumps({"model": "chat-default", "messages": [{"role": "user", "content": "hi"}], **fields})
         call = router.begin("POST", "/v1/chat/completions", "", headers, body.encode())
@@ -591,7 +593,9 @@ class TestHeaderSymptoms:
     def test_any_rate_limit_headers(self, headers: dict[str, str], code: int) -> None:
         """Any junk in any rate-limit header: the call ends normally, and the next one is never kept out longer."""
         clock = FakeClock()
-        router = Router(load_config(base_config()), clock=clock, wall_clock=lambda: WALL + clock.now, sinks=[])
+        router = Router(
+            load_config(base_config()), clock=clock, wall_clock=lambda: WALL + clock.now, log=False, sinks=[]
+        )
         answer = (code, {"content-type": "application/json", **headers}, b"{}")
         call = router.begin("POST", "/v1/chat/completions", "", PRIMARY, nested(1))
         assert call is not None
@@ -707,7 +711,7 @@ class TestSettlement:
     """A call's tpm debits are corrected to what it used when it ends."""
 
     def level(self, h: Harness) -> float:
-        bucket = h.router.health._endpoints["main"].tpm
+        bucket = h.router.health.rate_limits._endpoints["main"].tpm
         assert bucket is not None
         bucket.wait_for(0, h.clock.now)  # refill up to now
         return bucket.level
@@ -801,6 +805,7 @@ class Wire:
             load_config(config or CONFIG),
             clock=self.clock,
             wall_clock=lambda: WALL + self.clock.now,
+            log=False,
             sinks=[self.events],
         )
         self.inner = httpx2.MockTransport(record)
@@ -1006,7 +1011,7 @@ class TestHealthBookBounds:
     def test_buckets_stay_within_capacity(self, calls: list[tuple[int, int]]) -> None:
         """Any estimates and any usage: a local tpm bucket stays within [-capacity, capacity]."""
         book = HealthBook(lambda: 0.0, limits={"e": (None, 1000)})
-        bucket = book._endpoints["e"].tpm
+        bucket = book.rate_limits._endpoints["e"].tpm
         assert bucket is not None
         for estimate, used in calls:
             debits: list[Any] = []
@@ -1087,6 +1092,6 @@ _ROUTER: list[Router] = []
 def test_router_begin_on_any_bytes(body: bytes, path: str) -> None:
     """The transport's first question (is this a routed call?) has an answer for any body."""
     if not _ROUTER:
-        _ROUTER.append(Router(load_config(base_config()), sinks=[]))
+        _ROUTER.append(Router(load_config(base_config()), log=False, sinks=[]))
     call = _ROUTER[0].begin("POST", path, "", {}, body)
     assert call is None or isinstance(call, holyroute.core.call.Call)

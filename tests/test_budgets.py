@@ -167,7 +167,7 @@ class TestWithTheSDK:
         with openai.OpenAI(
             api_key="x",
             base_url="http://unused.invalid/v1",
-            http_client=holyroute.client(sdk_config(primary, cheap, "block"), sinks=[events]),
+            http_client=holyroute.client(sdk_config(primary, cheap, "block"), log=False, sinks=[events]),
             max_retries=2,
         ) as client:
             messages: Any = [{"role": "user", "content": "a long enough question " * 20}]
@@ -189,7 +189,7 @@ class TestWithTheSDK:
         with openai.OpenAI(
             api_key="x",
             base_url="http://unused.invalid/v1",
-            http_client=holyroute.client(sdk_config(primary, cheap, "fallback"), sinks=[Events()]),
+            http_client=holyroute.client(sdk_config(primary, cheap, "fallback"), log=False, sinks=[Events()]),
             max_retries=0,
         ) as client:
             messages: Any = [{"role": "user", "content": "a long enough question " * 20}]

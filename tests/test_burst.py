@@ -153,7 +153,7 @@ class TestAsyncBurst:
 
     async def test_holyroute_serves_every_call(self, upstream: Burst) -> None:
         events = Events()
-        http = holyroute.async_client(config(upstream.base_url), sinks=[events])
+        http = holyroute.async_client(config(upstream.base_url), log=False, sinks=[events])
         client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", http_client=http)
         async with client:
             results = await asyncio.gather(
@@ -172,7 +172,7 @@ class TestAsyncBurst:
     async def test_every_call_served_with_every_endpoint_ejected(self, upstream: Burst) -> None:
         """The endpoint is ejected before the burst starts: its arm is in panic, so it is still tried."""
         events = Events()
-        http = holyroute.async_client(config(upstream.base_url), sinks=[events])
+        http = holyroute.async_client(config(upstream.base_url), log=False, sinks=[events])
         router = holyroute.router_of(http)
         now = router.clock()
         for _ in range(5):
@@ -203,7 +203,7 @@ class TestSyncBurst:
 
     def test_holyroute_serves_every_call(self, upstream: Burst) -> None:
         events = Events()
-        http = holyroute.client(config(upstream.base_url), sinks=[events])
+        http = holyroute.client(config(upstream.base_url), log=False, sinks=[events])
         with openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", http_client=http) as client:
 
             def one(_: int) -> Any:
@@ -226,7 +226,7 @@ class TestBigBurst:
         events = Events()
         up = Burst(20, 200)
         try:
-            http = holyroute.async_client(config(up.base_url), sinks=[events])
+            http = holyroute.async_client(config(up.base_url), log=False, sinks=[events])
             client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", http_client=http)
             async with client:
                 results = await asyncio.gather(

@@ -74,7 +74,9 @@ def priced(
     """The request event of one call answered with ``body`` at Unix time ``when``."""
     events = Events()
     clock = FakeClock()
-    router = Router(load_config(cfg), clock=clock, wall_clock=lambda: when, rng=random.Random(1), sinks=[events])
+    router = Router(
+        load_config(cfg), clock=clock, wall_clock=lambda: when, rng=random.Random(1), log=False, sinks=[events]
+    )
     payload = {"model": "r", "messages": [{"role": "user", "content": "hi"}], **extra}
     call = router.begin("POST", path, "", {}, json.dumps(payload).encode())
     assert call is not None
@@ -86,7 +88,9 @@ def priced(
 def streamed(cfg: dict[str, Any], stream: bytes, *, path: str, when: float = NOW, **extra: Any) -> dict[str, Any]:
     """The request event of one streamed call whose SSE body is ``stream``, read as the stream tap reads it."""
     events = Events()
-    router = Router(load_config(cfg), clock=FakeClock(), wall_clock=lambda: when, rng=random.Random(1), sinks=[events])
+    router = Router(
+        load_config(cfg), clock=FakeClock(), wall_clock=lambda: when, rng=random.Random(1), log=False, sinks=[events]
+    )
     payload = {"model": "r", "stream": True, **extra}
     call = router.begin("POST", path, "", {}, json.dumps(payload).encode())
     assert call is not None
@@ -329,7 +333,7 @@ def test_import_does_not_load_the_catalogue() -> None:
         "print('genai_prices.data' in sys.modules)\n"
         "from holyroute.core.call import Router\n"
         "from holyroute.config import load_config\n"
-        f"Router(load_config({config('gpt-4.1')!r}), sinks=[])\n"
+        f"Router(load_config({config('gpt-4.1')!r}), log=False, sinks=[])\n"
         "print('genai_prices.data' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
@@ -538,7 +542,9 @@ class TestCostCeiling:
     """A call's worst case under a cost ceiling is bounded at the catalogue's highest rates for the request."""
 
     def send(self, cfg: dict[str, Any], ceiling: str, **body: Any) -> Any:
-        router = Router(load_config(cfg), clock=FakeClock(), wall_clock=lambda: NOW, rng=random.Random(1), sinks=[])
+        router = Router(
+            load_config(cfg), clock=FakeClock(), wall_clock=lambda: NOW, rng=random.Random(1), log=False, sinks=[]
+        )
         payload = {"model": "r", "messages": [{"role": "user", "content": "hi"}], **body}
         call = router.begin(
             "POST", "/v1/chat/completions", "", {"x-holyroute-max-cost": ceiling}, json.dumps(payload).encode()

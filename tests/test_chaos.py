@@ -193,6 +193,7 @@ def test_chaos_soak(upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
         clients = {
             "file": holyroute.async_client(
                 config(upstreams, {"backend": "file", "path": str(state_file)}, rollout=True),
+                log=False,
                 sinks=[tallies["file"]],
             ),
             "redis": holyroute.async_client(
@@ -201,6 +202,7 @@ def test_chaos_soak(upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
                     {"backend": "redis", "url": redis_server.url, "prefix": "chaos", "sync_interval_s": 0.05},
                     rollout=False,
                 ),
+                log=False,
                 sinks=[tallies["redis"]],
             ),
         }

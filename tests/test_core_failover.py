@@ -283,7 +283,7 @@ class TestSinks:
             calls.append(event)
             raise RuntimeError("exporter down")
 
-        router = Router(load_config(base_config()), sinks=[broken, events])
+        router = Router(load_config(base_config()), log=False, sinks=[broken, events])
         h = Harness(router, FakeClock(), events)
         for _ in range(3):
             outcome = drive(h.call(headers={"x-holyroute-arm": "gpt-4.1"}), [ok()])

@@ -212,7 +212,7 @@ class TestBaseUrl:
         config = load_config(
             with_endpoint(base_url="https://user:pw-SECRET@main.example/v1", api_key="k", query={"key": "q-SECRET"})
         )
-        router = holyroute.Router(config, sinks=[])
+        router = holyroute.Router(config, log=False, sinks=[])
         call = router.begin(
             "POST", "/v1/chat/completions", "", {"x-holyroute-arm": "gpt-4.1"}, json.dumps(BODY).encode()
         )
@@ -333,8 +333,8 @@ class TestQueryProperty:
     ) -> None:
         from urllib.parse import parse_qsl, urlencode
 
-        from holyroute.core.call import _merge_query
         from holyroute.core.plan import DROPPED_QUERY
+        from holyroute.core.sending import _merge_query
 
         raw = urlencode(caller)
         merged = parse_qsl(_merge_query(raw, urlencode(own)) if raw else urlencode(own), keep_blank_values=True)

@@ -107,7 +107,7 @@ def test_nothing_under_the_ceiling(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "headers", "message"),
     [
-        ({"model": "nope"}, (), "model 'nope' is no route of this configuration; routes: assistant, chat-cheap"),
+        ({"messages": []}, (), "the request names no model"),
         ({"model": "assistant"}, ("x-task",), "--header 'x-task' must look like 'x-task: complex_reasoning'"),
     ],
 )
@@ -116,6 +116,17 @@ def test_bad_input(tmp_path: Path, body: dict[str, Any], headers: tuple[str, ...
     assert code == 2
     assert out == ""
     assert message in err
+
+
+def test_unrouted_model_passes_through(tmp_path: Path) -> None:
+    """issue 15: a model no route serves is explained (it was an error, exit 2): holyroute passes the call on."""
+    code, out, err = explain(tmp_path, {"model": "nope"})
+    assert (code, err) == (0, "")
+    assert out == (
+        "model 'nope' is no route of this configuration (routes: assistant, chat-cheap, long-context, reasoning): "
+        "holyroute would pass this call through untouched, to the base_url and with the key the client was built "
+        "with\n"
+    )
 
 
 def test_not_json(tmp_path: Path) -> None:

@@ -84,7 +84,9 @@ class World:
     router: Router = field(init=False)
 
     def __post_init__(self) -> None:
-        self.router = Router(load_config(config()), clock=self.clock, sinks=[self.events], rng=random.Random(3))
+        self.router = Router(
+            load_config(config()), clock=self.clock, log=False, sinks=[self.events], rng=random.Random(3)
+        )
 
     def requests(self) -> list[dict[str, Any]]:
         return self.events.named("holyroute.request")
@@ -366,7 +368,7 @@ class TestTrialReleased:
 
     def test_sync_keyboard_interrupt(self) -> None:
         clock, events = FakeClock(), Events()
-        router = Router(load_config(TWO), clock=clock, sinks=[events])
+        router = Router(load_config(TWO), clock=clock, log=False, sinks=[events])
         half_open(router, clock)
         hosts: list[str] = []
 
@@ -390,7 +392,7 @@ class TestTrialReleased:
 
     async def test_asyncio_wait_for(self) -> None:
         clock, events = FakeClock(), Events()
-        router = Router(load_config(TWO), clock=clock, sinks=[events])
+        router = Router(load_config(TWO), clock=clock, log=False, sinks=[events])
         half_open(router, clock)
         hosts: list[str] = []
         never = anyio.Event()
@@ -437,7 +439,7 @@ class TestStreamClosedEarly:
 
     def test_sync(self) -> None:
         events = Events()
-        router = Router(load_config(TWO), sinks=[events])
+        router = Router(load_config(TWO), log=False, sinks=[events])
         transport = Transport(router=router, transport=httpx2.MockTransport(sse))
         with (
             httpx2.Client(transport=transport) as client,
@@ -452,7 +454,7 @@ class TestStreamClosedEarly:
     @pytest.mark.parametrize("backend", ["asyncio", "trio"])
     def test_async(self, backend: str) -> None:
         events = Events()
-        router = Router(load_config(TWO), sinks=[events])
+        router = Router(load_config(TWO), log=False, sinks=[events])
 
         async def main() -> None:
             transport = AsyncTransport(router=router, transport=httpx2.MockTransport(sse))
@@ -473,7 +475,7 @@ class TestEventsEqualCalls:
 
     def test_unknown_pin(self) -> None:
         events = Events()
-        router = Router(load_config(TWO), sinks=[events])
+        router = Router(load_config(TWO), log=False, sinks=[events])
         with httpx2.Client(transport=Transport(router=router, transport=httpx2.MockTransport(json_answer))) as client:
             response = client.post(URL, json=BODY, headers={"x-holyroute-arm": "nope"})
         assert response.status_code == 400
@@ -486,7 +488,7 @@ def test_closed_shadow_pool_never_fails_the_call() -> None:
     cfg = {**TWO, "routes": {"chat": {**TWO["routes"]["chat"], "shadow": {"model": "m", "endpoints": ["b"]}}}}
     cfg["routes"]["chat"]["shadow"]["sample"] = 1.0
     events = Events()
-    transport = Transport(cfg, transport=httpx2.MockTransport(json_answer), sinks=[events])
+    transport = Transport(cfg, transport=httpx2.MockTransport(json_answer), log=False, sinks=[events])
     client = httpx2.Client(transport=transport)
     assert client.post(URL, json=BODY).status_code == 200
     transport.close()

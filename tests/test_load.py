@@ -64,7 +64,7 @@ def test_load_with_429s_and_a_dying_endpoint(three: dict[str, FakeUpstream]) -> 
         counts[event] += 1
 
     async def main() -> tuple[float, float, int]:
-        transport = holyroute.AsyncTransport(config(three), sinks=[sink])
+        transport = holyroute.AsyncTransport(config(three), log=False, sinks=[sink])
         sdk = openai.AsyncOpenAI(api_key="unused", max_retries=0, http_client=httpx2.AsyncClient(transport=transport))
         limit = asyncio.Semaphore(CONCURRENCY)
         done = 0
@@ -128,7 +128,7 @@ def test_total_outage_costs_about_one_attempt(three: dict[str, FakeUpstream]) ->
     cfg["health"] = {"consecutive_failures": 1000}  # keep ejection out of it: this is the budget alone
 
     async def main() -> int:
-        transport = holyroute.AsyncTransport(cfg, sinks=[])
+        transport = holyroute.AsyncTransport(cfg, log=False, sinks=[])
         sdk = openai.AsyncOpenAI(api_key="unused", max_retries=2, http_client=httpx2.AsyncClient(transport=transport))
         failed = 0
         limit = asyncio.Semaphore(32)

@@ -96,11 +96,11 @@ class Driver:
         self.http: Any
         self.sdk: Any
         if mode == "sync":
-            self.http = holyroute.client(config, sinks=sinks)
+            self.http = holyroute.client(config, log=False, sinks=sinks)
             self.sdk = openai.OpenAI(http_client=self.http, **options)
         else:
             self._runner = asyncio.Runner()
-            self.http = holyroute.async_client(config, sinks=sinks)
+            self.http = holyroute.async_client(config, log=False, sinks=sinks)
             self.sdk = openai.AsyncOpenAI(http_client=self.http, **options)
 
     def _run(self, make: Callable[[], Any]) -> Any:
@@ -339,7 +339,7 @@ class TestInFlight:
         server: MetricsServer,
     ) -> None:
         metrics = Metrics(registry)
-        http = metrics.instrument(holyroute.client(config_for(*upstreams), sinks=[]))
+        http = metrics.instrument(holyroute.client(config_for(*upstreams), log=False, sinks=[]))
         with openai.OpenAI(api_key="x", base_url="http://unused/v1", max_retries=0, http_client=http) as sdk:
             stream: Any = sdk.chat.completions.create(model="chat-default", messages=MESSAGES, stream=True)
             with stream:
@@ -354,7 +354,7 @@ class TestInFlight:
         server: MetricsServer,
     ) -> None:
         metrics = Metrics(registry)
-        http = metrics.instrument(holyroute.async_client(config_for(*upstreams), sinks=[]))
+        http = metrics.instrument(holyroute.async_client(config_for(*upstreams), log=False, sinks=[]))
         async with openai.AsyncOpenAI(api_key="x", base_url="http://unused/v1", max_retries=0, http_client=http) as sdk:
             stream: Any = await sdk.chat.completions.create(model="chat-default", messages=MESSAGES, stream=True)
             async with stream:
@@ -513,7 +513,7 @@ class TestInstrument:
         self, config: dict[str, Any], registry: prometheus_client.CollectorRegistry
     ) -> None:
         metrics = Metrics(registry)
-        with holyroute.client(config, sinks=[metrics]) as client:
+        with holyroute.client(config, log=False, sinks=[metrics]) as client:
             router = holyroute.router_of(client)
             metrics.instrument(client)
             metrics.instrument(router)
@@ -524,7 +524,7 @@ class TestInstrument:
         self, config: dict[str, Any], registry: prometheus_client.CollectorRegistry
     ) -> None:
         metrics = Metrics(registry)
-        client = metrics.instrument(holyroute.client(config, sinks=[]))
+        client = metrics.instrument(holyroute.client(config, log=False, sinks=[]))
         assert registry.get_sample_value("holyroute_endpoint_healthy", {"endpoint": "local"}) == 1
         client.close()
         del client

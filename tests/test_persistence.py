@@ -177,7 +177,7 @@ class Upstream(httpx2.AsyncBaseTransport):
 
 async def shadowed_calls(hold: bool) -> tuple[list[dict[str, Any]], list[str]]:
     events = Events()
-    router = Router(load_config(shadow_config()), sinks=[events])
+    router = Router(load_config(shadow_config()), log=False, sinks=[events])
     upstream = Upstream(hold=hold)
     transport = AsyncTransport(router=router, transport=upstream)
     async with httpx2.AsyncClient(transport=transport) as client:
@@ -228,7 +228,7 @@ def checked() -> dict[str, Any]:
 def flaky_router(monkeypatch: pytest.MonkeyPatch) -> tuple[Router, FakeClock, Events, list[int]]:
     """A router whose health book raises on its first two probe verdicts (a bug in one iteration)."""
     clock, events = FakeClock(), Events()
-    router = Router(load_config(checked()), clock=clock, sinks=[events])
+    router = Router(load_config(checked()), clock=clock, log=False, sinks=[events])
     record = HealthBook.record_probe
     calls = [0]
 
@@ -339,7 +339,7 @@ def test_floor_holds_whatever_health_says(  # noqa: PLR0917 (Hypothesis passes t
         "health": {"consecutive_failures": failures, "max_ejected_percent": 100},
     }
     clock, events = FakeClock(), Events()
-    router = Router(load_config(config), clock=clock, sinks=[events])
+    router = Router(load_config(config), clock=clock, log=False, sinks=[events])
     floor = min(min_attempts, max_attempts)
     for failed, succeed_last in calls:
         # A success within the floor is always reached.

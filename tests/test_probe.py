@@ -83,7 +83,7 @@ def checked_config(ups: dict[str, FakeUpstream], **check: Any) -> dict[str, Any]
 
 def make_router(config: dict[str, Any]) -> tuple[Router, FakeClock, Events]:
     clock, events = FakeClock(), Events()
-    return Router(load_config(config), clock=clock, sinks=[events]), clock, events
+    return Router(load_config(config), clock=clock, log=False, sinks=[events]), clock, events
 
 
 def checker_threads() -> list[threading.Thread]:
@@ -224,7 +224,7 @@ class TestProbeRequest:
         """The probe's headers are exactly the ones the router compiles for a routed attempt to that endpoint."""
         key = {} if auth == "none" else {"api_key": "k3"}
         config = _config({**key, "auth": auth, "organization": "o", "headers": {"X-A": "1"}})
-        router = Router(config, sinks=[])
+        router = Router(config, log=False, sinks=[])
         upstream = next(u for u in router.routes["r"].arms[0].upstreams if u.endpoint == "e")
         assert list(upstream.headers) == probe_request(config, "e")[2]
 
@@ -625,7 +625,7 @@ class TestCheckCommand:
         with FakeUpstream("down") as up:
             up.fail_for(_FOREVER, Reply.error(503))
             path = write_config(tmp_path, {"down": up.base_url, "dead": f"http://127.0.0.1:{free_port()}/v1"})
-            assert main(["check", str(path)]) == 1
+            assert main(["check", "--config", str(path)]) == 1
         out, err = capsys.readouterr()
         lines = out.splitlines()
         header = "endpoint status latency ms http remaining requests remaining tokens error"
@@ -634,14 +634,22 @@ class TestCheckCommand:
         assert lines[1].split()[3:] == ["503", "9999", "29999000", "503", "server_error"]
         assert lines[2].split()[:2] == ["dead", "unhealthy"]
         assert lines[2].split()[3:] == ["-", "-", "-", "ConnectError"]
-        assert lines[-1] == "route chat-default: NO HEALTHY PATH (down unhealthy, dead unhealthy)"
+        # issue 15: the verdict names the share of the traffic and the arm; the arm table says why
+        assert (
+            lines[-1] == "route chat-default: NO HEALTHY PATH for 100% of its traffic (arm gpt-4.1); those calls fail"
+        )
+        assert (
+            "chat-default  gpt-4.1   100%  NONE: down unhealthy (503 server_error); dead unhealthy (ConnectError)"
+            in (lines)
+        )
         assert err == ""
         assert_no_key(out)
 
     def test_healthy_exits_0(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        with FakeUpstream("good") as up:
+        # issue 15: check now asks whether the arm's model is listed, so the upstream lists it
+        with FakeUpstream("good", models=["gpt-4.1"]) as up:
             path = write_config(tmp_path, {"good": up.base_url, "dead": f"http://127.0.0.1:{free_port()}/v1"})
-            assert main(["check", str(path)]) == 0
+            assert main(["check", "--config", str(path)]) == 0
         out, _ = capsys.readouterr()
         assert out.splitlines()[-1] == "route chat-default: ok"
         assert_no_key(out)
@@ -652,7 +660,7 @@ class TestCheckCommand:
             "endpoints:\n  main: {base_url: http://127.0.0.1:1/v1, api_key: sk-good-SECRET, apikey: sk-down-SECRET}\n"
             "routes:\n  chat: {targets: [{model: m, endpoints: [main]}]}\n"
         )
-        assert main(["check", str(path)]) == 2
+        assert main(["check", "--config", str(path)]) == 2
         out, err = capsys.readouterr()
         assert out == ""
         assert err.startswith(f"invalid holyroute configuration ({path}): 1 problem")

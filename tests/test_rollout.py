@@ -236,7 +236,8 @@ state: {{path: {tmp_path / "state.json"}}}
 """
     )
     assert main(["rollout", "status", "--config", str(config)]) == 0
-    assert "chat                paused          1/4     10%  step 2: paused until promoted" in capsys.readouterr().out
+    # issue 15: the step column counts as the reason does (it printed 1/4 here, the steps done)
+    assert "chat                paused          2/4     10%  step 2: paused until promoted" in capsys.readouterr().out
     assert main(["rollout", "promote", "chat", "--config", str(config)]) == 0
     assert "50%" in capsys.readouterr().out
     assert main(["rollout", "abort", "chat", "--config", str(config), "--reason", "bad answers"]) == 0
@@ -244,7 +245,7 @@ state: {{path: {tmp_path / "state.json"}}}
     assert main(["rollout", "retry", "chat", "--config", str(config)]) == 0
     assert "10%" in capsys.readouterr().out
     assert main(["rollout", "promote", "nope", "--config", str(config)]) == 2
-    assert "route 'nope' has no rollout; rollouts: chat" in capsys.readouterr().err
+    assert "no route 'nope' in this configuration; routes with a rollout: chat" in capsys.readouterr().err
 
 
 class TestEndToEnd:
@@ -281,7 +282,7 @@ class TestEndToEnd:
 
     def test_failing_candidate_is_aborted(self, instant_sdk_retries: None) -> None:
         with FakeUpstream("stable") as stable, FakeUpstream("candidate") as candidate:
-            transport = holyroute.Transport(self.config(stable, candidate), sinks=[])
+            transport = holyroute.Transport(self.config(stable, candidate), log=False, sinks=[])
             sdk = openai.OpenAI(api_key="x", max_retries=0, http_client=_client(transport))
             with sdk:
                 self.run(sdk, 60)
@@ -295,7 +296,7 @@ class TestEndToEnd:
 
     def test_healthy_candidate_reaches_100(self) -> None:
         with FakeUpstream("stable") as stable, FakeUpstream("candidate") as candidate:
-            transport = holyroute.Transport(self.config(stable, candidate), sinks=[])
+            transport = holyroute.Transport(self.config(stable, candidate), log=False, sinks=[])
             with capture_logs(), openai.OpenAI(api_key="x", max_retries=0, http_client=_client(transport)) as sdk:
                 self.run(sdk, 400)
                 engine = transport.router.rollouts["chat"]  # type: ignore[index]
@@ -420,7 +421,7 @@ class TestQuality:
 
         with FakeUpstream("stable") as stable, FakeUpstream("candidate") as candidate:
             config = TestEndToEnd().config(stable, candidate)
-            transport = holyroute.Transport(config, sinks=[], quality=quality)
+            transport = holyroute.Transport(config, log=False, sinks=[], quality=quality)
             with openai.OpenAI(api_key="x", max_retries=0, http_client=_client(transport)) as sdk:
                 TestEndToEnd().run(sdk, 20)
         assert {route for route, _, _ in seen} == {"chat"}

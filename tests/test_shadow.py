@@ -54,7 +54,7 @@ def test_caller_does_not_wait_for_a_slow_shadow(ups: dict[str, FakeUpstream]) ->
     hold = threading.Event()
     ups["shadow"].push(Reply(gate=hold, gate_after=0, gate_timeout_s=5))
     events = Events()
-    transport = holyroute.Transport(config(ups), sinks=[events])
+    transport = holyroute.Transport(config(ups), log=False, sinks=[events])
     with openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=transport)) as sdk:
         answer = sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
         assert answer.model == "gpt-4o"
@@ -72,7 +72,7 @@ def test_caller_does_not_wait_for_a_slow_shadow(ups: dict[str, FakeUpstream]) ->
 def test_failing_shadow_is_invisible(ups: dict[str, FakeUpstream]) -> None:
     ups["shadow"].push(Reply.error(500), Reply(drop=True))
     events = Events()
-    transport = holyroute.Transport(config(ups), sinks=[events])
+    transport = holyroute.Transport(config(ups), log=False, sinks=[events])
     with openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=transport)) as sdk:
         for _ in range(2):
             sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
@@ -88,7 +88,7 @@ def test_async_caller_does_not_wait(ups: dict[str, FakeUpstream]) -> None:
     events = Events()
 
     async def main() -> None:
-        transport = holyroute.AsyncTransport(config(ups), sinks=[events])
+        transport = holyroute.AsyncTransport(config(ups), log=False, sinks=[events])
         async with openai.AsyncOpenAI(api_key="x", http_client=httpx2.AsyncClient(transport=transport)) as sdk:
             answer = await sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
             assert answer.model == "gpt-4o"
@@ -108,7 +108,10 @@ def test_daily_cost_cap(ups: dict[str, FakeUpstream]) -> None:
     now = [1_700_000_000.0]
     events = Events()
     router = holyroute.Router(
-        holyroute.load_config(config(ups, max_cost_usd_per_day=0.0001)), wall_clock=lambda: now[0], sinks=[events]
+        holyroute.load_config(config(ups, max_cost_usd_per_day=0.0001)),
+        wall_clock=lambda: now[0],
+        log=False,
+        sinks=[events],
     )
     transport = holyroute.Transport(router=router)
     with openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=transport)) as sdk:
@@ -129,7 +132,7 @@ def test_daily_cost_cap(ups: dict[str, FakeUpstream]) -> None:
 
 def test_sample_share(ups: dict[str, FakeUpstream]) -> None:
     events = Events()
-    transport = holyroute.Transport(config(ups, sample=0.1), sinks=[events])
+    transport = holyroute.Transport(config(ups, sample=0.1), log=False, sinks=[events])
     with openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=transport)) as sdk:
         for _ in range(300):
             sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
@@ -160,7 +163,7 @@ def test_shadow_events_feed_the_report(ups: dict[str, FakeUpstream], tmp_path: A
     def quality(route: str, arm: str, body: bytes) -> bool:
         return bool(json.loads(body)["choices"][0]["message"]["content"])
 
-    transport = holyroute.Transport(config(ups), sinks=[events], quality=quality)
+    transport = holyroute.Transport(config(ups), log=False, sinks=[events], quality=quality)
     with openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=transport)) as sdk:
         for _ in range(3):
             sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])

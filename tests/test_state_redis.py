@@ -452,8 +452,8 @@ class TestSharedEjection:
         wait_until(lambda: one.router.health.ejected("a", one.now()) is None, 3.0, "A's ejection of `a` to end")
         # B's ejection ended at the same moment; without A's word it would still be half-open (its next request a
         # trial whose failure ejects again at once). Its half-open flag is the only place this shows before a call.
-        assert two.router.health._endpoints["a"].half_open
-        watch = Watch(lambda: not two.router.health._endpoints["a"].half_open, 1.0)
+        assert two.router.health.ejections._endpoints["a"].half_open
+        watch = Watch(lambda: not two.router.health.ejections._endpoints["a"].half_open, 1.0)
         one.chat()  # the half-open trial: `a` answers, A restores it
         assert sent_by(a) == {"A": 3}
         restored = watch.seen("B to apply the restoration") - a.requests[-1].received_at
@@ -1080,7 +1080,7 @@ class TestCli:
         a.push(Reply.rate_limited(retry_after_s=30))
         client.chat()
         wait_until(lambda: store.hexists(Keys(prefix).health, f"c|a|{MODEL}"), 2.0, "the cooldown in Redis")
-        assert cli.main(["check", str(path)]) == 0
+        assert cli.main(["check", "--config", str(path)]) == 0
         out = capsys.readouterr().out
         assert "shared state redis://127.0.0.1:6379/0: 1 process(es) alive in the last 10s" in out
         cooling = re.search(rf"a/{MODEL}\s+cooldown\s+(\d+\.\d)s left\s+429 retry-after 30s", out)
@@ -1099,7 +1099,7 @@ class TestCli:
                 prefix, {"a": {"base_url": a.base_url}}, ordered("a"), url=f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
             ),
         )
-        assert cli.main(["check", str(path)]) == 0, "the endpoints answer: Redis being away breaks no route"
+        assert cli.main(["check", "--config", str(path)]) == 0, "the endpoints answer: Redis being away breaks no route"
         out, err = capsys.readouterr()
         assert f"shared state redis://127.0.0.1:{port}/0: UNREACHABLE (ConnectionError)" in out
         assert PASSWORD not in out + err
@@ -1351,7 +1351,7 @@ class TestExplainReadOnly:
         request = tmp_path / "request.json"
         request.write_text(json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
         with capture_logs():
-            assert cli.main(["explain", str(path), str(request)]) == 0
+            assert cli.main(["explain", str(request), "--config", str(path)]) == 0
         out = capsys.readouterr().out
         assert "weight 20%" in out
         assert list(store.scan_iter(match=f"{prefix}:*")) == [], "explain wrote nothing to Redis"

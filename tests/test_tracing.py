@@ -75,7 +75,7 @@ def make_client(provider: TracerProvider) -> Iterator[Callable[[dict[str, Any]],
     made: list[openai.OpenAI] = []
 
     def make(config: dict[str, Any]) -> openai.OpenAI:
-        http_client = holyroute.client(config, sinks=[])
+        http_client = holyroute.client(config, log=False, sinks=[])
         instrument(http_client, tracer_provider=provider)
         client = openai.OpenAI(api_key="x", base_url="http://unused/v1", http_client=http_client, max_retries=0)
         made.append(client)
@@ -431,7 +431,7 @@ class TestStreaming:
     ) -> None:
         """The async twin: a stream opened in one task and read to its end in another keeps its failed attempt."""
         upstreams["main"].push(Reply.rate_limited(retry_after_s=30))
-        http_client = holyroute.async_client(config_for(upstreams), sinks=[])
+        http_client = holyroute.async_client(config_for(upstreams), log=False, sinks=[])
         instrument(http_client, tracer_provider=provider)
         client = openai.AsyncOpenAI(api_key="x", base_url="http://unused/v1", http_client=http_client, max_retries=0)
 
@@ -460,7 +460,7 @@ class TestAsync:
         self, provider: TracerProvider, upstreams: dict[str, FakeUpstream], exporter: InMemorySpanExporter
     ) -> None:
         upstreams["main"].push(Reply.rate_limited(retry_after_s=30))
-        http_client = holyroute.async_client(config_for(upstreams), sinks=[])
+        http_client = holyroute.async_client(config_for(upstreams), log=False, sinks=[])
         instrument(http_client, tracer_provider=provider)
         client = openai.AsyncOpenAI(api_key="x", base_url="http://unused/v1", http_client=http_client, max_retries=0)
         try:
@@ -549,7 +549,7 @@ class TestConcurrency:
         release_b, release_a = threading.Event(), threading.Event()
         upstreams["main"].push(Reply(status=502, gate=release_b, gate_after=0), Reply.error(503))
         upstreams["backup"].push(Reply(gate=release_a, gate_after=0))
-        http_client = holyroute.async_client(config_for(upstreams), sinks=[])
+        http_client = holyroute.async_client(config_for(upstreams), log=False, sinks=[])
         instrument(http_client, tracer_provider=provider)
         client = openai.AsyncOpenAI(api_key="x", base_url="http://unused/v1", http_client=http_client, max_retries=0)
         app = provider.get_tracer("app")
@@ -647,7 +647,7 @@ class TestMatching:
             },
             "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["main", "backup"]}]}},
         }
-        router = holyroute.Router(holyroute.load_config(config), clock=lambda: clock[0], sinks=[])
+        router = holyroute.Router(holyroute.load_config(config), clock=lambda: clock[0], log=False, sinks=[])
         return Tracer(router, tracer_provider=provider)
 
     @staticmethod
@@ -806,7 +806,7 @@ class TestEndpoints:
             "endpoints": {"ep": {"base_url": base_url, "api_key": "k"}},
             "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["ep"]}]}},
         }
-        http_client = holyroute.client(config, transport=httpx2.MockTransport(answer), sinks=[])
+        http_client = holyroute.client(config, transport=httpx2.MockTransport(answer), log=False, sinks=[])
         instrument(http_client, tracer_provider=provider)
         with openai.OpenAI(api_key="x", base_url="http://unused/v1", http_client=http_client) as client:
             client.chat.completions.create(model="chat", messages=MESSAGES)
@@ -832,7 +832,7 @@ class TestSetup:
             importlib.import_module("holyroute.tracing")
 
     def test_capture_content_unsupported(self, upstreams: dict[str, FakeUpstream]) -> None:
-        http_client = holyroute.client(config_for(upstreams), sinks=[])
+        http_client = holyroute.client(config_for(upstreams), log=False, sinks=[])
         with http_client, pytest.raises(ValueError, match="capture_content=True is not supported"):
             instrument(http_client, capture_content=True)
 

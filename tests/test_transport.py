@@ -32,14 +32,14 @@ def send(mode: str, handler: Handler, request: httpx2.Request, events: Events) -
     """Send ``request`` through holyroute's sync or async transport over ``handler``; read the body."""
     if mode == "sync":
         with httpx2.Client(
-            transport=holyroute.Transport(CONFIG, transport=httpx2.MockTransport(handler), sinks=[events])
+            transport=holyroute.Transport(CONFIG, transport=httpx2.MockTransport(handler), log=False, sinks=[events])
         ) as c:
             response = c.send(request)
             response.read()
             return response
 
     async def go() -> httpx2.Response:
-        transport = holyroute.AsyncTransport(CONFIG, transport=httpx2.MockTransport(handler), sinks=[events])
+        transport = holyroute.AsyncTransport(CONFIG, transport=httpx2.MockTransport(handler), log=False, sinks=[events])
         async with httpx2.AsyncClient(transport=transport) as c:
             response = await c.send(request)
             await response.aread()
@@ -167,7 +167,7 @@ def test_health_checker_runs_with_the_transport() -> None:
             "endpoints": {"a": {"base_url": up.base_url, "health_check": {"interval_s": 0.05, "timeout_s": 1}}},
             "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["a"]}]}},
         }
-        transport = holyroute.Transport(config, sinks=[])
+        transport = holyroute.Transport(config, log=False, sinks=[])
         deadline = time.monotonic() + 5
         while transport.router.health.probe_status("a") == "unknown" and time.monotonic() < deadline:
             time.sleep(0.01)

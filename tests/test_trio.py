@@ -41,7 +41,7 @@ def answer(request: httpx2.Request) -> httpx2.Response:
 
 async def calls(config: dict[str, Any], count: int, *, wait_for_probe: bool = False) -> Events:
     events = Events()
-    router = Router(load_config(config), sinks=[events])
+    router = Router(load_config(config), log=False, sinks=[events])
     transport = AsyncTransport(router=router, transport=httpx2.MockTransport(answer))
     try:
         async with httpx2.AsyncClient(transport=transport) as client:

@@ -35,14 +35,18 @@ def explain(config: Config, body: Mapping[str, Any], headers: Mapping[str, str] 
     raw = json.dumps(body).encode()
     # Read-only: what is shared is read, nothing is written (no rollout state created or advanced, no Redis key).
     state = open_backend(config.state, emit=_ignore, clock=time.monotonic, wall_clock=time.time, read_only=True)
-    router = Router(config, sinks=[], rng=random.Random(0), state=state)
+    router = Router(config, log=False, rng=random.Random(0), state=state)
     try:
         path = "/v1/responses" if "input" in body and "messages" not in body else "/v1/chat/completions"
         call = router.begin("POST", path, "", header_view, raw)
         if call is None:
             model = body.get("model")
-            raise ExplainError(
-                f"model {model!r} is no route of this configuration; routes: {', '.join(sorted(router.routes))}"
+            if not isinstance(model, str):
+                raise ExplainError('the request names no model; give the body as the SDK sends it: {"model": ...}')
+            return (
+                f"model {model!r} is no route of this configuration (routes: {', '.join(sorted(router.routes))}): "
+                "holyroute would pass this call through untouched, to the base_url and with the key the client "
+                "was built with\n"
             )
         return "\n".join(_lines(router, call, body, header_view)) + "\n"
     finally:

@@ -30,6 +30,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
@@ -57,6 +58,8 @@ __all__ = [
     "Shadow",
     "State",
     "Target",
+    "default_config_path",
+    "json_schema",
     "load_config",
 ]
 
@@ -309,7 +312,21 @@ def parse_duration_s(value: object) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration_s)]
+#: Seconds, or a string such as "90s", "10m", "1h30m", "250ms"; the JSON Schema says both (editors check the file
+#: as written, before it is parsed).
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration_s),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*([0-9.]+(ns|us|µs|ms|s|m|h)?)+\s*$", "examples": ["90s", "10m"]},
+            ],
+            "description": "a duration: seconds (90) or 90s, 10m, 1h30m, 250ms",
+        }
+    ),
+]
 
 
 class Analysis(_Model):
@@ -587,6 +604,20 @@ class Config(_Model):
         return load_config(source)
 
 
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a configuration file, generated from the models that validate it (``holyroute schema``).
+
+    Editors use it to complete and check ``holyroute.yaml`` (for example with the YAML language server's
+    ``# yaml-language-server: $schema=holyroute.schema.json``). It describes the file as written, before
+    ``${VAR}`` references are replaced, so the cross-key checks (unknown endpoints, weights) are left to
+    :func:`load_config`.
+    """
+    schema = Config.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "holyroute configuration"
+    return schema
+
+
 def load_config(
     source: str | os.PathLike[str] | Mapping[str, Any] | Config | None = None,
     *,
@@ -617,28 +648,144 @@ def load_config(
     else:
         raise ConfigError(f"cannot load a configuration from {type(source).__name__}; pass a path, a dict or a Config")
     problems: list[str] = []
-    interpolated = _interpolate(raw, (), env, problems)
-    if problems:
-        raise ConfigError(_summary(origin, problems))
+    unset: set[str] = set()  # where a variable is missing: a stand-in value is validated there, its errors dropped
+    interpolated = _interpolate(raw, (), env, problems, unset)
     if not isinstance(interpolated, Mapping):
         raise ConfigError(f"{origin}: the top level must be a mapping with 'endpoints' and 'routes'")
-    try:
-        config = Config.model_validate(interpolated)
-    except ValidationError as exc:
-        raise ConfigError(_summary(origin, _pydantic_problems(exc, interpolated))) from None
-    problems = _cross_check(config)
+    config, found = _validate(interpolated)
+    problems += [problem for problem in found if problem.split(": ", 1)[0] not in unset]
     if problems:
         raise ConfigError(_summary(origin, problems))
+    assert config is not None
     return config
 
 
-def _default_path(env: Mapping[str, str]) -> Path:
+def _validate(raw: Mapping[str, Any]) -> tuple[Config | None, list[str]]:
+    """Every problem at once: the schema's, and the cross-key checks' even when the schema found some.
+
+    When the schema rejects values that can be left out (an unknown key, a bad value where a default exists), they
+    are left out of a copy that is validated again, so that the cross-key checks (unknown endpoints and aliases,
+    weights) still run; a problem that cannot be left out (a required key) stops there. The config is returned only
+    when there is no problem at all."""
+    try:
+        return _checked(Config.model_validate(raw))
+    except ValidationError as exc:
+        problems = _pydantic_problems(exc, raw)
+        errors = exc.errors(include_url=False, include_input=False)
+    pruned: Any = raw
+    for _ in range(3):  # bounded: each round removes at least one key, and nested problems surface in a round or two
+        pruned = _without(pruned, errors)
+        if pruned is None:
+            return None, problems
+        try:
+            config = Config.model_validate(pruned)
+        except ValidationError as again:
+            errors = again.errors(include_url=False, include_input=False)
+            continue
+        seen = {problem.split(": ", 1)[0] for problem in problems}
+        return None, problems + [p for p in _cross_check(config) if p.split(": ", 1)[0] not in seen]
+    return None, problems
+
+
+def _checked(config: Config) -> tuple[Config | None, list[str]]:
+    problems = _cross_check(config)
+    return (None if problems else config), problems
+
+
+def _without(raw: Any, errors: Iterable[Any]) -> Any:
+    """A copy of ``raw`` without the keys ``errors`` point at, or None when one of them cannot be left out (it is
+    required, or names an entry others may refer to, such as an endpoint)."""
+    import copy
+
+    pruned = copy.deepcopy(raw)
+    done: set[tuple[str | int, ...]] = set()
+    for error in errors:
+        loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and _is_tag(part)))
+        if loc in done:  # a union reports each branch at one location
+            continue
+        done.add(loc)
+        if not loc or not isinstance(loc[-1], str):
+            return None
+        *parent_path, key = loc
+        parent: Any = pruned
+        for part in parent_path:
+            try:
+                parent = parent[part]
+            except (KeyError, IndexError, TypeError):
+                return None
+        if not isinstance(parent, dict) or key not in parent:
+            return None
+        if error["type"] != "extra_forbidden":
+            model = _model_at(tuple(parent_path))
+            field = model.model_fields.get(key) if model is not None else None
+            if field is None or field.is_required():
+                return None
+        del parent[key]
+    return pruned
+
+
+def _model_at(path: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The model that validates the mapping at ``path`` in a configuration, or None (a free-form level)."""
+    annotation: Any = Config
+    for part in path:
+        annotation = _inner(annotation, part)
+        if annotation is None:
+            return None
+    return _as_model(annotation)
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    """The model ``annotation`` is, possibly optional or annotated; None for a mapping, a list or a plain type."""
+    if getattr(annotation, "__metadata__", None) is not None:  # Annotated[X, ...]
+        return _as_model(annotation.__origin__)
+    if isinstance(annotation, type):
+        return annotation if issubclass(annotation, BaseModel) else None
+    if getattr(annotation, "__origin__", None) in (dict, list):
+        return None
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _as_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _inner(annotation: Any, part: str | int) -> Any:
+    """The annotation of ``part`` inside a value of type ``annotation``; None when there is none."""
+    if getattr(annotation, "__metadata__", None) is not None:  # Annotated[X, ...]
+        return _inner(annotation.__origin__, part)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part)) if isinstance(part, str) else None
+        return None if field is None else field.annotation
+    origin = getattr(annotation, "__origin__", None)
+    args: tuple[Any, ...] = tuple(getattr(annotation, "__args__", ()) or ())
+    if origin is dict and isinstance(part, str) and len(args) == 2:
+        return args[-1]
+    if origin is list and isinstance(part, int) and args:
+        return args[0]
+    for arg in args:  # a union: the first branch that has it
+        found = _inner(arg, part)
+        if found is not None:
+            return found
+    return None
+
+
+def default_config_path(env: Mapping[str, str]) -> Path | None:
+    """Where a configuration is read from when none is given: ``$HOLYROUTE_CONFIG``, else the first of
+    ``./holyroute.yaml``, ``./holyroute.yml`` and ``./holyroute.toml`` that exists; None when there is none.
+    :func:`load_config` and every ``holyroute`` command use this one rule."""
     explicit = env.get("HOLYROUTE_CONFIG")
     if explicit:
         return Path(explicit)
     for name in ("holyroute.yaml", "holyroute.yml", "holyroute.toml"):
         if Path(name).is_file():
             return Path(name)
+    return None
+
+
+def _default_path(env: Mapping[str, str]) -> Path:
+    found = default_config_path(env)
+    if found is not None:
+        return found
     raise ConfigError(
         "no configuration given: pass a path or dict to holyroute.client(...), set HOLYROUTE_CONFIG, "
         "or create ./holyroute.yaml"
@@ -694,12 +841,18 @@ def _unshield(value: Any, shielded: Mapping[str, str]) -> Any:
     return value
 
 
-def _interpolate(value: Any, path: tuple[str | int, ...], env: Mapping[str, str], problems: list[str]) -> Any:
+def _interpolate(
+    value: Any, path: tuple[str | int, ...], env: Mapping[str, str], problems: list[str], unset: set[str]
+) -> Any:
+    """``value`` with ``${NAME}`` and ``${NAME:-default}`` replaced. A missing variable is a problem, and a stand-in
+    takes its place (its key path is added to ``unset``) so that the rest is still validated."""
     if isinstance(value, str):
         if "$" not in value:
             return value
+        missing = False
 
         def substitute(match: re.Match[str]) -> str:
+            nonlocal missing
             if match.group(0) == "$$":
                 return "$"
             name, default = match.group(1), match.group(2)
@@ -712,13 +865,19 @@ def _interpolate(value: Any, path: tuple[str | int, ...], env: Mapping[str, str]
                 f"{_dotted(path)}: environment variable {name} is not set; "
                 f"export {name}=... or write ${{{name}:-default}}"
             )
+            missing = True
             return ""
 
-        return _ENV_PATTERN.sub(substitute, value)
+        replaced = _ENV_PATTERN.sub(substitute, value)
+        if not missing:
+            return replaced
+        unset.add(_dotted(path))
+        last = path[-1] if path else ""
+        return {"base_url": "http://unset.invalid", "url": "redis://unset.invalid"}.get(str(last), "unset")
     if isinstance(value, Mapping):
-        return {key: _interpolate(item, (*path, str(key)), env, problems) for key, item in value.items()}
+        return {key: _interpolate(item, (*path, str(key)), env, problems, unset) for key, item in value.items()}
     if isinstance(value, list):
-        return [_interpolate(item, (*path, index), env, problems) for index, item in enumerate(value)]
+        return [_interpolate(item, (*path, index), env, problems, unset) for index, item in enumerate(value)]
     return value
 
 

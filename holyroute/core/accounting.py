@@ -27,7 +27,7 @@ class Accounting(Waiting):
 
     def _cool(self, upstream: Upstream, seconds: float, reason: str, now: float) -> None:
         router = self._router
-        cooldown = router.health.cool(upstream.endpoint, upstream.model, seconds, reason, now)
+        cooldown = router.health.cooldowns.cool(upstream.endpoint, upstream.model, seconds, reason, now)
         if cooldown is not None:
             until = router.wall_clock() + seconds
             router.state.publish(HealthChange("cooldown", upstream.endpoint, upstream.model, until, reason))
@@ -48,7 +48,7 @@ class Accounting(Waiting):
             return
         upstream = self._current
         answered = upstream is not None and status is not None and 200 <= status < 300
-        shared = self._router.health.settle(
+        shared = self._router.health.rate_limits.settle(
             self._debits,
             now,
             endpoint=upstream.endpoint if answered and upstream is not None else None,

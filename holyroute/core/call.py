@@ -16,19 +16,17 @@ only from the clocks it is given; it never logs a key or prompt text.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
-import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote_plus
 
 from holyroute.boundary.parse import RequestView, clamp_tokens, named_alias, read_request
 from holyroute.config.catalogue import catalogue_model
 from holyroute.core.alerts import Alerts
+from holyroute.core.attempts import _INJECT_USAGE_APIS
 from holyroute.core.call_state import QualityCheck
 from holyroute.core.context import (
     TokenEncoder,
@@ -36,10 +34,9 @@ from holyroute.core.context import (
 )
 from holyroute.core.context import requested_output_tokens as _requested_output
 from holyroute.core.events import EventSink, structlog_sink
-from holyroute.core.health import Debit, HeaderLookup, HealthBook, Transition, server_delay
+from holyroute.core.health import HeaderLookup, HealthBook, Transition
 from holyroute.core.plan import (
     DROPPED_HEADERS,
-    DROPPED_QUERY,
     OPERATIONS,
     Arm,
     Leg,
@@ -49,12 +46,11 @@ from holyroute.core.plan import (
     operation_of,
     sticky_key,
 )
-from holyroute.core.planning import Planning
 from holyroute.core.ports import HealthChange, StateBackend, open_state
 from holyroute.core.retry_budget import RetryBudget
+from holyroute.core.sending import Sending
 from holyroute.core.spend import SpendBudgets
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Step, Wait
-from holyroute.core.usage import Usage, finish_reason, usage_from_body
 
 if TYPE_CHECKING:
     from holyroute.core.rollouts import Rollouts
@@ -62,6 +58,7 @@ from holyroute.config.schema import Config
 
 __all__ = [
     "OPERATIONS",
+    "Accepted",
     "Acquire",
     "Call",
     "EventSink",
@@ -74,17 +71,13 @@ __all__ = [
 ]
 
 
-_INJECT_USAGE_APIS: Final = frozenset({"chat", "completions"})
-RETRYABLE_STATUS: Final = frozenset({408, 409, 429})
-_IDENTITY: Final = ("accept-encoding", "identity")
-_GZIP_DEFLATE: Final = ("accept-encoding", "gzip, deflate")
-
-
 class Router:
     """Compiled configuration plus shared state (health, budgets). One per client; safe to share across threads.
 
     ``clock`` is monotonic seconds (durations, cooldowns), ``wall_clock`` is Unix time (HTTP-date headers), ``rng``
-    draws non-sticky splits, ``sinks`` receive every event (default: structlog's ``holyroute`` logger).
+    draws non-sticky splits. Every event goes to structlog's ``holyroute`` logger (the event log ``holyroute report``
+    and ``holyroute dashboard`` read) and to each of ``sinks`` too; ``log=False`` turns the structlog event off, so
+    that only ``sinks`` receive events.
     """
 
     def __init__(
@@ -95,6 +88,7 @@ class Router:
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         sinks: Sequence[EventSink] | None = None,
+        log: bool = True,
         quality: QualityCheck | None = None,
         state: StateBackend | None = None,
     ) -> None:
@@ -105,7 +99,7 @@ class Router:
         self.rng = rng or random.Random()
         limits = {name: (e.rpm, e.tpm) for name, e in config.endpoints.items() if e.rpm or e.tpm}
         self.health = HealthBook(clock, config.health, limits, max_cooldown_s=config.retry.max_cooldown_s)
-        self.sinks: tuple[EventSink, ...] = tuple(sinks) if sinks is not None else (structlog_sink(),)
+        self.sinks: tuple[EventSink, ...] = ((structlog_sink(),) if log else ()) + tuple(sinks or ())
         self._sinks_lock = threading.Lock()
         self._failed_sinks: set[int] = set()
         self._call_ids = itertools.count(1)
@@ -329,10 +323,11 @@ class Router:
     def panicking(self, leg: Leg, now: float) -> bool:
         """Panic mode: fewer than half of the arm's endpoints are healthy, so health is ignored for it."""
         health = self.health
+        ejections = health.ejections
         upstreams = leg.arm.upstreams
         healthy = 0
         for u in upstreams:  # a loop, not sum() over a generator: this runs at every step of every call
-            if health.ejected(u.endpoint, now) is None and not (
+            if ejections.ejected(u.endpoint, now) is None and not (
                 self.probing and health.probe_status(u.endpoint) == "unhealthy"
             ):
                 healthy += 1
@@ -365,7 +360,7 @@ class Router:
         return upstreams
 
 
-class Call(Planning):
+class Call(Sending):
     """One logical call: its plan, the attempts made so far, and what comes next."""
 
     __slots__ = ()
@@ -520,7 +515,7 @@ class Call(Planning):
                 upstream = self._next_available(now)
                 if upstream is not None:
                     health = router.health
-                    if health.shared_limits:
+                    if health.rate_limits.shared:
                         rpm, tpm = health.limits(upstream.endpoint)
                         if rpm or tpm:  # the shared store decides; the retry stays paid for
                             self._asking, self._failure, self._paid = upstream, failure, True
@@ -551,311 +546,10 @@ class Call(Planning):
         self._final = self._give_up(now)
         return self._final
 
-    def on_acquired(self, wait: float | None) -> None:
-        """The state backend's answer to :class:`Acquire`: 0.0 granted, > 0 no room for that many seconds, None
-        no answer (this process's share of the limit decides). Then ask :meth:`next_step` again."""
-        upstream, self._asking = self._asking, None
-        assert upstream is not None, "on_acquired without an Acquire"
-        health = self._router.health
-        now = self._router.clock()
-        blocked: tuple[str, float] | None = None
-        if wait is None:
-            blocked = health.local_limit(upstream.endpoint, self._tokens, now, self._debits)
-        elif wait > 0:
-            rpm, tpm = health.limits(upstream.endpoint)
-            limits = " / ".join(f"{n} {v}" for n, v in (("rpm", rpm), ("tpm", tpm)) if v)
-            blocked = (f"shared {limits} reached", now + wait)
-            health.limited(upstream.endpoint, now + wait, blocked[0])
-        if blocked is None:
-            self._granted = upstream
-            tpm = health.limits(upstream.endpoint)[1]
-            if wait is not None and tpm:  # the shared bucket's grant for this attempt: settled when the call ends
-                self._debits.append(Debit(upstream.endpoint, None, min(self._tokens, tpm), tpm))
-            return
-        self._skipped[(upstream.endpoint, upstream.model)] = blocked
-        leg = self._current_leg
-        if leg is not None and leg.fallback is None:
-            self._limited = True
-
-    def on_response(self, status: int, headers: Mapping[str, str]) -> Accepted | None:
-        """Judge an answer's status line. An :class:`Accepted` means hand it to the caller, watched as it says;
-        ``None`` means it failed over: read its (error) body, pass it to :meth:`on_rejected_body`, ask again."""
-        upstream = self._current
-        assert upstream is not None, "on_response without a Send"
-        router = self._router
-        health = router.health
-        now = router.clock()
-        if health.record_headroom(upstream.endpoint, upstream.model, headers, now):
-            change = health.headroom_change(upstream.endpoint, upstream.model, now, router.wall_clock())
-            if change is not None:
-                router.state.publish(change)
-        # A redirect is a failure of this endpoint (routed requests never follow one: the prompt would leave routing).
-        if status < 300 or (400 <= status < 500 and status not in RETRYABLE_STATUS):
-            self._status = status
-            self._request_id = headers.get("x-request-id")
-            content_type = headers.get("content-type") or ""
-            event_stream = content_type.startswith("text/event-stream")
-            if event_stream:
-                router.transition(health.success(upstream.endpoint, now, self._latency(now), trial=self._trial))
-            else:
-                # Only copied (lazily, in on_rejected_body) if the body turns out to be no answer.
-                self._pending_response = (status, headers, upstream, self._last_leg)
-            return Accepted(event_stream, self._hide_usage and event_stream, headers.get("content-encoding"))
-        reason = f"{status} from upstream" if status >= 400 else f"{status} redirect from upstream (not followed)"
-        delay = server_delay(headers, router.wall_clock(), router.retry.max_cooldown_s)
-        if status == 429 or delay is not None:
-            seconds, said = delay if delay is not None else (router.retry.default_cooldown_s, "no retry header")
-            seconds = min(seconds, router.retry.max_cooldown_s)
-            reason = f"{status} from upstream; cooldown {seconds:.3g}s ({said})"
-            self._cool(upstream, seconds, f"{status} {said}", now)
-        if status >= 500 or status == 408 or status < 400:
-            peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
-            router.transition(health.failure(upstream.endpoint, str(status), now, peers, trial=self._trial))
-        self._pending_response = (status, headers, upstream, self._last_leg)
-        self._failure = self._failure_fields(status=status, error=None, reason=reason)
-        self._rejected = True
-        return None
-
-    def on_body(self, body: bytes) -> bool:
-        """The whole (decoded) body of an accepted answer that is not an event stream. True: hand it to the caller
-        (the call's event is emitted now); False: a 2xx whose body is not JSON failed over, ask again."""
-        router = self._router
-        upstream = self._current
-        assert upstream is not None, "on_body without a Send"
-        now = router.clock()
-        status = self._status
-        if 200 <= status < 300 and not _looks_like_json(body):
-            label = "malformed body"
-            peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
-            router.transition(router.health.failure(upstream.endpoint, label, now, peers, trial=self._trial))
-            self._failure = self._failure_fields(
-                status=status, error=label, reason=f"{status} with a body that is not JSON"
-            )
-            self.on_rejected_body(body)
-            return False
-        router.transition(router.health.success(upstream.endpoint, now, self._latency(now), trial=self._trial))
-        if status < 300:
-            if self._api in _INJECT_USAGE_APIS:  # chat and completions answers say why they stopped
-                self._finish = finish_reason(body)
-            judged = self.shadow_of is not None or (router.rollouts is not None and self._plan.alias in router.rollouts)
-            if router.quality is not None and judged:
-                leg = self._last_leg if self._last_leg is not None else self._legs[0]
-                self._quality = self._judge_quality(leg, body)
-        self.on_complete(usage_from_body(body) if status < 300 else None)
-        return True
-
-    def _judge_quality(self, leg: Leg, body: bytes) -> bool | None:
-        """The application's quality check; one that raises never fails a call the upstream answered (its verdict
-        is then unknown, and the failure is reported as ``holyroute.quality_failed``)."""
-        router = self._router
-        assert router.quality is not None
-        try:
-            return bool(router.quality(self._plan.alias, leg.arm.name, body))
-        except Exception as exc:
-            router.emit(
-                "holyroute.quality_failed",
-                {"call_id": self.id, "route": self._plan.alias, "arm": leg.arm.name, "error": type(exc).__name__},
-            )
-            return None
-
-    def on_rejected_body(self, body: bytes) -> None:
-        """The body of the answer :meth:`on_response` rejected; kept to hand back if nothing better comes."""
-        status, headers, upstream, leg = self._pending_response
-        if status < 400:
-            self._last_response = (*_redirect_answer(status, headers, upstream.endpoint), upstream, leg)
-        else:
-            self._last_response = (status, _response_headers(headers), body, upstream, leg)
-        router = self._router
-        if status == 429 and b"insufficient_quota" in body:
-            # Out of credit is not a rate limit: no waiting fixes it, so never again in this call, and not for long.
-            self._excluded.add(upstream.endpoint)
-            router.transition(router.health.quota_exhausted(upstream.endpoint, router.clock()))
-            if self._failure is not None:
-                self._failure["reason"] = "429 insufficient_quota"
-        self._end_attempt()
-
-    def on_error(self, error: BaseException, *, timeout: bool) -> None:
-        """The attempt raised a transport error (connection refused or reset, protocol error, timeout)."""
-        upstream = self._current
-        assert upstream is not None, "on_error without a Send"
-        if self._rejected:
-            # The body of an answer already judged a failure broke off: the same failure, not a second one (its
-            # health was counted once, by on_response); the answer is kept without its body.
-            self.on_rejected_body(b"")
-            return
-        router = self._router
-        kind = "timeout" if timeout else "connection error"
-        label = type(error).__name__
-        peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
-        router.transition(router.health.failure(upstream.endpoint, label, router.clock(), peers, trial=self._trial))
-        self._end_attempt()
-        self._last_error = (error, timeout)
-        self._failure = self._failure_fields(status=None, error=label, reason=f"{kind}: {label}")
-
-    # ---- what the stream tap reports ----------------------------------------------------------------------------
-
-    def on_first_byte(self) -> None:
-        if self.stream and self._first_byte is None:
-            self._first_byte = self._router.clock()
-
-    def on_complete(
-        self,
-        usage: Usage | None,
-        *,
-        error: str | None = None,
-        cancelled: bool = False,
-        finish_reason: str | None = None,
-    ) -> None:
-        """The accepted answer's body ended (or broke, or was closed early); emit the call's one request event."""
-        if self.done:
-            return
-        if finish_reason is not None:
-            self._finish = finish_reason
-        self._end_attempt()
-        status = self._status
-        if error is not None or status >= 400:
-            outcome = "error"
-        elif cancelled:
-            outcome = "cancelled"
-        else:
-            outcome = "ok"
-        self._emit_request(status, outcome, usage, error, self._request_id)
-
-    # ---- the one owner of the call's end ------------------------------------------------------------------------
-
     @property
     def route(self) -> str:
         """The route this call belongs to (after its rules): the one whose retry budget it spends."""
         return self._plan.alias
-
-    @contextlib.contextmanager
-    def owned(self) -> Iterator[Call]:
-        """Whatever the block raises (cancellation, ``KeyboardInterrupt``, a bug in an inner transport, a torn
-        stream) ends the call through :meth:`abandon` before it propagates unchanged. Both drivers and both stream
-        taps wrap their work in this one block, so no exception type needs to be listed anywhere."""
-        try:
-            yield self
-        except BaseException as exc:
-            self.abandon(exc)
-            raise
-
-    def abandon(self, error: BaseException) -> None:
-        """The call stops with ``error`` that no step handled. Ends the open attempt (in-flight count, half-open
-        trial) and emits the call's one ``holyroute.request``: outcome ``cancelled`` for a cancellation (anything
-        that is not an ``Exception``: ``CancelledError``, trio's ``Cancelled``, ``KeyboardInterrupt``, a closed
-        generator), else ``error``. Only an ``OSError`` during an attempt counts against the endpoint's health: a
-        caller's cancel or a bug on this side is not the endpoint's fault. Safe to call more than once."""
-        if self.done:
-            return
-        cancelled = not isinstance(error, Exception)
-        upstream = self._current
-        if self._open and upstream is not None and isinstance(error, OSError):
-            router = self._router
-            peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
-            label = type(error).__name__
-            router.transition(router.health.failure(upstream.endpoint, label, router.clock(), peers, trial=self._trial))
-        self._end_attempt()
-        outcome = "cancelled" if cancelled else "error"
-        self._emit_request(self._status or None, outcome, None, f"{outcome}: {type(error).__name__}", self._request_id)
-
-    def _end_attempt(self) -> None:
-        """End the attempt begun by :meth:`_send`, exactly once whatever reports its end."""
-        if self._open:
-            self._open = False
-            upstream = self._current
-            assert upstream is not None
-            self._router.health.end_attempt(upstream.endpoint, trial=self._trial)
-
-    # ---- internals ----------------------------------------------------------------------------------------------
-
-    def _latency(self, now: float) -> float | None:
-        """This attempt's time to headers, for balance: latency (the only reader); None spares the health lock."""
-        return now - self._sent_at if self._router.tracks_latency else None
-
-    def _send(self, upstream: Upstream, now: float) -> Send:
-        router = self._router
-        deadline = self._bound()
-        self._attempts += 1
-        self._rejected = False
-        self._current = upstream
-        self._last_leg = self._current_leg
-        self._sent_at = now
-        self._forced = False
-        self._trial = router.health.begin_attempt(upstream.endpoint, now, self._tokens, self._debits)
-        self._open = True
-        # Ask for stream usage on the wire when the caller did not, so every stream is costed; the tap hides
-        # the extra usage-only chunk again.
-        inject = self._wants_usage_injected and upstream.stream_usage
-        self._hide_usage = inject
-        body = self._bodies.get((upstream.model, inject))
-        if body is None:
-            body = _swap_model(self._raw_body, self._alias_token, upstream.token)
-            if body is not None and inject:
-                body = None if "stream_options" in self._data else _with_usage_option(body)
-        if body is None:
-            data = dict(self._data)
-            data["model"] = upstream.model
-            if inject:
-                options = data.get("stream_options")
-                data["stream_options"] = {
-                    **(options if isinstance(options, Mapping) else {}),
-                    "include_usage": True,
-                }
-            try:
-                body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate the caller escaped (\ud83d): only an escape carries it
-                body = json.dumps(data, separators=(",", ":")).encode("ascii")
-        self._bodies[(upstream.model, inject)] = body
-        query = _merge_query(self._query, upstream.query) if self._query else upstream.query
-        url = f"{upstream.base_url}/{self._operation}"
-        if query:
-            url = f"{url}?{query}"
-        timeout = upstream.timeout
-        left = self._timeout if deadline is None else deadline - now  # within the floor: the whole timeout
-        if left is not None:
-            timeout = left if timeout is None else min(timeout, left)
-        retry = router.retry
-        headers_timeout = retry.stream_headers_timeout_s if self.stream else retry.headers_timeout_s
-        if headers_timeout is not None and timeout is not None:
-            headers_timeout = min(headers_timeout, timeout)
-        # Streams uncompressed (events pass as they come); JSON only in encodings the usage reader can open.
-        encoding = _IDENTITY if self.stream else _GZIP_DEFLATE
-        return Send(
-            url,
-            (*upstream.headers, encoding),
-            body,
-            timeout,
-            upstream.endpoint,
-            headers_timeout,
-            _forwarding(router.dropped_headers, upstream.forward) if upstream.forward else router.dropped_headers,
-        )
-
-
-@functools.lru_cache(maxsize=512)
-def _merge_query(caller: str, own: str) -> str:
-    """The caller's raw query string without its credentials (``DROPPED_QUERY``) and without the parameters the
-    endpoint sets itself, then the endpoint's: one ``api-version``, the endpoint's. The caller's kept parameters are
-    forwarded exactly as they were encoded."""
-    replaced = DROPPED_QUERY.union(_query_name(part) for part in own.split("&") if part)
-    kept = [part for part in caller.split("&") if part and _query_name(part) not in replaced]
-    if own:
-        kept.append(own)
-    return "&".join(kept)
-
-
-def _query_name(part: str) -> str:
-    return unquote_plus(part.partition("=")[0]).lower()
-
-
-@functools.lru_cache(maxsize=64)
-def _forwarding(dropped: frozenset[str], forward: frozenset[str]) -> frozenset[str]:
-    return dropped - forward
-
-
-def _looks_like_json(body: bytes) -> bool:
-    """A cheap check that catches truncated bodies and HTML error pages without parsing the whole answer."""
-    text = body.strip()
-    return bool(text) and text[:1] in b"{[" and text[-1:] in b"}]"
 
 
 def _estimate_tokens(body: bytes, out: int | None) -> int:
@@ -872,51 +566,3 @@ class _NoHeaders:
 
 
 _NO_HEADERS: Final = _NoHeaders()
-_FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
-
-
-def _redirect_answer(
-    status: int, headers: Mapping[str, str], endpoint: str
-) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
-    """What the caller gets for an endpoint's redirect when nothing better came: a 502 without ``Location`` (so a
-    client that follows redirects cannot carry the prompt there) whose JSON error names the redirect."""
-    message = (
-        f"holyroute: endpoint '{endpoint}' answered {status} (a redirect); routed requests never follow redirects. "
-        "Fix the endpoint's base_url (scheme, host, path, trailing segments)"
-    )
-    body = {"error": {"message": message, "type": "upstream_redirect", "param": None, "code": "holyroute_redirect"}}
-    kept = [("content-type", "application/json")]
-    request_id = headers.get("x-request-id")
-    if request_id is not None:
-        kept.append(("x-request-id", request_id))
-    return 502, tuple(kept), json.dumps(body).encode()
-
-
-def _response_headers(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    # The body is handed back decoded, so framing and encoding headers would lie about it.
-    return tuple((k.lower(), v) for k, v in headers.items() if k.lower() not in _FRAMING_HEADERS)
-
-
-def _swap_model(body: bytes, alias: bytes, model: bytes) -> bytes | None:
-    """``body`` with its top-level model replaced, without re-serialising; ``None`` when that is not certain.
-
-    ``alias`` and ``model`` are JSON string tokens (``b'"chat-default"'``). The top-level ``"model": "<alias>"``
-    value is always in the body, so if the alias token occurs exactly once, that occurrence is the model's value (an
-    escaped quote inside a longer string could only add a second occurrence, never remove this one).
-    """
-    if body.count(alias) != 1:
-        return None
-    return body.replace(alias, model)
-
-
-#: What asks a stream for its usage, put first in a body that has no ``stream_options`` of its own.
-_USAGE_OPTION: Final = b'"stream_options":{"include_usage":true},'
-
-
-def _with_usage_option(body: bytes) -> bytes | None:
-    """``body`` (a JSON object with at least one field and no ``stream_options``) asking for stream usage, without
-    re-serialising: the option goes in right after the opening brace. ``None`` when that is not certain."""
-    start = body.find(b"{")
-    if start < 0 or body[:start].strip(b" \t\r\n"):
-        return None
-    return body[: start + 1] + _USAGE_OPTION + body[start + 1 :]

@@ -5,9 +5,11 @@ A call is split by concern into a chain of small classes, each using only those 
 this endpoint take this request now: size, cost ceilings, budgets, health); :class:`~holyroute.core.waiting.Waiting`
 (the walk over endpoints, and how long to wait before another pass); :class:`~holyroute.core.accounting.Accounting`
 (cooldowns, settled token debits, the failover and request events, giving up);
-:class:`~holyroute.core.planning.Planning`
-(where the call goes first: rules, pins, the split, spend caps); :class:`~holyroute.core.call.Call` (the step machine
-the drivers talk to).
+:class:`~holyroute.core.planning.Planning` (where the call goes first: rules, pins, the split, spend caps);
+:class:`~holyroute.core.attempts.Attempts` (what each attempt's outcome does: an answer kept or failed over, an error,
+the end of a stream; the one end of every attempt and of the call); :class:`~holyroute.core.sending.Sending` (the
+request one attempt sends: body, URL, timeouts, headers); :class:`~holyroute.core.call.Call` (the step machine the
+drivers talk to).
 """
 
 from __future__ import annotations

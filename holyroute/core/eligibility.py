@@ -160,7 +160,7 @@ class Eligibility(CallState):
             why = self._size_cost(upstream)
             if why is not None:
                 return why, None
-        if name in self._excluded or health.out_of_quota(name, now):
+        if name in self._excluded or health.ejections.out_of_quota(name, now):
             return "out of quota", None
         spend = router.spend
         if spend is not None:
@@ -172,7 +172,7 @@ class Eligibility(CallState):
         if force or self._forced:
             return health.blocked(name, upstream.model, now, self._tokens, limits_only=True)
         if not self._panicking(leg, now):
-            why = health.ejected(name, now)
+            why = health.ejections.ejected(name, now)
             if why is None and router.probing and health.probe_status(name) == "unhealthy":
                 why = "unhealthy (active health check)"
             if why is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import sys
@@ -35,13 +36,20 @@ if TYPE_CHECKING:
     from holyroute.core.call import Router
 
 __all__ = [
+    "ArmCheck",
     "AsyncHealthChecker",
     "HealthChecker",
+    "PathCheck",
     "ProbeResult",
+    "RouteCheck",
     "check_once",
+    "check_paths",
     "classify",
     "dead_arms",
+    "judge_routes",
+    "listed_models",
     "probe_request",
+    "render_arms",
     "render_results",
     "route_endpoints",
     "route_paths",
@@ -52,6 +60,7 @@ LIVE: Final = frozenset({"healthy", "degraded"})
 _UNHEALTHY_STATUS: Final = frozenset({401, 403, 404})
 _TRANSIENT_STATUS: Final = frozenset({408, 409, 429})
 _MAX_BODY: Final = 16384  # an error body or a one-token answer fits; a long model list is not read to the end
+_MAX_MODEL_LIST: Final = 4 * 1024 * 1024  # holyroute check reads a model list whole, up to this
 _CHECK_ONCE_WORKERS: Final = 8
 _JOIN_GRACE_S: Final = 1.0
 _SAFE_CODE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
@@ -165,7 +174,7 @@ def route_endpoints(config: Config, alias: str, *, fallbacks: bool) -> list[str]
     aliases = [alias, *config.routes[alias].fallbacks] if fallbacks else [alias]
     names: dict[str, None] = {}
     for name in aliases:
-        for target in config.routes[name].targets:
+        for target in config.routes[name].arms:  # a rollout's stable and candidate, or the targets
             for entry in target.endpoints:
                 names[entry if isinstance(entry, str) else entry.endpoint] = None
     return list(names)
@@ -186,7 +195,7 @@ def dead_arms(config: Config, alias: str, results: Mapping[str, ProbeResult]) ->
         return []
     return [
         target.arm
-        for target in route.targets
+        for target in route.arms
         if target.weight > 0
         and not any(_live(results, e if isinstance(e, str) else e.endpoint) for e in target.endpoints)
     ]
@@ -197,7 +206,8 @@ def _live(results: Mapping[str, ProbeResult], endpoint: str) -> bool:
     return found is not None and found.status in LIVE
 
 
-def _plan(config: Config, name: str) -> _Plan:
+def _plan(config: Config, name: str, *, probe: str | None = None, model: str | None = None) -> _Plan:
+    """How to probe endpoint ``name``: as its ``health_check`` says, or with ``probe`` (and, for chat, ``model``)."""
     try:
         endpoint = config.endpoints[name]
     except KeyError:
@@ -208,9 +218,9 @@ def _plan(config: Config, name: str) -> _Plan:
     headers = list(endpoint.request_headers())
     query = endpoint.query_string()
     suffix = f"?{query}" if query else ""
-    if check.probe == "models":
+    if (probe or check.probe) == "models":
         return _Plan(name, "GET", f"{endpoint.base_url}/models{suffix}", tuple(headers), None, "GET /models", check)
-    model = check.model or _first_model(config, name)
+    model = model or check.model or _first_model(config, name)
     if model is None:
         raise ConfigError(
             f"endpoints.{name}.health_check.model: no route sends traffic to '{name}', so a chat probe has no "
@@ -403,6 +413,13 @@ def _judge(
 
 def _probe(transport: httpx2.BaseTransport, plan: _Plan, clock: Callable[[], float]) -> ProbeResult:
     """Send one probe and judge it; never raises for a failed probe, always closes the response."""
+    return _probe_reading(transport, plan, clock, _MAX_BODY)[0]
+
+
+def _probe_reading(
+    transport: httpx2.BaseTransport, plan: _Plan, clock: Callable[[], float], limit: int
+) -> tuple[ProbeResult, bytes]:
+    """:func:`_probe`, also handing back the first ``limit`` bytes of the answer (a model list, for check)."""
     status: int | None = None
     headers: Mapping[str, str] = {}
     body = bytearray()
@@ -418,7 +435,7 @@ def _probe(transport: httpx2.BaseTransport, plan: _Plan, clock: Callable[[], flo
             try:
                 for chunk in chunks:
                     body += chunk
-                    if len(body) >= _MAX_BODY:
+                    if len(body) >= limit:
                         break
             finally:
                 close = getattr(chunks, "close", None)
@@ -428,7 +445,8 @@ def _probe(transport: httpx2.BaseTransport, plan: _Plan, clock: Callable[[], flo
             response.close()
     except Exception as exc:  # any failure to get an answer is the verdict, not a crash of the checker
         failure = exc
-    return _judge(plan, status=status, headers=headers, took_s=clock() - started, error=failure, body=bytes(body))
+    took = clock() - started
+    return _judge(plan, status=status, headers=headers, took_s=took, error=failure, body=bytes(body)), bytes(body)
 
 
 async def _aprobe(transport: httpx2.AsyncBaseTransport, plan: _Plan, clock: Callable[[], float]) -> ProbeResult:
@@ -693,3 +711,211 @@ def _row(result: ProbeResult) -> tuple[str, ...]:
         number(result.remaining_tokens),
         result.error or "",
     )
+
+
+# ---- holyroute check: arms, not hosts --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PathCheck:
+    """Whether ``endpoint`` serves ``model`` (the upstream model an arm sends it): ``ok``, or ``why`` not."""
+
+    endpoint: str
+    model: str
+    ok: bool
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArmCheck:
+    """One arm of a route: its share of the route's traffic (None when unknown) and each endpoint's path."""
+
+    arm: str
+    share: float | None
+    paths: tuple[PathCheck, ...]
+
+    @property
+    def ok(self) -> bool:
+        return any(path.ok for path in self.paths)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteCheck:
+    """A route's arms and the fallback aliases that have a healthy path of their own."""
+
+    route: str
+    arms: tuple[ArmCheck, ...]
+    live_fallbacks: tuple[str, ...]
+
+    @property
+    def unserved(self) -> float | None:
+        """The share of the route's traffic drawn by arms with no healthy path (None when a share is unknown)."""
+        dead = [arm.share for arm in self.arms if not arm.ok]
+        if any(share is None for share in dead):
+            return None
+        return sum(share for share in dead if share is not None)
+
+    @property
+    def ok(self) -> bool:
+        """Every arm that may draw traffic has a healthy endpoint serving its model."""
+        return all(arm.ok for arm in self.arms if arm.share is None or arm.share > 0)
+
+
+def listed_models(body: bytes) -> frozenset[str] | None:
+    """The model ids of a ``GET /models`` answer (``{"data": [{"id": ...}]}``); None when it is not such a list."""
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return None
+    return frozenset(item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str))
+
+
+def _pairs(config: Config) -> list[tuple[str, str]]:
+    """Every (endpoint, upstream model) an arm of a route sends to, in configuration order, once each."""
+    pairs: dict[tuple[str, str], None] = {}
+    for route in config.routes.values():
+        for target in route.arms:
+            for entry in target.endpoints:
+                ref = EndpointRef(endpoint=entry) if isinstance(entry, str) else entry
+                pairs[(ref.endpoint, ref.model or target.model)] = None
+    return list(pairs)
+
+
+def _path(endpoint: str, model: str, result: ProbeResult, listed: frozenset[str] | None) -> PathCheck:
+    if result.http_status == 404 and result.error is not None and "model" in result.error:  # a chat probe's answer
+        return PathCheck(endpoint, model, False, f"{endpoint} does not serve {model} ({result.error})")
+    if result.status not in LIVE:
+        return PathCheck(endpoint, model, False, f"{endpoint} {result.status} ({result.error or result.http_status})")
+    if listed is not None and model not in listed:
+        return PathCheck(endpoint, model, False, f"{endpoint} does not list {model} in GET /models")
+    return PathCheck(endpoint, model, True, "")
+
+
+def check_paths(
+    config: Config, transport: httpx2.BaseTransport | None = None, *, probe: str | None = None
+) -> tuple[list[ProbeResult], dict[tuple[str, str], PathCheck]]:
+    """``holyroute check``'s probes: whether each endpoint answers, and each (endpoint, model) an arm uses is served.
+
+    With ``probe="models"`` one ``GET /models`` per endpoint, its list read whole: a model it does not list is not
+    served there (a list that cannot be read counts as serving it). With ``probe="chat"`` one one-token chat call per
+    (endpoint, model): served when it answers. ``None``: each endpoint's ``health_check.probe`` (default models).
+    The results come in configuration order: one per endpoint, or with chat one per (endpoint, model), its
+    ``endpoint`` then reading ``"name (model)"``.
+    """
+    pairs = _pairs(config)
+    chat = {name for name in config.endpoints if (probe or _configured_probe(config, name)) == "chat"}
+    plans: list[tuple[_Plan, str | None]] = []
+    for name in config.endpoints:
+        models = [model for endpoint, model in pairs if endpoint == name]
+        check = config.endpoints[name].health_check
+        if name in chat and not models and check is not None and check.model:
+            models = [check.model]
+        if name in chat and models:
+            plans += [(_plan(config, name, probe="chat", model=model), model) for model in models]
+        else:  # GET /models: asked for, or a chat probe with no model to ask (no route uses the endpoint)
+            chat.discard(name)
+            plans.append((_plan(config, name, probe="models"), None))
+    own = transport is None
+    inner = transport if transport is not None else httpx2.HTTPTransport()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(_CHECK_ONCE_WORKERS, len(plans)))) as pool:
+            answers = list(
+                pool.map(lambda planned: _probe_reading(inner, planned[0], time.monotonic, _MAX_MODEL_LIST), plans)
+            )
+    finally:
+        if own:
+            inner.close()
+    results = [
+        dataclasses.replace(result, endpoint=f"{plan.endpoint} ({model})") if model is not None else result
+        for (plan, model), (result, _) in zip(plans, answers, strict=True)
+    ]
+    paths: dict[tuple[str, str], PathCheck] = {}
+    for (plan, model), (result, body) in zip(plans, answers, strict=True):
+        if plan.endpoint in chat:
+            if model is not None:
+                paths[(plan.endpoint, model)] = _path(plan.endpoint, model, result, None)
+            continue
+        listed = listed_models(body) if result.status in LIVE else None
+        for endpoint, used in pairs:
+            if endpoint == plan.endpoint:
+                paths[(endpoint, used)] = _path(endpoint, used, result, listed)
+    return results, paths
+
+
+def _configured_probe(config: Config, name: str) -> str:
+    check = config.endpoints[name].health_check
+    return check.probe if check is not None else "models"
+
+
+def judge_routes(
+    config: Config, paths: Mapping[tuple[str, str], PathCheck], rollout_weights: Mapping[str, float | None]
+) -> list[RouteCheck]:
+    """Each route's arms judged from ``paths`` (no I/O). A route's share per arm is its weight over the route's total;
+    a rollout's candidate has ``rollout_weights[route]`` percent (None: unknown) and its stable arm the rest."""
+    checks: dict[str, tuple[ArmCheck, ...]] = {}
+    for alias, route in config.routes.items():
+        shares: list[float | None]
+        if route.rollout is not None:
+            weight = rollout_weights.get(alias)
+            shares = [None, None] if weight is None else [1 - weight / 100, weight / 100]
+        else:
+            total = sum(target.weight for target in route.targets)
+            shares = [target.weight / total if total > 0 else None for target in route.targets]
+        arms = []
+        for target, share in zip(route.arms, shares, strict=True):
+            refs = [EndpointRef(endpoint=e) if isinstance(e, str) else e for e in target.endpoints]
+            found = tuple(
+                paths.get((ref.endpoint, ref.model or target.model))
+                or PathCheck(ref.endpoint, ref.model or target.model, False, f"{ref.endpoint} was not probed")
+                for ref in refs
+            )
+            arms.append(ArmCheck(target.arm, share, found))
+        checks[alias] = tuple(arms)
+    return [
+        RouteCheck(
+            alias,
+            arms,
+            tuple(fallback for fallback in config.routes[alias].fallbacks if any(arm.ok for arm in checks[fallback])),
+        )
+        for alias, arms in checks.items()
+    ]
+
+
+def render_arms(checks: Sequence[RouteCheck]) -> str:
+    """The ``holyroute check`` arm table, then one verdict line per route."""
+    head = ("route", "arm", "share", "served by")
+    rows = [head]
+    for check in checks:
+        for arm in check.arms:
+            share = "?" if arm.share is None else f"{100 * arm.share:.0f}%"
+            healthy = [path.endpoint for path in arm.paths if path.ok]
+            served = ", ".join(healthy) if healthy else "NONE: " + "; ".join(path.why for path in arm.paths)
+            rows.append((check.route, arm.arm, share, served))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            cell.rjust(w) if i == 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+    lines.append("")
+    lines += [_verdict(check) for check in checks]
+    return "\n".join(lines)
+
+
+def _verdict(check: RouteCheck) -> str:
+    if check.ok:
+        return f"route {check.route}: ok"
+    dead = [arm for arm in check.arms if not arm.ok and (arm.share is None or arm.share > 0)]
+    share = check.unserved
+    how_much = "some" if share is None else f"{100 * share:.0f}%"
+    names = ", ".join(arm.arm for arm in dead)
+    rescue = (
+        f"; fallback {', '.join(check.live_fallbacks)} answers those calls instead"
+        if check.live_fallbacks
+        else "; those calls fail"
+    )
+    return f"route {check.route}: NO HEALTHY PATH for {how_much} of its traffic (arm {names}){rescue}"

@@ -53,11 +53,16 @@ ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | Config | None
 
 
 def _router(
-    config: ConfigSource, router: Router | None, sinks: Sequence[EventSink] | None, quality: QualityCheck | None
+    config: ConfigSource,
+    router: Router | None,
+    sinks: Sequence[EventSink] | None,
+    quality: QualityCheck | None,
+    *,
+    log: bool,
 ) -> Router:
     if router is not None:
         return router
-    return Router(load_config(config), sinks=sinks, quality=quality)
+    return Router(load_config(config), sinks=sinks, log=log, quality=quality)
 
 
 class Transport(httpx2.BaseTransport):
@@ -75,10 +80,11 @@ class Transport(httpx2.BaseTransport):
         transport: httpx2.BaseTransport | None = None,
         router: Router | None = None,
         sinks: Sequence[EventSink] | None = None,
+        log: bool = True,
         sleep: Callable[[float], None] = time.sleep,
         quality: QualityCheck | None = None,
     ) -> None:
-        self.router = _router(config, router, sinks, quality)
+        self.router = _router(config, router, sinks, quality, log=log)
         self._owns_router = router is None  # a router passed in may serve other transports: its owner closes it
         self._inner = transport if transport is not None else httpx2.HTTPTransport(limits=DEFAULT_LIMITS)
         self._sleep = sleep
@@ -199,10 +205,11 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         transport: httpx2.AsyncBaseTransport | None = None,
         router: Router | None = None,
         sinks: Sequence[EventSink] | None = None,
+        log: bool = True,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         quality: QualityCheck | None = None,
     ) -> None:
-        self.router = _router(config, router, sinks, quality)
+        self.router = _router(config, router, sinks, quality, log=log)
         self._owns_router = router is None
         self._inner = transport if transport is not None else httpx2.AsyncHTTPTransport(limits=DEFAULT_LIMITS)
         import anyio
@@ -313,19 +320,22 @@ def client(
     *,
     transport: httpx2.BaseTransport | None = None,
     sinks: Sequence[EventSink] | None = None,
+    log: bool = True,
     **kwargs: Any,
 ) -> httpx2.Client:
     """An ``httpx2.Client`` for ``OpenAI(http_client=...)``, with the SDK's connection limits and timeouts.
 
     ``config`` is a YAML/TOML path, a dict or a :class:`Config` (default: ``$HOLYROUTE_CONFIG`` or
     ``./holyroute.yaml``). ``transport`` is the inner transport holyroute sends through (default: httpx2's).
-    ``sinks`` receive every event (default: structlog's ``holyroute`` logger; add more later with
-    ``router_of(client).add_sink(...)``). Pool options (``verify``, ``cert``, ``proxy``, ``limits``, ``http2``, ...)
-    configure that default inner transport; every other keyword argument goes to ``httpx2.Client``.
+    Every event goes to structlog's ``holyroute`` logger (the event log ``holyroute report`` and ``holyroute
+    dashboard`` read) and also to each of ``sinks``, called as ``sink(name, fields)``; add more later with
+    ``router_of(client).add_sink(...)``. ``log=False`` turns the structlog event off, leaving only ``sinks``.
+    Pool options (``verify``, ``cert``, ``proxy``, ``limits``, ``http2``, ...) configure that default inner
+    transport; every other keyword argument goes to ``httpx2.Client``.
     """
     options = _split_options(kwargs, transport)
     inner = transport if transport is not None else httpx2.HTTPTransport(**options)
-    return httpx2.Client(transport=Transport(config, transport=inner, sinks=sinks), **kwargs)
+    return httpx2.Client(transport=Transport(config, transport=inner, sinks=sinks, log=log), **kwargs)
 
 
 def async_client(
@@ -333,12 +343,13 @@ def async_client(
     *,
     transport: httpx2.AsyncBaseTransport | None = None,
     sinks: Sequence[EventSink] | None = None,
+    log: bool = True,
     **kwargs: Any,
 ) -> httpx2.AsyncClient:
     """An ``httpx2.AsyncClient`` for ``AsyncOpenAI(http_client=...)``; see :func:`client`."""
     options = _split_options(kwargs, transport)
     inner = transport if transport is not None else httpx2.AsyncHTTPTransport(**options)
-    return httpx2.AsyncClient(transport=AsyncTransport(config, transport=inner, sinks=sinks), **kwargs)
+    return httpx2.AsyncClient(transport=AsyncTransport(config, transport=inner, sinks=sinks, log=log), **kwargs)
 
 
 def router_of(target: Router | Transport | AsyncTransport | httpx2.Client | httpx2.AsyncClient) -> Router:

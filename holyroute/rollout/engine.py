@@ -514,13 +514,24 @@ class RolloutEngine:
         self._commit(now, "retry", reason="retried by hand", step=0, weight=0.0, status="progressing", new_window=True)
         return self.tick(now)
 
+    def position(self, state: RolloutState) -> int:
+        """The step ``state`` is on, counted from 1 in the configured ``steps`` (the last one once completed).
+
+        This is the ``step`` people see everywhere (``holyroute rollout status``, the ``holyroute.rollout`` event,
+        the dashboard) and the number in reasons such as ``"step 6: paused until promoted"``; ``state.step`` itself
+        counts the steps done."""
+        if state.status == "completed" or state.step >= len(self.steps):
+            return len(self.steps)
+        return state.step + 1
+
     def status(self) -> dict[str, Any]:
+        """The state with ``step`` as :meth:`position` gives it, ``steps``, and both arms' window measurements."""
         state = self.tick(self._clock())
         arms = {
             name: {"calls": m.calls, "errors": m.errors, "p95_ms": m.latency.quantile(0.95)}
             for name, m in self.window_measurements().items()
         }
-        return {**asdict(state), "steps": len(self.steps), "arms": arms}
+        return {**asdict(state), "step": self.position(state), "steps": len(self.steps), "arms": arms}
 
     # ---- what a shared state backend does ------------------------------------------------------------------------
 
@@ -610,7 +621,7 @@ class RolloutEngine:
             {
                 "route": self.route,
                 "action": action,
-                "step": written.step,
+                "step": self.position(written),
                 "steps": len(self.steps),
                 "weight": written.weight,
                 "stable": self.stable_arm,

@@ -18,7 +18,7 @@ from holyroute.state.memory import MemoryBackend
 if TYPE_CHECKING:
     from holyroute.config.schema import State
 
-__all__ = ["open_backend"]
+__all__ = ["open_backend", "require_backend"]
 
 EventSink = Callable[[str, dict[str, Any]], None]
 
@@ -36,6 +36,7 @@ def open_backend(
     ``read_only`` (``holyroute explain``): the backend reads what is shared and writes nothing, anywhere; rollout
     steps the router would take stay in memory.
     """
+    require_backend(state)
     if state.backend == "redis":
         from holyroute.state.redis.backend import RedisBackend
 
@@ -44,6 +45,22 @@ def open_backend(
     if read_only:
         store = ReadOnlyStore(store)
     return MemoryBackend(store, wall_clock=wall_clock)
+
+
+def require_backend(state: State) -> None:
+    """Raise :class:`~holyroute.exceptions.ConfigError` naming the extra to install when the backend ``state``
+    configures needs a package that is not installed (``backend: redis`` without redis-py)."""
+    if state.backend != "redis":
+        return
+    try:
+        import redis  # noqa: F401 (only whether it imports)
+    except ImportError:
+        from holyroute.exceptions import ConfigError
+
+        raise ConfigError(
+            "invalid holyroute configuration: 1 problem\n  - state.backend: 'redis' needs redis-py, which is not "
+            "installed: pip install 'holyroute[redis]' (or use backend: memory or file)"
+        ) from None
 
 
 register_state_opener(open_backend)

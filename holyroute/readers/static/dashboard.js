@@ -349,7 +349,7 @@
 
   function rolloutBadge(r) {
     const last = r.last;
-    if (!last) return h("span", { class: "badge idle" }, `rollout: no event yet (0/${r.steps ?? "?"})`);
+    if (!last) return h("span", { class: "badge idle" }, `rollout: no event yet (${r.steps ?? "?"} steps)`);
     const kind = { aborted: "bad", completed: "good", paused: "warn" }[last.status] || "info";
     const steps = num(last.steps) ? last.steps : r.steps;
     return h("span", { class: "badge " + kind, "data-rollout": last.status || "" },
