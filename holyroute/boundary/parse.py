@@ -346,13 +346,32 @@ _PARENS: Final = bytes.maketrans(b"[{]}", b"(())")
 _STRING_BODY: Final = re.compile(rb'"[^"]*"')
 
 
+def _more_openings_than(body: bytes | bytearray, limit: int) -> bool:
+    """Whether ``body`` holds more than ``limit`` opening brackets, counted with ``find`` (a memchr that skips the
+    text between them; ``bytes.count`` walks byte by byte) and given up at ``limit + 1``."""
+    total = 0
+    for opening in (b"{", b"["):
+        at = body.find(opening)
+        while at >= 0:
+            total += 1
+            if total > limit:
+                return True
+            at = body.find(opening, at + 1)
+    return False
+
+
 def _deeper_than(body: bytes | bytearray, limit: int) -> bool:
     """Whether a body that is valid JSON nests deeper than ``limit``, measured without decoding it: escaped
     backslashes and quotes go, then every byte but quotes and brackets, then the strings' insides; each pass of
     ``replace(b"()", b"")`` then removes one level of nesting. A handful of C-speed passes over the body."""
-    if len(body) <= 2 * limit or body.count(b"{") + body.count(b"[") <= limit:
+    if len(body) <= 2 * limit:
         return False
-    text = bytes(body).replace(b"\\\\", b"").replace(b'\\"', b"").translate(_PARENS, _NOT_STRUCTURE)
+    if not _more_openings_than(body, limit):  # then it cannot nest deeper (brackets in strings count too)
+        return False
+    text = bytes(body)
+    if b"\\" in text:  # (a memchr) escaped backslashes and quotes go first: they must not end or start a string
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    text = text.translate(_PARENS, _NOT_STRUCTURE)
     text = _STRING_BODY.sub(b"", text)
     for _ in range(limit):
         if not text:
