@@ -796,7 +796,9 @@ class TestSchema:
         import jsonschema
         import yaml
 
-        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+        root = Path(__file__).resolve().parent.parent
+        pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]  # where the README's examples moved
+        readme = "\n".join(page.read_text(encoding="utf-8") for page in pages)
         # ${VAR} is replaced when the file is loaded (the schema describes what it becomes, a string here), and
         # `[...]` stands for "as above"
         blocks = [
@@ -804,7 +806,7 @@ class TestSchema:
             for block in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL)
         ]
         whole = [block for block in blocks if _loads(block)]
-        assert whole, "the README shows at least one whole configuration"
+        assert whole, "the docs show at least one whole configuration"
         for block in whole:
             jsonschema.validate(block, schema)
         fragments = _nothing_required(schema)

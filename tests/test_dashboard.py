@@ -275,6 +275,7 @@ class TestBoard:
             "p95_ms": pytest.approx(180, rel=0.02),
             "failovers": 0,
             "alerts": 0,
+            "outcomes": {"ok": 19, "error": 1},
         }
         chat = by_name(state["routes"], "route", "chat")
         gpt, deep = chat["arms"]

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from holyroute import cli
+from holyroute.readers.aggregate import aggregate_log
 from holyroute.readers.dashboard import Board, Dashboard
 from holyroute.readers.log import load_log
 from holyroute.readers.report import build_report, render_markdown, render_report, report_json, summarise
@@ -70,12 +71,12 @@ class TestBadLines:
         path.write_text("\n".join([json.dumps(good(0)), *BAD_LINES, *NOT_OBJECTS, json.dumps(good(1))]) + "\n")
         log = load_log(path)
         assert (len(log.events), log.malformed, log.not_holyroute) == (2, len(BAD_LINES), len(NOT_OBJECTS))
-        report = build_report(log)
+        report = build_report(aggregate_log(log))
         assert report_json(report)["events"]["skipped_malformed"] == len(BAD_LINES)
         text = render_report(report)
         assert f"{len(BAD_LINES)} malformed" in text
         render_markdown(report)
-        assert sum(row.calls for row in summarise(log.events)) == 2
+        assert sum(row.calls for row in summarise(aggregate_log(log))) == 2
 
     def test_report_command(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         path = tmp_path / "events.jsonl"
@@ -173,10 +174,10 @@ class TestAnyLine:
             path = Path(folder) / "events.jsonl"
             path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
             log = load_log(path)
-            report = build_report(log)
+            report = build_report(aggregate_log(log))
             render_report(report)
             render_markdown(report)
             json.dumps(report_json(report))
-            summarise(log.events)
+            summarise(aggregate_log(log))
             calls = sum(arm.calls for route in report.routes if route.route == GOOD_ROUTE for arm in route.arms)
             assert calls == goods

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from holyroute.readers.aggregate import aggregate_log
 from holyroute.readers.dashboard import Board
 from holyroute.readers.log import ChargedArm, EventLog, charged_arm
 from holyroute.readers.report import build_report
@@ -51,7 +52,7 @@ def test_charged_arm_is_the_split_arm_which_failed_a_rescued_call() -> None:
 
 
 def test_the_report_and_the_dashboard_charge_the_same_arms_the_same_errors() -> None:
-    report = build_report(EventLog("mem", tuple(EVENTS)))
+    report = build_report(aggregate_log(EventLog("mem", tuple(EVENTS))))
     [route] = report.routes
     from_report = {arm.arm: (arm.calls, arm.errors) for arm in route.arms}
     assert from_report == {"new": (4, 3), "stable": (3, 0)}
@@ -68,7 +69,7 @@ def test_the_report_and_the_dashboard_charge_the_same_arms_the_same_errors() -> 
 
 def test_without_split_arm_a_rescued_call_counts_for_no_arm_in_either() -> None:
     events = [request("stable"), request("cheap", fallback="chat-cheap")]
-    [route] = build_report(EventLog("mem", tuple(events))).routes
+    [route] = build_report(aggregate_log(EventLog("mem", tuple(events)))).routes
     assert [(arm.arm, arm.calls) for arm in route.arms] == [("stable", 1)]
     assert [(f.arm, f.fallback, f.calls) for f in route.fallbacks] == [("cheap", "chat-cheap", 1)]
 

@@ -23,6 +23,7 @@ import yaml
 from scipy.stats import binomtest, chisquare
 
 from holyroute import cli
+from holyroute.readers.aggregate import aggregate_events, aggregate_log
 from holyroute.readers.log import EventLog, load_log, read_events
 from holyroute.readers.report import (
     ArmStats,
@@ -64,7 +65,7 @@ class TestDemoSummary:
             request("b", 20.0, cost=None),
             {"event": "holyroute.failover", "route": "chat", "arm": "gpt-4.1", "endpoint": "a"},
         ]
-        a, b = summarise(events)
+        a, b = summarise(aggregate_events(events))
         assert (a.endpoint, a.calls, a.errors, a.failovers, a.tokens, a.unpriced) == ("a", 2, 1, 1, 30, 0)
         assert (a.percentile(50), a.percentile(95)) == (10.0, 30.0)
         assert (b.calls, b.unpriced) == (1, 1)
@@ -340,6 +341,8 @@ class TestNumbers:
             "skipped_not_holyroute": 2,
             "skipped_malformed": 0,
             "malformed_request": 0,
+            "dropped_names": 0,
+            "outcomes": dict(sorted(Counter(e["outcome"] for e in requests).items())),
         }
 
     def test_every_arm(self, log: tuple[Path, list[Event]], capsys: pytest.CaptureFixture[str]) -> None:
@@ -401,7 +404,7 @@ class TestNumbers:
         self, log: tuple[Path, list[Event]], capsys: pytest.CaptureFixture[str]
     ) -> None:
         path, _ = log
-        assert report_json(build_report(load_log(path))) == run_json(capsys, path)
+        assert report_json(build_report(aggregate_log(load_log(path)))) == run_json(capsys, path)
 
     def test_table_shows_the_numbers(self, log: tuple[Path, list[Event]], capsys: pytest.CaptureFixture[str]) -> None:
         path, events = log
@@ -636,11 +639,11 @@ class TestFormats:
         assert all(row.count(" | ") == lines[header].count(" | ") for row in rows)
         assert "- **new\\|x: PROMOTE**: error rate 2.0% vs 2.0%" in out
         assert "Shadow vs served:" in out
-        assert render_markdown(build_report(load_log(path))) + "\n" == out
+        assert render_markdown(build_report(aggregate_log(load_log(path)))) + "\n" == out
 
     def test_text_from_python(self, tmp_path: Path) -> None:
         path = write_log(tmp_path / "events.jsonl", arm_calls("chat", "old", 10, 0))
-        text = render_report(build_report(load_log(path), settings=Settings(min_calls=5)))
+        text = render_report(build_report(aggregate_log(load_log(path)), settings=Settings(min_calls=5)))
         assert "route chat: control old (the arm with the most calls)" in text
 
     def test_cancelled_and_malformed(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -734,5 +737,5 @@ class TestBadInput:
         assert "Traceback" not in err
 
     def test_empty_events_log_object(self) -> None:
-        report = build_report(EventLog("mem", ()))
+        report = build_report(aggregate_log(EventLog("mem", ())))
         assert (report.routes, report.request_events) == ((), 0)

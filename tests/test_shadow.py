@@ -144,6 +144,7 @@ def test_shadow_events_feed_the_report(ups: dict[str, FakeUpstream], tmp_path: A
     """Shadow and served answers carry finish_reason and the quality verdict; the report compares them."""
     import json
 
+    from holyroute.readers.aggregate import aggregate_log
     from holyroute.readers.log import load_log
     from holyroute.readers.report import build_report, render_report
 
@@ -174,7 +175,7 @@ def test_shadow_events_feed_the_report(ups: dict[str, FakeUpstream], tmp_path: A
     assert {e["finish_reason"] for e in requests(events, shadow=False)} == {"stop"}
     log = tmp_path / "events.jsonl"
     log.write_text("\n".join(json.dumps({"event": name, **fields}) for name, fields in events.items))
-    text = render_report(build_report(load_log(log)))
+    text = render_report(build_report(aggregate_log(load_log(log))))
     assert "shadow vs served:" in text
     assert "length 1, stop 2" in text
     assert "1/3" in text

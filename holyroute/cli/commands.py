@@ -458,6 +458,7 @@ def run_report(  # a 13-line signature (one option per line); the body checks, l
     """``holyroute report``: 0 with the report written, 2 for a bad log, configuration, option or plot."""
 
     from holyroute.exceptions import ConfigError
+    from holyroute.readers.aggregate import aggregate_log
     from holyroute.readers.log import load_log
     from holyroute.readers.report import (
         PlotUnavailableError,
@@ -494,7 +495,12 @@ def run_report(  # a 13-line signature (one option per line); the body checks, l
         err.write(f"holyroute report: cannot read {events}: {exc.strerror or exc}\n")
         return 2
     result = build_report(
-        log, loaded, settings=settings, route=route, config_path=None if config is None else str(config), notes=notes
+        aggregate_log(log),
+        loaded,
+        settings=settings,
+        route=route,
+        config_path=None if config is None else str(config),
+        notes=notes,
     )
     if not result.routes:
         err.write(_no_requests(events, log, route))
@@ -898,11 +904,12 @@ def _next_commands(events_path: Path, config_path: Path) -> str:
 
 def _write_demo_summary(events_path: Path, elapsed: float, out: TextIO) -> None:
     """What the demo's event log shows: calls, attempts, cooldowns and errors, the per-route table, the rollouts."""
+    from holyroute.readers.aggregate import aggregate_events
     from holyroute.readers.log import read_events
     from holyroute.readers.report import render_table, summarise
 
     events = list(read_events(events_path))
-    rows = summarise(events)
+    rows = summarise(aggregate_events(events))
     requests = [e for e in events if e["event"] == "holyroute.request"]
     attempts = sum(int(e.get("attempts") or 0) for e in requests)
     cooldowns = sum(1 for e in events if e["event"] == "holyroute.cooldown")

@@ -76,11 +76,15 @@ class Rule(BaseModel, Generic[T]):
     reports (default: ``rules[<index>]``).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     when: dict[str, Any]
+    """The condition: `header`, `metadata`, `param`, `prompt_tokens`, combined with `all`, `any`, `not`
+    (see Routing)."""
     use: str | T
+    """Where a matching request goes: an alias (its split, fallbacks and budgets) or an inline target."""
     name: str | None = None
+    """The rule's label in events and reports (default: `rules[<index>]`)."""
 
 
 @dataclass(frozen=True, slots=True)

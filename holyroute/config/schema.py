@@ -70,7 +70,9 @@ _STICKY_PATTERN = re.compile(r"^(user|header:[A-Za-z0-9_-]+|body:[A-Za-z0-9_.-]+
 
 class _Model(BaseModel):
     # hide_input_in_errors: a ValidationError raised by building a model directly must not quote a key either.
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True, use_attribute_docstrings=True
+    )
 
 
 #: RFC 9110 ``token``: what a header name may be.
@@ -178,35 +180,63 @@ class HealthCheck(_Model):
     """Active probing of one endpoint by a background thread (sync client) or task (async client)."""
 
     interval_s: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds between probes of this endpoint."""
     timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds a probe may take before it counts as failed."""
     probe: Literal["models", "chat"] = "models"
-    model: str | None = None  # chat probes: the model to ask (default: the first model routed to this endpoint)
-    slow_ms: Annotated[float, Field(gt=0)] = 2000.0  # slower than this: degraded
+    """`models`: GET /models (cheap, cannot tell whether a model is served); `chat`: a 1-token chat completion."""
+    model: str | None = None
+    """Chat probes: the model to ask (default: the first model routed to this endpoint)."""
+    slow_ms: Annotated[float, Field(gt=0)] = 2000.0
+    """A probe slower than this marks the endpoint degraded: tried last."""
 
 
 class Endpoint(_Model):
     """One OpenAI-compatible HTTP endpoint and the credentials that belong to it alone."""
 
     base_url: str
+    """An OpenAI-compatible base URL. The request's operation (`chat/completions`, `responses`, `embeddings`,
+    `completions`) is appended to it and the caller's query string is kept, less its credentials and the parameters
+    the endpoint sets itself. Checked at load as each request's URL will be; a `/`, `?`, `#` or `@` in a user name
+    or password must be percent-encoded (`%2F`, `%3F`, `%23`, `%40`). Printed and dumped without its
+    `user:password@`."""
     api_key: Annotated[SecretStr, BeforeValidator(_key)] | None = None
+    """Sent only to this endpoint: `Authorization: Bearer`, or `api-key:` when `auth: api-key` (Azure). Leave it out,
+    with `auth: none`, for keyless servers."""
     timeout: Annotated[float, Field(gt=0)] | None = None
+    """Seconds per attempt (connect, read, write, pool), capped by the caller's own timeout."""
     auth: Literal["bearer", "api-key", "none"] = "bearer"
-    # Values are secrets (masked when printed); the endpoint's replace the caller's headers or parameters of the name.
+    """How `api_key` is sent: `bearer` (Authorization: Bearer), `api-key` (Azure's header) or `none`."""
     headers: dict[HeaderName, SecretValue] = Field(default_factory=dict)
+    """Extra headers for this endpoint; they replace the caller's of the same name. Values are secrets (masked when
+    printed); a value with a control, zero-width or non-Latin-1 character fails at load."""
     query: dict[str, SecretValue] = Field(default_factory=dict)
-    # Caller headers forwarded to this endpoint although holyroute drops them (credentials, headers rules read).
+    """Extra query parameters for this endpoint, e.g. `{api-version: 2025-04-01-preview}`; they replace the caller's of
+    the same name. Values are secrets, checked like `headers`."""
     forward_headers: list[Annotated[str, AfterValidator(_forwardable)]] = Field(default_factory=list)
+    """Caller headers sent to this endpoint only, although holyroute drops them, e.g. `[x-api-key]` for a gateway that
+    authenticates each user, or a header a rule reads. Never `x-holyroute-*`, `host`, `content-length`, `transfer-
+    encoding`, `connection`, `accept-encoding`, nor a header this endpoint sets itself."""
     organization: Annotated[str, AfterValidator(_sendable)] | None = None
+    """Sent as `OpenAI-Organization`; the caller's own value is never forwarded to routed endpoints."""
     project: Annotated[str, AfterValidator(_sendable)] | None = None
+    """Sent as `OpenAI-Project`; the caller's own value is never forwarded to routed endpoints."""
     stream_usage: bool = True
-    rpm: Annotated[int, Field(gt=0)] | None = None  # client-side requests per minute for this endpoint
-    tpm: Annotated[int, Field(gt=0)] | None = None  # client-side tokens per minute (estimated at send)
+    """Ask for `stream_options.include_usage` on streams (hidden from a caller who did not), so streams are costed.
+    `false` for providers that reject `stream_options`."""
+    rpm: Annotated[int, Field(gt=0)] | None = None
+    """Client-side requests per minute for this endpoint (per process, or shared with `state: {backend: redis}`)."""
+    tpm: Annotated[int, Field(gt=0)] | None = None
+    """Client-side tokens per minute (estimated at send: body size / 4 + max_tokens; settled with the real usage)."""
     health_check: HealthCheck | None = None
-    # Prices on this endpoint (a reseller's, a negotiated rate), by upstream model; before `prices` and the catalogue.
+    """Active probing of this endpoint in the background; without it, health is judged from real calls alone."""
     prices: dict[str, Price] = Field(default_factory=dict)
-    # The genai-prices provider id whose catalogue prices apply here (`openai`, `anthropic`, `google`...), for a
-    # host the catalogue cannot tell from base_url (a reseller, a proxy, a local server). Default: inferred.
+    """USD per 1M tokens by upstream model on this endpoint (a reseller's, a negotiated rate); wins over `prices` and
+    the catalogue."""
     provider: Annotated[str, AfterValidator(_catalogue_provider)] | None = None
+    """The genai-prices provider whose catalogue prices apply (`openai`, `anthropic`, `google`, `deepseek`...), for a
+    host the catalogue cannot tell from `base_url` (a reseller, a proxy, a local server). Default: inferred. An id
+    the catalogue does not know fails at load, listing the known ones."""
 
     def request_headers(self) -> tuple[tuple[str, str], ...]:
         """The headers every request to this endpoint carries: its key (in the form ``auth`` says), organisation,
@@ -279,20 +309,31 @@ class EndpointRef(_Model):
     """An endpoint of a target, with the name the provider gives the model there (Azure deployments)."""
 
     endpoint: str
+    """The endpoint's name under `endpoints`."""
     model: str | None = None
+    """The model's name on this endpoint (an Azure deployment); default: the target's `model`."""
 
 
 class Target(_Model):
     """One arm of a split: a model served by equivalent endpoints, tried in order."""
 
     model: str
+    """The upstream model."""
     endpoints: Annotated[list[str | EndpointRef], Field(min_length=1)]
+    """Equivalent endpoints, tried in order by failover (`balance` may reorder them). An entry can rename the model per
+    endpoint: `{endpoint: azure, model: my-deployment}`."""
     weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    """Relative share of the route's traffic, any non-negative number; at least one target per route must
+    be positive."""
     name: str | None = None
+    """The arm's name in events and reports (default: the model). Needed when two arms serve the same model."""
     balance: Literal["ordered", "round_robin", "least_busy", "latency"] = "ordered"
-    # What the model holds, when the built-in table (holyroute/_context.py) does not know it or is wrong for it.
+    """The order the endpoints are tried in: `ordered` (as listed), `round_robin`, `least_busy` (fewest in flight) or
+    `latency` (fastest recently)."""
     context_window: Annotated[int, Field(gt=0)] | None = None
+    """The tokens the model holds, when the built-in table does not know it or is wrong for it."""
     max_output_tokens: Annotated[int, Field(gt=0)] | None = None
+    """The most tokens the model may produce, when the built-in table does not know it or is wrong."""
 
     @property
     def arm(self) -> str:
@@ -332,30 +373,46 @@ Duration = Annotated[
 class Analysis(_Model):
     """How a rollout's candidate is judged against its stable arm, over the same time window."""
 
-    min_calls: Annotated[int, Field(ge=1)] = 100  # per arm, before any promotion
-    min_duration: Duration = 300.0  # before any promotion
-    max_duration: Duration | None = None  # then, without enough data: inconclusive (no candidate data: failed)
-    interval: Duration = 5.0  # at most one measurement per interval
-    max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.01  # the non-inferiority margin
-    max_quality_failure_increase: Annotated[float, Field(ge=0, le=1)] = 0.01  # the same for the quality callback
+    min_calls: Annotated[int, Field(ge=1)] = 100
+    """Calls per arm before any promotion (and before latency, time to first token and cost are judged)."""
+    min_duration: Duration = 300.0
+    """Time before any promotion."""
+    max_duration: Duration | None = None
+    """Then, without enough data: inconclusive (a pause); with no candidate data at all: failed."""
+    interval: Duration = 5.0
+    """At most one measurement per interval."""
+    max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.01
+    """The non-inferiority margin on the error rate (0.01: one percentage point)."""
+    max_quality_failure_increase: Annotated[float, Field(ge=0, le=1)] = 0.01
+    """The same margin for answers the quality callback judged poor."""
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
-    max_latency_ratio: Annotated[float, Field(gt=0)] | None = 1.5  # candidate p95 <= ratio x stable p95
-    max_ttft_ratio: Annotated[float, Field(gt=0)] | None = 1.5  # the same for time to first token (streams)
-    max_cost_ratio: Annotated[float, Field(gt=0)] | None = None  # cost per call
-    failure_limit: Annotated[int, Field(ge=0)] = 0  # failed measurements tolerated (more aborts)
-    inconclusive_limit: Annotated[int, Field(ge=0)] = 0  # inconclusive measurements tolerated (more pauses)
+    """The level of the sequential error-rate test."""
+    max_latency_ratio: Annotated[float, Field(gt=0)] | None = 1.5
+    """Candidate p95 latency at most this times stable's."""
+    max_ttft_ratio: Annotated[float, Field(gt=0)] | None = 1.5
+    """The same for time to first token (streams)."""
+    max_cost_ratio: Annotated[float, Field(gt=0)] | None = None
+    """Candidate cost per call at most this times stable's, when set."""
+    failure_limit: Annotated[int, Field(ge=0)] = 0
+    """Failed measurements tolerated; one more aborts."""
+    inconclusive_limit: Annotated[int, Field(ge=0)] = 0
+    """Inconclusive measurements tolerated; one more pauses."""
 
 
 class Pause(_Model):
-    duration: Duration | None = None  # None: wait for a person (holyroute rollout promote)
+    duration: Duration | None = None
+    """How long to pause; without one, wait for a person (`holyroute rollout promote`)."""
 
 
 class RolloutStep(_Model):
     """One step: exactly one of ``set_weight`` (candidate %), ``pause`` or ``analysis``."""
 
     set_weight: Annotated[float, Field(ge=0, le=100)] | None = None
+    """Set the candidate's share, in percent."""
     pause: Pause | None = None
-    analysis: dict[str, Any] | None = None  # overrides of the rollout's `analysis`
+    """Pause for a duration, or until promoted by hand."""
+    analysis: dict[str, Any] | None = None
+    """Judge the candidate against stable; the keys override the rollout's `analysis` for this step."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> RolloutStep:
@@ -375,12 +432,20 @@ class Rollout(_Model):
     """
 
     strategy: Literal["canary", "blue_green"] = "canary"
+    """`canary` walks `steps`; `blue_green` switches to 100% at once (after a preview analysis when `preview_weight` is
+    set)."""
     stable: Target
+    """The arm in service now."""
     candidate: Target
+    """The arm being rolled out."""
     steps: list[RolloutStep] = Field(default_factory=list)
+    """Canary: the steps, in order, each one of `set_weight`, `pause` or `analysis`."""
     analysis: Analysis = Field(default_factory=Analysis)
-    preview_weight: Annotated[float, Field(ge=0, lt=100)] = 0.0  # blue_green: share for the pre-switch analysis
-    rollback_on_consecutive_errors: Annotated[int, Field(ge=1)] | None = None  # default 5 for blue_green
+    """Defaults for every analysis step."""
+    preview_weight: Annotated[float, Field(ge=0, lt=100)] = 0.0
+    """Blue-green: the candidate's share during the analysis before the switch (0: no preview)."""
+    rollback_on_consecutive_errors: Annotated[int, Field(ge=1)] | None = None
+    """Roll back at once after this many candidate errors in a row (default 5 for blue_green, off for canary)."""
 
     @model_validator(mode="after")
     def _steps_for_strategy(self) -> Rollout:
@@ -408,21 +473,31 @@ class Shadow(Target):
     """A target that receives a sampled copy of the route's calls in the background; callers never wait for it."""
 
     sample: Annotated[float, Field(ge=0, le=1)] = 0.05
-    max_cost_usd_per_day: Annotated[float, Field(ge=0)] | None = None  # stop mirroring for the (UTC) day at this
+    """The share of the route's calls copied to the shadow target."""
+    max_cost_usd_per_day: Annotated[float, Field(ge=0)] | None = None
+    """Stop mirroring for the rest of the UTC day once the shadow's spend reaches this."""
 
 
 class Route(_Model):
     """A model alias the application sends, split across targets (or rolled out), with fallback aliases."""
 
     targets: list[Target] = Field(default_factory=list)
+    """The arms the route's traffic is split across, by weight (or give `rollout` instead)."""
     rollout: Rollout | None = None
+    """A progressive delivery of a candidate against a stable arm, instead of `targets`."""
     shadow: Shadow | None = None
+    """A target that receives a sampled copy of the route's calls in the background; callers never wait for it."""
     sticky: str | None = None
+    """Keep each caller on one arm: `user` (the body's `user` or `safety_identifier`), `header:<name>` or
+    `body:<field.path>`."""
     fallbacks: list[str] = Field(default_factory=list)
-    # Tried in order before the split; the first whose `when` holds sends the request to its `use`.
+    """Aliases tried in order once every endpoint of the chosen arm has failed (one level deep: their own fallbacks are
+    not followed)."""
     rules: list[Rule[Target]] = Field(default_factory=list)
-    # The most a call may cost at worst (input estimate + requested output, at each candidate's price).
+    """Tried in order before the split; the first whose `when` holds sends the request to its `use`."""
     max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+    """The most a call may cost at worst (input estimate + requested output, at each candidate's price); candidates
+    over it are skipped."""
 
     @model_validator(mode="after")
     def _targets_or_rollout(self) -> Route:
@@ -451,41 +526,64 @@ class Retry(_Model):
     """How hard one call tries before it hands the last answer back."""
 
     max_attempts: Annotated[int, Field(ge=1, le=50)] = 3
-    # The persistence floor: attempts made on transient errors whatever health and the retry budget say (never more
-    # than max_attempts). 3 = the OpenAI SDK's default max_retries (2) + 1, the persistence holyroute switches off;
-    # 0 lets health alone decide (a call may then be answered locally, 429, with no attempt at all).
+    """Upstream attempts per call, failovers and fallbacks included."""
     min_attempts: Annotated[int, Field(ge=0, le=50)] = 3
+    """Attempts made on transient errors whatever health and the retry budget say (never more than max_attempts). 3 is
+    the OpenAI SDK's default max_retries (2) + 1, the persistence holyroute switches off; 0 lets health alone decide
+    (a call may then be answered locally, 429, with no attempt at all)."""
     backoff_initial_s: Annotated[float, Field(ge=0)] = 0.5
+    """First wait between passes over the endpoints (tenacity's wait_exponential_jitter)."""
     backoff_max_s: Annotated[float, Field(ge=0)] = 8.0
+    """Longest wait between passes."""
     backoff_jitter_s: Annotated[float, Field(ge=0)] = 0.25
+    """Random jitter added to each wait."""
     max_wait_s: Annotated[float, Field(ge=0)] = 10.0
+    """Never wait longer than this for a backoff or a cooldown to end."""
     default_cooldown_s: Annotated[float, Field(ge=0)] = 1.0
+    """Cooldown after a 429 that names no duration."""
     max_cooldown_s: Annotated[float, Field(gt=0)] = 600.0
-    budget_ratio: Annotated[float, Field(ge=0, le=10)] = 0.2  # retries allowed per call, over the window
-    budget_min_per_s: Annotated[float, Field(ge=0)] = 1.0  # retries always allowed per second (the floor)
+    """The longest cooldown or headroom wait any header can ask for."""
+    budget_ratio: Annotated[float, Field(ge=0, le=10)] = 0.2
+    """Failovers and retries allowed per call, over the window, beyond min_attempts."""
+    budget_min_per_s: Annotated[float, Field(ge=0)] = 1.0
+    """Retries always allowed per second (the floor)."""
     budget_window_s: Annotated[float, Field(gt=0, le=300)] = 10.0
-    when_limited: Literal["failover", "wait"] = "failover"  # an arm out of rpm/tpm/headroom: fallbacks, or wait
-    headers_timeout_s: Annotated[float, Field(gt=0)] | None = None  # per attempt, until response headers
-    stream_headers_timeout_s: Annotated[float, Field(gt=0)] | None = 20.0  # the same for streamed calls
+    """The retry budget's window."""
+    when_limited: Literal["failover", "wait"] = "failover"
+    """An arm out of rpm/tpm/headroom: go to the fallbacks (`failover`) or wait for the reset (`wait`)."""
+    headers_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    """Per attempt, until response headers (non-stream headers come after generation)."""
+    stream_headers_timeout_s: Annotated[float, Field(gt=0)] | None = 20.0
+    """The same for streams, whose headers come before the first token."""
 
 
 class Health(_Model):
     """Passive health (outlier ejection) of endpoints, judged from the answers of real calls."""
 
     consecutive_failures: Annotated[int, Field(ge=1)] = 5
+    """Failures in a row (5xx, 408, connection errors, timeouts, 2xx bodies that are not JSON) that eject
+    an endpoint."""
     base_ejection_s: Annotated[float, Field(gt=0)] = 30.0
+    """Ejected for this times the ejections in a row, capped at max_ejection_s."""
     max_ejection_s: Annotated[float, Field(gt=0)] = 300.0
+    """The longest ejection."""
     max_ejected_percent: Annotated[float, Field(ge=0, le=100)] = 50.0
+    """Never more than this share of a target's endpoints ejected (at least one)."""
     quota_ejection_s: Annotated[float, Field(gt=0)] = 3600.0
+    """Ejection after a 429 whose body says insufficient_quota."""
 
 
 class Price(_Model):
     """USD per one million tokens."""
 
     input: Annotated[float, Field(ge=0)]
+    """USD per 1M input tokens."""
     output: Annotated[float, Field(ge=0)] = 0.0
+    """USD per 1M output tokens."""
     cached_input: Annotated[float, Field(ge=0)] | None = None
-    reasoning: Annotated[float, Field(ge=0)] | None = None  # default: billed as output
+    """USD per 1M cached input tokens (default: the input rate)."""
+    reasoning: Annotated[float, Field(ge=0)] | None = None
+    """USD per 1M reasoning tokens (default: billed as output)."""
 
     def row(self) -> PriceRow:
         from holyroute.config.prices import PriceRow
@@ -498,32 +596,48 @@ class Budget(_Model):
     """A USD cap on a route, an endpoint or a request tag, per hour, day or month (see ``core/spend.py``)."""
 
     scope: Literal["route", "endpoint", "tag"]
+    """What the cap applies to: a `route`, an `endpoint`, or a request `tag` (the `x-holyroute-tags` header)."""
     name: Annotated[str, Field(min_length=1)]
+    """The route, endpoint or tag name."""
     usd: Annotated[float, Field(gt=0)]
+    """The cap in USD per period."""
     period: Literal["hour", "day", "month"] = "day"
+    """The period spend is counted over (UTC)."""
     action: Literal["block", "fallback"] = "block"
+    """Over a route or tag cap: `block` answers 429 at once, `fallback` serves from the route's fallbacks. An endpoint
+    over its cap is skipped."""
 
 
 class ContextFit(_Model):
     """How a request's input tokens are counted for context-window fit, rules and cost ceilings."""
 
-    # heuristic: UTF-8 bytes / 4 of the text (about 5 us); tiktoken: exact, with holyroute[tiktoken] and the
-    # encoding in tiktoken's local cache (holyroute never downloads it; without it, the heuristic is used).
     estimate: Literal["heuristic", "tiktoken"] = "heuristic"
+    """`heuristic`: UTF-8 bytes / 4 of the text (about 5 us); `tiktoken`: exact, with holyroute[tiktoken] and the
+    encoding in tiktoken's local cache (holyroute never downloads it; without it, the heuristic is used)."""
     encoding: Literal["o200k_base", "cl100k_base"] = "o200k_base"
+    """The tiktoken encoding."""
 
 
 class AlertRule(_Model):
     """A threshold on a route's or an endpoint's calls over a rolling window (see ``core/alerts.py``)."""
 
     scope: Literal["route", "endpoint"]
-    name: Annotated[str, Field(min_length=1)] = "*"  # a route / endpoint name, or * for each of them
+    """Watch a `route` or an `endpoint`."""
+    name: Annotated[str, Field(min_length=1)] = "*"
+    """A route or endpoint name, or `*` for each of them separately."""
     metric: Literal["error_rate", "p95_latency_ms", "cost_per_call_usd", "projected_daily_usd"]
+    """What is measured over the window."""
     above: Annotated[float, Field(ge=0)]
-    resolve_below: Annotated[float, Field(ge=0)] | None = None  # default: above
+    """Fire when the metric is above this."""
+    resolve_below: Annotated[float, Field(ge=0)] | None = None
+    """Resolve when the metric is back at or under this (default: above)."""
     window: Duration = 300.0
-    min_calls: Annotated[int, Field(ge=1)] | None = None  # default: 20 for rates and p95, 5 cost/call, 1 projected
-    alert: str | None = None  # the name events and hooks carry; default: "<metric> <scope> <name>"
+    """The rolling window, kept in ten slices."""
+    min_calls: Annotated[int, Field(ge=1)] | None = None
+    """Calls needed in the window to fire (default: 20 for rates and p95, 5 for cost per call, 1 for
+    projected spend)."""
+    alert: str | None = None
+    """The name events and hooks carry (default: `<metric> <scope> <name>`)."""
 
     @property
     def label(self) -> str:
@@ -540,13 +654,21 @@ class State(_Model):
     """
 
     backend: Literal["file", "memory", "redis"] = "file"
-    path: str = "holyroute-state.json"  # backend: file
-    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")  # backend: redis; may hold a password: never printed
+    """`memory`: this process only; `file`: rollout state shared by the processes of a host; `redis`: everything shared
+    by every process."""
+    path: str = "holyroute-state.json"
+    """backend file: the JSON file every process on the host reads."""
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    """backend redis: `redis://`, `rediss://` or `unix://`; may hold a password: never printed (percent-encode a `/`,
+    `?`, `#` or `@` in it)."""
     prefix: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")] = "holyroute"
-    timeout_ms: Annotated[float, Field(gt=0, le=10_000)] = 10.0  # per Redis command; slower counts as Redis down
-    sync_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5  # how often measurements and snapshots sync
-    # The most of a shared rpm/tpm limit one process may take ahead of use (0.01: 1%; 0: a round trip per request).
+    """Every Redis key starts with it: one prefix per deployment."""
+    timeout_ms: Annotated[float, Field(gt=0, le=10_000)] = 10.0
+    """Per Redis command; slower counts as Redis down."""
+    sync_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    """How often measurements and spend are sent and snapshots re-read."""
     lease_fraction: Annotated[float, Field(ge=0, le=0.2)] = 0.01
+    """The most of a shared rpm/tpm limit one process may take ahead of use (0.01: 1%; 0: a round trip per request)."""
 
     @field_validator("url")
     @classmethod
@@ -589,14 +711,23 @@ class Config(_Model):
     """A whole holyroute configuration. Build one with :func:`load_config` or ``Config.load(...)``."""
 
     endpoints: dict[str, Endpoint]
+    """The upstream endpoints, by name."""
     routes: dict[str, Route]
+    """The model aliases the application sends, by alias."""
     prices: dict[str, Price] = Field(default_factory=dict)
+    """USD per 1M tokens by upstream model; overrides the genai-prices catalogue."""
     retry: Retry = Field(default_factory=Retry)
+    """Attempts, backoff, cooldowns, deadlines and the retry budget of every call."""
     health: Health = Field(default_factory=Health)
+    """Passive health: outlier ejection judged from real calls."""
     state: State = Field(default_factory=State)
+    """Where the state every process must agree on lives."""
     budgets: list[Budget] = Field(default_factory=list)
+    """USD caps per route, endpoint or request tag."""
     alerts: list[AlertRule] = Field(default_factory=list)
+    """Thresholds on routes' and endpoints' calls over a rolling window."""
     context: ContextFit = Field(default_factory=ContextFit)
+    """How a request's input tokens are counted for context fit, rules and cost ceilings."""
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Config:

@@ -147,38 +147,32 @@ class Accounting(Waiting):
         )
         self._charge_spend(cost, upstream, leg)
         self._observe_rollout(outcome, leg, latency_ms, ttft_ms, cost)
-        # Fields that would be null are left out (the README's event reference says so): a JSON line per call is
+        # Fields that would be null are left out (docs/reference/events.md says so): a JSON line per call is
         # most of what a call costs holyroute, and a third of the fields are null on a plain call.
-        fields: dict[str, Any] = {
-            "call_id": self.id,
-            "route": self._plan.alias,
-            "split_arm": self._legs[0].arm.name,  # the arm the split chose, even when a fallback served
-            "model": self._alias,
-            "api": self._api,
-            "outcome": outcome,
-            "attempts": self._attempts,
-            "sticky": leg.sticky if leg is not None else False,
-            "stream": self.stream,
-            "latency_ms": latency_ms,
-            "priced": price_source != "none",
-            "price_source": price_source,
-            "shadow": self.shadow_of is not None,
-        }
+        fields: dict[str, Any] = {"call_id": self.id, "route": self._plan.alias}
         if leg is not None:
             fields["arm"] = leg.arm.name
-            if leg.fallback is not None:
-                fields["fallback"] = leg.fallback
+        fields["split_arm"] = self._legs[0].arm.name  # the arm the split chose, even when a fallback served
+        fields["model"] = self._alias
         if self._rule is not None:
             fields["rule"] = self._rule
         if upstream is not None:
             fields["upstream_model"] = upstream.model
             fields["endpoint"] = upstream.endpoint
+        fields["api"] = self._api
         if status is not None:
             fields["status"] = status
+        fields["outcome"] = outcome
         if error is not None:
             fields["error"] = error
+        fields["attempts"] = self._attempts
         if self._attempts:
             fields["attempt_ms"] = round((now - self._sent_at) * 1000, 3)
+        if leg is not None and leg.fallback is not None:
+            fields["fallback"] = leg.fallback
+        fields["sticky"] = leg.sticky if leg is not None else False
+        fields["stream"] = self.stream
+        fields["latency_ms"] = latency_ms
         if ttft_ms is not None:
             fields["ttft_ms"] = ttft_ms
         if usage is not None:
@@ -193,6 +187,8 @@ class Accounting(Waiting):
                 fields["service_tier"] = usage.service_tier
         if cost is not None:
             fields["cost_usd"] = cost
+        fields["priced"] = price_source != "none"
+        fields["price_source"] = price_source
         if price_tier is not None:
             fields["price_tier"] = price_tier
         if request_id is not None:
@@ -201,6 +197,7 @@ class Accounting(Waiting):
             fields["finish_reason"] = self._finish
         if self._quality is not None:
             fields["quality"] = self._quality
+        fields["shadow"] = self.shadow_of is not None
         router.emit("holyroute.request", fields)
         if router.alerts is not None:
             router.alerts.observe(fields)

@@ -1,11 +1,14 @@
 """``holyroute dashboard``: a local web page that follows an event log as it grows.
 
-Three parts, one concern each. :class:`Board` decides what the page shows: it folds ``holyroute.*`` events into
-per-endpoint health, per-route arms and rollout steps, time series of calls, errors, p95 latency and cost, and the
-latest failovers, alerts and state changes; it performs no I/O and reads no clock (callers pass the time).
-:class:`LogTail` reads only what was appended since the last read: it remembers its offset, keeps a partial last
-line until its newline arrives, starts again on truncation and follows a rotated file. :class:`DashboardServer`
-(stdlib ``ThreadingHTTPServer``) serves one static page and ``/api/state``, which the page polls.
+Three parts, one concern each. :func:`page_state` decides what the page shows, as a rendering of
+:class:`holyroute.readers.aggregate.Aggregate`, the one aggregation that ``holyroute report`` renders too (the tail
+updates it line by line; an import-linter contract keeps this module from reading events itself, so the page and the
+report cannot disagree): per-endpoint health, per-route arms and rollout steps, time series of calls, errors, p95
+latency and cost, and the latest failovers, alerts and state changes. :class:`Board` holds the aggregation and the
+configuration's view; neither performs I/O or reads a clock (callers pass the time). :class:`LogTail` reads only
+what was appended since the last read: it remembers its offset, keeps a partial last line until its newline arrives,
+starts again on truncation and follows a rotated file. :class:`DashboardServer` (stdlib ``ThreadingHTTPServer``)
+serves one static page and ``/api/state``, which the page polls.
 
 What must never happen: a secret reaching the page. The configuration is reduced by :func:`config_view` to names,
 models, weights, limits and each ``base_url``'s host before the board sees it, so keys, headers, query parameters
@@ -16,15 +19,13 @@ is served with a Content-Security-Policy that allows no inline script. A bad lin
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -33,9 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, TextIO
 from urllib.parse import urlsplit
 
-from holyroute.readers.log import charged_arm, epoch, parse_line
-from holyroute.readers.log import number as _num
-from holyroute.rollout.stats import LatencySketch
+from holyroute.readers.aggregate import MAX_BUCKETS, Aggregate, EndpointRecord, RouteRecord, TimeSeries
+from holyroute.readers.tally import Tally
 
 if TYPE_CHECKING:
     from holyroute.config.schema import Config, Target
@@ -55,28 +55,7 @@ __all__ = [
     "serve",
 ]
 
-MAX_NAMES: Final = 256  # endpoints, routes, and arms per route, beyond which new names are counted, not shown
-FEED_LENGTH: Final = 50  # failovers, alerts and state changes kept for the page
-MAX_BUCKETS: Final = 120  # points per chart; the bucket width grows to keep the whole log within this many
-RECENT_ATTEMPTS: Final = 50  # an endpoint's recent error rate is over its last this many attempts
-DEGRADED_ERROR_RATE: Final = 0.2  # that many of them failed, of at least DEGRADED_MIN_ATTEMPTS: degraded
-DEGRADED_MIN_ATTEMPTS: Final = 10
-_TEXT_LIMIT: Final = 400
-# Each width divides the next, so buckets merge exactly when the log outgrows MAX_BUCKETS.
-_WIDTHS: Final = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 10800.0, 21600.0, 43200.0)
-_ACTIVITY: Final = {
-    "holyroute.cooldown": "warn",
-    "holyroute.endpoint_ejected": "bad",
-    "holyroute.endpoint_restored": "good",
-    "holyroute.endpoint_health": "info",
-    "holyroute.panic": "bad",
-    "holyroute.panic_over": "good",
-    "holyroute.retry_budget_exhausted": "warn",
-    "holyroute.rollout": "info",
-    "holyroute.state_degraded": "bad",
-    "holyroute.state_restored": "good",
-}
-
+__all__ += ["MAX_BUCKETS", "page_state"]  # MAX_BUCKETS: the aggregation's, re-exported for the page's tests
 
 # ---- what the page may know of the configuration -----------------------------------------------------------------
 
@@ -192,179 +171,188 @@ def config_view(config: Config) -> ConfigView:
     return ConfigView(endpoints, tuple(routes))
 
 
-# ---- the board: events in, page state out ------------------------------------------------------------------------
-
-
-def _text(value: object, limit: int = _TEXT_LIMIT) -> str | None:
-    """A field as bounded text for the page (the page escapes it; the bound keeps one line from bloating it)."""
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+# ---- the page's state: a rendering of the aggregation ------------------------------------------------------------
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
 
-@dataclass(slots=True)
-class _Tally:
-    """Calls, errors, latency and cost of one group of request events."""
-
-    calls: int = 0
-    errors: int = 0
-    cost_usd: float = 0.0
-    latency: LatencySketch = field(default_factory=LatencySketch)
-
-    def add(self, error: bool, latency_ms: float | None, cost_usd: float | None) -> None:
-        self.calls += 1
-        self.errors += error
-        if latency_ms is not None:
-            self.latency.add(max(latency_ms, 0.0))
-        if cost_usd is not None:
-            self.cost_usd += cost_usd
-
-    def merge(self, other: _Tally) -> None:
-        self.calls += other.calls
-        self.errors += other.errors
-        self.cost_usd += other.cost_usd
-        self.latency.merge(other.latency)
-
-    def quantile(self, q: float) -> float | None:
-        return _round(self.latency.quantile(q))
+def _p(tally: Tally, q: float) -> float | None:
+    return _round(tally.latency.quantile(q))
 
 
-class _Series:
-    """Calls, errors, latency and cost per time bucket; buckets widen (merging exactly) to stay within the limit."""
-
-    __slots__ = ("buckets", "level")
-
-    def __init__(self) -> None:
-        self.level = 0
-        self.buckets: dict[int, _Tally] = {}
-
-    @property
-    def width(self) -> float:
-        level = self.level
-        if level < len(_WIDTHS):
-            return _WIDTHS[level]
-        return _WIDTHS[-1] * float(2 ** (level - len(_WIDTHS) + 1))
-
-    def add(
-        self, at: float, error: bool, latency_ms: float | None, cost_usd: float | None, *, call: bool = True
-    ) -> None:
-        """One call at ``at`` (or, with ``call=False``, only money spent, such as a shadow copy's)."""
-        key = math.floor(at / self.width)
-        buckets = self.buckets
-        if key not in buckets:
-            buckets[key] = _Tally()
-            while max(self.buckets) - min(self.buckets) >= MAX_BUCKETS:
-                key //= self._widen()
-        tally = self.buckets[key]
-        if call:
-            tally.add(error, latency_ms, cost_usd)
-        elif cost_usd is not None:
-            tally.cost_usd += cost_usd
-
-    def _widen(self) -> int:
-        """The next width up the ladder; returns by how many times it grew."""
-        before = self.width
-        self.level += 1
-        ratio = round(self.width / before)
-        merged: dict[int, _Tally] = {}
-        for key, tally in self.buckets.items():
-            into = merged.get(key // ratio)
-            if into is None:
-                merged[key // ratio] = tally
-            else:
-                into.merge(tally)
-        self.buckets = merged
-        return ratio
-
-    def snapshot(self) -> dict[str, Any]:
-        width = self.width
-        if not self.buckets:
-            return {"width_s": width, "buckets": []}
-        first, last = min(self.buckets), max(self.buckets)
-        rows = []
-        for key in range(first, last + 1):
-            tally = self.buckets.get(key) or _Tally()
-            rows.append(
-                {
-                    "t": round(key * width, 3),
-                    "calls": tally.calls,
-                    "errors": tally.errors,
-                    "p50_ms": tally.quantile(0.5),
-                    "p95_ms": tally.quantile(0.95),
-                    "cost_usd": tally.cost_usd,
-                }
-            )
-        return {"width_s": width, "buckets": rows}
+def page_state(source: Aggregate, config: ConfigView, now: float) -> dict[str, Any]:
+    """What ``/api/state`` returns: the aggregation as JSON-safe data, with the configured endpoints and routes
+    listed before any call. Text is raw (the page escapes it); times are Unix seconds; ``now`` judges cooldowns and
+    ejections."""
+    totals, activity = source.totals, source.activity
+    configured_endpoints = {e.name: e for e in config.endpoints}
+    configured_routes = {r.alias: r for r in config.routes}
+    endpoints = [*configured_endpoints, *(name for name in source.endpoints if name not in configured_endpoints)]
+    routes = [*configured_routes, *(alias for alias in source.routes if alias not in configured_routes)]
+    return {
+        "version": source.version,
+        "now": now,
+        "log": {
+            "lines": source.lines,
+            "events": source.events,
+            "not_json": source.not_json,
+            "not_holyroute": source.not_holyroute,
+            "too_long": source.too_long,
+            "malformed": source.malformed,
+            "malformed_requests": source.malformed_requests,
+            "other_events": source.unknown_events,
+            "dropped_names": source.dropped_names,
+            "first_at": source.first_at,
+            "last_at": source.last_at,
+        },
+        "totals": {
+            "calls": totals.calls,
+            "errors": totals.errors,
+            "cancelled": totals.cancelled,
+            "shadow_calls": source.shadow.calls + source.shadow.cancelled,
+            "cost_usd": totals.cost_usd + source.shadow.cost_usd,
+            "p50_ms": _p(totals, 0.5),
+            "p95_ms": _p(totals, 0.95),
+            "failovers": activity.failover_count,
+            "alerts": activity.alert_count,
+            "outcomes": dict(source.outcomes),
+        },
+        "series": _series(source.series),
+        "endpoints": [
+            _endpoint_row(name, configured_endpoints.get(name), source.endpoints.get(name), now) for name in endpoints
+        ],
+        "routes": [_route_row(alias, configured_routes.get(alias), source.routes.get(alias)) for alias in routes],
+        "failovers": list(activity.failovers),
+        "alerts": list(activity.alerts),
+        "activity": list(activity.activity),
+    }
 
 
-@dataclass(slots=True)
-class _EndpointState:
-    """What the log has said about one endpoint."""
-
-    view: EndpointView | None
-    served: _Tally = field(default_factory=_Tally)
-    attempts: int = 0
-    failed: int = 0
-    recent: deque[bool] = field(default_factory=lambda: deque(maxlen=RECENT_ATTEMPTS))  # True: that attempt failed
-    ejected_until: float | None = None
-    ejected_reason: str | None = None
-    cooldowns: dict[str, tuple[float, str | None]] = field(default_factory=dict)  # model -> (until, reason)
-    probe: dict[str, Any] | None = None
-    remaining_requests: float | None = None
-    remaining_tokens: float | None = None
-    headroom_at: float | None = None
-    last_seen: float | None = None
-
-    def attempt(self, failed: bool, at: float) -> None:
-        self.attempts += 1
-        self.failed += failed
-        self.recent.append(failed)
-        self.last_seen = at
-
-    def status(self, now: float) -> tuple[str, str]:
-        """The endpoint's state and why: ejected, trial, unhealthy, cooldown, degraded, healthy or idle."""
-        if self.ejected_until is not None:
-            if self.ejected_until > now:
-                return "ejected", self.ejected_reason or "ejected"
-            return "trial", "ejection over; the next call is its trial (no restore in the log yet)"
-        probe = self.probe or {}
-        if probe.get("status") == "unhealthy":
-            return "unhealthy", probe.get("reason") or "active health check failed"
-        cooling = [(until, model, reason) for model, (until, reason) in self.cooldowns.items() if until > now]
-        if cooling:
-            _, model, reason = max(cooling)
-            return "cooldown", f"{model}: {reason or 'cooling down'}"
-        failed = sum(self.recent)
-        if len(self.recent) >= DEGRADED_MIN_ATTEMPTS and failed / len(self.recent) >= DEGRADED_ERROR_RATE:
-            return "degraded", f"{failed} of the last {len(self.recent)} attempts failed"
-        if probe.get("status") == "degraded":
-            return "degraded", probe.get("reason") or "active health check: degraded"
-        if not self.attempts and not probe:
-            return "idle", "no traffic in the log yet"
-        return "healthy", ""
+def _series(series: TimeSeries) -> dict[str, Any]:
+    width = series.width
+    if not series.buckets:
+        return {"width_s": width, "buckets": []}
+    first, last = min(series.buckets), max(series.buckets)
+    rows = []
+    for key in range(first, last + 1):
+        tally = series.buckets.get(key) or Tally()
+        rows.append(
+            {
+                "t": round(key * width, 3),
+                "calls": tally.calls,
+                "errors": tally.errors,
+                "p50_ms": _p(tally, 0.5),
+                "p95_ms": _p(tally, 0.95),
+                "cost_usd": tally.cost_usd,
+            }
+        )
+    return {"width_s": width, "buckets": rows}
 
 
-@dataclass(slots=True)
-class _RouteState:
-    """What the log has said about one route alias."""
+def _endpoint_row(name: str, view: EndpointView | None, record: EndpointRecord | None, now: float) -> dict[str, Any]:
+    record = record or EndpointRecord()
+    health = record.health
+    status, reason = health.status(now)
+    until = health.ejected_until if status == "ejected" else None
+    if status == "cooldown":
+        until = health.cooling_until()
+    recent = len(health.recent)
+    return {
+        "name": name,
+        "configured": view is not None,
+        "host": view.host if view is not None else None,
+        "models": list(view.models) if view is not None else [],
+        "status": status,
+        "reason": reason,
+        "until": until,
+        "calls": record.served.calls,
+        "attempts": health.attempts,
+        "failed": health.failed,
+        "recent_attempts": recent,
+        "recent_error_rate": sum(health.recent) / recent if recent else None,
+        "p95_ms": _p(record.served, 0.95),
+        "cost_usd": record.served.cost_usd,
+        "rpm": view.rpm if view is not None else None,
+        "tpm": view.tpm if view is not None else None,
+        "health_check": view.health_check if view is not None else False,
+        "probe": health.probe,
+        "remaining_requests": health.remaining_requests,
+        "remaining_tokens": health.remaining_tokens,
+        "headroom_at": health.headroom_at,
+        "last_seen": health.last_seen,
+    }
 
-    view: RouteView | None
-    served: _Tally = field(default_factory=_Tally)
-    arms: dict[str, _Tally] = field(default_factory=dict)  # by the arm the split chose
-    fallback_calls: int = 0
-    cancelled: int = 0
-    shadow: _Tally = field(default_factory=_Tally)
-    rollout: dict[str, Any] | None = None
-    panic: set[str] = field(default_factory=set)
+
+def _route_row(alias: str, view: RouteView | None, record: RouteRecord | None) -> dict[str, Any]:
+    record = record or RouteRecord()
+    last = record.rollout
+    # A rollout's split is the candidate's weight from its latest event; the stable arm has the rest.
+    rolled = last.weights() if last is not None else {}
+    served = sum(t.calls for t in record.arms.values())
+
+    def arm_row(arm: str, model: str | None, endpoints: tuple[str, ...], weight: float | None) -> dict[str, Any]:
+        tally = record.arms.get(arm) or Tally()
+        return {
+            "arm": arm,
+            "model": model,
+            "endpoints": list(endpoints),
+            "weight": rolled.get(arm, weight),
+            "share": tally.calls / served if served else None,
+            "calls": tally.calls,
+            "errors": tally.errors,
+            "p95_ms": _p(tally, 0.95),
+            "cost_usd": tally.cost_usd,
+            "panic": arm in record.panic,
+        }
+
+    configured = view.arms if view is not None else ()
+    arms = [arm_row(a.arm, a.model, a.endpoints, a.weight) for a in configured]
+    known = {a.arm for a in configured}
+    arms += [arm_row(arm, None, (), None) for arm in record.arms if arm not in known]
+    plan = view.rollout if view is not None else None
+    rollout = None
+    if plan is not None or last is not None:
+        rollout = {
+            "strategy": plan.strategy if plan is not None else None,
+            "steps": plan.steps if plan is not None else None,
+            "last": asdict(last) if last is not None else None,
+        }
+    return {
+        "route": alias,
+        "configured": view is not None,
+        "sticky": view.sticky if view is not None else None,
+        "fallbacks": list(view.fallbacks) if view is not None else [],
+        "calls": record.served.calls,
+        "errors": record.served.errors,
+        "cancelled": record.served.cancelled,
+        "fallback_calls": record.rescued,
+        "p95_ms": _p(record.served, 0.95),
+        "cost_usd": record.served.cost_usd,
+        "rollout": rollout,
+        "arms": arms,
+        "shadow": _shadow_row(view.shadow if view is not None else None, record),
+    }
+
+
+def _shadow_row(target: ArmView | None, record: RouteRecord) -> dict[str, Any] | None:
+    shadow = record.shadow()
+    if target is None and not shadow.calls:
+        return None
+    return {
+        "arm": target.arm if target is not None else None,
+        "sample_percent": target.weight if target is not None else None,
+        "calls": shadow.calls,
+        "errors": shadow.errors,
+        "p95_ms": _p(shadow, 0.95),
+        "cost_usd": shadow.cost_usd,
+    }
 
 
 class Board:
-    """The dashboard's state, folded from events; :meth:`snapshot` is what ``/api/state`` returns.
+    """The dashboard's aggregation of the log and its configuration view; :meth:`snapshot` is what ``/api/state``
+    returns (:func:`page_state`).
 
     No I/O and no clock: :meth:`add` takes the time the event was read (used when an event has no ``timestamp``)
     and :meth:`snapshot` the time to judge cooldowns and ejections against.
@@ -378,375 +366,31 @@ class Board:
 
     def __init__(self, config: ConfigView | None = None) -> None:
         self.config = config or ConfigView()
-        self.reset()
+        self.aggregate = Aggregate()
+
+    @property
+    def routes(self) -> dict[str, RouteRecord]:
+        return self.aggregate.routes
 
     def reset(self) -> None:
         """Forget every event (the log was truncated or replaced); the configuration stays."""
-        self.version = 0
-        self.lines = 0
-        self.events = 0
-        self.not_json = 0
-        self.not_holyroute = 0
-        self.too_long = 0
-        self.malformed = 0  # holyroute events with an unusable field: skipped whole
-        self.other = 0
-        self.dropped_names = 0
-        self.first_at: float | None = None
-        self.last_at: float | None = None
-        self.totals = _Tally()
-        self.cancelled = 0
-        self.shadow_calls = 0
-        self.failover_count = 0
-        self.alert_count = 0
-        self.series = _Series()
-        self.endpoints: dict[str, _EndpointState] = {e.name: _EndpointState(e) for e in self.config.endpoints}
-        self.routes: dict[str, _RouteState] = {r.alias: _RouteState(r) for r in self.config.routes}
-        self.failovers: deque[dict[str, Any]] = deque(maxlen=FEED_LENGTH)
-        self.alerts: deque[dict[str, Any]] = deque(maxlen=FEED_LENGTH)
-        self.activity: deque[dict[str, Any]] = deque(maxlen=FEED_LENGTH)
-
-    # ---- input ----------------------------------------------------------------------------------------------------
+        self.aggregate.reset()
 
     def add_line(self, line: str, received: float) -> None:
         """One line of the log: a holyroute event is added; anything else is counted."""
-        self.lines += 1
-        self.version += 1
-        parsed = parse_line(line)
-        if parsed == "blank":
-            return
-        if parsed == "not_json":
-            self.not_json += 1
-        elif parsed == "not_holyroute":
-            self.not_holyroute += 1
-        elif parsed == "malformed":
-            self.malformed += 1
-        else:
-            try:
-                self.add(parsed, received)
-            except Exception:  # a field no check foresaw: this line is lost, never the poll or the lines after it
-                self.malformed += 1
+        self.aggregate.add_line(line, received)
 
     def skip_long_line(self) -> None:
         """A line longer than the tail keeps was dropped."""
-        self.lines += 1
-        self.too_long += 1
-        self.version += 1
+        self.aggregate.skip_long_line()
 
     def add(self, event: Mapping[str, Any], received: float) -> None:
         """Fold one ``holyroute.*`` event in."""
-        self.events += 1
-        self.version += 1
-        at = epoch(event.get("timestamp"))
-        if at is None:
-            at = received
-        self.first_at = at if self.first_at is None else min(self.first_at, at)
-        self.last_at = at if self.last_at is None else max(self.last_at, at)
-        name = str(event.get("event"))
-        if name == "holyroute.request":
-            self._request(event, at)
-        elif name == "holyroute.failover":
-            self._failover(event, at)
-        elif name == "holyroute.alert":
-            self._alert(event, at)
-        elif name in _ACTIVITY:
-            self._change(name, event, at)
-        else:
-            self.other += 1
-        self._headroom(event, at)
-
-    def _endpoint(self, value: object) -> _EndpointState | None:
-        if not isinstance(value, str) or not value:
-            return None
-        found = self.endpoints.get(value)
-        if found is None:
-            if len(self.endpoints) >= MAX_NAMES:
-                self.dropped_names += 1
-                return None
-            found = self.endpoints[value] = _EndpointState(None)
-        return found
-
-    def _route(self, value: object) -> _RouteState | None:
-        if not isinstance(value, str) or not value:
-            return None
-        found = self.routes.get(value)
-        if found is None:
-            if len(self.routes) >= MAX_NAMES:
-                self.dropped_names += 1
-                return None
-            found = self.routes[value] = _RouteState(None)
-        return found
-
-    def _request(self, event: Mapping[str, Any], at: float) -> None:
-        outcome = event.get("outcome")
-        error = outcome == "error"
-        latency, cost = _num(event.get("latency_ms")), _num(event.get("cost_usd"))
-        endpoint = self._endpoint(event.get("endpoint"))
-        if endpoint is not None and outcome != "cancelled":
-            endpoint.attempt(error, at)
-            endpoint.served.add(error, latency, cost)
-        route = self._route(event.get("route"))
-        if event.get("shadow") is True:
-            self.shadow_calls += 1
-            self.totals.cost_usd += cost or 0.0
-            if route is not None:
-                route.shadow.add(error, latency, cost)
-            self.series.add(at, False, None, cost, call=False)  # money spent, not a call the application made
-            return
-        if outcome == "cancelled":
-            self.cancelled += 1
-            self.totals.cost_usd += cost or 0.0
-            if route is not None:
-                route.cancelled += 1
-            return
-        self.totals.add(error, latency, cost)
-        self.series.add(at, error, latency, cost)
-        if route is None:
-            return
-        route.served.add(error, latency, cost)
-        if isinstance(event.get("fallback"), str) and event.get("fallback"):
-            route.fallback_calls += 1
-        charged = charged_arm(event)
-        if charged is None:  # a fallback served it and the event does not name the split's arm (an older log)
-            return
-        arm = charged.arm
-        tally = route.arms.get(arm)
-        if tally is None:
-            if len(route.arms) >= MAX_NAMES:
-                self.dropped_names += 1
-                return
-            tally = route.arms[arm] = _Tally()
-        tally.add(error or charged.failed, latency, cost)
-
-    def _failover(self, event: Mapping[str, Any], at: float) -> None:
-        self.failover_count += 1
-        endpoint = self._endpoint(event.get("endpoint"))
-        if endpoint is not None:
-            endpoint.attempt(True, at)
-        self._route(event.get("route"))
-        self.failovers.appendleft(
-            {
-                "t": at,
-                "route": _text(event.get("route")),
-                "arm": _text(event.get("arm")),
-                "endpoint": _text(event.get("endpoint")),
-                "next_endpoint": _text(event.get("next_endpoint")),
-                "status": _num(event.get("status")),
-                "error": _text(event.get("error")),
-                "reason": _text(event.get("reason")),
-                "attempt": _num(event.get("attempt")),
-                "attempt_ms": _num(event.get("attempt_ms")),
-                "wait_s": _num(event.get("wait_s")),
-            }
-        )
-
-    def _alert(self, event: Mapping[str, Any], at: float) -> None:
-        self.alert_count += 1
-        shown = ("event", "timestamp", "level", "severity", "alert", "name", "rule", "message", "reason", "summary")
-        title = next((event[k] for k in ("alert", "name", "rule") if event.get(k)), "alert")
-        message = next((event[k] for k in ("message", "reason", "summary") if event.get(k)), None)
-        details = [f"{k}={_text(v, 80)}" for k, v in event.items() if k not in shown and v is not None]
-        self.alerts.appendleft(
-            {
-                "t": at,
-                "severity": _text(event.get("severity") or event.get("level")),
-                "title": _text(title),
-                "message": _text(message),
-                "details": _text(", ".join(details)),
-            }
-        )
-
-    def _change(self, name: str, event: Mapping[str, Any], at: float) -> None:
-        endpoint = self._endpoint(event.get("endpoint"))
-        route = self._route(event.get("route")) if "route" in event else None
-        kind = _ACTIVITY[name]
-        reason = _text(event.get("reason"))
-        if name == "holyroute.cooldown" and endpoint is not None:
-            model = _text(event.get("upstream_model"), 120) or "*"
-            endpoint.cooldowns[model] = (at + (_num(event.get("cooldown_s")) or 0.0), reason)
-        elif name == "holyroute.endpoint_ejected" and endpoint is not None:
-            endpoint.ejected_until = at + (_num(event.get("ejection_s")) or 0.0)
-            endpoint.ejected_reason = reason
-        elif name == "holyroute.endpoint_restored" and endpoint is not None:
-            endpoint.ejected_until = endpoint.ejected_reason = None
-        elif name == "holyroute.endpoint_health" and endpoint is not None:
-            status = _text(event.get("status"), 40)
-            endpoint.probe = {"status": status, "latency_ms": _num(event.get("latency_ms")), "reason": reason, "t": at}
-            kind = {"healthy": "good", "degraded": "warn", "unhealthy": "bad"}.get(status or "", "info")
-        elif name in ("holyroute.panic", "holyroute.panic_over") and route is not None:
-            arm = _text(event.get("arm"), 120) or "(none)"
-            (route.panic.add if name == "holyroute.panic" else route.panic.discard)(arm)
-        elif name == "holyroute.rollout" and route is not None:
-            route.rollout = {
-                "t": at,
-                "action": _text(event.get("action"), 40),
-                "status": _text(event.get("status"), 40),
-                "step": _num(event.get("step")),
-                "steps": _num(event.get("steps")),
-                "weight": _num(event.get("weight")),
-                "stable": _text(event.get("stable"), 120),
-                "candidate": _text(event.get("candidate"), 120),
-                "reason": reason,
-            }
-            kind = {"aborted": "bad", "completed": "good"}.get(str(event.get("status")), "info")
-        subject = event.get("endpoint") or event.get("route") or event.get("redis")
-        if name == "holyroute.cooldown" and event.get("upstream_model"):
-            subject = f"{subject} / {event.get('upstream_model')}"
-        self.activity.appendleft(
-            {
-                "t": at,
-                "event": name.removeprefix("holyroute."),
-                "kind": kind,
-                "subject": _text(subject),
-                "reason": reason,
-            }
-        )
-
-    def _headroom(self, event: Mapping[str, Any], at: float) -> None:
-        requests, tokens = _num(event.get("remaining_requests")), _num(event.get("remaining_tokens"))
-        if requests is None and tokens is None:
-            return
-        endpoint = self._endpoint(event.get("endpoint"))
-        if endpoint is not None:
-            endpoint.remaining_requests, endpoint.remaining_tokens, endpoint.headroom_at = requests, tokens, at
-
-    # ---- output ---------------------------------------------------------------------------------------------------
+        self.aggregate.add(event, received)
 
     def snapshot(self, now: float) -> dict[str, Any]:
-        """The page's whole state as JSON-safe data: text is raw (the page escapes it), times are Unix seconds."""
-        totals = self.totals
-        return {
-            "version": self.version,
-            "now": now,
-            "log": {
-                "lines": self.lines,
-                "events": self.events,
-                "not_json": self.not_json,
-                "not_holyroute": self.not_holyroute,
-                "too_long": self.too_long,
-                "malformed": self.malformed,
-                "other_events": self.other,
-                "dropped_names": self.dropped_names,
-                "first_at": self.first_at,
-                "last_at": self.last_at,
-            },
-            "totals": {
-                "calls": totals.calls,
-                "errors": totals.errors,
-                "cancelled": self.cancelled,
-                "shadow_calls": self.shadow_calls,
-                "cost_usd": totals.cost_usd,
-                "p50_ms": totals.quantile(0.5),
-                "p95_ms": totals.quantile(0.95),
-                "failovers": self.failover_count,
-                "alerts": self.alert_count,
-            },
-            "series": self.series.snapshot(),
-            "endpoints": [self._endpoint_row(name, state, now) for name, state in self.endpoints.items()],
-            "routes": [self._route_row(alias, state) for alias, state in self.routes.items()],
-            "failovers": list(self.failovers),
-            "alerts": list(self.alerts),
-            "activity": list(self.activity),
-        }
-
-    @staticmethod
-    def _endpoint_row(name: str, state: _EndpointState, now: float) -> dict[str, Any]:
-        status, reason = state.status(now)
-        view = state.view
-        until = state.ejected_until if status == "ejected" else None
-        if status == "cooldown":
-            until = max(u for u, _ in state.cooldowns.values())
-        recent = len(state.recent)
-        return {
-            "name": name,
-            "configured": view is not None,
-            "host": view.host if view is not None else None,
-            "models": list(view.models) if view is not None else [],
-            "status": status,
-            "reason": reason,
-            "until": until,
-            "calls": state.served.calls,
-            "attempts": state.attempts,
-            "failed": state.failed,
-            "recent_attempts": recent,
-            "recent_error_rate": sum(state.recent) / recent if recent else None,
-            "p95_ms": state.served.quantile(0.95),
-            "cost_usd": state.served.cost_usd,
-            "rpm": view.rpm if view is not None else None,
-            "tpm": view.tpm if view is not None else None,
-            "health_check": view.health_check if view is not None else False,
-            "probe": state.probe,
-            "remaining_requests": state.remaining_requests,
-            "remaining_tokens": state.remaining_tokens,
-            "headroom_at": state.headroom_at,
-            "last_seen": state.last_seen,
-        }
-
-    @staticmethod
-    def _route_row(alias: str, state: _RouteState) -> dict[str, Any]:  # long but flat: one key per field
-        view, last = state.view, state.rollout
-        # A rollout's split is the candidate's weight from its latest event; the stable arm has the rest.
-        rolled: dict[str, float] = {}
-        if last is not None and last["weight"] is not None:
-            weight = min(100.0, max(0.0, last["weight"]))
-            if last["stable"] is not None:
-                rolled[last["stable"]] = 100.0 - weight
-            if last["candidate"] is not None:
-                rolled[last["candidate"]] = weight
-        served = sum(t.calls for t in state.arms.values())
-
-        def arm_row(arm: str, model: str | None, endpoints: tuple[str, ...], weight: float | None) -> dict[str, Any]:
-            tally = state.arms.get(arm) or _Tally()
-            return {
-                "arm": arm,
-                "model": model,
-                "endpoints": list(endpoints),
-                "weight": rolled.get(arm, weight),
-                "share": tally.calls / served if served else None,
-                "calls": tally.calls,
-                "errors": tally.errors,
-                "p95_ms": tally.quantile(0.95),
-                "cost_usd": tally.cost_usd,
-                "panic": arm in state.panic,
-            }
-
-        configured = view.arms if view is not None else ()
-        arms = [arm_row(a.arm, a.model, a.endpoints, a.weight) for a in configured]
-        known = {a.arm for a in configured}
-        arms += [arm_row(arm, None, (), None) for arm in state.arms if arm not in known]
-        plan = view.rollout if view is not None else None
-        rollout = None
-        if plan is not None or last is not None:
-            rollout = {
-                "strategy": plan.strategy if plan is not None else None,
-                "steps": plan.steps if plan is not None else None,
-                "last": last,
-            }
-        target = view.shadow if view is not None else None
-        shadow = None
-        if target is not None or state.shadow.calls:
-            shadow = {
-                "arm": target.arm if target is not None else None,
-                "sample_percent": target.weight if target is not None else None,
-                "calls": state.shadow.calls,
-                "errors": state.shadow.errors,
-                "p95_ms": state.shadow.quantile(0.95),
-                "cost_usd": state.shadow.cost_usd,
-            }
-        return {
-            "route": alias,
-            "configured": view is not None,
-            "sticky": view.sticky if view is not None else None,
-            "fallbacks": list(view.fallbacks) if view is not None else [],
-            "calls": state.served.calls,
-            "errors": state.served.errors,
-            "cancelled": state.cancelled,
-            "fallback_calls": state.fallback_calls,
-            "p95_ms": state.served.quantile(0.95),
-            "cost_usd": state.served.cost_usd,
-            "rollout": rollout,
-            "arms": arms,
-            "shadow": shadow,
-        }
+        """The page's whole state as JSON-safe data."""
+        return page_state(self.aggregate, self.config, now)
 
 
 # ---- the tail: what was appended since the last read -------------------------------------------------------------

@@ -1,27 +1,29 @@
 """Reports from holyroute's event log: what each route and arm served, what failed, how fast, what it cost, and a
 verdict for every arm against the route's control arm.
 
-Reads the JSON-lines log that structlog's ``JSONRenderer`` writes (or events as dicts) and never needs the process
-that emitted them. Everything here computes; the only I/O is reading the log and, for ``--plot``, writing one image.
-It never decides routing: a verdict is advice for a person or a script, not a rollout step.
+A renderer of :class:`holyroute.readers.aggregate.Aggregate`, the one aggregation that the dashboard renders too: it
+never reads the log or an event itself (an import-linter contract says so), so every number here is the number the
+dashboard shows. The only I/O is writing one image for ``--plot``. It never decides routing: a verdict is advice for
+a person or a script, not a rollout step.
 
 ``summarise`` / ``render_table`` are the demo's per-endpoint table. ``build_report`` is ``holyroute report``:
 
-- **Which calls count.** Served calls are ``holyroute.request`` events without ``"shadow": true``, each charged to an
-  arm by :func:`holyroute.readers.log.charged_arm`, as the rollout analysis does: a call rescued by a fallback counts
-  as an error of the arm the split chose (``split_arm``). A log from before ``split_arm`` does not say that arm, so
-  its fallback calls are shown on their own lines and count for no arm. A cancelled call (the caller closed a stream
-  early) is counted as ``cancelled`` and left out of ``calls``, error rates, latency and verdicts, as the rollout
-  analysis does; its tokens and cost count.
+- **Which calls count** (decided by the aggregation). Served calls are ``holyroute.request`` events without
+  ``"shadow": true``, each charged to an arm by :func:`holyroute.readers.log.charged_arm`, as the rollout analysis
+  does: a call rescued by a fallback counts as an error of the arm the split chose (``split_arm``). A log from
+  before ``split_arm`` does not say that arm, so its fallback calls are shown on their own lines and count for no
+  arm. A cancelled call (the caller closed a stream early) is counted as ``cancelled`` and left out of ``calls``,
+  error rates, latency and verdicts, as the rollout analysis does; its tokens and cost count.
 - **Numbers.** Error rate = errors / calls with a 95 % Wilson interval; p50/p95 of ``latency_ms`` and ``ttft_ms`` are
-  exact nearest-rank quantiles of the values; cost per call = total cost / (calls + cancelled - unpriced), where a
-  call is unpriced when its event says ``priced: false``.
+  exact nearest-rank quantiles of the values (beyond 50,000 values in one arm, within 1 %); cost per call = total
+  cost / (calls + cancelled - unpriced), where a call is unpriced when its event says ``priced: false``.
 - **Verdicts** against the control arm (the rollout's stable arm or the first configured target with a configuration,
   else the arm with the most calls): ROLLBACK when the sequential non-inferiority test of the error rate, fed the
   final counts, rejects (valid at any sample size, like the rollout analysis); else WAIT while either arm has fewer
   than ``min_calls``; else ROLLBACK when p95 latency > ``max_latency_ratio`` x the control's; else PROMOTE when the
   observed error rate is within ``margin`` of the control's (and would stay so were every fallback call the arm's
-  failure); else CONTINUE. The control arm itself gets CONTROL.
+  failure); else CONTINUE. The control arm itself gets CONTROL. A rollout candidate whose latest ``holyroute.rollout``
+  event says the rollout aborted it (not by hand) gets ROLLBACK, as the rollout analysis decided.
 - **Sample ratio mismatch** compares per-arm counts (cancelled calls included: the split assigned them) with the
   configured weights. It needs a configuration, and is skipped for rollout routes, whose weight changes by step at
   times the log does not record.
@@ -31,7 +33,7 @@ It never decides routing: a verdict is advice for a person or a script, not a ro
     {"source": str, "config": str | null, "settings": {"margin", "alpha", "max_latency_ratio", "min_calls"},
      "events": {"request": int, "served": int, "shadow": int, "other_holyroute": int,
                 "skipped_not_json": int, "skipped_not_holyroute": int, "skipped_malformed": int,
-                "malformed_request": int},
+                "malformed_request": int, "dropped_names": int, "outcomes": {outcome: int}},
      "notes": [str], "routes_without_calls": [str],
      "routes": [{"route": str, "configured": bool, "control": str | null, "control_basis": str,
                  "arms": [ARM + {"verdict": {"verdict": "CONTROL|WAIT|ROLLBACK|PROMOTE|CONTINUE",
@@ -47,7 +49,9 @@ It never decides routing: a verdict is advice for a person or a script, not a ro
 ``events.request`` counts the well-formed request events reported on (of ``--route`` only, when given); request
 events without a route name are ``malformed_request``. A line whose numeric field is not a finite number in range
 (``latency_ms: 1e999``, a 400-digit int, a string) is skipped whole and counted in ``skipped_malformed``. A rate,
-quantile or mean with no data is ``null``.
+quantile or mean with no data is ``null``. ``dropped_names`` counts calls and events of routes, arms or endpoints
+beyond the aggregation's bounds (256 of each), which no number includes. The demo's per-endpoint table counts every
+call that ended on an endpoint (shadow copies too, cancelled calls apart) and every failover away from it.
 """
 
 from __future__ import annotations
@@ -55,14 +59,15 @@ from __future__ import annotations
 import importlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal
 
-from holyroute.readers.log import ChargedArm, EventLog, charged_arm, epoch, number
+from holyroute.readers.aggregate import Aggregate, RouteRecord, Series, time_series
+from holyroute.readers.tally import Tally, nearest_rank
 from holyroute.rollout.stats import SequentialNonInferiority, sample_ratio_mismatch, wilson_interval
 
 if TYPE_CHECKING:
@@ -95,20 +100,6 @@ __all__ = [
 
 SRM_THRESHOLD = 0.001
 _Z95 = NormalDist().inv_cdf(0.975)  # exact, so the interval matches other tools to the last digit
-NO_ARM = "(none)"
-
-
-def nearest_rank(values: Sequence[float], q: float) -> float | None:
-    """The nearest-rank quantile ``q`` (0 < q <= 1) of ``values``: the smallest value with at least ``q`` of them at
-    or below it. ``None`` without values.
-
-    >>> nearest_rank([10.0, 30.0, 20.0, 40.0], 0.5)
-    20.0
-    """
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 _MISSING_VAR = re.compile(r"^\s*- (\S+): environment variable ([A-Za-z_][A-Za-z0-9_]*) is not set", re.MULTILINE)
@@ -141,72 +132,53 @@ def load_report_config(path: str | Path) -> tuple[Config, list[str]]:
 # ---- the demo's per-endpoint table -------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Row:
-    """One route / arm / endpoint line of the summary."""
+    """One route / arm / endpoint line of the summary: the calls that ended there, and failovers away from it."""
 
     route: str
     arm: str
     endpoint: str
-    calls: int = 0
-    errors: int = 0
+    tally: Tally = field(default_factory=Tally)
     failovers: int = 0
-    latencies: list[float] = field(default_factory=list)
-    tokens: int = 0
-    cost_usd: float = 0.0
-    unpriced: int = 0
+
+    @property
+    def calls(self) -> int:
+        return self.tally.calls
+
+    @property
+    def errors(self) -> int:
+        return self.tally.errors
+
+    @property
+    def tokens(self) -> int:
+        return self.tally.prompt_tokens + self.tally.completion_tokens
+
+    @property
+    def cost_usd(self) -> float:
+        return self.tally.cost_usd
+
+    @property
+    def unpriced(self) -> int:
+        return self.tally.unpriced
 
     def percentile(self, q: float) -> float | None:
         """Nearest-rank percentile of latency in ms; ``None`` without data."""
-        return nearest_rank(self.latencies, q / 100)
+        return self.tally.latency.quantile(q / 100)
 
 
-def summarise(events: Iterable[Mapping[str, Any]]) -> list[Row]:
+def summarise(source: Aggregate) -> list[Row]:
     """Rows for every (route, arm, endpoint) that served or failed a call, sorted."""
-    rows: dict[tuple[str, str, str], Row] = {}
-
-    def row(event: Mapping[str, Any]) -> Row:
-        key = (str(event.get("route")), str(event.get("arm")), str(event.get("endpoint")))
-        found = rows.get(key)
-        if found is None:
-            found = rows[key] = Row(*key)
-        return found
-
-    for event in events:
-        name = event.get("event")
-        if name == "holyroute.failover":
-            row(event).failovers += 1
-        elif name == "holyroute.request":
-            target = row(event)
-            target.calls += 1
-            if event.get("outcome") == "error":
-                target.errors += 1
-            latency = number(event.get("latency_ms"))
-            if latency is not None:
-                target.latencies.append(latency)
-            target.tokens += int(number(event.get("prompt_tokens")) or 0) + int(
-                number(event.get("completion_tokens")) or 0
-            )
-            cost = number(event.get("cost_usd"))
-            if cost is not None:
-                target.cost_usd += cost
-            elif event.get("outcome") == "ok":
-                target.unpriced += 1
-    return sorted(rows.values(), key=lambda r: (r.route, r.arm, r.endpoint))
+    rows = [Row(*key, record.tally, record.failovers) for key, record in source.rows.items()]
+    return sorted(rows, key=lambda r: (r.route, r.arm, r.endpoint))
 
 
 def render_table(rows: list[Row]) -> str:
     """A fixed-width text table of the rows, with a total line."""
     header = ("route", "arm", "endpoint", "calls", "errors", "failovers", "p50 ms", "p95 ms", "tokens", "cost USD")
-    total = Row("total", "", "")
+    total = Row("total", "", "", Tally(), sum(r.failovers for r in rows))
     for r in rows:
-        total.calls += r.calls
-        total.errors += r.errors
-        total.failovers += r.failovers
-        total.latencies.extend(r.latencies)
-        total.tokens += r.tokens
-        total.cost_usd += r.cost_usd
-        total.unpriced += r.unpriced
+        total.tally.merge(r.tally)
     lines = [_cells(r) for r in [*rows, total]]
     out = _fixed_width(header, lines[:-1], frozenset(range(3, len(header))), total=lines[-1])
     if total.unpriced:
@@ -370,108 +342,38 @@ class Report:
     skipped_malformed: int = 0  # lines with an unusable field (a number out of range, a wrong type)
     routes_without_calls: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    dropped_names: int = 0  # calls and events of routes, arms or endpoints beyond the aggregation's bounds
+    outcomes: Mapping[str, int] = field(default_factory=dict)  # request events by outcome, every route
 
 
-# ---- computing it ------------------------------------------------------------------------------------------------
+# ---- computing it: verdicts and the split check over the aggregation -------------------------------------------
 
 
-class _Tally:
-    """Running counts for one group of request events."""
-
-    __slots__ = (
-        "calls",
-        "cancelled",
-        "completion",
-        "cost",
-        "empty",
-        "errors",
-        "finish",
-        "judged",
-        "latencies",
-        "models",
-        "poor",
-        "prompt",
-        "ttfts",
-        "unpriced",
-        "usage_completion",
+def _stats(tally: Tally, arm: str, fallback: str | None = None) -> ArmStats:
+    return ArmStats(
+        arm=arm,
+        calls=tally.calls,
+        errors=tally.errors,
+        cancelled=tally.cancelled,
+        error_rate=tally.error_rate,
+        error_rate_ci=wilson_interval(tally.errors, tally.calls, _Z95) if tally.calls else None,
+        latency_p50_ms=tally.latency.quantile(0.50),
+        latency_p95_ms=tally.latency.quantile(0.95),
+        ttft_p50_ms=tally.ttft.quantile(0.50),
+        ttft_p95_ms=tally.ttft.quantile(0.95),
+        prompt_tokens=tally.prompt_tokens,
+        completion_tokens=tally.completion_tokens,
+        mean_completion_tokens=tally.mean_completion_tokens,
+        cost_usd=tally.cost_usd,
+        cost_per_call_usd=tally.cost_per_call_usd,
+        unpriced=tally.unpriced,
+        upstream_models=tuple(sorted(tally.models)),
+        fallback=fallback,
+        finish_reasons=dict(sorted(tally.finish_reasons.items())),
+        empty=tally.empty,
+        judged=tally.judged,
+        poor=tally.poor,
     )
-
-    def __init__(self) -> None:
-        self.calls = self.errors = self.cancelled = self.prompt = self.completion = self.unpriced = 0
-        self.empty = self.judged = self.poor = 0
-        self.finish: dict[str, int] = {}
-        self.latencies: list[float] = []
-        self.ttfts: list[float] = []
-        self.usage_completion: list[float] = []
-        self.cost = 0.0
-        self.models: set[str] = set()
-
-    def add(self, event: Mapping[str, Any]) -> None:
-        outcome = event.get("outcome")
-        completion = number(event.get("completion_tokens"))
-        if outcome == "cancelled":
-            self.cancelled += 1
-        else:
-            self.calls += 1
-            self.errors += outcome == "error"
-            latency = number(event.get("latency_ms"))
-            if latency is not None:
-                self.latencies.append(latency)
-            ttft = number(event.get("ttft_ms"))
-            if ttft is not None:
-                self.ttfts.append(ttft)
-            if completion is not None:
-                self.usage_completion.append(completion)
-            if outcome == "ok":
-                self.empty += completion == 0
-                reason = event.get("finish_reason")
-                if isinstance(reason, str):
-                    self.finish[reason] = self.finish.get(reason, 0) + 1
-            quality = event.get("quality")
-            if isinstance(quality, bool):
-                self.judged += 1
-                self.poor += not quality
-        self.prompt += int(number(event.get("prompt_tokens")) or 0)
-        self.completion += int(completion or 0)
-        cost = number(event.get("cost_usd"))
-        if cost is not None:
-            self.cost += cost
-        priced = event.get("priced")
-        # Logs without `priced` (older versions): an answered call with no cost had no price.
-        if priced is False or (priced is None and cost is None and outcome == "ok"):
-            self.unpriced += 1
-        model = event.get("upstream_model")
-        if isinstance(model, str):
-            self.models.add(model)
-
-    def stats(self, arm: str, fallback: str | None = None) -> ArmStats:
-        billed = self.calls + self.cancelled - self.unpriced
-        return ArmStats(
-            arm=arm,
-            calls=self.calls,
-            errors=self.errors,
-            cancelled=self.cancelled,
-            error_rate=self.errors / self.calls if self.calls else None,
-            error_rate_ci=wilson_interval(self.errors, self.calls, _Z95) if self.calls else None,
-            latency_p50_ms=nearest_rank(self.latencies, 0.50),
-            latency_p95_ms=nearest_rank(self.latencies, 0.95),
-            ttft_p50_ms=nearest_rank(self.ttfts, 0.50),
-            ttft_p95_ms=nearest_rank(self.ttfts, 0.95),
-            prompt_tokens=self.prompt,
-            completion_tokens=self.completion,
-            mean_completion_tokens=(
-                sum(self.usage_completion) / len(self.usage_completion) if self.usage_completion else None
-            ),
-            cost_usd=self.cost,
-            cost_per_call_usd=self.cost / billed if billed > 0 else None,
-            unpriced=self.unpriced,
-            upstream_models=tuple(sorted(self.models)),
-            fallback=fallback,
-            finish_reasons=dict(sorted(self.finish.items())),
-            empty=self.empty,
-            judged=self.judged,
-            poor=self.poor,
-        )
 
 
 def judge(control: ArmStats, arm: ArmStats, settings: Settings, *, unattributed: int = 0) -> Verdict:
@@ -529,32 +431,8 @@ def _ms_short(value: float) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
-class _RouteTally:
-    __slots__ = ("fallbacks", "served", "served_all", "shadows", "sticky")
-
-    def __init__(self) -> None:
-        self.served: dict[str, _Tally] = {}
-        self.fallbacks: dict[tuple[str, str], _Tally] = {}
-        self.shadows: dict[str, _Tally] = {}
-        self.served_all = _Tally()
-        self.sticky = 0
-
-
-def _as_charged(event: Mapping[str, Any], charged: ChargedArm) -> Mapping[str, Any]:
-    """The event as its arm's tally counts it: a call a fallback rescued is an error of the split's arm."""
-    return {**event, "outcome": "error"} if charged.failed and event.get("outcome") == "ok" else event
-
-
-def _request_key(event: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(route, arm) of a well-formed request event, else None."""
-    route, arm = event.get("route"), event.get("arm")
-    if not isinstance(route, str) or not route or not (arm is None or isinstance(arm, str)):
-        return None
-    return route, arm or NO_ARM
-
-
 def build_report(
-    log: EventLog,
+    source: Aggregate,
     config: Config | None = None,
     *,
     settings: Settings | None = None,
@@ -562,62 +440,44 @@ def build_report(
     config_path: str | None = None,
     notes: Sequence[str] = (),
 ) -> Report:
-    """The report over every route in ``log`` (or only ``route``), judged with ``settings``."""
+    """The report over every route of the aggregated log (or only ``route``), judged with ``settings``."""
     settings = settings or Settings()
-    routes: dict[str, _RouteTally] = {}
-    requests = served = shadows = malformed = other = 0
-    for event in log.events:
-        if event.get("event") != "holyroute.request":
-            other += 1
-            continue
-        key = _request_key(event)
-        if key is None:
-            malformed += 1
-            continue
-        name, arm = key
-        if route is not None and name != route:
-            continue
-        requests += 1
-        tally = routes.setdefault(name, _RouteTally())
-        if event.get("shadow") is True:
-            shadows += 1
-            tally.shadows.setdefault(arm, _Tally()).add(event)
-            continue
-        served += 1
-        tally.served_all.add(event)
-        charged = charged_arm(event)
-        if charged is None:  # a fallback served it and the event does not name the split's arm (an older log)
-            tally.fallbacks.setdefault((str(event.get("fallback")), arm), _Tally()).add(event)
-            continue
-        tally.served.setdefault(charged.arm, _Tally()).add(_as_charged(event, charged))
-        tally.sticky += event.get("sticky") is True
+    routes = {
+        name: record
+        for name, record in source.routes.items()
+        if route in (None, name) and (record.served_events or record.shadow_events)
+    }
+    served = sum(record.served_events for record in routes.values())
+    shadows = sum(record.shadow_events for record in routes.values())
     reports = tuple(_route_report(name, routes[name], config, settings) for name in sorted(routes))
     quiet: tuple[str, ...] = ()
     if config is not None:
         quiet = tuple(name for name in config.routes if name not in routes and route in (None, name))
     return Report(
-        source=log.path,
+        source=source.source,
         config=config_path,
         settings=settings,
-        request_events=requests,
+        request_events=served + shadows,
         served_events=served,
         shadow_events=shadows,
-        other_events=other,
-        skipped_not_json=log.not_json,
-        skipped_not_holyroute=log.not_holyroute,
-        skipped_malformed=log.malformed,
-        malformed=malformed,
+        other_events=source.events - source.request_events,
+        skipped_not_json=source.not_json,
+        skipped_not_holyroute=source.not_holyroute,
+        skipped_malformed=source.malformed,
+        malformed=source.malformed_requests,
         routes=reports,
         routes_without_calls=quiet,
         notes=tuple(notes),
+        dropped_names=source.dropped_names,
+        outcomes=dict(sorted(source.outcomes.items())),
     )
 
 
-def _route_report(name: str, tally: _RouteTally, config: Config | None, settings: Settings) -> RouteReport:
+def _route_report(name: str, record: RouteRecord, config: Config | None, settings: Settings) -> RouteReport:
     configured = config.routes.get(name) if config is not None else None
     arm_names = [target.arm for target in configured.arms] if configured is not None else []
-    arm_names += sorted(arm for arm in tally.served if arm not in arm_names)
-    stats = {arm: tally.served.get(arm, _Tally()).stats(arm) for arm in arm_names}
+    arm_names += sorted(arm for arm in record.arms if arm not in arm_names)
+    stats = {arm: _stats(record.arms.get(arm) or Tally(), arm) for arm in arm_names}
     if configured is not None:
         control: str | None = arm_names[0]
         basis = "the rollout's stable arm" if configured.rollout is not None else "the first configured target"
@@ -627,20 +487,20 @@ def _route_report(name: str, tally: _RouteTally, config: Config | None, settings
         arm_names = [control, *sorted(arm for arm in arm_names if arm != control)]
     else:
         control, basis = None, "no served calls"
-    rescued = sum(t.calls + t.cancelled for t in tally.fallbacks.values())
+    rescued = sum(t.calls + t.cancelled for t in record.unattributed.values())
     arms: list[ArmStats] = []
     for arm in arm_names:
         if arm == control:
             verdict = Verdict("CONTROL", f"control arm: {basis}")
         else:
             assert control is not None
-            verdict = judge(stats[control], stats[arm], settings, unattributed=rescued)
+            verdict = _as_rolled_back(judge(stats[control], stats[arm], settings, unattributed=rescued), arm, record)
         arms.append(replace(stats[arm], verdict=verdict))
-    fallbacks = tuple(tally.fallbacks[key].stats(key[1], key[0]) for key in sorted(tally.fallbacks))
+    fallbacks = tuple(_stats(record.unattributed[key], key[1], key[0]) for key in sorted(record.unattributed))
     shadow = None
-    if tally.shadows:
+    if record.shadows:
         shadow = ShadowComparison(
-            tally.served_all.stats("all arms"), tuple(tally.shadows[arm].stats(arm) for arm in sorted(tally.shadows))
+            _stats(record.served, "all arms"), tuple(_stats(record.shadows[arm], arm) for arm in sorted(record.shadows))
         )
     return RouteReport(
         route=name,
@@ -649,12 +509,28 @@ def _route_report(name: str, tally: _RouteTally, config: Config | None, settings
         control_basis=basis,
         arms=tuple(arms),
         fallbacks=fallbacks,
-        srm=_srm(name, tally, config, arms),
+        srm=_srm(name, record, config, arms),
         shadow=shadow,
     )
 
 
-def _srm(name: str, tally: _RouteTally, config: Config | None, arms: Sequence[ArmStats]) -> SrmCheck:
+#: The reasons the rollout engine gives when it aborts a candidate by itself (``rollout/engine.py``).
+_ANALYSIS_ABORT = re.compile(r"analysis failed: |\d+ consecutive candidate errors >= ")
+
+
+def _as_rolled_back(verdict: Verdict, arm: str, record: RouteRecord) -> Verdict:
+    """ROLLBACK when the route's rollout analysis aborted this candidate and no retry followed, whatever the final
+    counts say: its always-valid test rejected at some moment, which the counts of the whole log may no longer show
+    (stable calls went on after the abort). An abort by hand is a person's decision, not evidence: not counted."""
+    last = record.rollout
+    if verdict.verdict == "ROLLBACK" or last is None or (last.status, last.candidate) != ("aborted", arm):
+        return verdict
+    if last.reason is None or not _ANALYSIS_ABORT.match(last.reason):
+        return verdict
+    return Verdict("ROLLBACK", f"the rollout aborted {arm}: {last.reason}; {verdict.reason}", verdict.p_value)
+
+
+def _srm(name: str, record: RouteRecord, config: Config | None, arms: Sequence[ArmStats]) -> SrmCheck:
     if config is None:
         return SrmCheck(False, "SRM not checked: no --config, so the configured weights are unknown")
     route = config.routes.get(name)
@@ -684,13 +560,13 @@ def _srm(name: str, tally: _RouteTally, config: Config | None, arms: Sequence[Ar
         caveats.append(
             "left out, not configured: " + ", ".join(f"{arm} ({count})" for arm, count in unconfigured.items())
         )
-    rescued = sum(t.calls + t.cancelled for t in tally.fallbacks.values())
+    rescued = sum(t.calls + t.cancelled for t in record.unattributed.values())
     if rescued:
         caveats.append(f"{rescued} fallback calls could not be given to the arm the split chose")
     assigned = sum(observed.values())
-    if tally.sticky and assigned:
+    if record.sticky and assigned:
         caveats.append(
-            f"{tally.sticky / assigned:.0%} of calls were sticky (assigned per key, not per call), "
+            f"{record.sticky / assigned:.0%} of calls were sticky (assigned per key, not per call), "
             "which makes this test overstate the evidence"
         )
     if caveats:
@@ -756,6 +632,8 @@ def report_json(report: Report) -> dict[str, Any]:
             "skipped_not_holyroute": report.skipped_not_holyroute,
             "skipped_malformed": report.skipped_malformed,
             "malformed_request": report.malformed,
+            "dropped_names": report.dropped_names,
+            "outcomes": dict(report.outcomes),
         },
         "notes": list(_notes(report)),
         "routes_without_calls": list(report.routes_without_calls),
@@ -813,6 +691,11 @@ def _notes(report: Report) -> list[str]:
     ]
     if report.malformed:
         notes.append(f"{report.malformed} request events without a route name (or with a non-text arm) left out")
+    if report.dropped_names:
+        notes.append(
+            f"{report.dropped_names} calls or events of names beyond 256 routes, endpoints or arms per route "
+            "are in no number"
+        )
     if report.config is None:
         notes.append("no --config: the control is the arm with the most calls, and the split is not checked (SRM)")
     if any(route.fallbacks for route in report.routes):
@@ -1001,75 +884,7 @@ def render_markdown(report: Report) -> str:
     return "\n".join(out)
 
 
-# ---- over time (the plot) ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """One arm of one route over time: per window, its start (Unix seconds, or event index without timestamps),
-    calls, p50/p95 latency and error rate (None for an empty window)."""
-
-    route: str
-    arm: str
-    by_time: bool
-    starts: tuple[float, ...]
-    calls: tuple[int, ...]
-    p50_ms: tuple[float | None, ...]
-    p95_ms: tuple[float | None, ...]
-    error_rate: tuple[float | None, ...]
-
-
-def time_series(events: Iterable[Mapping[str, Any]], *, route: str | None = None, windows: int = 20) -> list[Series]:
-    """Per route and arm (shadow targets as ``"<arm> (shadow)"``), served and shadow calls in ``windows`` equal
-    windows: of time when every request event has a timestamp, else of the events' order in the log. Calls are
-    charged to arms as in the report's arm rows (a fallback call without ``split_arm`` is left out); cancelled calls
-    are left out."""
-    by_route: dict[str, list[tuple[Mapping[str, Any], str, float | None]]] = {}
-    for event in events:
-        if event.get("event") != "holyroute.request":
-            continue
-        key = _request_key(event)
-        if key is None or (route is not None and key[0] != route):
-            continue
-        shadow = event.get("shadow") is True
-        charged = None if shadow else charged_arm(event)
-        if not shadow and charged is None:
-            continue
-        arm = f"{key[1]} (shadow)" if shadow or charged is None else charged.arm
-        counted = event if charged is None else _as_charged(event, charged)
-        by_route.setdefault(key[0], []).append((counted, arm, epoch(event.get("timestamp"))))
-    series: list[Series] = []
-    for name in sorted(by_route):
-        rows = by_route[name]
-        by_time = all(moment is not None for _, _, moment in rows)
-        positions = [moment if by_time and moment is not None else float(i) for i, (_, _, moment) in enumerate(rows)]
-        first, last = min(positions), max(positions)
-        width = (last - first) / windows if last > first else 1.0
-        buckets: dict[str, list[list[Mapping[str, Any]]]] = {}
-        for (event, arm, _), position in zip(rows, positions, strict=True):
-            index = min(windows - 1, int((position - first) / width))
-            buckets.setdefault(arm, [[] for _ in range(windows)])[index].append(event)
-        starts = tuple(first + i * width for i in range(windows))
-        for arm in sorted(buckets):
-            tallies = []
-            for bucket in buckets[arm]:
-                tally = _Tally()
-                for event in bucket:
-                    tally.add(event)
-                tallies.append(tally)
-            series.append(
-                Series(
-                    route=name,
-                    arm=arm,
-                    by_time=by_time,
-                    starts=starts,
-                    calls=tuple(t.calls for t in tallies),
-                    p50_ms=tuple(nearest_rank(t.latencies, 0.50) for t in tallies),
-                    p95_ms=tuple(nearest_rank(t.latencies, 0.95) for t in tallies),
-                    error_rate=tuple(t.errors / t.calls if t.calls else None for t in tallies),
-                )
-            )
-    return series
+# ---- the plot ----------------------------------------------------------------------------------------------------
 
 
 class PlotUnavailableError(RuntimeError):
