@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,19 +17,21 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-def _serve(conn: Any, record: bool) -> None:
+def _serve(conn: Any, record: bool, cpu: int | None = None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     with FakeUpstream("bench", record=record) as upstream:
         conn.send(upstream.base_url)
         conn.recv()  # until the parent says stop
 
 
 @contextlib.contextmanager
-def upstream_process(*, record: bool = True) -> Iterator[str]:
+def upstream_process(*, record: bool = True, cpu: int | None = None) -> Iterator[str]:
     """The fake upstream in its own process, as a real provider would be: no GIL shared with the client.
-    Yields its base URL; ``record=False`` keeps it from remembering every request (long runs)."""
+    Yields its base URL; ``record=False`` keeps it from remembering every request (long runs); ``cpu`` pins it."""
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=_serve, args=(child, record), daemon=True)
+    process = context.Process(target=_serve, args=(child, record, cpu), daemon=True)
     process.start()
     try:
         if not parent.poll(30):

@@ -43,6 +43,66 @@ def test_import_is_light() -> None:
     assert out.strip() == "[]"
 
 
+def _loaded_after(code: str, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` are in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    probe = f"import json, sys\n{code}\nprint(json.dumps(sorted(m for m in {names!r} if m in sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return list(json.loads(out.splitlines()[-1]))
+
+
+class TestImportCost:
+    """What keeps ``import holyroute`` and a plain routed client cheap, checked by structure rather than by timing
+    (``benchmarks/bench_import.py`` times it)."""
+
+    def test_import_loads_only_the_state_registration(self) -> None:
+        """`import holyroute` loads none of the schema, the core, the drivers or a backend: names load on use."""
+        code = "import holyroute\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith('holyroute'))))"
+        out = subprocess.run([sys.executable, "-c", f"import json, sys\n{code}"], capture_output=True, check=True)
+        assert json.loads(out.stdout) == [
+            "holyroute",
+            "holyroute.core",
+            "holyroute.core.ports",
+            "holyroute.exceptions",
+            "holyroute.state",
+            "holyroute.state.factory",
+        ]
+
+    def test_import_loads_no_heavy_dependency(self) -> None:
+        heavy = ("pydantic", "yaml", "genai_prices", "redis", "scipy", "structlog", "tenacity", "concurrent.futures")
+        assert _loaded_after("import holyroute", heavy) == []
+
+    def test_a_plain_client_loads_nothing_it_does_not_use(self) -> None:
+        """A client for a dict configuration with no alerts, rollouts, shadows, probes or Redis never loads them."""
+        config = {
+            "endpoints": {"local": {"base_url": "http://127.0.0.1:1/v1"}},
+            "routes": {"chat": {"targets": [{"model": "m", "endpoints": ["local"]}]}},
+            "state": {"backend": "memory"},
+        }
+        unused = (
+            "yaml",
+            "redis",
+            "scipy",
+            "holyroute.core.alerts",
+            "holyroute.core.rollouts",
+            "holyroute.drivers.probe",
+            "holyroute.state.file",
+            "holyroute.state.redis",
+            "concurrent.futures.thread",
+        )
+        code = f"import holyroute\nholyroute.client({config!r}).close()"
+        assert _loaded_after(code, unused) == []
+
+    def test_public_names_resolve_lazily(self) -> None:
+        from holyroute.drivers import transport
+
+        assert holyroute.Transport is transport.Transport
+        assert holyroute.client is transport.client
+        assert set(holyroute.__all__) <= set(dir(holyroute))
+        assert holyroute.testing.FakeUpstream.__name__ == "FakeUpstream"
+        with pytest.raises(AttributeError, match="no attribute 'nope'"):
+            holyroute.nope  # noqa: B018
+
+
 def test_clients_are_httpx2() -> None:
     config = {
         "endpoints": {"local": {"base_url": "http://127.0.0.1:1/v1"}},

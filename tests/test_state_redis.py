@@ -1038,6 +1038,61 @@ class TestAsync:
         assert 0 < store.pttl(Keys(prefix).limits("limited")) <= 120_000
 
 
+class TestAsyncGrantsUnderLoad:
+    """64 calls in flight on one event loop: one grant request per endpoint at a time, and a loop too busy to read a
+    fast reply on time does not make a healthy Redis look slow (``timeout_ms`` stays the default 10 ms)."""
+
+    @staticmethod
+    def busy_acquires(prefix: str, calls: int, busy_s: float) -> tuple[list[float | None], int, RedisBackend]:
+        state = load_config(
+            {
+                "endpoints": {"limited": {"base_url": NOWHERE}},
+                "routes": {"chat": {"targets": [{"model": MODEL, "endpoints": ["limited"]}]}},
+                "state": {"backend": "redis", "url": REDIS_URL, "prefix": prefix},
+            }
+        ).state
+        backend = RedisBackend(state, emit=lambda event, fields: None)
+        asked = 0
+        aask = backend.grants.aask
+
+        async def counted(*args: Any) -> float | None:
+            nonlocal asked
+            asked += 1
+            return await aask(*args)
+
+        backend.grants.aask = counted  # type: ignore[method-assign]
+
+        async def call() -> float | None:
+            time.sleep(busy_s)  # the work of a call between two awaits, holding the loop as real work would
+            return await backend.aacquire("limited", 1_000_000, None, 10)
+
+        async def run() -> list[float | None]:
+            try:
+                return await asyncio.gather(*(call() for _ in range(calls)))
+            finally:
+                await backend.grants.aclose()
+
+        try:
+            return asyncio.run(asyncio.wait_for(run(), timeout=20)), asked, backend
+        finally:
+            backend.close()
+
+    def test_one_grant_request_at_a_time(self, prefix: str) -> None:
+        granted, asked, backend = self.busy_acquires(prefix, calls=64, busy_s=0.0)
+        assert granted == [0.0] * 64
+        assert asked < 8  # each answer's lease covers the demand seen so far; 64 without coalescing
+        assert backend.live
+        assert backend.failures == 0
+
+    def test_a_busy_loop_is_not_a_slow_redis(self, prefix: str) -> None:
+        """Each call holds the loop 2 ms: the first reply is read some 120 ms late, after the 10 ms timeout."""
+        granted, asked, backend = self.busy_acquires(prefix, calls=64, busy_s=0.002)
+        assert granted == [0.0] * 64
+        assert backend.live
+        assert backend.failures == 0
+        assert asked < 8
+
+
 class TestCli:
     """`holyroute rollout` and `holyroute check` read the shared state, and never print its password."""
 

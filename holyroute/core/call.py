@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from holyroute.boundary.parse import RequestView, clamp_tokens, named_alias, read_request
 from holyroute.config.catalogue import catalogue_model
-from holyroute.core.alerts import Alerts
 from holyroute.core.attempts import _INJECT_USAGE_APIS
 from holyroute.core.call_state import QualityCheck
 from holyroute.core.context import (
@@ -53,6 +52,7 @@ from holyroute.core.spend import SpendBudgets
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Step, Wait
 
 if TYPE_CHECKING:
+    from holyroute.core.alerts import Alerts
     from holyroute.core.rollouts import Rollouts
 from holyroute.config.schema import Config
 
@@ -131,7 +131,11 @@ class Router:
             SpendBudgets(config.budgets, self.state, emit=self.emit, wall_clock=wall_clock) if config.budgets else None
         )
         #: Thresholds over rolling windows (``alerts:``); add hooks with ``router.alerts.add_hook(fn)``.
-        self.alerts = Alerts(config.alerts, emit=self.emit, clock=clock) if config.alerts else None
+        self.alerts: Alerts | None = None
+        if config.alerts:  # imported only when configured: a plain routed call never loads the windows
+            from holyroute.core.alerts import Alerts
+
+            self.alerts = Alerts(config.alerts, emit=self.emit, clock=clock)
         self._panicking: set[tuple[str, str]] = set()
         self.state.attach(self)
         import tenacity

@@ -19,7 +19,6 @@ import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from holyroute.core.alerts import Alerts
 from holyroute.core.context import (
     TokenEncoder,
 )
@@ -35,6 +34,7 @@ from holyroute.core.spend import SpendBudgets, Verdict
 from holyroute.core.steps import Respond, Step
 
 if TYPE_CHECKING:
+    from holyroute.core.alerts import Alerts
     from holyroute.core.rollouts import Rollouts
 from holyroute.config.schema import Retry
 

@@ -25,8 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
@@ -36,6 +35,9 @@ from holyroute.core.call import Call, EventSink, QualityCheck, Router
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Wait
 from holyroute.drivers.compat import attempt_request, header_view, restore_read_timeout
 from holyroute.drivers.stream import AsyncTap, BodyWatch, SyncTap
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "AsyncTransport", "Transport", "async_client", "client"]
 
@@ -113,7 +115,9 @@ class Transport(httpx2.BaseTransport):
             if self._shadows_pending >= _MAX_SHADOWS_PENDING:
                 return
             self._shadows_pending += 1
-            if self._shadows is None:
+            if self._shadows is None:  # the first shadow copy: the pool module is imported only then
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._shadows = ThreadPoolExecutor(max_workers=4, thread_name_prefix="holyroute-shadow")
             pool = self._shadows
         try:

@@ -1,7 +1,8 @@
 """Chooses the state backend a configuration asks for; the interface (:mod:`holyroute.state.base`) never does.
 
 Importing this module registers :func:`open_backend` with the core (:func:`holyroute.core.ports.open_state`);
-``import holyroute`` does so. Redis is imported only when it is configured.
+``import holyroute`` does so. Every backend is imported only when a configuration asks for it,
+so registering costs ``import holyroute`` next to nothing.
 """
 
 from __future__ import annotations
@@ -10,13 +11,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from holyroute.core.ports import StateBackend, register_state_opener
-from holyroute.rollout.engine import MemoryStore, StateStore
-from holyroute.state.base import ReadOnlyStore
-from holyroute.state.file import FileStore
-from holyroute.state.memory import MemoryBackend
 
 if TYPE_CHECKING:
     from holyroute.config.schema import State
+    from holyroute.rollout.engine import StateStore
 
 __all__ = ["open_backend", "require_backend"]
 
@@ -41,7 +39,17 @@ def open_backend(
         from holyroute.state.redis.backend import RedisBackend
 
         return RedisBackend(state, emit=emit, clock=clock, wall_clock=wall_clock, read_only=read_only)
-    store: StateStore = FileStore(state.path, emit=emit) if state.backend == "file" else MemoryStore()
+    from holyroute.rollout.engine import MemoryStore
+    from holyroute.state.base import ReadOnlyStore
+    from holyroute.state.memory import MemoryBackend
+
+    store: StateStore
+    if state.backend == "file":
+        from holyroute.state.file import FileStore
+
+        store = FileStore(state.path, emit=emit)
+    else:
+        store = MemoryStore()
     if read_only:
         store = ReadOnlyStore(store)
     return MemoryBackend(store, wall_clock=wall_clock)

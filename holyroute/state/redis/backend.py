@@ -4,6 +4,7 @@ pipeline in ``sync``, the subscription in ``listener``, the problem reports in `
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -190,9 +191,16 @@ class RedisBackend:
 
     async def aacquire(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
         ask = self._lease_or_ask(endpoint, rpm, tpm, tokens)
-        if not isinstance(ask, tuple):
-            return ask
-        return await self.grants.aask(endpoint, rpm, tpm, tokens, ask)
+        while isinstance(ask, tuple):
+            pending = self.grants.in_flight(endpoint)
+            if pending is None:
+                return await self.grants.aask_alone(endpoint, rpm, tpm, tokens, ask)
+            # One grant request per endpoint and event loop: the one in flight asked for the demand seen until then
+            # (a lease covers the next 100 ms of it), so wait for its answer and take from its lease. Otherwise 64
+            # calls in flight send 64 requests when a lease runs out, over as many new connections.
+            await asyncio.shield(pending)
+            ask = self._lease_or_ask(endpoint, rpm, tpm, tokens)
+        return ask
 
     def publish(self, change: HealthChange) -> None:
         if self.read_only:

@@ -6,6 +6,7 @@ covers the request) is the backend's; this module only asks and books the answer
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import weakref
 from typing import Any, Protocol
@@ -20,6 +21,10 @@ from holyroute.state.redis.reports import Reports
 from holyroute.state.redis.scripts import ACQUIRE, LIMITS_TTL_MS
 
 __all__ = ["Grants", "Link"]
+
+#: How long an asyncio grant request may wait in all while its event loop is too busy to read the reply (see
+#: :meth:`Grants._bounded`); an idle loop still gives up after the configured command timeout.
+LAG_CAP_S = 0.5
 
 
 class Link(Protocol):
@@ -54,6 +59,11 @@ class Grants:
         self._lock = lock
         self.script = client.register_script(ACQUIRE)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._warm: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()  # loops whose client answered
+        #: endpoint -> the grant request this event loop is waiting for (one at a time: see in_flight)
+        self._flying: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[None]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.owed: dict[str, tuple[int, int]] = {}  # endpoint -> (tpm, tokens owed to its shared bucket)
         self.sending: set[str] = set()  # endpoints whose owed tokens a flush is sending now
         self.sent = threading.Condition(lock)  # notified when that flush is done
@@ -106,14 +116,70 @@ class Grants:
         if found is None:
             client = redis.asyncio.Redis.from_url(
                 self._url,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=max(self._timeout, 0.05),
+                # The command timeout is _bounded's: asyncio's own would count the loop's lag as Redis's.
+                socket_timeout=LAG_CAP_S,
+                socket_connect_timeout=LAG_CAP_S,
                 retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
                 health_check_interval=0,
                 client_name="holyroute",
             )
-            found = self._async[loop] = (client, client.register_script(ACQUIRE))
+            found = self._async[loop] = (client, functools.partial(self._bounded, client.register_script(ACQUIRE)))
         return found[1]
+
+    async def _bounded(self, script: Any, *, keys: list[str], args: list[int]) -> Any:
+        """``script``'s reply, or ``TimeoutError`` once Redis has had the command timeout of the loop's attention.
+
+        A loop busy with many calls (64 in flight, each a few hundred microseconds of work between two awaits) may
+        get round to a reply that came back in 0.2 ms only tens of milliseconds later. asyncio's own timeout would
+        count that lag as Redis being slow: it would drop the connection mid-reply, connect again for the next
+        request (under the same lag, so that times out too), and soon declare Redis down on a healthy Redis. So a
+        deadline that fires late, which is the loop's lag and not Redis's, is extended, up to ``LAG_CAP_S`` in all.
+        """
+        loop = asyncio.get_running_loop()
+        # A loop's first request also connects and loads the script: the connect timeout's 50 ms at least.
+        timeout = self._timeout if loop in self._warm else max(self._timeout, 0.05)
+        task = loop.create_task(script(keys=keys, args=args))
+        give_up = loop.time() + max(LAG_CAP_S, timeout)
+        try:
+            while True:
+                start = loop.time()
+                done, _ = await asyncio.wait((task,), timeout=timeout)
+                if done:
+                    reply = task.result()
+                    self._warm.add(loop)
+                    return reply
+                now = loop.time()
+                if now - start < 1.5 * timeout or now >= give_up:  # on time: Redis itself is slow
+                    raise TimeoutError(f"no reply from Redis within {timeout * 1000:g} ms")
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def in_flight(self, endpoint: str) -> asyncio.Future[None] | None:
+        """Done when the grant request this event loop is waiting for on ``endpoint`` is answered; None when there is
+        none (or the loop is not asyncio's)."""
+        try:
+            flying = self._flying.get(asyncio.get_running_loop())
+        except RuntimeError:
+            return None
+        return None if flying is None else flying.get(endpoint)
+
+    async def aask_alone(
+        self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int]
+    ) -> float | None:
+        """:meth:`aask`, known to :meth:`in_flight` until it is answered (whatever ends it)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # trio: aask asks from a worker thread
+            return await self.aask(endpoint, rpm, tpm, tokens, ask)
+        flying = self._flying.setdefault(loop, {})
+        answered = flying[endpoint] = loop.create_future()
+        try:
+            return await self.aask(endpoint, rpm, tpm, tokens, ask)
+        finally:
+            if flying.get(endpoint) is answered:
+                del flying[endpoint]
+            answered.set_result(None)
 
     async def aclose(self) -> None:
         """Close the running event loop's client, if one was made."""
