@@ -29,7 +29,7 @@ def main() -> None:
         )
     (event,) = events
     print(json.dumps({"id": answer.id, "content": answer.choices[0].message.content, "cache": event["cache"],
-                      "saved_usd": event["saved_usd"], "cost_usd": event["cost_usd"]}))  # fmt: skip
+                      "saved_usd": event.get("saved_usd"), "cost_usd": event["cost_usd"]}))  # fmt: skip
 
 
 if __name__ == "__main__":

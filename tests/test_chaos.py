@@ -302,9 +302,11 @@ def test_chaos_soak(upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
         errors = [r for r in tally.requests if r["outcome"] == "error"]
         # An error the router made up has no upstream behind it, or stopped short of the SDK's persistence.
         short = [
-            r for r in errors if r["endpoint"] is None or (r["attempts"] < SDK_ATTEMPTS and (r["status"] or 500) >= 500)
+            r
+            for r in errors
+            if r.get("endpoint") is None or (r["attempts"] < SDK_ATTEMPTS and (r.get("status") or 500) >= 500)
         ]
-        unexplained.extend(f"{name}: {r['error']} after {r['attempts']} attempt(s)" for r in short)
+        unexplained.extend(f"{name}: {r.get('error')} after {r['attempts']} attempt(s)" for r in short)
         per_client[name] = {
             "begun": tally.begun,
             "events": len(tally.requests),

@@ -28,7 +28,7 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -41,6 +41,7 @@ __all__ = [
     "MAX_EVENT_BYTES",
     "MAX_TOKENS",
     "HeaderLookup",
+    "RequestBody",
     "RequestView",
     "SSEScanner",
     "StreamDecoder",
@@ -242,19 +243,148 @@ _MAX_MODEL_CHARS: Final = 256
 class RequestView(NamedTuple):
     """A caller's request body, parsed and checked: everything the core reads from it.
 
-    ``data`` is the parsed body (nested at most :data:`MAX_DEPTH` deep); the other fields are its validated values:
+    ``data`` is the body's object (nested at most :data:`MAX_DEPTH` deep; a :class:`RequestBody` that decodes the
+    whole of it only when asked for a field beyond those below); the other fields are its validated values:
     the model it names, whether it streams, the output it asks for at most (clamped to :data:`MAX_TOKENS`), the
     choices it asks for (``n``, within ``[1, MAX_CHOICES]``), the end user (``user`` or ``safety_identifier``, when
     a string) and ``metadata`` (when an object). Immutable, and a tuple: built on every call, it must be cheap.
     """
 
-    data: dict[str, Any]
+    data: Mapping[str, Any]
     model: str
     stream: bool
     max_output_tokens: int | None
     choices: int
     user: str | None
     metadata: Mapping[str, Any] | None
+
+
+#: The top-level fields the core reads on every call (routing, limits, costing, stream usage); picked out of a body
+#: by a validating scan that builds nothing for the rest (the messages, the tools).
+_READ_KEYS: Final = frozenset(
+    {
+        "model",
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "metadata",
+        "service_tier",
+        "n",
+        *_OUTPUT_KEYS,
+    }
+)
+
+
+class RequestBody(Mapping[str, Any]):
+    """A request body's top-level object whose whole was validated but not decoded: the fields in ``_READ_KEYS``
+    come from the scan; asking for any other field (a rule's path, a sticky key, a re-encoding, a size estimate)
+    decodes the whole body once. Read-only, as the core treats every body."""
+
+    __slots__ = ("_body", "_known", "_whole")
+
+    def __init__(self, body: bytes | bytearray, known: dict[str, Any]) -> None:
+        self._body = body
+        self._known = known
+        self._whole: dict[str, Any] | None = None
+
+    def whole(self) -> dict[str, Any]:
+        """The whole object, decoded on first use (the body was validated, so this cannot fail; should it, the
+        scanned fields stand for the body)."""
+        whole = self._whole
+        if whole is None:
+            try:
+                decoded = json.loads(self._body)
+            except _JSON_ERRORS:
+                decoded = None
+            whole = self._whole = decoded if isinstance(decoded, dict) else dict(self._known)
+        return whole
+
+    def __getitem__(self, key: str) -> Any:
+        if self._whole is None and key in _READ_KEYS:
+            return self._known[key]
+        return self.whole()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if self._whole is None and key in _READ_KEYS:
+            return self._known.get(key, default)
+        return self.whole().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if self._whole is None and key in _READ_KEYS:
+            return key in self._known
+        return key in self.whole()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.whole())
+
+    def __len__(self) -> int:
+        return len(self.whole())
+
+    def __repr__(self) -> str:  # never the prompt: the body is the caller's
+        return f"RequestBody({len(self._body)} bytes, model={self._known.get('model')!r})"
+
+
+@functools.cache
+def _scanner() -> Any:
+    """pydantic-core's JSON validator for a top-level object, keeping only ``_READ_KEYS``: it checks the whole body
+    at C speed (strict JSON, UTF-8, numbers within 4300 digits, nesting within 200) and builds Python values for
+    those fields only. Built on first use."""
+    from pydantic_core import SchemaValidator, core_schema
+
+    fields = {key: core_schema.typed_dict_field(core_schema.any_schema(), required=False) for key in _READ_KEYS}
+    return SchemaValidator(core_schema.typed_dict_schema(fields, extra_behavior="ignore"))
+
+
+def _scan(body: bytes | bytearray) -> dict[str, Any] | None:
+    """The ``_READ_KEYS`` of a body that is one valid JSON object (the last of a repeated key, as ``json.loads``
+    keeps), or ``None`` when the scanner refuses it; everything it accepts, ``json.loads`` reads the same way, and
+    what it refuses (a byte order mark, a lone surrogate, a long number, deep nesting) goes to ``json.loads``."""
+    try:
+        found = _scanner().validate_json(body)
+    except Exception:  # pydantic_core.ValidationError, and nothing a body can do may escape
+        return None
+    return found if isinstance(found, dict) else None
+
+
+#: Deleted before the nesting of a validated body is measured: every byte but quotes and brackets.
+_NOT_STRUCTURE: Final = bytes(set(range(256)) - set(b'"[]{}'))
+_PARENS: Final = bytes.maketrans(b"[{]}", b"(())")
+_STRING_BODY: Final = re.compile(rb'"[^"]*"')
+
+
+def _more_openings_than(body: bytes | bytearray, limit: int) -> bool:
+    """Whether ``body`` holds more than ``limit`` opening brackets, counted with ``find`` (a memchr that skips the
+    text between them; ``bytes.count`` walks byte by byte) and given up at ``limit + 1``."""
+    total = 0
+    for opening in (b"{", b"["):
+        at = body.find(opening)
+        while at >= 0:
+            total += 1
+            if total > limit:
+                return True
+            at = body.find(opening, at + 1)
+    return False
+
+
+def _deeper_than(body: bytes | bytearray, limit: int) -> bool:
+    """Whether a body that is valid JSON nests deeper than ``limit``, measured without decoding it: escaped
+    backslashes and quotes go, then every byte but quotes and brackets, then the strings' insides; each pass of
+    ``replace(b"()", b"")`` then removes one level of nesting. A handful of C-speed passes over the body."""
+    if len(body) <= 2 * limit:
+        return False
+    if not _more_openings_than(body, limit):  # then it cannot nest deeper (brackets in strings count too)
+        return False
+    text = bytes(body)
+    if b"\\" in text:  # (a memchr) escaped backslashes and quotes go first: they must not end or start a string
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    text = text.translate(_PARENS, _NOT_STRUCTURE)
+    text = _STRING_BODY.sub(b"", text)
+    for _ in range(limit):
+        if not text:
+            return False
+        text = text.replace(b"()", b"")
+    return bool(text)
 
 
 def parse_request(body: bytes | None) -> RequestView | None:
@@ -283,6 +413,9 @@ def read_request(body: bytes | None) -> RequestView | str | None:
     """
     if not body or not isinstance(body, _BYTES) or _OBJECT_START.match(body) is None:
         return None
+    known = _scan(body)
+    if known is not None and not _deeper_than(body, MAX_DEPTH):
+        return _view(RequestBody(body, known), known)
     try:
         data = json.loads(body)
     except RecursionError:
@@ -296,17 +429,22 @@ def read_request(body: bytes | None) -> RequestView | str | None:
         return None
     if _too_deep(data, body):
         return _TOO_DEEP
-    model = data.get("model")
+    return _view(data, data)
+
+
+def _view(data: Mapping[str, Any], fields: Mapping[str, Any]) -> RequestView | None:
+    """The view of a readable body: ``fields`` holds (at least) its ``_READ_KEYS``."""
+    model = fields.get("model")
     if not isinstance(model, str) or not 0 < len(model) <= _MAX_MODEL_CHARS:
         return None
-    user = data.get("user") or data.get("safety_identifier")
-    metadata = data.get("metadata")
+    user = fields.get("user") or fields.get("safety_identifier")
+    metadata = fields.get("metadata")
     return RequestView(
         data=data,
         model=model,
-        stream=data.get("stream") is True,
-        max_output_tokens=requested_output_tokens(data),
-        choices=requested_choices(data),
+        stream=fields.get("stream") is True,
+        max_output_tokens=requested_output_tokens(fields),
+        choices=requested_choices(fields),
         user=user if isinstance(user, str) else None,
         metadata=metadata if isinstance(metadata, dict) else None,
     )
@@ -645,11 +783,27 @@ class Usage:
 
 
 def _tokens(value: object) -> int:
+    if value is None:
+        return 0
+    if type(value) is int:  # what providers write: checked here without a call
+        return min(value, MAX_TOKENS) if value > 0 else 0
     return token_count(value) or 0
 
 
-def _detail(details: object, key: str) -> int:
-    return _tokens(details.get(key)) if isinstance(details, Mapping) else 0
+_NO_DETAILS: Final[Mapping[str, Any]] = {}
+
+
+def _details(value: object) -> Mapping[str, Any]:
+    # A decoded answer's objects are dicts: checked first, without the Mapping ABC's slower check.
+    return value if type(value) is dict or isinstance(value, Mapping) else _NO_DETAILS
+
+
+def _part(value: object, whole: int) -> int:
+    """A count that is part of ``whole``: within ``[0, whole]``."""
+    if value is None:
+        return 0
+    found = _tokens(value)
+    return found if found <= whole else whole
 
 
 #: What an answer may name as its model or service tier; anything else is not recorded.
@@ -667,40 +821,41 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
     Anthropic's cache fields). Counts that are not numbers, or not positive, are 0; absurd ones are clamped to
     :data:`MAX_TOKENS`; every part is clamped to its whole. ``model`` and ``service_tier`` are the answer's own
     fields, kept when they look like names."""
-    if "input_tokens" in usage or "output_tokens" in usage:
-        prompt, completion = _tokens(usage.get("input_tokens")), _tokens(usage.get("output_tokens"))
-        in_details, out_details = usage.get("input_tokens_details"), usage.get("output_tokens_details")
+    get = usage.get
+    responses = "input_tokens" in usage or "output_tokens" in usage
+    if responses:
+        prompt, completion = _tokens(get("input_tokens")), _tokens(get("output_tokens"))
+        in_details, out_details = get("input_tokens_details"), get("output_tokens_details")
     else:
-        prompt, completion = _tokens(usage.get("prompt_tokens")), _tokens(usage.get("completion_tokens"))
-        in_details, out_details = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
-    cached = _detail(in_details, "cached_tokens")
+        prompt, completion = _tokens(get("prompt_tokens")), _tokens(get("completion_tokens"))
+        in_details, out_details = get("prompt_tokens_details"), get("completion_tokens_details")
+    ins = _details(in_details)
+    outs = _details(out_details)
+    cached = _tokens(ins.get("cached_tokens"))
     if not cached:
-        cached = _tokens(usage.get("prompt_cache_hit_tokens"))  # DeepSeek
-    written = _detail(in_details, "cache_write_tokens")
+        cached = _tokens(get("prompt_cache_hit_tokens"))  # DeepSeek
+    written = _tokens(ins.get("cache_write_tokens"))
     # Anthropic's own names: its input_tokens leave both cache parts out, so they are added to the prompt.
-    read_apart, written_apart = (
-        _tokens(usage.get("cache_read_input_tokens")),
-        _tokens(usage.get("cache_creation_input_tokens")),
-    )
+    read_apart, written_apart = _tokens(get("cache_read_input_tokens")), _tokens(get("cache_creation_input_tokens"))
     if (read_apart or written_apart) and not cached and not written:
         cached, written = read_apart, written_apart
         if "input_tokens" in usage:
             prompt = min(prompt + read_apart + written_apart, MAX_TOKENS)
-    cached = min(cached, prompt)
-    written = min(written, prompt - cached)
-    reasoning = min(_detail(out_details, "reasoning_tokens"), completion)
+    # Every part within its whole (written as comparisons: most parts are 0, and this runs on every call).
+    cached = cached if cached <= prompt else prompt
+    written = written if written <= prompt - cached else prompt - cached
     return Usage(
         prompt,
         completion,
         cached,
-        reasoning,
+        _part(outs.get("reasoning_tokens"), completion),
         written,
-        min(_detail(in_details, "audio_tokens"), prompt),
-        min(_detail(out_details, "audio_tokens"), completion),
-        min(_detail(in_details, "image_tokens"), prompt),
-        min(_detail(out_details, "image_tokens"), completion),
-        _name(model),
-        _name(service_tier),
+        _part(ins.get("audio_tokens"), prompt),
+        _part(outs.get("audio_tokens"), completion),
+        _part(ins.get("image_tokens"), prompt),
+        _part(outs.get("image_tokens"), completion),
+        _name(model) if model is not None else None,
+        _name(service_tier) if service_tier is not None else None,
     )
 
 
@@ -725,8 +880,8 @@ def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
                 found, _ = _DECODER.raw_decode(body[match.end() - 1 :].decode("utf-8"))
             except _JSON_ERRORS:
                 break
-            if isinstance(found, Mapping):
-                return usage_from_mapping(found, **_answer_names(body))
+            if isinstance(found, dict):
+                return usage_from_mapping(found, **_answer_names(body, position))
             break
         position = body.rfind(b'"usage"', 0, position)
     try:
@@ -740,12 +895,24 @@ def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
     return None
 
 
-def _answer_names(body: bytes) -> dict[str, str | None]:
-    """The answer's ``model`` (its first, which is the top-level one in OpenAI's answers) and ``service_tier``
-    (its last), read without decoding the whole body."""
-    model = _MODEL_KEY.search(body)
+#: How far from the start (the model of chat and Responses answers) and around the usage (the model of embeddings
+#: answers, which follows their data; the service tier) the answer's names are looked for: a large answer is never
+#: scanned whole for them.
+_NAMES_WINDOW: Final = 64 * 1024
+
+
+def _answer_names(body: bytes, usage_at: int) -> dict[str, str | None]:
+    """The answer's ``model`` (its first in the first 64 KB, which is the top-level one in OpenAI's chat and Responses
+    answers, else the last before the usage, as embeddings answers put it) and ``service_tier`` (its last, within
+    64 KB before the usage or after it), read without decoding the body or scanning all of a large one."""
+    model = _MODEL_KEY.search(body, 0, _NAMES_WINDOW)
+    if model is None:
+        position = body.rfind(b'"model"', max(0, usage_at - _NAMES_WINDOW), usage_at)
+        while position >= 0 and model is None:
+            model = _MODEL_KEY.match(body, position)
+            position = body.rfind(b'"model"', max(0, usage_at - _NAMES_WINDOW), position)
     tier = None
-    position = body.rfind(b'"service_tier"')
+    position = body.rfind(b'"service_tier"', max(0, usage_at - _NAMES_WINDOW))
     if position >= 0:
         tier = _TIER_KEY.match(body, position)
     return {

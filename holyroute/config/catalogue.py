@@ -271,6 +271,8 @@ def _prompt_tier(rate: Rate | None, prompt: int) -> str | None:
 
 def _tiers(*applied: str | None) -> str | None:
     """The price tiers that applied, as the event's ``price_tier`` (``flex``, ``prompt>200000``, or both)."""
+    if not any(applied):  # standard rates: the usual case
+        return None
     return ", ".join(tier for tier in applied if tier) or None
 
 

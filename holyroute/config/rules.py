@@ -468,7 +468,7 @@ class _Source:
         def get_path(headers: HeaderLookup, data: Mapping[str, Any], prompt_tokens: int) -> Any:
             value: Any = data
             for part in parts:
-                if not isinstance(value, dict):
+                if not isinstance(value, Mapping):  # the body is a Mapping (decoded when first read), the rest dicts
                     return None
                 value = value.get(part)
             return value

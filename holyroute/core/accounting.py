@@ -147,45 +147,57 @@ class Accounting(Waiting):
         )
         self._charge_spend(cost, upstream, leg)
         self._observe_rollout(outcome, leg, latency_ms, ttft_ms, cost)
-        fields = {
-            "call_id": self.id,
-            "route": self._plan.alias,
-            "arm": leg.arm.name if leg is not None else None,
-            "split_arm": self._legs[0].arm.name,  # the arm the split chose, even when a fallback served
-            "model": self._alias,
-            "rule": self._rule,
-            "upstream_model": upstream.model if upstream is not None else None,
-            "endpoint": upstream.endpoint if upstream is not None else None,
-            "api": self._api,
-            "status": status,
-            "outcome": outcome,
-            "error": error,
-            "attempts": self._attempts,
-            "attempt_ms": round((now - self._sent_at) * 1000, 3) if self._attempts else None,
-            "fallback": leg.fallback if leg is not None else None,
-            "sticky": leg.sticky if leg is not None else False,
-            "stream": self.stream,
-            "latency_ms": latency_ms,
-            "ttft_ms": ttft_ms,
-            "prompt_tokens": usage.prompt_tokens if usage else None,
-            "completion_tokens": usage.completion_tokens if usage else None,
-            "cached_tokens": usage.cached_tokens if usage else None,
-            "reasoning_tokens": usage.reasoning_tokens if usage else None,
-            "cache_write_tokens": usage.cache_write_tokens if usage else None,
-            "audio_tokens": usage.input_audio_tokens + usage.output_audio_tokens if usage else None,
-            "image_tokens": usage.input_image_tokens + usage.output_image_tokens if usage else None,
-            "service_tier": usage.service_tier if usage else None,
-            "cost_usd": cost,
-            "priced": price_source != "none",
-            "price_source": price_source,
-            "price_tier": price_tier,
-            "request_id": request_id,
-            "finish_reason": self._finish,
-            "quality": self._quality,
-            "shadow": self.shadow_of is not None,
-            "cache": None,
-            "saved_usd": None,
-        }
+        # Fields that would be null are left out (docs/reference/events.md says so): a JSON line per call is
+        # most of what a call costs holyroute, and a third of the fields are null on a plain call.
+        fields: dict[str, Any] = {"call_id": self.id, "route": self._plan.alias}
+        if leg is not None:
+            fields["arm"] = leg.arm.name
+        fields["split_arm"] = self._legs[0].arm.name  # the arm the split chose, even when a fallback served
+        fields["model"] = self._alias
+        if self._rule is not None:
+            fields["rule"] = self._rule
+        if upstream is not None:
+            fields["upstream_model"] = upstream.model
+            fields["endpoint"] = upstream.endpoint
+        fields["api"] = self._api
+        if status is not None:
+            fields["status"] = status
+        fields["outcome"] = outcome
+        if error is not None:
+            fields["error"] = error
+        fields["attempts"] = self._attempts
+        if self._attempts:
+            fields["attempt_ms"] = round((now - self._sent_at) * 1000, 3)
+        if leg is not None and leg.fallback is not None:
+            fields["fallback"] = leg.fallback
+        fields["sticky"] = leg.sticky if leg is not None else False
+        fields["stream"] = self.stream
+        fields["latency_ms"] = latency_ms
+        if ttft_ms is not None:
+            fields["ttft_ms"] = ttft_ms
+        if usage is not None:
+            fields["prompt_tokens"] = usage.prompt_tokens
+            fields["completion_tokens"] = usage.completion_tokens
+            fields["cached_tokens"] = usage.cached_tokens
+            fields["reasoning_tokens"] = usage.reasoning_tokens
+            fields["cache_write_tokens"] = usage.cache_write_tokens
+            fields["audio_tokens"] = usage.input_audio_tokens + usage.output_audio_tokens
+            fields["image_tokens"] = usage.input_image_tokens + usage.output_image_tokens
+            if usage.service_tier is not None:
+                fields["service_tier"] = usage.service_tier
+        if cost is not None:
+            fields["cost_usd"] = cost
+        fields["priced"] = price_source != "none"
+        fields["price_source"] = price_source
+        if price_tier is not None:
+            fields["price_tier"] = price_tier
+        if request_id is not None:
+            fields["request_id"] = request_id
+        if self._finish is not None:
+            fields["finish_reason"] = self._finish
+        if self._quality is not None:
+            fields["quality"] = self._quality
+        fields["shadow"] = self.shadow_of is not None
         ticket = self._cache
         if ticket is not None:
             fields["cache"] = ticket.settle(

@@ -16,7 +16,6 @@ only from the clocks it is given; it never logs a key or prompt text.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import random
 import threading
@@ -116,6 +115,8 @@ class Router:
         )
         retry = config.retry
         self.retry = retry
+        #: The attempts a call makes on transient errors whatever health and the retry budget say (shadows: 1).
+        self.attempt_floor = min(retry.min_attempts, retry.max_attempts)
         #: One retry budget per route (as Envoy budgets per cluster): one route's outage cannot spend the retries
         #: another route needs to fail over.
         self.budgets = {alias: self._retry_budget() for alias in self.routes}
@@ -276,13 +277,13 @@ class Router:
         plan = self.routes.get(view.model)
         if plan is None:
             return None
-        describe = functools.partial(
-            Call, self, plan, api=api[0], operation=api[1], query=query, data=view.data, body=body, timeout=timeout
-        )
-        call = describe(headers=headers)
+        operation, data = api[1], view.data
+        call = Call(self, plan, api=api[0], operation=operation, query=query, headers=headers, data=data, body=body,
+                    timeout=timeout)  # fmt: skip
         self.budgets[call.route].record_call(call.started)
         if plan.shadow is not None and self._shadow_wanted(plan):
-            call.shadow = describe(headers=_NO_HEADERS, shadow_of=call)
+            call.shadow = Call(self, plan, api=api[0], operation=operation, query=query, headers=_NO_HEADERS,
+                               data=data, body=body, timeout=timeout, shadow_of=call)  # fmt: skip
         return call
 
     def _shadow_wanted(self, plan: RoutePlan) -> bool:
@@ -336,12 +337,12 @@ class Router:
         health = self.health
         ejections = health.ejections
         upstreams = leg.arm.upstreams
-        healthy = sum(
-            1
-            for u in upstreams
-            if ejections.ejected(u.endpoint, now) is None
-            and not (self.probing and health.probe_status(u.endpoint) == "unhealthy")
-        )
+        healthy = 0
+        for u in upstreams:  # a loop, not sum() over a generator: this runs at every step of every call
+            if ejections.ejected(u.endpoint, now) is None and not (
+                self.probing and health.probe_status(u.endpoint) == "unhealthy"
+            ):
+                healthy += 1
         panic = healthy * 2 < len(upstreams)
         key = (leg.route, leg.arm.name)
         if panic != (key in self._panicking):
@@ -387,7 +388,7 @@ class Call(Sending):
         operation: str,
         query: str,
         headers: HeaderLookup,
-        data: dict[str, Any],
+        data: Mapping[str, Any],
         body: bytes,
         timeout: float | None,
         shadow_of: Call | None = None,
@@ -412,13 +413,14 @@ class Call(Sending):
         self._rejected = False  # the open attempt's answer was judged a failure (its body is still to be read)
         self._headers = headers
         self.stream = data.get("stream") is True
-        own = data.get("stream_options")
+        own = data.get("stream_options") if self.stream else None
         self._wants_usage_injected = (
             self.stream
             and api in _INJECT_USAGE_APIS
             and not (isinstance(own, Mapping) and own.get("include_usage") is True)
         )
-        self._tokens = _estimate_tokens(body, data)
+        self._out = _requested_output(data)
+        self._tokens = _estimate_tokens(body, self._out)
         self._debits = []  # tpm debits (local and shared), settled with the real usage when the call ends
         self._bodies = {}
         self._attempts = 0
@@ -461,7 +463,6 @@ class Call(Sending):
         self._alias_token = plan.token  # ... as it is in the body, for swapping the model in without re-encoding
         self._rule = None  # the rule that decided, DEFAULT_RULE when none did; None: no rules
         self._input = None  # estimated input tokens, counted when first needed
-        self._out = _requested_output(data)
         self._ceiling = None
         self._check_size = False
         self._size_cost_seen = {}
@@ -473,7 +474,7 @@ class Call(Sending):
         self,
         plan: RoutePlan,
         headers: HeaderLookup,
-        data: dict[str, Any],
+        data: Mapping[str, Any],
         body: bytes,
         *,
         shadow_of: Call | None,
@@ -594,48 +595,30 @@ class Call(Sending):
         router = self._router
         leg = self._legs[0]
         latency_ms = round((router.clock() - self.started) * 1000, 3)
-        router.emit(
-            "holyroute.request",
-            {
-                "call_id": self.id,
-                "route": self._plan.alias,
-                "arm": leg.arm.name,
-                "split_arm": leg.arm.name,
-                "model": self._alias,
-                "rule": self._rule,
-                "upstream_model": answer.upstream_model,
-                "endpoint": None,
-                "api": self._api,
-                "status": 200,
-                "outcome": "ok",
-                "error": None,
-                "attempts": 0,
-                "attempt_ms": None,
-                "fallback": None,
-                "sticky": leg.sticky,
-                "stream": self.stream,
-                "latency_ms": latency_ms,
-                "ttft_ms": latency_ms if self.stream else None,
-                "prompt_tokens": None,
-                "completion_tokens": None,
-                "cached_tokens": None,
-                "reasoning_tokens": None,
-                "cache_write_tokens": None,
-                "audio_tokens": None,
-                "image_tokens": None,
-                "service_tier": None,
-                "cost_usd": 0.0,
-                "priced": True,
-                "price_source": "cache",
-                "price_tier": None,
-                "request_id": None,
-                "finish_reason": finish_reason(answer.body) if self._api in _INJECT_USAGE_APIS else None,
-                "quality": None,
-                "shadow": False,
-                "cache": "hit",
-                "saved_usd": answer.cost_usd,
-            },
-        )
+        # Null-free, as every request event (docs/reference/events.md): no endpoint, no tokens, no request id.
+        fields: dict[str, Any] = {
+            "call_id": self.id,
+            "route": self._plan.alias,
+            "arm": leg.arm.name,
+            "split_arm": leg.arm.name,
+            "model": self._alias,
+        }
+        if self._rule is not None:
+            fields["rule"] = self._rule
+        fields.update(
+            upstream_model=answer.upstream_model, api=self._api, status=200, outcome="ok", attempts=0,
+            sticky=leg.sticky, stream=self.stream, latency_ms=latency_ms,
+        )  # fmt: skip
+        if self.stream:
+            fields["ttft_ms"] = latency_ms
+        fields.update(cost_usd=0.0, priced=True, price_source="cache")
+        finish = finish_reason(answer.body) if self._api in _INJECT_USAGE_APIS else None
+        if finish is not None:
+            fields["finish_reason"] = finish
+        fields.update(shadow=False, cache="hit")
+        if answer.cost_usd is not None:
+            fields["saved_usd"] = answer.cost_usd
+        router.emit("holyroute.request", fields)
         return body
 
     @property
@@ -644,10 +627,10 @@ class Call(Sending):
         return self._plan.alias
 
 
-def _estimate_tokens(body: bytes, data: Mapping[str, Any]) -> int:
+def _estimate_tokens(body: bytes, out: int | None) -> int:
     """A cheap upper-bound guess of a call's tokens: the body's size / 4 plus the output it asks for at most,
     within ``[0, MAX_TOKENS]`` (each bucket takes at most its capacity of it)."""
-    return clamp_tokens(len(body) // 4 + (_requested_output(data) or 0))
+    return clamp_tokens(len(body) // 4 + (out or 0))
 
 
 class _NoHeaders:

@@ -61,6 +61,7 @@ class RouterView(Protocol):
     probing: bool
     quality: QualityCheck | None
     retry: Retry
+    attempt_floor: int
     rollouts: Rollouts | None
     routes: dict[str, RoutePlan]
     spend: SpendBudgets | None
@@ -167,7 +168,7 @@ class CallState:
     _current: Upstream | None
     _current_leg: Leg | None
     _cursor: int
-    _data: dict[str, Any]
+    _data: Mapping[str, Any]
     _deadline: float | None
     _timeout: float | None
     _rejected: bool

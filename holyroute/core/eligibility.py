@@ -201,4 +201,6 @@ class Eligibility(CallState):
     def _extend_sequence(self, leg: Leg) -> None:
         arm = leg.arm
         upstreams = arm.upstreams if arm.balance == "ordered" and not self._router.probing else self._router.order(arm)
-        self._sequence.extend((leg, upstream) for upstream in upstreams)
+        sequence = self._sequence
+        for upstream in upstreams:
+            sequence.append((leg, upstream))

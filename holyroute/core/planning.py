@@ -7,6 +7,7 @@ ceiling) are followed by those that can; a spent route or tag budget blocks the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,7 +25,9 @@ __all__ = ["Planning"]
 class Planning(Accounting):
     __slots__ = ()
 
-    def _plan_legs(self, plan: RoutePlan, headers: HeaderLookup, data: dict[str, Any], body: bytes) -> RoutePlan | None:
+    def _plan_legs(
+        self, plan: RoutePlan, headers: HeaderLookup, data: Mapping[str, Any], body: bytes
+    ) -> RoutePlan | None:
         """The legs the call starts with; the route they belong to, or None when the call is answered locally (a pin
         that matches no arm, a malformed cost ceiling)."""
         router = self._router

@@ -3,7 +3,8 @@ headers to drop and add.
 
 The body is the caller's with only the model swapped in place when that is certain (no re-encoding), else re-encoded
 once per model; a stream is asked for its usage on the wire when the caller did not ask (the tap hides that chunk
-again). The caller's credentials never reach an upstream: neither its auth headers nor its credential query values.
+again), by inserting ``stream_options`` when the body has none, so a large prompt is never re-encoded for it. The
+caller's credentials never reach an upstream: neither its auth headers nor its credential query values.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ class Sending(Attempts):
         inject = self._wants_usage_injected and upstream.stream_usage
         self._hide_usage = inject
         body = self._bodies.get((upstream.model, inject))
-        if body is None and not inject:
+        if body is None:
             body = _swap_model(self._raw_body, self._alias_token, upstream.token)
+            if body is not None and inject:
+                body = None if "stream_options" in self._data else _with_usage_option(body)
         if body is None:
             data = dict(self._data)
             data["model"] = upstream.model
@@ -107,6 +110,22 @@ def _swap_model(body: bytes, alias: bytes, model: bytes) -> bytes | None:
     value is always in the body, so if the alias token occurs exactly once, that occurrence is the model's value (an
     escaped quote inside a longer string could only add a second occurrence, never remove this one).
     """
-    if body.count(alias) != 1:
+    # One search through the body (count then replace would search it twice; CPython's substring search walks most
+    # bytes of a prompt when the alias is made of common letters, so this pass is most of a large call's cost).
+    parts = body.split(alias, 2)
+    if len(parts) != 2:
         return None
-    return body.replace(alias, model)
+    return model.join(parts)
+
+
+#: What asks a stream for its usage, put first in a body that has no ``stream_options`` of its own.
+_USAGE_OPTION: Final = b'"stream_options":{"include_usage":true},'
+
+
+def _with_usage_option(body: bytes) -> bytes | None:
+    """``body`` (a JSON object with at least one field and no ``stream_options``) asking for stream usage, without
+    re-serialising: the option goes in right after the opening brace. ``None`` when that is not certain."""
+    start = body.find(b"{")
+    if start < 0 or body[:start].strip(b" \t\r\n"):
+        return None
+    return body[: start + 1] + _USAGE_OPTION + body[start + 1 :]

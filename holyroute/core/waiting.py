@@ -79,10 +79,7 @@ class Waiting(Eligibility):
 
     def _floor(self) -> int:
         """The attempts this call makes on transient errors whatever health and the retry budget say."""
-        if self.shadow_of is not None:
-            return 1
-        retry = self._router.retry
-        return min(retry.min_attempts, retry.max_attempts)
+        return 1 if self.shadow_of is not None else self._router.attempt_floor
 
     def _wait_for_limits(self, now: float) -> float | None:
         untils = [until for _, until in self._skipped.values() if until is not None]

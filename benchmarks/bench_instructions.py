@@ -1,0 +1,270 @@
+"""CPU instructions per non-streaming call, raw OpenAI SDK vs. the same SDK through holyroute, counted by callgrind.
+
+Timings on a shared machine drift by tens of percent; an instruction count does not move from run to run, so this is
+the benchmark that shows what holyroute itself costs per call, and whether that cost grows with the size of the
+prompt or of the answer. Each case runs in its own process under ``valgrind --tool=callgrind``: the process builds
+its client over an in-memory upstream (an ``httpx2.MockTransport`` answering from bytes built once, under holyroute's
+transport for the routed client), makes warm-up calls, then makes ``--calls`` calls inside a ctypes callback (the one
+comparison of a ``qsort`` of two numbers). Callgrind counts only what runs inside that callback
+(``--toggle-collect=_CallPythonObject``, ctypes' entry into a Python callback, which the call path never enters).
+Everything else (start-up, imports, client construction, first-call caches) is outside the count. Holyroute's events
+are rendered by structlog's ``JSONRenderer`` to ``/dev/null``, as a user piping JSON logs would.
+
+Cases: a chat call with a 0.1 KB prompt, with 32 KB and 128 KB of messages, an embeddings call whose answer is
+1.6 MB, and a chat stream counted from the call to its first chunk (``stream-ttft``: each stream's rest is read
+between the counted parts, so only what precedes the first chunk counts). "added" is holyroute's instructions minus
+the raw SDK's, per call; the per-KB columns divide what holyroute adds beyond the small chat call by the request's
+(or the answer's) extra size.
+
+    python benchmarks/bench_instructions.py               # all cases, 40 measured calls each
+    python benchmarks/bench_instructions.py --calls 100 --cases chat,chat-128k --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+#: Instructions per microsecond on the machine the README's figures come from (about 4 G instructions/s in CPython).
+_NOMINAL_PER_US = 4000
+
+CHAT_ANSWER = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4.1",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "A prince avenges."}, "finish_reason": "stop"}
+    ],
+    "usage": {
+        "prompt_tokens": 19,
+        "completion_tokens": 4,
+        "total_tokens": 23,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    },
+}
+
+#: name -> (operation, request size in KB (approximate), answer size in KB (approximate))
+CASES: dict[str, tuple[str, float, float]] = {
+    "chat": ("chat", 0.1, 0.3),
+    "chat-32k": ("chat", 32, 0.3),
+    "chat-128k": ("chat", 128, 0.3),
+    "embeddings-1.6m": ("embeddings", 0.8, 1600),
+    # Counted from the call to the stream's first chunk only; the rest of each stream is read outside the count.
+    "stream-ttft": ("stream", 0.1, 0.3),
+}
+
+
+def _messages(kilobytes: float) -> list[dict[str, str]]:
+    """A conversation of about ``kilobytes`` KB: alternating turns of about 1 KB (or one short question)."""
+    if kilobytes < 1:
+        return [{"role": "user", "content": "Summarise the plot of Hamlet in one sentence."}]
+    turn = "The quick brown fox jumps over the lazy dog, and then it reads a chapter of Hamlet. " * 12
+    count = round(kilobytes * 1024 / (len(turn) + 30))
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": turn} for i in range(count)]
+
+
+def _embeddings_answer(kilobytes: float) -> bytes:
+    """An embeddings answer of about ``kilobytes`` KB: vectors of 1536 floats written as providers write them."""
+    vector = [((i * 7919) % 2000 - 1000) / 65536.123 for i in range(1536)]
+    one = len(json.dumps(vector))
+    count = max(1, round(kilobytes * 1024 / one))
+    body = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": vector} for i in range(count)],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 8 * count, "total_tokens": 8 * count},
+    }
+    return json.dumps(body).encode()
+
+
+def _stream_events() -> list[bytes]:
+    """A short chat stream as providers send it: content chunks, the finish, the usage chunk, ``[DONE]``."""
+    head = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4.1"}
+    chunks = [
+        {**head, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+        for word in ("A ", "prince ", "avenges.")
+    ]
+    chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    chunks.append({**head, "choices": [], "usage": {"prompt_tokens": 19, "completion_tokens": 4, "total_tokens": 23}})
+    return [b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks] + [b"data: [DONE]\n\n"]
+
+
+def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
+    """Build one client, warm it up, then make ``calls`` calls inside a ctypes callback (all callgrind counts)."""
+    import httpx2
+    import openai
+    import structlog
+
+    import holyroute
+
+    operation, request_kb, answer_kb = CASES[case]
+    answer = _embeddings_answer(answer_kb) if operation == "embeddings" else json.dumps(CHAT_ANSWER).encode()
+    headers = [("content-type", "application/json"), ("x-request-id", "req_bench")]
+    events = _stream_events()
+
+    class Events(httpx2.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(events)  # one event at a time, as a connection would hand them over
+
+    def canned(request: httpx2.Request) -> httpx2.Response:
+        if operation == "stream":
+            return httpx2.Response(200, headers=[("content-type", "text/event-stream")], stream=Events())
+        return httpx2.Response(200, headers=headers, stream=httpx2.ByteStream(answer))
+
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole process
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.WriteLoggerFactory(file=devnull),
+        cache_logger_on_first_use=True,
+    )
+    base_url = "http://127.0.0.1:9/v1"
+    mock = httpx2.MockTransport(canned)
+    # Both clients are built in both processes, so the imports and the set-up are the same outside the count.
+    config = {
+        "endpoints": {"bench": {"base_url": base_url, "api_key": "bench-key"}},
+        "routes": {
+            "chat-default": {"targets": [{"model": "gpt-4.1", "endpoints": ["bench"]}]},
+            "embed-default": {"targets": [{"model": "text-embedding-3-small", "endpoints": ["bench"]}]},
+        },
+    }
+    routed = httpx2.Client(transport=holyroute.Transport(config, transport=mock))
+    raw = httpx2.Client(transport=mock)
+    sdk = openai.OpenAI(
+        base_url=base_url, api_key="bench-key", http_client=routed if client_kind == "holyroute" else raw
+    )
+    model = "text-embedding-3-small" if operation == "embeddings" else "gpt-4.1"
+    if client_kind == "holyroute":
+        model = "embed-default" if operation == "embeddings" else "chat-default"
+    call: Callable[[], Any]
+    messages: Any = _messages(request_kb)
+    rest: list[Iterator[Any]] = []
+    if operation == "chat":
+
+        def call() -> Any:
+            return sdk.chat.completions.create(model=model, messages=messages)
+    elif operation == "stream":
+
+        def call() -> Any:
+            stream = iter(sdk.chat.completions.create(model=model, messages=messages, stream=True))
+            first = next(stream)
+            rest.append(stream)
+            return first
+    else:
+        inputs = [f"sentence number {i} to embed" for i in range(24)]
+
+        def call() -> Any:
+            return sdk.embeddings.create(model=model, input=inputs, encoding_format="float")
+
+    def drain() -> None:
+        while rest:
+            for _ in rest.pop():
+                pass
+
+    for _ in range(warmup):
+        call()
+        drain()
+
+    def measured(_a: int, _b: int) -> int:
+        for _ in range(1 if operation == "stream" else calls):
+            call()
+        return 0
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(measured)
+    pair = (ctypes.c_int * 2)(1, 2)
+    # Two elements: exactly one comparison. A stream's rest is read between comparisons, outside the count.
+    for _ in range(calls if operation == "stream" else 1):
+        libc.qsort(pair, 2, ctypes.sizeof(ctypes.c_int), compare)
+        drain()
+    sdk.close()
+    routed.close()
+    raw.close()
+    devnull.close()
+
+
+def _count(client_kind: str, case: str, calls: int, warmup: int) -> int:
+    """Instructions callgrind counted inside the ctypes callback for one worker process."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--collect-atstart=no",
+        "--toggle-collect=_CallPythonObject",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        client_kind,
+        case,
+        str(calls),
+        str(warmup),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+    match = re.search(r"Collected : ([0-9]+)", done.stderr)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"callgrind run failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
+    return int(match.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=40, help="measured calls per process")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--worker", nargs=4, metavar=("CLIENT", "CASE", "CALLS", "WARMUP"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, case, calls, warmup = args.worker
+        _worker(kind, case, int(calls), int(warmup))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (Debian/Ubuntu: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    results: list[dict[str, Any]] = []
+    for case in cases:
+        raw = _count("raw", case, args.calls, args.warmup) / args.calls
+        routed = _count("holyroute", case, args.calls, args.warmup) / args.calls
+        results.append({"case": case, "raw": round(raw), "holyroute": round(routed), "added": round(routed - raw)})
+    base = next((r["added"] for r in results if r["case"] == "chat"), None)
+    for r in results:
+        _, request_kb, answer_kb = CASES[r["case"]]
+        extra_kb = max(request_kb - CASES["chat"][1], answer_kb - CASES["chat"][2])
+        if base is not None and r["case"] != "chat" and extra_kb > 0:
+            r["added_per_kb"] = round((r["added"] - base) / extra_kb)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    import openai
+
+    import holyroute
+
+    print(f"holyroute {holyroute.__version__}, openai {openai.__version__}, python {sys.version.split()[0]}")
+    print(f"instructions per call, {args.calls} calls per process under callgrind; added = holyroute - raw\n")
+    print(f"{'case':<18}{'raw':>12}{'holyroute':>12}{'added':>10}{'added %':>9}{'per extra KB':>14}{'~µs/KB':>8}")
+    for r in results:
+        per_kb = r.get("added_per_kb")
+        print(
+            f"{r['case']:<18}{r['raw']:>12,}{r['holyroute']:>12,}{r['added']:>10,}{100 * r['added'] / r['raw']:>8.1f}%"
+            + (f"{per_kb:>14,}{per_kb / _NOMINAL_PER_US:>8.2f}" if per_kb is not None else "")
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""The structure that keeps a routed call cheap, checked without timing anything (issue 14).
+
+A call's cost may grow with the size of its prompt and of its answer only at scanning speed: holyroute never decodes
+a whole request body into Python objects unless a configured feature asks for a field beyond those it routes on, never
+re-encodes it to swap the model in, and never decodes a whole answer to find its ``usage``. Features that are not
+configured do no work. The scanned view of a body must say exactly what decoding it would say.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import holyroute
+from holyroute.boundary.parse import (
+    MAX_DEPTH,
+    RequestBody,
+    RequestView,
+    _deeper_than,
+    read_request,
+    requested_choices,
+    requested_output_tokens,
+)
+from holyroute.core.steps import Send
+
+from .conftest import Events
+
+CONFIG = {
+    "endpoints": {"a": {"base_url": "https://a.example/v1", "api_key": "key-a"}},
+    "routes": {
+        "chat": {"targets": [{"model": "gpt-4.1", "endpoints": ["a"]}]},
+        "embed": {"targets": [{"model": "text-embedding-3-small", "endpoints": ["a"]}]},
+    },
+}
+#: No JSON text holyroute decodes on a call may be longer than this (a usage object, a model name, an error).
+SMALL = 4096
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of every text ``json.loads`` or ``JSONDecoder.raw_decode`` is given while the test runs."""
+    sizes: list[int] = []
+    loads, raw_decode = json.loads, json.JSONDecoder.raw_decode
+
+    def spy_loads(text: Any, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(text))
+        return loads(text, *args, **kwargs)
+
+    def spy_raw_decode(self: json.JSONDecoder, text: str, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(text))
+        return raw_decode(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", spy_loads)
+    monkeypatch.setattr(json.JSONDecoder, "raw_decode", spy_raw_decode)
+    return sizes
+
+
+def transport(handler: Callable[[httpx2.Request], httpx2.Response], events: Events) -> holyroute.Transport:
+    return holyroute.Transport(CONFIG, transport=httpx2.MockTransport(handler), sinks=[events])
+
+
+def embeddings_answer(count: int) -> bytes:
+    vector = [i / 7919 for i in range(1536)]
+    data = [{"object": "embedding", "index": i, "embedding": vector} for i in range(count)]
+    usage = {"prompt_tokens": 8 * count, "total_tokens": 8 * count}
+    return json.dumps({"object": "list", "data": data, "model": "text-embedding-3-small", "usage": usage}).encode()
+
+
+class TestNothingIsDecodedWhole:
+    """Large bodies are scanned, never turned into Python objects."""
+
+    def test_a_large_answer_is_costed_without_decoding_it(self, decoded: list[int]) -> None:
+        answer = embeddings_answer(40)  # about 1.3 MB of floats
+        assert len(answer) > 1_000_000
+        events = Events()
+        handler = lambda _: httpx2.Response(200, headers={"content-type": "application/json"}, content=answer)  # noqa: E731
+        with httpx2.Client(transport=transport(handler, events)) as client:
+            response = client.post("https://sdk.example/v1/embeddings", json={"model": "embed", "input": ["a"]})
+            assert response.content == answer
+        assert max(decoded, default=0) <= SMALL
+        (event,) = events.named("holyroute.request")
+        assert (event["outcome"], event["prompt_tokens"], event["upstream_model"]) == (
+            "ok",
+            320,
+            "text-embedding-3-small",
+        )
+
+    def test_a_large_prompt_is_routed_without_decoding_or_re_encoding_it(self, decoded: list[int]) -> None:
+        turn = "The quick brown fox jumps over the lazy dog, and then it reads a chapter of Hamlet. " * 12
+        messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": turn} for i in range(300)]
+        body = json.dumps({"model": "chat", "messages": messages, "max_tokens": 64, "user": "u-1"}).encode()
+        assert len(body) > 256_000
+        sent: list[bytes] = []
+
+        def upstream(request: httpx2.Request) -> httpx2.Response:
+            sent.append(request.content)
+            usage = {"prompt_tokens": 9, "completion_tokens": 1}
+            return httpx2.Response(200, json={"model": "gpt-4.1", "choices": [], "usage": usage})
+
+        events = Events()
+        with httpx2.Client(transport=transport(upstream, events)) as client:
+            response = client.post("https://sdk.example/v1/chat/completions", content=body)
+            assert response.status_code == 200
+        assert sent == [body.replace(b'"model": "chat"', b'"model": "gpt-4.1"')]  # only the model changed
+        assert max(decoded, default=0) <= SMALL
+
+    def test_a_stream_asks_for_usage_without_re_encoding(self, decoded: list[int]) -> None:
+        body = json.dumps({"model": "chat", "stream": True, "messages": [{"role": "user", "content": "x" * 50_000}]})
+        sent: list[bytes] = []
+
+        def upstream(request: httpx2.Request) -> httpx2.Response:
+            sent.append(request.content)
+            return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=b"data: [DONE]\n\n")
+
+        with httpx2.Client(transport=transport(upstream, Events())) as client:
+            client.post("https://sdk.example/v1/chat/completions", content=body.encode()).read()
+        routed = body.replace('"model": "chat"', '"model": "gpt-4.1"').encode()
+        assert sent == [b'{"stream_options":{"include_usage":true},' + routed[1:]]
+        assert max(decoded, default=0) <= SMALL
+        assert json.loads(sent[0])["stream_options"] == {"include_usage": True}
+
+
+class TestUnconfiguredFeaturesDoNothing:
+    """A plain configuration builds none of the optional machinery, and a call never decodes its body."""
+
+    def test_nothing_optional_is_built(self) -> None:
+        router = holyroute.Router(holyroute.load_config(CONFIG))
+        try:
+            assert (router.rollouts, router.spend, router.alerts, router.token_encoder) == (None, None, None, None)
+            assert not router.probing
+            assert not router.tracks_latency
+            assert not router.health.shared_limits
+            assert all(
+                plan.rules is None and plan.shadow is None and not plan.sticky for plan in router.routes.values()
+            )
+        finally:
+            router.close()
+
+    def test_a_plain_call_reads_only_the_scanned_fields(self) -> None:
+        router = holyroute.Router(holyroute.load_config(CONFIG), sinks=[Events()])
+        try:
+            body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).encode()
+            call = router.begin("POST", "/v1/chat/completions", "", {}, body)
+            assert call is not None
+            step = call.next_step()
+            assert isinstance(step, Send)
+            assert call.on_response(200, {"content-type": "application/json"}) is not None
+            assert call.on_body(b'{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}')
+            data = call._data
+            assert isinstance(data, RequestBody)
+            assert data._whole is None  # rules, stickiness, size checks, re-encoding: none asked for the body
+        finally:
+            router.close()
+
+
+LEAVES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6)
+VALUES = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+READ = st.sampled_from(
+    ["stream", "stream_options", "user", "safety_identifier", "metadata", "n", "max_tokens", "max_output_tokens"]
+)
+
+
+class TestTheScanSaysWhatDecodingSays:
+    """The scanned view of a body equals the view of the decoded body, field by field."""
+
+    @given(st.dictionaries(READ | st.text(max_size=6), VALUES, max_size=6), st.booleans())
+    @example({"model": 7}, False)
+    @example({"stream": True, "x": [1, {"model": "other"}]}, False)
+    def test_views_agree(self, fields: dict[str, Any], spaced: bool) -> None:
+        whole = {"model": "chat", **fields}
+        body = json.dumps(whole, indent=1 if spaced else None).encode()
+        view = read_request(body)
+        model = whole.get("model")
+        if not isinstance(model, str):
+            assert view is None
+            return
+        assert isinstance(view, RequestView)
+        user = whole.get("user") or whole.get("safety_identifier")
+        metadata = whole.get("metadata")
+        assert (view.model, view.stream, view.max_output_tokens, view.choices, view.user, view.metadata) == (
+            model,
+            whole.get("stream") is True,
+            requested_output_tokens(whole),
+            requested_choices(whole),
+            user if isinstance(user, str) else None,
+            metadata if isinstance(metadata, dict) else None,
+        )
+        for key in (*fields, "model", "absent"):
+            assert (key in view.data, view.data.get(key)) == (key in whole, whole.get(key))
+        assert dict(view.data) == whole
+
+    @given(
+        st.integers(min_value=1, max_value=2 * MAX_DEPTH),
+        st.sampled_from(["", "[[[", "]]]", '\\"[', "\\\\", "}{", '\\\\"']),
+        st.integers(min_value=0, max_value=200),
+    )
+    def test_nesting_is_measured_exactly(self, depth: int, text: str, siblings: int) -> None:
+        """Brackets and escaped quotes inside strings do not count; only real nesting does."""
+        inner = "[" * depth + json.dumps(text) + "]" * depth
+        body = (
+            '{"model": "chat", "s": ' + json.dumps(text) + ', "x": ' + inner + ', "y": [' + "[],{}," * siblings + "1]}"
+        ).encode()
+        assert _deeper_than(body, MAX_DEPTH) == (depth + 1 > MAX_DEPTH)
