@@ -27,6 +27,7 @@ from holyroute.boundary.cache import (
     parse_cache_ttl,
 )
 from holyroute.config.schema import Config, RouteCache
+from holyroute.core.plan import sticky_key
 
 __all__ = [
     "LEFT_OUT_FIELDS",
@@ -131,18 +132,6 @@ def _present(value: object) -> bool:
     if isinstance(value, str | list | dict):
         return len(value) > 0
     return value is not None and value is not False
-
-
-def _tenant(spec: str, data: Mapping[str, Any], headers: HeaderLookup) -> str | None:
-    if spec.startswith("header:"):
-        value: Any = headers.get(spec[7:].lower())
-    else:
-        value = data
-        for part in spec[5:].split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-    if value is None or value == "" or isinstance(value, dict | list):
-        return None
-    return str(value)
 
 
 class CacheTicket:
@@ -271,7 +260,7 @@ class CachePolicy:
             return CacheTicket(None, reason="not deterministic" if self.when == "deterministic" else "not marked")
         tenant = None
         if self.tenant is not None:
-            tenant = _tenant(self.tenant, data, headers)
+            tenant = sticky_key(self.tenant, data, headers)  # a tenant is read as a sticky key is
             if tenant is None:
                 return CacheTicket(None, reason=f"no tenant ({self.tenant})")
         ttl = parse_cache_ttl(headers.get(CACHE_TTL_HEADER))
