@@ -199,6 +199,47 @@ class TestGrants:
         made.charge("a", 600, None, requests=10_000, tokens=0)
         assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(-600, abs=1), "at most one limit owed"
 
+    def test_the_first_process_back_does_not_take_again_what_the_others_gave_out_while_away(
+        self, store: redis.Redis, keys: Keys
+    ) -> None:
+        """Two processes lose Redis for 2 s with the rpm 600 bucket empty; each gives out its share of the refill on
+        its own (10 requests). The bucket refilled 20 for the whole fleet meanwhile: the first back (A) charging only
+        its own 10 would find 10 more to take while B, still away, has given them out already (the failover test's
+        "11 above the line"). A holds B's presumed 10 instead; B claims them as it comes back."""
+        clock = Clock()
+        a, b = (grants(store, keys, clock, Events(), Link()) for _ in range(2))
+        seconds, micros = store.time()
+        emptied = seconds + micros / 1e6 - 2.0  # Redis's clock, 2 s ago: the outage began with an empty bucket
+        store.hset(keys.limits("a"), mapping={"r": "0", "rt": f"{emptied:.6f}"})
+        for made in (a, b):
+            made.levels["a"] = (0, 0, clock.now - 2.0)  # what each saw last: empty, 2 s ago
+        away = a.presumed_away(clock.now, 600, "a", 2)
+        assert away == 10, "B's share of the 20 the bucket refilled"
+        a.charge("a", 600, None, requests=10, tokens=0, away=away)
+        taken_again = 0
+        while a.ask("a", 600, None, 1, (1, 1)) == 0.0 and taken_again < 30:
+            taken_again += 1
+        assert taken_again <= 1, f"A took {taken_again} more from the refill B had already given out"
+        b.charge("a", 600, None, requests=10, tokens=0, away=b.presumed_away(clock.now, 600, "a", 2))
+        level = float(store.hget(keys.limits("a"), "r") or 0)
+        assert level == pytest.approx(-taken_again, abs=1.5), "B's own 10 claimed the hold: charged once, not twice"
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 0
+
+    def test_a_hold_nobody_claims_goes_back_to_the_bucket(self, store: redis.Redis, keys: Keys) -> None:
+        """A process that was never away never claims what the first back held for it: after ``AWAY_HOLD_S`` the
+        hold goes back to the bucket (the fleet gets it later, never twice)."""
+        made = grants(store, keys, Clock(), Events(), Link())
+        made.charge("a", 600, None, requests=0, tokens=0, away=100)
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(500, abs=1)
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 100
+        store.hset(keys.limits("a"), "ht", "0")  # held long ago
+        assert made.ask("a", 600, None, 1, (1, 1)) == 0.0
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(599, abs=1), "released, less one"
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 0
+        made.charge("a", 600, None, requests=5, tokens=0)  # a plain charge (not back from an outage) holds nothing
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(594, abs=1)
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 0
+
 
 # ---- sync ---------------------------------------------------------------------------------------------------------
 

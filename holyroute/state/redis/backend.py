@@ -353,11 +353,21 @@ class RedisBackend:
         finally:
             self._recovering = False
 
-    def _charge(self, router: AttachedRouter, taken: dict[str, tuple[int, int]]) -> None:
-        for endpoint, (requests, tokens) in taken.items():
+    def _charge(self, router: AttachedRouter, taken: dict[str, tuple[int, int]], *, back: bool = False) -> None:
+        """Charge the shared buckets with what ``taken`` says this process gave out on its own. ``back`` (from an
+        outage): every rpm bucket it knows also holds, or claims from, what the other processes are presumed to have
+        given out on their own meanwhile (:meth:`Grants.charge`), so that the first process back does not take again
+        from the refilled bucket what the others still away have already given out."""
+        endpoints = set(taken)
+        if back:
+            endpoints |= {endpoint for endpoint in self.grants.levels if router.health.limits(endpoint)[0]}
+        now = self.clock()
+        for endpoint in sorted(endpoints):
+            requests, tokens = taken.get(endpoint, (0, 0))
             rpm, tpm = router.health.limits(endpoint)
+            away = self.grants.presumed_away(now, rpm, endpoint, self.sync.members) if back and rpm else None
             try:
-                self.grants.charge(endpoint, rpm, tpm, max(0, requests), max(0, tokens))
+                self.grants.charge(endpoint, rpm, tpm, max(0, requests), max(0, tokens), away=away)
             except FAILURES as error:
                 self.reports.background_error("sync", error)
 
@@ -379,7 +389,7 @@ class RedisBackend:
             # What this process gave out on its own meanwhile is charged to the shared buckets before they decide
             # again (else they would grant, refilled, what was already used); what it gives out while switching, after.
             charged = router.health.taken_local()
-            self._charge(router, charged)
+            self._charge(router, charged, back=True)
             try:  # and what a replaced master granted it and never passed on
                 self.grants.reconcile()
             except FAILURES as error:

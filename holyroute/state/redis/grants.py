@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import threading
 import time
 import weakref
@@ -18,7 +19,7 @@ from holyroute.state.base import Leases
 from holyroute.state.redis.connect import FAILURES, Client, open_async_client
 from holyroute.state.redis.payloads import Keys
 from holyroute.state.redis.reports import Reports
-from holyroute.state.redis.scripts import ACQUIRE, DEBT, LIMITS_TTL_MS, RECONCILE
+from holyroute.state.redis.scripts import ACQUIRE, AWAY_HOLD_S, DEBT, LIMITS_TTL_MS, RECONCILE
 
 __all__ = ["Grants", "Link"]
 
@@ -245,13 +246,32 @@ class Grants:
             )
         return found
 
-    def charge(self, endpoint: str, rpm: int | None, tpm: int | None, requests: int, tokens: int) -> None:
+    def charge(
+        self, endpoint: str, rpm: int | None, tpm: int | None, requests: int, tokens: int, *, away: int | None = None
+    ) -> None:
         """Charge the shared buckets with what this process gave out on its own while Redis was away: the tokens
-        with its next request or sync (as a settled call's), the requests now (raises what Redis raises)."""
+        with its next request or sync (as a settled call's), the requests now (raises what Redis raises).
+
+        ``away`` (coming back from an outage): the requests the other processes are presumed to have given out on
+        their own meanwhile. The first process back holds them out of the rpm bucket for the others to claim as they
+        come back (see ``DEBT``); a later one charges its ``requests`` against that hold."""
         if tpm and tokens:
             self.owe(endpoint, tpm, -tokens)
-        if rpm and requests:
-            self.debt_script(keys=[self._keys.limits(endpoint)], args=[rpm, requests, LIMITS_TTL_MS])
+        if rpm and (requests or away is not None):
+            args = [rpm, requests, LIMITS_TTL_MS, -1 if away is None else max(0, away), AWAY_HOLD_S]
+            self.debt_script(keys=[self._keys.limits(endpoint)], args=args)
+
+    def presumed_away(self, now: float, rpm: int, endpoint: str, processes: int) -> int:
+        """The requests the other ``processes - 1`` processes may have given out on their own from ``endpoint``'s
+        rpm limit during an outage ending ``now``: their local shares of what the shared bucket held when this one
+        last heard from it, refilled since (each started from its share of that and refilled at its share of the
+        rate). Nothing when alone, or when this process never asked for that bucket."""
+        found = self.levels.get(endpoint)
+        if processes <= 1 or found is None:
+            return 0
+        requests, _tokens, at = found
+        level = min(rpm, max(0, requests) + max(0.0, now - at) * rpm / 60)
+        return math.ceil(level * (processes - 1) / processes)
 
     def reconcile(self) -> int:
         """After a failover or an outage: tell each shared rpm bucket how many requests it granted this process in
@@ -271,4 +291,4 @@ class Grants:
 def _acquire_args(
     rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int], *, owed: int, origin: str
 ) -> list[int | str]:
-    return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1], owed, origin]
+    return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1], owed, origin, AWAY_HOLD_S]
