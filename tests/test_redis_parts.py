@@ -225,6 +225,26 @@ class TestGrants:
         assert level == pytest.approx(-taken_again, abs=1.5), "B's own 10 claimed the hold: charged once, not twice"
         assert float(store.hget(keys.limits("a"), "h") or 0) == 0
 
+    def test_spare_gives_out_this_process_share_of_the_last_level_and_no_more(
+        self, store: redis.Redis, keys: Keys
+    ) -> None:
+        """A failed grant request before degrading: of a bucket last seen holding 12 (rpm 600), one of two
+        processes gives out 6; then it waits for its share's refill (5 a second). What it gave out lowers the level
+        its degraded share would start from, and is handed to the sync to charge."""
+        clock = Clock()
+        made = grants(store, keys, clock, Events(), Link())
+        made.levels["a"] = (12, 0, clock.now)
+        assert [made.spare("a", 600, 2, clock.now) for _ in range(6)] == [None] * 6
+        wait = made.spare("a", 600, 2, clock.now)
+        assert wait == pytest.approx(0.2)
+        assert made.spared_levels({"a": (12.0, None)}, 2) == {"a": (0.0, None)}
+        clock.now += 0.2
+        assert made.spare("a", 600, 2, clock.now) is None
+        assert made.spare("a", None, 2, clock.now) is None, "no rpm: the local buckets decide"
+        assert made.take_spared() == {"a": (600, 7)}
+        made.put_spared({"a": (600, 7)})
+        assert made.spared == {"a": (600, 7)}, "a failed flush charges them with the next"
+
     def test_a_hold_nobody_claims_goes_back_to_the_bucket(self, store: redis.Redis, keys: Keys) -> None:
         """A process that was never away never claims what the first back held for it: after ``AWAY_HOLD_S`` the
         hold goes back to the bucket (the fleet gets it later, never twice)."""
@@ -331,7 +351,10 @@ class TestSync:
         sync = Sync(owner, threading.Lock())
         sync.spend_pending[("day", time.strftime("%Y%m%d", time.gmtime()), "budget:route:chat")] = 0.25
         sync.outbox.append(HealthChange("cooldown", "a", "m", time.time() + 30, "429"))
+        owner.grants.spared["a"] = (600, 4)  # given out on this process's share when a grant request failed
         assert sync.flush()
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(596, abs=1), "charged to the bucket"
+        assert owner.grants.spared == {}
         assert float(store.hget(today(keys), "budget:route:chat") or 0) == 0.25
         assert store.hexists(keys.health, "c|a|m")
         assert store.zscore(keys.members, "me") is not None

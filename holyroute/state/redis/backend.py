@@ -220,20 +220,28 @@ class RedisBackend:
         ask = self._lease_or_ask(endpoint, rpm, tpm, tokens)
         if not isinstance(ask, tuple):
             return ask
-        return self.grants.ask(endpoint, rpm, tpm, tokens, ask)
+        return self._spare(endpoint, rpm, self.grants.ask(endpoint, rpm, tpm, tokens, ask))
 
     async def aacquire(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
         ask = self._lease_or_ask(endpoint, rpm, tpm, tokens)
         while isinstance(ask, tuple):
             pending = self.grants.in_flight(endpoint)
             if pending is None:
-                return await self.grants.aask_alone(endpoint, rpm, tpm, tokens, ask)
+                return self._spare(endpoint, rpm, await self.grants.aask_alone(endpoint, rpm, tpm, tokens, ask))
             # One grant request per endpoint and event loop: the one in flight asked for the demand seen until then
             # (a lease covers the next 100 ms of it), so wait for its answer and take from its lease. Otherwise 64
             # calls in flight send 64 requests when a lease runs out, over as many new connections.
             await asyncio.shield(pending)
             ask = self._lease_or_ask(endpoint, rpm, tpm, tokens)
         return ask
+
+    def _spare(self, endpoint: str, rpm: int | None, found: float | None) -> float | None:
+        """The grant path's answer; when it had none (Redis failed, or its reply was unreadable) and this process
+        is not degraded yet, the answer from its share of what the shared bucket last held (:meth:`Grants.spare`):
+        the local buckets, idle while shared, are full-size and would let it take a whole limit on its own."""
+        if found is not None or not self.live:
+            return found
+        return self.grants.spare(endpoint, rpm, self.sync.members, self.clock())
 
     def publish(self, change: HealthChange) -> None:
         if self.read_only:
@@ -326,7 +334,7 @@ class RedisBackend:
         router = self.router
         if router is not None:
             now = self.clock()
-            levels = self.grants.levels_at(now, router.health.limits)
+            levels = self.grants.spared_levels(self.grants.levels_at(now, router.health.limits), self.sync.members)
             router.health.share_limits(False, self.sync.members, now, levels)
         self.leases.clear()
         reason = self.scrub(f"{type(error).__name__}: {error}")[:300]

@@ -76,6 +76,9 @@ class Grants:
             weakref.WeakKeyDictionary()
         )
         self.owed: dict[str, tuple[int, int]] = {}  # endpoint -> (tpm, tokens owed to its shared bucket)
+        #: endpoint -> (rpm, requests given out on this process's share of ``levels`` when a grant request failed
+        #: before the backend degraded; the sync thread charges them to the shared bucket: see :meth:`spare`)
+        self.spared: dict[str, tuple[int, int]] = {}
         self.sending: set[str] = set()  # endpoints whose owed tokens a flush is sending now
         self.sent = threading.Condition(lock)  # notified when that flush is done
 
@@ -260,6 +263,51 @@ class Grants:
         if rpm and (requests or away is not None):
             args = [rpm, requests, LIMITS_TTL_MS, -1 if away is None else max(0, away), AWAY_HOLD_S]
             self.debt_script(keys=[self._keys.limits(endpoint)], args=args)
+
+    def spare(self, endpoint: str, rpm: int | None, processes: int, now: float) -> float | None:
+        """A grant request failed, or its reply was unreadable, and the backend is not (yet) degraded: whether this
+        process's share of what the shared rpm bucket last held (refilled since, less what it gave out so already)
+        has room for one request. None: it has (counted, to be charged to the bucket by the next sync; the caller's
+        local buckets then decide as when degraded); else the seconds until it has. Without this, every such failure
+        took from the full-size local bucket, idle while shared, and was never charged."""
+        if not rpm:
+            return None
+        share = max(1, processes)
+        found = self.levels.get(endpoint)
+        level = rpm if found is None else min(rpm, max(0, found[0]) + max(0.0, now - found[2]) * rpm / 60)
+        with self._lock:
+            spared = self.spared.get(endpoint, (rpm, 0))[1]
+            room = level / share - spared
+            if room >= 1:
+                self.spared[endpoint] = (rpm, spared + 1)
+                return None
+        return max(0.001, (1 - room) * 60 * share / rpm)
+
+    def take_spared(self) -> dict[str, tuple[int, int]]:
+        """The requests :meth:`spare` gave out, handed to the sync flush about to charge them."""
+        with self._lock:
+            spared, self.spared = self.spared, {}
+        return spared
+
+    def put_spared(self, spared: dict[str, tuple[int, int]]) -> None:
+        """A flush failed: what it was to charge is charged with the next one."""
+        with self._lock:
+            for endpoint, (rpm, requests) in spared.items():
+                self.spared[endpoint] = (rpm, self.spared.get(endpoint, (rpm, 0))[1] + requests)
+
+    def spared_levels(
+        self, levels: dict[str, tuple[float | None, float | None]], processes: int
+    ) -> dict[str, tuple[float | None, float | None]]:
+        """``levels`` (:meth:`levels_at`) less what :meth:`spare` gave out and no sync has charged yet, as the
+        shared bucket would hold it (each request spared came out of this process's share, one in ``processes``)."""
+        with self._lock:
+            spared = dict(self.spared)
+        found = dict(levels)
+        for endpoint, (_rpm, requests) in spared.items():
+            held = found.get(endpoint)
+            if held is not None and held[0] is not None:
+                found[endpoint] = (max(0.0, held[0] - requests * max(1, processes)), held[1])
+        return found
 
     def presumed_away(self, now: float, rpm: int, endpoint: str, processes: int) -> int:
         """The requests the other ``processes - 1`` processes may have given out on their own from ``endpoint``'s
