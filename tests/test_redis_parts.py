@@ -215,15 +215,19 @@ class TestGrants:
             made.levels["a"] = (0, 0, clock.now - 2.0)  # what each saw last: empty, 2 s ago
         away = a.presumed_away(clock.now, 600, "a", 2)
         assert away == 10, "B's share of the 20 the bucket refilled"
-        a.charge("a", 600, None, requests=10, tokens=0, away=away)
+        a.charge("a", 600, None, requests=10, tokens=0, away=away, away_s=2.0)
         taken_again = 0
         while a.ask("a", 600, None, 1, (1, 1)) == 0.0 and taken_again < 30:
             taken_again += 1
         assert taken_again <= 1, f"A took {taken_again} more from the refill B had already given out"
-        b.charge("a", 600, None, requests=10, tokens=0, away=b.presumed_away(clock.now, 600, "a", 2))
+        b.charge("a", 600, None, requests=10, tokens=0, away=b.presumed_away(clock.now, 600, "a", 2), away_s=2.0)
         level = float(store.hget(keys.limits("a"), "r") or 0)
         assert level == pytest.approx(-taken_again, abs=1.5), "B's own 10 claimed the hold: charged once, not twice"
         assert float(store.hget(keys.limits("a"), "h") or 0) == 0
+        c = grants(store, keys, clock, Events(), Link())  # a third process back: the hold is used up, not made anew
+        c.charge("a", 600, None, requests=3, tokens=0, away=10, away_s=2.0)
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 0
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(level - 3, abs=0.5)
 
     def test_spare_gives_out_this_process_share_of_the_last_level_and_no_more(
         self, store: redis.Redis, keys: Keys
@@ -244,6 +248,20 @@ class TestGrants:
         assert made.take_spared() == {"a": (600, 7)}
         made.put_spared({"a": (600, 7)})
         assert made.spared == {"a": (600, 7)}, "a failed flush charges them with the next"
+
+    def test_a_hold_made_before_this_process_went_away_is_another_outage(self, store: redis.Redis, keys: Keys) -> None:
+        """Two outages close together: what is left of the first one's hold is not this outage's (it was made
+        before this process went away), so the first process back holds anew rather than claiming it."""
+        made = grants(store, keys, Clock(), Events(), Link())
+        made.charge("a", 600, None, requests=0, tokens=0, away=100, away_s=1.0)
+        made.charge("a", 600, None, requests=40, tokens=0, away=100, away_s=1.0)  # back after it: claims 40
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 60
+        seconds, micros = store.time()
+        store.hset(keys.limits("a"), "ht", f"{seconds + micros / 1e6 - 2.0:.6f}")  # that was 2 s ago
+        made.charge("a", 600, None, requests=10, tokens=0, away=30, away_s=0.5)  # away for the last 0.5 s
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 30, "a hold of its own for the others"
+        level = float(store.hget(keys.limits("a"), "r") or 0)
+        assert level == pytest.approx(600 - 100 + 60 - 10 - 30, abs=1.5), "the old hold's 60 went back first"
 
     def test_a_hold_nobody_claims_goes_back_to_the_bucket(self, store: redis.Redis, keys: Keys) -> None:
         """A process that was never away never claims what the first back held for it: after ``AWAY_HOLD_S`` the

@@ -370,12 +370,13 @@ class RedisBackend:
         if back:
             endpoints |= {endpoint for endpoint in self.grants.levels if router.health.limits(endpoint)[0]}
         now = self.clock()
+        away_s = now - (self._down_since if self._down_since is not None else now)
         for endpoint in sorted(endpoints):
             requests, tokens = taken.get(endpoint, (0, 0))
             rpm, tpm = router.health.limits(endpoint)
             away = self.grants.presumed_away(now, rpm, endpoint, self.sync.members) if back and rpm else None
             try:
-                self.grants.charge(endpoint, rpm, tpm, max(0, requests), max(0, tokens), away=away)
+                self.grants.charge(endpoint, rpm, tpm, max(0, requests), max(0, tokens), away=away, away_s=away_s)
             except FAILURES as error:
                 self.reports.background_error("sync", error)
 

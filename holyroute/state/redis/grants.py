@@ -250,18 +250,28 @@ class Grants:
         return found
 
     def charge(
-        self, endpoint: str, rpm: int | None, tpm: int | None, requests: int, tokens: int, *, away: int | None = None
+        self,
+        endpoint: str,
+        rpm: int | None,
+        tpm: int | None,
+        requests: int,
+        tokens: int,
+        *,
+        away: int | None = None,
+        away_s: float = 0.0,
     ) -> None:
         """Charge the shared buckets with what this process gave out on its own while Redis was away: the tokens
         with its next request or sync (as a settled call's), the requests now (raises what Redis raises).
 
-        ``away`` (coming back from an outage): the requests the other processes are presumed to have given out on
-        their own meanwhile. The first process back holds them out of the rpm bucket for the others to claim as they
-        come back (see ``DEBT``); a later one charges its ``requests`` against that hold."""
+        ``away`` (coming back from an outage of ``away_s`` seconds): the requests the other processes are presumed
+        to have given out on their own meanwhile. The first process back holds them out of the rpm bucket for the
+        others to claim as they come back (see ``DEBT``); a later one (a hold made during its outage) charges its
+        ``requests`` against that hold."""
         if tpm and tokens:
             self.owe(endpoint, tpm, -tokens)
         if rpm and (requests or away is not None):
-            args = [rpm, requests, LIMITS_TTL_MS, -1 if away is None else max(0, away), AWAY_HOLD_S]
+            held = -1 if away is None else max(0, away)
+            args = [rpm, requests, LIMITS_TTL_MS, held, f"{max(0.0, away_s):.3f}", AWAY_HOLD_S]
             self.debt_script(keys=[self._keys.limits(endpoint)], args=args)
 
     def spare(self, endpoint: str, rpm: int | None, processes: int, now: float) -> float | None:

@@ -155,17 +155,18 @@ return 1
 
 # Charge the rpm bucket with ARGV[2] requests a process gave out on its own while Redis was away (refilled up to now
 # first, as ACQUIRE refills it; kept within [-rpm, rpm]; a missing bucket is a full one). ARGV[1] is the limit.
-# ARGV[4], when given and not negative, says the process is coming back from an outage, and holds for the processes
-# still away what they are presumed to have given out on their own (their local shares): the bucket refilled for the
-# whole fleet meanwhile, so without it the first process back would take again what the others already gave out.
-# The first process back takes ARGV[4] requests from the bucket into a hold (fields h, ht); each one back after it
-# (within ARGV[5] seconds) charges its own requests against the hold first, and only what exceeds it to the bucket.
-# What nobody claims within ARGV[5] seconds (a process that was never away) goes back to the bucket.
+# ARGV[4], when given and not negative, says the process is coming back from an outage (of ARGV[5] seconds), and
+# holds for the processes still away what they are presumed to have given out on their own (their local shares): the
+# bucket refilled for the whole fleet meanwhile, so without it the first process back would take again what the
+# others already gave out. The first process back takes ARGV[4] requests from the bucket into a hold (fields h, ht);
+# each one back after it (a hold made during its own outage) charges its own requests against the hold first, and
+# only what exceeds it to the bucket. What nobody claims within ARGV[6] seconds (say a process that was never away)
+# goes back to the bucket.
 DEBT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rpm, taken = tonumber(ARGV[1]), tonumber(ARGV[2])
-local away, hold_s = tonumber(ARGV[4]) or -1, tonumber(ARGV[5]) or 0
+local away, away_s, hold_s = tonumber(ARGV[4]) or -1, tonumber(ARGV[5]) or 0, tonumber(ARGV[6]) or 0
 if rpm == nil or taken == nil or rpm <= 0 then return 0 end
 taken = math.max(0, taken)
 if taken <= 0 and away < 0 then return 0 end
@@ -178,13 +179,17 @@ if h > 0 and (ht == nil or now - ht > hold_s) then
   h = 0
 end
 if away >= 0 then
-  if ht ~= nil and now - ht <= hold_s then
+  if ht ~= nil and ht >= now - away_s then  -- a hold made while this process was away: this outage's
     local claimed = math.min(h, taken)
     h = h - claimed
     taken = taken - claimed
-  elseif away > 0 then
-    h, ht = away, now
-    taken = taken + away
+  else
+    l = math.min(rpm, l + h)  -- what is left of another outage's hold goes back first
+    h = 0
+    if away > 0 then
+      h, ht = away, now
+      taken = taken + away
+    end
   end
 end
 l = math.max(-rpm, l - taken)
