@@ -271,7 +271,7 @@ class Grants:
             self.owe(endpoint, tpm, -tokens)
         if rpm and (requests or away is not None):
             held = -1 if away is None else max(0, away)
-            args = [rpm, requests, LIMITS_TTL_MS, held, f"{max(0.0, away_s):.3f}", AWAY_HOLD_S]
+            args: list[int | str] = [rpm, requests, LIMITS_TTL_MS, held, f"{max(0.0, away_s):.3f}", AWAY_HOLD_S]
             self.debt_script(keys=[self._keys.limits(endpoint)], args=args)
 
     def spare(self, endpoint: str, rpm: int | None, processes: int, now: float) -> float | None:
