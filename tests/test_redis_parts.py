@@ -257,11 +257,21 @@ class TestGrants:
         made.charge("a", 600, None, requests=40, tokens=0, away=100, away_s=1.0)  # back after it: claims 40
         assert float(store.hget(keys.limits("a"), "h") or 0) == 60
         seconds, micros = store.time()
-        store.hset(keys.limits("a"), "ht", f"{seconds + micros / 1e6 - 2.0:.6f}")  # that was 2 s ago
+        ago = f"{seconds + micros / 1e6 - 2.0:.6f}"
+        store.hset(keys.limits("a"), mapping={"ht": ago, "rt": ago})  # that was 2 s ago, untouched since
         made.charge("a", 600, None, requests=10, tokens=0, away=30, away_s=0.5)  # away for the last 0.5 s
         assert float(store.hget(keys.limits("a"), "h") or 0) == 30, "a hold of its own for the others"
         level = float(store.hget(keys.limits("a"), "r") or 0)
-        assert level == pytest.approx(600 - 100 + 60 - 10 - 30, abs=1.5), "the old hold's 60 went back first"
+        assert level == pytest.approx(500 + 20 + 60 - 10 - 30, abs=1.5), "refilled 2 s; the old hold's 60 went back"
+
+    def test_no_hold_when_some_process_used_the_bucket_meanwhile(self, store: redis.Redis, keys: Keys) -> None:
+        """A bucket granted from while this process was away: some process was not away (its grants are in the
+        bucket already), so holding for it would only starve it; this process charges its own requests."""
+        made = grants(store, keys, Clock(), Events(), Link())
+        assert made.ask("a", 600, None, 1, (1, 1)) == 0.0  # another process, granted just now
+        made.charge("a", 600, None, requests=10, tokens=0, away=300, away_s=1.0)
+        assert store.hget(keys.limits("a"), "h") is None
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(600 - 1 - 10, abs=1)
 
     def test_a_hold_nobody_claims_goes_back_to_the_bucket(self, store: redis.Redis, keys: Keys) -> None:
         """A process that was never away never claims what the first back held for it: after ``AWAY_HOLD_S`` the

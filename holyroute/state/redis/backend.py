@@ -72,6 +72,7 @@ class RedisBackend:
         self.failures = 0
         self._recovering = False  # failures while recovering are expected: no second degraded event
         self._down_since: float | None = None
+        self._spared_down: dict[str, int] = {}  # endpoint -> requests Grants.spare gave out before degrading
         self._lock = threading.Lock()
         self.wake = threading.Event()
         self.stop = threading.Event()
@@ -337,6 +338,10 @@ class RedisBackend:
             levels = self.grants.spared_levels(self.grants.levels_at(now, router.health.limits), self.sync.members)
             router.health.share_limits(False, self.sync.members, now, levels)
         self.leases.clear()
+        spared = self.grants.take_spared()  # given out on the share of the last level: charged on the way back
+        with self._lock:
+            for endpoint, (_rpm, requests) in spared.items():
+                self._spared_down[endpoint] = self._spared_down.get(endpoint, 0) + requests
         reason = self.scrub(f"{type(error).__name__}: {error}")[:300]
         self._emit(
             "holyroute.state_degraded",
@@ -398,7 +403,11 @@ class RedisBackend:
             # What this process gave out on its own meanwhile is charged to the shared buckets before they decide
             # again (else they would grant, refilled, what was already used); what it gives out while switching, after.
             charged = router.health.taken_local()
-            self._charge(router, charged, back=True)
+            with self._lock:
+                spared, self._spared_down = self._spared_down, {}
+            before = {e: (r + spared.get(e, 0), t) for e, (r, t) in charged.items()}
+            before.update({e: (n, 0) for e, n in spared.items() if e not in charged})
+            self._charge(router, before, back=True)
             try:  # and what a replaced master granted it and never passed on
                 self.grants.reconcile()
             except FAILURES as error:

@@ -160,8 +160,9 @@ return 1
 # bucket refilled for the whole fleet meanwhile, so without it the first process back would take again what the
 # others already gave out. The first process back takes ARGV[4] requests from the bucket into a hold (fields h, ht);
 # each one back after it (a hold made during its own outage) charges its own requests against the hold first, and
-# only what exceeds it to the bucket. What nobody claims within ARGV[6] seconds (say a process that was never away)
-# goes back to the bucket.
+# only what exceeds it to the bucket. No hold is made when the bucket was written in the latter half of this
+# process's outage (some process was not away and granted from it; one that only noticed the outage a little later
+# than this one could write in its first half), and what nobody claims within ARGV[6] seconds goes back.
 DEBT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -186,7 +187,7 @@ if away >= 0 then
   else
     l = math.min(rpm, l + h)  -- what is left of another outage's hold goes back first
     h = 0
-    if away > 0 then
+    if away > 0 and (at == nil or at < now - away_s / 2) then  -- untouched lately: the others are away too
       h, ht = away, now
       taken = taken + away
     end
