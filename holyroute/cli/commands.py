@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:
     from holyroute.config.prices import PriceRow
     from holyroute.config.schema import Config
+    from holyroute.core.call import Router
     from holyroute.readers.log import EventLog
     from holyroute.readers.report import Report
 
@@ -809,12 +810,12 @@ def run_demo(
     canary routes, on five local fake upstreams. Writes the event log, the configuration beside it (which the
     commands it prints at the end read) and the rollouts' state file. 2 when the configuration path holds a file the
     demo did not write."""
-    import httpx2
+    # Just over 60 lines: the files it writes, the structlog setup and the five upstreams' lifetimes nest in one place
+    # so that each ends on every path; the banner and the traffic are their own functions.
     import structlog
     import yaml
-    from openai import AsyncOpenAI, OpenAI
 
-    from holyroute import AsyncTransport, Router, Transport, load_config
+    from holyroute import Router, load_config
     from holyroute.testing import FakeUpstream, Reply
 
     config_path, state_path = demo_files(events_path, config)
@@ -855,33 +856,12 @@ def run_demo(
             )
             primary.fail_for(1.5, Reply.rate_limited(retry_after_s=0.5))
             bad.push(*[Reply.error(500) if n % 3 else Reply() for n in range(1000)])  # 2 in 3 calls fail
-            out.write(
-                "holyroute demo: 5 local fake upstreams on 127.0.0.1: primary (answers 429 for its first 1.5 s), "
-                "secondary, slow (adds 50 ms), candidate-good, candidate-bad (fails 2 calls in 3)\n"
-                "route chat-default: gpt-4.1 90% on [primary, secondary], deepseek-chat 10% on [slow], sticky per "
-                "user, fallback chat-cheap\n"
-                "routes canary-good, canary-bad: rollouts of gpt-4.1 (candidate) against gpt-4o (stable)\n"
-                f"{calls + 2 * rollout_n} calls: {calls} to chat-default (sync, streaming, async), {rollout_n} to "
-                f"each canary route\nconfiguration: {config_path}\n\n"
-            )
-            sync_n = calls * 2 // 5
-            async_n = calls * 2 // 5
-            stream_n = calls - sync_n - async_n
+            out.write(_demo_banner(calls, rollout_n, config_path))
             started = time.perf_counter()
             # One router for the sync and the async client: one set of cooldowns, budgets and rollout states.
             router = Router(load_config(config_path))
             try:
-                sdk = OpenAI(
-                    api_key="unused-holyroute-routes", http_client=httpx2.Client(transport=Transport(router=router))
-                )
-                with sdk:
-                    _phase("sync calls", sync_n, out, lambda i: _chat(sdk, i))
-                    _phase("streaming calls", stream_n, out, lambda i: _stream(sdk, i))
-                    _phase("canary-good (healthy)", rollout_n, out, lambda i: _chat(sdk, i, "canary-good", 400))
-                    _phase("canary-bad (2/3 fail)", rollout_n, out, lambda i: _chat(sdk, i, "canary-bad", 400))
-                asyncio.run(
-                    _async_phase(AsyncOpenAI, httpx2.AsyncClient(transport=AsyncTransport(router=router)), async_n, out)
-                )
+                _demo_traffic(router, calls, rollout_n, out)
             finally:
                 router.close()
             elapsed = time.perf_counter() - started
@@ -889,6 +869,38 @@ def run_demo(
     _write_demo_summary(events_path, elapsed, out)
     out.write(_next_commands(events_path, config_path))
     return 0
+
+
+def _demo_banner(calls: int, rollout_n: int, config_path: Path) -> str:
+    """What the demo says it runs, before it runs it."""
+    return (
+        "holyroute demo: 5 local fake upstreams on 127.0.0.1: primary (answers 429 for its first 1.5 s), "
+        "secondary, slow (adds 50 ms), candidate-good, candidate-bad (fails 2 calls in 3)\n"
+        "route chat-default: gpt-4.1 90% on [primary, secondary], deepseek-chat 10% on [slow], sticky per "
+        "user, fallback chat-cheap\n"
+        "routes canary-good, canary-bad: rollouts of gpt-4.1 (candidate) against gpt-4o (stable)\n"
+        f"{calls + 2 * rollout_n} calls: {calls} to chat-default (sync, streaming, async), {rollout_n} to "
+        f"each canary route\nconfiguration: {config_path}\n\n"
+    )
+
+
+def _demo_traffic(router: Router, calls: int, rollout_n: int, out: TextIO) -> None:
+    """The demo's calls through the official SDK, sync, streaming and async, all on one ``router``."""
+    import httpx2
+    from openai import AsyncOpenAI, OpenAI
+
+    from holyroute import AsyncTransport, Transport
+
+    sync_n = calls * 2 // 5
+    async_n = calls * 2 // 5
+    stream_n = calls - sync_n - async_n
+    sdk = OpenAI(api_key="unused-holyroute-routes", http_client=httpx2.Client(transport=Transport(router=router)))
+    with sdk:
+        _phase("sync calls", sync_n, out, lambda i: _chat(sdk, i))
+        _phase("streaming calls", stream_n, out, lambda i: _stream(sdk, i))
+        _phase("canary-good (healthy)", rollout_n, out, lambda i: _chat(sdk, i, "canary-good", 400))
+        _phase("canary-bad (2/3 fail)", rollout_n, out, lambda i: _chat(sdk, i, "canary-bad", 400))
+    asyncio.run(_async_phase(AsyncOpenAI, httpx2.AsyncClient(transport=AsyncTransport(router=router)), async_n, out))
 
 
 def _next_commands(events_path: Path, config_path: Path) -> str:

@@ -134,6 +134,7 @@ class Accounting(Waiting):
     def _emit_request(
         self, status: int | None, outcome: str, usage: Usage | None, error: str | None, request_id: str | None
     ) -> None:
+        # Long on purpose: one or two lines per field of the event, in the order docs/reference/events.md lists them.
         self.done = True
         router = self._router
         now = router.clock()

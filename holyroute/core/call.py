@@ -92,6 +92,8 @@ class Router:
         quality: QualityCheck | None = None,
         state: StateBackend | None = None,
     ) -> None:
+        # Over 60 lines with its 12-line signature: the body wires the router's parts in the order they depend on
+        # each other; the parts with choices of their own are built by _retry_budget and _open_rollouts.
         self.config = config
         self.quality = quality
         self.clock = clock
