@@ -276,6 +276,9 @@ class TestBoard:
             "failovers": 0,
             "alerts": 0,
             "outcomes": {"ok": 19, "error": 1},
+            "cache_hits": 0,
+            "cache_lookups": 0,
+            "saved_usd": 0.0,
         }
         chat = by_name(state["routes"], "route", "chat")
         gpt, deep = chat["arms"]

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
 __all__ = [
+    "CACHE_HEADER",
+    "CACHE_TTL_HEADER",
     "MAX_CHOICES",
     "MAX_DECODED_BYTES",
     "MAX_DEPTH",
@@ -60,6 +62,11 @@ __all__ = [
     "usage_from_body",
     "usage_from_mapping",
 ]
+
+#: The caller's word on the response cache for one call (``holyroute.boundary.cache`` reads it); never forwarded.
+CACHE_HEADER = "x-holyroute-cache"
+#: The TTL for this call's cached answer, seconds or a duration; never forwarded.
+CACHE_TTL_HEADER = "x-holyroute-cache-ttl"
 
 #: The most tokens any count may say (a trillion): far above any model's window or any rate limit, small enough that
 #: every product with a price stays a finite float.

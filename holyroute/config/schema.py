@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Analysis",
+    "Cache",
     "Config",
     "Endpoint",
     "EndpointRef",
@@ -56,6 +57,7 @@ __all__ = [
     "Rollout",
     "RolloutStep",
     "Route",
+    "RouteCache",
     "Shadow",
     "State",
     "Target",
@@ -67,6 +69,7 @@ __all__ = [
 _ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SHIELD_PATTERN = re.compile(r"__holyroute_ref_\d+__")
 _STICKY_PATTERN = re.compile(r"^(user|header:[A-Za-z0-9_-]+|body:[A-Za-z0-9_.-]+)$")
+_TENANT_PATTERN = re.compile(r"^(header:[A-Za-z0-9_-]+|body:[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*)$")
 
 
 class _Model(BaseModel):
@@ -479,6 +482,68 @@ class Shadow(Target):
     """Stop mirroring for the rest of the UTC day once the shadow's spend reaches this."""
 
 
+class RouteCache(_Model):
+    """This route's answers kept and given again to identical requests (``docs/concepts/cache.md`` states the key rule).
+
+    ``when``: ``deterministic`` (the default) caches embeddings, and chat, completions and responses calls asking
+    ``temperature: 0`` (with ``n`` absent or 1), plus any call the caller marks with ``x-holyroute-cache: on``;
+    ``marked`` only calls so marked; ``always`` every call. ``exclude``: top-level body fields whose presence (not
+    null, not empty) keeps a call out of the cache, such as ``tools``. ``ignore_fields``: top-level body fields left
+    out of the key besides ``user``, ``metadata``, ``stream`` and ``stream_options``. ``tenant``: a header
+    (``header:x-tenant``) or a body path (``body:metadata.tenant``) that scopes the key; a call without it is not
+    cached. ``store_truncated``: also keep answers cut off by ``finish_reason: length``.
+    """
+
+    ttl: Annotated[Duration, Field(gt=0)] = 3600.0
+    """How long an answer is kept (seconds or a duration such as `1h`); a caller's `x-holyroute-cache-ttl` wins."""
+    when: Literal["deterministic", "marked", "always"] = "deterministic"
+    """Which calls are cached: `deterministic` (embeddings; `temperature: 0` with `n` absent or 1), `marked` (only
+    calls sent with `x-holyroute-cache: on`), `always`. A marked call is cached whatever this says."""
+    exclude: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    """Top-level body fields whose presence (not null, not empty) keeps a call out of the cache, such as `tools`."""
+    ignore_fields: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    """Top-level body fields left out of the key, besides `user`, `metadata`, `stream` and `stream_options`."""
+    tenant: str | None = None
+    """Scope the key per tenant: `header:<name>` or `body:<field.path>`; a call without it is not cached."""
+    store_truncated: bool = False
+    """Also keep answers cut off by `finish_reason: length`."""
+
+    @field_validator("tenant")
+    @classmethod
+    def _check_tenant(cls, value: str | None) -> str | None:
+        if value is not None and not _TENANT_PATTERN.match(value):
+            raise ValueError(f"tenant must be 'header:<name>' or 'body:<path>', got {value[:60]!r}")
+        return value
+
+    @field_validator("ignore_fields")
+    @classmethod
+    def _check_ignored(cls, value: list[str]) -> list[str]:
+        if "model" in value:
+            raise ValueError("'model' always belongs to the key (the route and its upstream models do); remove it")
+        return value
+
+
+class Cache(_Model):
+    """Where cached answers live (``backend``) and how much of them: off until a route sets ``cache:``.
+
+    ``memory``: this process, a least-recently-used store bounded by ``max_entries`` and ``max_bytes``. ``redis``:
+    shared by every process on the ``state:`` Redis (its ``url``, under its ``prefix``), each entry with its TTL; an
+    index kept next to the entries bounds them by ``max_entries`` and ``max_bytes`` too (the entries closest to
+    expiry go first). An answer larger than ``max_entry_bytes`` is never stored.
+    """
+
+    backend: Literal["memory", "redis"] = "memory"
+    """`memory`: this process; `redis`: every process on the `state` Redis (its `url`, under its `prefix`)."""
+    max_entries: Annotated[int, Field(gt=0)] = 10_000
+    """The most answers kept; past it the least recently used (memory) or soonest to expire (Redis) go first."""
+    max_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    """The most bytes the kept answers take, keys and bookkeeping included."""
+    max_entry_bytes: Annotated[int, Field(gt=0)] = 1024 * 1024
+    """An answer larger than this is never kept."""
+    timeout_ms: Annotated[float, Field(gt=0, le=10_000)] = 50.0
+    """Redis: the most one command may take; slower counts as a miss."""
+
+
 class Route(_Model):
     """A model alias the application sends, split across targets (or rolled out), with fallback aliases."""
 
@@ -499,6 +564,8 @@ class Route(_Model):
     max_cost_usd: Annotated[float, Field(gt=0)] | None = None
     """The most a call may cost at worst (input estimate + requested output, at each candidate's price); candidates
     over it are skipped."""
+    cache: RouteCache | None = None
+    """Answer identical requests from the response cache (off unless set; the store is the top-level `cache`)."""
 
     @model_validator(mode="after")
     def _targets_or_rollout(self) -> Route:
@@ -712,6 +779,8 @@ class Config(_Model):
     """Thresholds on routes' and endpoints' calls over a rolling window."""
     context: ContextFit = Field(default_factory=ContextFit)
     """How a request's input tokens are counted for context fit, rules and cost ceilings."""
+    cache: Cache = Field(default_factory=Cache)
+    """Where the response cache keeps answers (memory or Redis) and how many; off until a route sets `cache`."""
 
     @classmethod
     def load(cls, source: str | os.PathLike[str] | Mapping[str, Any] | Config) -> Config:

@@ -199,6 +199,13 @@ class Accounting(Waiting):
         if self._quality is not None:
             fields["quality"] = self._quality
         fields["shadow"] = self.shadow_of is not None
+        ticket = self._cache
+        if ticket is not None:
+            fields["cache"] = ticket.settle(
+                ok=outcome == "ok", status=status, api=self._api, finish_reason=self._finish, quality=self._quality,
+                primary=leg is self._legs[0], upstream_model=upstream.model if upstream is not None else None,
+                cost_usd=cost, now=router.wall_clock(),
+            )  # fmt: skip
         router.emit("holyroute.request", fields)
         if router.alerts is not None:
             router.alerts.observe(fields)

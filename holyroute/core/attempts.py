@@ -122,6 +122,8 @@ class Attempts(Planning):
             if router.quality is not None and judged:
                 leg = self._last_leg if self._last_leg is not None else self._legs[0]
                 self._quality = self._judge_quality(leg, body)
+        if self._cache is not None and self._cache.collecting:
+            self._cache.body = body  # judged with the call's end (settle), kept by the driver
         self.on_complete(usage_from_body(body) if status < 300 else None)
         return True
 

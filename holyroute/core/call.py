@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from holyroute.boundary.parse import RequestView, clamp_tokens, named_alias, read_request
+from holyroute.boundary.parse import RequestView, clamp_tokens, finish_reason, named_alias, read_request
 from holyroute.config.catalogue import catalogue_model
 from holyroute.core.attempts import _INJECT_USAGE_APIS
 from holyroute.core.call_state import QualityCheck
@@ -52,7 +52,9 @@ from holyroute.core.spend import SpendBudgets
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Step, Wait
 
 if TYPE_CHECKING:
+    from holyroute.boundary.cache import StoredAnswer
     from holyroute.core.alerts import Alerts
+    from holyroute.core.cache import CachePolicy, CacheTicket
     from holyroute.core.rollouts import Rollouts
 from holyroute.config.schema import Config
 
@@ -139,6 +141,12 @@ class Router:
 
             self.alerts = Alerts(config.alerts, emit=self.emit, clock=clock)
         self._panicking: set[tuple[str, str]] = set()
+        #: The routes that cache answers (``routes.<alias>.cache``); empty: the drivers never look.
+        self.caches: dict[str, CachePolicy] = {}
+        if any(route.cache is not None for route in config.routes.values()):
+            from holyroute.core.cache import compile_caches  # loaded only when a route caches
+
+            self.caches = compile_caches(config)
         self.state.attach(self)
         import tenacity
 
@@ -450,6 +458,7 @@ class Call(Sending):
         self._granted = None  # granted: send it next
         self._paid = False  # the retry budget already paid for the attempt being lined up
         self._budget = None  # a spent route/tag budget: the route's own arms are skipped
+        self._cache = None
         self._fallback_budgets = {}
         self._tags = ()
         self._alias = plan.alias  # the alias the caller sent (a rule may hand the call to another route)
@@ -551,6 +560,68 @@ class Call(Sending):
                     return Wait(wait)
         self._final = self._give_up(now)
         return self._final
+
+    # ---- the response cache (the drivers do the reading and writing: drivers/cache.py) ---------------------------
+
+    def open_cache(self) -> CacheTicket | None:
+        """This call's cache ticket, on a route that caches; None when it does not (or the call is already answered
+        locally, or is a shadow copy). Opened once its route and arm are planned: the key covers the arm's models."""
+        policy = self._router.caches.get(self._plan.alias)
+        if policy is None or self._final is not None or self.shadow_of is not None or self.done:
+            return None
+        arm = self._legs[0].arm
+        self._cache = policy.ticket(self._api, self._data, self._headers, (u.model for u in arm.upstreams))
+        return self._cache
+
+    @property
+    def cache_ticket(self) -> CacheTicket | None:
+        """The ticket :meth:`open_cache` opened (settled when the call has ended), or None."""
+        return self._cache
+
+    def answer_cached(self, answer: StoredAnswer) -> bytes | None:
+        """The body to answer the call with from the cache (the JSON, or its replay as a stream when the caller
+        streams), or None when it cannot be given (route it). No attempt is made, so nothing of health, cooldowns,
+        limits, spend or rollout measurements is touched. Emits its one ``holyroute.request`` (cost 0, ``saved_usd``).
+        """
+        ticket = self._cache
+        assert ticket is not None, "answer_cached without open_cache"
+        options = self._data.get("stream_options")
+        include_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+        from holyroute.core.cache import replay
+
+        body = replay(self._api, answer.body, stream=self.stream, include_usage=include_usage)
+        if body is None:
+            return None
+        ticket.hit(answer)
+        self.done = True
+        router = self._router
+        leg = self._legs[0]
+        latency_ms = round((router.clock() - self.started) * 1000, 3)
+        # Null-free, as every request event (docs/reference/events.md): no endpoint, no tokens, no request id.
+        fields: dict[str, Any] = {
+            "call_id": self.id,
+            "route": self._plan.alias,
+            "arm": leg.arm.name,
+            "split_arm": leg.arm.name,
+            "model": self._alias,
+        }
+        if self._rule is not None:
+            fields["rule"] = self._rule
+        fields.update(
+            upstream_model=answer.upstream_model, api=self._api, status=200, outcome="ok", attempts=0,
+            sticky=leg.sticky, stream=self.stream, latency_ms=latency_ms,
+        )  # fmt: skip
+        if self.stream:
+            fields["ttft_ms"] = latency_ms
+        fields.update(cost_usd=0.0, priced=True, price_source="cache")
+        finish = finish_reason(answer.body) if self._api in _INJECT_USAGE_APIS else None
+        if finish is not None:
+            fields["finish_reason"] = finish
+        fields.update(shadow=False, cache="hit")
+        if answer.cost_usd is not None:
+            fields["saved_usd"] = answer.cost_usd
+        router.emit("holyroute.request", fields)
+        return body
 
     @property
     def route(self) -> str:

@@ -35,6 +35,7 @@ from holyroute.core.steps import Respond, Step
 
 if TYPE_CHECKING:
     from holyroute.core.alerts import Alerts
+    from holyroute.core.cache import CachePolicy, CacheTicket
     from holyroute.core.rollouts import Rollouts
 from holyroute.config.schema import Retry
 
@@ -52,6 +53,7 @@ class RouterView(Protocol):
     _call_ids: itertools.count[int]
     alerts: Alerts | None
     backoff: Callable[[Any], float]
+    caches: dict[str, CachePolicy]
     clock: Callable[[], float]
     wall_clock: Callable[[], float]
     dropped_headers: frozenset[str]
@@ -91,6 +93,7 @@ class CallState:
         "_attempts",
         "_bodies",
         "_budget",
+        "_cache",
         "_ceiling",
         "_check_size",
         "_current",
@@ -159,6 +162,7 @@ class CallState:
     _attempts: int
     _bodies: dict[tuple[str, bool], bytes]
     _budget: Verdict | None
+    _cache: CacheTicket | None  # the response cache's ticket, on a route that caches (opened by the driver)
     _ceiling: float | None
     _check_size: bool
     _current: Upstream | None

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from holyroute.boundary.parse import CACHE_HEADER, CACHE_TTL_HEADER
 from holyroute.config.prices import PriceRow
 from holyroute.config.rules import CompiledRules, compile_rules
 from holyroute.core.context import (
@@ -72,6 +73,8 @@ DROPPED_HEADERS: Final = frozenset(
         PIN_HEADER,
         TAGS_HEADER,
         MAX_COST_HEADER,
+        CACHE_HEADER,
+        CACHE_TTL_HEADER,
     }
 )
 #: Query parameters that carry the caller's credentials, never forwarded (names compared case-insensitively).

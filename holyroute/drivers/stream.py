@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import httpx2
 
@@ -21,16 +22,28 @@ from holyroute.core.call import Call
 from holyroute.core.steps import Accepted
 from holyroute.core.usage import SSEScanner
 
+if TYPE_CHECKING:
+    from holyroute.drivers.cache import ResponseCache
+
 __all__ = ["AsyncTap", "BodyWatch", "SyncTap"]
+
+#: The most of a stream's (decoded) events kept to put a cached answer together; beyond, the answer is not stored.
+_MAX_COLLECTED = 16 * 1024 * 1024
 
 
 class BodyWatch:
     """Watches one accepted event stream on behalf of its :class:`Call`."""
 
-    __slots__ = ("_call", "_decoder", "_ended", "_scanner", "_seen")
+    __slots__ = ("_cache", "_call", "_collected", "_decoder", "_ended", "_scanner", "_seen")
 
-    def __init__(self, call: Call, accepted: Accepted, decoder: StreamDecoder | None = None) -> None:
+    def __init__(
+        self, call: Call, accepted: Accepted, decoder: StreamDecoder | None = None, cache: ResponseCache | None = None
+    ) -> None:
         self._call = call
+        # The response cache wants the whole answer: the (decoded) events are kept, up to a bound, to be put together.
+        ticket = call.cache_ticket if cache is not None else None
+        self._cache = cache if ticket is not None and ticket.collecting else None
+        self._collected: bytearray | None = bytearray() if self._cache is not None else None
         self._scanner = SSEScanner(hide_usage_chunk=accepted.hide_usage_chunk)
         self._decoder = decoder  # a compressed stream (sent although holyroute asked for identity) is decoded here
         self._seen = 0
@@ -42,6 +55,11 @@ class BodyWatch:
         self._seen += len(chunk)
         if self._decoder is not None:
             chunk = self._decode(self._decoder.decode, chunk)
+        collected = self._collected
+        if collected is not None:
+            collected += chunk
+            if len(collected) > _MAX_COLLECTED:
+                self._collected = None  # too large to keep: the call goes on, its answer is not stored
         return self._scanner.feed(chunk)
 
     @staticmethod
@@ -64,6 +82,8 @@ class BodyWatch:
                 f"holyroute: the upstream's event stream ended without its final event after "
                 f"{scanner.events} events ({self._seen} bytes): the answer is incomplete"
             )
+        if torn is None and scanner.error is None:
+            self._put_together(tail)
         self._call.on_complete(scanner.usage, error=torn or scanner.error, finish_reason=scanner.finish_reason)
         return rest, torn
 
@@ -91,10 +111,31 @@ class BodyWatch:
         if scanner.done:
             try:
                 scanner.end()
+                if scanner.error is None:
+                    self._put_together(b"")
             finally:
                 self._call.on_complete(scanner.usage, error=scanner.error, finish_reason=scanner.finish_reason)
             return
         self._call.on_complete(scanner.usage, cancelled=True)
+
+    def _put_together(self, tail: bytes) -> None:
+        """Hand the call's cache ticket the whole answer this complete stream carried (before the call ends)."""
+        ticket = self._call.cache_ticket
+        if self._collected is not None and ticket is not None:
+            from holyroute.boundary.cache import reassemble_stream
+
+            ticket.body = reassemble_stream(ticket.api, bytes(self._collected + tail))
+        self._collected = None
+
+    def keep(self) -> None:
+        """Write the answer the call's cache ticket kept, if any (after the call ended; at most once)."""
+        if self._cache is not None:
+            self._cache.keep(self._call.cache_ticket)
+
+    async def akeep(self) -> None:
+        """:meth:`keep` for the async tap."""
+        if self._cache is not None:
+            await self._cache.akeep(self._call.cache_ticket)
 
 
 class SyncTap(httpx2.SyncByteStream):
@@ -113,6 +154,7 @@ class SyncTap(httpx2.SyncByteStream):
                 if out:
                     yield out
             rest, torn = watch.end()
+            watch.keep()
             if rest:
                 yield rest
         except BaseException as error:
@@ -124,6 +166,7 @@ class SyncTap(httpx2.SyncByteStream):
     def close(self) -> None:
         try:
             self._watch.close()
+            self._watch.keep()
         finally:
             self._stream.close()
 
@@ -144,6 +187,7 @@ class AsyncTap(httpx2.AsyncByteStream):
                 if out:
                     yield out
             rest, torn = watch.end()
+            await watch.akeep()
             if rest:
                 yield rest
         except BaseException as error:
@@ -155,6 +199,7 @@ class AsyncTap(httpx2.AsyncByteStream):
     async def aclose(self) -> None:
         try:
             self._watch.close()
+            await self._watch.akeep()
         finally:
             await self._stream.aclose()
 

@@ -39,6 +39,8 @@ from holyroute.drivers.stream import AsyncTap, BodyWatch, SyncTap
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
 
+    from holyroute.drivers.cache import ResponseCache
+
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_TIMEOUT", "AsyncTransport", "Transport", "async_client", "client"]
 
 #: The OpenAI SDK's own connection limits and timeouts, so holyroute's client behaves like the SDK's default one.
@@ -96,6 +98,7 @@ class Transport(httpx2.BaseTransport):
 
             self._checker = HealthChecker(self.router, self._inner)
             self._checker.start()
+        self._cache = _response_cache(self.router)
         self._shadows: ThreadPoolExecutor | None = None
         self._shadows_pending = 0
         self._shadows_lock = threading.Lock()
@@ -106,6 +109,11 @@ class Transport(httpx2.BaseTransport):
             return self._inner.handle_request(request)
         if call.shadow is not None:
             self._mirror(request, call.shadow)
+        if self._cache is not None:
+            with call.owned():
+                cached = self._cache.lookup(call, request)
+            if cached is not None:
+                return cached
         return self._drive(request, call)
 
     def _mirror(self, request: httpx2.Request, shadow: Call) -> None:
@@ -167,7 +175,7 @@ class Transport(httpx2.BaseTransport):
                     restore_read_timeout(sent, body_read)
                 if accepted is not None and accepted.event_stream:
                     assert isinstance(response.stream, httpx2.SyncByteStream)
-                    response.stream = SyncTap(response.stream, _watch(response, call, accepted))
+                    response.stream = SyncTap(response.stream, _watch(response, call, accepted, self._cache))
                     return response
                 stream = response.stream
                 assert isinstance(stream, httpx2.SyncByteStream)
@@ -179,6 +187,8 @@ class Transport(httpx2.BaseTransport):
                 finally:
                     stream.close()  # the upstream's stream: the connection goes back to the pool
                 if _judged(call, accepted, response, raw):
+                    if self._cache is not None:
+                        self._cache.keep(call.cache_ticket)
                     return response
             elif isinstance(step, Acquire):
                 call.on_acquired(self.router.state.acquire(step.endpoint, step.rpm, step.tpm, step.tokens))
@@ -190,6 +200,8 @@ class Transport(httpx2.BaseTransport):
                 raise _give_up(request, step)
 
     def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
         if self._checker is not None:
             self._checker.close()
         if self._shadows is not None:
@@ -227,6 +239,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
 
             self._checker = AsyncHealthChecker(self.router, self._inner)
         self._shadows = _ShadowTasks()
+        self._cache = _response_cache(self.router)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if self._checker is not None:
@@ -241,6 +254,11 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                 functools.partial(self._run_shadow, request, shadow),
                 functools.partial(shadow.abandon, asyncio.CancelledError()),
             )
+        if self._cache is not None:
+            with call.owned():
+                cached = await self._cache.alookup(call, request)
+            if cached is not None:
+                return cached
         return await self._drive(request, call)
 
     async def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
@@ -269,7 +287,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                     restore_read_timeout(sent, body_read)
                 if accepted is not None and accepted.event_stream:
                     assert isinstance(response.stream, httpx2.AsyncByteStream)
-                    response.stream = AsyncTap(response.stream, _watch(response, call, accepted))
+                    response.stream = AsyncTap(response.stream, _watch(response, call, accepted, self._cache))
                     return response
                 stream = response.stream
                 assert isinstance(stream, httpx2.AsyncByteStream)
@@ -281,6 +299,8 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                 finally:
                     await stream.aclose()
                 if _judged(call, accepted, response, raw):
+                    if self._cache is not None:
+                        await self._cache.akeep(call.cache_ticket)
                     return response
             elif isinstance(step, Acquire):
                 call.on_acquired(await self.router.state.aacquire(step.endpoint, step.rpm, step.tpm, step.tokens))
@@ -292,6 +312,8 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                 raise _give_up(request, step)
 
     async def aclose(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
         if self._checker is not None:
             await self._checker.aclose()
         await self._shadows.aclose()
@@ -535,14 +557,24 @@ def _judged(call: Call, accepted: Accepted | None, response: httpx2.Response, ra
     return True
 
 
-def _watch(response: httpx2.Response, call: Call, accepted: Accepted) -> BodyWatch:
+def _response_cache(router: Router) -> ResponseCache | None:
+    """The client's response cache, only when a route caches: otherwise the drivers never look."""
+    if not router.caches:
+        return None
+    from holyroute.drivers.cache import ResponseCache
+    from holyroute.state.cache.factory import open_cache
+
+    return ResponseCache(router, open_cache(router.config))
+
+
+def _watch(response: httpx2.Response, call: Call, accepted: Accepted, cache: ResponseCache | None) -> BodyWatch:
     if accepted.hide_usage_chunk:
         response.headers.pop("content-length", None)  # one event will be left out
     decoder = StreamDecoder.build(accepted.content_encoding) if accepted.content_encoding else None
     if decoder is not None:  # the caller gets the events decoded, as the usage scanner reads them
         del response.headers["content-encoding"]
         response.headers.pop("content-length", None)
-    return BodyWatch(call, accepted, decoder)
+    return BodyWatch(call, accepted, decoder, cache)
 
 
 def _respond(request: httpx2.Request, step: Respond) -> httpx2.Response:

@@ -88,6 +88,10 @@ class _CallSeries:
     ttft: Histogram | None = None  # made at the first stream: non-stream series get no empty histogram
 
 
+#: The values of a ``holyroute.request``'s ``cache`` field (a bounded label).
+_CACHE_RESULTS = frozenset({"hit", "miss", "stored", "bypass"})
+
+
 class Metrics:
     """An event sink that turns holyroute's events into Prometheus metrics, plus live gauges at scrape time.
 
@@ -182,6 +186,13 @@ class Metrics:
             "alerts", "Alert rules firing and resolving (holyroute.alert)", ["alert", "scope", "name", "state"]
         )
         self._rollout_changes = counter("rollout_changes", "Rollout state changes by action", ["route", "action"])
+        self._cache = counter(
+            "cache_lookups", "Calls on caching routes by what the response cache did: hit, miss, stored, bypass",
+            ["route", "result"],
+        )  # fmt: skip
+        self._cache_saved = counter(
+            "cache_saved_usd", "What the calls answered from the cache cost when first made, in USD", ["route"]
+        )
         self._events = counter("events", "Every holyroute event, by name", ["event"])
         self._sink_errors = counter(
             "metrics_sink_errors", "Events the metrics sink could not record (a bug: please report)"
@@ -214,6 +225,8 @@ class Metrics:
             self._budgets,
             self._alerts,
             self._rollout_changes,
+            self._cache,
+            self._cache_saved,
             self._events,
             self._sink_errors,
             self._latency,
@@ -323,6 +336,12 @@ class Metrics:
             series.cost.inc(cost)
         elif fields.get("priced") is False and endpoint:  # sent, but its model has no price
             self._unpriced.labels(key[3]).inc()
+        cache = fields.get("cache")
+        if cache in _CACHE_RESULTS:
+            self._cache.labels(key[0], cache).inc()
+            saved = _number(fields.get("saved_usd"))
+            if saved:
+                self._cache_saved.labels(key[0]).inc(saved)
 
     def _on_failover(self, fields: dict[str, Any]) -> None:
         self._failovers.labels(

@@ -13,7 +13,9 @@ import-linter contract keeps them from reading the log themselves), so they cann
   rescued call of a log from before ``split_arm`` counts for no arm (``unattributed``, by fallback and serving arm).
   Shadow copies count apart, per shadow arm, and are not the application's calls. Per endpoint and per (route,
   serving arm, endpoint) row, every call that ended there (shadow copies too); ``holyroute.failover`` events count
-  as failed attempts of their endpoint. Cancelled calls: see :mod:`holyroute.readers.tally`.
+  as failed attempts of their endpoint. A call answered from the response cache (``cache: hit``) counts for its route
+  and the totals only: it ended on no endpoint and measures no arm. Cancelled calls: see
+  :mod:`holyroute.readers.tally`.
 - **Bounds.** At most :data:`MAX_NAMES` routes, endpoints and arms per route, and :data:`MAX_ROWS` rows; calls of
   further names are counted in ``dropped_names`` only. The time series keeps at most :data:`MAX_BUCKETS` buckets,
   widening them (merging exactly) as the log grows.
@@ -273,7 +275,9 @@ class Aggregate:
         if outcome not in self.outcomes and len(self.outcomes) >= MAX_OUTCOMES:
             outcome = "(other)"
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        self._ended_on(event, key, call, at)
+        hit = call.cache == "hit"
+        if not hit:  # a cached answer ended on no endpoint
+            self._ended_on(event, key, call, at)
         route = self.routes.get(key[0]) or self._route(key[0])
         if route is None:
             return
@@ -292,6 +296,8 @@ class Aggregate:
         route.sticky += event.get("sticky") is True
         fallback = event.get("fallback")
         route.rescued += isinstance(fallback, str) and bool(fallback) and call.outcome != "cancelled"
+        if hit:
+            return  # answered from the cache: no measurement of any arm (as the rollout analysis does not count it)
         arm, charged = charge(event, call)
         if arm is None:  # a fallback served it and the event does not name the split's arm (an older log)
             self._tally(route.unattributed, (str(event.get("fallback")), key[1])).add(call)

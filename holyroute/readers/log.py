@@ -38,6 +38,7 @@ _NUMERIC_FIELDS: dict[str, float] = {
     "ttft_ms": 1e10,
     "attempt_ms": 1e10,
     "cost_usd": 1e9,
+    "saved_usd": 1e9,
     "prompt_tokens": 1e13,
     "completion_tokens": 1e13,
     "cached_tokens": 1e13,

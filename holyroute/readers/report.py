@@ -41,7 +41,8 @@ a person or a script, not a rollout step.
                  "fallbacks": [ARM + {"fallback": str}],
                  "srm": {"checked": bool, "p_value": float | null, "warning": bool, "message": str,
                          "observed": {arm: int}, "weights": {arm: float}},
-                 "shadow": null | {"served": ARM, "shadow": [ARM]}}]}
+                 "shadow": null | {"served": ARM, "shadow": [ARM]},
+                 "cache": null | {"hits": int, "lookups": int, "hit_ratio": float | null, "saved_usd": float}}]}
     ARM = {"arm", "calls", "errors", "cancelled", "error_rate", "error_rate_ci_low", "error_rate_ci_high",
            "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms", "prompt_tokens", "completion_tokens",
            "mean_completion_tokens", "cost_usd", "cost_per_call_usd", "unpriced", "upstream_models"}
@@ -322,6 +323,30 @@ class RouteReport:
     fallbacks: tuple[ArmStats, ...]
     srm: SrmCheck
     shadow: ShadowComparison | None
+    cache: CacheSummary | None = None  # the route's calls that the response cache looked up, when any
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSummary:
+    """What the response cache did for a route's served calls: hits among lookups (calls it did not bypass), and what
+    the hits saved (what their original calls cost). Hits are in no arm's numbers: they measure no arm."""
+
+    hits: int
+    lookups: int
+    hit_ratio: float | None
+    saved_usd: float
+
+    @classmethod
+    def of(cls, tally: Tally) -> CacheSummary | None:
+        if not tally.cache_lookups:
+            return None
+        return cls(tally.cache_hits, tally.cache_lookups, tally.cache_hit_ratio, tally.saved_usd)
+
+    def line(self) -> str:
+        return (
+            f"response cache: {self.hits} hits of {self.lookups} lookups ({_pct(self.hit_ratio)}), "
+            f"saved {self.saved_usd:.6f} USD (hits are in no arm's numbers)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,6 +536,7 @@ def _route_report(name: str, record: RouteRecord, config: Config | None, setting
         fallbacks=fallbacks,
         srm=_srm(name, record, config, arms),
         shadow=shadow,
+        cache=CacheSummary.of(record.served),
     )
 
 
@@ -676,6 +702,14 @@ def _route_json(route: RouteReport) -> dict[str, Any]:
         "shadow": None
         if route.shadow is None
         else {"served": _arm_json(route.shadow.served), "shadow": [_arm_json(s) for s in route.shadow.shadows]},
+        "cache": None
+        if route.cache is None
+        else {
+            "hits": route.cache.hits,
+            "lookups": route.cache.lookups,
+            "hit_ratio": route.cache.hit_ratio,
+            "saved_usd": route.cache.saved_usd,
+        },
     }
 
 
@@ -835,6 +869,8 @@ def render_report(report: Report) -> str:
             lines = [_shadow_cells("served", route.shadow.served)]
             lines += [_shadow_cells("shadow", s) for s in route.shadow.shadows]
             out += _fixed_width(_SHADOW_HEADER, lines, frozenset(range(2, len(_SHADOW_HEADER))), indent="    ")
+        if route.cache is not None:
+            out.append("  " + route.cache.line())
     if report.routes_without_calls:
         out += ["", "configured routes with no calls in the log: " + ", ".join(report.routes_without_calls)]
     note = _unpriced_note(report)
@@ -876,6 +912,8 @@ def render_markdown(report: Report) -> str:
             lines = [_shadow_cells("served", route.shadow.served)]
             lines += [_shadow_cells("shadow", s) for s in route.shadow.shadows]
             out += _md_table(_SHADOW_HEADER, lines, frozenset(range(2, len(_SHADOW_HEADER))))
+        if route.cache is not None:
+            out += ["", f"- {_md(route.cache.line())}"]
     if report.routes_without_calls:
         out += ["", "Configured routes with no calls in the log: " + ", ".join(report.routes_without_calls)]
     note = _unpriced_note(report)

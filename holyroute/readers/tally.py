@@ -2,11 +2,11 @@
 
 A ``holyroute.request`` event is read once into a :class:`Call`; a :class:`Tally` adds calls up: calls, errors,
 cancelled calls, latency and time-to-first-token quantiles, tokens, cost, unpriced calls, models, finish reasons,
-empty answers and quality verdicts. A cancelled call (the caller closed a stream early) is counted apart and left out
-of ``calls``, error rates and quantiles; its tokens and cost count. Quantiles are exact nearest-rank values up to
-:data:`EXACT_VALUES` values per group, then within 1 % (:class:`~holyroute.rollout.stats.LatencySketch`), so that a
-dashboard following a log for days stays bounded. Nothing here decides which group a call belongs to: that is
-:mod:`holyroute.readers.aggregate`.
+empty answers, quality verdicts, and the response cache's hits, lookups and savings. A cancelled call (the caller
+closed a stream early) is counted apart and left out of ``calls``, error rates and quantiles; its tokens and cost
+count. Quantiles are exact nearest-rank values up to :data:`EXACT_VALUES` values per group, then within 1 %
+(:class:`~holyroute.rollout.stats.LatencySketch`), so that a dashboard following a log for days stays bounded.
+Nothing here decides which group a call belongs to: that is :mod:`holyroute.readers.aggregate`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ __all__ = ["EXACT_VALUES", "MAX_MODELS", "Call", "Quantiles", "Tally", "nearest_
 
 #: Values a group keeps exactly; beyond them its quantiles come from a sketch (1 % relative error).
 EXACT_VALUES: Final = 50_000
+#: The values of a request event's ``cache`` field.
+_CACHE_RESULTS: Final = frozenset({"hit", "miss", "stored", "bypass"})
+
 #: Upstream models and finish reasons remembered per group; more are not listed.
 MAX_MODELS: Final = 64
 
@@ -136,6 +139,8 @@ class Call:
     model: str | None = None
     finish_reason: str | None = None
     quality: bool | None = None
+    cache: str | None = None  # hit, miss, stored, bypass (null: the route has no cache)
+    saved_usd: float | None = None  # a hit: what the original call cost
 
     @classmethod
     def of(cls, event: Mapping[str, Any]) -> Call:
@@ -143,6 +148,7 @@ class Call:
         cost = _number(event.get("cost_usd"))
         priced = event.get("priced")
         model, finish, quality = event.get("upstream_model"), event.get("finish_reason"), event.get("quality")
+        cache = event.get("cache")
         return cls(
             outcome=outcome if isinstance(outcome, str) else None,
             latency_ms=_number(event.get("latency_ms")),
@@ -155,6 +161,8 @@ class Call:
             model=model if isinstance(model, str) else None,
             finish_reason=finish if isinstance(finish, str) else None,
             quality=quality if isinstance(quality, bool) else None,
+            cache=cache if cache in _CACHE_RESULTS else None,
+            saved_usd=_number(event.get("saved_usd")) if cache == "hit" else None,
         )
 
     def failed(self) -> Call:
@@ -166,6 +174,8 @@ class Tally:
     """Running numbers of one group of calls; groups merge exactly (while their quantiles are exact)."""
 
     __slots__ = (
+        "cache_hits",
+        "cache_lookups",
         "calls",
         "cancelled",
         "completion_n",
@@ -180,6 +190,7 @@ class Tally:
         "models",
         "poor",
         "prompt_tokens",
+        "saved_usd",
         "ttft",
         "unpriced",
     )
@@ -191,6 +202,8 @@ class Tally:
         self.completion_sum = 0.0  # ... and their sum, for the mean
         self.empty = self.judged = self.poor = 0
         self.cost_usd = 0.0
+        self.cache_hits = self.cache_lookups = 0  # lookups: hits, misses and stored answers (not bypasses)
+        self.saved_usd = 0.0
         self.latency = Quantiles()
         self.ttft = Quantiles()
         self.models: dict[str, None] = {}  # insertion-ordered set
@@ -227,6 +240,12 @@ class Tally:
             self.completion_tokens += int(completion)
         if call.cost_usd is not None:
             self.cost_usd += call.cost_usd
+        cache = call.cache
+        if cache is not None and cache != "bypass":
+            self.cache_lookups += 1
+            if cache == "hit":
+                self.cache_hits += 1
+                self.saved_usd += call.saved_usd or 0.0
         if call.unpriced:
             self.unpriced += 1
         model = call.model
@@ -237,7 +256,8 @@ class Tally:
         """Add ``other``'s calls to these."""
         for name in ("calls", "errors", "cancelled", "unpriced", "prompt_tokens", "completion_tokens"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("completion_n", "completion_sum", "empty", "judged", "poor", "cost_usd"):
+        for name in ("completion_n", "completion_sum", "empty", "judged", "poor", "cost_usd", "cache_hits",
+                     "cache_lookups", "saved_usd"):  # fmt: skip
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.latency.merge(other.latency)
         self.ttft.merge(other.ttft)
@@ -254,6 +274,11 @@ class Tally:
     @property
     def mean_completion_tokens(self) -> float | None:
         return self.completion_sum / self.completion_n if self.completion_n else None
+
+    @property
+    def cache_hit_ratio(self) -> float | None:
+        """Hits over the calls the response cache looked up (bypassed calls left out); None without any."""
+        return self.cache_hits / self.cache_lookups if self.cache_lookups else None
 
     @property
     def cost_per_call_usd(self) -> float | None:

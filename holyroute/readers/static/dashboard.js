@@ -289,6 +289,8 @@
       kpi("errors", "Errors", int(t.errors), rate === null ? "" : `${pct(rate)} of calls`, rate > 0.05 ? "bad" : rate > 0 ? "warn" : ""),
       kpi("latency", "p95 latency", ms(t.p95_ms), `p50 ${ms(t.p50_ms)}`),
       kpi("cost", "Cost", usd(t.cost_usd), priced ? `${usd(t.cost_usd / priced)} per call` : ""),
+      ...(t.cache_lookups ? [kpi("cache", "Cache hits", pct(t.cache_hits / t.cache_lookups),
+        `${int(t.cache_hits)} of ${int(t.cache_lookups)} lookups \u00b7 saved ${usd(t.saved_usd)}`)] : []),
       kpi("failovers", "Failovers", int(t.failovers), t.calls ? `${(t.failovers / t.calls).toFixed(2)} per call` : ""),
       kpi("endpoints", "Endpoints", `${st.endpoints.length - unhealthy}/${st.endpoints.length}`,
         unhealthy ? `${unhealthy} ejected or unhealthy` : "none ejected", unhealthy ? "bad" : ""),
@@ -365,7 +367,8 @@
       if (r.arms.some((a) => a.panic)) badges.push(h("span", { class: "badge bad" }, "panic"));
       const rate = r.calls ? r.errors / r.calls : null;
       const head = h("div", { class: "head" }, h("span", { class: "alias" }, r.route), badges,
-        h("span", { class: "totals" }, `${int(r.calls)} calls \u00b7 ${pct(rate)} err \u00b7 p95 ${ms(r.p95_ms)} \u00b7 ${usd(r.cost_usd)}`));
+        h("span", { class: "totals" }, `${int(r.calls)} calls \u00b7 ${pct(rate)} err \u00b7 p95 ${ms(r.p95_ms)} \u00b7 ${usd(r.cost_usd)}`
+          + (r.cache_lookups ? ` \u00b7 cache ${pct(r.cache_hits / r.cache_lookups)} hits, saved ${usd(r.saved_usd)}` : "")));
       const arms = r.arms.map((a) => h("tr", { "data-arm": a.arm },
         h("td", { class: "name" }, a.arm, a.model && a.model !== a.arm ? h("div", { class: "small" }, a.model) : null),
         h("td", { class: "mono muted" }, a.endpoints.length ? a.endpoints.join(" \u2192 ") : "\u2013"),
