@@ -440,9 +440,9 @@ def through_failover(
             f"{RPM / 60:g}/s), at most {over:.1f} above the limit's line (a lease is {RPM // 100})"
         )
     assert failed(outcomes) == []
-    # The soak holds the fleet to one lease; two routers in one process, one thread each, have been seen 11 requests
-    # above the line once in ~15 runs on a loaded machine (cause not pinned down: see the branch's report).
-    assert over <= 2 * (RPM // 100) + 1, "never above the shared limit by more than two leases"
+    # Within a lease: the first router back from the outage holds the others' presumed local use out of the refilled
+    # bucket (it once took it again: 11 above the line, ~1 run in 15; see test_redis_parts, "first process back").
+    assert over <= RPM // 100 + 1, "never above the shared limit by more than one lease"
     noticing = sum(1 for at in noticed.at if at)
     assert len(degraded_events) == len(restored_events), "every outage a router noticed ended"
     assert noticing <= len(degraded_events) <= episodes * noticing, f"at most {episodes} outage(s) per router"

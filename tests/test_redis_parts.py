@@ -199,6 +199,95 @@ class TestGrants:
         made.charge("a", 600, None, requests=10_000, tokens=0)
         assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(-600, abs=1), "at most one limit owed"
 
+    def test_the_first_process_back_does_not_take_again_what_the_others_gave_out_while_away(
+        self, store: redis.Redis, keys: Keys
+    ) -> None:
+        """Two processes lose Redis for 2 s with the rpm 600 bucket empty; each gives out its share of the refill on
+        its own (10 requests). The bucket refilled 20 for the whole fleet meanwhile: the first back (A) charging only
+        its own 10 would find 10 more to take while B, still away, has given them out already (the failover test's
+        "11 above the line"). A holds B's presumed 10 instead; B claims them as it comes back."""
+        clock = Clock()
+        a, b = (grants(store, keys, clock, Events(), Link()) for _ in range(2))
+        seconds, micros = store.time()
+        emptied = seconds + micros / 1e6 - 2.0  # Redis's clock, 2 s ago: the outage began with an empty bucket
+        store.hset(keys.limits("a"), mapping={"r": "0", "rt": f"{emptied:.6f}"})
+        for made in (a, b):
+            made.levels["a"] = (0, 0, clock.now - 2.0)  # what each saw last: empty, 2 s ago
+        away = a.presumed_away(clock.now, 600, "a", 2)
+        assert away == 10, "B's share of the 20 the bucket refilled"
+        a.charge("a", 600, None, requests=10, tokens=0, away=away, away_s=2.0)
+        taken_again = 0
+        while a.ask("a", 600, None, 1, (1, 1)) == 0.0 and taken_again < 30:
+            taken_again += 1
+        assert taken_again <= 1, f"A took {taken_again} more from the refill B had already given out"
+        b.charge("a", 600, None, requests=10, tokens=0, away=b.presumed_away(clock.now, 600, "a", 2), away_s=2.0)
+        level = float(store.hget(keys.limits("a"), "r") or 0)
+        assert level == pytest.approx(-taken_again, abs=1.5), "B's own 10 claimed the hold: charged once, not twice"
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 0
+        c = grants(store, keys, clock, Events(), Link())  # a third process back: the hold is used up, not made anew
+        c.charge("a", 600, None, requests=3, tokens=0, away=10, away_s=2.0)
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 0
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(level - 3, abs=0.5)
+
+    def test_spare_gives_out_this_process_share_of_the_last_level_and_no_more(
+        self, store: redis.Redis, keys: Keys
+    ) -> None:
+        """A failed grant request before degrading: of a bucket last seen holding 12 (rpm 600), one of two
+        processes gives out 6; then it waits for its share's refill (5 a second). What it gave out lowers the level
+        its degraded share would start from, and is handed to the sync to charge."""
+        clock = Clock()
+        made = grants(store, keys, clock, Events(), Link())
+        made.levels["a"] = (12, 0, clock.now)
+        assert [made.spare("a", 600, 2, clock.now) for _ in range(6)] == [None] * 6
+        wait = made.spare("a", 600, 2, clock.now)
+        assert wait == pytest.approx(0.2)
+        assert made.spared_levels({"a": (12.0, None)}, 2) == {"a": (0.0, None)}
+        clock.now += 0.2
+        assert made.spare("a", 600, 2, clock.now) is None
+        assert made.spare("a", None, 2, clock.now) is None, "no rpm: the local buckets decide"
+        assert made.take_spared() == {"a": (600, 7)}
+        made.put_spared({"a": (600, 7)})
+        assert made.spared == {"a": (600, 7)}, "a failed flush charges them with the next"
+
+    def test_a_hold_made_before_this_process_went_away_is_another_outage(self, store: redis.Redis, keys: Keys) -> None:
+        """Two outages close together: what is left of the first one's hold is not this outage's (it was made
+        before this process went away), so the first process back holds anew rather than claiming it."""
+        made = grants(store, keys, Clock(), Events(), Link())
+        made.charge("a", 600, None, requests=0, tokens=0, away=100, away_s=1.0)
+        made.charge("a", 600, None, requests=40, tokens=0, away=100, away_s=1.0)  # back after it: claims 40
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 60
+        seconds, micros = store.time()
+        ago = f"{seconds + micros / 1e6 - 2.0:.6f}"
+        store.hset(keys.limits("a"), mapping={"ht": ago, "rt": ago})  # that was 2 s ago, untouched since
+        made.charge("a", 600, None, requests=10, tokens=0, away=30, away_s=0.5)  # away for the last 0.5 s
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 30, "a hold of its own for the others"
+        level = float(store.hget(keys.limits("a"), "r") or 0)
+        assert level == pytest.approx(500 + 20 + 60 - 10 - 30, abs=1.5), "refilled 2 s; the old hold's 60 went back"
+
+    def test_no_hold_when_some_process_used_the_bucket_meanwhile(self, store: redis.Redis, keys: Keys) -> None:
+        """A bucket granted from while this process was away: some process was not away (its grants are in the
+        bucket already), so holding for it would only starve it; this process charges its own requests."""
+        made = grants(store, keys, Clock(), Events(), Link())
+        assert made.ask("a", 600, None, 1, (1, 1)) == 0.0  # another process, granted just now
+        made.charge("a", 600, None, requests=10, tokens=0, away=300, away_s=1.0)
+        assert store.hget(keys.limits("a"), "h") is None
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(600 - 1 - 10, abs=1)
+
+    def test_a_hold_nobody_claims_goes_back_to_the_bucket(self, store: redis.Redis, keys: Keys) -> None:
+        """A process that was never away never claims what the first back held for it: after ``AWAY_HOLD_S`` the
+        hold goes back to the bucket (the fleet gets it later, never twice)."""
+        made = grants(store, keys, Clock(), Events(), Link())
+        made.charge("a", 600, None, requests=0, tokens=0, away=100)
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(500, abs=1)
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 100
+        store.hset(keys.limits("a"), "ht", "0")  # held long ago
+        assert made.ask("a", 600, None, 1, (1, 1)) == 0.0
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(599, abs=1), "released, less one"
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 0
+        made.charge("a", 600, None, requests=5, tokens=0)  # a plain charge (not back from an outage) holds nothing
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(594, abs=1)
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 0
+
 
 # ---- sync ---------------------------------------------------------------------------------------------------------
 
@@ -290,7 +379,10 @@ class TestSync:
         sync = Sync(owner, threading.Lock())
         sync.spend_pending[("day", time.strftime("%Y%m%d", time.gmtime()), "budget:route:chat")] = 0.25
         sync.outbox.append(HealthChange("cooldown", "a", "m", time.time() + 30, "429"))
+        owner.grants.spared["a"] = (600, 4)  # given out on this process's share when a grant request failed
         assert sync.flush()
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(596, abs=1), "charged to the bucket"
+        assert owner.grants.spared == {}
         assert float(store.hget(today(keys), "budget:route:chat") or 0) == 0.25
         assert store.hexists(keys.health, "c|a|m")
         assert store.zscore(keys.members, "me") is not None

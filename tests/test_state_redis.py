@@ -505,6 +505,41 @@ class TestSharedLimits:
         assert float(store.hget(bucket, "r") or -1) < 1, "the shared bucket is empty"
         assert 0 < store.pttl(bucket) <= 120_000
 
+    def test_a_failed_grant_request_before_degrading_keeps_to_the_share_of_the_last_level(
+        self, prefix: str, store: redis.Redis, deployment: Deployment
+    ) -> None:
+        """One grant request times out, too few to degrade: the call is decided on this process's share of what the
+        shared bucket last held, not on the full-size local bucket (idle while shared, so always full), which let
+        each such failure send one more request over the shared limit, never charged."""
+        limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
+        cfg = config(
+            prefix,
+            {"limited": {"base_url": limited.base_url, "rpm": 6}, "backup": {"base_url": backup.base_url}},
+            ordered("limited", "backup"),
+        )
+        client = deployment.client(cfg, "A")
+        for _ in range(6):
+            client.chat()
+        assert sent_by(limited) == {"A": 6}, "the shared bucket is empty"
+        backend = client.router.state
+        assert isinstance(backend, RedisBackend)
+        granting = backend.grants.script
+
+        def timing_out(**_: Any) -> Any:
+            raise redis.TimeoutError("Timeout reading from socket")  # as a Redis slow for one command
+
+        backend.grants.script = timing_out
+        try:
+            for _ in range(2):
+                assert client.chat() == MODEL
+                backend.failures = 0  # as the sync thread's next flush would: never degraded here
+            assert backend.live
+        finally:
+            backend.grants.script = granting
+        assert sent_by(limited) == {"A": 6}, "nothing more on the empty shared limit"
+        assert sent_by(backup) == {"A": 2}
+        assert float(store.hget(Keys(prefix).limits("limited"), "r") or -1) < 1
+
     def test_tpm(self, prefix: str, deployment: Deployment) -> None:
         """tpm 3500 across two routers, calls of about 1020 estimated tokens that use 1100: 3 fit, the rest fail
         over."""

@@ -72,6 +72,7 @@ class RedisBackend:
         self.failures = 0
         self._recovering = False  # failures while recovering are expected: no second degraded event
         self._down_since: float | None = None
+        self._spared_down: dict[str, int] = {}  # endpoint -> requests Grants.spare gave out before degrading
         self._lock = threading.Lock()
         self.wake = threading.Event()
         self.stop = threading.Event()
@@ -220,20 +221,28 @@ class RedisBackend:
         ask = self._lease_or_ask(endpoint, rpm, tpm, tokens)
         if not isinstance(ask, tuple):
             return ask
-        return self.grants.ask(endpoint, rpm, tpm, tokens, ask)
+        return self._spare(endpoint, rpm, self.grants.ask(endpoint, rpm, tpm, tokens, ask))
 
     async def aacquire(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> float | None:
         ask = self._lease_or_ask(endpoint, rpm, tpm, tokens)
         while isinstance(ask, tuple):
             pending = self.grants.in_flight(endpoint)
             if pending is None:
-                return await self.grants.aask_alone(endpoint, rpm, tpm, tokens, ask)
+                return self._spare(endpoint, rpm, await self.grants.aask_alone(endpoint, rpm, tpm, tokens, ask))
             # One grant request per endpoint and event loop: the one in flight asked for the demand seen until then
             # (a lease covers the next 100 ms of it), so wait for its answer and take from its lease. Otherwise 64
             # calls in flight send 64 requests when a lease runs out, over as many new connections.
             await asyncio.shield(pending)
             ask = self._lease_or_ask(endpoint, rpm, tpm, tokens)
         return ask
+
+    def _spare(self, endpoint: str, rpm: int | None, found: float | None) -> float | None:
+        """The grant path's answer; when it had none (Redis failed, or its reply was unreadable) and this process
+        is not degraded yet, the answer from its share of what the shared bucket last held (:meth:`Grants.spare`):
+        the local buckets, idle while shared, are full-size and would let it take a whole limit on its own."""
+        if found is not None or not self.live:
+            return found
+        return self.grants.spare(endpoint, rpm, self.sync.members, self.clock())
 
     def publish(self, change: HealthChange) -> None:
         if self.read_only:
@@ -326,9 +335,13 @@ class RedisBackend:
         router = self.router
         if router is not None:
             now = self.clock()
-            levels = self.grants.levels_at(now, router.health.limits)
+            levels = self.grants.spared_levels(self.grants.levels_at(now, router.health.limits), self.sync.members)
             router.health.share_limits(False, self.sync.members, now, levels)
         self.leases.clear()
+        spared = self.grants.take_spared()  # given out on the share of the last level: charged on the way back
+        with self._lock:
+            for endpoint, (_rpm, requests) in spared.items():
+                self._spared_down[endpoint] = self._spared_down.get(endpoint, 0) + requests
         reason = self.scrub(f"{type(error).__name__}: {error}")[:300]
         self._emit(
             "holyroute.state_degraded",
@@ -353,11 +366,22 @@ class RedisBackend:
         finally:
             self._recovering = False
 
-    def _charge(self, router: AttachedRouter, taken: dict[str, tuple[int, int]]) -> None:
-        for endpoint, (requests, tokens) in taken.items():
+    def _charge(self, router: AttachedRouter, taken: dict[str, tuple[int, int]], *, back: bool = False) -> None:
+        """Charge the shared buckets with what ``taken`` says this process gave out on its own. ``back`` (from an
+        outage): every rpm bucket it knows also holds, or claims from, what the other processes are presumed to have
+        given out on their own meanwhile (:meth:`Grants.charge`), so that the first process back does not take again
+        from the refilled bucket what the others still away have already given out."""
+        endpoints = set(taken)
+        if back:
+            endpoints |= {endpoint for endpoint in self.grants.levels if router.health.limits(endpoint)[0]}
+        now = self.clock()
+        away_s = now - (self._down_since if self._down_since is not None else now)
+        for endpoint in sorted(endpoints):
+            requests, tokens = taken.get(endpoint, (0, 0))
             rpm, tpm = router.health.limits(endpoint)
+            away = self.grants.presumed_away(now, rpm, endpoint, self.sync.members) if back and rpm else None
             try:
-                self.grants.charge(endpoint, rpm, tpm, max(0, requests), max(0, tokens))
+                self.grants.charge(endpoint, rpm, tpm, max(0, requests), max(0, tokens), away=away, away_s=away_s)
             except FAILURES as error:
                 self.reports.background_error("sync", error)
 
@@ -379,7 +403,11 @@ class RedisBackend:
             # What this process gave out on its own meanwhile is charged to the shared buckets before they decide
             # again (else they would grant, refilled, what was already used); what it gives out while switching, after.
             charged = router.health.taken_local()
-            self._charge(router, charged)
+            with self._lock:
+                spared, self._spared_down = self._spared_down, {}
+            before = {e: (r + spared.get(e, 0), t) for e, (r, t) in charged.items()}
+            before.update({e: (n, 0) for e, n in spared.items() if e not in charged})
+            self._charge(router, before, back=True)
             try:  # and what a replaced master granted it and never passed on
                 self.grants.reconcile()
             except FAILURES as error:

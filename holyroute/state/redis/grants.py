@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import threading
 import time
 import weakref
@@ -18,7 +19,7 @@ from holyroute.state.base import Leases
 from holyroute.state.redis.connect import FAILURES, Client, open_async_client
 from holyroute.state.redis.payloads import Keys
 from holyroute.state.redis.reports import Reports
-from holyroute.state.redis.scripts import ACQUIRE, DEBT, LIMITS_TTL_MS, RECONCILE
+from holyroute.state.redis.scripts import ACQUIRE, AWAY_HOLD_S, DEBT, LIMITS_TTL_MS, RECONCILE
 
 __all__ = ["Grants", "Link"]
 
@@ -75,6 +76,9 @@ class Grants:
             weakref.WeakKeyDictionary()
         )
         self.owed: dict[str, tuple[int, int]] = {}  # endpoint -> (tpm, tokens owed to its shared bucket)
+        #: endpoint -> (rpm, requests given out on this process's share of ``levels`` when a grant request failed
+        #: before the backend degraded; the sync thread charges them to the shared bucket: see :meth:`spare`)
+        self.spared: dict[str, tuple[int, int]] = {}
         self.sending: set[str] = set()  # endpoints whose owed tokens a flush is sending now
         self.sent = threading.Condition(lock)  # notified when that flush is done
 
@@ -245,13 +249,87 @@ class Grants:
             )
         return found
 
-    def charge(self, endpoint: str, rpm: int | None, tpm: int | None, requests: int, tokens: int) -> None:
+    def charge(
+        self,
+        endpoint: str,
+        rpm: int | None,
+        tpm: int | None,
+        requests: int,
+        tokens: int,
+        *,
+        away: int | None = None,
+        away_s: float = 0.0,
+    ) -> None:
         """Charge the shared buckets with what this process gave out on its own while Redis was away: the tokens
-        with its next request or sync (as a settled call's), the requests now (raises what Redis raises)."""
+        with its next request or sync (as a settled call's), the requests now (raises what Redis raises).
+
+        ``away`` (coming back from an outage of ``away_s`` seconds): the requests the other processes are presumed
+        to have given out on their own meanwhile. The first process back holds them out of the rpm bucket for the
+        others to claim as they come back (see ``DEBT``); a later one (a hold made during its outage) charges its
+        ``requests`` against that hold."""
         if tpm and tokens:
             self.owe(endpoint, tpm, -tokens)
-        if rpm and requests:
-            self.debt_script(keys=[self._keys.limits(endpoint)], args=[rpm, requests, LIMITS_TTL_MS])
+        if rpm and (requests or away is not None):
+            held = -1 if away is None else max(0, away)
+            args: list[int | str] = [rpm, requests, LIMITS_TTL_MS, held, f"{max(0.0, away_s):.3f}", AWAY_HOLD_S]
+            self.debt_script(keys=[self._keys.limits(endpoint)], args=args)
+
+    def spare(self, endpoint: str, rpm: int | None, processes: int, now: float) -> float | None:
+        """A grant request failed, or its reply was unreadable, and the backend is not (yet) degraded: whether this
+        process's share of what the shared rpm bucket last held (refilled since, less what it gave out so already)
+        has room for one request. None: it has (counted, to be charged to the bucket by the next sync; the caller's
+        local buckets then decide as when degraded); else the seconds until it has. Without this, every such failure
+        took from the full-size local bucket, idle while shared, and was never charged."""
+        if not rpm:
+            return None
+        share = max(1, processes)
+        found = self.levels.get(endpoint)
+        level = rpm if found is None else min(rpm, max(0, found[0]) + max(0.0, now - found[2]) * rpm / 60)
+        with self._lock:
+            spared = self.spared.get(endpoint, (rpm, 0))[1]
+            room = level / share - spared
+            if room >= 1:
+                self.spared[endpoint] = (rpm, spared + 1)
+                return None
+        return max(0.001, (1 - room) * 60 * share / rpm)
+
+    def take_spared(self) -> dict[str, tuple[int, int]]:
+        """The requests :meth:`spare` gave out, handed to the sync flush about to charge them."""
+        with self._lock:
+            spared, self.spared = self.spared, {}
+        return spared
+
+    def put_spared(self, spared: dict[str, tuple[int, int]]) -> None:
+        """A flush failed: what it was to charge is charged with the next one."""
+        with self._lock:
+            for endpoint, (rpm, requests) in spared.items():
+                self.spared[endpoint] = (rpm, self.spared.get(endpoint, (rpm, 0))[1] + requests)
+
+    def spared_levels(
+        self, levels: dict[str, tuple[float | None, float | None]], processes: int
+    ) -> dict[str, tuple[float | None, float | None]]:
+        """``levels`` (:meth:`levels_at`) less what :meth:`spare` gave out and no sync has charged yet, as the
+        shared bucket would hold it (each request spared came out of this process's share, one in ``processes``)."""
+        with self._lock:
+            spared = dict(self.spared)
+        found = dict(levels)
+        for endpoint, (_rpm, requests) in spared.items():
+            held = found.get(endpoint)
+            if held is not None and held[0] is not None:
+                found[endpoint] = (max(0.0, held[0] - requests * max(1, processes)), held[1])
+        return found
+
+    def presumed_away(self, now: float, rpm: int, endpoint: str, processes: int) -> int:
+        """The requests the other ``processes - 1`` processes may have given out on their own from ``endpoint``'s
+        rpm limit during an outage ending ``now``: their local shares of what the shared bucket held when this one
+        last heard from it, refilled since (each started from its share of that and refilled at its share of the
+        rate). Nothing when alone, or when this process never asked for that bucket."""
+        found = self.levels.get(endpoint)
+        if processes <= 1 or found is None:
+            return 0
+        requests, _tokens, at = found
+        level = min(rpm, max(0, requests) + max(0.0, now - at) * rpm / 60)
+        return math.ceil(level * (processes - 1) / processes)
 
     def reconcile(self) -> int:
         """After a failover or an outage: tell each shared rpm bucket how many requests it granted this process in
@@ -271,4 +349,4 @@ class Grants:
 def _acquire_args(
     rpm: int | None, tpm: int | None, tokens: int, ask: tuple[int, int], *, owed: int, origin: str
 ) -> list[int | str]:
-    return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1], owed, origin]
+    return [rpm or 0, tpm or 0, tokens, LIMITS_TTL_MS, ask[0], ask[1], owed, origin, AWAY_HOLD_S]

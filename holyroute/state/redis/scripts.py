@@ -4,9 +4,11 @@ on a bucket or a health entry. Only text here: the callers register them (:mod:`
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "DEBT", "HEALTH", "LIMITS_TTL_MS", "ONCE", "RECONCILE", "ROLLOUT", "SETTLE"]
+__all__ = ["ACQUIRE", "AWAY_HOLD_S", "DEBT", "HEALTH", "LIMITS_TTL_MS", "ONCE", "RECONCILE", "ROLLOUT", "SETTLE"]
 
 LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a missing key means a full one
+#: How long a hold for the processes still away after an outage (see DEBT) waits for them to come back and claim it.
+AWAY_HOLD_S = 10
 
 # Token buckets for rpm and tpm in one hash, refilled continuously, against Redis's clock. First ARGV[7] tokens this
 # process owes the tpm bucket from settled calls are given back (negative: taken), the bucket kept within [-tpm, tpm].
@@ -16,11 +18,12 @@ LIMITS_TTL_MS = 120_000  # an idle bucket refills completely within 60 s, so a m
 # holyroute.state.base.Leases). Either reply ends with what the buckets hold after it (requests, tokens): a process
 # that loses Redis starts its local share of each limit from there. The requests granted are also added up per process
 # (field g:<ARGV[8]>), so that a new master can be told what its old one granted and never passed on (RECONCILE).
+# A hold for processes away (see DEBT) that nobody claimed within ARGV[9] seconds goes back to the bucket first.
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local s = redis.call('HMGET', KEYS[1], 'r', 'rt', 't', 'tt')
+local s = redis.call('HMGET', KEYS[1], 'r', 'rt', 't', 'tt', 'h', 'ht')
 local function level(cap, value, stamp)
   if cap <= 0 then return 0 end
   local l, at = tonumber(value), tonumber(stamp)
@@ -28,6 +31,11 @@ local function level(cap, value, stamp)
   return math.min(cap, l + math.max(0, now - at) * cap / 60)
 end
 local r, k = level(rpm, s[1], s[2]), level(tpm, s[3], s[4])
+local held = tonumber(s[5]) or 0
+if rpm > 0 and held > 0 and now - (tonumber(s[6]) or 0) > tonumber(ARGV[9] or 0) then
+  r = math.min(rpm, r + held)  -- a hold for processes away (see DEBT) that nobody came back to claim
+  redis.call('HSET', KEYS[1], 'r', tostring(r), 'rt', tostring(now), 'h', '0')
+end
 local owed = tonumber(ARGV[7]) or 0
 if tpm > 0 and owed ~= 0 then
   k = math.max(-tpm, math.min(tpm, k + owed))
@@ -147,16 +155,47 @@ return 1
 
 # Charge the rpm bucket with ARGV[2] requests a process gave out on its own while Redis was away (refilled up to now
 # first, as ACQUIRE refills it; kept within [-rpm, rpm]; a missing bucket is a full one). ARGV[1] is the limit.
+# ARGV[4], when given and not negative, says the process is coming back from an outage (of ARGV[5] seconds), and
+# holds for the processes still away what they are presumed to have given out on their own (their local shares): the
+# bucket refilled for the whole fleet meanwhile, so without it the first process back would take again what the
+# others already gave out. The first process back takes ARGV[4] requests from the bucket into a hold (fields h, ht);
+# each one back after it (a hold made during its own outage) charges its own requests against the hold first, and
+# only what exceeds it to the bucket. No hold is made when the bucket was written in the latter half of this
+# process's outage (some process was not away and granted from it; one that only noticed the outage a little later
+# than this one could write in its first half), and what nobody claims within ARGV[6] seconds goes back.
 DEBT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rpm, taken = tonumber(ARGV[1]), tonumber(ARGV[2])
-if rpm == nil or taken == nil or rpm <= 0 or taken <= 0 then return 0 end
-local s = redis.call('HMGET', KEYS[1], 'r', 'rt')
+local away, away_s, hold_s = tonumber(ARGV[4]) or -1, tonumber(ARGV[5]) or 0, tonumber(ARGV[6]) or 0
+if rpm == nil or taken == nil or rpm <= 0 then return 0 end
+taken = math.max(0, taken)
+if taken <= 0 and away < 0 then return 0 end
+local s = redis.call('HMGET', KEYS[1], 'r', 'rt', 'h', 'ht')
 local l, at = tonumber(s[1]), tonumber(s[2])
 if l == nil or at == nil then l = rpm else l = math.min(rpm, l + math.max(0, now - at) * rpm / 60) end
+local h, ht = tonumber(s[3]) or 0, tonumber(s[4])
+if h > 0 and (ht == nil or now - ht > hold_s) then
+  l = math.min(rpm, l + h)
+  h = 0
+end
+if away >= 0 then
+  if ht ~= nil and ht >= now - away_s then  -- a hold made while this process was away: this outage's
+    local claimed = math.min(h, taken)
+    h = h - claimed
+    taken = taken - claimed
+  else
+    l = math.min(rpm, l + h)  -- what is left of another outage's hold goes back first
+    h = 0
+    if away > 0 and (at == nil or at < now - away_s / 2) then  -- untouched lately: the others are away too
+      h, ht = away, now
+      taken = taken + away
+    end
+  end
+end
 l = math.max(-rpm, l - taken)
 redis.call('HSET', KEYS[1], 'r', tostring(l), 'rt', tostring(now))
+if ht ~= nil then redis.call('HSET', KEYS[1], 'h', tostring(h), 'ht', tostring(ht)) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """

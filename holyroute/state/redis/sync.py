@@ -29,7 +29,7 @@ from holyroute.state.redis.payloads import (
     text_of,
 )
 from holyroute.state.redis.reports import Reports
-from holyroute.state.redis.scripts import HEALTH, LIMITS_TTL_MS, ONCE, SETTLE
+from holyroute.state.redis.scripts import DEBT, HEALTH, LIMITS_TTL_MS, ONCE, SETTLE
 from holyroute.state.redis.store import RedisStore
 
 __all__ = ["MEMBER_TTL_S", "Sync", "SyncOwner"]
@@ -114,6 +114,7 @@ class _Pending:
     outbox: list[HealthChange]
     batches: list[SpendBatch]
     owed: dict[str, tuple[int, int]]
+    spared: dict[str, tuple[int, int]]  # endpoint -> (rpm, requests to charge to its bucket: Grants.spare)
     drained: list[tuple[RolloutEngine, int, dict[str, Measurements]]]
 
 
@@ -125,6 +126,7 @@ class Sync:
         self._lock = lock
         self._health = owner.redis.register_script(HEALTH)
         self.settle_script = owner.redis.register_script(SETTLE)
+        self.debt_script = owner.redis.register_script(DEBT)
         self._once = owner.redis.register_script(ONCE)
         self.outbox: list[HealthChange] = []
         self.spend_pending: dict[SpendKey, float] = {}
@@ -244,8 +246,9 @@ class Sync:
             batches = [batch for batch in self.spend_batches if batch.landed is None] if writes else []
             owed, grants.owed = (grants.owed, {}) if writes else ({}, grants.owed)
             grants.sending.update(owed)
+        spared = grants.take_spared() if writes else {}
         drained = [(engine, *engine.drain()) for engine in owner.engines] if writes else []
-        return _Pending(outbox, batches, owed, drained)
+        return _Pending(outbox, batches, owed, spared, drained)
 
     def _settle_batches(self, master: str) -> None:
         """Before a flush: the batches another master took go out again, to ``master``."""
@@ -290,6 +293,7 @@ class Sync:
             self.outbox[:0] = pending.outbox
         for endpoint, (tpm, tokens) in pending.owed.items():
             self._owner.grants.owe(endpoint, tpm, tokens)
+        self._owner.grants.put_spared(pending.spared)
         for engine, window, measured in pending.drained:
             engine.undrain(window, measured)
 
@@ -305,6 +309,8 @@ class Sync:
                 owner.reports.background_error("sync", error)
         for endpoint, (tpm, tokens) in pending.owed.items():
             self._queue(pipe, self.settle_script, [keys.limits(endpoint)], [tpm, tokens, LIMITS_TTL_MS])
+        for endpoint, (rpm, requests) in pending.spared.items():
+            self._queue(pipe, self.debt_script, [keys.limits(endpoint)], [rpm, requests, LIMITS_TTL_MS])
         for engine, window, measured_by_arm in pending.drained:
             for arm, measured in measured_by_arm.items():
                 key = keys.measurements(engine.route, window, arm)
