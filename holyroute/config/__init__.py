@@ -8,6 +8,7 @@ the core, the rollout engine, the state backends, the drivers, the readers or th
 
 from holyroute.config.schema import (
     Analysis,
+    Cache,
     Config,
     Endpoint,
     EndpointRef,
@@ -18,6 +19,7 @@ from holyroute.config.schema import (
     Rollout,
     RolloutStep,
     Route,
+    RouteCache,
     Shadow,
     State,
     Target,
@@ -26,6 +28,7 @@ from holyroute.config.schema import (
 
 __all__ = [
     "Analysis",
+    "Cache",
     "Config",
     "Endpoint",
     "EndpointRef",
@@ -36,6 +39,7 @@ __all__ = [
     "Rollout",
     "RolloutStep",
     "Route",
+    "RouteCache",
     "Shadow",
     "State",
     "Target",
