@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -181,3 +182,10 @@ def instant_sdk_retries() -> Iterator[None]:
     """The SDK's own retry sleeps made instant, as openai-python's tests do."""
     with mock.patch("openai._base_client.BaseClient._calculate_retry_timeout", return_value=0.0):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _own_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in a directory of its own: the CLI reads ./holyroute.yaml when no --config is given, and the
+    README's first command (holyroute demo) leaves one in the checkout the second command runs the suite from."""
+    monkeypatch.chdir(tmp_path)
