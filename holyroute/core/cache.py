@@ -64,8 +64,10 @@ class CacheStore(Protocol):
         """The bytes stored under ``key``, or None."""
         ...
 
-    def put(self, key: str, value: bytes, ttl_s: float) -> None:
-        """Keep ``value`` under ``key`` for ``ttl_s`` seconds (within the store's bounds)."""
+    def put(self, key: str, value: bytes, ttl_s: float) -> bool:
+        """Keep ``value`` under ``key`` for ``ttl_s`` seconds (within the store's bounds); False when it was not kept
+        (larger than the store's cap, or a TTL of 0)."""
+        ...
 
     def close(self) -> None:
         """Let go of connections."""
@@ -138,8 +140,8 @@ class CacheTicket:
     """One call's dealings with the cache: its key (None: bypassed), whether it may read and write, the TTL of what
     it writes, and once it ended, its :attr:`state` and the :attr:`answer` to store (when kept)."""
 
-    __slots__ = ("answer", "api", "body", "key", "max_bytes", "read", "reason", "saved_usd", "state", "store_truncated",
-                 "ttl_s", "write")  # fmt: skip
+    __slots__ = ("answer", "api", "body", "held", "key", "max_bytes", "read", "reason", "saved_usd", "state",
+                 "store_truncated", "ttl_s", "write")  # fmt: skip
 
     def __init__(
         self,
@@ -164,6 +166,8 @@ class CacheTicket:
         self.state: CacheState = "bypass" if key is None else "miss"
         self.body: bytes | None = None  # the whole answer (a stream's put back together), set before the call ends
         self.answer: StoredAnswer | None = None  # what to store, once settled as "stored"
+        #: The call's ``holyroute.request`` fields while its answer is being written: emitted once the store said.
+        self.held: dict[str, Any] | None = None
         self.saved_usd: float | None = None
 
     @property
