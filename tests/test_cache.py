@@ -222,6 +222,40 @@ class TestSecondCallIsAHit:
         assert whole.model_dump() == next(e for e in kept if e.type == "response.completed").response.model_dump()
         assert [e["cache"] for e in requests(events)] == ["stored", "hit", "hit", "stored", "hit"]
 
+    def test_completions_streamed_then_replayed(self, make_sdk: Any, upstream: FakeUpstream) -> None:
+        """Legacy completions: a streamed answer is kept once complete and replayed as a stream the SDK parses into
+        the same text, id and finish reason (the usage chunk only when asked for); an unstreamed call gets it whole,
+        and an answer kept whole is replayed as a stream."""
+        sdk, events = make_sdk(cache_config(upstream))
+        ask = {"model": "chat", "prompt": "Say hi", "temperature": 0}
+        usage = {"stream_options": {"include_usage": True}}
+        first = sdk.stream("completions.create", **ask, **usage)
+        second = sdk.stream("completions.create", **ask, **usage)
+        plain = sdk.stream("completions.create", **ask)
+        whole = sdk.call("completions.create", **ask)
+        assert upstream.received == 1
+
+        def text(chunks: list[Any]) -> str:
+            return "".join(choice.text for chunk in chunks for choice in chunk.choices)
+
+        assert text(first)
+        assert text(second) == text(first) == text(plain) == whole.choices[0].text
+        assert {c.id for c in second} == {c.id for c in first} == {whole.id}
+        assert [c.usage for c in second if c.usage is not None] == [c.usage for c in first if c.usage is not None]
+        assert [c.usage for c in first if c.usage is not None] == [whole.usage]
+        assert all(c.usage is None for c in plain)
+        finish = [choice.finish_reason for c in second for choice in c.choices if choice.finish_reason]
+        assert finish == ["stop"] == [whole.choices[0].finish_reason]
+        other = {**ask, "prompt": "Say bye"}
+        kept = sdk.call("completions.create", **other)
+        replayed = sdk.stream("completions.create", **other)
+        assert upstream.received == 2
+        assert text(replayed) == kept.choices[0].text
+        cache = [e["cache"] for e in requests(events)]
+        assert cache == ["stored", "hit", "hit", "hit", "stored", "hit"]
+        assert requests(events)[1]["saved_usd"] == requests(events)[0]["cost_usd"] > 0
+        assert requests(events)[1]["finish_reason"] == "stop"
+
     def test_embeddings(self, make_sdk: Any, upstream: FakeUpstream) -> None:
         """Embeddings are cached whatever their parameters; another input is another key."""
         sdk, events = make_sdk(cache_config(upstream))
