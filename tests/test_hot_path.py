@@ -211,3 +211,17 @@ class TestTheScanSaysWhatDecodingSays:
             '{"model": "chat", "s": ' + json.dumps(text) + ', "x": ' + inner + ', "y": [' + "[],{}," * siblings + "1]}"
         ).encode()
         assert _deeper_than(body, MAX_DEPTH) == (depth + 1 > MAX_DEPTH)
+
+    def test_a_body_the_scanner_accepts_is_not_measured_again(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """pydantic-core's reader refuses what nests deeper than MAX_DEPTH, so an accepted body is never walked for
+        its depth (a walk costs more than the scan on a long conversation); what it refuses is still judged."""
+        from holyroute.boundary import parse
+
+        assert parse._scanner_bounds_depth()
+        monkeypatch.setattr(parse, "_deeper_than", lambda body, limit: pytest.fail("measured again"))
+        turns = [{"role": "user", "content": "[{" * 50}] * 300  # 300 objects, brackets inside strings
+        assert isinstance(read_request(json.dumps({"model": "chat", "messages": turns}).encode()), RequestView)
+        deep = b'{"model": "chat", "x": ' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}"
+        assert read_request(deep) == f"is nested deeper than {MAX_DEPTH} levels"
+        fits = b'{"model": "chat", "x": ' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b"}"
+        assert isinstance(read_request(fits), RequestView)  # refused by the scanner, read by json.loads: routed

@@ -12,7 +12,7 @@ import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from holyroute.boundary.parse import CACHE_HEADER, CACHE_TTL_HEADER
 from holyroute.config.prices import PriceRow
@@ -143,8 +143,9 @@ class RoutePlan:
     out_floor: int = 1 << 62
 
 
-@dataclass(frozen=True, slots=True)
-class Leg:
+# A named tuple, not a frozen dataclass: one is built on every call, and a frozen dataclass's __init__ costs
+# several times as much (a call to object.__setattr__ per field).
+class Leg(NamedTuple):
     """The arm chosen for the route or for one of its fallbacks."""
 
     route: str
