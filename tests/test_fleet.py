@@ -29,6 +29,7 @@ import holyroute
 from holyroute import cli
 from holyroute.core.call import Router
 from holyroute.rollout.engine import RolloutEngine
+from holyroute.state.cache.redis import RedisCache
 from holyroute.state.redis.payloads import Keys
 from holyroute.testing import FakeUpstream, Reply
 from tests.redis_deployments import Cluster, Sentinels, TlsServer, running, wait_for
@@ -330,7 +331,7 @@ class TestCluster:
         assert (a, b) == (["stored", "stored"], ["hit", "hit", "stored"])
         with cluster.client() as client:
             tag = "{" + prefix + ":cache}"
-            entries = list(client.scan_iter(match=f"{tag}:e:*", target_nodes=client.ALL_NODES))
+            entries = sorted(set(client.scan_iter(match=f"{tag}:e:*", target_nodes=client.PRIMARIES)))
             assert len(entries) == 1, "max_entries 1: the script dropped the older entry on the cluster"
             assert client.zcard(f"{tag}:index") == 1
             assert len({client.keyslot(key) for key in [*entries, f"{tag}:index", f"{tag}:sizes"]}) == 1
@@ -604,6 +605,14 @@ class TestSentinelCache:
             assert (a, b) == (["stored", "stored"], ["hit", "hit"])
             with redis.Redis(port=made.master(), socket_timeout=2) as master:
                 assert master.zcard("{cache-sentinel:cache}:index") == 2
+            # Closing the store closes its connections to the Sentinels too (closing the master's pool does not).
+            store = RedisCache(made.url(), prefix="cache-sentinel", max_entries=10, max_bytes=10_000, timeout_s=2)
+            assert store.get("absent") is None  # the master is found by asking a Sentinel
+            pools = [sentinel.connection_pool for sentinel in store.redis.connection_pool.sentinel_manager.sentinels]
+            connections = [c for pool in pools for c in [*pool._available_connections, *pool._in_use_connections]]
+            assert any(c._sock is not None for c in connections)
+            store.close()
+            assert [c for c in connections if c._sock is not None] == []
 
 
 # ---- TLS and an ACL user -----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from holyroute.boundary.redis_url import parse_redis_url
-from holyroute.state.redis.connect import open_client
+from holyroute.state.redis.connect import close_client, open_client
 
 __all__ = ["RedisCache"]
 
@@ -105,4 +105,4 @@ class RedisCache:
             return 0
 
     def close(self) -> None:
-        self.redis.close()
+        close_client(self.redis)
