@@ -31,7 +31,6 @@ from holyroute.core.context import (
     TokenEncoder,
     tiktoken_encoding,
 )
-from holyroute.core.context import requested_output_tokens as _requested_output
 from holyroute.core.events import EventSink, structlog_sink
 from holyroute.core.health import HeaderLookup, HealthBook, Transition
 from holyroute.core.plan import (
@@ -282,7 +281,7 @@ class Router:
             return None
         operation, data = api[1], view.data
         call = Call(self, plan, api=api[0], operation=operation, query=query, headers=headers, data=data, body=body,
-                    timeout=timeout)  # fmt: skip
+                    timeout=timeout, out=view.max_output_tokens)  # fmt: skip
         if call.route not in self.caches:  # on a caching route, the response cache dispatches it if it is a miss
             self.dispatch(call)
         return call
@@ -406,6 +405,7 @@ class Call(Sending):
         data: Mapping[str, Any],
         body: bytes,
         timeout: float | None,
+        out: int | None = None,
         shadow_of: Call | None = None,
         unreadable: str | None = None,
     ) -> None:
@@ -434,7 +434,7 @@ class Call(Sending):
             and api in _INJECT_USAGE_APIS
             and not (isinstance(own, Mapping) and own.get("include_usage") is True)
         )
-        self._out = _requested_output(data)
+        self._out = out  # the most output it asks for (read at the boundary: requested_output_tokens)
         self._tokens = _estimate_tokens(body, self._out)
         self._debits = []  # tpm debits (local and shared), settled with the real usage when the call ends
         self._bodies = {}
@@ -650,7 +650,7 @@ class Call(Sending):
         """A shadow copy of this call on ``plan``'s shadow arm (see :meth:`Router.dispatch`)."""
         return Call(router, plan, api=self._api, operation=self._operation, query=self._query,
                     headers=_NO_HEADERS, data=self._data, body=self._raw_body, timeout=self._timeout,
-                    shadow_of=self)  # fmt: skip
+                    out=self._out, shadow_of=self)  # fmt: skip
 
 
 def _estimate_tokens(body: bytes, out: int | None) -> int:
