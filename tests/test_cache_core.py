@@ -7,6 +7,7 @@ import json
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -142,6 +143,34 @@ class TestWhen:
         assert policy(exclude=["tools"]).ticket("chat", {**zero, "tools": []}, none, ["m"]).key is not None
         assert policy().ticket("chat", zero, Headers({"x-holyroute-cache-ttl": "5m"}), ["m"]).ttl_s == 300
         assert not policy().ticket("chat", zero, Headers({"x-holyroute-cache-ttl": "0"}), ["m"]).write
+
+    def test_a_repeated_body_is_keyed_from_memory_with_the_same_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The key of a body seen before is remembered by the body's digest (with the api, tenant and models), so a
+        hit does not decode and canonicalise the body again; the remembered key is the one computing it gives."""
+        from holyroute.core import cache as core_cache
+
+        computed: list[str] = []
+        real = core_cache.cache_key
+
+        def counting(**kwargs: Any) -> str:
+            computed.append(real(**kwargs))
+            return computed[-1]
+
+        monkeypatch.setattr(core_cache, "cache_key", counting)
+        data = {"model": "r", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+        body = json.dumps(data).encode()
+        one = policy(tenant="header:x-tenant")
+        tenant_a, tenant_b = Headers({"x-tenant": "a"}), Headers({"x-tenant": "b"})
+        first = one.ticket("chat", data, tenant_a, ["m"], body=body).key
+        again = one.ticket("chat", data, tenant_a, ["m"], body=body).key
+        assert first == again == real(route="r", models=["m"], api="chat", tenant="a", data=data)
+        assert len(computed) == 1  # the second was remembered
+        other_tenant = one.ticket("chat", data, tenant_b, ["m"], body=body).key
+        other_model = one.ticket("chat", data, tenant_a, ["m2"], body=body).key
+        changed = {**data, "temperature": 0.0, "seed": 1}
+        other_body = one.ticket("chat", changed, tenant_a, ["m"], body=json.dumps(changed).encode()).key
+        assert len({first, other_tenant, other_model, other_body}) == 4
+        assert len(computed) == 4
 
 
 class TestSettle:

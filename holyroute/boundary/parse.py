@@ -271,6 +271,7 @@ _READ_KEYS: Final = frozenset(
         "metadata",
         "service_tier",
         "n",
+        "temperature",  # whether a call's answer is meant to repeat (the response cache)
         *_OUTPUT_KEYS,
     }
 )

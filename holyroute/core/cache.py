@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from holyroute.boundary.cache import (
@@ -229,6 +229,10 @@ def _complete(api: str, body: bytes) -> bool:
     return api != "responses" or data.get("status") == "completed"
 
 
+#: How many request keys a route's policy remembers (about 200 bytes each).
+_KEYS_REMEMBERED = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class CachePolicy:
     """A route's cache configuration, compiled: when a call is cached, its key, and the TTL of what it writes."""
@@ -241,6 +245,12 @@ class CachePolicy:
     tenant: str | None
     store_truncated: bool
     max_entry_bytes: int
+    #: Keys already computed, by (api, tenant, models, SHA-256 of the raw body): a repeated request (what a cache is
+    #: for) is keyed without decoding and canonicalising its body again. Exact: the key is a function of these and
+    #: the policy's own fields. Bounded: emptied when full.
+    _keys: dict[tuple[str, str | None, tuple[str, ...], bytes], str] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, route: str, cache: RouteCache, max_entry_bytes: int) -> CachePolicy:
@@ -249,7 +259,14 @@ class CachePolicy:
             cache.store_truncated, max_entry_bytes,
         )  # fmt: skip
 
-    def ticket(self, api: str, data: Mapping[str, Any], headers: HeaderLookup, models: Iterable[str]) -> CacheTicket:
+    def ticket(
+        self,
+        api: str,
+        data: Mapping[str, Any],
+        headers: HeaderLookup,
+        models: Iterable[str],
+        body: bytes | None = None,
+    ) -> CacheTicket:
         """This call's ticket: bypassed (with the reason) or keyed, with what the caller's headers allow."""
         directives = parse_cache_directives(headers.get(CACHE_HEADER))
         if api not in CACHED_APIS:
@@ -269,7 +286,15 @@ class CachePolicy:
                 return CacheTicket(None, reason=f"no tenant ({self.tenant})")
         ttl = parse_cache_ttl(headers.get(CACHE_TTL_HEADER))
         ttl_s = self.ttl_s if ttl is None else ttl
-        key = cache_key(route=self.route, models=models, api=api, tenant=tenant, data=data, ignored=self.ignored)
+        models = tuple(models)
+        memo = (api, tenant, models, hashlib.sha256(body).digest()) if body is not None else None
+        key = self._keys.get(memo) if memo is not None else None
+        if key is None:
+            key = cache_key(route=self.route, models=models, api=api, tenant=tenant, data=data, ignored=self.ignored)
+            if memo is not None:
+                if len(self._keys) >= _KEYS_REMEMBERED:
+                    self._keys.clear()
+                self._keys[memo] = key
         return CacheTicket(
             key,
             api=api,

@@ -583,7 +583,9 @@ class Call(Sending):
         if policy is None or self._final is not None or self.shadow_of is not None or self.done:
             return None
         arm = self._legs[0].arm
-        self._cache = policy.ticket(self._api, self._data, self._headers, (u.model for u in arm.upstreams))
+        self._cache = policy.ticket(
+            self._api, self._data, self._headers, (u.model for u in arm.upstreams), body=self._raw_body
+        )
         return self._cache
 
     @property
