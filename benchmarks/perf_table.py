@@ -337,6 +337,8 @@ def run(names: Sequence[str], extra: Mapping[str, list[str]], peers_python: str 
     """Runs the benchmarks ``names`` one after the other; their JSON, what ran them, and the machine."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     here = _probe(sys.executable, env)
+    commit = _git("rev-parse", "--short=12", "HEAD")  # at the start: what is measured
+    dirty = bool(_git("status", "--porcelain", "--", "holyroute", "benchmarks"))
     started, load_start = time.perf_counter(), os.getloadavg()
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     runs: dict[str, Any] = {}
@@ -374,8 +376,8 @@ def run(names: Sequence[str], extra: Mapping[str, list[str]], peers_python: str 
         "python": here["python"],
         "openai": here["openai"],
         "holyroute": here["holyroute"],
-        "commit": _git("rev-parse", "--short=12", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--", "holyroute", "benchmarks")),
+        "commit": commit,
+        "dirty": dirty,
     }
     return {"machine": machine, "runs": runs}
 
