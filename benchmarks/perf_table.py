@@ -137,7 +137,7 @@ def instruction_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
             rows.append(_missing(label, target, "case not run" if r is None else "no chat case to subtract"))
             continue
         per_us = r["added_per_kb"] / NOMINAL_PER_US
-        shown = f"{r['added_per_kb']:,} instructions/KB ≈ {per_us:.2f} µs/KB ({r['added']:,} added per call)"
+        shown = f"{r['added_per_kb']:,} instructions/KB ≈ {per_us:.3f} µs/KB ({r['added']:,} added per call)"
         rows.append(Row(label, target, shown, per_us))
     stream = by_case.get("stream-ttft")
     measure = "stream, call to first chunk: instructions added"
@@ -225,12 +225,12 @@ def peer_rows(results: Mapping[str, Any]) -> list[Row]:
     if redis is None:
         rows.append(_missing(measure, REDIS_P50, "Redis did not answer"))
     else:
-        rows.append(Row(measure, REDIS_P50, _us(redis["added_p50_us"]), redis["added_p50_us"]))
-    for client in ("holyroute", "holyroute + redis rpm", "LiteLLM Router"):
-        r = by_client.get(client)
+        shown = f"{_us(redis['added_p50_us'])} (client CPU {_us(redis['added_cpu_us'])} added)"
+        rows.append(Row(measure, REDIS_P50, shown, redis["added_p50_us"]))
+    for name in ("holyroute", "LiteLLM Router"):
+        r = by_client.get(name)
         if r is None:
             continue
-        name = client.replace("redis", "Redis")
         if "added_p50_us" in r:
             shown = f"{_us(r['added_p50_us'])} / {_us(r['added_cpu_us'])}"
             rows.append(Row(f"{name}: added p50 / added client CPU per call", None, shown))
