@@ -225,3 +225,42 @@ class TestTheScanSaysWhatDecodingSays:
         assert read_request(deep) == f"is nested deeper than {MAX_DEPTH} levels"
         fits = b'{"model": "chat", "x": ' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b"}"
         assert isinstance(read_request(fits), RequestView)  # refused by the scanner, read by json.loads: routed
+
+
+class TestTheAttemptRequest:
+    """The attempt's request is built without httpx2's constructor (which re-parses the URL and copies the headers
+    again) only while that builds the very same request; otherwise the constructor is used."""
+
+    def _sent(self, monkeypatch: pytest.MonkeyPatch, fast: bool) -> httpx2.Request:
+        from holyroute.core.plan import DROPPED_HEADERS
+        from holyroute.drivers import compat
+
+        monkeypatch.setattr(compat, "_FAST_REQUEST", fast)
+        caller = httpx2.Request(
+            "POST", "http://caller.example/v1/chat/completions", headers={"x-keep": "1"}, content=b"{}"
+        )
+        return compat.attempt_request(
+            caller,
+            "http://up.example:8080/v1/chat/completions?api-version=1",
+            drop=DROPPED_HEADERS,
+            add=(("authorization", "Bearer k"),),
+            body=b'{"model":"m"}',
+            extensions={"timeout": {"read": 5.0}},
+        )
+
+    def test_fast_and_constructed_requests_are_the_same(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from holyroute.drivers import compat
+
+        assert compat._FAST_REQUEST  # the installed httpx2 sets exactly these attributes
+        fast, built = self._sent(monkeypatch, True), self._sent(monkeypatch, False)
+        assert set(vars(fast)) == set(vars(built))
+        for one in (fast, built):
+            assert one.method == "POST"
+            assert str(one.url) == "http://up.example:8080/v1/chat/completions?api-version=1"
+            assert one.headers.get_list("content-length") == ["13"]  # the caller's (2) replaced by the body's
+            assert one.headers["host"] == "up.example:8080"
+            assert one.headers["content-length"] == str(len(b'{"model":"m"}'))
+            assert one.headers["authorization"] == "Bearer k"
+            assert one.read() == b'{"model":"m"}'
+            assert one.extensions == {"timeout": {"read": 5.0}}
+        assert fast.headers.raw == built.headers.raw

@@ -827,6 +827,8 @@ def _details(value: object) -> Mapping[str, Any]:
 
 def _part(value: object, whole: int) -> int:
     """A count that is part of ``whole``: within ``[0, whole]``."""
+    if type(value) is int:  # what providers write
+        return value if 0 <= value <= whole else 0 if value < 0 else whole
     if value is None:
         return 0
     found = _tokens(value)
@@ -874,8 +876,8 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
         in_details, out_details = get("prompt_tokens_details"), get("completion_tokens_details")
     prompt = p if type(p) is int and 0 <= p <= MAX_TOKENS else _tokens(p)
     completion = c if type(c) is int and 0 <= c <= MAX_TOKENS else _tokens(c)
-    ins = in_details if type(in_details) is dict else _details(in_details)
-    outs = out_details if type(out_details) is dict else _details(out_details)
+    ins = in_details if type(in_details) is dict else _NO_DETAILS if in_details is None else _details(in_details)
+    outs = out_details if type(out_details) is dict else _NO_DETAILS if out_details is None else _details(out_details)
     v = ins.get("cached_tokens")
     cached = v if type(v) is int and 0 <= v <= MAX_TOKENS else _tokens(v)
     if not cached:
@@ -901,12 +903,12 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
         prompt,
         completion,
         cached,
-        reasoning if type(reasoning) is int and 0 <= reasoning <= completion else _part(reasoning, completion),
+        0 if reasoning is None else _part(reasoning, completion),
         written,
-        in_audio if type(in_audio) is int and 0 <= in_audio <= prompt else _part(in_audio, prompt),
-        out_audio if type(out_audio) is int and 0 <= out_audio <= completion else _part(out_audio, completion),
-        in_image if type(in_image) is int and 0 <= in_image <= prompt else _part(in_image, prompt),
-        out_image if type(out_image) is int and 0 <= out_image <= completion else _part(out_image, completion),
+        0 if in_audio is None else _part(in_audio, prompt),
+        0 if out_audio is None else _part(out_audio, completion),
+        0 if in_image is None else _part(in_image, prompt),
+        0 if out_image is None else _part(out_image, completion),
         _name(model) if model is not None else None,
         _name(service_tier) if service_tier is not None else None,
     )

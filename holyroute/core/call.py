@@ -31,7 +31,6 @@ from holyroute.core.context import (
     TokenEncoder,
     tiktoken_encoding,
 )
-from holyroute.core.context import requested_output_tokens as _requested_output
 from holyroute.core.events import EventSink, structlog_sink
 from holyroute.core.health import HeaderLookup, HealthBook, Transition
 from holyroute.core.plan import (
@@ -281,11 +280,12 @@ class Router:
             return None
         operation, data = api[1], view.data
         call = Call(self, plan, api=api[0], operation=operation, query=query, headers=headers, data=data, body=body,
-                    timeout=timeout)  # fmt: skip
+                    timeout=timeout, out=view.max_output_tokens)  # fmt: skip
         self.budgets[call.route].record_call(call.started)
         if plan.shadow is not None and self._shadow_wanted(plan):
             call.shadow = Call(self, plan, api=api[0], operation=operation, query=query, headers=_NO_HEADERS,
-                               data=data, body=body, timeout=timeout, shadow_of=call)  # fmt: skip
+                               data=data, body=body, timeout=timeout, out=view.max_output_tokens,
+                               shadow_of=call)  # fmt: skip
         return call
 
     def _shadow_wanted(self, plan: RoutePlan) -> bool:
@@ -393,6 +393,7 @@ class Call(Sending):
         data: Mapping[str, Any],
         body: bytes,
         timeout: float | None,
+        out: int | None = None,
         shadow_of: Call | None = None,
         unreadable: str | None = None,
     ) -> None:
@@ -421,7 +422,7 @@ class Call(Sending):
             and api in _INJECT_USAGE_APIS
             and not (isinstance(own, Mapping) and own.get("include_usage") is True)
         )
-        self._out = _requested_output(data)
+        self._out = out  # the most output it asks for (read at the boundary: requested_output_tokens)
         self._tokens = _estimate_tokens(body, self._out)
         self._debits = []  # tpm debits (local and shared), settled with the real usage when the call ends
         self._bodies = {}

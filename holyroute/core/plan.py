@@ -8,6 +8,7 @@ USD limits apply to a call, :func:`sticky_key` which key pins a caller to an arm
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 from collections.abc import Mapping
@@ -175,6 +176,7 @@ def usd(amount: float) -> str:
     return f"{amount:.8f}".rstrip("0").rstrip(".") or "0"
 
 
+@functools.lru_cache(maxsize=256)  # a client sends to a handful of paths
 def operation_of(path: str) -> tuple[str, str] | None:
     """The API family and operation path of a request path, e.g. ``/v1/chat/completions`` -> chat."""
     trimmed = path.rstrip("/")

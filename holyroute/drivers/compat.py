@@ -5,19 +5,22 @@ is most of holyroute's per-call cost. :func:`attempt_request` instead copies the
 list, drops the hop and credential headers and those the endpoint sets itself (the endpoint's value replaces the
 caller's, never joins it), appends the endpoint's, and hands the body over as a ready stream. It uses
 ``Headers._list`` (stable across httpx and httpx2 for years) only when that attribute has the expected shape, and
-falls back to the public API otherwise, so a change inside httpx2 costs speed, never correctness.
+falls back to the public API otherwise, so a change inside httpx2 costs speed, never correctness. The same holds
+for the request itself: it is assembled from the attributes httpx2's constructor would set (the parsed URL, cached
+per URL with its ``Host`` value, the header list, the body stream) only while a probe at import shows that
+constructor sets exactly those.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import httpx2
 
 __all__ = ["attempt_request", "fast_headers_supported", "header_view", "restore_read_timeout"]
 
-_URL_CACHE: dict[str, httpx2.URL] = {}
+_URL_CACHE: dict[str, tuple[httpx2.URL, bytes]] = {}
 _URL_CACHE_LIMIT = 512
 
 
@@ -66,13 +69,42 @@ def restore_read_timeout(sent: httpx2.Request, read: float | None) -> None:
         timeout["read"] = read
 
 
-def _url(url: str) -> httpx2.URL:
+def _url(url: str) -> tuple[httpx2.URL, bytes]:
+    """The parsed URL and its ``Host`` header value, parsed once per distinct URL."""
     found = _URL_CACHE.get(url)
     if found is None:
         if len(_URL_CACHE) >= _URL_CACHE_LIMIT:
             _URL_CACHE.clear()
-        found = _URL_CACHE[url] = httpx2.URL(url)
+        parsed = httpx2.URL(url)
+        found = _URL_CACHE[url] = (parsed, parsed.netloc)
     return found
+
+
+#: The attributes ``httpx2.Request.__init__`` sets when it is given a ready ``stream``: a request built with exactly
+#: these (without re-parsing the URL or copying the headers again) is the same request.
+_REQUEST_FIELDS: Final = frozenset({"method", "url", "headers", "extensions", "stream"})
+
+
+def _probe_request() -> bool:
+    built = httpx2.Request("POST", "http://probe.invalid/", headers=[(b"A", b"1")], stream=httpx2.ByteStream(b""))
+    return set(vars(built)) == _REQUEST_FIELDS
+
+
+_FAST_REQUEST: Final = _probe_request()
+
+
+def _new_request(
+    method: str, url: httpx2.URL, headers: httpx2.Headers, stream: httpx2.ByteStream, extensions: dict[str, Any]
+) -> httpx2.Request:
+    if _FAST_REQUEST:
+        request = object.__new__(httpx2.Request)
+        request.method = method
+        request.url = url
+        request.headers = headers
+        request.extensions = extensions
+        request.stream = stream
+        return request
+    return httpx2.Request(method, url, headers=headers, stream=stream, extensions=extensions)
 
 
 def attempt_request(
@@ -87,8 +119,8 @@ def attempt_request(
 ) -> httpx2.Request:
     """A copy of ``request`` sent to ``url`` with ``body``: headers named in ``drop`` or in ``add`` removed, ``add``
     appended, ``Host`` and ``Content-Length`` set for the new target. The caller's request is not modified."""
-    target = _url(url)
-    framing = ((b"Host", target.netloc), (b"Content-Length", str(len(body)).encode("ascii")))
+    target, host = _url(url)
+    framing = ((b"Host", host), (b"Content-Length", str(len(body)).encode("ascii")))
     if fast and fast_headers_supported(request.headers):
         dropped = _drop_bytes(drop, add)
         headers = httpx2.Headers()
@@ -104,9 +136,7 @@ def attempt_request(
         pairs.extend((k.encode("ascii"), v.encode("latin-1")) for k, v in add)
         pairs.append(framing[1])
         headers = httpx2.Headers(pairs)
-    return httpx2.Request(
-        request.method, target, headers=headers, stream=httpx2.ByteStream(body), extensions=dict(extensions)
-    )
+    return _new_request(request.method, target, headers, httpx2.ByteStream(body), dict(extensions))
 
 
 _DROP_CACHE: dict[tuple[frozenset[str], Sequence[tuple[str, str]]], frozenset[bytes]] = {}

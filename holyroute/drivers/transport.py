@@ -540,7 +540,8 @@ def _in_memory(response: httpx2.Response) -> httpx2.Response:
 
 def _judged(call: Call, accepted: Accepted | None, response: httpx2.Response, raw: bytes) -> bool:
     """Hand a whole non-stream body to the core. True: ``response`` now carries it, ready for the caller."""
-    encoding = response.headers.get("content-encoding")
+    # Read once already, into the header view the core judged (httpx2's Headers.get re-normalises on every call).
+    encoding = accepted.content_encoding if accepted is not None else response.headers.get("content-encoding")
     body = raw
     if encoding is not None:
         # Total: every coding httpx2 decodes, any case; an undecodable body is judged as no JSON (fails over).
