@@ -233,8 +233,8 @@ class TestRender:
         lines = _lines(RESULTS)
         assert "| time to first chunk: added p50 | ≤ 50 µs | 49.5 µs (raw SDK 400 µs → 449 µs) | met |" in lines
         assert (
-            "| peak memory reading one stream through holyroute | constant: long ≤ 1.25 x short "
-            "| 52 KB at 2,000 chunks, 40 KB at 200 (x 1.30) | **not met** |"
+            "| peak memory reading one stream through holyroute | constant: ≤ 1 byte more per extra chunk "
+            "| 52 KB at 2,000 chunks, 40 KB at 200: +6.8 bytes per extra chunk | **not met** |"
         ) in lines
 
     def test_import_row_judges_importtime_and_lists_the_wall_times(self) -> None:
