@@ -264,3 +264,33 @@ class TestTheAttemptRequest:
             assert one.read() == b'{"model":"m"}'
             assert one.extensions == {"timeout": {"read": 5.0}}
         assert fast.headers.raw == built.headers.raw
+
+
+class TestTheHeaderView:
+    """The core reads a few headers of many: the view decodes only those, and says what a dict of all would say."""
+
+    names = st.sampled_from(["x-a", "X-A", "content-type", "x-ratelimit-remaining-requests", "x-é", "Host"])
+    values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=8)
+
+    @given(st.lists(st.tuples(names, values), max_size=8), st.sampled_from(["x-a", "content-type", "x-é", "absent"]))
+    def test_it_agrees_with_decoding_everything(self, pairs: list[tuple[str, str]], key: str) -> None:
+        from holyroute.drivers.compat import HeaderView, header_view
+
+        headers = httpx2.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs])
+        whole: dict[str, str] = {}
+        for name, value in pairs:
+            lower = name.lower()
+            whole[lower] = f"{whole[lower]}, {value}" if lower in whole else value
+        view = header_view(headers)
+        assert isinstance(view, HeaderView)
+        assert view.get(key) == whole.get(key)
+        assert (key in view) == (key in whole)
+        assert dict(view.items()) == whole
+        assert len(view) == len(whole)
+        assert view.get(key) == whole.get(key)  # again, now from the decoded whole
+
+    def test_its_repr_names_no_value(self) -> None:
+        from holyroute.drivers.compat import header_view
+
+        view = header_view(httpx2.Headers({"Authorization": "Bearer sk-secret-1"}))
+        assert repr(view) == "HeaderView(['authorization'])"

@@ -60,6 +60,7 @@ RESULTS: dict[str, Any] = {
                     "added_per_kb": 1000,
                 },
                 {"case": "stream-ttft", "raw": 4869628, "holyroute": 5282611, "added": 412983},
+                {"case": "chat-cache-hit", "raw": 5070405, "holyroute": 5673178, "added": 602773},
             ],
         },
         "overhead": {
@@ -217,6 +218,10 @@ class TestRender:
         assert (
             "| stream, call to first chunk: instructions added | ≤ 200,000 (50 µs at 4,000/µs) "
             "| 412,983 (4,869,628 → 5,282,611) | **not met** |"
+        ) in lines
+        assert (
+            "| chat at temperature 0, a response-cache hit: instructions added | — "
+            "| 602,773 (5,070,405 → 5,673,178) | — |"
         ) in lines
 
     def test_timing_rows_judge_p50_and_p99_and_show_reference_rows_without_a_verdict(self) -> None:

@@ -224,6 +224,25 @@ class Accounting(Waiting):
                 primary=leg is self._legs[0], upstream_model=upstream.model if upstream is not None else None,
                 cost_usd=cost, now=router.wall_clock(),
             )  # fmt: skip
+            if ticket.answer is not None:  # to be stored: the event waits for the store's word (cache_written)
+                ticket.held = fields
+                return
+        router.emit("holyroute.request", fields)
+        if router.alerts is not None:
+            router.alerts.observe(fields)
+
+    def cache_written(self, kept: bool) -> None:
+        """The driver wrote the answer the call's cache ticket kept (``kept``: the store accepted it) or gave up on
+        it: emit the call's ``holyroute.request``, held since the call ended, with ``cache: stored`` or ``miss``.
+        A no-op when no event is held, so every path that may end a call after its answer calls it."""
+        ticket = self._cache
+        fields = ticket.held if ticket is not None else None
+        if ticket is None or fields is None:
+            return
+        ticket.held = None
+        if not kept:
+            ticket.state = fields["cache"] = "miss"
+        router = self._router
         router.emit("holyroute.request", fields)
         if router.alerts is not None:
             router.alerts.observe(fields)

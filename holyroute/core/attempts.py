@@ -223,6 +223,7 @@ class Attempts(Planning):
         generator), else ``error``. Only an ``OSError`` during an attempt counts against the endpoint's health: a
         caller's cancel or a bug on this side is not the endpoint's fault. Safe to call more than once."""
         if self.done:
+            self.cache_written(False)  # stopped before the store said it kept the answer: the held event says miss
             return
         cancelled = not isinstance(error, Exception)
         upstream = self._current

@@ -13,12 +13,12 @@ constructor sets exactly those.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import httpx2
 
-__all__ = ["attempt_request", "fast_headers_supported", "header_view", "restore_read_timeout"]
+__all__ = ["HeaderView", "attempt_request", "fast_headers_supported", "header_view", "restore_read_timeout"]
 
 _URL_CACHE: dict[str, tuple[httpx2.URL, bytes]] = {}
 _URL_CACHE_LIMIT = 512
@@ -41,20 +41,67 @@ def _probe() -> bool:
 _FAST_HEADERS = _probe()
 
 
-def header_view(headers: httpx2.Headers) -> dict[str, str]:
-    """Lower-case name -> value (repeated names joined by ", "), read in one pass: what the core looks at.
+def header_view(headers: httpx2.Headers) -> Mapping[str, str]:
+    """Lower-case name -> value (repeated names joined by ", "): what the core looks at.
 
-    ``httpx2.Headers.get`` re-derives the header encoding and re-normalises the key on every call; the core reads a
-    handful of headers per answer, so one pass into a dict is cheaper.
+    The core reads two of the ~17 headers the SDK sends and five or so of an answer's, so the view decodes only the
+    names looked up (:class:`HeaderView`); ``httpx2.Headers.get`` would re-derive the encoding and re-normalise the
+    key on every call, and decoding every header up front costs more than all the lookups together.
     """
     if fast_headers_supported(headers):
-        view: dict[str, str] = {}
-        for _, lower, value in headers._list:
-            name = lower.decode("latin-1")
-            text = value.decode("latin-1")
-            view[name] = f"{view[name]}, {text}" if name in view else text
-        return view
+        return HeaderView(headers._list)
     return {name.lower(): value for name, value in headers.items()}
+
+
+class HeaderView(Mapping[str, str]):
+    """A read-only view of httpx2's ``(raw, lower, value)`` header triples: :meth:`get` scans them for one name and
+    decodes only its values; anything else (iteration, ``len``, ``[]``) decodes every header once."""
+
+    __slots__ = ("_items", "_whole")
+
+    def __init__(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
+        self._items = items
+        self._whole: dict[str, str] | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if self._whole is not None or not key.isascii():
+            return self._all().get(key, default)
+        name = key.encode()
+        found: str | None = None
+        for _, lower, value in self._items:
+            if lower == name:
+                text = value.decode("latin-1")
+                found = text if found is None else f"{found}, {text}"
+        return default if found is None else found
+
+    def _all(self) -> dict[str, str]:
+        whole = self._whole
+        if whole is None:
+            whole = {}
+            for _, lower, value in self._items:
+                name = lower.decode("latin-1")
+                text = value.decode("latin-1")
+                whole[name] = f"{whole[name]}, {text}" if name in whole else text
+            self._whole = whole
+        return whole
+
+    def __getitem__(self, key: str) -> str:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found  # type: ignore[no-any-return]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __repr__(self) -> str:  # names only: values may be credentials
+        return f"HeaderView({sorted(self._all())})"
 
 
 def restore_read_timeout(sent: httpx2.Request, read: float | None) -> None:
