@@ -15,7 +15,9 @@ Cases: a chat call with a 0.1 KB prompt, with 32 KB and 128 KB of messages, an e
 between the counted parts, so only what precedes the first chunk counts), and the small chat call at temperature 0
 on a route with a memory response cache (``chat-cache-hit``: the first warm-up call stores the answer, every
 measured call is a hit that never reaches the in-memory upstream; the raw SDK makes the same call to the upstream).
-"added" is holyroute's instructions minus
+``chat-orjson`` is the small chat call with the event rendered by orjson through structlog's ``BytesLogger`` (what
+structlog advises for speed), ``chat-no-event`` the same call with the event filtered out by level: together they
+split "chat" into the JSON line and the routing. "added" is holyroute's instructions minus
 the raw SDK's, per call; the per-KB columns divide what holyroute adds beyond the small chat call by the request's
 (or the answer's) extra size.
 
@@ -67,6 +69,10 @@ CASES: dict[str, tuple[str, float, float]] = {
     "stream-ttft": ("stream", 0.1, 0.3),
     # The "chat" call at temperature 0 on a route with a response cache: every measured call is a hit.
     "chat-cache-hit": ("cache-hit", 0.1, 0.3),
+    # The "chat" call with the event rendered by orjson through structlog's BytesLogger (structlog's own advice for
+    # speed), and with the event filtered out by level: how much of "chat" is the JSON line, and how much routing.
+    "chat-orjson": ("chat", 0.1, 0.3),
+    "chat-no-event": ("chat", 0.1, 0.3),
 }
 
 
@@ -131,12 +137,23 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
         return httpx2.Response(200, headers=headers, stream=httpx2.ByteStream(answer))
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole process
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.WriteLoggerFactory(file=devnull),
-        cache_logger_on_first_use=True,
-    )
+    if case == "chat-orjson":
+        import orjson
+
+        structlog.configure(
+            processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer(serializer=orjson.dumps)],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            logger_factory=structlog.BytesLoggerFactory(file=open(os.devnull, "wb")),  # noqa: SIM115
+            cache_logger_on_first_use=True,
+        )
+    else:
+        level = logging.WARNING if case == "chat-no-event" else logging.INFO  # holyroute.request is at info
+        structlog.configure(
+            processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+            wrapper_class=structlog.make_filtering_bound_logger(level),
+            logger_factory=structlog.WriteLoggerFactory(file=devnull),
+            cache_logger_on_first_use=True,
+        )
     base_url = "http://127.0.0.1:9/v1"
     mock = httpx2.MockTransport(canned)
     # Both clients are built in both processes, so the imports and the set-up are the same outside the count.

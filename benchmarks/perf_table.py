@@ -129,6 +129,17 @@ def instruction_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
         shown = f"{chat['added']:,} ({chat['raw']:,} → {chat['holyroute']:,})"
         rows.append(Row(measure, ADDED_INSTRUCTIONS, shown, chat["added"]))
     for case, label, target in (
+        (
+            "chat-orjson",
+            "chat, event by orjson (structlog BytesLogger): added",
+            ADDED_INSTRUCTIONS,
+        ),
+        ("chat-no-event", "chat, event filtered out by level: added", None),
+    ):
+        r = by_case.get(case)
+        if r is not None:
+            rows.append(Row(label, target, f"{r['added']:,} ({r['raw']:,} → {r['holyroute']:,})", r["added"]))
+    for case, label, target in (
         ("chat-32k", "chat, 32 KB of messages: added per KB of request", REQUEST_PER_KB),
         ("chat-128k", "chat, 128 KB of messages: added per KB of request", REQUEST_PER_KB),
         ("embeddings-1.6m", "embeddings, 1.6 MB answer: added per KB of answer", ANSWER_PER_KB),

@@ -61,6 +61,8 @@ RESULTS: dict[str, Any] = {
                 },
                 {"case": "stream-ttft", "raw": 4869628, "holyroute": 5282611, "added": 412983},
                 {"case": "chat-cache-hit", "raw": 5070405, "holyroute": 5673178, "added": 602773},
+                {"case": "chat-orjson", "raw": 4900000, "holyroute": 5099000, "added": 199000},
+                {"case": "chat-no-event", "raw": 4900000, "holyroute": 5250000, "added": 350000},
             ],
         },
         "overhead": {
@@ -223,6 +225,11 @@ class TestRender:
             "| chat at temperature 0, a response-cache hit: instructions added | — "
             "| 602,773 (5,070,405 → 5,673,178) | — |"
         ) in lines
+        assert (
+            "| chat, event by orjson (structlog BytesLogger): added | ≤ 200,000 "
+            "| 199,000 (4,900,000 → 5,099,000) | met |"
+        ) in lines
+        assert "| chat, event filtered out by level: added | — | 350,000 (4,900,000 → 5,250,000) | — |" in lines
 
     def test_timing_rows_judge_p50_and_p99_and_show_reference_rows_without_a_verdict(self) -> None:
         lines = _lines(RESULTS)
@@ -272,7 +279,7 @@ class TestRender:
     def test_summary_counts_the_verdicts(self) -> None:
         # met: chat, 32k, embeddings, p99, ttft, import, async ratio = 7; not met: 128k, stream-ttft instructions,
         # p50, memory, redis = 5.
-        assert "- Targets met: 7 of 12." in _lines(RESULTS)
+        assert "- Targets met: 8 of 13." in _lines(RESULTS)
 
     def test_missing_figures_are_not_judged(self) -> None:
         results = copy.deepcopy(RESULTS)
@@ -290,7 +297,7 @@ class TestRender:
             "| chat, 0.1 KB prompt: instructions added per call | ≤ 200,000 | not measured (case not run) | — |"
         ) in lines
         assert not any("Import" in line for line in lines if line.startswith("**"))
-        assert "- Targets met: 5 of 9; not run: import." in lines
+        assert "- Targets met: 6 of 10; not run: import." in lines
 
     def test_holyroute_warnings_are_shown_and_a_degraded_redis_is_not_judged(self) -> None:
         results = copy.deepcopy(RESULTS)
@@ -302,7 +309,7 @@ class TestRender:
             "| holyroute + Redis rpm limit: added p50 per call | ≤ 300 µs "
             "| 300.4 µs (client CPU 400.0 µs added); not judged: Redis degraded during the run | — |"
         ) in text.splitlines()
-        assert "- Targets met: 7 of 11." in text.splitlines()
+        assert "- Targets met: 8 of 12." in text.splitlines()
 
 
 class TestWrite:
