@@ -228,9 +228,8 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
 
 
 #: Cases whose one call costs hundreds of millions of instructions run a share of ``--calls`` (at least 3) after at
-#: most 3 warm-up calls: a
-#: garbage collection falling inside the count moves them by a fraction of a percent, where it moves a small call
-#: by tens of thousands of instructions (which is why small calls want many).
+#: most 3 warm-up calls: a garbage collection falling inside the count moves them by a fraction of a percent, where
+#: it moves a small call by tens of thousands of instructions (which is why small calls want many).
 _CALLS_SHARE: dict[str, float] = {"embeddings-1.6m": 0.1, "chat-128k": 0.5}
 
 
