@@ -179,3 +179,38 @@ def test_shadow_events_feed_the_report(ups: dict[str, FakeUpstream], tmp_path: A
     assert "shadow vs served:" in text
     assert "length 1, stop 2" in text
     assert "1/3" in text
+
+
+class TestADroppedShadowStillEnds:
+    """A copy the driver drops before it runs (too many in flight) is a call that began: it ends with its one event,
+    cancelled (never counted as an error of the shadow arm), and the caller's call is untouched."""
+
+    def test_sync(self, ups: dict[str, FakeUpstream], monkeypatch: pytest.MonkeyPatch) -> None:
+        from holyroute.drivers import transport as driver
+
+        monkeypatch.setattr(driver, "_MAX_SHADOWS_PENDING", 0)
+        events = Events()
+        transport = holyroute.Transport(config(ups), log=False, sinks=[events])
+        with openai.OpenAI(api_key="x", http_client=httpx2.Client(transport=transport)) as sdk:
+            sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        (shadow,) = requests(events, shadow=True)
+        assert (shadow["outcome"], shadow["error"], shadow["attempts"]) == ("cancelled", "cancelled: ShadowDropped", 0)
+        assert [e["outcome"] for e in requests(events, shadow=False)] == ["ok"]
+        assert ups["shadow"].requests == []
+
+    def test_async(self, ups: dict[str, FakeUpstream], monkeypatch: pytest.MonkeyPatch) -> None:
+        from holyroute.drivers import transport as driver
+
+        monkeypatch.setattr(driver, "_MAX_SHADOWS_PENDING", 0)
+        events = Events()
+
+        async def main() -> None:
+            transport = holyroute.AsyncTransport(config(ups), log=False, sinks=[events])
+            async with openai.AsyncOpenAI(api_key="x", http_client=httpx2.AsyncClient(transport=transport)) as sdk:
+                await sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+
+        asyncio.run(main())
+        (shadow,) = requests(events, shadow=True)
+        assert (shadow["outcome"], shadow["error"]) == ("cancelled", "cancelled: ShadowDropped")
+        assert [e["outcome"] for e in requests(events, shadow=False)] == ["ok"]
+        assert ups["shadow"].requests == []

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 from holyroute.config.schema import _without_userinfo
 from holyroute.core.plan import DROPPED_HEADERS
 
-__all__ = ["Accepted", "Acquire", "GiveUp", "Respond", "Send", "Step", "Wait"]
+__all__ = ["Accepted", "Acquire", "GiveUp", "Respond", "Send", "ShadowDropped", "Step", "Wait"]
 
 
 # A named tuple, not a frozen dataclass: one is built on every call, and a frozen dataclass's __init__ costs
@@ -89,3 +89,9 @@ class Accepted(NamedTuple):
     event_stream: bool
     hide_usage_chunk: bool
     content_encoding: str | None
+
+
+class ShadowDropped(BaseException):
+    """What a driver ends a shadow copy with when it drops the copy before it ran (too many copies in flight, or the
+    client closing): the copy's one ``holyroute.request`` then says ``cancelled: ShadowDropped``. Not an
+    ``Exception``: a dropped copy is cancelled, not failed, so it counts against no arm's error rate."""

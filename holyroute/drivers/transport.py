@@ -32,7 +32,7 @@ import httpx2
 from holyroute.boundary.parse import StreamDecoder, decode_content
 from holyroute.config.schema import Config, load_config
 from holyroute.core.call import Call, EventSink, QualityCheck, Router
-from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Wait
+from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, ShadowDropped, Wait
 from holyroute.drivers.compat import attempt_request, header_view, restore_read_timeout
 from holyroute.drivers.stream import AsyncTap, BodyWatch, SyncTap
 
@@ -118,21 +118,26 @@ class Transport(httpx2.BaseTransport):
 
     def _mirror(self, request: httpx2.Request, shadow: Call) -> None:
         """Run the shadow copy on a small background pool; when the pool is saturated or shut down, the copy is
-        dropped. Never raises: the caller's call does not depend on its shadow."""
+        dropped (its one event says ``cancelled: ShadowDropped``). Never raises: the caller's call does not depend
+        on its shadow."""
         with self._shadows_lock:
-            if self._shadows_pending >= _MAX_SHADOWS_PENDING:
-                return
-            self._shadows_pending += 1
-            if self._shadows is None:  # the first shadow copy: the pool module is imported only then
-                from concurrent.futures import ThreadPoolExecutor
+            full = self._shadows_pending >= _MAX_SHADOWS_PENDING
+            if not full:
+                self._shadows_pending += 1
+                if self._shadows is None:  # the first shadow copy: the pool module is imported only then
+                    from concurrent.futures import ThreadPoolExecutor
 
-                self._shadows = ThreadPoolExecutor(max_workers=4, thread_name_prefix="holyroute-shadow")
+                    self._shadows = ThreadPoolExecutor(max_workers=4, thread_name_prefix="holyroute-shadow")
             pool = self._shadows
+        if full or pool is None:
+            shadow.abandon(ShadowDropped())  # it still ends, with its one event (emitted outside the lock)
+            return
         try:
             future = pool.submit(self._run_shadow, request, shadow)
         except RuntimeError:  # closed meanwhile
             with self._shadows_lock:
                 self._shadows_pending -= 1
+            shadow.abandon(ShadowDropped())
             return
 
         def ended(done: Future[None]) -> None:
@@ -255,10 +260,12 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         if call.shadow is not None:
             shadow = call.shadow
             # A copy cancelled before it ever ran still ends (its one event says cancelled); abandon() is idempotent.
-            self._shadows.spawn(
+            spawned = self._shadows.spawn(
                 functools.partial(self._run_shadow, request, shadow),
                 functools.partial(shadow.abandon, asyncio.CancelledError()),
             )
+            if not spawned:  # too many in flight, closed, or no loop to run it on: it still ends, with its event
+                shadow.abandon(ShadowDropped())
         return await self._drive(request, call)
 
     async def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
