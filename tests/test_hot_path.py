@@ -294,3 +294,51 @@ class TestTheHeaderView:
 
         view = header_view(httpx2.Headers({"Authorization": "Bearer sk-secret-1"}))
         assert repr(view) == "HeaderView(['authorization'])"
+
+
+class TestASmallAnswerIsReadInOnePass:
+    """An answer up to 8 KB is read by pydantic-core in one pass; what it finds is what the searches that keep a large
+    answer flat find."""
+
+    counts = st.one_of(
+        st.none(), st.integers(-5, 10**13), st.floats(allow_nan=True), st.booleans(), st.text(max_size=3)
+    )
+    cached = st.fixed_dictionaries({}, optional={"cached_tokens": counts})
+    usage = st.fixed_dictionaries(
+        {},
+        optional={
+            "prompt_tokens": counts,
+            "completion_tokens": counts,
+            "input_tokens": counts,
+            "output_tokens": counts,
+            "prompt_tokens_details": st.one_of(st.none(), cached),
+            "completion_tokens_details": st.fixed_dictionaries({}, optional={"reasoning_tokens": counts}),
+            "prompt_cache_hit_tokens": counts,
+            "cache_read_input_tokens": counts,
+        },
+    )
+    answers = st.fixed_dictionaries(
+        {"id": st.just("chatcmpl-1")},
+        optional={
+            "model": st.one_of(st.sampled_from(["gpt-4.1", "gpt-4.1-2025-04-14", "bad model!"]), st.integers()),
+            "service_tier": st.sampled_from(["default", "flex", "?!"]),
+            "usage": st.one_of(st.none(), usage),
+            "choices": st.just([{"index": 0, "finish_reason": "stop", "message": {"content": '"usage": {}'}}]),
+        },
+    )
+
+    @given(answers, st.booleans())
+    def test_one_pass_finds_what_the_searches_find(self, answer: dict[str, Any], spaced: bool) -> None:
+        from holyroute.boundary import parse
+
+        body = json.dumps(answer, indent=1 if spaced else None).encode()
+        one_pass = parse.usage_from_body(body)
+        searched = parse._SMALL_ANSWER
+        try:
+            parse._SMALL_ANSWER = -1  # type: ignore[misc]
+            by_search = parse.usage_from_body(body)
+        finally:
+            parse._SMALL_ANSWER = searched  # type: ignore[misc]
+        assert one_pass == by_search
+        if one_pass is not None and by_search is not None:
+            assert (one_pass.model, one_pass.service_tier) == (by_search.model, by_search.service_tier)

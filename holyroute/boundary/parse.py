@@ -915,6 +915,30 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
     )
 
 
+#: Answers up to this size are read whole by :func:`_answer_scan` (at C speed, building three fields).
+_SMALL_ANSWER: Final = 8 * 1024
+
+
+@functools.cache
+def _answer_validator() -> Any:
+    from pydantic_core import SchemaValidator, core_schema
+
+    fields = {
+        key: core_schema.typed_dict_field(core_schema.any_schema(), required=False)
+        for key in ("model", "service_tier", "usage")
+    }
+    return SchemaValidator(core_schema.typed_dict_schema(fields, extra_behavior="ignore"))
+
+
+def _answer_scan(body: bytes) -> dict[str, Any] | None:
+    """The top-level ``model``, ``service_tier`` and ``usage`` of an answer that is one JSON object, else None."""
+    try:
+        found = _answer_validator().validate_json(body)
+    except Exception:  # pydantic_core.ValidationError; nothing an answer holds may escape
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
     """Usage of a JSON answer, read from its last top-level ``usage`` object; ``None`` when there is none.
 
@@ -926,6 +950,14 @@ def usage_from_body(body: bytes, encoding: str | None = None) -> Usage | None:
         if decoded is None:
             return None
         body = decoded
+    if len(body) <= _SMALL_ANSWER:
+        # A small answer (most chat answers) is read in one pass by pydantic-core, which builds only its top-level
+        # model, service tier and usage; this is cheaper than the searches below, which keep a large one flat.
+        top = _answer_scan(body)
+        if top is not None:
+            usage = top.get("usage")
+            if type(usage) is dict:
+                return usage_from_mapping(usage, model=top.get("model"), service_tier=top.get("service_tier"))
     # Providers put usage at the end; decoding from the last '"usage":{' avoids parsing a large body twice.
     # Inside JSON strings a quote is escaped, so this byte pattern can only be a key.
     position = body.rfind(b'"usage"')
