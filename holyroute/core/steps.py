@@ -87,3 +87,5 @@ class Accepted:
     event_stream: bool
     hide_usage_chunk: bool
     content_encoding: str | None
+    #: The answer declared a ``content-length`` (a stream whose bytes change must drop it; most streams have none).
+    sized: bool = False
