@@ -11,8 +11,13 @@ Everything else (start-up, imports, client construction, first-call caches) is o
 are rendered by structlog's ``JSONRenderer`` to ``/dev/null``, as a user piping JSON logs would.
 
 Cases: a chat call with a 0.1 KB prompt, with 32 KB and 128 KB of messages, an embeddings call whose answer is
-1.6 MB, and a chat stream counted from the call to its first chunk (``stream-ttft``: each stream's rest is read
-between the counted parts, so only what precedes the first chunk counts). "added" is holyroute's instructions minus
+1.6 MB, a chat stream counted from the call to its first chunk (``stream-ttft``: each stream's rest is read
+between the counted parts, so only what precedes the first chunk counts), and the small chat call at temperature 0
+on a route with a memory response cache (``chat-cache-hit``: the first warm-up call stores the answer, every
+measured call is a hit that never reaches the in-memory upstream; the raw SDK makes the same call to the upstream).
+``chat-orjson`` is the small chat call with the event rendered by orjson through structlog's ``BytesLogger`` (what
+structlog advises for speed), ``chat-no-event`` the same call with the event filtered out by level: together they
+split "chat" into the JSON line and the routing. "added" is holyroute's instructions minus
 the raw SDK's, per call; the per-KB columns divide what holyroute adds beyond the small chat call by the request's
 (or the answer's) extra size.
 
@@ -62,6 +67,12 @@ CASES: dict[str, tuple[str, float, float]] = {
     "embeddings-1.6m": ("embeddings", 0.8, 1600),
     # Counted from the call to the stream's first chunk only; the rest of each stream is read outside the count.
     "stream-ttft": ("stream", 0.1, 0.3),
+    # The "chat" call at temperature 0 on a route with a response cache: every measured call is a hit.
+    "chat-cache-hit": ("cache-hit", 0.1, 0.3),
+    # The "chat" call with the event rendered by orjson through structlog's BytesLogger (structlog's own advice for
+    # speed), and with the event filtered out by level: how much of "chat" is the JSON line, and how much routing.
+    "chat-orjson": ("chat", 0.1, 0.3),
+    "chat-no-event": ("chat", 0.1, 0.3),
 }
 
 
@@ -117,18 +128,32 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
         def __iter__(self) -> Iterator[bytes]:
             return iter(events)  # one event at a time, as a connection would hand them over
 
+    upstream_calls = [0]
+
     def canned(request: httpx2.Request) -> httpx2.Response:
+        upstream_calls[0] += 1
         if operation == "stream":
             return httpx2.Response(200, headers=[("content-type", "text/event-stream")], stream=Events())
         return httpx2.Response(200, headers=headers, stream=httpx2.ByteStream(answer))
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the whole process
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.WriteLoggerFactory(file=devnull),
-        cache_logger_on_first_use=True,
-    )
+    if case == "chat-orjson":
+        import orjson
+
+        structlog.configure(
+            processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer(serializer=orjson.dumps)],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            logger_factory=structlog.BytesLoggerFactory(file=open(os.devnull, "wb")),  # noqa: SIM115
+            cache_logger_on_first_use=True,
+        )
+    else:
+        level = logging.WARNING if case == "chat-no-event" else logging.INFO  # holyroute.request is at info
+        structlog.configure(
+            processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+            wrapper_class=structlog.make_filtering_bound_logger(level),
+            logger_factory=structlog.WriteLoggerFactory(file=devnull),
+            cache_logger_on_first_use=True,
+        )
     base_url = "http://127.0.0.1:9/v1"
     mock = httpx2.MockTransport(canned)
     # Both clients are built in both processes, so the imports and the set-up are the same outside the count.
@@ -139,6 +164,8 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
             "embed-default": {"targets": [{"model": "text-embedding-3-small", "endpoints": ["bench"]}]},
         },
     }
+    if operation == "cache-hit":  # only in this case: a route with a cache makes the client hold one
+        config["routes"]["chat-cached"] = {"targets": [{"model": "gpt-4.1", "endpoints": ["bench"]}], "cache": {}}
     routed = httpx2.Client(transport=holyroute.Transport(config, transport=mock))
     raw = httpx2.Client(transport=mock)
     sdk = openai.OpenAI(
@@ -146,7 +173,7 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     )
     model = "text-embedding-3-small" if operation == "embeddings" else "gpt-4.1"
     if client_kind == "holyroute":
-        model = "embed-default" if operation == "embeddings" else "chat-default"
+        model = {"embeddings": "embed-default", "cache-hit": "chat-cached"}.get(operation, "chat-default")
     call: Callable[[], Any]
     messages: Any = _messages(request_kb)
     rest: list[Iterator[Any]] = []
@@ -154,6 +181,10 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
 
         def call() -> Any:
             return sdk.chat.completions.create(model=model, messages=messages)
+    elif operation == "cache-hit":
+
+        def call() -> Any:
+            return sdk.chat.completions.create(model=model, messages=messages, temperature=0)
     elif operation == "stream":
 
         def call() -> Any:
@@ -188,6 +219,8 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     for _ in range(calls if operation == "stream" else 1):
         libc.qsort(pair, 2, ctypes.sizeof(ctypes.c_int), compare)
         drain()
+    if operation == "cache-hit" and client_kind == "holyroute" and upstream_calls[0] != 1:
+        raise RuntimeError(f"chat-cache-hit: the upstream was called {upstream_calls[0]} times, not once: not all hits")
     sdk.close()
     routed.close()
     raw.close()

@@ -682,7 +682,7 @@ class TestRequestSymptoms:
         ids=["compact", "spaced", "escaped"],
     )
     def test_the_alias_is_found_however_it_is_written(self, harness: Harness, named: bytes) -> None:
-        body = b"{" + named + b', "messages": ' + b"[" * 200 + b"]" * 200 + b"}"
+        body = b"{" + named + b', "messages": ' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}"
         assert_unroutable(harness, body, f"nested deeper than {MAX_DEPTH}")
 
     @pytest.mark.parametrize(

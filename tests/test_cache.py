@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 
 import holyroute
+from holyroute import Router
 from holyroute.testing import FakeUpstream, Reply
-from tests.conftest import Events
+from tests.conftest import Events, FakeClock
 
 PRICE = {"input": 2.0, "output": 8.0}
 
@@ -25,17 +28,38 @@ PRICE = {"input": 2.0, "output": 8.0}
 class SDK:
     """Both SDK clients behind one face: each method makes one call and returns what the SDK parsed."""
 
-    def __init__(self, mode: str, config: dict[str, Any], events: Events) -> None:
+    def __init__(self, mode: str, config: dict[str, Any], events: Events, router: Router | None = None) -> None:
         self.mode = mode
         if mode == "sync":
-            self.client: Any = openai.OpenAI(
-                http_client=holyroute.client(config, sinks=[events], log=False), api_key="own", base_url=_UNUSED
+            http: Any = (
+                holyroute.client(config, sinks=[events], log=False)
+                if router is None
+                else httpx2.Client(transport=holyroute.Transport(router=router))
             )
+            self.client: Any = openai.OpenAI(http_client=http, api_key="own", base_url=_UNUSED)
         else:
             self._runner = asyncio.Runner()
-            self.client = openai.AsyncOpenAI(
-                http_client=holyroute.async_client(config, sinks=[events], log=False), api_key="own", base_url=_UNUSED
+            http = (
+                holyroute.async_client(config, sinks=[events], log=False)
+                if router is None
+                else httpx2.AsyncClient(transport=holyroute.AsyncTransport(router=router))
             )
+            self.client = openai.AsyncOpenAI(http_client=http, api_key="own", base_url=_UNUSED)
+
+    @property
+    def transport(self) -> Any:
+        """holyroute's transport: the OpenAI client's httpx2 client's."""
+        return self.client._client._transport
+
+    def wait_until(self, done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+        """Let background work (shadow copies: threads, or tasks of this client's event loop) run until ``done()``."""
+        deadline = time.monotonic() + timeout_s
+        while not done() and time.monotonic() < deadline:
+            if self.mode == "sync":
+                time.sleep(0.005)
+            else:
+                self._runner.run(asyncio.sleep(0.005))
+        assert done(), "timed out"
 
     def _run(self, make: Callable[[], Any]) -> Any:
         if self.mode == "sync":
@@ -80,6 +104,9 @@ class SDK:
         return self.stream("chat.completions.create", **kwargs)
 
     def close(self) -> None:
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         if self.mode == "sync":
             self.client.close()
         else:
@@ -118,9 +145,9 @@ def mode(request: pytest.FixtureRequest) -> str:
 def make_sdk(mode: str) -> Iterator[Callable[[dict[str, Any]], tuple[SDK, Events]]]:
     made: list[SDK] = []
 
-    def make(config: dict[str, Any]) -> tuple[SDK, Events]:
+    def make(config: dict[str, Any], router: Router | None = None) -> tuple[SDK, Events]:
         events = Events()
-        sdk = SDK(mode, config, events)
+        sdk = SDK(mode, config, events, router)
         made.append(sdk)
         return sdk, events
 
@@ -194,6 +221,40 @@ class TestSecondCallIsAHit:
         assert upstream.received == 2
         assert whole.model_dump() == next(e for e in kept if e.type == "response.completed").response.model_dump()
         assert [e["cache"] for e in requests(events)] == ["stored", "hit", "hit", "stored", "hit"]
+
+    def test_completions_streamed_then_replayed(self, make_sdk: Any, upstream: FakeUpstream) -> None:
+        """Legacy completions: a streamed answer is kept once complete and replayed as a stream the SDK parses into
+        the same text, id and finish reason (the usage chunk only when asked for); an unstreamed call gets it whole,
+        and an answer kept whole is replayed as a stream."""
+        sdk, events = make_sdk(cache_config(upstream))
+        ask = {"model": "chat", "prompt": "Say hi", "temperature": 0}
+        usage = {"stream_options": {"include_usage": True}}
+        first = sdk.stream("completions.create", **ask, **usage)
+        second = sdk.stream("completions.create", **ask, **usage)
+        plain = sdk.stream("completions.create", **ask)
+        whole = sdk.call("completions.create", **ask)
+        assert upstream.received == 1
+
+        def text(chunks: list[Any]) -> str:
+            return "".join(choice.text for chunk in chunks for choice in chunk.choices)
+
+        assert text(first)
+        assert text(second) == text(first) == text(plain) == whole.choices[0].text
+        assert {c.id for c in second} == {c.id for c in first} == {whole.id}
+        assert [c.usage for c in second if c.usage is not None] == [c.usage for c in first if c.usage is not None]
+        assert [c.usage for c in first if c.usage is not None] == [whole.usage]
+        assert all(c.usage is None for c in plain)
+        finish = [choice.finish_reason for c in second for choice in c.choices if choice.finish_reason]
+        assert finish == ["stop"] == [whole.choices[0].finish_reason]
+        other = {**ask, "prompt": "Say bye"}
+        kept = sdk.call("completions.create", **other)
+        replayed = sdk.stream("completions.create", **other)
+        assert upstream.received == 2
+        assert text(replayed) == kept.choices[0].text
+        cache = [e["cache"] for e in requests(events)]
+        assert cache == ["stored", "hit", "hit", "hit", "stored", "hit"]
+        assert requests(events)[1]["saved_usd"] == requests(events)[0]["cost_usd"] > 0
+        assert requests(events)[1]["finish_reason"] == "stop"
 
     def test_embeddings(self, make_sdk: Any, upstream: FakeUpstream) -> None:
         """Embeddings are cached whatever their parameters; another input is another key."""
@@ -538,3 +599,155 @@ class TestQuality:
         assert upstream.received == 2
         found = [(e.get("quality"), e["cache"]) for e in requests(events)]
         assert found == [(False, "miss"), (True, "stored"), (None, "hit")]
+
+
+class TestShadowOfAHit:
+    def test_a_hit_sends_nothing_upstream_shadow_included(self, make_sdk: Any, upstream: FakeUpstream) -> None:
+        """The route mirrors every call; the stored call has its one shadow copy, the hits none (and no shadow
+        call is left without its event)."""
+        with FakeUpstream("shadow") as shadow:
+            config = cache_config(upstream)
+            config["endpoints"]["shadow"] = {"base_url": shadow.base_url, "api_key": "key-shadow"}
+            config["routes"]["chat"]["shadow"] = {"model": "gpt-4.1-mini", "endpoints": ["shadow"], "sample": 1.0}
+            sdk, events = make_sdk(config)
+            first = sdk.chat()
+            sdk.wait_until(lambda: any(e["shadow"] for e in requests(events)))
+            for _ in range(3):
+                assert sdk.chat().model_dump() == first.model_dump()
+            sdk.chat(temperature=1)  # a bypass is routed: mirrored
+            sdk.wait_until(lambda: sum(e["shadow"] for e in requests(events)) == 2)
+            sdk.close()
+            assert (upstream.received, shadow.received) == (2, 2)
+            served = [e["cache"] for e in requests(events) if not e["shadow"]]
+            assert served == ["stored", "hit", "hit", "hit", "bypass"]
+            copies = [e for e in requests(events) if e["shadow"]]
+            assert [(e["outcome"], e.get("cache")) for e in copies] == [("ok", None), ("ok", None)]
+
+
+class TestRetryBudget:
+    def test_a_burst_of_hits_touches_no_budget_limit_health_or_rollout(
+        self, make_sdk: Any, upstream: FakeUpstream
+    ) -> None:
+        """On a frozen clock: one stored call, then twenty hits. The route's retry budget counts the one routed call
+        (a hit loads no upstream, so it funds no retry), the endpoint's rpm/tpm buckets gave out one request, health
+        saw one attempt, the rollout measured one call."""
+        config = cache_config(upstream)
+        config["endpoints"]["main"].update(rpm=1000, tpm=1_000_000)
+        config["routes"]["chat"] = {
+            "rollout": {
+                "stable": {"model": "gpt-4.1", "endpoints": ["main"]},
+                "candidate": {"model": "gpt-4.1-mini", "endpoints": ["main"]},
+                "steps": [{"set_weight": 0}, {"pause": {}}],
+            },
+            "cache": {},
+        }
+        clock = FakeClock()
+        events = Events()
+        router = Router(holyroute.load_config(config), clock=clock, sinks=[events], log=False)
+        sdk, _ = make_sdk(config, router)
+        engine = router.rollouts.get("chat") if router.rollouts is not None else None
+        assert engine is not None
+
+        def snapshot() -> dict[str, Any]:
+            return {
+                "budget": router.budgets["chat"].state(clock()),
+                "taken": router.health.rate_limits.taken(),
+                "in_flight": router.health.in_flight("main"),
+                "latency": router.health.latency("main"),
+                "ejected": router.health.ejected("main", clock()),
+                "measured": {arm: m.calls for arm, m in engine.window_measurements().items()},
+            }
+
+        sdk.chat()
+        after_one = snapshot()
+        assert after_one["budget"] == (1, 0)
+        assert after_one["measured"] == {"gpt-4.1": 1, "gpt-4.1-mini": 0}
+        assert after_one["taken"]["main"][0] == 1
+        for _ in range(20):
+            sdk.chat()
+        assert snapshot() == after_one
+        assert upstream.received == 1
+        assert [e["cache"] for e in requests(events)] == ["stored"] + ["hit"] * 20
+
+
+class _FailingPut:
+    """A store whose reads work and whose writes fail."""
+
+    blocking = False
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def get(self, key: str) -> bytes | None:
+        return self.inner.get(key)  # type: ignore[no-any-return]
+
+    def put(self, key: str, value: bytes, ttl_s: float) -> bool:
+        raise ConnectionError("the store is down")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class TestTheEventIsTruthful:
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    def test_stored_is_said_once_the_store_has_it(self, make_sdk: Any, upstream: FakeUpstream, stream: bool) -> None:
+        sdk, _ = make_sdk(cache_config(upstream))
+        store = sdk.transport._cache.store
+        seen: list[tuple[str | None, int]] = []
+        holyroute.router_of(sdk.client._client).add_sink(
+            lambda name, fields: seen.append((fields.get("cache"), len(store))) if name == "holyroute.request" else None
+        )
+        if stream:
+            sdk.chat_stream()
+        else:
+            sdk.chat()
+        sdk.chat()
+        assert seen == [("stored", 1), ("hit", 1)]
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    def test_a_failed_write_says_miss_after_one_failure_event(
+        self, make_sdk: Any, upstream: FakeUpstream, stream: bool
+    ) -> None:
+        sdk, events = make_sdk(cache_config(upstream))
+        transport = sdk.transport
+        transport._cache.store = _FailingPut(transport._cache.store)
+        for _ in range(2):
+            sdk.chat_stream() if stream else sdk.chat()
+        assert upstream.received == 2
+        names = [name for name, _ in events.items]
+        # Each write fails after a read that worked: each starts a spell of failures, reported before the call's event.
+        assert names == ["holyroute.cache_failed", "holyroute.request"] * 2
+        assert events.named("holyroute.cache_failed")[0]["operation"] == "put"
+        assert [e["cache"] for e in requests(events)] == ["miss", "miss"]
+
+    def test_an_answer_larger_than_the_whole_store_says_miss(self, make_sdk: Any, upstream: FakeUpstream) -> None:
+        """The store refuses an entry larger than its cap (within the route's max_entry_bytes): not stored."""
+        config = cache_config(upstream)
+        config["cache"] = {"max_bytes": 1024, "max_entry_bytes": 1024}
+        sdk, events = make_sdk(config)
+        sdk.chat()
+        sdk.chat()
+        assert upstream.received == 2
+        assert [e["cache"] for e in requests(events)] == ["miss", "miss"]
+        assert events.named("holyroute.cache_failed") == []
+
+    @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+    def test_a_write_stopped_midway_still_ends_the_call_once(
+        self, make_sdk: Any, upstream: FakeUpstream, stream: bool
+    ) -> None:
+        """Something that is not an error (a cancel, an interrupt) stops the write: the call's held event is emitted
+        once, saying ``miss``, and the stop reaches the caller unchanged."""
+
+        class Stopped(BaseException):
+            pass
+
+        class StoppedPut(_FailingPut):
+            def put(self, key: str, value: bytes, ttl_s: float) -> bool:
+                raise Stopped
+
+        sdk, events = make_sdk(cache_config(upstream))
+        sdk.transport._cache.store = StoppedPut(sdk.transport._cache.store)
+        with pytest.raises(Stopped):
+            sdk.chat_stream() if stream else sdk.chat()
+        (event,) = requests(events)
+        assert (event["outcome"], event["cache"]) == ("ok", "miss")

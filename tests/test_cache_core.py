@@ -7,6 +7,7 @@ import json
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -143,6 +144,34 @@ class TestWhen:
         assert policy().ticket("chat", zero, Headers({"x-holyroute-cache-ttl": "5m"}), ["m"]).ttl_s == 300
         assert not policy().ticket("chat", zero, Headers({"x-holyroute-cache-ttl": "0"}), ["m"]).write
 
+    def test_a_repeated_body_is_keyed_from_memory_with_the_same_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The key of a body seen before is remembered by the body's digest (with the api, tenant and models), so a
+        hit does not decode and canonicalise the body again; the remembered key is the one computing it gives."""
+        from holyroute.core import cache as core_cache
+
+        computed: list[str] = []
+        real = core_cache.cache_key
+
+        def counting(**kwargs: Any) -> str:
+            computed.append(real(**kwargs))
+            return computed[-1]
+
+        monkeypatch.setattr(core_cache, "cache_key", counting)
+        data = {"model": "r", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+        body = json.dumps(data).encode()
+        one = policy(tenant="header:x-tenant")
+        tenant_a, tenant_b = Headers({"x-tenant": "a"}), Headers({"x-tenant": "b"})
+        first = one.ticket("chat", data, tenant_a, ["m"], body=body).key
+        again = one.ticket("chat", data, tenant_a, ["m"], body=body).key
+        assert first == again == real(route="r", models=["m"], api="chat", tenant="a", data=data)
+        assert len(computed) == 1  # the second was remembered
+        other_tenant = one.ticket("chat", data, tenant_b, ["m"], body=body).key
+        other_model = one.ticket("chat", data, tenant_a, ["m2"], body=body).key
+        changed = {**data, "temperature": 0.0, "seed": 1}
+        other_body = one.ticket("chat", changed, tenant_a, ["m"], body=json.dumps(changed).encode()).key
+        assert len({first, other_tenant, other_model, other_body}) == 4
+        assert len(computed) == 4
+
 
 class TestSettle:
     def settle(self, **overrides: Any) -> str:
@@ -196,7 +225,51 @@ class TestStreams:
         cut = raw[: raw.index(b'"finish_reason": "stop"')]
         assert reassemble_stream("chat", cut) is None
 
-    @given(st.binary(max_size=300), st.sampled_from(["chat", "responses", "embeddings"]))
+    @given(st.lists(st.lists(st.text(max_size=5), max_size=4), min_size=1, max_size=3), st.booleans())
+    def test_completions_put_together_then_replayed(self, choices: list[list[str]], usage: bool) -> None:
+        """Legacy completions, any number of choices: the pieces joined per choice, the stream replayed from the
+        body puts the same body together again."""
+        common = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m"}
+        events = [
+            {**common, "choices": [{"text": piece, "index": i, "logprobs": None, "finish_reason": None}]}
+            for i, pieces in enumerate(choices)
+            for piece in pieces
+        ]
+        events += [
+            {**common, "choices": [{"text": "", "index": i, "logprobs": None, "finish_reason": "stop"}]}
+            for i in range(len(choices))
+        ]
+        if usage:
+            events.append({**common, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+        raw = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+        body = reassemble_stream("completions", raw)
+        assert body is not None
+        data = json.loads(body)
+        assert [c["text"] for c in data["choices"]] == ["".join(pieces) for pieces in choices]
+        assert ("usage" in data) is usage
+        again = replay("completions", body, stream=True, include_usage=usage)
+        assert again is not None
+        assert reassemble_stream("completions", again) == body
+        assert reassemble_stream("completions", raw[: raw.index(b'"stop"')]) is None  # a choice without its end
+
+    def test_answers_with_token_logprobs_are_not_replayed_as_streams(self) -> None:
+        token = {"token": "a", "logprob": -0.1, "bytes": None, "top_logprobs": []}
+        message = {"role": "assistant", "content": "a"}
+        chat = {
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": {"content": [token]}}],
+        }  # fmt: skip
+        logprobs = {"tokens": ["a"], "token_logprobs": [-0.1]}
+        text = {
+            "id": "t", "object": "text_completion", "created": 1, "model": "m",
+            "choices": [{"text": "a", "index": 0, "finish_reason": "stop", "logprobs": logprobs}],
+        }  # fmt: skip
+        for api, body in (("chat", chat), ("completions", text)):
+            raw = json.dumps(body).encode()
+            assert replay(api, raw, stream=True, include_usage=False) is None
+            assert replay(api, raw, stream=False, include_usage=False) == raw
+
+    @given(st.binary(max_size=300), st.sampled_from(["chat", "completions", "responses", "embeddings"]))
     def test_total(self, raw: bytes, api: str) -> None:
         found = reassemble_stream(api, raw)
         assert found is None or isinstance(found, bytes)

@@ -29,6 +29,7 @@ import holyroute
 from holyroute import cli
 from holyroute.core.call import Router
 from holyroute.rollout.engine import RolloutEngine
+from holyroute.state.cache.redis import RedisCache
 from holyroute.state.redis.payloads import Keys
 from holyroute.testing import FakeUpstream, Reply
 from tests.redis_deployments import Cluster, Sentinels, TlsServer, running, wait_for
@@ -321,6 +322,20 @@ class TestCluster:
         assert len(limited.requests) == 4
         assert len(backup.requests) == 6
 
+    def test_the_response_cache_is_shared_by_two_routers(self, cluster: Cluster, deployment: Deployment) -> None:
+        """An answer one router stores, whole or streamed, is a hit in the other. The cache's keys all carry one hash
+        tag (its write script keeps an index beside the entries and drops entries past the bound): one slot, never
+        CROSSSLOT, the bound kept on the cluster."""
+        prefix = "cache-cluster"
+        a, b = cache_across_two_routers(cluster.url, prefix, deployment, max_entries=1)
+        assert (a, b) == (["stored", "stored"], ["hit", "hit", "stored"])
+        with cluster.client() as client:
+            tag = "{" + prefix + ":cache}"
+            entries = sorted(set(client.scan_iter(match=f"{tag}:e:*", target_nodes=client.PRIMARIES)))
+            assert len(entries) == 1, "max_entries 1: the script dropped the older entry on the cluster"
+            assert client.zcard(f"{tag}:index") == 1
+            assert len({client.keyslot(key) for key in [*entries, f"{tag}:index", f"{tag}:sizes"]}) == 1
+
     def test_a_lua_script_keeps_to_one_slot(self, cluster: Cluster) -> None:
         """Every script's keys share one slot (their hash tag): the cluster never answers CROSSSLOT."""
         keys = Keys("slots")
@@ -329,6 +344,45 @@ class TestCluster:
             assert slot(keys.spend_seq) == slot(keys.spend("day", "20260101")) == slot(keys.spend("hour", "x"))
             assert slot(keys.rollout("chat")) == slot(keys.measurements("chat", 3, STABLE))
             assert len({slot(keys.health), slot(keys.members), slot(keys.limits("a"))}) == 3, "spread, not piled"
+
+
+def cache_across_two_routers(
+    url: str, prefix: str, deployment: Deployment, *, max_entries: int = 100
+) -> tuple[list[str], list[str]]:
+    """Two routers sharing the Redis cache at ``url``: ``a`` asks (whole, then streamed), ``b`` asks the same and
+    is answered from the cache; with ``max_entries`` 1, ``b``'s whole call after the stream was stored is a miss
+    again. Returns each router's ``cache`` values; the upstream got exactly the calls that were not hits."""
+    up = deployment.upstream("cached")
+    cfg = config(url, prefix, {"cached": {"base_url": up.base_url}}, {"chat": {**ordered("cached"), "cache": {}}})
+    cfg["cache"] = {"backend": "redis", "timeout_ms": 2000, "max_entries": max_entries}
+    a, b = deployment.client(cfg, "a"), deployment.client(cfg, "b")
+    seen: dict[str, list[str]] = {"a": [], "b": []}
+    failures: list[dict[str, Any]] = []
+    for client in (a, b):
+        client.router.add_sink(
+            lambda name, fields, who=client.name: (
+                seen[who].append(fields["cache"]) if name == "holyroute.request" else None,
+                failures.append(fields) if name == "holyroute.cache_failed" else None,
+            )
+        )
+
+    def streamed(client: Client) -> str:
+        with client.sdk.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "stream"}], temperature=0, stream=True
+        ) as stream:
+            return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+    assert a.chat(temperature=0) == b.chat(temperature=0) == MODEL
+    text = streamed(a)
+    assert text
+    assert streamed(b) == text
+    calls = 2
+    if max_entries == 1:  # the stream's entry pushed out the whole answer's
+        b.chat(temperature=0)
+        calls = 3
+    assert len(up.requests) == calls
+    assert failures == []
+    return seen["a"], seen["b"]
 
 
 # ---- through a failover ------------------------------------------------------------------------------------------
@@ -540,6 +594,25 @@ class TestSentinelFailover:
                 # dropped as it is demoted, then the new master refusing writes until the other replica follows it.
                 episodes=2 if settings else 1,
             )
+
+
+class TestSentinelCache:
+    def test_the_response_cache_is_shared_through_sentinel(self, tmp_path: Path, deployment: Deployment) -> None:
+        """Two routers find the master through Sentinel: an answer one stores is a hit in the other."""
+        made = Sentinels(tmp_path / "sentinel")
+        with running(made):
+            a, b = cache_across_two_routers(made.url(), "cache-sentinel", deployment)
+            assert (a, b) == (["stored", "stored"], ["hit", "hit"])
+            with redis.Redis(port=made.master(), socket_timeout=2) as master:
+                assert master.zcard("{cache-sentinel:cache}:index") == 2
+            # Closing the store closes its connections to the Sentinels too (closing the master's pool does not).
+            store = RedisCache(made.url(), prefix="cache-sentinel", max_entries=10, max_bytes=10_000, timeout_s=2)
+            assert store.get("absent") is None  # the master is found by asking a Sentinel
+            pools = [sentinel.connection_pool for sentinel in store.redis.connection_pool.sentinel_manager.sentinels]
+            connections = [c for pool in pools for c in [*pool._available_connections, *pool._in_use_connections]]
+            assert any(c._sock is not None for c in connections)
+            store.close()
+            assert [c for c in connections if c._sock is not None] == []
 
 
 # ---- TLS and an ACL user -----------------------------------------------------------------------------------------

@@ -298,3 +298,86 @@ class TestTheScanSaysWhatDecodingSays:
             '{"model": "chat", "s": ' + json.dumps(text) + ', "x": ' + inner + ', "y": [' + "[],{}," * siblings + "1]}"
         ).encode()
         assert _deeper_than(body, MAX_DEPTH) == (depth + 1 > MAX_DEPTH)
+
+    def test_a_body_the_scanner_accepts_is_not_measured_again(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """pydantic-core's reader refuses what nests deeper than MAX_DEPTH, so an accepted body is never walked for
+        its depth (a walk costs more than the scan on a long conversation); what it refuses is still judged."""
+        from holyroute.boundary import parse
+
+        assert parse._scanner_bounds_depth()
+        monkeypatch.setattr(parse, "_deeper_than", lambda body, limit: pytest.fail("measured again"))
+        turns = [{"role": "user", "content": "[{" * 50}] * 300  # 300 objects, brackets inside strings
+        assert isinstance(read_request(json.dumps({"model": "chat", "messages": turns}).encode()), RequestView)
+        deep = b'{"model": "chat", "x": ' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}"
+        assert read_request(deep) == f"is nested deeper than {MAX_DEPTH} levels"
+        fits = b'{"model": "chat", "x": ' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b"}"
+        assert isinstance(read_request(fits), RequestView)  # refused by the scanner, read by json.loads: routed
+
+
+class TestTheAttemptRequest:
+    """The attempt's request is built without httpx2's constructor (which re-parses the URL and copies the headers
+    again) only while that builds the very same request; otherwise the constructor is used."""
+
+    def _sent(self, monkeypatch: pytest.MonkeyPatch, fast: bool) -> httpx2.Request:
+        from holyroute.core.plan import DROPPED_HEADERS
+        from holyroute.drivers import compat
+
+        monkeypatch.setattr(compat, "_FAST_REQUEST", fast)
+        caller = httpx2.Request(
+            "POST", "http://caller.example/v1/chat/completions", headers={"x-keep": "1"}, content=b"{}"
+        )
+        return compat.attempt_request(
+            caller,
+            "http://up.example:8080/v1/chat/completions?api-version=1",
+            drop=DROPPED_HEADERS,
+            add=(("authorization", "Bearer k"),),
+            body=b'{"model":"m"}',
+            extensions={"timeout": {"read": 5.0}},
+        )
+
+    def test_fast_and_constructed_requests_are_the_same(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from holyroute.drivers import compat
+
+        assert compat._FAST_REQUEST  # the installed httpx2 sets exactly these attributes
+        fast, built = self._sent(monkeypatch, True), self._sent(monkeypatch, False)
+        assert set(vars(fast)) == set(vars(built))
+        for one in (fast, built):
+            assert one.method == "POST"
+            assert str(one.url) == "http://up.example:8080/v1/chat/completions?api-version=1"
+            assert one.headers.get_list("content-length") == ["13"]  # the caller's (2) replaced by the body's
+            assert one.headers["host"] == "up.example:8080"
+            assert one.headers["content-length"] == str(len(b'{"model":"m"}'))
+            assert one.headers["authorization"] == "Bearer k"
+            assert one.read() == b'{"model":"m"}'
+            assert one.extensions == {"timeout": {"read": 5.0}}
+        assert fast.headers.raw == built.headers.raw
+
+
+class TestTheHeaderView:
+    """The core reads a few headers of many: the view decodes only those, and says what a dict of all would say."""
+
+    names = st.sampled_from(["x-a", "X-A", "content-type", "x-ratelimit-remaining-requests", "x-é", "Host"])
+    values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=8)
+
+    @given(st.lists(st.tuples(names, values), max_size=8), st.sampled_from(["x-a", "content-type", "x-é", "absent"]))
+    def test_it_agrees_with_decoding_everything(self, pairs: list[tuple[str, str]], key: str) -> None:
+        from holyroute.drivers.compat import HeaderView, header_view
+
+        headers = httpx2.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs])
+        whole: dict[str, str] = {}
+        for name, value in pairs:
+            lower = name.lower()
+            whole[lower] = f"{whole[lower]}, {value}" if lower in whole else value
+        view = header_view(headers)
+        assert isinstance(view, HeaderView)
+        assert view.get(key) == whole.get(key)
+        assert (key in view) == (key in whole)
+        assert dict(view.items()) == whole
+        assert len(view) == len(whole)
+        assert view.get(key) == whole.get(key)  # again, now from the decoded whole
+
+    def test_its_repr_names_no_value(self) -> None:
+        from holyroute.drivers.compat import header_view
+
+        view = header_view(httpx2.Headers({"Authorization": "Bearer sk-secret-1"}))
+        assert repr(view) == "HeaderView(['authorization'])"

@@ -237,6 +237,32 @@ class TestPlainCall:
         assert "gen_ai.response.finish_reasons" not in attrs(call)
 
 
+class TestResponseCache:
+    def test_cache_outcome_and_saving(
+        self,
+        make_client: Callable[[dict[str, Any]], openai.OpenAI],
+        upstreams: dict[str, FakeUpstream],
+        exporter: InMemorySpanExporter,
+    ) -> None:
+        """A call span says what the response cache did; a hit's says what it saved and has no attempt span."""
+        config = config_for(upstreams)
+        config["routes"]["chat-default"]["cache"] = {"ttl": "1h"}
+        client = make_client(config)
+        for temperature in (0, 0, 1):
+            client.chat.completions.create(model="chat-default", messages=MESSAGES, temperature=temperature)
+        client.embeddings.create(model="embed", input="hello")  # a route without a cache
+        stored, hit, bypass, plain = calls(exporter)
+        assert [attrs(span).get("holyroute.cache") for span in (stored, hit, bypass, plain)] == [
+            "stored", "hit", "bypass", None,
+        ]  # fmt: skip
+        cost = attrs(stored)["holyroute.cost_usd"]
+        assert cost > 0
+        assert (attrs(hit)["holyroute.cost_usd"], attrs(hit)["holyroute.saved_usd"]) == (0.0, cost)
+        assert [span for span in (stored, hit) if "holyroute.saved_usd" in attrs(span)] == [hit]
+        assert (len(attempts_of(exporter, stored)), attempts_of(exporter, hit)) == (1, [])
+        assert attrs(hit)["gen_ai.response.model"] == "gpt-4.1"
+
+
 class TestFailover:
     """Each upstream attempt is its own child span; failed ones say why."""
 

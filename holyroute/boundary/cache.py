@@ -4,7 +4,8 @@ streamed answer to be kept whole.
 Each function takes any input and returns a value or ``None``; none raises. The caller's headers are read in the
 spirit of HTTP ``Cache-Control`` (``x-holyroute-cache: no-cache``, ``no-store``, ``refresh``, ``on``;
 ``x-holyroute-cache-ttl: 10m``); a stored entry is a one-line JSON header and the answer's bytes; a streamed chat or
-Responses answer is put back together as the JSON body the same call would have had unstreamed.
+Responses answer (and a legacy completions one) is put back together as the JSON body the same call would have had
+unstreamed.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ def reassemble_stream(api: str, raw: bytes) -> bytes | None:
     when it cannot be (another API, an error event, a choice without its end).
 
     Chat: the chunks' deltas joined per choice (content, refusal, tool calls), their ``finish_reason`` and the usage
-    chunk's usage. Responses: the ``response.completed`` event's response, which is the whole answer.
+    chunk's usage. Completions: the chunks' ``text`` joined per choice, their ``finish_reason`` and the usage chunk's
+    usage. Responses: the ``response.completed`` event's response, which is the whole answer.
     """
     events = _events(raw)
     if api == "responses":
@@ -164,9 +166,57 @@ def reassemble_stream(api: str, raw: bytes) -> bytes | None:
                     return json.dumps(response, separators=(",", ":")).encode()
                 return None
         return None
-    if api != "chat" or not events:
+    if not events:
+        return None
+    if api == "completions":
+        return _completion_body(events)
+    if api != "chat":
         return None
     return _chat_body(events)
+
+
+def _completion_body(events: list[Any]) -> bytes | None:
+    """A legacy completions stream put back together: per choice its text pieces joined and its finish reason."""
+    head: dict[str, Any] | None = None
+    texts: dict[int, list[str]] = {}
+    finished: dict[int, Any] = {}
+    usage: Any = None
+    for event in events:
+        if not isinstance(event, dict) or "error" in event or event.get("object") != "text_completion":
+            return None
+        if head is None:
+            head = {k: event.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+        if event.get("usage") is not None:
+            usage = event["usage"]
+        choices = event.get("choices")
+        if not isinstance(choices, list):
+            return None
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("logprobs") is not None:  # logprobs: not put back together
+                return None
+            index, text = choice.get("index", 0), choice.get("text")
+            if not isinstance(index, int) or not isinstance(text, str | None):
+                return None
+            texts.setdefault(index, []).append(text or "")
+            if choice.get("finish_reason") is not None:
+                finished[index] = choice["finish_reason"]
+    if head is None or not texts or set(finished) != set(texts):
+        return None
+    body: dict[str, Any] = {
+        "id": head["id"],
+        "object": "text_completion",
+        "created": head["created"],
+        "model": head["model"],
+        "choices": [
+            {"text": "".join(texts[i]), "index": i, "logprobs": None, "finish_reason": finished[i]}
+            for i in sorted(texts)
+        ],
+    }
+    if head.get("system_fingerprint") is not None:
+        body["system_fingerprint"] = head["system_fingerprint"]
+    if usage is not None:
+        body["usage"] = usage
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _chat_body(events: list[Any]) -> bytes | None:

@@ -29,7 +29,6 @@ import math
 import re
 import zlib
 from collections.abc import Callable, Container, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, Protocol
 
 __all__ = [
@@ -74,8 +73,9 @@ MAX_TOKENS: Final = 10**12
 #: The most choices (``n``) a request is costed for: OpenAI's own maximum.
 MAX_CHOICES: Final = 128
 #: The deepest a routable request body may nest (objects and arrays). Real requests, tool schemas included, stay far
-#: below; a deeper one is never routed, so no recursive walk (estimates, rules, re-encoding) can overflow.
-MAX_DEPTH: Final = 128
+#: below; a deeper one is never routed, so no recursive walk (estimates, rules, re-encoding) can overflow. Above the
+#: bound of pydantic-core's JSON reader (about 200), so a body that reader accepts needs no depth check of its own.
+MAX_DEPTH: Final = 256
 #: The most bytes one content-decoded body may grow to; past it the body is undecodable (a decompression bomb).
 MAX_DECODED_BYTES: Final = 256 * 1024 * 1024
 #: An SSE event longer than this is passed on but never parsed (a usage or error event is a few hundred bytes; a
@@ -271,6 +271,7 @@ _READ_KEYS: Final = frozenset(
         "metadata",
         "service_tier",
         "n",
+        "temperature",  # whether a call's answer is meant to repeat (the response cache)
         *_OUTPUT_KEYS,
     }
 )
@@ -328,12 +329,21 @@ class RequestBody(Mapping[str, Any]):
 @functools.cache
 def _scanner() -> Any:
     """pydantic-core's JSON validator for a top-level object, keeping only ``_READ_KEYS``: it checks the whole body
-    at C speed (strict JSON, UTF-8, numbers within 4300 digits, nesting within 200) and builds Python values for
-    those fields only. Built on first use."""
+    at C speed (strict JSON, UTF-8, numbers within 4300 digits, nesting within about 200) and builds Python values
+    for those fields only. Built on first use."""
     from pydantic_core import SchemaValidator, core_schema
 
     fields = {key: core_schema.typed_dict_field(core_schema.any_schema(), required=False) for key in _READ_KEYS}
     return SchemaValidator(core_schema.typed_dict_schema(fields, extra_behavior="ignore"))
+
+
+@functools.cache
+def _scanner_bounds_depth() -> bool:
+    """Whether the scanner itself refuses a body nested deeper than :data:`MAX_DEPTH` (pydantic-core's reader stops
+    at about 200 levels). Checked once, on the installed pydantic-core: should a release raise its bound past
+    ``MAX_DEPTH``, every accepted body is measured again (:func:`_deeper_than`), slower but never wrong."""
+    nested = b'{"model":"m","x":' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}"
+    return _scan(nested) is None
 
 
 def _scan(body: bytes | bytearray) -> dict[str, Any] | None:
@@ -414,7 +424,7 @@ def read_request(body: bytes | None) -> RequestView | str | None:
     if not body or not isinstance(body, _BYTES) or _OBJECT_START.match(body) is None:
         return None
     known = _scan(body)
-    if known is not None and not _deeper_than(body, MAX_DEPTH):
+    if known is not None and (_scanner_bounds_depth() or not _deeper_than(body, MAX_DEPTH)):
         return _view(RequestBody(body, known), known)
     try:
         data = json.loads(body)
@@ -759,14 +769,16 @@ _BOUNDARY: Final = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _JSON_ERRORS: Final = (ValueError, RecursionError, TypeError, OverflowError)
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
     """Token counts of one call, in the Chat Completions vocabulary; each within ``[0, MAX_TOKENS]``.
 
     ``cached_tokens`` (cache reads), ``cache_write_tokens`` and the input audio and image tokens are parts of
     ``prompt_tokens``; reasoning and the output audio and image tokens are parts of ``completion_tokens``. ``model``
     and ``service_tier`` are what the answer said it was served by and billed at (``None`` when it did not say);
     they are not counts, so two usages with the same counts compare equal.
+
+    Immutable; a named tuple rather than a frozen dataclass because one is built on every call, and a frozen
+    dataclass's ``__init__`` costs four times as much.
     """
 
     prompt_tokens: int = 0
@@ -778,8 +790,24 @@ class Usage:
     output_audio_tokens: int = 0
     input_image_tokens: int = 0
     output_image_tokens: int = 0
-    model: str | None = field(default=None, compare=False)
-    service_tier: str | None = field(default=None, compare=False)
+    model: str | None = None
+    service_tier: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        return self[:_COUNTS] == other[:_COUNTS]
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __hash__(self) -> int:
+        return hash(self[:_COUNTS])
+
+
+#: How many of a :class:`Usage`'s fields are counts (the rest are names).
+_COUNTS: Final = 9
 
 
 def _tokens(value: object) -> int:
@@ -800,6 +828,8 @@ def _details(value: object) -> Mapping[str, Any]:
 
 def _part(value: object, whole: int) -> int:
     """A count that is part of ``whole``: within ``[0, whole]``."""
+    if type(value) is int:  # what providers write
+        return value if 0 <= value <= whole else 0 if value < 0 else whole
     if value is None:
         return 0
     found = _tokens(value)
@@ -810,10 +840,24 @@ def _part(value: object, whole: int) -> int:
 _NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 _MODEL_KEY: Final = re.compile(rb'"model"\s*:\s*"([A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127})"')
 _TIER_KEY: Final = re.compile(rb'"service_tier"\s*:\s*"([A-Za-z0-9_-]{1,32})"')
+#: Names already judged by :data:`_NAME` (an answer names one of a handful of models): a dict lookup, not a match.
+_NAMES_SEEN: dict[str, str | None] = {}
 
 
 def _name(value: object) -> str | None:
-    return value if isinstance(value, str) and _NAME.fullmatch(value) is not None else None
+    if type(value) is not str:
+        return None
+    seen = _NAMES_SEEN.get(value, _NOT_SEEN)
+    if seen is not _NOT_SEEN:
+        return seen  # type: ignore[return-value]
+    found = value if _NAME.fullmatch(value) is not None else None
+    if len(_NAMES_SEEN) >= 1024:
+        _NAMES_SEEN.clear()
+    _NAMES_SEEN[value] = found
+    return found
+
+
+_NOT_SEEN: Final = object()
 
 
 def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, service_tier: object = None) -> Usage:
@@ -821,39 +865,51 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
     Anthropic's cache fields). Counts that are not numbers, or not positive, are 0; absurd ones are clamped to
     :data:`MAX_TOKENS`; every part is clamped to its whole. ``model`` and ``service_tier`` are the answer's own
     fields, kept when they look like names."""
+    # This runs on every call: a count that is already a plain int within bounds (what providers write) is taken
+    # as it is, inline; anything else goes through _tokens / _part.
     get = usage.get
     responses = "input_tokens" in usage or "output_tokens" in usage
     if responses:
-        prompt, completion = _tokens(get("input_tokens")), _tokens(get("output_tokens"))
+        p, c = get("input_tokens"), get("output_tokens")
         in_details, out_details = get("input_tokens_details"), get("output_tokens_details")
     else:
-        prompt, completion = _tokens(get("prompt_tokens")), _tokens(get("completion_tokens"))
+        p, c = get("prompt_tokens"), get("completion_tokens")
         in_details, out_details = get("prompt_tokens_details"), get("completion_tokens_details")
-    ins = _details(in_details)
-    outs = _details(out_details)
-    cached = _tokens(ins.get("cached_tokens"))
+    prompt = p if type(p) is int and 0 <= p <= MAX_TOKENS else _tokens(p)
+    completion = c if type(c) is int and 0 <= c <= MAX_TOKENS else _tokens(c)
+    ins = in_details if type(in_details) is dict else _NO_DETAILS if in_details is None else _details(in_details)
+    outs = out_details if type(out_details) is dict else _NO_DETAILS if out_details is None else _details(out_details)
+    v = ins.get("cached_tokens")
+    cached = v if type(v) is int and 0 <= v <= MAX_TOKENS else _tokens(v)
     if not cached:
-        cached = _tokens(get("prompt_cache_hit_tokens"))  # DeepSeek
-    written = _tokens(ins.get("cache_write_tokens"))
+        v = get("prompt_cache_hit_tokens")  # DeepSeek
+        if v is not None:
+            cached = _tokens(v)
+    v = ins.get("cache_write_tokens")
+    written = v if type(v) is int and 0 <= v <= MAX_TOKENS else _tokens(v)
     # Anthropic's own names: its input_tokens leave both cache parts out, so they are added to the prompt.
-    read_apart, written_apart = _tokens(get("cache_read_input_tokens")), _tokens(get("cache_creation_input_tokens"))
-    if (read_apart or written_apart) and not cached and not written:
-        cached, written = read_apart, written_apart
-        if "input_tokens" in usage:
-            prompt = min(prompt + read_apart + written_apart, MAX_TOKENS)
+    read_apart, written_apart = get("cache_read_input_tokens"), get("cache_creation_input_tokens")
+    if (read_apart is not None or written_apart is not None) and not cached and not written:
+        read_apart, written_apart = _tokens(read_apart), _tokens(written_apart)
+        if read_apart or written_apart:
+            cached, written = read_apart, written_apart
+            if "input_tokens" in usage:
+                prompt = min(prompt + read_apart + written_apart, MAX_TOKENS)
     # Every part within its whole (written as comparisons: most parts are 0, and this runs on every call).
     cached = cached if cached <= prompt else prompt
     written = written if written <= prompt - cached else prompt - cached
+    reasoning, out_audio, out_image = outs.get("reasoning_tokens"), outs.get("audio_tokens"), outs.get("image_tokens")
+    in_audio, in_image = ins.get("audio_tokens"), ins.get("image_tokens")
     return Usage(
         prompt,
         completion,
         cached,
-        _part(outs.get("reasoning_tokens"), completion),
+        0 if reasoning is None else _part(reasoning, completion),
         written,
-        _part(ins.get("audio_tokens"), prompt),
-        _part(outs.get("audio_tokens"), completion),
-        _part(ins.get("image_tokens"), prompt),
-        _part(outs.get("image_tokens"), completion),
+        0 if in_audio is None else _part(in_audio, prompt),
+        0 if out_audio is None else _part(out_audio, completion),
+        0 if in_image is None else _part(in_image, prompt),
+        0 if out_image is None else _part(out_image, completion),
         _name(model) if model is not None else None,
         _name(service_tier) if service_tier is not None else None,
     )

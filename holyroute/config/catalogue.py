@@ -16,7 +16,7 @@ import contextlib
 import datetime
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from holyroute.boundary.parse import Usage
 from holyroute.config.prices import normalise_model_name
@@ -40,8 +40,9 @@ __all__ = [
 _REFUSED: Final = (ValueError, LookupError, ArithmeticError, TypeError, AttributeError)
 
 
-@dataclass(frozen=True, slots=True)
-class CatalogueCost:
+# A named tuple, not a frozen dataclass: one is built on every call, and a frozen dataclass's __init__ costs
+# several times as much (a call to object.__setattr__ per field).
+class CatalogueCost(NamedTuple):
     """A call priced from the catalogue: USD, ``catalogue@<version>``, and the tiers applied (a service tier, a
     prompt-size tier such as ``prompt>200000``, or both; ``None``: the standard rates)."""
 

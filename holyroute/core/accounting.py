@@ -150,27 +150,45 @@ class Accounting(Waiting):
         self._observe_rollout(outcome, leg, latency_ms, ttft_ms, cost)
         # Fields that would be null are left out (docs/reference/events.md says so): a JSON line per call is
         # most of what a call costs holyroute, and a third of the fields are null on a plain call.
-        fields: dict[str, Any] = {"call_id": self.id, "route": self._plan.alias}
-        if leg is not None:
-            fields["arm"] = leg.arm.name
-        fields["split_arm"] = self._legs[0].arm.name  # the arm the split chose, even when a fallback served
-        fields["model"] = self._alias
-        if self._rule is not None:
-            fields["rule"] = self._rule
-        if upstream is not None:
-            fields["upstream_model"] = upstream.model
-            fields["endpoint"] = upstream.endpoint
-        fields["api"] = self._api
-        if status is not None:
-            fields["status"] = status
-        fields["outcome"] = outcome
-        if error is not None:
-            fields["error"] = error
-        fields["attempts"] = self._attempts
+        fields: dict[str, Any]
+        fallback = leg.fallback if leg is not None else None
+        if leg is not None and upstream is not None and status is not None and error is None and self._rule is None:
+            # An answered call: one dict display (the usual case; same fields in the same order as below).
+            fields = {
+                "call_id": self.id,
+                "route": self._plan.alias,
+                "arm": leg.arm.name,
+                "split_arm": self._legs[0].arm.name,
+                "model": self._alias,
+                "upstream_model": upstream.model,
+                "endpoint": upstream.endpoint,
+                "api": self._api,
+                "status": status,
+                "outcome": outcome,
+                "attempts": self._attempts,
+            }
+        else:
+            fields = {"call_id": self.id, "route": self._plan.alias}
+            if leg is not None:
+                fields["arm"] = leg.arm.name
+            fields["split_arm"] = self._legs[0].arm.name  # the arm the split chose, even when a fallback served
+            fields["model"] = self._alias
+            if self._rule is not None:
+                fields["rule"] = self._rule
+            if upstream is not None:
+                fields["upstream_model"] = upstream.model
+                fields["endpoint"] = upstream.endpoint
+            fields["api"] = self._api
+            if status is not None:
+                fields["status"] = status
+            fields["outcome"] = outcome
+            if error is not None:
+                fields["error"] = error
+            fields["attempts"] = self._attempts
         if self._attempts:
             fields["attempt_ms"] = round((now - self._sent_at) * 1000, 3)
-        if leg is not None and leg.fallback is not None:
-            fields["fallback"] = leg.fallback
+        if fallback is not None:
+            fields["fallback"] = fallback
         fields["sticky"] = leg.sticky if leg is not None else False
         fields["stream"] = self.stream
         fields["latency_ms"] = latency_ms
@@ -206,6 +224,25 @@ class Accounting(Waiting):
                 primary=leg is self._legs[0], upstream_model=upstream.model if upstream is not None else None,
                 cost_usd=cost, now=router.wall_clock(),
             )  # fmt: skip
+            if ticket.answer is not None:  # to be stored: the event waits for the store's word (cache_written)
+                ticket.held = fields
+                return
+        router.emit("holyroute.request", fields)
+        if router.alerts is not None:
+            router.alerts.observe(fields)
+
+    def cache_written(self, kept: bool) -> None:
+        """The driver wrote the answer the call's cache ticket kept (``kept``: the store accepted it) or gave up on
+        it: emit the call's ``holyroute.request``, held since the call ended, with ``cache: stored`` or ``miss``.
+        A no-op when no event is held, so every path that may end a call after its answer calls it."""
+        ticket = self._cache
+        fields = ticket.held if ticket is not None else None
+        if ticket is None or fields is None:
+            return
+        ticket.held = None
+        if not kept:
+            ticket.state = fields["cache"] = "miss"
+        router = self._router
         router.emit("holyroute.request", fields)
         if router.alerts is not None:
             router.alerts.observe(fields)

@@ -9,10 +9,9 @@ ends the call on every path a driver's block can leave by.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Mapping
-from typing import Final, Self
+from collections.abc import Mapping
+from typing import Final, Literal, Self
 
 from holyroute.core.health import Debit, server_delay
 from holyroute.core.plan import Leg, Upstream
@@ -212,16 +211,20 @@ class Attempts(Planning):
 
     # ---- the one owner of the call's end ------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def owned(self) -> Iterator[Self]:
-        """Whatever the block raises (cancellation, ``KeyboardInterrupt``, a bug in an inner transport, a torn
-        stream) ends the call through :meth:`abandon` before it propagates unchanged. Both drivers and both stream
-        taps wrap their work in this one block, so no exception type needs to be listed anywhere."""
-        try:
-            yield self
-        except BaseException as exc:
-            self.abandon(exc)
-            raise
+    def owned(self) -> Self:
+        """``with call.owned():``: whatever the block raises (cancellation, ``KeyboardInterrupt``, a bug in an inner
+        transport, a torn stream) ends the call through :meth:`abandon` before it propagates unchanged. Both drivers
+        and both stream taps wrap their work in this one block, so no exception type needs to be listed anywhere.
+        The call is its own context manager (:meth:`__exit__`): no generator-based manager is built per call."""
+        return self
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> Literal[False]:
+        if error is not None:
+            self.abandon(error)
+        return False  # the error propagates unchanged
 
     def abandon(self, error: BaseException) -> None:
         """The call stops with ``error`` that no step handled. Ends the open attempt (in-flight count, half-open
@@ -230,6 +233,7 @@ class Attempts(Planning):
         generator), else ``error``. Only an ``OSError`` during an attempt counts against the endpoint's health: a
         caller's cancel or a bug on this side is not the endpoint's fault. Safe to call more than once."""
         if self.done:
+            self.cache_written(False)  # stopped before the store said it kept the answer: the held event says miss
             return
         cancelled = not isinstance(error, Exception)
         upstream = self._current

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from holyroute.boundary.cache import (
@@ -64,8 +64,10 @@ class CacheStore(Protocol):
         """The bytes stored under ``key``, or None."""
         ...
 
-    def put(self, key: str, value: bytes, ttl_s: float) -> None:
-        """Keep ``value`` under ``key`` for ``ttl_s`` seconds (within the store's bounds)."""
+    def put(self, key: str, value: bytes, ttl_s: float) -> bool:
+        """Keep ``value`` under ``key`` for ``ttl_s`` seconds (within the store's bounds); False when it was not kept
+        (larger than the store's cap, or a TTL of 0)."""
+        ...
 
     def close(self) -> None:
         """Let go of connections."""
@@ -138,8 +140,8 @@ class CacheTicket:
     """One call's dealings with the cache: its key (None: bypassed), whether it may read and write, the TTL of what
     it writes, and once it ended, its :attr:`state` and the :attr:`answer` to store (when kept)."""
 
-    __slots__ = ("answer", "api", "body", "key", "max_bytes", "read", "reason", "saved_usd", "state", "store_truncated",
-                 "ttl_s", "write")  # fmt: skip
+    __slots__ = ("answer", "api", "body", "held", "key", "max_bytes", "read", "reason", "saved_usd", "state",
+                 "store_truncated", "ttl_s", "write")  # fmt: skip
 
     def __init__(
         self,
@@ -164,6 +166,8 @@ class CacheTicket:
         self.state: CacheState = "bypass" if key is None else "miss"
         self.body: bytes | None = None  # the whole answer (a stream's put back together), set before the call ends
         self.answer: StoredAnswer | None = None  # what to store, once settled as "stored"
+        #: The call's ``holyroute.request`` fields while its answer is being written: emitted once the store said.
+        self.held: dict[str, Any] | None = None
         self.saved_usd: float | None = None
 
     @property
@@ -225,6 +229,10 @@ def _complete(api: str, body: bytes) -> bool:
     return api != "responses" or data.get("status") == "completed"
 
 
+#: How many request keys a route's policy remembers (about 200 bytes each).
+_KEYS_REMEMBERED = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class CachePolicy:
     """A route's cache configuration, compiled: when a call is cached, its key, and the TTL of what it writes."""
@@ -237,6 +245,12 @@ class CachePolicy:
     tenant: str | None
     store_truncated: bool
     max_entry_bytes: int
+    #: Keys already computed, by (api, tenant, models, SHA-256 of the raw body): a repeated request (what a cache is
+    #: for) is keyed without decoding and canonicalising its body again. Exact: the key is a function of these and
+    #: the policy's own fields. Bounded: emptied when full.
+    _keys: dict[tuple[str, str | None, tuple[str, ...], bytes], str] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, route: str, cache: RouteCache, max_entry_bytes: int) -> CachePolicy:
@@ -245,7 +259,14 @@ class CachePolicy:
             cache.store_truncated, max_entry_bytes,
         )  # fmt: skip
 
-    def ticket(self, api: str, data: Mapping[str, Any], headers: HeaderLookup, models: Iterable[str]) -> CacheTicket:
+    def ticket(
+        self,
+        api: str,
+        data: Mapping[str, Any],
+        headers: HeaderLookup,
+        models: Iterable[str],
+        body: bytes | None = None,
+    ) -> CacheTicket:
         """This call's ticket: bypassed (with the reason) or keyed, with what the caller's headers allow."""
         directives = parse_cache_directives(headers.get(CACHE_HEADER))
         if api not in CACHED_APIS:
@@ -265,7 +286,15 @@ class CachePolicy:
                 return CacheTicket(None, reason=f"no tenant ({self.tenant})")
         ttl = parse_cache_ttl(headers.get(CACHE_TTL_HEADER))
         ttl_s = self.ttl_s if ttl is None else ttl
-        key = cache_key(route=self.route, models=models, api=api, tenant=tenant, data=data, ignored=self.ignored)
+        models = tuple(models)
+        memo = (api, tenant, models, hashlib.sha256(body).digest()) if body is not None else None
+        key = self._keys.get(memo) if memo is not None else None
+        if key is None:
+            key = cache_key(route=self.route, models=models, api=api, tenant=tenant, data=data, ignored=self.ignored)
+            if memo is not None:
+                if len(self._keys) >= _KEYS_REMEMBERED:
+                    self._keys.clear()
+                self._keys[memo] = key
         return CacheTicket(
             key,
             api=api,
@@ -293,7 +322,8 @@ def _sse(data: Any, event: str | None = None) -> bytes:
 
 def replay(api: str, body: bytes, *, stream: bool, include_usage: bool) -> bytes | None:
     """The bytes a kept answer is given back as: the JSON body itself, or for a streaming caller an SSE stream the SDK
-    parses into the same answer (chat: a usage chunk only with ``include_usage``); None when it cannot be."""
+    parses into the same answer (chat, completions: a usage chunk only with ``include_usage``); None when it cannot
+    be."""
     if not stream:
         return body
     try:
@@ -304,6 +334,8 @@ def replay(api: str, body: bytes, *, stream: bool, include_usage: bool) -> bytes
         return None
     if api == "chat":
         return _chat_stream(data, include_usage)
+    if api == "completions":
+        return _completions_stream(data, include_usage)
     if api == "responses":
         return _responses_stream(data)
     return None
@@ -324,8 +356,8 @@ def _chat_stream(data: dict[str, Any], include_usage: bool) -> bytes | None:
 
     out = []
     for choice in choices:
-        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
-            return None
+        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict) or choice.get("logprobs"):
+            return None  # token logprobs are not replayed: such a call is routed
         index, message = choice.get("index", 0), choice["message"]
         out.append(chunk(index, {"role": message.get("role", "assistant"), "content": "", "refusal": None}, None))
         delta: dict[str, Any] = {}
@@ -338,6 +370,29 @@ def _chat_stream(data: dict[str, Any], include_usage: bool) -> bytes | None:
         if delta:
             out.append(chunk(index, delta, None))
         out.append(chunk(index, {}, choice.get("finish_reason")))
+    if include_usage and data.get("usage") is not None:
+        out.append(_sse({**common, "choices": [], "usage": data["usage"]}))
+    out.append(b"data: [DONE]\n\n")
+    return b"".join(out)
+
+
+def _completions_stream(data: dict[str, Any], include_usage: bool) -> bytes | None:
+    """A legacy completions answer as OpenAI streams one: per choice a chunk with its whole text, then a chunk with
+    its finish reason; a usage chunk (``choices: []``) only with ``include_usage``; ``[DONE]``."""
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        return None
+    common: dict[str, Any] = {k: data[k] for k in ("id", "created", "model", "system_fingerprint") if k in data}
+    common["object"] = "text_completion"
+    extra = {"usage": None} if include_usage else {}
+    out = []
+    for choice in choices:
+        if not isinstance(choice, dict) or not isinstance(choice.get("text"), str) or choice.get("logprobs"):
+            return None  # token logprobs are not replayed: such a call is routed
+        index = choice.get("index", 0)
+        for text, finish in ((choice["text"], None), ("", choice.get("finish_reason"))):
+            piece = {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+            out.append(_sse({**common, "choices": [piece], **extra}))
     if include_usage and data.get("usage") is not None:
         out.append(_sse({**common, "choices": [], "usage": data["usage"]}))
     out.append(b"data: [DONE]\n\n")

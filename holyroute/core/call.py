@@ -31,7 +31,6 @@ from holyroute.core.context import (
     TokenEncoder,
     tiktoken_encoding,
 )
-from holyroute.core.context import requested_output_tokens as _requested_output
 from holyroute.core.events import EventSink, structlog_sink
 from holyroute.core.health import HeaderLookup, HealthBook, Transition
 from holyroute.core.plan import (
@@ -274,19 +273,32 @@ class Router:
                 self, self.routes[alias], api=api[0], operation=api[1], query=query, headers=headers,
                 data={"model": alias}, body=body, timeout=timeout, unreadable=view,
             )  # fmt: skip
-            self.budgets[call.route].record_call(call.started)
+            if call.route not in self.caches:
+                self.dispatch(call)
             return call
         plan = self.routes.get(view.model)
         if plan is None:
             return None
         operation, data = api[1], view.data
         call = Call(self, plan, api=api[0], operation=operation, query=query, headers=headers, data=data, body=body,
-                    timeout=timeout)  # fmt: skip
-        self.budgets[call.route].record_call(call.started)
-        if plan.shadow is not None and self._shadow_wanted(plan):
-            call.shadow = Call(self, plan, api=api[0], operation=operation, query=query, headers=_NO_HEADERS,
-                               data=data, body=body, timeout=timeout, shadow_of=call)  # fmt: skip
+                    timeout=timeout, out=view.max_output_tokens)  # fmt: skip
+        if call.route not in self.caches:  # on a caching route, the response cache dispatches it if it is a miss
+            self.dispatch(call)
         return call
+
+    def dispatch(self, call: Call) -> None:
+        """``call`` goes on to be routed: it counts as a call in its route's retry budget, and is mirrored when its
+        route has a shadow (``call.shadow``). :meth:`begin` dispatches every call of a route without a cache; on a
+        route with one, the response cache does, once it did not answer the call. A hit is never dispatched: it
+        sends nothing upstream, so it has no shadow, and it is no call of the retry budget (Finagle's budget allows
+        retries in proportion to the calls that load the upstream; counting hits would let a burst of them fund a
+        retry storm against an upstream that saw none of them)."""
+        self.budgets[call.route].record_call(call.started)
+        if call.done or call.shadow_of is not None:  # answered here already (an unreadable body): nothing to mirror
+            return
+        plan = self.routes[call.alias]  # the alias's own plan, as the caller named it: its shadow, before any rule
+        if plan.shadow is not None and self._shadow_wanted(plan):
+            call.shadow = call.mirror(self, plan)
 
     def _shadow_wanted(self, plan: RoutePlan) -> bool:
         """Sampled, and today's shadow spend for the route is under its cap."""
@@ -393,6 +405,7 @@ class Call(Sending):
         data: Mapping[str, Any],
         body: bytes,
         timeout: float | None,
+        out: int | None = None,
         shadow_of: Call | None = None,
         unreadable: str | None = None,
     ) -> None:
@@ -421,7 +434,7 @@ class Call(Sending):
             and api in _INJECT_USAGE_APIS
             and not (isinstance(own, Mapping) and own.get("include_usage") is True)
         )
-        self._out = _requested_output(data)
+        self._out = out  # the most output it asks for (read at the boundary: requested_output_tokens)
         self._tokens = _estimate_tokens(body, self._out)
         self._debits = []  # tpm debits (local and shared), settled with the real usage when the call ends
         self._bodies = {}
@@ -570,7 +583,9 @@ class Call(Sending):
         if policy is None or self._final is not None or self.shadow_of is not None or self.done:
             return None
         arm = self._legs[0].arm
-        self._cache = policy.ticket(self._api, self._data, self._headers, (u.model for u in arm.upstreams))
+        self._cache = policy.ticket(
+            self._api, self._data, self._headers, (u.model for u in arm.upstreams), body=self._raw_body
+        )
         return self._cache
 
     @property
@@ -627,6 +642,17 @@ class Call(Sending):
     def route(self) -> str:
         """The route this call belongs to (after its rules): the one whose retry budget it spends."""
         return self._plan.alias
+
+    @property
+    def alias(self) -> str:
+        """The alias the caller sent (its route, before any rule handed the call to another)."""
+        return self._alias
+
+    def mirror(self, router: Router, plan: RoutePlan) -> Call:
+        """A shadow copy of this call on ``plan``'s shadow arm (see :meth:`Router.dispatch`)."""
+        return Call(router, plan, api=self._api, operation=self._operation, query=self._query,
+                    headers=_NO_HEADERS, data=self._data, body=self._raw_body, timeout=self._timeout,
+                    out=self._out, shadow_of=self)  # fmt: skip
 
 
 def _estimate_tokens(body: bytes, out: int | None) -> int:

@@ -8,11 +8,12 @@ USD limits apply to a call, :func:`sticky_key` which key pins a caller to an arm
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from holyroute.boundary.parse import CACHE_HEADER, CACHE_TTL_HEADER
 from holyroute.config.prices import PriceRow
@@ -143,8 +144,9 @@ class RoutePlan:
     out_floor: int = 1 << 62
 
 
-@dataclass(frozen=True, slots=True)
-class Leg:
+# A named tuple, not a frozen dataclass: one is built on every call, and a frozen dataclass's __init__ costs
+# several times as much (a call to object.__setattr__ per field).
+class Leg(NamedTuple):
     """The arm chosen for the route or for one of its fallbacks."""
 
     route: str
@@ -174,6 +176,7 @@ def usd(amount: float) -> str:
     return f"{amount:.8f}".rstrip("0").rstrip(".") or "0"
 
 
+@functools.lru_cache(maxsize=256)  # a client sends to a handful of paths
 def operation_of(path: str) -> tuple[str, str] | None:
     """The API family and operation path of a request path, e.g. ``/v1/chat/completions`` -> chat."""
     trimmed = path.rstrip("/")

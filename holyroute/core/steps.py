@@ -8,7 +8,7 @@ A :class:`~holyroute.core.call.Call` answers ``next_step()`` with one :data:`Ste
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     pass
@@ -20,8 +20,9 @@ from holyroute.core.plan import DROPPED_HEADERS
 __all__ = ["Accepted", "Acquire", "GiveUp", "Respond", "Send", "Step", "Wait"]
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+# A named tuple, not a frozen dataclass: one is built on every call, and a frozen dataclass's __init__ costs
+# several times as much (a call to object.__setattr__ per field).
+class Send(NamedTuple):
     """Send one attempt: ``url``, replace the headers named in ``drop`` with ``headers``, send ``body``.
 
     ``timeout`` caps every phase of the attempt (the endpoint's timeout and the caller's remaining deadline);
@@ -80,8 +81,9 @@ class Acquire:
 Step = Send | Wait | Respond | GiveUp | Acquire
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+# A named tuple, not a frozen dataclass: one is built on every call, and a frozen dataclass's __init__ costs
+# several times as much (a call to object.__setattr__ per field).
+class Accepted(NamedTuple):
     """How the transport should watch the body of an accepted answer."""
 
     event_stream: bool

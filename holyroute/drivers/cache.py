@@ -15,7 +15,7 @@ from typing import Any
 import httpx2
 
 from holyroute.boundary.cache import StoredAnswer, parse_stored, stored_bytes
-from holyroute.core.cache import CacheStore, CacheTicket
+from holyroute.core.cache import CacheStore
 from holyroute.core.call import Call, Router
 
 __all__ = ["ResponseCache"]
@@ -36,10 +36,12 @@ class ResponseCache:
         self._lock = threading.Lock()
 
     def lookup(self, call: Call, request: httpx2.Request) -> httpx2.Response | None:
-        """The cached answer to ``call``, already accounted (its event emitted), or None: route it."""
+        """The cached answer to ``call``, already accounted (its event emitted), or None: route it (the call is then
+        dispatched, :meth:`Router.dispatch <holyroute.core.call.Router.dispatch>`: counted in its route's retry
+        budget, its shadow copy made; a hit is neither)."""
         ticket = call.open_cache()
         if ticket is None or ticket.key is None or not ticket.read:
-            return None
+            return self._route(call)
         return self._answer(call, self._safely("get", self.store.get, ticket.key), request)
 
     async def alookup(self, call: Call, request: httpx2.Request) -> httpx2.Response | None:
@@ -47,7 +49,7 @@ class ResponseCache:
         the event loop never waits on it."""
         ticket = call.open_cache()
         if ticket is None or ticket.key is None or not ticket.read:
-            return None
+            return self._route(call)
         if not self.store.blocking:
             return self._answer(call, self._safely("get", self.store.get, ticket.key), request)
         import anyio.to_thread
@@ -55,40 +57,53 @@ class ResponseCache:
         raw = await anyio.to_thread.run_sync(self._safely, "get", self.store.get, ticket.key)
         return self._answer(call, raw, request)
 
+    def _route(self, call: Call) -> httpx2.Response | None:
+        """Not answered from the cache: the call goes upstream. (The router dispatched a call of a route without a
+        cache when it began.)"""
+        if call.route in self._router.caches:
+            self._router.dispatch(call)
+        return None
+
     def _answer(self, call: Call, raw: bytes | None, request: httpx2.Request) -> httpx2.Response | None:
         if raw is None:
-            return None
+            return self._route(call)
         answer = parse_stored(raw)
         if answer is None:
             self._failed("get", "a stored entry cannot be read (corrupt, or written by another version)", spell=False)
-            return None
+            return self._route(call)
         body = call.answer_cached(answer)
         if body is None:
-            return None
+            return self._route(call)
         headers = [_SSE if call.stream else _JSON, ("x-holyroute-cache", "hit")]
         return httpx2.Response(200, headers=headers, content=body, request=request)
 
-    def keep(self, ticket: CacheTicket | None) -> None:
-        """Write what ``ticket`` settled to keep, if anything (after the call's event)."""
+    def keep(self, call: Call) -> None:
+        """Write what the call's ticket settled to keep, if anything, once the call ended; then the call's event,
+        held until now, says ``stored`` (the store kept it) or ``miss`` (it did not, or failed: one
+        ``holyroute.cache_failed``)."""
+        ticket = call.cache_ticket
         if ticket is None or ticket.answer is None or ticket.key is None:
             return
         answer, ticket.answer = ticket.answer, None
-        self._write(ticket.key, answer, ticket.ttl_s)
+        call.cache_written(self._write(ticket.key, answer, ticket.ttl_s))
 
-    async def akeep(self, ticket: CacheTicket | None) -> None:
+    async def akeep(self, call: Call) -> None:
         """:meth:`keep` for the async driver (a store that does I/O is written from a worker thread)."""
+        ticket = call.cache_ticket
         if ticket is None or ticket.answer is None or ticket.key is None:
             return
         if not self.store.blocking:
-            self.keep(ticket)
+            self.keep(call)
             return
         answer, ticket.answer = ticket.answer, None
         import anyio.to_thread
 
-        await anyio.to_thread.run_sync(self._write, ticket.key, answer, ticket.ttl_s)
+        # A cancel while the thread writes ends the call through Call.owned / the tap: its event then says miss.
+        call.cache_written(await anyio.to_thread.run_sync(self._write, ticket.key, answer, ticket.ttl_s))
 
-    def _write(self, key: str, answer: StoredAnswer, ttl_s: float) -> None:
-        self._safely("put", self.store.put, key, stored_bytes(answer), ttl_s)
+    def _write(self, key: str, answer: StoredAnswer, ttl_s: float) -> bool:
+        """Whether the store kept the answer (a failure is reported and is not)."""
+        return self._safely("put", self.store.put, key, stored_bytes(answer), ttl_s) is True
 
     def _safely(self, operation: str, method: Any, *args: Any) -> Any:
         try:

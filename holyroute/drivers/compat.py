@@ -5,19 +5,22 @@ is most of holyroute's per-call cost. :func:`attempt_request` instead copies the
 list, drops the hop and credential headers and those the endpoint sets itself (the endpoint's value replaces the
 caller's, never joins it), appends the endpoint's, and hands the body over as a ready stream. It uses
 ``Headers._list`` (stable across httpx and httpx2 for years) only when that attribute has the expected shape, and
-falls back to the public API otherwise, so a change inside httpx2 costs speed, never correctness.
+falls back to the public API otherwise, so a change inside httpx2 costs speed, never correctness. The same holds
+for the request itself: it is assembled from the attributes httpx2's constructor would set (the parsed URL, cached
+per URL with its ``Host`` value, the header list, the body stream) only while a probe at import shows that
+constructor sets exactly those.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final
 
 import httpx2
 
-__all__ = ["attempt_request", "fast_headers_supported", "header_view", "restore_read_timeout"]
+__all__ = ["HeaderView", "attempt_request", "fast_headers_supported", "header_view", "restore_read_timeout"]
 
-_URL_CACHE: dict[str, httpx2.URL] = {}
+_URL_CACHE: dict[str, tuple[httpx2.URL, bytes]] = {}
 _URL_CACHE_LIMIT = 512
 
 
@@ -38,20 +41,67 @@ def _probe() -> bool:
 _FAST_HEADERS = _probe()
 
 
-def header_view(headers: httpx2.Headers) -> dict[str, str]:
-    """Lower-case name -> value (repeated names joined by ", "), read in one pass: what the core looks at.
+def header_view(headers: httpx2.Headers) -> Mapping[str, str]:
+    """Lower-case name -> value (repeated names joined by ", "): what the core looks at.
 
-    ``httpx2.Headers.get`` re-derives the header encoding and re-normalises the key on every call; the core reads a
-    handful of headers per answer, so one pass into a dict is cheaper.
+    The core reads two of the ~17 headers the SDK sends and five or so of an answer's, so the view decodes only the
+    names looked up (:class:`HeaderView`); ``httpx2.Headers.get`` would re-derive the encoding and re-normalise the
+    key on every call, and decoding every header up front costs more than all the lookups together.
     """
     if fast_headers_supported(headers):
-        view: dict[str, str] = {}
-        for _, lower, value in headers._list:
-            name = lower.decode("latin-1")
-            text = value.decode("latin-1")
-            view[name] = f"{view[name]}, {text}" if name in view else text
-        return view
+        return HeaderView(headers._list)
     return {name.lower(): value for name, value in headers.items()}
+
+
+class HeaderView(Mapping[str, str]):
+    """A read-only view of httpx2's ``(raw, lower, value)`` header triples: :meth:`get` scans them for one name and
+    decodes only its values; anything else (iteration, ``len``, ``[]``) decodes every header once."""
+
+    __slots__ = ("_items", "_whole")
+
+    def __init__(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
+        self._items = items
+        self._whole: dict[str, str] | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if self._whole is not None or not key.isascii():
+            return self._all().get(key, default)
+        name = key.encode()
+        found: str | None = None
+        for _, lower, value in self._items:
+            if lower == name:
+                text = value.decode("latin-1")
+                found = text if found is None else f"{found}, {text}"
+        return default if found is None else found
+
+    def _all(self) -> dict[str, str]:
+        whole = self._whole
+        if whole is None:
+            whole = {}
+            for _, lower, value in self._items:
+                name = lower.decode("latin-1")
+                text = value.decode("latin-1")
+                whole[name] = f"{whole[name]}, {text}" if name in whole else text
+            self._whole = whole
+        return whole
+
+    def __getitem__(self, key: str) -> str:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found  # type: ignore[no-any-return]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __repr__(self) -> str:  # names only: values may be credentials
+        return f"HeaderView({sorted(self._all())})"
 
 
 def restore_read_timeout(sent: httpx2.Request, read: float | None) -> None:
@@ -66,13 +116,42 @@ def restore_read_timeout(sent: httpx2.Request, read: float | None) -> None:
         timeout["read"] = read
 
 
-def _url(url: str) -> httpx2.URL:
+def _url(url: str) -> tuple[httpx2.URL, bytes]:
+    """The parsed URL and its ``Host`` header value, parsed once per distinct URL."""
     found = _URL_CACHE.get(url)
     if found is None:
         if len(_URL_CACHE) >= _URL_CACHE_LIMIT:
             _URL_CACHE.clear()
-        found = _URL_CACHE[url] = httpx2.URL(url)
+        parsed = httpx2.URL(url)
+        found = _URL_CACHE[url] = (parsed, parsed.netloc)
     return found
+
+
+#: The attributes ``httpx2.Request.__init__`` sets when it is given a ready ``stream``: a request built with exactly
+#: these (without re-parsing the URL or copying the headers again) is the same request.
+_REQUEST_FIELDS: Final = frozenset({"method", "url", "headers", "extensions", "stream"})
+
+
+def _probe_request() -> bool:
+    built = httpx2.Request("POST", "http://probe.invalid/", headers=[(b"A", b"1")], stream=httpx2.ByteStream(b""))
+    return set(vars(built)) == _REQUEST_FIELDS
+
+
+_FAST_REQUEST: Final = _probe_request()
+
+
+def _new_request(
+    method: str, url: httpx2.URL, headers: httpx2.Headers, stream: httpx2.ByteStream, extensions: dict[str, Any]
+) -> httpx2.Request:
+    if _FAST_REQUEST:
+        request = object.__new__(httpx2.Request)
+        request.method = method
+        request.url = url
+        request.headers = headers
+        request.extensions = extensions
+        request.stream = stream
+        return request
+    return httpx2.Request(method, url, headers=headers, stream=stream, extensions=extensions)
 
 
 def attempt_request(
@@ -87,8 +166,8 @@ def attempt_request(
 ) -> httpx2.Request:
     """A copy of ``request`` sent to ``url`` with ``body``: headers named in ``drop`` or in ``add`` removed, ``add``
     appended, ``Host`` and ``Content-Length`` set for the new target. The caller's request is not modified."""
-    target = _url(url)
-    framing = ((b"Host", target.netloc), (b"Content-Length", str(len(body)).encode("ascii")))
+    target, host = _url(url)
+    framing = ((b"Host", host), (b"Content-Length", str(len(body)).encode("ascii")))
     if fast and fast_headers_supported(request.headers):
         dropped = _drop_bytes(drop, add)
         headers = httpx2.Headers()
@@ -104,9 +183,7 @@ def attempt_request(
         pairs.extend((k.encode("ascii"), v.encode("latin-1")) for k, v in add)
         pairs.append(framing[1])
         headers = httpx2.Headers(pairs)
-    return httpx2.Request(
-        request.method, target, headers=headers, stream=httpx2.ByteStream(body), extensions=dict(extensions)
-    )
+    return _new_request(request.method, target, headers, httpx2.ByteStream(body), dict(extensions))
 
 
 _DROP_CACHE: dict[tuple[frozenset[str], Sequence[tuple[str, str]]], frozenset[bytes]] = {}

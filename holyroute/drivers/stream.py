@@ -113,6 +113,7 @@ class BodyWatch:
         ``Cancelled``, ``KeyboardInterrupt``, ``GeneratorExit`` when the caller stops iterating) is the caller
         closing early, judged as :meth:`close` judges it."""
         if self._ended:
+            self._call.cache_written(False)  # stopped while its answer was written: its held event says miss
             return
         if not isinstance(error, Exception):
             self.close()
@@ -149,14 +150,22 @@ class BodyWatch:
         self._collected = None
 
     def keep(self) -> None:
-        """Write the answer the call's cache ticket kept, if any (after the call ended; at most once)."""
+        """Write the answer the call's cache ticket kept, if any (after the call ended; at most once). The call's
+        event waits for it: ``stored`` once the store kept the answer."""
         if self._cache is not None:
-            self._cache.keep(self._call.cache_ticket)
+            self._cache.keep(self._call)
 
     async def akeep(self) -> None:
         """:meth:`keep` for the async tap."""
         if self._cache is not None:
-            await self._cache.akeep(self._call.cache_ticket)
+            await self._cache.akeep(self._call)
+
+    def let_go(self) -> None:
+        """End the call as :meth:`close` does if it has not ended, and leave no event held: an answer not written by
+        now (the tap is closing after a failed or cancelled write, or was collected unclosed) is not, and the
+        call's event says ``miss``. Idempotent."""
+        self.close()
+        self._call.cache_written(False)
 
 
 class SyncTap(httpx2.SyncByteStream):
@@ -190,6 +199,7 @@ class SyncTap(httpx2.SyncByteStream):
             self._watch.close()
             self._watch.keep()
         finally:
+            self._watch.let_go()
             self._stream.close()
 
 
@@ -224,11 +234,12 @@ class AsyncTap(httpx2.AsyncByteStream):
             self._watch.close()
             await self._watch.akeep()
         finally:
+            self._watch.let_go()
             await self._stream.aclose()
 
 
 def _close_when_dropped(tap: object, watch: BodyWatch) -> None:
     """A stream the caller drops without reading or closing it still ends its call (cancelled, as an early close
     is): its attempt is no longer in flight and its one event is emitted when the tap is collected."""
-    finalizer = weakref.finalize(tap, watch.close)
+    finalizer = weakref.finalize(tap, watch.let_go)
     finalizer.atexit = False  # at interpreter exit, sinks may be gone: nothing is emitted then

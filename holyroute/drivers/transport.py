@@ -107,13 +107,13 @@ class Transport(httpx2.BaseTransport):
         call = _begin(self.router, request)
         if call is None:
             return self._inner.handle_request(request)
-        if call.shadow is not None:
-            self._mirror(request, call.shadow)
-        if self._cache is not None:
+        if self._cache is not None:  # a hit sends nothing upstream: its call has no shadow (Router.dispatch)
             with call.owned():
                 cached = self._cache.lookup(call, request)
             if cached is not None:
                 return cached
+        if call.shadow is not None:
+            self._mirror(request, call.shadow)
         return self._drive(request, call)
 
     def _mirror(self, request: httpx2.Request, shadow: Call) -> None:
@@ -188,7 +188,7 @@ class Transport(httpx2.BaseTransport):
                     stream.close()  # the upstream's stream: the connection goes back to the pool
                 if _judged(call, accepted, response, raw):
                     if self._cache is not None:
-                        self._cache.keep(call.cache_ticket)
+                        self._cache.keep(call)
                     return response
             elif isinstance(step, Acquire):
                 call.on_acquired(self.router.state.acquire(step.endpoint, step.rpm, step.tpm, step.tokens))
@@ -247,6 +247,11 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         call = _begin(self.router, request)
         if call is None:
             return await self._inner.handle_async_request(request)
+        if self._cache is not None:  # a hit sends nothing upstream: its call has no shadow (Router.dispatch)
+            with call.owned():
+                cached = await self._cache.alookup(call, request)
+            if cached is not None:
+                return cached
         if call.shadow is not None:
             shadow = call.shadow
             # A copy cancelled before it ever ran still ends (its one event says cancelled); abandon() is idempotent.
@@ -254,11 +259,6 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                 functools.partial(self._run_shadow, request, shadow),
                 functools.partial(shadow.abandon, asyncio.CancelledError()),
             )
-        if self._cache is not None:
-            with call.owned():
-                cached = await self._cache.alookup(call, request)
-            if cached is not None:
-                return cached
         return await self._drive(request, call)
 
     async def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
@@ -300,7 +300,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                     await stream.aclose()
                 if _judged(call, accepted, response, raw):
                     if self._cache is not None:
-                        await self._cache.akeep(call.cache_ticket)
+                        await self._cache.akeep(call)
                     return response
             elif isinstance(step, Acquire):
                 call.on_acquired(await self.router.state.aacquire(step.endpoint, step.rpm, step.tpm, step.tokens))
@@ -540,7 +540,8 @@ def _in_memory(response: httpx2.Response) -> httpx2.Response:
 
 def _judged(call: Call, accepted: Accepted | None, response: httpx2.Response, raw: bytes) -> bool:
     """Hand a whole non-stream body to the core. True: ``response`` now carries it, ready for the caller."""
-    encoding = response.headers.get("content-encoding")
+    # Read once already, into the header view the core judged (httpx2's Headers.get re-normalises on every call).
+    encoding = accepted.content_encoding if accepted is not None else response.headers.get("content-encoding")
     body = raw
     if encoding is not None:
         # Total: every coding httpx2 decodes, any case; an undecodable body is judged as no JSON (fails over).

@@ -416,6 +416,8 @@ def _call_attributes(fields: Mapping[str, Any], operation: str, alias: str, serv
         "holyroute.cost_usd": "cost_usd",
         "holyroute.outcome": "outcome",
         "holyroute.request_id": "request_id",
+        "holyroute.cache": "cache",
+        "holyroute.saved_usd": "saved_usd",
     }
     for name, key in own.items():
         if fields.get(key) is not None:

@@ -57,10 +57,10 @@ class MemoryCache:
             self._entries.move_to_end(key)
             return value
 
-    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+    def put(self, key: str, value: bytes, ttl_s: float) -> bool:
         cost = self._cost(key, value)
         if cost > self.max_bytes or ttl_s <= 0:
-            return
+            return False
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
@@ -70,6 +70,7 @@ class MemoryCache:
             while self.size > self.max_bytes or len(self._entries) > self.max_entries:
                 gone, (dropped, _) = self._entries.popitem(last=False)
                 self.size -= self._cost(gone, dropped)
+        return True
 
     def close(self) -> None:
         with self._lock:

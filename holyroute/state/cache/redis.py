@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from holyroute.boundary.redis_url import parse_redis_url
-from holyroute.state.redis.connect import open_client
+from holyroute.state.redis.connect import close_client, open_client
 
 __all__ = ["RedisCache"]
 
@@ -45,7 +45,7 @@ while (used > max_bytes or count > max_entries) and rounds < 1000 do
   count = count - 1
   rounds = rounds + 1
 end
-return used
+return redis.call('HEXISTS', sizes, member)
 """
 
 
@@ -85,14 +85,16 @@ class RedisCache:
         found = self.redis.get(self._base + key)
         return found if isinstance(found, bytes) or found is None else None
 
-    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+    def put(self, key: str, value: bytes, ttl_s: float) -> bool:
+        """Keep ``value``; False when it was not kept (too large, a TTL of 0, or the first to go past the bounds)."""
         if len(value) + len(key) > self.max_bytes or ttl_s <= 0:
-            return
+            return False
         now_ms = int(self._wall() * 1000)
-        self._put(
+        kept = self._put(
             keys=list(self._meta),
             args=[self._base, key, value, max(1, int(ttl_s * 1000)), now_ms, self.max_bytes, self.max_entries],
         )
+        return bool(kept)
 
     def used_bytes(self) -> int:
         """What the entries take, as counted against ``max_bytes`` (keys and values)."""
@@ -103,4 +105,4 @@ class RedisCache:
             return 0
 
     def close(self) -> None:
-        self.redis.close()
+        close_client(self.redis)

@@ -24,7 +24,7 @@ from redis.exceptions import ClusterError, RedisClusterException, TryAgainError
 
 from holyroute.boundary.redis_url import RedisUrl
 
-__all__ = ["FAILURES", "Client", "open_async_client", "open_client", "unreachable"]
+__all__ = ["FAILURES", "Client", "close_client", "open_async_client", "open_client", "unreachable"]
 
 #: What a sync client is: one server (or Sentinel's master) or a cluster.
 Client = redis.Redis | redis.cluster.RedisCluster
@@ -154,6 +154,15 @@ def open_client(url: RedisUrl, *, timeout: float | None, connect_timeout: float)
         return redis.Redis(unix_socket_path=url.socket, db=url.db, retry=retry, **options)
     host, port = url.hosts[0]
     return redis.Redis(host=host, port=port, db=url.db, retry=retry, **options)
+
+
+def close_client(client: Client) -> None:
+    """Close ``client``: its connections, and for a Sentinel deployment's master client also its connections to the
+    Sentinels, which closing the master's pool leaves open (each :func:`open_client` has Sentinels of its own)."""
+    client.close()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        sentinel.close()
 
 
 def open_async_client(url: RedisUrl, *, timeout: float, connect_timeout: float) -> Any:

@@ -1,0 +1,346 @@
+"""benchmarks/perf_table.py renders the performance section from the benchmarks' JSON and judges every target from
+the figures: canned results here, no benchmark runs."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.doc_examples import REPOSITORY
+
+
+def _perf_table() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("perf_table", REPOSITORY / "benchmarks" / "perf_table.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+perf_table = _perf_table()
+
+#: What each benchmark's --json printed (trimmed to what the tables read), and what perf_table.run adds around it.
+RESULTS: dict[str, Any] = {
+    "machine": {
+        "date": "2026-12-05 11:02 UTC",
+        "seconds": 540.0,
+        "cpu": "Intel(R) Xeon(R) Processor",
+        "cores": 2,
+        "usable": 2,
+        "load_start": [2.87, 3.1, 2.6],
+        "load_end": [3.42, 3.2, 2.7],
+        "python": "3.11.7",
+        "openai": "3.63.0",
+        "holyroute": "0.1.0",
+        "commit": "0bc32fc1a2b3",
+        "dirty": False,
+    },
+    "runs": {
+        "instructions": {
+            "args": ["--calls", "3", "--warmup", "2"],
+            "seconds": 300.0,
+            "result": [
+                {"case": "chat", "raw": 4938856, "holyroute": 5138856, "added": 200000},
+                {"case": "chat-32k", "raw": 51783917, "holyroute": 52696470, "added": 912553, "added_per_kb": 2000},
+                {"case": "chat-128k", "raw": 193441472, "holyroute": 195023438, "added": 1581966, "added_per_kb": 2004},
+                {
+                    "case": "embeddings-1.6m",
+                    "raw": 1792623504,
+                    "holyroute": 1794936601,
+                    "added": 2313097,
+                    "added_per_kb": 1000,
+                },
+                {"case": "stream-ttft", "raw": 4869628, "holyroute": 5282611, "added": 412983},
+                {"case": "chat-cache-hit", "raw": 5070405, "holyroute": 5673178, "added": 602773},
+                {"case": "chat-orjson", "raw": 4900000, "holyroute": 5099000, "added": 199000},
+                {"case": "chat-no-event", "raw": 4900000, "holyroute": 5250000, "added": 350000},
+            ],
+        },
+        "overhead": {
+            "args": ["--pairs", "200", "--warmup", "20"],
+            "seconds": 60.0,
+            "result": [
+                {
+                    "comparison": "loopback chat, events json",
+                    "pairs": 200,
+                    "raw_p50_us": 1076.4,
+                    "raw_p99_us": 2100.0,
+                    "holyroute_p50_us": 1204.2,
+                    "holyroute_p99_us": 2600.0,
+                    "overhead_p50_us": 127.26,
+                    "overhead_p99_us": 150.0,
+                    "ratio_p50": 1.12,
+                },
+                {
+                    "comparison": "in-memory chat, events off",
+                    "pairs": 200,
+                    "raw_p50_us": 537.0,
+                    "raw_p99_us": 900.0,
+                    "holyroute_p50_us": 607.0,
+                    "holyroute_p99_us": 1000.0,
+                    "overhead_p50_us": 68.0,
+                    "overhead_p99_us": 227.0,
+                    "ratio_p50": 1.13,
+                },
+            ],
+        },
+        "stream": {
+            "args": [],
+            "seconds": 30.0,
+            "result": {
+                "ttft": {
+                    "pairs": 200,
+                    "raw_ttft_p50_us": 400.0,
+                    "holyroute_ttft_p50_us": 449.0,
+                    "added_ttft_p50_us": 49.5,
+                    "added_ttft_p99_us": 210.0,
+                },
+                "memory": {"short_chunks": 200, "short_peak_kb": 40.0, "long_chunks": 2000, "long_peak_kb": 52.0},
+            },
+        },
+        "import": {
+            "args": ["--runs", "3"],
+            "seconds": 20.0,
+            "result": [
+                {
+                    "step": "import holyroute",
+                    "tree": "after",
+                    "runs": 3,
+                    "wall_best_ms": 2.1,
+                    "wall_median_ms": 2.5,
+                    "importtime_best_ms": 1.8,
+                },
+                {
+                    "step": "holyroute.Transport",
+                    "tree": "after",
+                    "runs": 3,
+                    "wall_best_ms": 48.0,
+                    "wall_median_ms": 51.0,
+                    "importtime_best_ms": None,
+                },
+            ],
+        },
+        "peers": {
+            "args": ["--rounds", "50"],
+            "seconds": 120.0,
+            "python": "/tmp/bench-venv/bin/python",
+            "versions": {"python": "3.11.7", "openai": "3.63.0", "holyroute": "0.1.0", "litellm": "1.110.2"},
+            "result": {
+                "rows": [
+                    {"client": "raw SDK", "p50_us": 1500.0, "added_p50_us": 0.0, "added_cpu_us": 0.0},
+                    {
+                        "client": "holyroute",
+                        "added_p50_us": 180.0,
+                        "added_cpu_us": 250.0,
+                        "calls_per_s": 900.0,
+                        "ratio_to_raw": 0.91,
+                    },
+                    {"client": "holyroute + redis rpm", "added_p50_us": 300.4, "added_cpu_us": 400.0},
+                    {
+                        "client": "LiteLLM Router",
+                        "added_p50_us": 3900.0,
+                        "added_cpu_us": 3700.0,
+                        "calls_per_s": 310.0,
+                        "ratio_to_raw": 0.32,
+                    },
+                    {"client": "raw SDK [mem]", "calls_per_s": 3000.0, "ratio_to_raw": 1.0},
+                    {"client": "holyroute [mem]", "calls_per_s": 2910.0, "ratio_to_raw": 0.97},
+                ],
+                "warnings": {"sequential": {}, "async": {}},
+            },
+        },
+    },
+}
+
+
+def _lines(results: dict[str, Any]) -> list[str]:
+    return str(perf_table.render(results)).splitlines()
+
+
+class TestTargets:
+    def test_at_most_is_met_at_the_limit_and_not_above(self) -> None:
+        assert perf_table.ADDED_INSTRUCTIONS.met(200_000) is True
+        assert perf_table.ADDED_INSTRUCTIONS.met(200_001) is False
+
+    def test_at_least_is_met_at_the_limit_and_not_below(self) -> None:
+        assert perf_table.ASYNC_RATIO.met(0.97) is True
+        assert perf_table.ASYNC_RATIO.met(0.969) is False
+
+    def test_nominal_rate_is_the_instruction_benchmarks(self) -> None:
+        spec = importlib.util.spec_from_file_location(
+            "bench_instructions", REPOSITORY / "benchmarks" / "bench_instructions.py"
+        )
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert perf_table.NOMINAL_PER_US == module._NOMINAL_PER_US
+
+
+class TestRender:
+    def test_header_names_the_machine_the_software_and_the_date(self) -> None:
+        lines = _lines(RESULTS)
+        assert lines[0] == (
+            "Generated by `benchmarks/perf_table.py` on 2026-12-05 11:02 UTC (the run took 9 min); "
+            "the targets are issue 14's."
+        )
+        assert (
+            "- Machine: Intel(R) Xeon(R) Processor, 2 cores (2 usable), "
+            "load average 2.87 at the start and 3.42 at the end (1 min)."
+        ) in lines
+        assert "- Software: Python 3.11.7, openai 3.63.0, holyroute 0.1.0, commit 0bc32fc1a2b3." in lines
+
+    def test_instruction_rows_judge_the_counts_and_the_rate_per_kb(self) -> None:
+        lines = _lines(RESULTS)
+        assert (
+            "| chat, 0.1 KB prompt: instructions added per call | ≤ 200,000 | 200,000 (4,938,856 → 5,138,856) | met |"
+        ) in lines
+        assert (
+            "| chat, 32 KB of messages: added per KB of request | ≤ 0.5 µs/KB "
+            "| 2,000 instructions/KB ≈ 0.500 µs/KB (912,553 added per call) | met |"
+        ) in lines
+        # 2,004 / 4,000 = 0.501 µs/KB: over the target by a thousandth, judged on the figure.
+        assert (
+            "| chat, 128 KB of messages: added per KB of request | ≤ 0.5 µs/KB "
+            "| 2,004 instructions/KB ≈ 0.501 µs/KB (1,581,966 added per call) | **not met** |"
+        ) in lines
+        assert (
+            "| embeddings, 1.6 MB answer: added per KB of answer | ≤ 0.3 µs/KB "
+            "| 1,000 instructions/KB ≈ 0.250 µs/KB (2,313,097 added per call) | met |"
+        ) in lines
+        assert (
+            "| stream, call to first chunk: instructions added | ≤ 200,000 (50 µs at 4,000/µs) "
+            "| 412,983 (4,869,628 → 5,282,611) | **not met** |"
+        ) in lines
+        assert (
+            "| chat at temperature 0, a response-cache hit: instructions added | — "
+            "| 602,773 (5,070,405 → 5,673,178) | — |"
+        ) in lines
+        assert (
+            "| chat, event by orjson (structlog BytesLogger): added | ≤ 200,000 "
+            "| 199,000 (4,900,000 → 5,099,000) | met |"
+        ) in lines
+        assert "| chat, event filtered out by level: added | — | 350,000 (4,900,000 → 5,250,000) | — |" in lines
+
+    def test_timing_rows_judge_p50_and_p99_and_show_reference_rows_without_a_verdict(self) -> None:
+        lines = _lines(RESULTS)
+        assert (
+            "| loopback chat, events as JSON: added p50 | ≤ 50 µs "
+            "| 127.3 µs (raw SDK 1,076 µs → 1,204 µs) | **not met** |"
+        ) in lines
+        assert "| loopback chat, events as JSON: added p99 | ≤ 150 µs | 150.0 µs | met |" in lines
+        assert "| in-memory chat, events filtered: added p50 / p99 | — | 68.0 µs / 227.0 µs | — |" in lines
+        assert not any(line.startswith("| loopback stream") for line in lines)  # not in the canned results
+
+    def test_stream_rows_judge_first_chunk_and_memory_growth(self) -> None:
+        lines = _lines(RESULTS)
+        assert "| time to first chunk: added p50 | ≤ 50 µs | 49.5 µs (raw SDK 400 µs → 449 µs) | met |" in lines
+        assert (
+            "| peak memory reading one stream through holyroute | constant: ≤ 1 byte more per extra chunk "
+            "| 52 KB at 2,000 chunks, 40 KB at 200: +6.8 bytes per extra chunk | **not met** |"
+        ) in lines
+
+    def test_import_row_judges_importtime_and_lists_the_wall_times(self) -> None:
+        lines = _lines(RESULTS)
+        assert (
+            "| `import holyroute` after `import openai` (`-X importtime`, best) | ≤ 30 ms | 1.8 ms (best of 3) | met |"
+        ) in lines
+        assert (
+            "| `holyroute.Transport` (what a first routed call loads): wall, best / median | — | 48.0 / 51.0 ms | — |"
+        ) in lines
+
+    def test_peer_rows_judge_async_ratio_and_redis_and_show_litellm(self) -> None:
+        text = perf_table.render(RESULTS)
+        lines = text.splitlines()
+        assert (
+            "| async c=64, in-memory transport: holyroute's throughput / raw SDK's | ≥ 0.97 "
+            "| 0.970 (2,910 calls/s) | met |"
+        ) in lines
+        assert (
+            "| holyroute + Redis rpm limit: added p50 per call | ≤ 300 µs "
+            "| 300.4 µs (client CPU 400.0 µs added) | **not met** |"
+        ) in lines
+        assert "| LiteLLM Router: added p50 / added client CPU per call | — | 3,900.0 µs / 3,700.0 µs | — |" in lines
+        assert (
+            "**Side by side: raw SDK, holyroute, holyroute + Redis rpm, LiteLLM's Router** "
+            "(`/tmp/bench-venv/bin/python bench_peers.py --rounds 50`, 2.0 min); "
+            "Python 3.11.7, openai 3.63.0, LiteLLM 1.110.2"
+        ) in lines
+
+    def test_summary_counts_the_verdicts(self) -> None:
+        # met: chat, 32k, embeddings, p99, ttft, import, async ratio = 7; not met: 128k, stream-ttft instructions,
+        # p50, memory, redis = 5.
+        assert "- Targets met: 8 of 13." in _lines(RESULTS)
+
+    def test_missing_figures_are_not_judged(self) -> None:
+        results = copy.deepcopy(RESULTS)
+        del results["runs"]["import"]
+        peers = results["runs"]["peers"]["result"]
+        peers["rows"] = [row for row in peers["rows"] if row["client"] != "holyroute + redis rpm"]
+        results["runs"]["instructions"]["result"] = [
+            r for r in results["runs"]["instructions"]["result"] if r["case"] != "chat"
+        ]
+        lines = _lines(results)
+        assert (
+            "| holyroute + Redis rpm limit: added p50 per call | ≤ 300 µs | not measured (Redis did not answer) | — |"
+        ) in lines
+        assert (
+            "| chat, 0.1 KB prompt: instructions added per call | ≤ 200,000 | not measured (case not run) | — |"
+        ) in lines
+        assert not any("Import" in line for line in lines if line.startswith("**"))
+        assert "- Targets met: 6 of 10; not run: import." in lines
+
+    def test_holyroute_warnings_are_shown_and_a_degraded_redis_is_not_judged(self) -> None:
+        results = copy.deepcopy(RESULTS)
+        results["runs"]["peers"]["result"]["warnings"]["sequential"] = {"holyroute.state_degraded": 2}
+        text = perf_table.render(results)
+        assert "holyroute warned: sequential {'holyroute.state_degraded': 2}" in text
+        # Some calls ran on local state: the Redis figure is shown but not judged.
+        assert (
+            "| holyroute + Redis rpm limit: added p50 per call | ≤ 300 µs "
+            "| 300.4 µs (client CPU 400.0 µs added); not judged: Redis degraded during the run | — |"
+        ) in text.splitlines()
+        assert "- Targets met: 8 of 12." in text.splitlines()
+
+
+class TestWrite:
+    def test_replaces_only_what_lies_between_the_markers(self) -> None:
+        text = f"# Page\n\nbefore\n{perf_table.BEGIN}\nold table\n{perf_table.END}\nafter\n"
+        assert (
+            perf_table.replace_between(text, "new")
+            == f"# Page\n\nbefore\n{perf_table.BEGIN}\nnew\n{perf_table.END}\nafter\n"
+        )
+
+    def test_refuses_a_page_without_exactly_one_pair_of_markers(self) -> None:
+        with pytest.raises(ValueError, match="exactly one"):
+            perf_table.replace_between("no markers", "new")
+        with pytest.raises(ValueError, match="exactly one"):
+            perf_table.replace_between(f"{perf_table.BEGIN}{perf_table.END}{perf_table.BEGIN}", "new")
+
+    def test_write_from_saved_results_fills_both_pages(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        readme, docs = tmp_path / "README.md", tmp_path / "benchmarks.md"
+        for page in (readme, docs):
+            page.write_text(f"intro\n{perf_table.BEGIN}\n{perf_table.END}\n", encoding="utf-8")
+        saved = tmp_path / "results.json"
+        saved.write_text(json.dumps(RESULTS), encoding="utf-8")
+        monkeypatch.setattr(perf_table, "PAGES", (readme, docs))
+        monkeypatch.setattr(perf_table, "ROOT", tmp_path)
+        assert perf_table.main(["--from-results", str(saved), "--write"]) == 0
+        expected = f"intro\n{perf_table.BEGIN}\n{perf_table.render(RESULTS)}\n{perf_table.END}\n"
+        assert readme.read_text(encoding="utf-8") == expected
+        assert docs.read_text(encoding="utf-8") == expected
+
+    def test_pages_carry_the_markers(self) -> None:
+        for page in perf_table.PAGES:
+            text = page.read_text(encoding="utf-8")
+            assert text.count(perf_table.BEGIN) == 1, page
+            assert text.count(perf_table.END) == 1, page
