@@ -22,6 +22,7 @@ from holyroute.boundary.parse import (
     MAX_DEPTH,
     RequestBody,
     RequestView,
+    SSEScanner,
     _deeper_than,
     read_request,
     requested_choices,
@@ -124,6 +125,92 @@ class TestNothingIsDecodedWhole:
         assert sent == [b'{"stream_options":{"include_usage":true},' + routed[1:]]
         assert max(decoded, default=0) <= SMALL
         assert json.loads(sent[0])["stream_options"] == {"include_usage": True}
+
+
+def chat_stream(words: int) -> list[bytes]:
+    """A chat stream as providers send it, one event per chunk: content, the finish, the usage chunk, ``[DONE]``."""
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4.1"}
+    delta = [{"index": 0, "delta": {"content": "word "}, "finish_reason": None}]
+    chunks = [{**head, "choices": delta}] * words
+    chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    chunks.append({**head, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": words}})
+    return [b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks] + [b"data: [DONE]\n\n"]
+
+
+class StreamOf(httpx2.SyncByteStream):
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> Any:
+        return iter(self._chunks)
+
+
+class TestAStreamIsPassedOnFirst:
+    """What a stream's chunks say is found by byte searches, after the caller has each chunk."""
+
+    def stream(self, chunks: list[bytes], events: Events) -> httpx2.Client:
+        def upstream(_: httpx2.Request) -> httpx2.Response:
+            return httpx2.Response(200, headers={"content-type": "text/event-stream"}, stream=StreamOf(chunks))
+
+        return httpx2.Client(transport=transport(upstream, events))
+
+    @pytest.mark.parametrize("words", [3, 60])
+    def test_only_the_usage_chunk_is_decoded(self, words: int, decoded: list[int]) -> None:
+        events = Events()
+        chunks = chat_stream(words)
+        body = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with (
+            self.stream(chunks, events) as client,
+            client.stream("POST", "https://sdk.example/v1/chat/completions", json=body) as response,
+        ):
+            seen = list(response.iter_raw())
+        assert seen == [c for c in chunks if b'"usage"' not in c]  # the injected usage chunk is hidden again
+        usage_event = len(chunks[-2]) - len(b"data: \n\n")
+        assert set(decoded) == {usage_event}  # the usage chunk alone is decoded, whatever the number of words
+        (event,) = events.named("holyroute.request")
+        assert (event["outcome"], event["completion_tokens"], event["finish_reason"]) == ("ok", words, "stop")
+
+    def test_the_first_chunk_reaches_the_caller_before_it_is_scanned(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        scanned: list[bytes] = []
+        feed = SSEScanner.feed
+
+        def spy(self: SSEScanner, data: bytes) -> bytes:
+            scanned.append(data)
+            return feed(self, data)
+
+        monkeypatch.setattr(SSEScanner, "feed", spy)
+        events = Events()
+        chunks = chat_stream(3)
+        body = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with (
+            self.stream(chunks, events) as client,
+            client.stream("POST", "https://sdk.example/v1/chat/completions", json=body) as response,
+        ):
+            raw = response.iter_raw()
+            assert next(raw) == chunks[0]
+            assert scanned == []  # nothing of the stream was scanned before the caller had its first chunk
+            assert next(raw) == chunks[1]
+            assert scanned == chunks[:1]
+            rest = list(raw)
+        assert rest == chunks[2:-2] + chunks[-1:]
+        assert scanned == chunks  # every chunk scanned once, in order
+        (event,) = events.named("holyroute.request")
+        assert (event["outcome"], event["prompt_tokens"], event["completion_tokens"]) == ("ok", 9, 3)
+
+    def test_a_caller_closing_after_done_ends_the_call_normally(self) -> None:
+        """The SDK closes straight after ``[DONE]``, before that chunk's scan would run: closing scans it first."""
+        events = Events()
+        chunks = chat_stream(2)
+        body = {"model": "chat", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with (
+            self.stream(chunks, events) as client,
+            client.stream("POST", "https://sdk.example/v1/chat/completions", json=body) as response,
+        ):
+            for chunk in response.iter_raw():
+                if chunk == b"data: [DONE]\n\n":
+                    break
+        (event,) = events.named("holyroute.request")
+        assert (event["outcome"], event["completion_tokens"]) == ("ok", 2)
 
 
 class TestUnconfiguredFeaturesDoNothing:

@@ -1045,6 +1045,20 @@ class SSEScanner:
         """Whether the stream reached an end the protocol defines (not merely a closed connection)."""
         return self.done or self.finished
 
+    def passes(self, data: bytes) -> bool:
+        """Whether :meth:`feed` hands ``data`` on unchanged whatever its events say, so its scan may wait: always
+        when nothing is hidden; when the usage chunk is, for one whole event that names no ``"usage"``."""
+        if not self._hide:
+            return True
+        return (
+            not self._pending
+            and not self._oversize
+            and data.endswith(b"\n\n")
+            and data.find(b"\n\n") == len(data) - 2
+            and b"\r" not in data
+            and b'"usage"' not in data
+        )
+
     def feed(self, data: bytes) -> bytes:
         pending = self._pending
         if (

@@ -25,6 +25,10 @@ __all__ = ["RETRYABLE_STATUS", "Attempts"]
 _INJECT_USAGE_APIS: Final = frozenset({"chat", "completions"})
 RETRYABLE_STATUS: Final = frozenset({408, 409, 429})
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding", "content-encoding", "connection"})
+#: The common verdicts, built once (frozen values): a plain answer, a plain stream, one whose usage chunk is hidden.
+_BODY: Final = Accepted(False, False, None)
+_STREAM: Final = Accepted(True, False, None)
+_HIDING_STREAM: Final = Accepted(True, True, None)
 
 
 class Attempts(Planning):
@@ -73,15 +77,18 @@ class Attempts(Planning):
             self._status = status
             self._request_id = headers.get("x-request-id")
             content_type = headers.get("content-type") or ""
-            event_stream = content_type.startswith("text/event-stream")
-            if event_stream:
+            encoding = headers.get("content-encoding")
+            if content_type.startswith("text/event-stream"):
                 router.transition(
                     health.ejections.success(upstream.endpoint, now, self._latency(now), trial=self._trial)
                 )
-            else:
-                # Only copied (lazily, in on_rejected_body) if the body turns out to be no answer.
-                self._pending_response = (status, headers, upstream, self._last_leg)
-            return Accepted(event_stream, self._hide_usage and event_stream, headers.get("content-encoding"))
+                hide = self._hide_usage
+                if encoding is None and "content-length" not in headers:  # a stream as providers send it
+                    return _HIDING_STREAM if hide else _STREAM
+                return Accepted(True, hide, encoding, "content-length" in headers)
+            # Only copied (lazily, in on_rejected_body) if the body turns out to be no answer.
+            self._pending_response = (status, headers, upstream, self._last_leg)
+            return _BODY if encoding is None else Accepted(False, False, encoding)
         reason = f"{status} from upstream" if status >= 400 else f"{status} redirect from upstream (not followed)"
         delay = server_delay(headers, router.wall_clock(), router.retry.max_cooldown_s)
         if status == 429 or delay is not None:

@@ -89,6 +89,8 @@ class Accepted(NamedTuple):
     event_stream: bool
     hide_usage_chunk: bool
     content_encoding: str | None
+    #: The answer declared a ``content-length`` (a stream whose bytes change must drop it; most streams have none).
+    sized: bool = False
 
 
 class ShadowDropped(BaseException):

@@ -11,7 +11,7 @@ protocol defines raises in the caller instead of ending quietly.
 
 from __future__ import annotations
 
-import weakref
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,7 @@ _MAX_COLLECTED = 16 * 1024 * 1024
 class BodyWatch:
     """Watches one accepted event stream on behalf of its :class:`Call`."""
 
-    __slots__ = ("_cache", "_call", "_collected", "_decoder", "_ended", "_scanner", "_seen")
+    __slots__ = ("_cache", "_call", "_collected", "_decoder", "_ended", "_later", "_scanner", "_seen")
 
     def __init__(
         self, call: Call, accepted: Accepted, decoder: StreamDecoder | None = None, cache: ResponseCache | None = None
@@ -48,8 +48,11 @@ class BodyWatch:
         self._decoder = decoder  # a compressed stream (sent although holyroute asked for identity) is decoded here
         self._seen = 0
         self._ended = False
+        self._later: bytes | None = None  # a chunk handed on before it was scanned (see settle)
 
     def feed(self, chunk: bytes) -> bytes:
+        """The bytes to hand on for ``chunk``. A chunk that goes on unchanged whatever its events say (most of
+        them) is scanned only by :meth:`settle`, after the caller has it: a stream's first chunk waits for nothing."""
         if not self._seen:
             self._call.on_first_byte()
         self._seen += len(chunk)
@@ -60,7 +63,22 @@ class BodyWatch:
             collected += chunk
             if len(collected) > _MAX_COLLECTED:
                 self._collected = None  # too large to keep: the call goes on, its answer is not stored
-        return self._scanner.feed(chunk)
+        if self._later is not None:
+            self.settle()
+        scanner = self._scanner
+        if scanner.passes(chunk):
+            self._later = chunk
+            return chunk
+        return scanner.feed(chunk)
+
+    def settle(self) -> None:
+        """Scan the chunk :meth:`feed` handed on unscanned, if any. The taps call it once the caller has that chunk;
+        every later report (the next chunk, the end, a failure, a close) settles first, so the findings are the
+        same as scanning each chunk before handing it on."""
+        later = self._later
+        if later is not None:
+            self._later = None
+            self._scanner.feed(later)
 
     @staticmethod
     def _decode(step: Callable[[bytes], bytes], chunk: bytes) -> bytes:
@@ -71,6 +89,7 @@ class BodyWatch:
 
     def end(self) -> tuple[bytes, str | None]:
         """The upstream finished the body. Returns bytes still to hand on and, for a torn stream, why."""
+        self.settle()
         scanner = self._scanner
         decoder = self._decoder
         tail = self._decode(lambda _: decoder.flush(), b"") if decoder is not None else b""
@@ -99,6 +118,7 @@ class BodyWatch:
         if not isinstance(error, Exception):
             self.close()
             return
+        self.settle()
         self._ended = True
         self._call.on_complete(self._scanner.usage, error=f"stream broken: {type(error).__name__}")
 
@@ -107,6 +127,7 @@ class BodyWatch:
         after ``[DONE]``); before it, the call was cancelled."""
         if self._ended:
             return
+        self.settle()
         self._ended = True
         scanner = self._scanner
         if scanner.done:
@@ -153,7 +174,9 @@ class SyncTap(httpx2.SyncByteStream):
     def __init__(self, stream: httpx2.SyncByteStream, watch: BodyWatch) -> None:
         self._stream = stream
         self._watch = watch
-        _close_when_dropped(self, watch)
+
+    def __del__(self) -> None:
+        _dropped(self._watch)
 
     def __iter__(self) -> Iterator[bytes]:
         watch = self._watch
@@ -162,6 +185,7 @@ class SyncTap(httpx2.SyncByteStream):
                 out = watch.feed(chunk)
                 if out:
                     yield out
+                watch.settle()  # the caller has the chunk: scan it while the next one is on its way
             rest, torn = watch.end()
             watch.keep()
             if rest:
@@ -187,7 +211,9 @@ class AsyncTap(httpx2.AsyncByteStream):
     def __init__(self, stream: httpx2.AsyncByteStream, watch: BodyWatch) -> None:
         self._stream = stream
         self._watch = watch
-        _close_when_dropped(self, watch)
+
+    def __del__(self) -> None:
+        _dropped(self._watch)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         watch = self._watch
@@ -196,6 +222,7 @@ class AsyncTap(httpx2.AsyncByteStream):
                 out = watch.feed(chunk)
                 if out:
                     yield out
+                watch.settle()
             rest, torn = watch.end()
             await watch.akeep()
             if rest:
@@ -215,8 +242,10 @@ class AsyncTap(httpx2.AsyncByteStream):
             await self._stream.aclose()
 
 
-def _close_when_dropped(tap: object, watch: BodyWatch) -> None:
-    """A stream the caller drops without reading or closing it still ends its call (cancelled, as an early close
-    is): its attempt is no longer in flight and its one event is emitted when the tap is collected."""
-    finalizer = weakref.finalize(tap, watch.let_go)
-    finalizer.atexit = False  # at interpreter exit, sinks may be gone: nothing is emitted then
+def _dropped(watch: BodyWatch) -> None:
+    """A tap is collected. A stream the caller dropped without reading or closing it still ends its call
+    (cancelled, as an early close is): its attempt is no longer in flight and its one event is emitted. (A tap's
+    ``__del__`` costs a stream's start nothing; a ``weakref.finalize`` per tap cost it about 15k instructions.) At
+    interpreter exit, sinks may be gone: nothing is emitted then."""
+    if not sys.is_finalizing():
+        watch.let_go()

@@ -266,7 +266,8 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
             )
             if not spawned:  # too many in flight, closed, or no loop to run it on: it still ends, with its event
                 shadow.abandon(ShadowDropped())
-        return await self._drive(request, call)
+        with call.owned():  # _drive's block, inline: one coroutine less on every routed call
+            return await self._steps(request, call)
 
     async def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
         response = await self._drive(request, shadow)
@@ -576,12 +577,15 @@ def _response_cache(router: Router) -> ResponseCache | None:
 
 
 def _watch(response: httpx2.Response, call: Call, accepted: Accepted, cache: ResponseCache | None) -> BodyWatch:
-    if accepted.hide_usage_chunk:
-        response.headers.pop("content-length", None)  # one event will be left out
-    decoder = StreamDecoder.build(accepted.content_encoding) if accepted.content_encoding else None
+    if accepted.content_encoding is None:  # the common stream: its headers stay as they are (or lose a length)
+        if accepted.sized and accepted.hide_usage_chunk:
+            del response.headers["content-length"]  # one event will be left out
+        return BodyWatch(call, accepted, None, cache)
+    decoder = StreamDecoder.build(accepted.content_encoding)
     if decoder is not None:  # the caller gets the events decoded, as the usage scanner reads them
         del response.headers["content-encoding"]
-        response.headers.pop("content-length", None)
+    if accepted.sized and (decoder is not None or accepted.hide_usage_chunk):
+        del response.headers["content-length"]
     return BodyWatch(call, accepted, decoder, cache)
 
 
