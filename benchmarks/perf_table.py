@@ -244,8 +244,13 @@ def peer_rows(results: Mapping[str, Any]) -> list[Row]:
     else:
         shown = f"{_us(redis['added_p50_us'])} (client CPU {_us(redis['added_cpu_us'])} added)"
         degraded = any("holyroute.state_degraded" in found for found in results.get("warnings", {}).values())
+        plain = by_client.get("holyroute", {}).get("added_p50_us")
         if degraded:  # some calls ran on local state, not through the shared grant path this target is about
             rows.append(Row(measure, REDIS_P50, f"{shown}; not judged: Redis degraded during the run"))
+        elif redis["added_p50_us"] < 0 or (plain is not None and plain < 0):
+            # Less than nothing added: the raw SDK's own loopback calls ran slower in this run, so the difference
+            # says nothing about what Redis costs (the client CPU added is the figure to read).
+            rows.append(Row(measure, REDIS_P50, f"{shown}; not judged: the raw SDK's calls ran slower (negative)"))
         else:
             rows.append(Row(measure, REDIS_P50, shown, redis["added_p50_us"]))
     for name in ("holyroute", "LiteLLM Router"):

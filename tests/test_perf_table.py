@@ -311,6 +311,18 @@ class TestRender:
         ) in text.splitlines()
         assert "- Targets met: 8 of 12." in text.splitlines()
 
+    def test_a_negative_difference_is_not_judged(self) -> None:
+        results = copy.deepcopy(RESULTS)
+        rows = results["runs"]["peers"]["result"]["rows"]
+        redis = next(r for r in rows if r["client"] == "holyroute + redis rpm")
+        redis["added_p50_us"] = -453.5
+        text = perf_table.render(results)
+        # The raw SDK's own calls ran slower: less than nothing added says nothing about Redis.
+        assert (
+            "| holyroute + Redis rpm limit: added p50 per call | ≤ 300 µs "
+            "| -453.5 µs (client CPU 400.0 µs added); not judged: the raw SDK's calls ran slower (negative) | — |"
+        ) in text.splitlines()
+
 
 class TestWrite:
     def test_replaces_only_what_lies_between_the_markers(self) -> None:
