@@ -1,8 +1,9 @@
 """Runs the benchmarks in one go and renders the performance section of README.md and docs/benchmarks.md.
 
 One pass runs, one after the other so that none disturbs another: ``bench_instructions.py`` (callgrind),
-``bench_overhead.py``, ``bench_stream.py``, ``bench_import.py`` and ``bench_peers.py``, each with ``--json``. From
-their figures it renders one markdown section: the machine and the date, then a table per benchmark, each row a
+``bench_overhead.py``, ``bench_stream.py``, ``bench_import.py``, ``bench_peers.py`` and ``bench_state.py``, each
+with ``--json``. From their figures it renders one markdown section: the machine and the date, then a table per
+benchmark, each row a
 target of issue 14, the figure measured, and whether the figure meets the target (computed here, never typed in).
 Rows without a target give the figures the targets are read against (the raw SDK, LiteLLM's Router).
 
@@ -51,6 +52,7 @@ SCRIPTS: dict[str, str] = {
     "stream": "bench_stream.py",
     "import": "bench_import.py",
     "peers": "bench_peers.py",
+    "state": "bench_state.py",
 }
 
 #: ``--quick``: short runs (a few minutes on two cores), enough to see that everything works end to end.
@@ -60,6 +62,7 @@ QUICK: dict[str, list[str]] = {
     "stream": ["--pairs", "200", "--warmup", "20"],  # the long stream stays 20,000 chunks: memory is its point
     "import": ["--runs", "3"],
     "peers": ["--rounds", "50", "--warmup", "10", "--async-rounds", "1", "--async-calls", "256"],
+    "state": ["--pairs", "200", "--warmup", "20"],
 }
 
 
@@ -266,6 +269,21 @@ def peer_rows(results: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+def state_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
+    """What the Redis backend adds over the memory one, paired call by call (``bench_state.py``). Shown, not judged:
+    issue 14's Redis target is about what holyroute with Redis adds to the raw SDK (the peer table's row); this is
+    the Redis part of it."""
+    rows: list[Row] = []
+    for r in results:
+        shown = f"{_us(r['overhead_p50_us'])} / {_us(r['overhead_p99_us'])}"
+        if r.get("evalsha_per_call") is not None and not r["comparison"].startswith("reference"):
+            shown += f" ({r['evalsha_per_call']:.2f} scripts per call)"
+        if r.get("warnings") not in (None, "none", "n/a"):
+            shown += f"; warned: {r['warnings']}"
+        rows.append(Row(f"{r['comparison']}: added over the memory backend, p50 / p99", None, shown))
+    return rows
+
+
 #: name -> (caption, the rows of its figures)
 FAMILIES: dict[str, tuple[str, Callable[[Any], list[Row]]]] = {
     "instructions": ("Instructions per call (callgrind, exact; raw SDK → holyroute)", instruction_rows),
@@ -273,6 +291,7 @@ FAMILIES: dict[str, tuple[str, Callable[[Any], list[Row]]]] = {
     "stream": ("Streams", stream_rows),
     "import": ("Import", import_rows),
     "peers": ("Side by side: raw SDK, holyroute, holyroute + Redis rpm, LiteLLM's Router", peer_rows),
+    "state": ("The Redis backend against the memory backend, same client otherwise", state_rows),
 }
 
 

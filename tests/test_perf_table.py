@@ -158,6 +158,19 @@ RESULTS: dict[str, Any] = {
                 "warnings": {"sequential": {}, "async": {}},
             },
         },
+        "state": {
+            "args": [],
+            "seconds": 40.0,
+            "result": [
+                {
+                    "comparison": "redis, shared rpm, leases (default)",
+                    "overhead_p50_us": 14.0,
+                    "overhead_p99_us": 300.0,
+                    "evalsha_per_call": 0.02,
+                    "warnings": "none",
+                }
+            ],
+        },
     },
 }
 
@@ -356,3 +369,52 @@ class TestWrite:
             text = page.read_text(encoding="utf-8")
             assert text.count(perf_table.BEGIN) == 1, page
             assert text.count(perf_table.END) == 1, page
+
+
+class TestStateRows:
+    def test_redis_over_memory_is_shown_without_a_verdict(self) -> None:
+        rows = perf_table.state_rows(
+            [
+                {
+                    "comparison": "redis, shared rpm, leases (default)",
+                    "overhead_p50_us": 7.66,
+                    "overhead_p99_us": 707.8,
+                    "evalsha_per_call": 0.0267,
+                    "warnings": "none",
+                },
+                {
+                    "comparison": "reference: memory + bare PING",
+                    "overhead_p50_us": 183.0,
+                    "overhead_p99_us": 382.2,
+                    "evalsha_per_call": 0.0,
+                    "warnings": "n/a",
+                },
+                {
+                    "comparison": "redis, shared rpm, lease_fraction 0",
+                    "overhead_p50_us": 274.9,
+                    "overhead_p99_us": 440.2,
+                    "evalsha_per_call": 1.0,
+                    "warnings": "holyroute.state_degraded x1",
+                },
+            ]
+        )
+        assert [(r.measure, r.target, r.measured, r.met) for r in rows] == [
+            (
+                "redis, shared rpm, leases (default): added over the memory backend, p50 / p99",
+                None,
+                "7.7 µs / 707.8 µs (0.03 scripts per call)",
+                None,
+            ),
+            (
+                "reference: memory + bare PING: added over the memory backend, p50 / p99",
+                None,
+                "183.0 µs / 382.2 µs",
+                None,
+            ),
+            (
+                "redis, shared rpm, lease_fraction 0: added over the memory backend, p50 / p99",
+                None,
+                "274.9 µs / 440.2 µs (1.00 scripts per call); warned: holyroute.state_degraded x1",
+                None,
+            ),
+        ]
