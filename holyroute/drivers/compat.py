@@ -13,6 +13,7 @@ constructor sets exactly those.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -53,22 +54,37 @@ def header_view(headers: httpx2.Headers) -> Mapping[str, str]:
     return {name.lower(): value for name, value in headers.items()}
 
 
+_LOWER_NAME: Final = operator.itemgetter(1)
+#: Up to this many headers, a lookup scans them; beyond, a set of their names answers first.
+_SCAN_AT_MOST: Final = 8
+
+
 class HeaderView(Mapping[str, str]):
     """A read-only view of httpx2's ``(raw, lower, value)`` header triples: :meth:`get` scans them for one name and
     decodes only its values; anything else (iteration, ``len``, ``[]``) decodes every header once."""
 
-    __slots__ = ("_items", "_whole")
+    __slots__ = ("_items", "_names", "_whole")
 
     def __init__(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
         self._items = items
+        self._names: frozenset[bytes] | None = None
         self._whole: dict[str, str] | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
         if self._whole is not None or not key.isascii():
             return self._all().get(key, default)
         name = key.encode()
+        items = self._items
+        if len(items) > _SCAN_AT_MOST:
+            # A long list (the SDK sends ~17 request headers, and the core looks for a pin and a cost ceiling that
+            # are usually absent): its names gathered once by C code answer "absent" without a Python loop.
+            names = self._names
+            if names is None:
+                names = self._names = frozenset(map(_LOWER_NAME, items))
+            if name not in names:
+                return default
         found: str | None = None
-        for _, lower, value in self._items:
+        for _, lower, value in items:
             if lower == name:
                 text = value.decode("latin-1")
                 found = text if found is None else f"{found}, {text}"
