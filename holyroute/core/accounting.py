@@ -150,41 +150,24 @@ class Accounting(Waiting):
         self._observe_rollout(outcome, leg, latency_ms, ttft_ms, cost)
         # Fields that would be null are left out (docs/reference/events.md says so): a JSON line per call is
         # most of what a call costs holyroute, and a third of the fields are null on a plain call.
-        fields: dict[str, Any]
         fallback = leg.fallback if leg is not None else None
-        if leg is not None and upstream is not None and status is not None and error is None and self._rule is None:
-            # An answered call: one dict display (the usual case; same fields in the same order as below).
-            fields = {
-                "call_id": self.id,
-                "route": self._plan.alias,
-                "arm": leg.arm.name,
-                "split_arm": self._legs[0].arm.name,
-                "model": self._alias,
-                "upstream_model": upstream.model,
-                "endpoint": upstream.endpoint,
-                "api": self._api,
-                "status": status,
-                "outcome": outcome,
-                "attempts": self._attempts,
-            }
-        else:
-            fields = {"call_id": self.id, "route": self._plan.alias}
-            if leg is not None:
-                fields["arm"] = leg.arm.name
-            fields["split_arm"] = self._legs[0].arm.name  # the arm the split chose, even when a fallback served
-            fields["model"] = self._alias
-            if self._rule is not None:
-                fields["rule"] = self._rule
-            if upstream is not None:
-                fields["upstream_model"] = upstream.model
-                fields["endpoint"] = upstream.endpoint
-            fields["api"] = self._api
-            if status is not None:
-                fields["status"] = status
-            fields["outcome"] = outcome
-            if error is not None:
-                fields["error"] = error
-            fields["attempts"] = self._attempts
+        fields: dict[str, Any] = {"call_id": self.id, "route": self._plan.alias}
+        if leg is not None:
+            fields["arm"] = leg.arm.name
+        fields["split_arm"] = self._legs[0].arm.name  # the arm the split chose, even when a fallback served
+        fields["model"] = self._alias
+        if self._rule is not None:
+            fields["rule"] = self._rule
+        if upstream is not None:
+            fields["upstream_model"] = upstream.model
+            fields["endpoint"] = upstream.endpoint
+        fields["api"] = self._api
+        if status is not None:
+            fields["status"] = status
+        fields["outcome"] = outcome
+        if error is not None:
+            fields["error"] = error
+        fields["attempts"] = self._attempts
         if self._attempts:
             fields["attempt_ms"] = round((now - self._sent_at) * 1000, 3)
         if fallback is not None:
