@@ -227,10 +227,17 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     devnull.close()
 
 
-#: Cases whose one call costs hundreds of millions of instructions run a share of ``--calls`` (at least 3) after at
-#: most 3 warm-up calls: a garbage collection falling inside the count moves them by a fraction of a percent, where
+#: Cases whose one call costs hundreds of millions of instructions run a share of ``--calls`` (at least 3) after
+#: fewer warm-up calls: a garbage collection falling inside the count moves them by a fraction of a percent, where
 #: it moves a small call by tens of thousands of instructions (which is why small calls want many).
 _CALLS_SHARE: dict[str, float] = {"embeddings-1.6m": 0.1, "chat-128k": 0.5}
+#: ... and at most this many warm-up calls (a warm-up of the 1.6 MB answer costs about 1.8 G instructions).
+_WARMUP_CAP: dict[str, int] = {"embeddings-1.6m": 3, "chat-128k": 10}
+#: CPython 3.11 quickens a function (its specialising, adaptive instructions) at its 8th call, and each adaptive
+#: instruction settles after a few more: a process measured earlier counts the warming of holyroute's ~100 functions,
+#: about 25k instructions per call at 5 warm-ups, more at fewer. A server makes thousands of calls, so the default
+#: warm-up reaches the steady state.
+_DEFAULT_WARMUP = 20
 
 
 def _calls_for(case: str, calls: int) -> int:
@@ -264,7 +271,7 @@ def _count(client_kind: str, case: str, calls: int, warmup: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=40, help="measured calls per process")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=_DEFAULT_WARMUP)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--worker", nargs=4, metavar=("CLIENT", "CASE", "CALLS", "WARMUP"), help=argparse.SUPPRESS)
@@ -283,7 +290,7 @@ def main() -> int:
     results: list[dict[str, Any]] = []
     for case in cases:
         calls = _calls_for(case, args.calls)
-        warmup = args.warmup if case not in _CALLS_SHARE else min(args.warmup, 3)
+        warmup = min(args.warmup, _WARMUP_CAP.get(case, args.warmup))
         raw = _count("raw", case, calls, warmup) / calls
         routed = _count("holyroute", case, calls, warmup) / calls
         results.append(

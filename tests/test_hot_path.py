@@ -429,3 +429,43 @@ class TestASmallAnswerIsReadInOnePass:
         assert one_pass == by_search
         if one_pass is not None and by_search is not None:
             assert (one_pass.model, one_pass.service_tier) == (by_search.model, by_search.service_tier)
+
+
+class TestTheModelSwap:
+    """The model is swapped into the caller's body without re-encoding it. A large body is searched from the end
+    (where the SDKs write the model) and copied once from views; it gives what splitting at the alias gives."""
+
+    @staticmethod
+    def _split(body: bytes, alias: bytes, model: bytes) -> bytes | None:
+        parts = body.split(alias, 2)
+        return model.join(parts) if len(parts) == 2 else None
+
+    @given(
+        st.lists(st.sampled_from([b'"chat"', b'"cha', b't"', b"\\", b'"', b"x" * 40, b'{"model":']), max_size=12),
+        st.sampled_from([b'"chat"', b'"t"']),
+        st.sampled_from([b'"gpt-4.1"', b'""']),
+        st.sampled_from([0, 8, 4096]),
+    )
+    def test_any_size_gives_what_a_split_gives(
+        self, pieces: list[bytes], alias: bytes, model: bytes, split_at_most: int
+    ) -> None:
+        from holyroute.core import sending
+
+        body = b"".join(pieces)
+        previous = sending._SPLIT_AT_MOST
+        sending._SPLIT_AT_MOST = split_at_most  # type: ignore[misc]
+        try:
+            assert sending._swap_model(body, alias, model) == self._split(body, alias, model)
+        finally:
+            sending._SPLIT_AT_MOST = previous  # type: ignore[misc]
+
+    def test_a_large_body_gets_the_model_once(self) -> None:
+        from holyroute.core.sending import _SPLIT_AT_MOST, _swap_model
+
+        turn = {"role": "user", "content": "chat-default, said nobody " * 40}
+        body = json.dumps({"messages": [turn] * 20, "model": "chat-default"}).encode()
+        assert len(body) > _SPLIT_AT_MOST
+        swapped = _swap_model(body, b'"chat-default"', b'"gpt-4.1"')
+        assert swapped is not None
+        assert json.loads(swapped) == {"messages": [turn] * 20, "model": "gpt-4.1"}
+        assert _swap_model(body + b' "chat-default"', b'"chat-default"', b'"gpt-4.1"') is None  # twice: re-encoded

@@ -110,12 +110,30 @@ def _swap_model(body: bytes, alias: bytes, model: bytes) -> bytes | None:
     value is always in the body, so if the alias token occurs exactly once, that occurrence is the model's value (an
     escaped quote inside a longer string could only add a second occurrence, never remove this one).
     """
-    # One search through the body (count then replace would search it twice; CPython's substring search walks most
-    # bytes of a prompt when the alias is made of common letters, so this pass is most of a large call's cost).
-    parts = body.split(alias, 2)
-    if len(parts) != 2:
+    if len(body) <= _SPLIT_AT_MOST:
+        # One search through the body (count then replace would search it twice).
+        parts = body.split(alias, 2)
+        if len(parts) != 2:
+            return None
+        return model.join(parts)
+    # A large body: the SDKs write the model after the messages, so a search from the end finds it at once; the one
+    # search that cannot be avoided proves there is no other occurrence before it. The new body is then copied once
+    # from views of the old (split then join would copy it twice).
+    at = body.rfind(alias)
+    if at < 0:
         return None
-    return model.join(parts)
+    size = len(alias)
+    first = body.find(alias, 0, at + size - 1)  # any occurrence that starts before it
+    if first >= 0:
+        if first + size <= at:
+            return None
+        at = first  # overlapping (no JSON text does this): the leftmost, as a split takes it
+    view = memoryview(body)
+    return b"".join((view[:at], model, view[at + size :]))
+
+
+#: Up to this size a body is split at the alias and joined again; beyond it, joined from views (one copy, not two).
+_SPLIT_AT_MOST: Final = 4096
 
 
 #: What asks a stream for its usage, put first in a body that has no ``stream_options`` of its own.
