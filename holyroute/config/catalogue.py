@@ -248,17 +248,18 @@ def _fast_cost(usage: Usage, rates: _Rates) -> float | None:
         (usage.completion_tokens, rates.output, rates.outputs),
     ):
         rest = whole
-        axes = set()
+        axis = None
         for field, rate in parts:
             count: int = getattr(usage, field)
             if count:
-                axes.add(_AXIS[field])
+                along = _AXIS[field]
+                if axis is not None and along != axis:
+                    return None
+                axis = along
                 rest -= count
-                total += count * _at(rate, prompt)
-        if len(axes) > 1:
-            return None
+                total += count * (rate if type(rate) is float else _at(rate, prompt))
         if whole_rate is not None:
-            total += rest * _at(whole_rate, prompt)
+            total += rest * (whole_rate if type(whole_rate) is float else _at(whole_rate, prompt))
     return total / 1_000_000
 
 

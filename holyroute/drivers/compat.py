@@ -59,6 +59,17 @@ _LOWER_NAME: Final = operator.itemgetter(1)
 _SCAN_AT_MOST: Final = 8
 
 
+#: The names the core looks up (a handful), as bytes: encoded once, their hashes kept.
+_ENCODED: dict[str, bytes] = {}
+
+
+def _encoded(key: str) -> bytes:
+    if len(_ENCODED) >= _URL_CACHE_LIMIT:
+        _ENCODED.clear()
+    name = _ENCODED[key] = key.encode()
+    return name
+
+
 class HeaderView(Mapping[str, str]):
     """A read-only view of httpx2's ``(raw, lower, value)`` header triples: :meth:`get` scans them for one name and
     decodes only its values; anything else (iteration, ``len``, ``[]``) decodes every header once."""
@@ -71,9 +82,11 @@ class HeaderView(Mapping[str, str]):
         self._whole: dict[str, str] | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
-        if self._whole is not None or not key.isascii():
-            return self._all().get(key, default)
-        name = key.encode()
+        name = _ENCODED.get(key)
+        if name is None or self._whole is not None:
+            if self._whole is not None or not key.isascii():
+                return self._all().get(key, default)
+            name = _encoded(key)
         items = self._items
         if len(items) > _SCAN_AT_MOST:
             # A long list (the SDK sends ~17 request headers, and the core looks for a pin and a cost ceiling that

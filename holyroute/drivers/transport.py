@@ -517,17 +517,23 @@ def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float
     """The request for one attempt, and the read timeout its body should get once the headers are in."""
     extensions: Mapping[str, Any] = request.extensions
     body_read: float | None = None
-    if step.timeout is not None or step.headers_timeout is not None:
+    bound, headers_bound = step.timeout, step.headers_timeout
+    if bound is not None or headers_bound is not None:
         timeout = extensions.get("timeout")
         limits = dict(timeout) if isinstance(timeout, dict) else {}
-        if step.timeout is not None:
-            for phase in ("connect", "read", "write", "pool"):
-                current = limits.get(phase)
-                limits[phase] = step.timeout if current is None else min(current, step.timeout)
-        if step.headers_timeout is not None:
-            body_read = limits.get("read")
+        if bound is not None:
+            # Each phase within the attempt's bound (written out: this runs on every attempt).
+            current = limits.get("connect")
+            limits["connect"] = bound if current is None or current > bound else current
             current = limits.get("read")
-            limits["read"] = step.headers_timeout if current is None else min(current, step.headers_timeout)
+            limits["read"] = bound if current is None or current > bound else current
+            current = limits.get("write")
+            limits["write"] = bound if current is None or current > bound else current
+            current = limits.get("pool")
+            limits["pool"] = bound if current is None or current > bound else current
+        if headers_bound is not None:
+            body_read = current = limits.get("read")
+            limits["read"] = headers_bound if current is None or current > headers_bound else current
         extensions = {**extensions, "timeout": limits}
     sent = attempt_request(request, step.url, drop=step.drop, add=step.headers, body=step.body, extensions=extensions)
     return sent, body_read
