@@ -237,6 +237,8 @@ def header_text(value: str, limit: int = 40) -> str:
 _OBJECT_START: Final = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*\{")
 _BYTES: Final = (bytes, bytearray)
 _OUTPUT_KEYS: Final = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_OUTPUT_KEY_SET: Final = frozenset(_OUTPUT_KEYS)
+_BRACE: Final = ord("{")  # the usual first byte of a body (the SDKs write no whitespace or byte order mark first)
 _MAX_MODEL_CHARS: Final = 256
 
 
@@ -350,11 +352,20 @@ def _scan(body: bytes | bytearray) -> dict[str, Any] | None:
     """The ``_READ_KEYS`` of a body that is one valid JSON object (the last of a repeated key, as ``json.loads``
     keeps), or ``None`` when the scanner refuses it; everything it accepts, ``json.loads`` reads the same way, and
     what it refuses (a byte order mark, a lone surrogate, a long number, deep nesting) goes to ``json.loads``."""
+    global _validate
+    validate = _validate
+    if validate is None:
+        validate = _validate = _scanner().validate_json
     try:
-        found = _scanner().validate_json(body)
+        found = validate(body)
     except Exception:  # pydantic_core.ValidationError, and nothing a body can do may escape
         return None
     return found if isinstance(found, dict) else None
+
+
+#: The scanner's ``validate_json`` and whether it bounds the depth itself, looked up once (not per call).
+_validate: Callable[[bytes | bytearray], Any] | None = None
+_bounds_depth: bool | None = None
 
 
 #: Deleted before the nesting of a validated body is measured: every byte but quotes and brackets.
@@ -421,11 +432,16 @@ def read_request(body: bytes | None) -> RequestView | str | None:
     >>> read_request(b"not json") is None
     True
     """
-    if not body or not isinstance(body, _BYTES) or _OBJECT_START.match(body) is None:
+    global _bounds_depth
+    if not body or not isinstance(body, _BYTES) or (body[0] != _BRACE and _OBJECT_START.match(body) is None):
         return None
     known = _scan(body)
-    if known is not None and (_scanner_bounds_depth() or not _deeper_than(body, MAX_DEPTH)):
-        return _view(RequestBody(body, known), known)
+    if known is not None:
+        bounded = _bounds_depth
+        if bounded is None:
+            bounded = _bounds_depth = _scanner_bounds_depth()
+        if bounded or not _deeper_than(body, MAX_DEPTH):
+            return _view(RequestBody(body, known), known)
     try:
         data = json.loads(body)
     except RecursionError:
@@ -450,13 +466,13 @@ def _view(data: Mapping[str, Any], fields: Mapping[str, Any]) -> RequestView | N
     user = fields.get("user") or fields.get("safety_identifier")
     metadata = fields.get("metadata")
     return RequestView(
-        data=data,
-        model=model,
-        stream=fields.get("stream") is True,
-        max_output_tokens=requested_output_tokens(fields),
-        choices=requested_choices(fields),
-        user=user if isinstance(user, str) else None,
-        metadata=metadata if isinstance(metadata, dict) else None,
+        data,
+        model,
+        fields.get("stream") is True,
+        None if _OUTPUT_KEY_SET.isdisjoint(fields) else requested_output_tokens(fields),
+        1 if "n" not in fields else requested_choices(fields),
+        user if isinstance(user, str) else None,
+        metadata if isinstance(metadata, dict) else None,
     )
 
 

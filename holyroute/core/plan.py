@@ -90,6 +90,10 @@ OPERATIONS: Final = {
 }
 
 
+_IDENTITY: Final = ("accept-encoding", "identity")
+_GZIP_DEFLATE: Final = ("accept-encoding", "gzip, deflate")
+
+
 @dataclass(frozen=True, slots=True)
 class Upstream:
     """One endpoint serving one arm's model: everything needed to address it, precomputed at load."""
@@ -107,6 +111,15 @@ class Upstream:
     forward: frozenset[str] = frozenset()  # the caller's headers forwarded here although dropped elsewhere
     price_source: str = "catalogue"  # where its cost comes from: "endpoint" or "config" (``price``), or the catalogue
     provider: str | None = None  # the catalogue provider configured for the endpoint (None: inferred)
+    #: ``headers`` and the answer coding asked for: ``[False]`` a JSON answer's (gzip, deflate), ``[True]`` a
+    #: stream's (identity: events pass as they come); built once here rather than on every attempt.
+    sent_headers: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        sent = ((*self.headers, _GZIP_DEFLATE), (*self.headers, _IDENTITY))
+        object.__setattr__(self, "sent_headers", sent)
 
     def __repr__(self) -> str:  # the headers hold the key
         return f"Upstream(endpoint={self.endpoint!r}, model={self.model!r})"

@@ -22,10 +22,6 @@ from holyroute.core.steps import Send
 __all__ = ["Sending"]
 
 
-_IDENTITY: Final = ("accept-encoding", "identity")
-_GZIP_DEFLATE: Final = ("accept-encoding", "gzip, deflate")
-
-
 class Sending(Attempts):
     __slots__ = ()
 
@@ -69,11 +65,10 @@ class Sending(Attempts):
         headers_timeout = retry.stream_headers_timeout_s if self.stream else retry.headers_timeout_s
         if headers_timeout is not None and timeout is not None:
             headers_timeout = min(headers_timeout, timeout)
-        # Streams uncompressed (events pass as they come); JSON only in encodings the usage reader can open.
-        encoding = _IDENTITY if self.stream else _GZIP_DEFLATE
         return Send(
             url,
-            (*upstream.headers, encoding),
+            # Streams uncompressed (events pass as they come); JSON only in codings the usage reader opens.
+            upstream.sent_headers[self.stream],
             body,
             timeout,
             upstream.endpoint,

@@ -49,7 +49,7 @@ def header_view(headers: httpx2.Headers) -> Mapping[str, str]:
     names looked up (:class:`HeaderView`); ``httpx2.Headers.get`` would re-derive the encoding and re-normalise the
     key on every call, and decoding every header up front costs more than all the lookups together.
     """
-    if fast_headers_supported(headers):
+    if _FAST_HEADERS if type(headers) is httpx2.Headers else fast_headers_supported(headers):
         return HeaderView(headers._list)
     return {name.lower(): value for name, value in headers.items()}
 
@@ -197,10 +197,11 @@ def attempt_request(
     appended, ``Host`` and ``Content-Length`` set for the new target. The caller's request is not modified."""
     target, host = _url(url)
     framing = ((b"Host", host), (b"Content-Length", str(len(body)).encode("ascii")))
-    if fast and fast_headers_supported(request.headers):
+    caller = request.headers
+    if fast and (_FAST_HEADERS if type(caller) is httpx2.Headers else fast_headers_supported(caller)):
         dropped = _drop_bytes(drop, add)
         headers = httpx2.Headers()
-        items = [item for item in request.headers._list if item[1] not in dropped]
+        items = [item for item in caller._list if item[1] not in dropped]
         items.insert(0, (b"Host", b"host", framing[0][1]))
         items.extend(_triples(add))
         items.append((b"Content-Length", b"content-length", framing[1][1]))
@@ -208,7 +209,7 @@ def attempt_request(
     else:
         pairs: list[tuple[bytes, bytes]] = [framing[0]]
         replaced = drop.union(k.lower() for k, _ in add)
-        pairs.extend((k, v) for k, v in request.headers.raw if k.lower().decode("latin-1") not in replaced)
+        pairs.extend((k, v) for k, v in caller.raw if k.lower().decode("latin-1") not in replaced)
         pairs.extend((k.encode("ascii"), v.encode("latin-1")) for k, v in add)
         pairs.append(framing[1])
         headers = httpx2.Headers(pairs)
