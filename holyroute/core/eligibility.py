@@ -173,7 +173,8 @@ class Eligibility(CallState):
                 return verdict.reason, None
         if force or self._forced:
             return health.blocked(name, upstream.model, now, self._tokens, limits_only=True)
-        if not self._panicking(leg, now):
+        # An arm of one endpoint is out of panic only while that endpoint is in rotation: nothing more to ask.
+        if not self._panicking(leg, now) and len(leg.arm.upstreams) > 1:
             why = health.ejections.ejected(name, now)
             if why is None and router.probing and health.probe_status(name) == "unhealthy":
                 why = "unhealthy (active health check)"
