@@ -7,7 +7,7 @@ caller's, never joins it), appends the endpoint's, and hands the body over as a 
 ``Headers._list`` (stable across httpx and httpx2 for years) only when that attribute has the expected shape, and
 falls back to the public API otherwise, so a change inside httpx2 costs speed, never correctness. The same holds
 for the request itself: it is assembled from the attributes httpx2's constructor would set (the parsed URL, cached
-per URL with its ``Host`` value, the header list, the body stream) only while a probe at import shows that
+per URL with its ``Host`` value and the header names to drop and add, the header list, the body stream) only while a probe at import shows that
 constructor sets exactly those.
 """
 
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import httpx2
 
 __all__ = ["HeaderView", "attempt_request", "fast_headers_supported", "header_view", "restore_read_timeout"]
 
-_URL_CACHE: dict[str, tuple[httpx2.URL, bytes]] = {}
-_URL_CACHE_LIMIT = 512
+_TARGET_CACHE_LIMIT = 512
 
 
 def fast_headers_supported(headers: httpx2.Headers) -> bool:
@@ -64,7 +63,7 @@ _ENCODED: dict[str, bytes] = {}
 
 
 def _encoded(key: str) -> bytes:
-    if len(_ENCODED) >= _URL_CACHE_LIMIT:
+    if len(_ENCODED) >= _TARGET_CACHE_LIMIT:
         _ENCODED.clear()
     name = _ENCODED[key] = key.encode()
     return name
@@ -145,14 +144,33 @@ def restore_read_timeout(sent: httpx2.Request, read: float | None) -> None:
         timeout["read"] = read
 
 
-def _url(url: str) -> tuple[httpx2.URL, bytes]:
-    """The parsed URL and its ``Host`` header value, parsed once per distinct URL."""
-    found = _URL_CACHE.get(url)
+class _Target(NamedTuple):
+    """What an attempt's request takes from its URL, dropped names and added headers, worked out once per
+    distinct triple (a client sends to a handful)."""
+
+    url: httpx2.URL
+    host: bytes  # the ``Host`` value
+    dropped: frozenset[bytes]  # the lower-case names of the caller's headers not to copy
+    added: list[tuple[bytes, bytes, bytes]]  # ``add`` as httpx2's (raw, lower, value) triples
+
+
+_TARGETS: dict[tuple[str, frozenset[str], Sequence[tuple[str, str]]], _Target] = {}
+
+
+def _target(url: str, drop: frozenset[str], add: Sequence[tuple[str, str]]) -> _Target:
+    key = (url, drop, add)
+    found = _TARGETS.get(key)
     if found is None:
-        if len(_URL_CACHE) >= _URL_CACHE_LIMIT:
-            _URL_CACHE.clear()
+        if len(_TARGETS) >= _TARGET_CACHE_LIMIT:
+            _TARGETS.clear()
         parsed = httpx2.URL(url)
-        found = _URL_CACHE[url] = (parsed, parsed.netloc)
+        names = drop.union(name.lower() for name, _ in add)
+        found = _TARGETS[key] = _Target(
+            parsed,
+            parsed.netloc,
+            frozenset(name.encode("ascii") for name in names),
+            [(k.encode("ascii"), k.encode("ascii").lower(), v.encode("latin-1")) for k, v in add],
+        )
     return found
 
 
@@ -195,15 +213,15 @@ def attempt_request(
 ) -> httpx2.Request:
     """A copy of ``request`` sent to ``url`` with ``body``: headers named in ``drop`` or in ``add`` removed, ``add``
     appended, ``Host`` and ``Content-Length`` set for the new target. The caller's request is not modified."""
-    target, host = _url(url)
-    framing = ((b"Host", host), (b"Content-Length", str(len(body)).encode("ascii")))
+    target = _target(url, drop, add)
+    framing = ((b"Host", target.host), (b"Content-Length", str(len(body)).encode("ascii")))
     caller = request.headers
     if fast and (_FAST_HEADERS if type(caller) is httpx2.Headers else fast_headers_supported(caller)):
-        dropped = _drop_bytes(drop, add)
+        dropped = target.dropped
         headers = httpx2.Headers()
         items = [item for item in caller._list if item[1] not in dropped]
         items.insert(0, (b"Host", b"host", framing[0][1]))
-        items.extend(_triples(add))
+        items.extend(target.added)
         items.append((b"Content-Length", b"content-length", framing[1][1]))
         headers._list = items
     else:
@@ -213,31 +231,4 @@ def attempt_request(
         pairs.extend((k.encode("ascii"), v.encode("latin-1")) for k, v in add)
         pairs.append(framing[1])
         headers = httpx2.Headers(pairs)
-    return _new_request(request.method, target, headers, httpx2.ByteStream(body), dict(extensions))
-
-
-_DROP_CACHE: dict[tuple[frozenset[str], Sequence[tuple[str, str]]], frozenset[bytes]] = {}
-_TRIPLES_CACHE: dict[Sequence[tuple[str, str]], list[tuple[bytes, bytes, bytes]]] = {}
-
-
-def _triples(add: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes, bytes]]:
-    found = _TRIPLES_CACHE.get(add)
-    if found is None:
-        if len(_TRIPLES_CACHE) >= _URL_CACHE_LIMIT:
-            _TRIPLES_CACHE.clear()
-        found = _TRIPLES_CACHE[add] = [
-            (k.encode("ascii"), k.encode("ascii").lower(), v.encode("latin-1")) for k, v in add
-        ]
-    return found
-
-
-def _drop_bytes(drop: frozenset[str], add: Sequence[tuple[str, str]]) -> frozenset[bytes]:
-    """The lower-case names of the caller's headers not to copy: those in ``drop`` and those ``add`` replaces."""
-    key = (drop, add)
-    found = _DROP_CACHE.get(key)
-    if found is None:
-        if len(_DROP_CACHE) >= _URL_CACHE_LIMIT:
-            _DROP_CACHE.clear()
-        names = drop.union(name.lower() for name, _ in add)
-        found = _DROP_CACHE[key] = frozenset(name.encode("ascii") for name in names)
-    return found
+    return _new_request(request.method, target.url, headers, httpx2.ByteStream(body), dict(extensions))
