@@ -7,8 +7,8 @@ caller's, never joins it), appends the endpoint's, and hands the body over as a 
 ``Headers._list`` (stable across httpx and httpx2 for years) only when that attribute has the expected shape, and
 falls back to the public API otherwise, so a change inside httpx2 costs speed, never correctness. The same holds
 for the request itself: it is assembled from the attributes httpx2's constructor would set (the parsed URL, cached
-per URL with its ``Host`` value and the header names to drop and add, the header list, the body stream) only while a probe at import shows that
-constructor sets exactly those.
+per URL with its ``Host`` value and the header names to drop and add, the header list, the body stream) only while
+a probe at import shows that constructor sets exactly those.
 """
 
 from __future__ import annotations

@@ -1,0 +1,81 @@
+"""The default event sink: structlog's ``holyroute`` logger, resolved as structlog itself resolves it.
+
+With ``cache_logger_on_first_use`` structlog assembles the logger once and keeps it; the sink then keeps that logger
+too (skipping the lazy proxy's per-call resolution). Without it, every event goes through the proxy, so a
+configuration made after the client was built is still the one that renders the events.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from holyroute.core.events import structlog_sink
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> Iterator[None]:
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+def _configure(out: io.StringIO, *, cache: bool, level: int = logging.INFO) -> None:
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=cache,
+    )
+
+
+def _lines(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_every_event_reaches_the_configured_logger_at_its_level(cache: bool) -> None:
+    out = io.StringIO()
+    _configure(out, cache=cache)
+    emit = structlog_sink()
+    for n in range(3):
+        emit("holyroute.request", {"call_id": n, "route": "chat"})
+    emit("holyroute.failover", {"call_id": 3, "route": "chat"})
+    assert _lines(out) == [
+        {"call_id": 0, "route": "chat", "event": "holyroute.request", "level": "info"},
+        {"call_id": 1, "route": "chat", "event": "holyroute.request", "level": "info"},
+        {"call_id": 2, "route": "chat", "event": "holyroute.request", "level": "info"},
+        {"call_id": 3, "route": "chat", "event": "holyroute.failover", "level": "warning"},
+    ]
+
+
+def test_without_caching_a_later_configuration_is_seen() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    _configure(first, cache=False)
+    emit = structlog_sink()
+    emit("holyroute.request", {"call_id": 1})
+    _configure(second, cache=False, level=logging.WARNING)  # reconfigured after the sink was built and used
+    emit("holyroute.request", {"call_id": 2})  # now below the level: dropped
+    emit("holyroute.failover", {"call_id": 3})
+    assert [line["call_id"] for line in _lines(first)] == [1]
+    assert [line["call_id"] for line in _lines(second)] == [3]
+
+
+def test_with_caching_the_logger_structlog_assembled_is_kept() -> None:
+    """As structlog's own proxy does: once assembled under ``cache_logger_on_first_use``, the logger stays."""
+    first, second = io.StringIO(), io.StringIO()
+    _configure(first, cache=True)
+    emit = structlog_sink()
+    proxy = structlog.get_logger("holyroute")
+    proxy.info("holyroute.request", call_id=0)
+    emit("holyroute.request", {"call_id": 1})
+    _configure(second, cache=True)
+    emit("holyroute.request", {"call_id": 2})
+    proxy.info("holyroute.request", call_id=3)  # structlog's own proxy, used before, keeps its first logger too
+    assert [line["call_id"] for line in _lines(first)] == [0, 1, 2, 3]
+    assert _lines(second) == []
