@@ -469,3 +469,20 @@ class TestTheModelSwap:
         assert swapped is not None
         assert json.loads(swapped) == {"messages": [turn] * 20, "model": "gpt-4.1"}
         assert _swap_model(body + b' "chat-default"', b'"chat-default"', b'"gpt-4.1"') is None  # twice: re-encoded
+
+
+class TestThePathAndQuery:
+    """The request's path and query are read from httpx2's parsed parts, as its properties would decode them."""
+
+    segments = st.text(alphabet="abc/-_.~%20é?=&", max_size=12)
+
+    @given(segments, segments)
+    def test_they_are_what_the_properties_say(self, path: str, query: str) -> None:
+        from holyroute.drivers.compat import _FAST_URL, path_and_query
+
+        assert _FAST_URL  # the installed httpx2 keeps the parts this reads
+        try:
+            url = httpx2.URL(f"http://host.example/{path}?{query}")
+        except httpx2.InvalidURL:
+            return
+        assert path_and_query(url) == (url.path, url.query.decode("ascii"))

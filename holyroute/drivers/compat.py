@@ -19,7 +19,14 @@ from typing import Any, Final, NamedTuple
 
 import httpx2
 
-__all__ = ["HeaderView", "attempt_request", "fast_headers_supported", "header_view", "restore_read_timeout"]
+__all__ = [
+    "HeaderView",
+    "attempt_request",
+    "fast_headers_supported",
+    "header_view",
+    "path_and_query",
+    "restore_read_timeout",
+]
 
 _TARGET_CACHE_LIMIT = 512
 
@@ -130,6 +137,24 @@ class HeaderView(Mapping[str, str]):
 
     def __repr__(self) -> str:  # names only: values may be credentials
         return f"HeaderView({sorted(self._all())})"
+
+
+def _probe_url() -> bool:
+    parts = getattr(httpx2.URL("http://probe.invalid/a%20b?q=1"), "_uri_reference", None)
+    return getattr(parts, "path", None) == "/a%20b" and getattr(parts, "query", None) == "q=1"
+
+
+_FAST_URL: Final = _probe_url()
+
+
+def path_and_query(url: httpx2.URL) -> tuple[str, str]:
+    """``url.path`` (percent-decoded) and ``url.query`` (as text), read from the parsed parts httpx2 keeps while a
+    probe at import shows they are what those properties decode (each property re-derives its value per call)."""
+    if _FAST_URL:
+        parts = url._uri_reference
+        path = parts.path or "/"
+        return (url.path if "%" in path else path), parts.query or ""
+    return url.path, url.query.decode("ascii")
 
 
 def restore_read_timeout(sent: httpx2.Request, read: float | None) -> None:

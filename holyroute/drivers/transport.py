@@ -33,7 +33,7 @@ from holyroute.boundary.parse import StreamDecoder, decode_content
 from holyroute.config.schema import Config, load_config
 from holyroute.core.call import Call, EventSink, QualityCheck, Router
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, ShadowDropped, Wait
-from holyroute.drivers.compat import attempt_request, header_view, restore_read_timeout
+from holyroute.drivers.compat import attempt_request, header_view, path_and_query, restore_read_timeout
 from holyroute.drivers.stream import AsyncTap, BodyWatch, SyncTap
 
 if TYPE_CHECKING:
@@ -505,12 +505,12 @@ def _begin(router: Router, request: httpx2.Request) -> Call | None:
         body = request.content
     except httpx2.RequestNotRead:
         return None  # a streamed upload: not a model call holyroute routes
-    url = request.url
+    path, query = path_and_query(request.url)
     timeout = request.extensions.get("timeout")
     read = timeout.get("read") if isinstance(timeout, dict) else None
-    # One pass into a lowercase dict: the core reads several request headers (pin, rules, tags, ceilings, sticky).
+    # A view the core reads a few request headers from (pin, rules, tags, ceilings, sticky), decoding only those.
     headers = header_view(request.headers)
-    return router.begin(request.method, url.path, url.query.decode("ascii"), headers, body, timeout=read)
+    return router.begin(request.method, path, query, headers, body, timeout=read)
 
 
 def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float | None]:
