@@ -432,8 +432,8 @@ class TestASmallAnswerIsReadInOnePass:
 
 
 class TestTheModelSwap:
-    """The model is swapped into the caller's body without re-encoding it. A large body is searched from the end
-    (where the SDKs write the model) and copied once from views; it gives what splitting at the alias gives."""
+    """The model is swapped into the caller's body without re-encoding it. A large body is searched once and copied
+    once, from views of the old; it gives what splitting at the alias gives."""
 
     @staticmethod
     def _split(body: bytes, alias: bytes, model: bytes) -> bytes | None:

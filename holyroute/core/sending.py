@@ -112,20 +112,17 @@ def _swap_model(body: bytes, alias: bytes, model: bytes) -> bytes | None:
         if len(parts) != 2:
             return None
         return model.join(parts)
-    # A large body: the SDKs write the model after the messages, so a search from the end finds it at once; the one
-    # search that cannot be avoided proves there is no other occurrence before it. The new body is then copied once
-    # from views of the old (split then join would copy it twice).
-    at = body.rfind(alias)
+    # A large body: one pass finds the model (the OpenAI SDK writes it first) and proves no other occurrence follows
+    # (the search a split makes too), then the new body is copied once from views of the old (a split and a join
+    # copy it twice).
+    at = body.find(alias)
     if at < 0:
         return None
-    size = len(alias)
-    first = body.find(alias, 0, at + size - 1)  # any occurrence that starts before it
-    if first >= 0:
-        if first + size <= at:
-            return None
-        at = first  # overlapping (no JSON text does this): the leftmost, as a split takes it
+    after = at + len(alias)
+    if body.find(alias, after) >= 0:
+        return None
     view = memoryview(body)
-    return b"".join((view[:at], model, view[at + size :]))
+    return b"".join((view[:at], model, view[after:]))
 
 
 #: Up to this size a body is split at the alias and joined again; beyond it, joined from views (one copy, not two).
