@@ -83,9 +83,10 @@ class Attempts(Planning):
                     health.ejections.success(upstream.endpoint, now, self._latency(now), trial=self._trial)
                 )
                 hide = self._hide_usage
-                if encoding is None and "content-length" not in headers:  # a stream as providers send it
+                sized = headers.get("content-length") is not None
+                if encoding is None and not sized:  # a stream as providers send it
                     return _HIDING_STREAM if hide else _STREAM
-                return Accepted(True, hide, encoding, "content-length" in headers)
+                return Accepted(True, hide, encoding, sized)
             # Only copied (lazily, in on_rejected_body) if the body turns out to be no answer.
             self._pending_response = (status, headers, upstream, self._last_leg)
             return _BODY if encoding is None else Accepted(False, False, encoding)
