@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from holyroute.boundary.parse import MAX_TOKENS, RequestView, finish_reason, named_alias, read_request
+from holyroute.boundary.parse import RequestView, clamp_tokens, finish_reason, named_alias, read_request
 from holyroute.config.catalogue import catalogue_model
 from holyroute.core.attempts import _INJECT_USAGE_APIS
 from holyroute.core.call_state import QualityCheck
@@ -318,8 +318,7 @@ class Router:
         key = sticky_key(plan.sticky, data, headers) if plan.sticky else None
         if key is not None:
             return Leg(plan.alias, plan.arms[picker.sticky(key)], None, True)
-        arms = plan.arms
-        return Leg(plan.alias, arms[picker.random(self.rng)] if len(arms) > 1 else arms[0], None, False)
+        return Leg(plan.alias, plan.arms[picker.random(self.rng)], None, False)
 
     def spend_retry(self, route: str, now: float, *, floor: bool = False) -> bool:
         """Take one retry from ``route``'s budget; the first refusal after a good spell emits an event.
@@ -437,9 +436,8 @@ class Call(Sending):
         )
         self._out = out  # the most output it asks for (read at the boundary: requested_output_tokens)
         # A cheap upper-bound guess of its tokens (each bucket takes at most its capacity of it): the body's
-        # size / 4 plus the output it asks for at most (already within MAX_TOKENS), within [0, MAX_TOKENS].
-        tokens = len(body) // 4 + (out or 0)
-        self._tokens = tokens if tokens <= MAX_TOKENS else MAX_TOKENS
+        # size / 4 plus the output it asks for at most, within [0, MAX_TOKENS].
+        self._tokens = clamp_tokens(len(body) // 4 + (out or 0))
         self._debits = []  # tpm debits (local and shared), settled with the real usage when the call ends
         self._bodies = {}
         self._attempts = 0
@@ -518,7 +516,7 @@ class Call(Sending):
             self._emit_request(400, "error", None, reason, None)
             return
         chosen = self._plan_legs(plan, headers, data, body)
-        if chosen is not None and self._router.spend is not None:
+        if chosen is not None:
             self._check_spend(chosen, headers)
 
     # ---- the step machine ---------------------------------------------------------------------------------------
@@ -538,9 +536,8 @@ class Call(Sending):
                 self._emit_failover(failure, 0.0, granted.endpoint)
             return self._send(granted, now)
         max_attempts = 1 if self.shadow_of is not None else router.retry.max_attempts
-        attempts = self._attempts
-        floor = attempts < self._floor()  # within the persistence floor: no deadline binds yet (see _bound)
-        if attempts < max_attempts and (floor or not self._past_deadline(now)):
+        if self._attempts < max_attempts and not self._past_deadline(now):
+            floor = self._attempts < self._floor()
             if self._attempts and not self._paid and not router.spend_retry(self.route, now, floor=floor):
                 self._stop_reason = "retry budget exhausted"
             else:

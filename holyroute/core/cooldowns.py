@@ -90,12 +90,10 @@ class Cooldowns:
     def blocked(self, endpoint: str, model: str, now: float, tokens: int) -> tuple[str, float] | None:
         """Why the upstream would refuse the pair a request of ``tokens`` estimated tokens now, and until when: a
         cooldown, no requests left, or fewer tokens left than the estimate; or None."""
-        pair = (endpoint, model)
-        if pair in self._cooldowns:  # (asked first: most pairs are not cooling down)
-            cooldown = self.cooldown(endpoint, model, now)
-            if cooldown is not None:
-                return f"cooling down ({cooldown.reason})", cooldown.until
-        room = self._headroom.get(pair)
+        cooldown = self.cooldown(endpoint, model, now)
+        if cooldown is not None:
+            return f"cooling down ({cooldown.reason})", cooldown.until
+        room = self._headroom.get((endpoint, model))
         if room is not None:
             if room.requests_until > now:
                 return "x-ratelimit-remaining-requests 0", room.requests_until

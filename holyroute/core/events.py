@@ -19,18 +19,19 @@ def structlog_sink() -> EventSink:
     import structlog  # imported when the first client is built, keeping `import holyroute` light
 
     logger = structlog.get_logger("holyroute")
-    bound: list[Any] = []  # the assembled logger, once structlog caches it (see below)
+    assembled: Any = None  # the logger structlog assembled, once it caches it (see below)
 
     def emit(event: str, fields: dict[str, Any]) -> None:
         # With ``cache_logger_on_first_use``, structlog's lazy proxy assembles the logger once and keeps it, but still
         # resolves every call through two Python calls of its own; keeping the logger it assembled here instead is
         # what the proxy itself would do. Without it, every event goes through the proxy (reconfiguration is seen).
-        target = bound[0] if bound else logger
+        nonlocal assembled
+        target = logger if assembled is None else assembled
         if event == "holyroute.request":
             target.info(event, **fields)
         else:
             target.warning(event, **fields)
-        if not bound and structlog.get_config()["cache_logger_on_first_use"]:
-            bound.append(logger.bind())
+        if assembled is None and structlog.get_config()["cache_logger_on_first_use"]:
+            assembled = logger.bind()
 
     return emit

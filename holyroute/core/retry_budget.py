@@ -56,14 +56,8 @@ class RetryBudget:
         return calls, retries
 
     def record_call(self, now: float) -> None:
-        second = math.floor(now)
-        index = second % self._slots
-        with self._lock:  # _slot, written out: this runs on every call
-            if self._stamp[index] != second:
-                self._stamp[index] = second
-                self._calls[index] = 0
-                self._retries[index] = 0
-            self._calls[index] += 1
+        with self._lock:
+            self._calls[self._slot(now)] += 1
 
     def try_spend(self, now: float) -> bool:
         """Take one retry from the budget; False (and nothing taken) when it is spent."""

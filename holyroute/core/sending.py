@@ -28,8 +28,7 @@ class Sending(Attempts):
     def _send(self, upstream: Upstream, now: float) -> Send:
         """Begin an attempt on ``upstream`` and say what to send for it."""
         router = self._router
-        # Before the attempt counts: within the persistence floor it gets the whole timeout (_bound, written out).
-        deadline = self._deadline if self._attempts >= self._floor() else None
+        deadline = self._bound()  # before the attempt counts: within the floor it gets the whole timeout
         self._begin_attempt(upstream, now)
         # Ask for stream usage on the wire when the caller did not, so every stream is costed; the tap hides
         # the extra usage-only chunk again.
