@@ -17,7 +17,10 @@ on a route with a memory response cache (``chat-cache-hit``: the first warm-up c
 measured call is a hit that never reaches the in-memory upstream; the raw SDK makes the same call to the upstream).
 ``chat-orjson`` is the small chat call with the event rendered by orjson through structlog's ``BytesLogger`` (what
 structlog advises for speed), ``chat-no-event`` the same call with the event filtered out by level: together they
-split "chat" into the JSON line and the routing. "added" is holyroute's instructions minus
+split "chat" into the JSON line and the routing. ``chat-recorded`` is the small chat call answered with the answer
+``cassettes/chat_completion.yaml`` holds, with OpenAI's 17 headers (the ``x-ratelimit-*`` ones holyroute reads for
+its rate-limit headroom) and usage details: the other cases' answer has two headers, so this is the closest to
+what a call to OpenAI costs. "added" is holyroute's instructions minus
 the raw SDK's, per call; the per-KB columns divide what holyroute adds beyond the small chat call by the request's
 (or the answer's) extra size.
 
@@ -73,7 +76,23 @@ CASES: dict[str, tuple[str, float, float]] = {
     # speed), and with the event filtered out by level: how much of "chat" is the JSON line, and how much routing.
     "chat-orjson": ("chat", 0.1, 0.3),
     "chat-no-event": ("chat", 0.1, 0.3),
+    # The "chat" call answered with what cassettes/chat_completion.yaml recorded: OpenAI's answer as it comes, with its
+    # 17 headers (the x-ratelimit-* ones holyroute reads) and usage details, where the other cases' answer has 2.
+    "chat-recorded": ("chat", 0.1, 0.9),
 }
+#: The cases whose size the per-KB columns are about (the others differ from "chat" in kind, not in size).
+_SIZED = ("chat-32k", "chat-128k", "embeddings-1.6m")
+_CASSETTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cassettes", "chat_completion.yaml")
+
+
+def _recorded_answer() -> tuple[bytes, list[tuple[str, str]]]:
+    """The body and headers of the one answer in cassettes/chat_completion.yaml, as the upstream sent them."""
+    import yaml
+
+    with open(_CASSETTE, encoding="utf-8") as file:
+        response = yaml.safe_load(file)["interactions"][0]["response"]
+    headers = [(name, str(value)) for name, values in response["headers"].items() for value in values]
+    return response["body"]["string"].encode(), headers
 
 
 def _messages(kilobytes: float) -> list[dict[str, str]]:
@@ -122,6 +141,8 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     operation, request_kb, answer_kb = CASES[case]
     answer = _embeddings_answer(answer_kb) if operation == "embeddings" else json.dumps(CHAT_ANSWER).encode()
     headers = [("content-type", "application/json"), ("x-request-id", "req_bench")]
+    if case == "chat-recorded":
+        answer, headers = _recorded_answer()
     events = _stream_events()
 
     class Events(httpx2.SyncByteStream):
@@ -303,7 +324,7 @@ def main() -> int:
     for r in results:
         _, request_kb, answer_kb = CASES[r["case"]]
         extra_kb = max(request_kb - CASES["chat"][1], answer_kb - CASES["chat"][2])
-        if base is not None and r["case"] != "chat" and extra_kb > 0:
+        if base is not None and r["case"] in _SIZED and extra_kb > 0:
             r["added_per_kb"] = round((r["added"] - base) / extra_kb)
     if args.json:
         print(json.dumps(results, indent=2))

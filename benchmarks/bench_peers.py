@@ -8,6 +8,10 @@ shows up as a client's). Nothing leaves 127.0.0.1: LiteLLM is told to use its bu
   p50/p99 wall time, the median of the paired differences against the raw SDK's call in the same round, and the
   CPU the calling thread spent per call (``time.thread_time``: LiteLLM's logging threads would otherwise bill their
   work to whichever call runs next; their share shows in the async rows, which count the whole process).
+  LiteLLM's Router runs in rounds of its own, after holyroute's, paired with raw SDK calls of those rounds
+  (``raw SDK (LiteLLM's rounds)``): its logging threads keep working after each of its calls and slow whichever
+  call comes next on the client's CPU, so in shared rounds the raw SDK's calls ran slower than holyroute's and
+  holyroute's differences came out negative.
   ``holyroute`` renders its one event per call as JSON to /dev/null (a production pipeline); ``holyroute + redis
   rpm`` is the same client with ``state: {backend: redis}`` on 127.0.0.1:6379 (fresh prefix, deleted at the end)
   and an ``rpm`` limit on the endpoint, so every call goes through the shared-limit grant path (skipped when Redis
@@ -74,6 +78,8 @@ UPSTREAM_MODEL = "gpt-4.1"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 CONCURRENCY = 64
 MEM = " [mem]"
+#: The raw SDK's calls in LiteLLM's own sequential rounds: LiteLLM's row is paired with these.
+LITELLM_RAW = "raw SDK (LiteLLM's rounds)"
 
 
 @dataclass
@@ -219,9 +225,9 @@ def litellm_router(base_url: str) -> Any:
 def summarise(samples: dict[str, Timings]) -> list[dict[str, Any]]:
     rows = []
     for name, t in samples.items():
-        raw = samples["raw SDK" + (MEM if name.endswith(MEM) else "")]  # a [mem] row against the raw [mem] one
         row: dict[str, Any] = {"client": name}
-        if t.wall:
+        if t.wall:  # LiteLLM's calls (and the raw SDK's among them) against the raw SDK's in LiteLLM's own rounds
+            raw = samples[LITELLM_RAW if name in ("LiteLLM Router", LITELLM_RAW) else "raw SDK"]
             row.update(
                 p50_us=percentile(t.wall, 50) * 1e6,
                 p99_us=percentile(t.wall, 99) * 1e6,
@@ -230,6 +236,7 @@ def summarise(samples: dict[str, Timings]) -> list[dict[str, Any]]:
                 added_cpu_us=statistics.median((a - b) * 1e6 for a, b in zip(t.cpu, raw.cpu, strict=True)),
             )
         if t.throughput:
+            raw = samples["raw SDK" + (MEM if name.endswith(MEM) else "")]  # a [mem] row against the raw [mem] one
             row.update(
                 calls_per_s=statistics.median(t.throughput),
                 ratio_to_raw=statistics.median(a / b for a, b in zip(t.throughput, raw.throughput, strict=True)),
@@ -280,10 +287,14 @@ def main() -> int:
                 limited = openai.OpenAI(api_key="unused", max_retries=0, http_client=holyroute.client(config))
                 sync["holyroute + redis rpm"] = lambda: limited.chat.completions.create(**alias)
             router = None if args.no_litellm else litellm_router(base_url)
-            if router is not None:
-                sync["LiteLLM Router"] = lambda: router.completion(**alias)
             try:
                 samples = sequential(sync, args.rounds, args.warmup)
+                if router is not None:  # after holyroute's rounds: its threads must not slow holyroute's pairs
+                    peer = {
+                        LITELLM_RAW: lambda: raw.chat.completions.create(**direct),
+                        "LiteLLM Router": lambda: router.completion(**alias),
+                    }
+                    samples.update(sequential(peer, args.rounds, args.warmup))
                 warned["sequential"] = dict(WARNINGS)
                 WARNINGS.clear()
             finally:

@@ -101,6 +101,15 @@ HEADER_VALUES = st.one_of(
     st.integers(min_value=-(10**30), max_value=10**30).map(str),
 )
 MAX_S = st.floats(min_value=0.001, max_value=1e6, allow_nan=False)
+#: Go-style durations as rate-limit resets say them: ``6ms``, ``1.49s``, ``1m30s``.
+DURATIONS = st.lists(
+    st.tuples(
+        st.one_of(st.integers(0, 10**6).map(str), st.floats(0, 1e4, allow_nan=False).map(lambda f: f"{f:.3f}")),
+        st.sampled_from(["ns", "us", "µs", "ms", "s", "m", "h", "d"]),
+    ),
+    min_size=1,
+    max_size=3,
+).map(lambda parts: "".join(number + unit for number, unit in parts))
 
 
 # ---- property tests --------------------------------------------------------------------------------------------
@@ -121,6 +130,19 @@ class TestHeaderProperties:
     def test_any_text_is_a_bounded_duration_or_none(self, value: str, max_s: float) -> None:
         seconds = header_seconds(value, max_s=max_s, now_wall=WALL)
         assert seconds is None or 0.0 <= seconds <= max_s
+
+    @given(st.one_of(HEADER_VALUES, DURATIONS), MAX_S, MAX_S)
+    @example("6ms", 0.001, 600.0)
+    def test_a_duration_read_again_reads_the_same(self, value: str, first_max: float, max_s: float) -> None:
+        # Durations already read are kept as seconds before clamping: a second read, under another bound, says
+        # what a read with an empty memory says.
+        from holyroute.boundary import parse
+
+        parse._DURATIONS_SEEN.clear()
+        fresh = header_seconds(value, max_s=max_s, now_wall=WALL)
+        parse._DURATIONS_SEEN.clear()
+        header_seconds(value, max_s=first_max, now_wall=WALL)
+        assert header_seconds(value, max_s=max_s, now_wall=WALL) == fresh
 
     @given(HEADER_VALUES)
     def test_count_within_bounds(self, value: str) -> None:

@@ -108,6 +108,9 @@ _UNIT_SECONDS: Final = {
     "h": 3600.0,
     "d": 86400.0,
 }
+#: Go-style durations already read (``6ms``, ``1.49s``: each limit's reset header takes a few hundred values), as
+#: seconds before clamping: a dict lookup, not a match per part. Bare numbers (scaled) and dates are not kept.
+_DURATIONS_SEEN: dict[str, float] = {}
 #: Years beyond these are far past any bound: no arithmetic on them is needed to clamp.
 _FAR_YEARS: Final = 100_000
 
@@ -133,6 +136,9 @@ def header_seconds(
     if not isinstance(value, str) or not 0 < len(value) <= _MAX_HEADER_CHARS:
         return None
     max_s = float(max_s) if max_s >= 0 else 0.0  # nan or negative: a bound that allows nothing
+    seen = _DURATIONS_SEEN.get(value)
+    if seen is not None:
+        return _clamp_seconds(seen, max_s)
     text = value.strip()
     if not text:
         return None
@@ -151,6 +157,9 @@ def header_seconds(
         position = match.end()
     else:
         if position == len(text):
+            if len(_DURATIONS_SEEN) >= 1024:
+                _DURATIONS_SEEN.clear()
+            _DURATIONS_SEEN[value] = total
             return _clamp_seconds(total, max_s)
     if now_wall is None or not math.isfinite(now_wall):
         return None
@@ -916,16 +925,17 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
     written = written if written <= prompt - cached else prompt - cached
     reasoning, out_audio, out_image = outs.get("reasoning_tokens"), outs.get("audio_tokens"), outs.get("image_tokens")
     in_audio, in_image = ins.get("audio_tokens"), ins.get("image_tokens")
+    # A part that is absent or 0 (most are) is 0 without a call: == 0 holds only for 0 (and 0.0, False: 0 as well).
     return Usage(
         prompt,
         completion,
         cached,
-        0 if reasoning is None else _part(reasoning, completion),
+        0 if reasoning is None or reasoning == 0 else _part(reasoning, completion),
         written,
-        0 if in_audio is None else _part(in_audio, prompt),
-        0 if out_audio is None else _part(out_audio, completion),
-        0 if in_image is None else _part(in_image, prompt),
-        0 if out_image is None else _part(out_image, completion),
+        0 if in_audio is None or in_audio == 0 else _part(in_audio, prompt),
+        0 if out_audio is None or out_audio == 0 else _part(out_audio, completion),
+        0 if in_image is None or in_image == 0 else _part(in_image, prompt),
+        0 if out_image is None or out_image == 0 else _part(out_image, completion),
         _name(model) if model is not None else None,
         _name(service_tier) if service_tier is not None else None,
     )

@@ -61,8 +61,6 @@ def header_view(headers: httpx2.Headers) -> Mapping[str, str]:
 
 
 _LOWER_NAME: Final = operator.itemgetter(1)
-#: Up to this many headers, a lookup scans them; beyond, a set of their names answers first.
-_SCAN_AT_MOST: Final = 8
 
 
 #: The names the core looks up (a handful), as bytes: encoded once, their hashes kept.
@@ -77,47 +75,46 @@ def _encoded(key: str) -> bytes:
 
 
 class HeaderView(Mapping[str, str]):
-    """A read-only view of httpx2's ``(raw, lower, value)`` header triples: :meth:`get` scans them for one name and
-    decodes only its values; anything else (iteration, ``len``, ``[]``) decodes every header once."""
+    """A read-only view of httpx2's ``(raw, lower, value)`` header triples: the first lookup gathers the lower-case
+    names in a set by C code, which answers "absent" (what most lookups of a request's ~17 headers are); a name that
+    occurs once is found by ``list.index`` over the names (listed, by C code, at the first name found) and only its
+    value is decoded. Only a repeated name is looked for by a Python loop."""
 
-    __slots__ = ("_items", "_names", "_whole")
+    __slots__ = ("_items", "_lowers", "_names", "_repeats")
 
     def __init__(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
         self._items = items
+        self._lowers: list[bytes] | None = None
         self._names: frozenset[bytes] | None = None
-        self._whole: dict[str, str] | None = None
+        self._repeats = False  # some name occurs more than once
 
     def get(self, key: str, default: Any = None) -> Any:
         name = _ENCODED.get(key)
-        if name is None or self._whole is not None:
-            if self._whole is not None or not key.isascii():
+        if name is None:
+            if not key.isascii():
                 return self._all().get(key, default)
             name = _encoded(key)
-        items = self._items
-        if len(items) > _SCAN_AT_MOST:
-            # A long list (the SDK sends ~17 request headers, and the core looks for a pin and a cost ceiling that
-            # are usually absent): its names gathered once by C code answer "absent" without a Python loop.
-            names = self._names
-            if names is None:
-                names = self._names = frozenset(map(_LOWER_NAME, items))
-            if name not in names:
-                return default
-        found: str | None = None
-        for _, lower, value in items:
-            if lower == name:
-                text = value.decode("latin-1")
-                found = text if found is None else f"{found}, {text}"
-        return default if found is None else found
+        names = self._names
+        if names is None:
+            items = self._items
+            names = self._names = frozenset(map(_LOWER_NAME, items))
+            self._repeats = len(names) != len(items)
+        if name not in names:
+            return default
+        if not self._repeats:
+            lowers = self._lowers
+            if lowers is None:
+                lowers = self._lowers = list(map(_LOWER_NAME, self._items))
+            return self._items[lowers.index(name)][2].decode("latin-1")
+        # A name may be repeated: its values joined by ", ", in order, as httpx2 does.
+        return ", ".join([value.decode("latin-1") for _, lower, value in self._items if lower == name])
 
     def _all(self) -> dict[str, str]:
-        whole = self._whole
-        if whole is None:
-            whole = {}
-            for _, lower, value in self._items:
-                name = lower.decode("latin-1")
-                text = value.decode("latin-1")
-                whole[name] = f"{whole[name]}, {text}" if name in whole else text
-            self._whole = whole
+        whole: dict[str, str] = {}
+        for _, lower, value in self._items:
+            name = lower.decode("latin-1")
+            text = value.decode("latin-1")
+            whole[name] = f"{whole[name]}, {text}" if name in whole else text
         return whole
 
     def __getitem__(self, key: str) -> str:
