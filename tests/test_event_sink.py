@@ -79,3 +79,45 @@ def test_with_caching_the_logger_structlog_assembled_is_kept() -> None:
     proxy.info("holyroute.request", call_id=3)  # structlog's own proxy, used before, keeps its first logger too
     assert [line["call_id"] for line in _lines(first)] == [0, 1, 2, 3]
     assert _lines(second) == []
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_an_event_below_the_level_is_dropped_and_one_above_still_logged(cache: bool) -> None:
+    out = io.StringIO()
+    _configure(out, cache=cache, level=logging.WARNING)
+    emit = structlog_sink()
+    for n in range(3):
+        emit("holyroute.request", {"call_id": n})
+        emit("holyroute.failover", {"call_id": n})
+    assert [(line["event"], line["call_id"]) for line in _lines(out)] == [("holyroute.failover", n) for n in range(3)]
+
+
+def test_a_cached_filtering_logger_is_not_called_for_what_its_level_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the logger assembled and cached, an event its level drops never reaches it: a no-op is not worth
+    spreading the event's fields as keywords. Every event its level keeps still does."""
+    out = io.StringIO()
+    _configure(out, cache=True, level=logging.WARNING)
+    emit = structlog_sink()
+    emit("holyroute.failover", {"call_id": 0})  # assembles and caches the logger
+    assembled = type(structlog.get_logger("holyroute").bind())
+    called: list[str] = []
+    monkeypatch.setattr(assembled, "info", lambda self, event, **kw: called.append(event))
+    monkeypatch.setattr(assembled, "warning", lambda self, event, **kw: called.append(event))
+    emit("holyroute.request", {"call_id": 1})
+    emit("holyroute.failover", {"call_id": 2})
+    assert called == ["holyroute.failover"]
+
+
+def test_a_logger_that_cannot_say_its_level_gets_every_event() -> None:
+    """structlog's stdlib BoundLogger (filtered by the standard library, not by structlog) is called as before."""
+    out = io.StringIO()
+    structlog.configure(
+        processors=[structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.BoundLogger,
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
+    emit = structlog_sink()
+    for n in range(2):
+        emit("holyroute.request", {"call_id": n})
+    assert [line["call_id"] for line in _lines(out)] == [0, 1]
