@@ -10,8 +10,9 @@ shows up as a client's). Nothing leaves 127.0.0.1: LiteLLM is told to use its bu
   work to whichever call runs next; their share shows in the async rows, which count the whole process).
   LiteLLM's Router runs in rounds of its own, after holyroute's, paired with raw SDK calls of those rounds
   (``raw SDK (LiteLLM's rounds)``): its logging threads keep working after each of its calls and slow whichever
-  call comes next on the client's CPU, so in shared rounds the raw SDK's calls ran slower than holyroute's and
-  holyroute's differences came out negative.
+  call comes next on the client's CPU. In shared rounds that was always the raw SDK's (the rotation keeps the
+  clients' cyclic order), so the raw SDK's calls ran slower than holyroute's and holyroute's differences came out
+  negative.
   ``holyroute`` renders its one event per call as JSON to /dev/null (a production pipeline); ``holyroute + redis
   rpm`` is the same client with ``state: {backend: redis}`` on 127.0.0.1:6379 (fresh prefix, deleted at the end)
   and an ``rpm`` limit on the endpoint, so every call goes through the shared-limit grant path (skipped when Redis
