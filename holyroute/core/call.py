@@ -432,7 +432,7 @@ class Call(Sending):
         self._wants_usage_injected = (
             self.stream
             and api in _INJECT_USAGE_APIS
-            and not (isinstance(own, Mapping) and own.get("include_usage") is True)
+            and not (own is not None and isinstance(own, Mapping) and own.get("include_usage") is True)
         )
         self._out = out  # the most output it asks for (read at the boundary: requested_output_tokens)
         # A cheap upper-bound guess of its tokens (each bucket takes at most its capacity of it): the body's
