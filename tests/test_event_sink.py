@@ -11,9 +11,11 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
+from structlog.typing import EventDict
 
 from holyroute.core.events import structlog_sink
 
@@ -92,20 +94,77 @@ def test_an_event_below_the_level_is_dropped_and_one_above_still_logged(cache: b
     assert [(line["event"], line["call_id"]) for line in _lines(out)] == [("holyroute.failover", n) for n in range(3)]
 
 
-def test_a_cached_filtering_logger_is_not_called_for_what_its_level_drops(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the logger assembled and cached, an event its level drops never reaches it: a no-op is not worth
-    spreading the event's fields as keywords. Every event its level keeps still does."""
+def test_a_cached_filtering_logger_runs_no_processor_for_what_its_level_drops() -> None:
+    """With the logger assembled and cached, an event its level drops goes nowhere (no processor runs, as with
+    structlog's own no-op method); every event its level keeps runs them all."""
     out = io.StringIO()
-    _configure(out, cache=True, level=logging.WARNING)
+    seen: list[str] = []
+
+    def record(logger: Any, method: str, event_dict: EventDict) -> EventDict:
+        seen.append(f"{method} {event_dict['event']}")
+        return event_dict
+
+    structlog.configure(
+        processors=[record, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
+    )
     emit = structlog_sink()
-    emit("holyroute.failover", {"call_id": 0})  # assembles and caches the logger
-    assembled = type(structlog.get_logger("holyroute").bind())
-    called: list[str] = []
-    monkeypatch.setattr(assembled, "info", lambda self, event, **kw: called.append(event))
-    monkeypatch.setattr(assembled, "warning", lambda self, event, **kw: called.append(event))
-    emit("holyroute.request", {"call_id": 1})
-    emit("holyroute.failover", {"call_id": 2})
-    assert called == ["holyroute.failover"]
+    for n in range(3):
+        emit("holyroute.request", {"call_id": n})
+        emit("holyroute.failover", {"call_id": n})
+    assert seen == ["warning holyroute.failover"] * 3
+    assert [line["call_id"] for line in _lines(out)] == [0, 1, 2]
+
+
+def _drop_odd(logger: Any, method: str, event_dict: EventDict) -> EventDict:
+    if event_dict.get("call_id", 0) % 2:
+        raise structlog.DropEvent
+    return event_dict
+
+
+def _as_args(logger: Any, method: str, event_dict: EventDict) -> tuple[tuple[str], dict[str, Any]]:
+    return (json.dumps(event_dict, sort_keys=True),), {}
+
+
+@pytest.mark.parametrize(
+    "processors",
+    [
+        [structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        [structlog.processors.add_log_level, _drop_odd, structlog.processors.JSONRenderer(sort_keys=True)],
+        [structlog.processors.add_log_level, _as_args],  # a last processor that returns (args, kwargs)
+    ],
+    ids=["json", "drop-event", "args-kwargs"],
+)
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO, logging.WARNING])
+def test_the_cached_path_writes_what_structlogs_own_logger_writes(processors: list[Any], level: int) -> None:
+    """The sink's way through a cached filtering logger (its processors, then its wrapped logger) and structlog's
+    own ``logger.info(event, **fields)`` write the same lines, dropped events and levels included."""
+    written: dict[str, io.StringIO] = {}
+    for way in ("sink", "structlog"):
+        structlog.reset_defaults()
+        out = written[way] = io.StringIO()
+        structlog.configure(
+            processors=processors,
+            wrapper_class=structlog.make_filtering_bound_logger(level),
+            logger_factory=structlog.WriteLoggerFactory(file=out),
+            cache_logger_on_first_use=True,
+        )
+        emit = structlog_sink()
+        proxy = structlog.get_logger("holyroute")
+        for n in range(5):
+            fields: dict[str, object] = {"call_id": n, "route": "chat", "latency_ms": 1.5, "shadow": False}
+            event = "holyroute.request" if n < 4 else "holyroute.failover"  # the warning's call_id is even: kept
+            if way == "sink":
+                emit(event, fields)
+            elif event == "holyroute.request":
+                proxy.info(event, **fields)
+            else:
+                proxy.warning(event, **fields)
+            assert fields == {"call_id": n, "route": "chat", "latency_ms": 1.5, "shadow": False}  # not changed
+    assert written["sink"].getvalue() == written["structlog"].getvalue()
+    assert written["sink"].getvalue()  # something was written at every level (the warning, at least)
 
 
 def test_a_logger_that_cannot_say_its_level_gets_every_event() -> None:
