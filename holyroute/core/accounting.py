@@ -5,18 +5,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from holyroute.config.catalogue import catalogue_cost, catalogue_model, catalogue_source
 from holyroute.core.plan import Leg, Upstream
 from holyroute.core.ports import HealthChange
 from holyroute.core.steps import GiveUp, Respond, Step
 from holyroute.core.usage import Usage, cost_usd
-
-if TYPE_CHECKING:
-    pass
-
-
 from holyroute.core.waiting import Waiting
 
 __all__ = ["Accounting"]

@@ -6,10 +6,9 @@ spend budgets and health (ejections, active checks, cooldowns, rpm/tpm headroom)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from holyroute.boundary.parse import requested_choices
 from holyroute.config.catalogue import catalogue_bound
+from holyroute.core.call_state import CallState
 from holyroute.core.context import (
     DEFAULT_OUTPUT_RESERVE,
     estimate_input_tokens,
@@ -26,12 +25,6 @@ from holyroute.core.plan import (
     usd,
 )
 from holyroute.core.spend import SpendBudgets, Verdict
-
-if TYPE_CHECKING:
-    pass
-
-
-from holyroute.core.call_state import CallState
 
 __all__ = ["Eligibility"]
 

@@ -13,23 +13,20 @@ import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from holyroute.boundary.parse import CACHE_HEADER, CACHE_TTL_HEADER
 from holyroute.config.prices import PriceRow
 from holyroute.config.rules import CompiledRules, compile_rules
+from holyroute.config.schema import Config, Endpoint, EndpointRef, Target
 from holyroute.core.context import (
     ModelLimits,
     limits_for,
 )
 from holyroute.core.health import HeaderLookup
+from holyroute.core.spend import TAGS_HEADER
 from holyroute.core.usage import find_price
 from holyroute.rollout.split import SplitPicker
-
-if TYPE_CHECKING:
-    pass
-from holyroute.config.schema import Config, Endpoint, EndpointRef, Target
-from holyroute.core.spend import TAGS_HEADER
 
 __all__ = [
     "DROPPED_HEADERS",

@@ -8,11 +8,7 @@ ceiling) are followed by those that can; a spent route or tag budget blocks the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
-
+from typing import Any
 
 from holyroute.config.rules import DEFAULT_RULE
 from holyroute.core.accounting import Accounting

@@ -8,11 +8,7 @@ A :class:`~holyroute.core.call.Call` answers ``next_step()`` with one :data:`Ste
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
-
-if TYPE_CHECKING:
-    pass
-
+from typing import NamedTuple
 
 from holyroute.config.schema import _without_userinfo
 from holyroute.core.plan import DROPPED_HEADERS

@@ -6,17 +6,10 @@ ignored; only the caller's deadline stops it. Waits come from tenacity's schedul
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
-
-from holyroute.core.plan import (
-    Upstream,
-)
-
-if TYPE_CHECKING:
-    pass
-
+from typing import Final
 
 from holyroute.core.eligibility import Eligibility
+from holyroute.core.plan import Upstream
 
 __all__ = ["Waiting"]
 

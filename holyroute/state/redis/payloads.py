@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,10 +22,6 @@ from holyroute.rollout.engine import (
 )
 from holyroute.rollout.stats import LatencySketch
 from holyroute.state.base import HealthChange, Period
-
-if TYPE_CHECKING:
-    pass
-
 
 __all__ = [
     "FIELD_KINDS",
