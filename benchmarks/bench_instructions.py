@@ -18,9 +18,10 @@ measured call is a hit that never reaches the in-memory upstream; the raw SDK ma
 ``chat-orjson`` is the small chat call with the event rendered by orjson through structlog's ``BytesLogger`` (what
 structlog advises for speed), ``chat-no-event`` the same call with the event filtered out by level: together they
 split "chat" into the JSON line and the routing. ``chat-recorded`` is the small chat call answered with the answer
-``cassettes/chat_completion.yaml`` holds, with OpenAI's 17 headers (the ``x-ratelimit-*`` ones holyroute reads for
-its rate-limit headroom) and usage details: the other cases' answer has two headers, so this is the closest to
-what a call to OpenAI costs. "added" is holyroute's instructions minus
+``cassettes/chat_completion.yaml`` holds, in OpenAI's format: 16 headers (the ``x-ratelimit-*`` ones holyroute reads
+for its rate-limit headroom among them) and usage details, where the other cases' answer has two headers. That is
+closer to a call to OpenAI, though not the same: the cassette keeps no ``set-cookie``, ``cf-ray`` or ``date``
+header, and its body is not compressed. "added" is holyroute's instructions minus
 the raw SDK's, per call; the per-KB columns divide what holyroute adds beyond the small chat call by the request's
 (or the answer's) extra size.
 
@@ -76,8 +77,8 @@ CASES: dict[str, tuple[str, float, float]] = {
     # speed), and with the event filtered out by level: how much of "chat" is the JSON line, and how much routing.
     "chat-orjson": ("chat", 0.1, 0.3),
     "chat-no-event": ("chat", 0.1, 0.3),
-    # The "chat" call answered with what cassettes/chat_completion.yaml recorded: OpenAI's answer as it comes, with its
-    # 17 headers (the x-ratelimit-* ones holyroute reads) and usage details, where the other cases' answer has 2.
+    # The "chat" call answered with the answer cassettes/chat_completion.yaml holds, in OpenAI's format: 16 headers
+    # (the x-ratelimit-* ones holyroute reads among them) and usage details, where the other cases' answer has 2.
     "chat-recorded": ("chat", 0.1, 0.9),
 }
 #: The cases whose size the per-KB columns are about (the others differ from "chat" in kind, not in size).
@@ -292,6 +293,17 @@ def _count(client_kind: str, case: str, calls: int, warmup: int) -> int:
     return int(match.group(1))
 
 
+def add_per_kb(results: list[dict[str, Any]]) -> None:
+    """Give each case of :data:`_SIZED` its ``added_per_kb``: what it adds beyond the small chat call, per KB of
+    extra request (or answer). Only with a "chat" result to subtract; every other case differs in kind, not size."""
+    base = next((r["added"] for r in results if r["case"] == "chat"), None)
+    for r in results:
+        _, request_kb, answer_kb = CASES[r["case"]]
+        extra_kb = max(request_kb - CASES["chat"][1], answer_kb - CASES["chat"][2])
+        if base is not None and r["case"] in _SIZED and extra_kb > 0:
+            r["added_per_kb"] = round((r["added"] - base) / extra_kb)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=40, help="measured calls per process")
@@ -320,12 +332,7 @@ def main() -> int:
         results.append(
             {"case": case, "calls": calls, "raw": round(raw), "holyroute": round(routed), "added": round(routed - raw)}
         )
-    base = next((r["added"] for r in results if r["case"] == "chat"), None)
-    for r in results:
-        _, request_kb, answer_kb = CASES[r["case"]]
-        extra_kb = max(request_kb - CASES["chat"][1], answer_kb - CASES["chat"][2])
-        if base is not None and r["case"] in _SIZED and extra_kb > 0:
-            r["added_per_kb"] = round((r["added"] - base) / extra_kb)
+    add_per_kb(results)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -12,7 +12,8 @@ shows up as a client's). Nothing leaves 127.0.0.1: LiteLLM is told to use its bu
   (``raw SDK (LiteLLM's rounds)``): its logging threads keep working after each of its calls and slow whichever
   call comes next on the client's CPU. In shared rounds that was always the raw SDK's (the rotation keeps the
   clients' cyclic order), so the raw SDK's calls ran slower than holyroute's and holyroute's differences came out
-  negative.
+  negative. In LiteLLM's rounds the raw SDK calls first, after a 10 ms pause (not timed) in which those threads
+  finish; LiteLLM's own call then follows the raw SDK's.
   ``holyroute`` renders its one event per call as JSON to /dev/null (a production pipeline); ``holyroute + redis
   rpm`` is the same client with ``state: {backend: redis}`` on 127.0.0.1:6379 (fresh prefix, deleted at the end)
   and an ``rpm`` limit on the endpoint, so every call goes through the shared-limit grant path (skipped when Redis
@@ -81,6 +82,9 @@ CONCURRENCY = 64
 MEM = " [mem]"
 #: The raw SDK's calls in LiteLLM's own sequential rounds: LiteLLM's row is paired with these.
 LITELLM_RAW = "raw SDK (LiteLLM's rounds)"
+#: The sleep before each of LiteLLM's rounds, outside the timing: its logging threads finish their work on the last
+#: call, so the raw SDK's call that opens the round runs on a quiet CPU.
+LITELLM_PAUSE_S = 0.01
 
 
 @dataclass
@@ -155,8 +159,11 @@ def pin(upstream_cpu: int | None) -> None:
         os.sched_setaffinity(0, os.sched_getaffinity(0) - {upstream_cpu})
 
 
-def sequential(clients: dict[str, Callable[[], Any]], rounds: int, warmup: int) -> dict[str, Timings]:
-    """One call per client per round, the order rotating; wall and process CPU time per call."""
+def sequential(
+    clients: dict[str, Callable[[], Any]], rounds: int, warmup: int, *, rotate: bool = True, pause_s: float = 0.0
+) -> dict[str, Timings]:
+    """One call per client per round, the order rotating (or, without ``rotate``, as given), with ``pause_s`` of
+    sleep after each round (outside the timing); wall and process CPU time per call."""
     names = list(clients)
     for _ in range(warmup):
         for call in clients.values():
@@ -164,7 +171,9 @@ def sequential(clients: dict[str, Callable[[], Any]], rounds: int, warmup: int) 
     samples = {name: Timings() for name in names}
     wall, cpu = time.perf_counter, time.thread_time
     for i in range(rounds):
-        shift = i % len(names)
+        if pause_s:
+            time.sleep(pause_s)
+        shift = i % len(names) if rotate else 0
         for name in names[shift:] + names[:shift]:
             call = clients[name]
             start_cpu, start = cpu(), wall()
@@ -295,7 +304,8 @@ def main() -> int:
                         LITELLM_RAW: lambda: raw.chat.completions.create(**direct),
                         "LiteLLM Router": lambda: router.completion(**alias),
                     }
-                    samples.update(sequential(peer, args.rounds, args.warmup))
+                    # The raw SDK first in every round, after a pause in which LiteLLM's threads finish.
+                    samples.update(sequential(peer, args.rounds, args.warmup, rotate=False, pause_s=LITELLM_PAUSE_S))
                 warned["sequential"] = dict(WARNINGS)
                 WARNINGS.clear()
             finally:

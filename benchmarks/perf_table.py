@@ -138,7 +138,7 @@ def instruction_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
             ADDED_INSTRUCTIONS,
         ),
         ("chat-no-event", "chat, event filtered out by level: added", None),
-        ("chat-recorded", "chat answered as OpenAI answers (17 headers, usage details; cassette): added", None),
+        ("chat-recorded", "chat answered as the cassette's OpenAI answer (16 headers, usage details): added", None),
     ):
         r = by_case.get(case)
         if r is not None:

@@ -131,18 +131,29 @@ class TestHeaderProperties:
         seconds = header_seconds(value, max_s=max_s, now_wall=WALL)
         assert seconds is None or 0.0 <= seconds <= max_s
 
-    @given(st.one_of(HEADER_VALUES, DURATIONS), MAX_S, MAX_S)
-    @example("6ms", 0.001, 600.0)
-    def test_a_duration_read_again_reads_the_same(self, value: str, first_max: float, max_s: float) -> None:
-        # Durations already read are kept as seconds before clamping: a second read, under another bound, says
-        # what a read with an empty memory says.
+    @given(
+        st.one_of(HEADER_VALUES, DURATIONS),
+        MAX_S,
+        MAX_S,
+        st.sampled_from([1.0, 0.001]),
+        st.sampled_from([None, WALL]),
+    )
+    @example("6ms", 0.001, 600.0, 1.0, None)
+    @example("1500", 600.0, 600.0, 0.001, None)  # a bare number is scaled, read after as before
+    @example(YEAR_10000, 600.0, 600.0, 1.0, WALL)  # a date counts from the wall clock, when there is one
+    def test_a_duration_read_again_reads_the_same(
+        self, value: str, first_max: float, max_s: float, scale: float, wall: float | None
+    ) -> None:
+        # Durations already read are kept as seconds before clamping: a second read, under another bound, scale
+        # or wall clock, says what a read with an empty memory says.
         from holyroute.boundary import parse
 
         parse._DURATIONS_SEEN.clear()
-        fresh = header_seconds(value, max_s=max_s, now_wall=WALL)
+        fresh = header_seconds(value, max_s=max_s, now_wall=wall, scale=scale)
         parse._DURATIONS_SEEN.clear()
-        header_seconds(value, max_s=first_max, now_wall=WALL)
-        assert header_seconds(value, max_s=max_s, now_wall=WALL) == fresh
+        header_seconds(value, max_s=first_max, now_wall=WALL, scale=1.0)
+        header_seconds(value, max_s=first_max)
+        assert header_seconds(value, max_s=max_s, now_wall=wall, scale=scale) == fresh
 
     @given(HEADER_VALUES)
     def test_count_within_bounds(self, value: str) -> None:

@@ -180,3 +180,48 @@ def test_a_logger_that_cannot_say_its_level_gets_every_event() -> None:
     for n in range(2):
         emit("holyroute.request", {"call_id": n})
     assert [line["call_id"] for line in _lines(out)] == [0, 1]
+
+
+def test_a_cached_filtering_logger_gets_the_event_without_its_info_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once structlog's own filtering logger is assembled and cached, the sink runs its processors and writes
+    through its wrapped logger itself: its info() and warning() are not called (they would spread the fields)."""
+    out = io.StringIO()
+    _configure(out, cache=True)
+    emit = structlog_sink()
+    emit("holyroute.request", {"call_id": 0})  # assembles and caches the logger, through info()
+
+    def refused(self: object, event: str, *args: object, **kw: object) -> None:
+        raise AssertionError(f"{event} went through the method")
+
+    cls = structlog.make_filtering_bound_logger(logging.INFO)
+    monkeypatch.setattr(cls, "info", refused)
+    monkeypatch.setattr(cls, "warning", refused)
+    emit("holyroute.request", {"call_id": 1})
+    emit("holyroute.failover", {"call_id": 2})
+    assert [(line["call_id"], line["level"]) for line in _lines(out)] == [(0, "info"), (1, "info"), (2, "warning")]
+
+
+def test_a_structlog_with_other_hooks_gets_every_event_through_its_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a structlog release change the wrapper-class hooks the sink uses, it uses info() and warning()."""
+    out = io.StringIO()
+    _configure(out, cache=True)
+    cls = structlog.make_filtering_bound_logger(logging.INFO)
+    original = cls._process_event  # type: ignore[attr-defined]
+
+    def changed(self: Any, method_name: str, event: str | None, event_kw: dict[str, Any], extra: int = 0) -> Any:
+        return original(self, method_name, event, event_kw)
+
+    monkeypatch.setattr(cls, "_process_event", changed)
+    calls: list[str] = []
+    real_info = cls.info
+
+    def counted(self: Any, event: str, **kw: Any) -> Any:
+        calls.append(event)
+        return real_info(self, event, **kw)
+
+    monkeypatch.setattr(cls, "info", counted)
+    emit = structlog_sink()
+    for n in range(3):
+        emit("holyroute.request", {"call_id": n})
+    assert calls == ["holyroute.request"] * 3
+    assert [line["call_id"] for line in _lines(out)] == [0, 1, 2]

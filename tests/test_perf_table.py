@@ -63,6 +63,7 @@ RESULTS: dict[str, Any] = {
                 {"case": "chat-cache-hit", "raw": 5070405, "holyroute": 5673178, "added": 602773},
                 {"case": "chat-orjson", "raw": 4900000, "holyroute": 5099000, "added": 199000},
                 {"case": "chat-no-event", "raw": 4900000, "holyroute": 5250000, "added": 350000},
+                {"case": "chat-recorded", "raw": 5060000, "holyroute": 5540000, "added": 480000},
             ],
         },
         "overhead": {
@@ -452,3 +453,62 @@ class TestThePeerBenchmarksPairs:
         assert rows["LiteLLM Router"]["added_p50_us"] == pytest.approx(2000.0)  # not 2,500: against 1.5 ms
         assert rows["LiteLLM Router"]["added_cpu_us"] == pytest.approx(2000.0)
         assert rows[peers.LITELLM_RAW]["added_p50_us"] == pytest.approx(0.0)
+
+
+class TestTheRecordedCase:
+    """bench_instructions.py's chat-recorded case: the cassette's answer, shown in the table, not in the per-KB
+    arithmetic (it differs from the small chat call in kind, not in size)."""
+
+    @staticmethod
+    def _instructions() -> Any:
+        spec = importlib.util.spec_from_file_location(
+            "bench_instructions", REPOSITORY / "benchmarks" / "bench_instructions.py"
+        )
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    def test_it_answers_with_the_cassettes_body_and_headers(self) -> None:
+        body, headers = self._instructions()._recorded_answer()
+        assert json.loads(body)["usage"]["prompt_tokens_details"]["cached_tokens"] == 1024
+        names = [name for name, _ in headers]
+        assert len(names) == 16
+        assert {"x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens", "x-request-id"} <= set(names)
+        assert not any("authorization" in name or "key" in name for name in names)
+
+    def test_only_the_sized_cases_get_a_per_kb_figure(self) -> None:
+        bench = self._instructions()
+        results = [
+            {"case": "chat", "added": 400_000},
+            {"case": "chat-32k", "added": 400_000 + 31_900 * 5},
+            {"case": "chat-recorded", "added": 480_000},
+            {"case": "stream-ttft", "added": 210_000},
+        ]
+        bench.add_per_kb(results)
+        assert [r.get("added_per_kb") for r in results] == [None, 5_000, None, None]  # 159,500 over 31.9 KB
+
+    def test_its_row_is_shown_without_a_target(self) -> None:
+        rows = perf_table.instruction_rows(RESULTS["runs"]["instructions"]["result"])
+        (row,) = [row for row in rows if row.measure.startswith("chat answered as the cassette's")]
+        assert row.cells() == (
+            "| chat answered as the cassette's OpenAI answer (16 headers, usage details): added | — "
+            "| 480,000 (5,060,000 → 5,540,000) | — |"
+        )
+
+
+def test_litellms_rounds_open_with_the_raw_sdk_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without rotation, every round calls the clients in the order given, after the pause (outside the timing)."""
+    peers = TestThePeerBenchmarksPairs._peers(monkeypatch)
+    order: list[str] = []
+    slept: list[float] = []
+    monkeypatch.setattr(peers.time, "sleep", slept.append)
+    clients = {"raw": lambda: order.append("raw"), "peer": lambda: order.append("peer")}
+    samples = peers.sequential(clients, 3, 0, rotate=False, pause_s=0.01)
+    assert order == ["raw", "peer"] * 3
+    assert slept == [0.01] * 3
+    assert [len(samples[name].wall) for name in clients] == [3, 3]
+    order.clear()
+    peers.sequential(clients, 2, 0)  # rotating, as holyroute's rounds do
+    assert order == ["raw", "peer", "peer", "raw"]

@@ -127,6 +127,34 @@ class TestDrivers:
         assert response.json()["usage"] == USAGE
         assert events.named("holyroute.request")[0]["prompt_tokens"] == 10
 
+    @pytest.mark.parametrize(
+        ("status", "body"), [(503, b'{"error": {"message": "down"}}'), (200, b"<html>busy</html>")]
+    )
+    def test_a_gzip_failure_comes_back_with_its_own_headers(self, mode: str, status: int, body: bytes) -> None:
+        """A gzip answer judged a failure (a 503, a 200 whose body is no JSON) is decoded, and its headers lose their
+        content-encoding on the way to the caller: the headers the core judged and kept still read as they came.
+        (A view over the answer's live header list once read a neighbour's value here, or raised IndexError.)"""
+        events = Events()
+
+        def handler(request: httpx2.Request) -> httpx2.Response:
+            headers = [
+                ("content-type", "application/json" if status != 200 else "text/html"),
+                ("content-encoding", "gzip"),
+                ("x-ratelimit-remaining-requests", "99"),
+                ("x-ratelimit-remaining-tokens", "5000"),
+                ("retry-after", "0"),
+                ("x-request-id", f"req_{request.url.host}"),
+            ]
+            return httpx2.Response(status, headers=headers, stream=httpx2.ByteStream(gzip.compress(body)))
+
+        response = send(mode, handler, chat_request(), events)
+        assert response.status_code == (503 if status == 503 else 502)
+        if status == 503:
+            assert response.headers["x-request-id"] == "req_b.example"  # the last endpoint's answer, its own id
+            assert response.content == body
+            assert "content-encoding" not in response.headers
+        assert events.named("holyroute.request")[0]["outcome"] == "error"
+
     def test_in_memory_answer_still_watched(self, mode: str) -> None:
         """Inner transports that hand back an already-read answer (test doubles) still produce the event."""
         events = Events()

@@ -925,17 +925,17 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
     written = written if written <= prompt - cached else prompt - cached
     reasoning, out_audio, out_image = outs.get("reasoning_tokens"), outs.get("audio_tokens"), outs.get("image_tokens")
     in_audio, in_image = ins.get("audio_tokens"), ins.get("image_tokens")
-    # A part that is absent or 0 (most are) is 0 without a call: == 0 holds only for 0 (and 0.0, False: 0 as well).
+    # A part that is absent or an int 0 (most are) is 0 without a call to _part.
     return Usage(
         prompt,
         completion,
         cached,
-        0 if reasoning is None or reasoning == 0 else _part(reasoning, completion),
+        0 if reasoning is None or (type(reasoning) is int and not reasoning) else _part(reasoning, completion),
         written,
-        0 if in_audio is None or in_audio == 0 else _part(in_audio, prompt),
-        0 if out_audio is None or out_audio == 0 else _part(out_audio, completion),
-        0 if in_image is None or in_image == 0 else _part(in_image, prompt),
-        0 if out_image is None or out_image == 0 else _part(out_image, completion),
+        0 if in_audio is None or (type(in_audio) is int and not in_audio) else _part(in_audio, prompt),
+        0 if out_audio is None or (type(out_audio) is int and not out_audio) else _part(out_audio, completion),
+        0 if in_image is None or (type(in_image) is int and not in_image) else _part(in_image, prompt),
+        0 if out_image is None or (type(out_image) is int and not out_image) else _part(out_image, completion),
         _name(model) if model is not None else None,
         _name(service_tier) if service_tier is not None else None,
     )

@@ -40,11 +40,11 @@ def structlog_sink() -> EventSink:
             if info_off if request else warning_off:
                 return
             method = "info" if request else "warning"
-            try:
+            try:  # as its _proxy_to_logger, with the fields handed over as they are
                 args, kw = direct._process_event(method, event, fields)
+                getattr(direct._logger, method)(*args, **kw)
             except structlog.DropEvent:
-                return
-            getattr(direct._logger, method)(*args, **kw)
+                pass
             return
         # With ``cache_logger_on_first_use``, structlog's lazy proxy assembles the logger once and keeps it, but still
         # resolves every call through two Python calls of its own; keeping the logger it assembled here instead is
@@ -56,9 +56,21 @@ def structlog_sink() -> EventSink:
             target.warning(event, **fields)
         if assembled is None and structlog.get_config()["cache_logger_on_first_use"]:
             assembled = logger.bind()
-            if type(assembled) in filtering:  # its level is fixed for as long as the assembled logger lives
-                info_off = not assembled.is_enabled_for(logging.INFO)
+            if type(assembled) in filtering and _hooks_as_known(assembled):
+                info_off = not assembled.is_enabled_for(logging.INFO)  # fixed while the assembled logger lives
                 warning_off = not assembled.is_enabled_for(logging.WARNING)
                 direct = assembled
 
     return emit
+
+
+def _hooks_as_known(logger: Any) -> bool:
+    """Whether structlog's hooks for wrapper classes are the ones the sink was written against: a later structlog
+    that changes them gets every event through ``info()`` and ``warning()``, slower but never lost."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(type(logger)._process_event).parameters)
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return parameters == ["self", "method_name", "event", "event_kw"] and hasattr(logger, "_logger")

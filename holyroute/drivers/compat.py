@@ -56,11 +56,23 @@ def header_view(headers: httpx2.Headers) -> Mapping[str, str]:
     key on every call, and decoding every header up front costs more than all the lookups together.
     """
     if _FAST_HEADERS if type(headers) is httpx2.Headers else fast_headers_supported(headers):
-        return HeaderView(headers._list)
+        # A copy of the list (a C copy of its pointers): the driver later deletes headers from the answer it hands
+        # on (a decoded body's content-encoding), and the view says what came, with its indexes kept valid.
+        return HeaderView(list(headers._list))
     return {name.lower(): value for name, value in headers.items()}
 
 
 _LOWER_NAME: Final = operator.itemgetter(1)
+_NONE: Final[frozenset[bytes]] = frozenset()
+
+
+def _repeated(names: list[bytes]) -> frozenset[bytes]:
+    """The names that occur more than once in ``names``."""
+    seen: set[bytes] = set()
+    repeated: set[bytes] = set()
+    for name in names:
+        (repeated if name in seen else seen).add(name)
+    return frozenset(repeated)
 
 
 #: The names the core looks up (a handful), as bytes: encoded once, their hashes kept.
@@ -78,15 +90,16 @@ class HeaderView(Mapping[str, str]):
     """A read-only view of httpx2's ``(raw, lower, value)`` header triples: the first lookup gathers the lower-case
     names in a set by C code, which answers "absent" (what most lookups of a request's ~17 headers are); a name that
     occurs once is found by ``list.index`` over the names (listed, by C code, at the first name found) and only its
-    value is decoded. Only a repeated name is looked for by a Python loop."""
+    value is decoded. Only a name that occurs more than once (``set-cookie``, say) is looked for by a Python loop,
+    which joins its values. ``items`` must not change while the view is in use (:func:`header_view` copies it)."""
 
-    __slots__ = ("_items", "_lowers", "_names", "_repeats")
+    __slots__ = ("_items", "_lowers", "_names", "_repeated")
 
     def __init__(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
         self._items = items
         self._lowers: list[bytes] | None = None
         self._names: frozenset[bytes] | None = None
-        self._repeats = False  # some name occurs more than once
+        self._repeated: frozenset[bytes] = _NONE  # the names that occur more than once
 
     def get(self, key: str, default: Any = None) -> Any:
         name = _ENCODED.get(key)
@@ -98,16 +111,18 @@ class HeaderView(Mapping[str, str]):
         if names is None:
             items = self._items
             names = self._names = frozenset(map(_LOWER_NAME, items))
-            self._repeats = len(names) != len(items)
+            if len(names) != len(items):
+                self._repeated = _repeated(self._listed())
         if name not in names:
             return default
-        if not self._repeats:
-            lowers = self._lowers
-            if lowers is None:
-                lowers = self._lowers = list(map(_LOWER_NAME, self._items))
-            return self._items[lowers.index(name)][2].decode("latin-1")
-        # A name may be repeated: its values joined by ", ", in order, as httpx2 does.
+        if name not in self._repeated:
+            return self._items[(self._lowers or self._listed()).index(name)][2].decode("latin-1")
+        # Its values joined by ", ", in order, as httpx2 does.
         return ", ".join([value.decode("latin-1") for _, lower, value in self._items if lower == name])
+
+    def _listed(self) -> list[bytes]:
+        lowers = self._lowers = list(map(_LOWER_NAME, self._items))
+        return lowers
 
     def _all(self) -> dict[str, str]:
         whole: dict[str, str] = {}
