@@ -16,17 +16,24 @@ import pytest
 from tests.doc_examples import REPOSITORY
 
 
-def _perf_table() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("perf_table", REPOSITORY / "benchmarks" / "perf_table.py")
+def _bench(name: str, monkeypatch: pytest.MonkeyPatch | None = None) -> ModuleType:
+    """A script of benchmarks/ (no package), loaded from its file. Registered in ``sys.modules`` (its dataclasses
+    look their module up): for the test's duration under ``monkeypatch``, which also lets it import its neighbours
+    (``from _common import ...``); for good without it."""
+    spec = importlib.util.spec_from_file_location(name, REPOSITORY / "benchmarks" / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
+    if monkeypatch is None:
+        sys.modules[name] = module
+    else:
+        monkeypatch.syspath_prepend(str(REPOSITORY / "benchmarks"))
+        monkeypatch.setitem(sys.modules, name, module)
     spec.loader.exec_module(module)
     return module
 
 
-perf_table = _perf_table()
+perf_table: Any = _bench("perf_table")
 
 #: What each benchmark's --json printed (trimmed to what the tables read), and what perf_table.run adds around it.
 RESULTS: dict[str, Any] = {
@@ -189,15 +196,8 @@ class TestTargets:
         assert perf_table.ASYNC_RATIO.met(0.97) is True
         assert perf_table.ASYNC_RATIO.met(0.969) is False
 
-    def test_nominal_rate_is_the_instruction_benchmarks(self) -> None:
-        spec = importlib.util.spec_from_file_location(
-            "bench_instructions", REPOSITORY / "benchmarks" / "bench_instructions.py"
-        )
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        assert perf_table.NOMINAL_PER_US == module._NOMINAL_PER_US
+    def test_nominal_rate_is_the_instruction_benchmarks(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        assert perf_table.NOMINAL_PER_US == _bench("bench_instructions", monkeypatch)._NOMINAL_PER_US
 
 
 class TestRender:
@@ -428,19 +428,8 @@ class TestThePeerBenchmarksPairs:
     """bench_peers.py pairs each client's call with the raw SDK's call of the same round; LiteLLM runs in rounds of
     its own (its logging threads slow whichever call follows), paired with the raw SDK's calls there."""
 
-    @staticmethod
-    def _peers(monkeypatch: pytest.MonkeyPatch) -> Any:
-        monkeypatch.syspath_prepend(str(REPOSITORY / "benchmarks"))  # for its `from _common import ...`
-        spec = importlib.util.spec_from_file_location("bench_peers", REPOSITORY / "benchmarks" / "bench_peers.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, "bench_peers", module)  # its dataclass looks its module up
-        spec.loader.exec_module(module)
-        return module
-
     def test_litellm_is_paired_with_the_raw_calls_of_its_own_rounds(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        peers = self._peers(monkeypatch)
+        peers: Any = _bench("bench_peers", monkeypatch)
         ms = 1e-3
         samples = {
             "raw SDK": peers.Timings(wall=[1 * ms] * 3, cpu=[1 * ms] * 3),
@@ -459,27 +448,16 @@ class TestTheRecordedCase:
     """bench_instructions.py's chat-recorded case: the cassette's answer, shown in the table, not in the per-KB
     arithmetic (it differs from the small chat call in kind, not in size)."""
 
-    @staticmethod
-    def _instructions() -> Any:
-        spec = importlib.util.spec_from_file_location(
-            "bench_instructions", REPOSITORY / "benchmarks" / "bench_instructions.py"
-        )
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    def test_it_answers_with_the_cassettes_body_and_headers(self) -> None:
-        body, headers = self._instructions()._recorded_answer()
+    def test_it_answers_with_the_cassettes_body_and_headers(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        body, headers = _bench("bench_instructions", monkeypatch)._recorded_answer()
         assert json.loads(body)["usage"]["prompt_tokens_details"]["cached_tokens"] == 1024
         names = [name for name, _ in headers]
         assert len(names) == 16
         assert {"x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens", "x-request-id"} <= set(names)
         assert not any("authorization" in name or "key" in name for name in names)
 
-    def test_only_the_sized_cases_get_a_per_kb_figure(self) -> None:
-        bench = self._instructions()
+    def test_only_the_sized_cases_get_a_per_kb_figure(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        bench: Any = _bench("bench_instructions", monkeypatch)
         results = [
             {"case": "chat", "added": 400_000},
             {"case": "chat-32k", "added": 400_000 + 31_900 * 5},
@@ -500,7 +478,7 @@ class TestTheRecordedCase:
 
 def test_litellms_rounds_open_with_the_raw_sdk_after_a_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without rotation, every round calls the clients in the order given, after the pause (outside the timing)."""
-    peers = TestThePeerBenchmarksPairs._peers(monkeypatch)
+    peers: Any = _bench("bench_peers", monkeypatch)
     order: list[str] = []
     slept: list[float] = []
     monkeypatch.setattr(peers.time, "sleep", slept.append)
