@@ -246,7 +246,6 @@ def header_text(value: str, limit: int = 40) -> str:
 _OBJECT_START: Final = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*\{")
 _BYTES: Final = (bytes, bytearray)
 _OUTPUT_KEYS: Final = ("max_completion_tokens", "max_tokens", "max_output_tokens")
-_OUTPUT_KEY_SET: Final = frozenset(_OUTPUT_KEYS)
 _BRACE: Final = ord("{")  # the usual first byte of a body (the SDKs write no whitespace or byte order mark first)
 _MAX_MODEL_CHARS: Final = 256
 
@@ -478,8 +477,8 @@ def _view(data: Mapping[str, Any], fields: Mapping[str, Any]) -> RequestView | N
         data,
         model,
         fields.get("stream") is True,
-        None if _OUTPUT_KEY_SET.isdisjoint(fields) else requested_output_tokens(fields),
-        1 if "n" not in fields else requested_choices(fields),
+        requested_output_tokens(fields),
+        requested_choices(fields),
         user if isinstance(user, str) else None,
         metadata if isinstance(metadata, dict) else None,
     )
@@ -925,17 +924,16 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
     written = written if written <= prompt - cached else prompt - cached
     reasoning, out_audio, out_image = outs.get("reasoning_tokens"), outs.get("audio_tokens"), outs.get("image_tokens")
     in_audio, in_image = ins.get("audio_tokens"), ins.get("image_tokens")
-    # A part that is absent or an int 0 (most are) is 0 without a call to _part.
     return Usage(
         prompt,
         completion,
         cached,
-        0 if reasoning is None or (type(reasoning) is int and not reasoning) else _part(reasoning, completion),
+        0 if reasoning is None else _part(reasoning, completion),
         written,
-        0 if in_audio is None or (type(in_audio) is int and not in_audio) else _part(in_audio, prompt),
-        0 if out_audio is None or (type(out_audio) is int and not out_audio) else _part(out_audio, completion),
-        0 if in_image is None or (type(in_image) is int and not in_image) else _part(in_image, prompt),
-        0 if out_image is None or (type(out_image) is int and not out_image) else _part(out_image, completion),
+        0 if in_audio is None else _part(in_audio, prompt),
+        0 if out_audio is None else _part(out_audio, completion),
+        0 if in_image is None else _part(in_image, prompt),
+        0 if out_image is None else _part(out_image, completion),
         _name(model) if model is not None else None,
         _name(service_tier) if service_tier is not None else None,
     )

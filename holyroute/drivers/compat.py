@@ -28,7 +28,7 @@ __all__ = [
     "restore_read_timeout",
 ]
 
-_TARGET_CACHE_LIMIT = 512
+_CACHE_LIMIT = 512
 
 
 def fast_headers_supported(headers: httpx2.Headers) -> bool:
@@ -63,7 +63,7 @@ def header_view(headers: httpx2.Headers) -> Mapping[str, str]:
 
 
 _LOWER_NAME: Final = operator.itemgetter(1)
-_NONE: Final[frozenset[bytes]] = frozenset()
+_NO_NAMES: Final[frozenset[bytes]] = frozenset()
 
 
 def _repeated(names: list[bytes]) -> frozenset[bytes]:
@@ -80,7 +80,7 @@ _ENCODED: dict[str, bytes] = {}
 
 
 def _encoded(key: str) -> bytes:
-    if len(_ENCODED) >= _TARGET_CACHE_LIMIT:
+    if len(_ENCODED) >= _CACHE_LIMIT:
         _ENCODED.clear()
     name = _ENCODED[key] = key.encode()
     return name
@@ -99,7 +99,7 @@ class HeaderView(Mapping[str, str]):
         self._items = items
         self._lowers: list[bytes] | None = None
         self._names: frozenset[bytes] | None = None
-        self._repeated: frozenset[bytes] = _NONE  # the names that occur more than once
+        self._repeated: frozenset[bytes] = _NO_NAMES  # the names that occur more than once
 
     def get(self, key: str, default: Any = None) -> Any:
         name = _ENCODED.get(key)
@@ -198,7 +198,7 @@ def _target(url: str, drop: frozenset[str], add: Sequence[tuple[str, str]]) -> _
     key = (url, drop, add)
     found = _TARGETS.get(key)
     if found is None:
-        if len(_TARGETS) >= _TARGET_CACHE_LIMIT:
+        if len(_TARGETS) >= _CACHE_LIMIT:
             _TARGETS.clear()
         parsed = httpx2.URL(url)
         names = drop.union(name.lower() for name, _ in add)
