@@ -59,6 +59,7 @@ def catalogue_version() -> str:
     return version("genai-prices")
 
 
+@functools.cache
 def catalogue_source() -> str:
     """``catalogue@<version>``: how an event names a catalogue price."""
     return f"catalogue@{catalogue_version()}"
@@ -183,6 +184,7 @@ class _Rates:
     outputs: tuple[tuple[str, Rate], ...]
     per_call: float
     applied: str | None  # the service tier that changed the rates
+    tiered: bool  # the input rate has prompt-size tiers (a call may reach one)
 
 
 def _rate(value: object) -> Rate | None:
@@ -228,13 +230,15 @@ def _rates(provider: str | None, base_url: str, model: str, tier: str | None, mi
         for table in (_INPUT_PARTS, _OUTPUT_PARTS)
     ]
     per_call = getattr(prices, "requests_kcount", None)
+    input_rate = _rate(getattr(prices, "input_mtok", None))
     return _Rates(
-        _rate(getattr(prices, "input_mtok", None)),
+        input_rate,
         _rate(getattr(prices, "output_mtok", None)),
         tuple(parts[0]),
         tuple(parts[1]),
         0.0 if per_call is None else float(per_call) / 1000,
         tier if context is not None and prices != standard else None,
+        isinstance(input_rate, tuple),
     )
 
 
@@ -320,7 +324,9 @@ def catalogue_cost(
     if rates is not None:
         cost = _fast_cost(usage, rates)
         if cost is not None:
-            applied = _tiers(rates.applied, _prompt_tier(rates.input, usage.prompt_tokens))
+            applied = rates.applied  # the service tier that applied, if any ...
+            if rates.tiered:  # ... and the prompt-size tier reached (most models have none)
+                applied = _tiers(applied, _prompt_tier(rates.input, usage.prompt_tokens))
             return CatalogueCost(round(cost, 10), catalogue_source(), applied)
     return _general_cost(usage, found, tier, when)
 

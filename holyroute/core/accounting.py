@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from holyroute.config.catalogue import catalogue_cost, catalogue_model, catalogue_source
 from holyroute.core.plan import Leg, Upstream
@@ -13,6 +13,9 @@ from holyroute.core.ports import HealthChange
 from holyroute.core.steps import GiveUp, Respond, Step
 from holyroute.core.usage import Usage, cost_usd
 from holyroute.core.waiting import Waiting
+
+if TYPE_CHECKING:
+    from holyroute.core.rollouts import Rollouts
 
 __all__ = ["Accounting"]
 
@@ -38,9 +41,8 @@ class Accounting(Waiting):
 
     def _settle(self, status: int | None, usage: Usage | None, now: float) -> None:
         """The call ended: correct its tpm debits to what it used (the answer's usage), crediting back what attempts
-        without a successful answer took; the shared store's part goes to the state backend (no I/O here)."""
-        if not self._debits:
-            return
+        without a successful answer took; the shared store's part goes to the state backend (no I/O here). Asked
+        only when there are debits (tpm limits)."""
         upstream = self._current
         answered = upstream is not None and status is not None and 200 <= status < 300
         shared = self._router.health.rate_limits.settle(
@@ -134,15 +136,21 @@ class Accounting(Waiting):
         router = self._router
         now = router.clock()
         upstream = self._current
-        self._settle(status, usage, now)
+        if self._debits:  # tpm debits to correct (only with tpm limits)
+            self._settle(status, usage, now)
         leg = self._last_leg if upstream is not None else self._legs[0]
         cost, price_source, price_tier = _cost(upstream, usage, router.wall_clock)
         latency_ms = round((now - self.started) * 1000, 3)
         ttft_ms = (
             round((self._first_byte - self.started) * 1000, 3) if self.stream and self._first_byte is not None else None
         )
-        self._charge_spend(cost, upstream, leg)
-        self._observe_rollout(outcome, leg, latency_ms, ttft_ms, cost)
+        if cost:  # the spend budgets' share, or a shadow copy's own daily spend (its cap)
+            if self.shadow_of is not None:
+                router.state.add_spend(f"shadow:{self._plan.alias}", cost)
+            elif router.spend is not None and upstream is not None and leg is not None:
+                router.spend.charge(leg.fallback or self._plan.alias, upstream.endpoint, self._tags, cost)
+        if router.rollouts is not None:  # a route's rollout measures its arms
+            self._observe_rollout(router.rollouts, outcome, leg, latency_ms=latency_ms, ttft_ms=ttft_ms, cost=cost)
         # Fields that would be null are left out (docs/reference/events.md says so): a JSON line per call is
         # most of what a call costs holyroute, and a third of the fields are null on a plain call.
         fallback = leg.fallback if leg is not None else None
@@ -225,28 +233,20 @@ class Accounting(Waiting):
         if router.alerts is not None:
             router.alerts.observe(fields)
 
-    def _charge_spend(self, cost: float | None, upstream: Upstream | None, leg: Leg | None) -> None:
-        router = self._router
-        if self.shadow_of is not None:
-            if cost:
-                router.state.add_spend(f"shadow:{self._plan.alias}", cost)
-        elif cost and router.spend is not None and upstream is not None and leg is not None:
-            router.spend.charge(leg.fallback or self._plan.alias, upstream.endpoint, self._tags, cost)
-
     def _observe_rollout(
-        self, outcome: str, leg: Leg | None, latency_ms: float, ttft_ms: float | None, cost: float | None
+        self,
+        rollouts: Rollouts,
+        outcome: str,
+        leg: Leg | None,
+        *,
+        latency_ms: float,
+        ttft_ms: float | None,
+        cost: float | None,
     ) -> None:
         """Feed the route's rollout this call's result, when the call measures the route's own arms."""
-        router = self._router
-        if (
-            self.shadow_of is None
-            and self._budget is None
-            and self._observe
-            and router.rollouts is not None
-            and outcome != "cancelled"
-        ):
+        if self.shadow_of is None and self._budget is None and self._observe and outcome != "cancelled":
             # A call kept off the route's own arms by a spent budget says nothing about them: not measured.
-            engine = router.rollouts.get(self._plan.alias)
+            engine = rollouts.get(self._plan.alias)
             if engine is not None:
                 # Judged on the arm the split chose: a candidate call rescued by a fallback still failed the candidate.
                 primary = self._legs[0]

@@ -273,7 +273,7 @@ class Router:
                 self, self.routes[alias], api=api[0], operation=api[1], query=query, headers=headers,
                 data={"model": alias}, body=body, timeout=timeout, unreadable=view,
             )  # fmt: skip
-            if call.route not in self.caches:
+            if call._plan.alias not in self.caches:
                 self.dispatch(call)
             return call
         plan = self.routes.get(view.model)
@@ -282,7 +282,7 @@ class Router:
         operation, data = api[1], view.data
         call = Call(self, plan, api=api[0], operation=operation, query=query, headers=headers, data=data, body=body,
                     timeout=timeout, out=view.max_output_tokens)  # fmt: skip
-        if call.route not in self.caches:  # on a caching route, the response cache dispatches it if it is a miss
+        if call._plan.alias not in self.caches:  # on a caching route, the response cache dispatches it on a miss
             self.dispatch(call)
         return call
 
@@ -293,10 +293,10 @@ class Router:
         sends nothing upstream, so it has no shadow, and it is no call of the retry budget (Finagle's budget allows
         retries in proportion to the calls that load the upstream; counting hits would let a burst of them fund a
         retry storm against an upstream that saw none of them)."""
-        self.budgets[call.route].record_call(call.started)
+        self.budgets[call._plan.alias].record_call(call.started)
         if call.done or call.shadow_of is not None:  # answered here already (an unreadable body): nothing to mirror
             return
-        plan = self.routes[call.alias]  # the alias's own plan, as the caller named it: its shadow, before any rule
+        plan = self.routes[call._alias]  # the alias's own plan, as the caller named it: its shadow, before any rule
         if plan.shadow is not None and self._shadow_wanted(plan):
             call.shadow = call.mirror(self, plan)
 
@@ -451,6 +451,8 @@ class Call(Sending):
         self._excluded = set()
         self._open = False  # an attempt is begun in the health book and not yet ended (see _end_attempt)
         self._forced = False  # the next walk ignores health: the persistence floor is not reached yet
+        # The attempts this call makes on transient errors whatever health and the retry budget say (shadows: 1).
+        self._floor = 1 if shadow_of is not None else router.attempt_floor
         self._limited = False
         self._limit_wait = None  # set when the walk ends waiting for an rpm/tpm/headroom reset
         self._limit_waited = 0.0  # seconds this call has waited for limits (bounded by retry.max_wait_s)
@@ -516,7 +518,7 @@ class Call(Sending):
             self._emit_request(400, "error", None, reason, None)
             return
         chosen = self._plan_legs(plan, headers, data, body)
-        if chosen is not None:
+        if chosen is not None and self._router.spend is not None:
             self._check_spend(chosen, headers)
 
     # ---- the step machine ---------------------------------------------------------------------------------------
@@ -537,7 +539,7 @@ class Call(Sending):
             return self._send(granted, now)
         max_attempts = 1 if self.shadow_of is not None else router.retry.max_attempts
         if self._attempts < max_attempts and not self._past_deadline(now):
-            floor = self._attempts < self._floor()
+            floor = self._attempts < self._floor
             if self._attempts and not self._paid and not router.spend_retry(self.route, now, floor=floor):
                 self._stop_reason = "retry budget exhausted"
             else:

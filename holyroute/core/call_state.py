@@ -109,6 +109,7 @@ class CallState:
         "_final",
         "_finish",
         "_first_byte",
+        "_floor",
         "_forced",
         "_granted",
         "_headers",
@@ -180,6 +181,7 @@ class CallState:
     _final: Step | None
     _finish: str | None
     _first_byte: float | None
+    _floor: int  # the attempts it makes on transient errors whatever health and the retry budget say
     _forced: bool
     _granted: Upstream | None
     _headers: HeaderLookup

@@ -90,10 +90,10 @@ class Cooldowns:
     def blocked(self, endpoint: str, model: str, now: float, tokens: int) -> tuple[str, float] | None:
         """Why the upstream would refuse the pair a request of ``tokens`` estimated tokens now, and until when: a
         cooldown, no requests left, or fewer tokens left than the estimate; or None."""
-        cooldown = self.cooldown(endpoint, model, now)
+        cooldown = self.cooldown(endpoint, model, now) if self._cooldowns else None
         if cooldown is not None:
             return f"cooling down ({cooldown.reason})", cooldown.until
-        room = self._headroom.get((endpoint, model))
+        room = self._headroom.get((endpoint, model)) if self._headroom else None
         if room is not None:
             if room.requests_until > now:
                 return "x-ratelimit-remaining-requests 0", room.requests_until
@@ -135,10 +135,11 @@ class Cooldowns:
         """Remember OpenAI's ``x-ratelimit-remaining-*`` / ``-reset-*`` for this endpoint and model. True when a
         limit is (nearly) used up: the moment other processes should hear of it (:meth:`headroom_change`). Counts
         and durations come from the boundary's parsers: a reset never reaches past ``max_cooldown_s``."""
-        requests = header_count(headers.get("x-ratelimit-remaining-requests"))
+        said = headers.get("x-ratelimit-remaining-requests")
         tokens = headers.get("x-ratelimit-remaining-tokens")
-        if requests is None and tokens is None:
+        if said is None and tokens is None:
             return False
+        requests = header_count(said)
         max_s = self.max_cooldown_s
         room = self._headroom.get((endpoint, model))
         if room is None:

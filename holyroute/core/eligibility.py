@@ -165,7 +165,8 @@ class Eligibility(CallState):
         if force or self._forced:
             return health.blocked(name, upstream.model, now, self._tokens, limits_only=True)
         # An arm of one endpoint is out of panic only while that endpoint is in rotation: nothing more to ask.
-        if not self._panicking(leg, now) and len(leg.arm.upstreams) > 1:
+        # Judged afresh at every step: an endpoint ejected while this call ran puts its arm in panic now.
+        if not router.panicking(leg, now) and len(leg.arm.upstreams) > 1:
             why = health.ejections.ejected(name, now)
             if why is None and router.probing and health.probe_status(name) == "unhealthy":
                 why = "unhealthy (active health check)"
@@ -177,10 +178,6 @@ class Eligibility(CallState):
         if alias not in self._fallback_budgets:
             self._fallback_budgets[alias] = spend.over("route", (alias,))
         return self._fallback_budgets[alias]
-
-    def _panicking(self, leg: Leg, now: float) -> bool:
-        # Judged afresh at every step: an endpoint ejected while this call ran puts its arm in panic now.
-        return self._router.panicking(leg, now)
 
     def _add_fallbacks(self) -> None:
         self._fallbacks_added = True

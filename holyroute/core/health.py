@@ -122,7 +122,7 @@ class HealthBook:
             said = self.cooldowns.blocked(endpoint, model, now, tokens)
             if said is not None:
                 return said
-        return self.rate_limits.blocked(endpoint, tokens, now)
+        return self.rate_limits.blocked(endpoint, tokens, now) if self.rate_limits.any else None
 
     def in_flight(self, endpoint: str) -> int:
         return self.ejections.in_flight(endpoint)
@@ -136,7 +136,8 @@ class HealthBook:
         """An attempt is being sent: count it in flight and charge the client-side budgets (the ``tpm`` debit, at
         most the bucket's capacity, is noted in ``debits`` for :meth:`settle`). Returns True when this attempt is
         the half-open trial of an endpoint whose ejection just ended (only its answer restores it)."""
-        self.rate_limits.charge(endpoint, tokens, now, debits)
+        if self.rate_limits.any:
+            self.rate_limits.charge(endpoint, tokens, now, debits)
         return self.ejections.begin(endpoint, now)
 
     def end_attempt(self, endpoint: str, *, trial: bool) -> None:

@@ -72,7 +72,7 @@ class RateLimits:
     ``limits`` maps an endpoint to its configured ``(rpm, tpm)``; endpoints without either are never limited here.
     """
 
-    __slots__ = ("_endpoints", "_lock", "shared")
+    __slots__ = ("_endpoints", "_lock", "any", "shared")
 
     def __init__(self, limits: Mapping[str, tuple[int | None, int | None]], now: float) -> None:
         self._endpoints: dict[str, _Limits] = {
@@ -80,6 +80,8 @@ class RateLimits:
             for name, (rpm, tpm) in limits.items()
         }
         self._lock = threading.Lock()
+        #: Whether any endpoint has a limit: when none has, the health book never asks (a call less per step).
+        self.any = bool(self._endpoints)
         #: True while a shared backend grants rpm/tpm (the local buckets are then idle).
         self.shared = False
 

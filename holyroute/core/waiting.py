@@ -36,7 +36,7 @@ class Waiting(Eligibility):
         """The caller's deadline as it binds the next step. Within the persistence floor each attempt gets the
         caller's whole timeout and waits only the backoff, as the SDK's own attempts do (``None``: no bound on the
         call); beyond the floor, the timeout bounds the whole call."""
-        if self._deadline is None or self._attempts < self._floor():
+        if self._deadline is None or self._attempts < self._floor:
             return None
         return self._deadline
 
@@ -70,10 +70,6 @@ class Waiting(Eligibility):
                     return None
             self._add_fallbacks()
 
-    def _floor(self) -> int:
-        """The attempts this call makes on transient errors whatever health and the retry budget say."""
-        return 1 if self.shadow_of is not None else self._router.attempt_floor
-
     def _wait_for_limits(self, now: float) -> float | None:
         untils = [until for _, until in self._skipped.values() if until is not None]
         if not untils:
@@ -97,7 +93,7 @@ class Waiting(Eligibility):
         fails a call."""
         router = self._router
         # Bounded in passes too: a shared rpm/tpm limit may keep saying no to a forced walk.
-        floor = self._attempts < self._floor() and self._passes < 2 * router.retry.max_attempts
+        floor = self._attempts < self._floor and self._passes < 2 * router.retry.max_attempts
         over = self._passes + 1 >= router.retry.max_attempts  # without the floor, the call would give up now
         if over and not floor:
             return None

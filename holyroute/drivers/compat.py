@@ -14,7 +14,7 @@ a probe at import shows that constructor sets exactly those.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 import httpx2
@@ -211,6 +211,40 @@ def _target(url: str, drop: frozenset[str], add: Sequence[tuple[str, str]]) -> _
     return found
 
 
+#: Which of a caller's headers an attempt copies, by the caller's lower-case names and the names dropped: a C
+#: getter built once per distinct pair (a client's SDK sends the same names, in the same order, on every call).
+_KEPT: dict[tuple[tuple[bytes, ...], frozenset[bytes]], Callable[[list[Any]], tuple[Any, ...]]] = {}
+
+
+def _kept(names: tuple[bytes, ...], dropped: frozenset[bytes]) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """A function of the caller's header list giving, in order, the items whose name is not in ``dropped``."""
+    key = (names, dropped)
+    found = _KEPT.get(key)
+    if found is None:
+        if len(_KEPT) >= _CACHE_LIMIT:
+            _KEPT.clear()
+        kept = [at for at, name in enumerate(names) if name not in dropped]
+        if len(kept) > 1:
+            found = operator.itemgetter(*kept)  # a tuple of those items, gathered by C code
+        elif kept:
+            found = _one(kept[0])
+        else:
+            found = _none
+        _KEPT[key] = found
+    return found
+
+
+def _one(at: int) -> Callable[[list[Any]], tuple[Any, ...]]:
+    def pick(items: list[Any]) -> tuple[Any, ...]:
+        return (items[at],)
+
+    return pick
+
+
+def _none(items: list[Any]) -> tuple[Any, ...]:
+    return ()
+
+
 #: The attributes ``httpx2.Request.__init__`` sets when it is given a ready ``stream``: a request built with exactly
 #: these (without re-parsing the URL or copying the headers again) is the same request.
 _REQUEST_FIELDS: Final = frozenset({"method", "url", "headers", "extensions", "stream"})
@@ -254,13 +288,14 @@ def attempt_request(
     framing = ((b"Host", target.host), (b"Content-Length", str(len(body)).encode("ascii")))
     caller = request.headers
     if fast and (_FAST_HEADERS if type(caller) is httpx2.Headers else fast_headers_supported(caller)):
-        dropped = target.dropped
+        listed = caller._list
         headers = httpx2.Headers()
-        items = [item for item in caller._list if item[1] not in dropped]
-        items.insert(0, (b"Host", b"host", framing[0][1]))
-        items.extend(target.added)
-        items.append((b"Content-Length", b"content-length", framing[1][1]))
-        headers._list = items
+        headers._list = [
+            (b"Host", b"host", framing[0][1]),
+            *_kept(tuple(map(_LOWER_NAME, listed)), target.dropped)(listed),
+            *target.added,
+            (b"Content-Length", b"content-length", framing[1][1]),
+        ]
     else:
         pairs: list[tuple[bytes, bytes]] = [framing[0]]
         replaced = drop.union(k.lower() for k, _ in add)
