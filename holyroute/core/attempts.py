@@ -80,9 +80,9 @@ class Attempts(Planning):
             encoding = headers.get("content-encoding")
             if content_type.startswith("text/event-stream"):
                 latency = now - self._sent_at if router.tracks_latency else None  # None spares the health lock
-                change = health.ejections.success(upstream.endpoint, now, latency, trial=self._trial)
-                if change is not None:
-                    router.transition(change)
+                restored = health.ejections.success(upstream.endpoint, now, latency, trial=self._trial)
+                if restored is not None:
+                    router.transition(restored)
                 hide = self._hide_usage
                 sized = headers.get("content-length") is not None
                 if encoding is None and not sized:  # a stream as providers send it
@@ -124,9 +124,9 @@ class Attempts(Planning):
             self.on_rejected_body(body)
             return False
         latency = now - self._sent_at if router.tracks_latency else None  # balance: latency's only input
-        change = router.health.ejections.success(upstream.endpoint, now, latency, trial=self._trial)
-        if change is not None:
-            router.transition(change)
+        restored = router.health.ejections.success(upstream.endpoint, now, latency, trial=self._trial)
+        if restored is not None:
+            router.transition(restored)
         if status < 300:
             if self._api in _INJECT_USAGE_APIS:  # chat and completions answers say why they stopped
                 self._finish = finish_reason(body)
