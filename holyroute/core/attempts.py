@@ -163,7 +163,7 @@ class Attempts(Planning):
         router = self._router
         if status == 429 and b"insufficient_quota" in body:
             # Out of credit is not a rate limit: no waiting fixes it, so never again in this call, and not for long.
-            self._excluded.add(upstream.endpoint)
+            self._excluded = self._excluded | {upstream.endpoint}
             router.transition(router.health.ejections.quota_exhausted(upstream.endpoint, router.clock()))
             if self._failure is not None:
                 self._failure["reason"] = "429 insufficient_quota"

@@ -279,9 +279,9 @@ class Router:
         plan = self.routes.get(view.model)
         if plan is None:
             return None
-        operation, data = api[1], view.data
-        call = Call(self, plan, api=api[0], operation=operation, query=query, headers=headers, data=data, body=body,
-                    timeout=timeout, out=view.max_output_tokens)  # fmt: skip
+        # By position, in the order of Call's parameters (keywords to a class cost a dict): the API, the operation,
+        # the query, the headers, the body as read and as sent, the caller's timeout, the output it asks for.
+        call = Call(self, plan, api[0], api[1], query, headers, view.data, body, timeout, view.max_output_tokens)
         if call._plan.alias not in self.caches:  # on a caching route, the response cache dispatches it on a miss
             self.dispatch(call)
         return call
@@ -318,7 +318,7 @@ class Router:
         key = sticky_key(plan.sticky, data, headers) if plan.sticky else None
         if key is not None:
             return Leg(plan.alias, plan.arms[picker.sticky(key)], None, True)
-        return Leg(plan.alias, plan.arms[picker.random(self.rng)], None, False)
+        return plan.legs[picker.random(self.rng)]
 
     def spend_retry(self, route: str, now: float, *, floor: bool = False) -> bool:
         """Take one retry from ``route``'s budget; the first refusal after a good spell emits an event.
@@ -393,11 +393,10 @@ class Call(Sending):
     shadow: Call | None
     shadow_of: Call | None
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - positional for Router.begin, whose call is on every request (see below)
         self,
         router: Router,
         plan: RoutePlan,
-        *,
         api: str,
         operation: str,
         query: str,
@@ -406,11 +405,13 @@ class Call(Sending):
         body: bytes,
         timeout: float | None,
         out: int | None = None,
+        *,
         shadow_of: Call | None = None,
         unreadable: str | None = None,
     ) -> None:
         # Long on purpose: one line per field (typed in CallState), so every field starts in one place; the
-        # decisions start in _begin (_plan_legs and _check_spend, core/planning.py).
+        # decisions start in _begin (_plan_legs and _check_spend, core/planning.py). Router.begin passes the
+        # arguments by position: keywords to a class go through a dict (about 5k instructions for these ten).
         self._router = router
         self.shadow = None  # the background copy of this call, when it is mirrored
         self.shadow_of = shadow_of  # for a shadow copy: the call it mirrors
@@ -448,7 +449,7 @@ class Call(Sending):
         self._legs = []
         self._sequence = []
         self._skipped = {}
-        self._excluded = set()
+        self._excluded = frozenset()  # endpoints out of credit: never again in this call (rare: built when needed)
         self._open = False  # an attempt is begun in the health book and not yet ended (see _end_attempt)
         self._forced = False  # the next walk ignores health: the persistence floor is not reached yet
         # The attempts this call makes on transient errors whatever health and the retry budget say (shadows: 1).

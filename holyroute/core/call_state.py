@@ -174,7 +174,7 @@ class CallState:
     _timeout: float | None
     _rejected: bool
     _debits: list[Debit]
-    _excluded: set[str]
+    _excluded: frozenset[str]
     _failure: dict[str, Any] | None
     _fallback_budgets: dict[str, Verdict | None]
     _fallbacks_added: bool

@@ -152,6 +152,8 @@ class RoutePlan:
     #: caps its output below ``out_floor``: a request under both needs no size check.
     fit_floor: int = 1 << 62
     out_floor: int = 1 << 62
+    #: Each arm's leg when the split picks it at random: built once, shared by the calls (a leg is a frozen value).
+    legs: tuple[Leg, ...] = ()
 
 
 # A named tuple, not a frozen dataclass: one is built on every call, and a frozen dataclass's __init__ costs
@@ -260,6 +262,7 @@ def compile_routes(config: Config) -> dict[str, RoutePlan]:
             shadow.max_cost_usd_per_day if shadow is not None else None,
             rules,
             route.max_cost_usd,
+            legs=tuple(Leg(alias, arm, None, False) for arm in arms),
         )
     return {alias: with_floors(plan, routes) for alias, plan in routes.items()}
 

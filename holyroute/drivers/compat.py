@@ -112,17 +112,16 @@ class HeaderView(Mapping[str, str]):
             items = self._items
             names = self._names = frozenset(map(_LOWER_NAME, items))
             if len(names) != len(items):
-                self._repeated = _repeated(self._listed())
+                self._repeated = _repeated(list(map(_LOWER_NAME, items)))
         if name not in names:
             return default
         if name not in self._repeated:
-            return self._items[(self._lowers or self._listed()).index(name)][2].decode("latin-1")
+            lowers = self._lowers
+            if lowers is None:
+                lowers = self._lowers = list(map(_LOWER_NAME, self._items))
+            return self._items[lowers.index(name)][2].decode("latin-1")
         # Its values joined by ", ", in order, as httpx2 does.
         return ", ".join([value.decode("latin-1") for _, lower, value in self._items if lower == name])
-
-    def _listed(self) -> list[bytes]:
-        lowers = self._lowers = list(map(_LOWER_NAME, self._items))
-        return lowers
 
     def _all(self) -> dict[str, str]:
         whole: dict[str, str] = {}
