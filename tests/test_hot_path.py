@@ -245,6 +245,49 @@ class TestUnconfiguredFeaturesDoNothing:
         finally:
             router.close()
 
+    def test_a_plain_call_asks_nothing_unconfigured(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """No rate limit, cooldown, cost ceiling, spend budget, tpm settlement or rollout is asked about on a call
+        whose configuration has none: each would be a Python call (about 500 instructions) that answers "nothing"."""
+        from holyroute.core import accounting, cooldowns, eligibility, planning, rate_limits
+
+        def never(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("asked about a feature that is not configured")
+
+        for owner, name in (
+            (rate_limits.RateLimits, "blocked"),
+            (rate_limits.RateLimits, "charge"),
+            (cooldowns.Cooldowns, "cooldown"),
+            (planning.Planning, "_check_spend"),
+            (accounting.Accounting, "_settle"),
+            (accounting.Accounting, "_observe_rollout"),
+        ):
+            monkeypatch.setattr(owner, name, never)
+        monkeypatch.setattr(eligibility, "cost_ceilings", never)
+        events = Events()
+        router = holyroute.Router(holyroute.load_config(CONFIG), sinks=[events])
+        try:
+            body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).encode()
+            call = router.begin("POST", "/v1/chat/completions", "", {}, body)
+            assert call is not None
+            assert isinstance(call.next_step(), Send)
+            assert call.on_response(200, {"content-type": "application/json"}) is not None
+            assert call.on_body(b'{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}')
+        finally:
+            router.close()
+        (event,) = events.named("holyroute.request")
+        assert (event["outcome"], event["prompt_tokens"]) == ("ok", 3)
+
+    def test_a_random_pick_shares_its_arms_leg(self) -> None:
+        """A non-sticky pick builds nothing: it is the plan's leg for that arm, the same object on every call."""
+        router = holyroute.Router(holyroute.load_config(CONFIG))
+        try:
+            plan = router.routes["chat"]
+            picks = {id(router.pick(plan, {}, {})) for _ in range(5)}
+            assert picks == {id(plan.legs[0])}
+            assert plan.legs[0] == (plan.alias, plan.arms[0], None, False)
+        finally:
+            router.close()
+
 
 LEAVES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6)
 VALUES = st.recursive(
@@ -351,6 +394,56 @@ class TestTheAttemptRequest:
             assert one.read() == b'{"model":"m"}'
             assert one.extensions == {"timeout": {"read": 5.0}}
         assert fast.headers.raw == built.headers.raw
+
+
+class TestTheCopiedHeaders:
+    """An attempt copies the caller's headers through a getter built once per list of names: it keeps exactly what
+    a filter of the list keeps, in order, and each attempt gets per-phase timeouts of its own."""
+
+    lowers = st.sampled_from([b"a", b"b", b"authorization", b"x-api-key", b"host", b"x-c"])
+
+    @given(st.lists(lowers, max_size=8), st.frozensets(lowers))
+    def test_it_keeps_what_a_filter_keeps(self, names: list[bytes], dropped: frozenset[bytes]) -> None:
+        from holyroute.drivers.compat import _kept
+
+        items = [(name.upper(), name, b"v%d" % at) for at, name in enumerate(names)]
+        twice = [_kept(tuple(names), dropped)(items) for _ in range(2)]  # built, then found again
+        assert twice[0] == twice[1] == tuple(item for item in items if item[1] not in dropped)
+
+    phases = st.none() | st.floats(min_value=0.001, max_value=1000)
+
+    @given(
+        st.dictionaries(st.sampled_from(["connect", "read", "write", "pool"]), phases),
+        phases,
+        phases,
+    )
+    def test_each_attempt_gets_the_timeouts_worked_out_afresh(
+        self, timeout: dict[str, float | None], bound: float | None, headers_bound: float | None
+    ) -> None:
+        from holyroute.drivers.transport import _attempt
+
+        request = httpx2.Request(
+            "POST", "http://caller.example/v1/chat/completions", content=b"{}", extensions={"timeout": timeout}
+        )
+        step = Send("http://up.example/v1/chat/completions", (), b"{}", bound, "a", headers_bound)
+        first, read = _attempt(request, step)
+        expected = dict(timeout)
+        if bound is not None:
+            for phase in ("connect", "read", "write", "pool"):
+                current = expected.get(phase)
+                expected[phase] = bound if current is None or current > bound else current
+        expected_read = None
+        if headers_bound is not None:
+            expected_read = current = expected.get("read")
+            expected["read"] = headers_bound if current is None or current > headers_bound else current
+        if bound is None and headers_bound is None:
+            assert first.extensions == request.extensions
+            return
+        assert (first.extensions["timeout"], read) == (expected, expected_read)
+        first.extensions["timeout"]["read"] = -1.0  # what restore_read_timeout does to one attempt's dict
+        second, _ = _attempt(request, step)
+        assert second.extensions["timeout"] == expected
+        assert request.extensions["timeout"] == timeout  # the caller's own timeouts are never changed
 
 
 class TestTheHeaderView:
