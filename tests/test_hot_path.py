@@ -246,9 +246,9 @@ class TestUnconfiguredFeaturesDoNothing:
             router.close()
 
     def test_a_plain_call_asks_nothing_unconfigured(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """No rate limit, cooldown, cost ceiling, spend budget, tpm settlement or rollout is asked about on a call
+        """No rate limit, cooldown, spend budget, tpm settlement or rollout is asked about on a call
         whose configuration has none: each would be a Python call (about 500 instructions) that answers "nothing"."""
-        from holyroute.core import accounting, cooldowns, eligibility, planning, rate_limits
+        from holyroute.core import accounting, cooldowns, planning, rate_limits
 
         def never(*args: Any, **kwargs: Any) -> Any:
             raise AssertionError("asked about a feature that is not configured")
@@ -262,7 +262,6 @@ class TestUnconfiguredFeaturesDoNothing:
             (accounting.Accounting, "_observe_rollout"),
         ):
             monkeypatch.setattr(owner, name, never)
-        monkeypatch.setattr(eligibility, "cost_ceilings", never)
         events = Events()
         router = holyroute.Router(holyroute.load_config(CONFIG), sinks=[events])
         try:
@@ -278,13 +277,47 @@ class TestUnconfiguredFeaturesDoNothing:
         assert (event["outcome"], event["prompt_tokens"]) == ("ok", 3)
 
     def test_a_random_pick_shares_its_arms_leg(self) -> None:
-        """A non-sticky pick builds nothing: it is the plan's leg for that arm, the same object on every call."""
+        """A non-sticky pick builds nothing: it is the plan's leg for the arm the split chose, the same object on
+        every call; a sticky pick still gets a leg of its own that says so."""
+        import random
+
+        config = {
+            "endpoints": CONFIG["endpoints"],
+            "routes": {
+                "split": {
+                    "targets": [
+                        {"model": "gpt-4.1", "endpoints": ["a"], "weight": 30},
+                        {"model": "gpt-4.1-mini", "endpoints": ["a"], "weight": 70},
+                    ],
+                    "sticky": "user",
+                },
+            },
+        }
+        router = holyroute.Router(holyroute.load_config(config), rng=random.Random(5))
+        try:
+            plan = router.routes["split"]
+            chooser = random.Random(5)
+            for _ in range(40):
+                index = plan.picker.random(chooser)  # the draw the router's own rng makes next
+                leg = router.pick(plan, {}, {})
+                assert leg is plan.legs[index]
+                assert (leg.route, leg.arm, leg.fallback, leg.sticky) == ("split", plan.arms[index], None, False)
+            assert {id(router.pick(plan, {}, {}).arm) for _ in range(40)} == {id(arm) for arm in plan.arms}
+            sticky = router.pick(plan, {"user": "u-1"}, {})
+            assert sticky.sticky
+            assert all(sticky is not leg for leg in plan.legs)
+        finally:
+            router.close()
+
+    def test_an_answer_without_a_count_keeps_no_headroom(self) -> None:
+        """A remaining-requests header that is no number, and no tokens header: nothing is kept for the pair, so the
+        health book's walk never looks for headroom (its guard: no headroom known at all)."""
         router = holyroute.Router(holyroute.load_config(CONFIG))
         try:
-            plan = router.routes["chat"]
-            picks = {id(router.pick(plan, {}, {})) for _ in range(5)}
-            assert picks == {id(plan.legs[0])}
-            assert plan.legs[0] == (plan.alias, plan.arms[0], None, False)
+            cooldowns = router.health.cooldowns
+            assert not cooldowns.record_headroom("a", "gpt-4.1", {"x-ratelimit-remaining-requests": "lots"}, 1.0)
+            assert not cooldowns._headroom
+            assert cooldowns.blocked("a", "gpt-4.1", 1.0, 10) is None
         finally:
             router.close()
 
@@ -417,7 +450,7 @@ class TestTheCopiedHeaders:
         phases,
         phases,
     )
-    def test_each_attempt_gets_the_timeouts_worked_out_afresh(
+    def test_each_attempt_gets_timeouts_of_its_own(
         self, timeout: dict[str, float | None], bound: float | None, headers_bound: float | None
     ) -> None:
         from holyroute.drivers.transport import _attempt

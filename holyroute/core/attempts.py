@@ -79,10 +79,9 @@ class Attempts(Planning):
             content_type = headers.get("content-type") or ""
             encoding = headers.get("content-encoding")
             if content_type.startswith("text/event-stream"):
-                latency = now - self._sent_at if router.tracks_latency else None  # None spares the health lock
-                restored = health.ejections.success(upstream.endpoint, now, latency, trial=self._trial)
-                if restored is not None:
-                    router.transition(restored)
+                router.transition(
+                    health.ejections.success(upstream.endpoint, now, self._latency(now), trial=self._trial)
+                )
                 hide = self._hide_usage
                 sized = headers.get("content-length") is not None
                 if encoding is None and not sized:  # a stream as providers send it
@@ -113,9 +112,7 @@ class Attempts(Planning):
         assert upstream is not None, "on_body without a Send"
         now = router.clock()
         status = self._status
-        # A cheap check that catches truncated bodies and HTML error pages without parsing the whole answer.
-        text = body.strip()
-        if 200 <= status < 300 and not (text and text[:1] in b"{[" and text[-1:] in b"}]"):
+        if 200 <= status < 300 and not _looks_like_json(body):
             label = "malformed body"
             self._endpoint_failed(upstream, label, now)
             self._failure = self._failure_fields(
@@ -123,10 +120,8 @@ class Attempts(Planning):
             )
             self.on_rejected_body(body)
             return False
-        latency = now - self._sent_at if router.tracks_latency else None  # balance: latency's only input
-        restored = router.health.ejections.success(upstream.endpoint, now, latency, trial=self._trial)
-        if restored is not None:
-            router.transition(restored)
+        ejections = router.health.ejections
+        router.transition(ejections.success(upstream.endpoint, now, self._latency(now), trial=self._trial))
         if status < 300:
             if self._api in _INJECT_USAGE_APIS:  # chat and completions answers say why they stopped
                 self._finish = finish_reason(body)
@@ -275,6 +270,16 @@ class Attempts(Planning):
         peers = self._last_leg.arm.endpoints if self._last_leg is not None else ()
         router = self._router
         router.transition(router.health.ejections.failure(upstream.endpoint, label, now, peers, trial=self._trial))
+
+    def _latency(self, now: float) -> float | None:
+        """This attempt's time to headers, for balance: latency (the only reader); None spares the health lock."""
+        return now - self._sent_at if self._router.tracks_latency else None
+
+
+def _looks_like_json(body: bytes) -> bool:
+    """A cheap check that catches truncated bodies and HTML error pages without parsing the whole answer."""
+    text = body.strip()
+    return bool(text) and text[:1] in b"{[" and text[-1:] in b"}]"
 
 
 def _redirect_answer(

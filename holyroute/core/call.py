@@ -519,8 +519,9 @@ class Call(Sending):
             self._emit_request(400, "error", None, reason, None)
             return
         chosen = self._plan_legs(plan, headers, data, body)
-        if chosen is not None and self._router.spend is not None:
-            self._check_spend(chosen, headers)
+        spend = self._router.spend
+        if chosen is not None and spend is not None:  # spend budgets are configured
+            self._check_spend(spend, chosen, headers)
 
     # ---- the step machine ---------------------------------------------------------------------------------------
 

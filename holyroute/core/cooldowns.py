@@ -140,6 +140,8 @@ class Cooldowns:
         if said is None and tokens is None:
             return False
         requests = header_count(said)
+        if requests is None and tokens is None:  # no count to keep (a remaining-requests that is no number)
+            return False
         max_s = self.max_cooldown_s
         room = self._headroom.get((endpoint, model))
         if room is None:

@@ -104,7 +104,7 @@ class Ejections:
         """An attempt is being sent: count it in flight. True when it is the half-open trial of an endpoint whose
         ejection just ended (only its answer restores it)."""
         with self._lock:
-            state = self._endpoints.get(endpoint) or self._state(endpoint)
+            state = self._state(endpoint)
             state.in_flight += 1
             if state.half_open and not state.trial and state.ejected_until <= now:
                 state.trial = True
@@ -114,7 +114,7 @@ class Ejections:
     def end(self, endpoint: str, *, trial: bool) -> None:
         """The attempt's answer (or error) is in; a trial that neither restored nor re-ejected is released."""
         with self._lock:
-            state = self._endpoints.get(endpoint) or self._state(endpoint)
+            state = self._state(endpoint)
             state.in_flight = max(0, state.in_flight - 1)
             if trial:
                 state.trial = False

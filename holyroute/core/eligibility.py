@@ -60,10 +60,8 @@ class Eligibility(CallState):
                     "holyroute_bad_max_cost",
                 )
                 return False
-        named = self._router.routes[self._alias]
-        if asked is not None or named.max_cost_usd is not None or plan.max_cost_usd is not None:
-            ceilings = cost_ceilings(named, plan, asked)
-            self._ceiling = min(ceiling for ceiling, _ in ceilings) if ceilings else None
+        ceilings = cost_ceilings(self._router.routes[self._alias], plan, asked)
+        self._ceiling = min(ceiling for ceiling, _ in ceilings) if ceilings else None
         out = self._out
         self._check_size = len(body) // 4 + (out or DEFAULT_OUTPUT_RESERVE) > plan.fit_floor or (
             out is not None and out > plan.out_floor

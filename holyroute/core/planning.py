@@ -14,6 +14,7 @@ from holyroute.config.rules import DEFAULT_RULE
 from holyroute.core.accounting import Accounting
 from holyroute.core.health import HeaderLookup
 from holyroute.core.plan import PIN_HEADER, Leg, RoutePlan
+from holyroute.core.spend import SpendBudgets
 
 __all__ = ["Planning"]
 
@@ -64,20 +65,18 @@ class Planning(Accounting):
             self._add_alternatives()
         return plan
 
-    def _check_spend(self, plan: RoutePlan, headers: HeaderLookup) -> None:
+    def _check_spend(self, spend: SpendBudgets, plan: RoutePlan, headers: HeaderLookup) -> None:
         """A spent route or tag budget: block the call (one event), or keep it off the route's own arms."""
-        spend = self._router.spend
-        if spend is not None:
-            self._tags = spend.tags(headers)
-            verdict = spend.over("route", (plan.alias,)) or spend.over("tag", self._tags)
-            if verdict is not None:
-                self._budget = verdict
-                if verdict.action == "block" or not plan.fallbacks:
-                    self._final = self._local_answer(
-                        429,
-                        f"holyroute: {verdict.reason} (action: block); the call was not sent. Raise the budget's "
-                        "usd, wait for the next period, or use action: fallback with a cheaper fallback route",
-                        "budget_exceeded",
-                        "holyroute_budget_exceeded",
-                    )
-                    self._emit_request(429, "error", None, verdict.reason, None)
+        self._tags = spend.tags(headers)
+        verdict = spend.over("route", (plan.alias,)) or spend.over("tag", self._tags)
+        if verdict is not None:
+            self._budget = verdict
+            if verdict.action == "block" or not plan.fallbacks:
+                self._final = self._local_answer(
+                    429,
+                    f"holyroute: {verdict.reason} (action: block); the call was not sent. Raise the budget's "
+                    "usd, wait for the next period, or use action: fallback with a cheaper fallback route",
+                    "budget_exceeded",
+                    "holyroute_budget_exceeded",
+                )
+                self._emit_request(429, "error", None, verdict.reason, None)

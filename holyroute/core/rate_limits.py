@@ -132,6 +132,7 @@ class RateLimits:
             state = self._endpoints.get(endpoint)
             if state is None:
                 state = self._endpoints.setdefault(endpoint, _Limits())
+                self.any = True
             if until > state.limited_until:
                 state.limited_until = until
                 state.limited_reason = reason

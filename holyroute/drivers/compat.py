@@ -112,7 +112,8 @@ class HeaderView(Mapping[str, str]):
             items = self._items
             names = self._names = frozenset(map(_LOWER_NAME, items))
             if len(names) != len(items):
-                self._repeated = _repeated(list(map(_LOWER_NAME, items)))
+                listed = self._lowers = list(map(_LOWER_NAME, items))
+                self._repeated = _repeated(listed)
         if name not in names:
             return default
         if name not in self._repeated:
@@ -245,13 +246,18 @@ def _none(items: list[Any]) -> tuple[Any, ...]:
 
 
 #: The attributes ``httpx2.Request.__init__`` sets when it is given a ready ``stream``: a request built with exactly
-#: these (without re-parsing the URL or copying the headers again) is the same request.
+#: these (without re-parsing the URL or copying the headers again) is the same request. The same holds for the
+#: attributes an empty ``Headers()`` and a ``ByteStream(body)`` have.
 _REQUEST_FIELDS: Final = frozenset({"method", "url", "headers", "extensions", "stream"})
 
 
 def _probe_request() -> bool:
     built = httpx2.Request("POST", "http://probe.invalid/", headers=[(b"A", b"1")], stream=httpx2.ByteStream(b""))
-    return set(vars(built)) == _REQUEST_FIELDS
+    return (
+        set(vars(built)) == _REQUEST_FIELDS
+        and vars(httpx2.Headers()) == {"_list": [], "_encoding": None}
+        and vars(httpx2.ByteStream(b"probe")) == {"_stream": b"probe"}
+    )
 
 
 _FAST_REQUEST: Final = _probe_request()
@@ -288,7 +294,13 @@ def attempt_request(
     caller = request.headers
     if fast and (_FAST_HEADERS if type(caller) is httpx2.Headers else fast_headers_supported(caller)):
         listed = caller._list
-        headers = httpx2.Headers()
+        if _FAST_REQUEST:  # what Headers() and ByteStream(body) set, without their __init__ (probed at import)
+            headers = object.__new__(httpx2.Headers)
+            headers._encoding = None
+            stream = object.__new__(httpx2.ByteStream)
+            stream._stream = body
+        else:
+            headers, stream = httpx2.Headers(), httpx2.ByteStream(body)
         headers._list = [
             (b"Host", b"host", framing[0][1]),
             *_kept(tuple(map(_LOWER_NAME, listed)), target.dropped)(listed),
@@ -301,5 +313,5 @@ def attempt_request(
         pairs.extend((k, v) for k, v in caller.raw if k.lower().decode("latin-1") not in replaced)
         pairs.extend((k.encode("ascii"), v.encode("latin-1")) for k, v in add)
         pairs.append(framing[1])
-        headers = httpx2.Headers(pairs)
-    return _new_request(request.method, target.url, headers, httpx2.ByteStream(body), dict(extensions))
+        headers, stream = httpx2.Headers(pairs), httpx2.ByteStream(body)
+    return _new_request(request.method, target.url, headers, stream, dict(extensions))

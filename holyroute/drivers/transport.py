@@ -521,40 +521,23 @@ def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float
     bound, headers_bound = step.timeout, step.headers_timeout
     if bound is not None or headers_bound is not None:
         timeout = extensions.get("timeout")
-        phases = tuple(timeout.items()) if isinstance(timeout, dict) else ()
-        # The same caller's timeouts and bounds on every call (within the persistence floor): worked out once.
-        key = (phases, bound, headers_bound)
-        found = _LIMITS.get(key)
-        if found is None:
-            if len(_LIMITS) >= _LIMITS_KEPT:
-                _LIMITS.clear()
-            found = _LIMITS[key] = _limits(dict(phases), bound, headers_bound)
-        limits, body_read = found
-        # A copy per attempt: restore_read_timeout changes it once the headers are in.
-        extensions = {**extensions, "timeout": dict(limits)}
+        limits = dict(timeout) if isinstance(timeout, dict) else {}
+        if bound is not None:
+            # Each phase within the attempt's bound (written out: this runs on every attempt).
+            current = limits.get("connect")
+            limits["connect"] = bound if current is None or current > bound else current
+            current = limits.get("read")
+            limits["read"] = bound if current is None or current > bound else current
+            current = limits.get("write")
+            limits["write"] = bound if current is None or current > bound else current
+            current = limits.get("pool")
+            limits["pool"] = bound if current is None or current > bound else current
+        if headers_bound is not None:
+            body_read = current = limits.get("read")
+            limits["read"] = headers_bound if current is None or current > headers_bound else current
+        extensions = {**extensions, "timeout": limits}
     sent = attempt_request(request, step.url, drop=step.drop, add=step.headers, body=step.body, extensions=extensions)
     return sent, body_read
-
-
-#: The per-phase timeouts an attempt gets, by the caller's timeouts and the attempt's bounds (a handful per client).
-_LIMITS: dict[tuple[tuple[tuple[str, Any], ...], float | None, float | None], tuple[dict[str, Any], float | None]] = {}
-_LIMITS_KEPT = 256
-
-
-def _limits(
-    limits: dict[str, Any], bound: float | None, headers_bound: float | None
-) -> tuple[dict[str, Any], float | None]:
-    """``limits`` (the caller's per-phase timeouts, a copy) with each phase within ``bound``, and the read phase within
-    ``headers_bound`` until the headers are in; and the read timeout the body gets after them."""
-    body_read = None
-    if bound is not None:
-        for phase in ("connect", "read", "write", "pool"):
-            current = limits.get(phase)
-            limits[phase] = bound if current is None or current > bound else current
-    if headers_bound is not None:
-        body_read = current = limits.get("read")
-        limits["read"] = headers_bound if current is None or current > headers_bound else current
-    return limits, body_read
 
 
 def _in_memory(response: httpx2.Response) -> httpx2.Response:
