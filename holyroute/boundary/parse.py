@@ -1053,7 +1053,7 @@ class SSEScanner:
 
     __slots__ = ("_hide", "_oversize", "_pending", "done", "error", "events", "finish_reason", "finished", "usage")
 
-    def __init__(self, *, hide_usage_chunk: bool = False) -> None:
+    def __init__(self, hide_usage_chunk: bool = False) -> None:
         self._hide = hide_usage_chunk
         self._pending = bytearray()  # the incomplete event held back
         self._oversize = False  # inside an event past MAX_EVENT_BYTES: hand it on, skip it until its end

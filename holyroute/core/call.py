@@ -280,8 +280,11 @@ class Router:
         if plan is None:
             return None
         # By position, in the order of Call's parameters (keywords to a class cost a dict): the API, the operation,
-        # the query, the headers, the body as read and as sent, the caller's timeout, the output it asks for.
-        call = Call(self, plan, api[0], api[1], query, headers, view.data, body, timeout, view.max_output_tokens)
+        # the query, the headers, the body as read and as sent, the caller's timeout, the output it asks for, and
+        # whether it streams.
+        call = Call(
+            self, plan, api[0], api[1], query, headers, view.data, body, timeout, view.max_output_tokens, view.stream
+        )
         if call._plan.alias not in self.caches:  # on a caching route, the response cache dispatches it on a miss
             self.dispatch(call)
         return call
@@ -405,6 +408,7 @@ class Call(Sending):
         body: bytes,
         timeout: float | None,
         out: int | None = None,
+        stream: bool = False,
         *,
         shadow_of: Call | None = None,
         unreadable: str | None = None,
@@ -428,8 +432,8 @@ class Call(Sending):
         self._deadline = self.started + timeout if timeout else None
         self._rejected = False  # the open attempt's answer was judged a failure (its body is still to be read)
         self._headers = headers
-        self.stream = data.get("stream") is True
-        own = data.get("stream_options") if self.stream else None
+        self.stream = stream  # the body says "stream": true (read at the boundary: RequestView.stream)
+        own = data.get("stream_options") if stream else None
         self._wants_usage_injected = (
             self.stream
             and api in _INJECT_USAGE_APIS
@@ -658,7 +662,7 @@ class Call(Sending):
         """A shadow copy of this call on ``plan``'s shadow arm (see :meth:`Router.dispatch`)."""
         return Call(router, plan, api=self._api, operation=self._operation, query=self._query,
                     headers=_NO_HEADERS, data=self._data, body=self._raw_body, timeout=self._timeout,
-                    out=self._out, shadow_of=self)  # fmt: skip
+                    out=self._out, stream=self.stream, shadow_of=self)  # fmt: skip
 
 
 class _NoHeaders:

@@ -44,7 +44,7 @@ class BodyWatch:
         ticket = call.cache_ticket if cache is not None else None
         self._cache = cache if ticket is not None and ticket.collecting else None
         self._collected: bytearray | None = bytearray() if self._cache is not None else None
-        self._scanner = SSEScanner(hide_usage_chunk=accepted.hide_usage_chunk)
+        self._scanner = SSEScanner(accepted.hide_usage_chunk)  # by position: a keyword to a class costs a dict
         self._decoder = decoder  # a compressed stream (sent although holyroute asked for identity) is decoded here
         self._seen = 0
         self._ended = False
