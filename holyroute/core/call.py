@@ -361,6 +361,8 @@ class Router:
             ):
                 healthy += 1
         panic = healthy * 2 < len(upstreams)
+        if not panic and not self._panicking:  # no arm in panic, nor this one: nothing changes
+            return False
         key = (leg.route, leg.arm.name)
         if panic != (key in self._panicking):
             if panic:

@@ -34,7 +34,7 @@ class Sending(Attempts):
         # the extra usage-only chunk again.
         inject = self._wants_usage_injected and upstream.stream_usage
         self._hide_usage = inject
-        body = self._bodies.get((upstream.model, inject))
+        body = self._bodies.get((upstream.model, inject)) if self._bodies else None  # none yet: the first attempt
         if body is None:
             body = _swap_model(self._raw_body, self._alias_token, upstream.token)
             if body is not None and inject:

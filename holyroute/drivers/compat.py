@@ -284,11 +284,12 @@ def attempt_request(
     drop: frozenset[str],
     add: Sequence[tuple[str, str]],
     body: bytes,
-    extensions: Mapping[str, Any],
+    extensions: dict[str, Any],
     fast: bool = True,
 ) -> httpx2.Request:
     """A copy of ``request`` sent to ``url`` with ``body``: headers named in ``drop`` or in ``add`` removed, ``add``
-    appended, ``Host`` and ``Content-Length`` set for the new target. The caller's request is not modified."""
+    appended, ``Host`` and ``Content-Length`` set for the new target. The caller's request is not modified.
+    ``extensions`` becomes the new request's own (not copied): give a dict no other request holds."""
     target = _target(url, drop, add)
     framing = ((b"Host", target.host), (b"Content-Length", str(len(body)).encode("ascii")))
     caller = request.headers
@@ -314,4 +315,4 @@ def attempt_request(
         pairs.extend((k.encode("ascii"), v.encode("latin-1")) for k, v in add)
         pairs.append(framing[1])
         headers, stream = httpx2.Headers(pairs), httpx2.ByteStream(body)
-    return _new_request(request.method, target.url, headers, stream, dict(extensions))
+    return _new_request(request.method, target.url, headers, stream, extensions)

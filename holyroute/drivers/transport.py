@@ -172,10 +172,12 @@ class Transport(httpx2.BaseTransport):
             if isinstance(step, Send):
                 sent, body_read = _attempt(request, step)
                 try:
-                    response = _in_memory(self._inner.handle_request(sent))
+                    response = self._inner.handle_request(sent)
                 except _ATTEMPT_ERRORS as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
+                if response.is_stream_consumed:  # built already read (a test double): made unread for the tap
+                    response = _in_memory(response)
                 accepted = call.on_response(response.status_code, header_view(response.headers))
                 if step.headers_timeout is not None:
                     restore_read_timeout(sent, body_read)
@@ -287,10 +289,12 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
             if isinstance(step, Send):
                 sent, body_read = _attempt(request, step)
                 try:
-                    response = _in_memory(await self._inner.handle_async_request(sent))
+                    response = await self._inner.handle_async_request(sent)
                 except self._errors as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
+                if response.is_stream_consumed:  # built already read (a test double): made unread for the tap
+                    response = _in_memory(response)
                 accepted = call.on_response(response.status_code, header_view(response.headers))
                 if step.headers_timeout is not None:
                     restore_read_timeout(sent, body_read)
@@ -516,11 +520,13 @@ def _begin(router: Router, request: httpx2.Request) -> Call | None:
 
 def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float | None]:
     """The request for one attempt, and the read timeout its body should get once the headers are in."""
-    extensions: Mapping[str, Any] = request.extensions
+    caller: Mapping[str, Any] = request.extensions
     body_read: float | None = None
     bound, headers_bound = step.timeout, step.headers_timeout
-    if bound is not None or headers_bound is not None:
-        timeout = extensions.get("timeout")
+    if bound is None and headers_bound is None:
+        extensions = dict(caller)  # the attempt's own: the caller's request keeps its dict
+    else:
+        timeout = caller.get("timeout")
         limits = dict(timeout) if isinstance(timeout, dict) else {}
         if bound is not None:
             # Each phase within the attempt's bound (written out: this runs on every attempt).
@@ -535,15 +541,13 @@ def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float
         if headers_bound is not None:
             body_read = current = limits.get("read")
             limits["read"] = headers_bound if current is None or current > headers_bound else current
-        extensions = {**extensions, "timeout": limits}
+        extensions = {**caller, "timeout": limits}
     sent = attempt_request(request, step.url, drop=step.drop, add=step.headers, body=step.body, extensions=extensions)
     return sent, body_read
 
 
 def _in_memory(response: httpx2.Response) -> httpx2.Response:
     """An answer some inner transports build already read (test doubles), as an unread one the tap can watch."""
-    if not response.is_stream_consumed:
-        return response
     headers = [(k, v) for k, v in response.headers.multi_items() if k not in ("content-encoding", "content-length")]
     return httpx2.Response(
         response.status_code,
