@@ -471,10 +471,12 @@ class TestTheCopiedHeaders:
             expected["read"] = headers_bound if current is None or current > headers_bound else current
         if bound is None and headers_bound is None:
             assert first.extensions == request.extensions
+            assert first.extensions is not request.extensions  # the attempt's own dict
             return
         assert (first.extensions["timeout"], read) == (expected, expected_read)
         first.extensions["timeout"]["read"] = -1.0  # what restore_read_timeout does to one attempt's dict
         second, _ = _attempt(request, step)
+        assert second.extensions is not first.extensions
         assert second.extensions["timeout"] == expected
         assert request.extensions["timeout"] == timeout  # the caller's own timeouts are never changed
 

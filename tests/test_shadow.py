@@ -214,3 +214,19 @@ class TestADroppedShadowStillEnds:
         assert (shadow["outcome"], shadow["error"]) == ("cancelled", "cancelled: ShadowDropped")
         assert [e["outcome"] for e in requests(events, shadow=False)] == ["ok"]
         assert ups["shadow"].requests == []
+
+
+def test_the_shadow_of_a_stream_streams(ups: dict[str, FakeUpstream]) -> None:
+    """A shadow copy takes its call's stream flag (read once, at the boundary): it streams when the call does."""
+    router = holyroute.Router(holyroute.load_config(config(ups)))
+    try:
+        for streams in (True, False):
+            body = b'{"model": "chat", "stream": %s, "messages": []}' % (b"true" if streams else b"false")
+            call = router.begin("POST", "/v1/chat/completions", "", {}, body)
+            assert call is not None
+            assert call.shadow is not None
+            assert (call.stream, call.shadow.stream) == (streams, streams)
+            call.shadow.abandon(asyncio.CancelledError())
+            call.abandon(asyncio.CancelledError())
+    finally:
+        router.close()

@@ -271,7 +271,7 @@ class Router:
                 return None
             call = Call(
                 self, self.routes[alias], api=api[0], operation=api[1], query=query, headers=headers,
-                data={"model": alias}, body=body, timeout=timeout, unreadable=view,
+                data={"model": alias}, body=body, timeout=timeout, out=None, stream=False, unreadable=view,
             )  # fmt: skip
             if call._plan.alias not in self.caches:
                 self.dispatch(call)
@@ -409,15 +409,15 @@ class Call(Sending):
         data: Mapping[str, Any],
         body: bytes,
         timeout: float | None,
-        out: int | None = None,
-        stream: bool = False,
+        out: int | None,
+        stream: bool,
         *,
         shadow_of: Call | None = None,
         unreadable: str | None = None,
     ) -> None:
         # Long on purpose: one line per field (typed in CallState), so every field starts in one place; the
         # decisions start in _begin (_plan_legs and _check_spend, core/planning.py). Router.begin passes the
-        # arguments by position: keywords to a class go through a dict (about 5k instructions for these ten).
+        # arguments by position: keywords to a class go through a dict (about 5k instructions for ten of them).
         self._router = router
         self.shadow = None  # the background copy of this call, when it is mirrored
         self.shadow_of = shadow_of  # for a shadow copy: the call it mirrors

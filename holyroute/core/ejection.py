@@ -65,7 +65,8 @@ class Ejections:
         self._lock = threading.Lock()
 
     def _added(self, endpoint: str) -> _Endpoint:
-        """The endpoint's state, added on its first report (callers look it up first: most are there)."""
+        """The endpoint's state, added on its first report (callers look it up first: most are there). Called with
+        ``self._lock`` held."""
         return self._endpoints.setdefault(endpoint, _Endpoint())
 
     # ---- may this endpoint take a request? ----------------------------------------------------------------------

@@ -524,7 +524,10 @@ def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float
     body_read: float | None = None
     bound, headers_bound = step.timeout, step.headers_timeout
     if bound is None and headers_bound is None:
-        extensions = dict(caller)  # the attempt's own: the caller's request keeps its dict
+        # The attempt's own dict (the caller's request keeps its own). A nested "timeout" dict is shared with the
+        # caller's: safe, since only an attempt with a headers bound has it changed (restore_read_timeout), and
+        # such an attempt gets a new one below.
+        extensions = dict(caller)
     else:
         timeout = caller.get("timeout")
         limits = dict(timeout) if isinstance(timeout, dict) else {}
@@ -547,7 +550,8 @@ def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float
 
 
 def _in_memory(response: httpx2.Response) -> httpx2.Response:
-    """An answer some inner transports build already read (test doubles), as an unread one the tap can watch."""
+    """An answer some inner transports build already read (test doubles), as an unread one the tap can watch. Only
+    for an answer whose ``is_stream_consumed`` is set: the drivers check it first."""
     headers = [(k, v) for k, v in response.headers.multi_items() if k not in ("content-encoding", "content-length")]
     return httpx2.Response(
         response.status_code,
