@@ -276,6 +276,41 @@ class TestUnconfiguredFeaturesDoNothing:
         (event,) = events.named("holyroute.request")
         assert (event["outcome"], event["prompt_tokens"]) == ("ok", 3)
 
+    def test_a_plain_call_makes_few_calls_of_its_own(self) -> None:
+        """The layers a plain call goes through, counted: each Python-level call costs about 500-800 instructions,
+        so a new layer on this path shows here before it shows in a benchmark. 75 calls before issue 14's stop 16,
+        56 after; the bound leaves a little room for a change that needs one."""
+        import os
+        import sys
+
+        router = holyroute.Router(holyroute.load_config(CONFIG), log=False)
+        body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        answer = b'{"choices": [{"finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}'
+        root = os.path.dirname(holyroute.__file__)
+        calls: list[str] = []
+
+        def one() -> None:
+            call = router.begin("POST", "/v1/chat/completions", "", {}, body)
+            assert call is not None
+            assert isinstance(call.next_step(), Send)
+            assert call.on_response(200, {"content-type": "application/json"}) is not None
+            assert call.on_body(answer)
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "call" and frame.f_code.co_filename.startswith(root):
+                calls.append(frame.f_code.co_qualname)
+
+        try:
+            one()  # first-call caches (the scanner, the catalogue's rates) filled outside the count
+            sys.setprofile(profile)
+            try:
+                one()
+            finally:
+                sys.setprofile(None)
+        finally:
+            router.close()
+        assert 0 < len(calls) <= 60, calls
+
     def test_a_random_pick_shares_its_arms_leg(self) -> None:
         """A non-sticky pick builds nothing: it is the plan's leg for the arm the split chose, the same object on
         every call; a sticky pick still gets a leg of its own that says so."""
