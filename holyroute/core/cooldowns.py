@@ -136,11 +136,9 @@ class Cooldowns:
         limit is (nearly) used up: the moment other processes should hear of it (:meth:`headroom_change`). Counts
         and durations come from the boundary's parsers: a reset never reaches past ``max_cooldown_s``."""
         said = headers.get("x-ratelimit-remaining-requests")
+        requests = header_count(said) if said is not None else None  # most answers carry none: no parse asked
         tokens = headers.get("x-ratelimit-remaining-tokens")
-        if said is None and tokens is None:
-            return False
-        requests = header_count(said)
-        if requests is None and tokens is None:  # no count to keep (a remaining-requests that is no number)
+        if requests is None and tokens is None:  # nothing to keep (also: a remaining-requests that is no number)
             return False
         max_s = self.max_cooldown_s
         room = self._headroom.get((endpoint, model))

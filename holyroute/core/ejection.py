@@ -64,10 +64,12 @@ class Ejections:
         self._endpoints: dict[str, _Endpoint] = {}
         self._lock = threading.Lock()
 
-    def _added(self, endpoint: str) -> _Endpoint:
-        """The endpoint's state, added on its first report (callers look it up first: most are there). Called with
-        ``self._lock`` held."""
-        return self._endpoints.setdefault(endpoint, _Endpoint())
+    def _state(self, endpoint: str) -> _Endpoint:
+        """The endpoint's state, added on its first report. Called with ``self._lock`` held."""
+        found = self._endpoints.get(endpoint)
+        if found is None:
+            found = self._endpoints.setdefault(endpoint, _Endpoint())
+        return found
 
     # ---- may this endpoint take a request? ----------------------------------------------------------------------
 
@@ -103,7 +105,7 @@ class Ejections:
         """An attempt is being sent: count it in flight. True when it is the half-open trial of an endpoint whose
         ejection just ended (only its answer restores it)."""
         with self._lock:
-            state = self._endpoints.get(endpoint) or self._added(endpoint)
+            state = self._endpoints.get(endpoint) or self._state(endpoint)  # every attempt: no call when known
             state.in_flight += 1
             if state.half_open and not state.trial and state.ejected_until <= now:
                 state.trial = True
@@ -113,7 +115,7 @@ class Ejections:
     def end(self, endpoint: str, *, trial: bool) -> None:
         """The attempt's answer (or error) is in; a trial that neither restored nor re-ejected is released."""
         with self._lock:
-            state = self._endpoints.get(endpoint) or self._added(endpoint)
+            state = self._endpoints.get(endpoint) or self._state(endpoint)  # every attempt: no call when known
             state.in_flight = max(0, state.in_flight - 1)
             if trial:
                 state.trial = False
@@ -152,7 +154,7 @@ class Ejections:
         """
         policy = self.policy
         with self._lock:
-            state = self._endpoints.get(endpoint) or self._added(endpoint)
+            state = self._state(endpoint)
             if trial and state.half_open:
                 return self._eject(state, endpoint, now, f"trial request failed ({label})")
             if state.ejected_until > now or state.half_open:
@@ -190,8 +192,7 @@ class Ejections:
         """The provider said ``insufficient_quota``: out of rotation for ``quota_ejection_s``."""
         seconds = self.policy.quota_ejection_s
         with self._lock:
-            state = self._endpoints.get(endpoint) or self._added(endpoint)
-            state.quota_until = now + seconds
+            self._state(endpoint).quota_until = now + seconds
         return Transition(
             "holyroute.endpoint_ejected",
             endpoint,
@@ -206,7 +207,7 @@ class Ejections:
         """Another process ejected (``ejected``, ``quota``) or restored the endpoint; an ejection lasts ``left`` more
         seconds (already bounded by the caller; nan: nothing to apply)."""
         with self._lock:
-            state = self._endpoints.get(change.endpoint) or self._added(change.endpoint)
+            state = self._state(change.endpoint)
             if change.kind == "quota":
                 state.quota_until = max(state.quota_until, now + left)
             elif change.kind == "ejected":

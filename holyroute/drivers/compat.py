@@ -213,11 +213,12 @@ def _target(url: str, drop: frozenset[str], add: Sequence[tuple[str, str]]) -> _
 
 #: Which of a caller's headers an attempt copies, by the caller's lower-case names and the names dropped: a C
 #: getter built once per distinct pair (a client's SDK sends the same names, in the same order, on every call).
-_KEPT: dict[tuple[tuple[bytes, ...], frozenset[bytes]], Callable[[list[Any]], tuple[Any, ...]]] = {}
+_KEPT: dict[tuple[tuple[bytes, ...], frozenset[bytes]], Callable[[list[Any]], Sequence[Any]]] = {}
 
 
-def _kept(names: tuple[bytes, ...], dropped: frozenset[bytes]) -> Callable[[list[Any]], tuple[Any, ...]]:
-    """A function of the caller's header list giving, in order, the items whose name is not in ``dropped``."""
+def _kept(names: tuple[bytes, ...], dropped: frozenset[bytes]) -> Callable[[list[Any]], Sequence[Any]]:
+    """A function of the caller's header list giving, in order, the items whose name is not in ``dropped``: an
+    ``operator.itemgetter``, which gathers them by C code (a slice when fewer than two are kept)."""
     key = (names, dropped)
     found = _KEPT.get(key)
     if found is None:
@@ -225,24 +226,13 @@ def _kept(names: tuple[bytes, ...], dropped: frozenset[bytes]) -> Callable[[list
             _KEPT.clear()
         kept = [at for at, name in enumerate(names) if name not in dropped]
         if len(kept) > 1:
-            found = operator.itemgetter(*kept)  # a tuple of those items, gathered by C code
+            found = operator.itemgetter(*kept)
         elif kept:
-            found = _one(kept[0])
+            found = operator.itemgetter(slice(kept[0], kept[0] + 1))
         else:
-            found = _none
+            found = operator.itemgetter(slice(0, 0))
         _KEPT[key] = found
     return found
-
-
-def _one(at: int) -> Callable[[list[Any]], tuple[Any, ...]]:
-    def pick(items: list[Any]) -> tuple[Any, ...]:
-        return (items[at],)
-
-    return pick
-
-
-def _none(items: list[Any]) -> tuple[Any, ...]:
-    return ()
 
 
 #: The attributes ``httpx2.Request.__init__`` sets when it is given a ready ``stream``: a request built with exactly

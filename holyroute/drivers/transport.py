@@ -172,12 +172,10 @@ class Transport(httpx2.BaseTransport):
             if isinstance(step, Send):
                 sent, body_read = _attempt(request, step)
                 try:
-                    response = self._inner.handle_request(sent)
+                    response = _in_memory(self._inner.handle_request(sent))
                 except _ATTEMPT_ERRORS as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
-                if response.is_stream_consumed:  # built already read (a test double): made unread for the tap
-                    response = _in_memory(response)
                 accepted = call.on_response(response.status_code, header_view(response.headers))
                 if step.headers_timeout is not None:
                     restore_read_timeout(sent, body_read)
@@ -289,12 +287,10 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
             if isinstance(step, Send):
                 sent, body_read = _attempt(request, step)
                 try:
-                    response = await self._inner.handle_async_request(sent)
+                    response = _in_memory(await self._inner.handle_async_request(sent))
                 except self._errors as error:
                     call.on_error(error, timeout=isinstance(error, httpx2.TimeoutException))
                     continue
-                if response.is_stream_consumed:  # built already read (a test double): made unread for the tap
-                    response = _in_memory(response)
                 accepted = call.on_response(response.status_code, header_view(response.headers))
                 if step.headers_timeout is not None:
                     restore_read_timeout(sent, body_read)
@@ -550,8 +546,9 @@ def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float
 
 
 def _in_memory(response: httpx2.Response) -> httpx2.Response:
-    """An answer some inner transports build already read (test doubles), as an unread one the tap can watch. Only
-    for an answer whose ``is_stream_consumed`` is set: the drivers check it first."""
+    """An answer some inner transports build already read (test doubles), as an unread one the tap can watch."""
+    if not response.is_stream_consumed:
+        return response
     headers = [(k, v) for k, v in response.headers.multi_items() if k not in ("content-encoding", "content-length")]
     return httpx2.Response(
         response.status_code,
