@@ -1128,3 +1128,57 @@ def test_router_begin_on_any_bytes(body: bytes, path: str) -> None:
         _ROUTER.append(Router(load_config(base_config()), log=False, sinks=[]))
     call = _ROUTER[0].begin("POST", path, "", {}, body)
     assert call is None or isinstance(call, holyroute.core.call.Call)
+
+
+# ---- the answer's finish reason and JSON shape, read without a regular expression's search ------------------------
+
+_FINISH_FRAGMENTS = st.lists(
+    st.sampled_from(
+        [
+            b'"finish_reason"',
+            b":",
+            b": ",
+            b" : ",
+            b'"',
+            b'"stop"',
+            b'"length"',
+            b'"tool_calls"',
+            b'"end_turn"',
+            b'"weird_reason"',
+            b'"st op"',
+            b'"' + b"a" * 70 + b'"',
+            b'"\xc3\xa9"',
+            b"null",
+            b"{",
+            b"}",
+            b"\\",
+            b"x",
+        ]
+    ),
+    max_size=12,
+).map(b"".join)
+
+
+@given(_FINISH_FRAGMENTS)
+@example(b'{"finish_reason":"stop"}')
+@example(b'"finish_reason": "length", "finish_reason":"stop"')
+@example(b'"finish_reason":"' + b"a" * 64 + b'"')
+@example(b'"finish_reason":"' + b"a" * 65 + b'"')
+@example(b'"finish_reason":"stop')
+@example(b'"finish_reason": null, "finish_reason": "stop"')
+def test_finish_reason_reads_what_the_pattern_finds(body: bytes) -> None:
+    """The key found by ``bytes.find`` and the usual shape read directly give exactly what a search with the full
+    pattern gives (the first ``"finish_reason": "<name>"``), for any arrangement of the pieces."""
+    from holyroute.boundary.parse import _FINISH, finish_reason
+
+    found = _FINISH.search(body)
+    assert finish_reason(body) == (found.group(1).decode("ascii") if found is not None else None)
+
+
+@given(st.binary(max_size=8) | st.lists(st.sampled_from([b"{", b"}", b"[", b"]", b" ", b"\n", b"x"])).map(b"".join))
+def test_the_json_shape_check_agrees_with_stripping(body: bytes) -> None:
+    """The check without a copy for a body with no surrounding whitespace says what the stripping check says."""
+    from holyroute.core.attempts import _looks_like_json
+
+    text = body.strip()
+    assert _looks_like_json(body) == (bool(text) and text[:1] in b"{[" and text[-1:] in b"}]")

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from holyroute.boundary.parse import MAX_TOKENS, SSEScanner, usage_from_body, usage_from_mapping
 from holyroute.cli import run_prices
 from holyroute.config import load_config
-from holyroute.config.catalogue import catalogue_cost, catalogue_model
+from holyroute.config.catalogue import CatalogueCost, catalogue_cost, catalogue_model
 from holyroute.core.call import Router
 from holyroute.exceptions import ConfigError
 
@@ -486,15 +486,43 @@ class TestConfiguration:
         assert "openai" in message
 
     def test_each_model_is_looked_up_once(self) -> None:
-        """Pricing the same model again reuses the first lookup and the flattened rates."""
+        """Pricing the same model again reuses the flattened rates: one cached read, and no lookup of the model (the
+        rates exist only for a model the catalogue knows)."""
         from holyroute.config.catalogue import _lookup, _rates
 
         usage = usage_from_mapping({"prompt_tokens": 10, "completion_tokens": 10}, model="gpt-4.1")
         catalogue_cost(usage, ("gpt-4.1",), provider="openai", base_url="https://x.example", when=NOW)
-        lookups, rates = _lookup.cache_info().hits, _rates.cache_info().hits
+        lookups, rates = _lookup.cache_info(), _rates.cache_info().hits
         catalogue_cost(usage, ("gpt-4.1",), provider="openai", base_url="https://x.example", when=NOW)
-        assert _lookup.cache_info().hits == lookups + 1
+        assert _lookup.cache_info() == lookups
         assert _rates.cache_info().hits == rates + 1
+
+    def test_the_first_model_the_catalogue_knows_prices_the_call(self) -> None:
+        """An answered model the catalogue does not know falls through to the configured one; none known: unpriced."""
+        usage = usage_from_mapping({"prompt_tokens": 1_000_000, "completion_tokens": 0})
+        found = catalogue_cost(usage, ("no-such-model-xyz", "gpt-4.1"), provider=None, base_url=OPENAI, when=NOW)
+        assert found is not None
+        assert found.cost_usd == pytest.approx(2.0)  # gpt-4.1: $2 per 1M input tokens
+        assert catalogue_cost(usage, ("no-such-model-xyz",), provider=None, base_url=OPENAI, when=NOW) is None
+
+
+@given(st.integers(0, 2_000_000), st.integers(0, 2_000_000), st.sampled_from(FAST_PATH_MODELS))
+def test_a_cost_is_rounded_to_ten_decimal_places(prompt: int, completion: int, target: tuple[str, str]) -> None:
+    """The hot path rounds by integer rounding, not ``round(x, 10)``: the same figure to one unit in the tenth place,
+    and never more digits than ten decimal places."""
+    from holyroute.config.catalogue import _fast_cost, _rates
+
+    model, base_url = target
+    usage = usage_from_mapping({"prompt_tokens": prompt, "completion_tokens": completion})
+    found = catalogue_cost(usage, (model,), provider=None, base_url=base_url, when=NOW)
+    rates = _rates(None, base_url, model, None, int(NOW // 60))
+    assert found is not None
+    assert rates is not None
+    exact = _fast_cost(usage, rates)
+    assert exact is not None
+    assert abs(found.cost_usd - round(exact, 10)) <= 1.000001e-10
+    assert found.cost_usd == round(found.cost_usd, 10)
+    assert type(found) is CatalogueCost
 
 
 def test_pricing_starts_no_updater_and_opens_no_socket(monkeypatch: pytest.MonkeyPatch) -> None:

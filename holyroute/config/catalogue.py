@@ -59,10 +59,16 @@ def catalogue_version() -> str:
     return version("genai-prices")
 
 
-@functools.cache
 def catalogue_source() -> str:
     """``catalogue@<version>``: how an event names a catalogue price."""
-    return f"catalogue@{catalogue_version()}"
+    global _source
+    if _source is None:
+        _source = f"catalogue@{catalogue_version()}"
+    return _source
+
+
+#: The installed catalogue's ``catalogue@<version>``, read once (every priced call's event names it).
+_source: str | None = None
 
 
 @functools.cache
@@ -242,11 +248,23 @@ def _rates(provider: str | None, base_url: str, model: str, tier: str | None, mi
     )
 
 
+#: A :class:`Usage`'s parts (cache reads and writes, reasoning, audio, image), all zero: what most calls report.
+_NO_PARTS: Final = (0,) * 7
+
+
 def _fast_cost(usage: Usage, rates: _Rates) -> float | None:
     """USD for ``usage`` at ``rates``: each reported part at its own rate, the rest of its whole at the whole's;
     ``None`` when parts that may overlap are both reported (cache reads and audio, say): the general arithmetic's."""
     prompt = usage.prompt_tokens
     total = rates.per_call * 1_000_000
+    if usage[2:9] == _NO_PARTS:  # no part reported (most calls): each whole at its own rate
+        rate = rates.input
+        if rate is not None:
+            total += prompt * (rate if type(rate) is float else _at(rate, prompt))
+        rate = rates.output
+        if rate is not None:
+            total += usage.completion_tokens * (rate if type(rate) is float else _at(rate, prompt))
+        return total / 1_000_000
     for whole, whole_rate, parts in (
         (prompt, rates.input, rates.inputs),
         (usage.completion_tokens, rates.output, rates.outputs),
@@ -313,22 +331,28 @@ def catalogue_cost(
     """What ``usage`` cost at the catalogue's rates at Unix time ``when``: the first of ``models`` the catalogue
     knows (the answered model, then the configured one), in the context the answer reported; ``None`` when none is
     known or the catalogue cannot price this usage."""
+    tier = usage.service_tier
+    minute = int(when // 60)
     for model in models:
+        # The flattened rates first: they exist only for a model the catalogue knows, so on the usual call one
+        # cached lookup answers both "is it known" and "at what rates" (the model is looked up only without them).
+        rates = _rates(provider, base_url, model, tier, minute)
+        if rates is not None:
+            cost = _fast_cost(usage, rates)
+            if cost is not None:
+                applied = rates.applied  # the service tier that applied, if any ...
+                if rates.tiered:  # ... and the prompt-size tier reached (most models have none)
+                    applied = _tiers(applied, _prompt_tier(rates.input, usage.prompt_tokens))
+                # To 10 decimal places (what events and reports show) by integer rounding: round(cost, 10) finds the
+                # correctly rounded decimal by a slower, exact path. They differ by one in the tenth place at most,
+                # on a value within a rounding error of a half; a cost of $100,000 or more takes round(). Built by
+                # tuple.__new__: a named tuple's own __new__ is a Python function, and this runs on every priced call.
+                cost = round(cost * 1e10) / 1e10 if cost < 1e5 else round(cost, 10)
+                return tuple.__new__(CatalogueCost, (cost, _source or catalogue_source(), applied))
         found = _lookup(provider, base_url, model)
         if found is not None:
-            break
-    else:
-        return None
-    tier = usage.service_tier
-    rates = _rates(provider, base_url, model, tier, int(when // 60))
-    if rates is not None:
-        cost = _fast_cost(usage, rates)
-        if cost is not None:
-            applied = rates.applied  # the service tier that applied, if any ...
-            if rates.tiered:  # ... and the prompt-size tier reached (most models have none)
-                applied = _tiers(applied, _prompt_tier(rates.input, usage.prompt_tokens))
-            return CatalogueCost(round(cost, 10), catalogue_source(), applied)
-    return _general_cost(usage, found, tier, when)
+            return _general_cost(usage, found, tier, when)
+    return None
 
 
 def _general_cost(

@@ -278,6 +278,8 @@ class Attempts(Planning):
 
 def _looks_like_json(body: bytes) -> bool:
     """A cheap check that catches truncated bodies and HTML error pages without parsing the whole answer."""
+    if body and body[0] in b"{[" and body[-1] in b"}]":  # as answers come: no whitespace to strip (and copy)
+        return True
     text = body.strip()
     return bool(text) and text[:1] in b"{[" and text[-1:] in b"}]"
 
