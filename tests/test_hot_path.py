@@ -478,6 +478,44 @@ class TestTheCopiedHeaders:
         twice = [tuple(_kept(tuple(names), dropped)(items)) for _ in range(2)]  # built, then found again
         assert twice[0] == twice[1] == tuple(item for item in items if item[1] not in dropped)
 
+    @given(st.lists(st.tuples(st.lists(lowers, max_size=6), st.frozensets(lowers)), min_size=1, max_size=6))
+    def test_interleaved_lists_each_get_their_own(self, calls: list[tuple[list[bytes], frozenset[bytes]]]) -> None:
+        """Calls whose names or dropped sets alternate (two clients, two endpoints) each get their own getter: the
+        last one given is found by comparing names, any other by the dict."""
+        from holyroute.drivers.compat import _kept
+
+        for names, dropped in calls + calls[::-1]:
+            items = [(name.upper(), name, b"v%d" % at) for at, name in enumerate(names)]
+            got = tuple(_kept(tuple(names), dropped)(items))
+            assert got == tuple(item for item in items if item[1] not in dropped)
+
+    def test_an_attempt_reuses_the_names_the_request_view_listed(self) -> None:
+        """The request's view lists its names once; the attempt that copies the same list finds them, and a list it
+        did not list (another call's request) is listed again."""
+        from holyroute.drivers import compat
+
+        request = httpx2.Request("POST", "http://caller.example/v1/x", headers={"X-A": "1", "Authorization": "k"})
+        view = compat.header_view(request.headers, copy=False)
+        assert view.get("x-holyroute-arm") is None
+        listed = request.headers._list
+        remembered = compat._names_of(listed)
+        assert remembered == tuple(lower for _, lower, _ in listed)
+        assert b"x-a" in remembered
+        assert compat._names_of(listed) is remembered  # not listed again
+        other = httpx2.Headers({"X-A": "1", "Authorization": "k"})._list
+        assert compat._names_of(other) == (b"x-a", b"authorization")
+        assert compat._names_of(other) is not compat._names_of(other)  # never remembered: listed each time
+        sent = compat.attempt_request(
+            request,
+            "http://up.example/v1/x",
+            drop=frozenset({"authorization", "host", "content-length"}),
+            add=(),
+            body=b"{}",
+            extensions={},
+        )
+        kept = [lower for lower in remembered if lower not in (b"host", b"authorization", b"content-length")]
+        assert [lower for _, lower, _ in sent.headers._list] == [b"host", *kept, b"content-length"]
+
     phases = st.none() | st.floats(min_value=0.001, max_value=1000)
 
     @given(

@@ -48,14 +48,19 @@ def _probe() -> bool:
 _FAST_HEADERS = _probe()
 
 
-def header_view(headers: httpx2.Headers) -> Mapping[str, str]:
+def header_view(headers: httpx2.Headers, *, copy: bool = True) -> Mapping[str, str]:
     """Lower-case name -> value (repeated names joined by ", "): what the core looks at.
 
     The core reads two of the ~17 headers the SDK sends and five or so of an answer's, so the view decodes only the
     names looked up (:class:`HeaderView`); ``httpx2.Headers.get`` would re-derive the encoding and re-normalise the
     key on every call, and decoding every header up front costs more than all the lookups together.
+
+    ``copy=False`` views the list itself: for a caller's request, which nothing changes while its call runs. The
+    names that view lists are then kept for the copy of those headers each attempt makes (:func:`attempt_request`).
     """
     if _FAST_HEADERS if type(headers) is httpx2.Headers else fast_headers_supported(headers):
+        if not copy:
+            return HeaderView(headers._list, True)
         # A copy of the list (a C copy of its pointers): the driver later deletes headers from the answer it hands
         # on (a decoded body's content-encoding), and the view says what came, with its indexes kept valid.
         return HeaderView(list(headers._list))
@@ -63,16 +68,17 @@ def header_view(headers: httpx2.Headers) -> Mapping[str, str]:
 
 
 _LOWER_NAME: Final = operator.itemgetter(1)
-_NO_NAMES: Final[frozenset[bytes]] = frozenset()
+
+#: The last request header list a view listed the names of, and those names: the attempt that copies the same
+#: list's headers finds them here (a list of ~17 names costs about 6k instructions to make). One slot, replaced by
+#: every request; a miss (another call's request in between) lists them again.
+_LAST_NAMES: tuple[list[Any], tuple[bytes, ...]] = ([], ())
 
 
-def _repeated(names: list[bytes]) -> frozenset[bytes]:
-    """The names that occur more than once in ``names``."""
-    seen: set[bytes] = set()
-    repeated: set[bytes] = set()
-    for name in names:
-        (repeated if name in seen else seen).add(name)
-    return frozenset(repeated)
+def _names_of(items: list[Any]) -> tuple[bytes, ...]:
+    """The lower-case names of a header list, in order: from the view that listed them, else listed now."""
+    last = _LAST_NAMES
+    return last[1] if last[0] is items else tuple(map(_LOWER_NAME, items))
 
 
 #: The names the core looks up (a handful), as bytes: encoded once, their hashes kept.
@@ -87,21 +93,23 @@ def _encoded(key: str) -> bytes:
 
 
 class HeaderView(Mapping[str, str]):
-    """A read-only view of httpx2's ``(raw, lower, value)`` header triples: the first lookup gathers the lower-case
-    names in a set by C code, which answers "absent" (what most lookups of a request's ~17 headers are); a name that
-    occurs once is found by ``list.index`` over the names (listed, by C code, at the first name found) and only its
-    value is decoded. Only a name that occurs more than once (``set-cookie``, say) is looked for by a Python loop,
-    which joins its values. ``items`` must not change while the view is in use (:func:`header_view` copies it)."""
+    """A read-only view of httpx2's ``(raw, lower, value)`` header triples: the first lookup lists the lower-case
+    names in a tuple by C code; each lookup counts the name there (a C scan comparing lengths first, cheaper for a
+    few lookups among a few dozen names than hashing them all into a set), and a name found once is found by index
+    and only its value decoded. Only a name that occurs more than once (``set-cookie``, say) is looked for by a
+    Python loop, which joins its values. ``items`` must not change while the view is in use (:func:`header_view`
+    copies it, or is told the list does not change); ``remember`` (by position: keywords to a class cost a dict)
+    keeps the names listed for the attempt's copy."""
 
-    __slots__ = ("_items", "_lowers", "_names", "_repeated")
+    __slots__ = ("_items", "_names", "_remember")
 
-    def __init__(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
+    def __init__(self, items: list[tuple[bytes, bytes, bytes]], remember: bool = False) -> None:
         self._items = items
-        self._lowers: list[bytes] | None = None
-        self._names: frozenset[bytes] | None = None
-        self._repeated: frozenset[bytes] = _NO_NAMES  # the names that occur more than once
+        self._names: tuple[bytes, ...] | None = None
+        self._remember = remember
 
     def get(self, key: str, default: Any = None) -> Any:
+        global _LAST_NAMES
         name = _ENCODED.get(key)
         if name is None:
             if not key.isascii():
@@ -110,17 +118,14 @@ class HeaderView(Mapping[str, str]):
         names = self._names
         if names is None:
             items = self._items
-            names = self._names = frozenset(map(_LOWER_NAME, items))
-            if len(names) != len(items):
-                listed = self._lowers = list(map(_LOWER_NAME, items))
-                self._repeated = _repeated(listed)
-        if name not in names:
+            names = self._names = tuple(map(_LOWER_NAME, items))
+            if self._remember:
+                _LAST_NAMES = (items, names)
+        found = names.count(name)
+        if not found:
             return default
-        if name not in self._repeated:
-            lowers = self._lowers
-            if lowers is None:
-                lowers = self._lowers = list(map(_LOWER_NAME, self._items))
-            return self._items[lowers.index(name)][2].decode("latin-1")
+        if found == 1:
+            return self._items[names.index(name)][2].decode("latin-1")
         # Its values joined by ", ", in order, as httpx2 does.
         return ", ".join([value.decode("latin-1") for _, lower, value in self._items if lower == name])
 
@@ -216,9 +221,22 @@ def _target(url: str, drop: frozenset[str], add: Sequence[tuple[str, str]]) -> _
 _KEPT: dict[tuple[tuple[bytes, ...], frozenset[bytes]], Callable[[list[Any]], Sequence[Any]]] = {}
 
 
+#: The last getter :func:`_kept` gave, with its names and dropped set: found again by comparing the names (the same
+#: SDK sends the same names on every call), which needs none of them hashed, unlike a lookup in :data:`_KEPT`.
+_LAST_KEPT: tuple[tuple[bytes, ...], frozenset[bytes], Callable[[list[Any]], Sequence[Any]]] = (
+    (),
+    frozenset(),
+    operator.itemgetter(slice(0, 0)),
+)
+
+
 def _kept(names: tuple[bytes, ...], dropped: frozenset[bytes]) -> Callable[[list[Any]], Sequence[Any]]:
     """A function of the caller's header list giving, in order, the items whose name is not in ``dropped``: an
     ``operator.itemgetter``, which gathers them by C code (a slice when fewer than two are kept)."""
+    global _LAST_KEPT
+    last = _LAST_KEPT
+    if last[1] is dropped and last[0] == names:
+        return last[2]
     key = (names, dropped)
     found = _KEPT.get(key)
     if found is None:
@@ -232,6 +250,7 @@ def _kept(names: tuple[bytes, ...], dropped: frozenset[bytes]) -> Callable[[list
         else:
             found = operator.itemgetter(slice(0, 0))
         _KEPT[key] = found
+    _LAST_KEPT = (names, dropped, found)
     return found
 
 
@@ -294,7 +313,7 @@ def attempt_request(
             headers, stream = httpx2.Headers(), httpx2.ByteStream(body)
         headers._list = [
             (b"Host", b"host", framing[0][1]),
-            *_kept(tuple(map(_LOWER_NAME, listed)), target.dropped)(listed),
+            *_kept(_names_of(listed), target.dropped)(listed),
             *target.added,
             (b"Content-Length", b"content-length", framing[1][1]),
         ]

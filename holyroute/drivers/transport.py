@@ -510,7 +510,8 @@ def _begin(router: Router, request: httpx2.Request) -> Call | None:
     timeout = request.extensions.get("timeout")
     read = timeout.get("read") if isinstance(timeout, dict) else None
     # A view the core reads a few request headers from (pin, rules, tags, ceilings, sticky), decoding only those.
-    headers = header_view(request.headers)
+    # Not a copy: nothing changes the caller's request while its call runs (attempts send copies of it).
+    headers = header_view(request.headers, copy=False)
     return router.begin(request.method, path, query, headers, body, timeout=read)
 
 
