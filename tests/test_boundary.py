@@ -225,6 +225,20 @@ class TestRequestProperties:
         alias = named_alias(body, {"chat", "m"})
         assert alias is None or (alias in {"chat", "m"} and b'"model"' in body)
 
+    @given(st.dictionaries(OUTPUT_KEYS | st.sampled_from(["metadata", "safety_identifier"]), JSON_VALUES, max_size=3))
+    def test_the_scanned_view_is_the_decoded_view(self, fields: dict[str, Any]) -> None:
+        """What the scan reads of a body (a body naming only its model takes a shortcut) is what the whole decoded
+        body says."""
+        from holyroute.boundary.parse import _view
+
+        data = {"model": "chat-default", **fields, "messages": [{"role": "user", "content": "hi"}]}
+        view = parse_request(json.dumps(data).encode())
+        assert view is not None
+        reference = _view(data, data)
+        assert reference is not None
+        assert tuple(view[1:]) == tuple(reference[1:])
+        assert type(view) is RequestView
+
     @given(
         st.dictionaries(OUTPUT_KEYS, JSON_VALUES, max_size=4),
         JSON_VALUES,

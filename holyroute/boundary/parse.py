@@ -471,6 +471,8 @@ def _view(data: Mapping[str, Any], fields: Mapping[str, Any]) -> RequestView | N
     model = fields.get("model")
     if not isinstance(model, str) or not 0 < len(model) <= _MAX_MODEL_CHARS:
         return None
+    if len(fields) == 1:  # the model is all it names of the fields read (most chat calls): the defaults, as below
+        return tuple.__new__(RequestView, (data, model, False, None, 1, None, None))
     user = fields.get("user") or fields.get("safety_identifier")
     metadata = fields.get("metadata")
     # Built by tuple.__new__: a named tuple's own __new__ is a Python function (this runs on every call).
