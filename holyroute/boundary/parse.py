@@ -471,8 +471,8 @@ def _view(data: Mapping[str, Any], fields: Mapping[str, Any]) -> RequestView | N
     model = fields.get("model")
     if not isinstance(model, str) or not 0 < len(model) <= _MAX_MODEL_CHARS:
         return None
-    if len(fields) == 1:  # the model is all it names of the fields read (most chat calls): the defaults, as below
-        return tuple.__new__(RequestView, (data, model, False, None, 1, None, None))
+    if _PLAIN_FIELDS.issuperset(fields):  # none of the fields read below (most calls): their defaults, as below
+        return tuple.__new__(RequestView, (data, model, fields.get("stream") is True, None, 1, None, None))
     user = fields.get("user") or fields.get("safety_identifier")
     metadata = fields.get("metadata")
     # Built by tuple.__new__: a named tuple's own __new__ is a Python function (this runs on every call).
@@ -490,6 +490,9 @@ def _view(data: Mapping[str, Any], fields: Mapping[str, Any]) -> RequestView | N
     )
 
 
+#: Fields a view reads nothing from but ``model`` and ``stream``: a body whose read fields are all among these (most
+#: calls: the model, perhaps ``stream`` and its options) has the defaults for the others.
+_PLAIN_FIELDS: Final = frozenset({"model", "stream", "stream_options", "temperature", "service_tier"})
 _TOO_DEEP: Final = f"is nested deeper than {MAX_DEPTH} levels"
 _TOO_LONG: Final = "holds a number too long to read (more than 4300 digits)"
 #: ``"model": "<a JSON string>"`` anywhere in a body (a string no longer than any model name can be, escaped).
