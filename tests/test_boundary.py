@@ -1193,7 +1193,9 @@ def test_finish_reason_reads_what_the_pattern_finds(body: bytes) -> None:
     from holyroute.boundary.parse import _FINISH, finish_reason
 
     found = _FINISH.search(body)
-    assert finish_reason(body) == (found.group(1).decode("ascii") if found is not None else None)
+    expected = found.group(1).decode("ascii") if found is not None else None
+    assert finish_reason(body) == expected
+    assert finish_reason(bytearray(body)) == finish_reason(memoryview(body)) == expected
 
 
 @given(st.binary(max_size=8) | st.lists(st.sampled_from([b"{", b"}", b"[", b"]", b" ", b"\n", b"x"])).map(b"".join))

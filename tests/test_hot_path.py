@@ -490,31 +490,63 @@ class TestTheCopiedHeaders:
             assert got == tuple(item for item in items if item[1] not in dropped)
 
     def test_an_attempt_reuses_the_names_the_request_view_listed(self) -> None:
-        """The request's view lists its names once; the attempt that copies the same list finds them, and a list it
-        did not list (another call's request) is listed again."""
+        """The request's view lists its names once and lends them to the attempts that copy the same headers; it
+        lends none for a list that is not (or no longer) what it saw."""
         from holyroute.drivers import compat
 
         request = httpx2.Request("POST", "http://caller.example/v1/x", headers={"X-A": "1", "Authorization": "k"})
-        view = compat.header_view(request.headers, copy=False)
+        view = compat.header_view(request.headers)
+        assert isinstance(view, compat.HeaderView)
+        assert view.names_for(request.headers._list) is None  # nothing listed yet
         assert view.get("x-holyroute-arm") is None
         listed = request.headers._list
-        remembered = compat._names_of(listed)
-        assert remembered == tuple(lower for _, lower, _ in listed)
-        assert b"x-a" in remembered
-        assert compat._names_of(listed) is remembered  # not listed again
-        other = httpx2.Headers({"X-A": "1", "Authorization": "k"})._list
-        assert compat._names_of(other) == (b"x-a", b"authorization")
-        assert compat._names_of(other) is not compat._names_of(other)  # never remembered: listed each time
+        names = view.names_for(listed)
+        assert names == tuple(lower for _, lower, _ in listed)
+        assert view.names_for(list(listed)) is names  # the same triples, in another list
+        assert view.names_for(httpx2.Headers({"X-A": "1"})._list) is None
+
+    @pytest.mark.parametrize("change", ["delete and add", "replace a value", "reorder"])
+    def test_headers_changed_after_the_view_are_copied_as_they_are_now(self, change: str) -> None:
+        """A caller that changes its request's headers in place after the call began (a shadow copy sends later)
+        gets an attempt built from the headers as they are then: never the caller's credential, never an index into
+        a list that moved."""
+        from holyroute.drivers import compat
+
+        request = httpx2.Request(
+            "POST",
+            "http://caller.example/v1/x",
+            headers=[("X-A", "a"), ("X-B", "b"), ("Authorization", "Bearer CALLER-KEY"), ("X-C", "c"), ("X-D", "d")],
+            content=b"{}",
+        )
+        view = compat.header_view(request.headers)
+        assert isinstance(view, compat.HeaderView)
+        assert view.get("x-holyroute-pin") is None  # the names are listed
+        if change == "delete and add":
+            del request.headers["X-A"]
+            request.headers["X-E"] = "e"
+        elif change == "replace a value":
+            request.headers["X-B"] = "b2"
+        else:
+            request.headers._list.append(request.headers._list.pop(0))  # the first header moved to the end
         sent = compat.attempt_request(
             request,
             "http://up.example/v1/x",
             drop=frozenset({"authorization", "host", "content-length"}),
-            add=(),
+            add=(("Authorization", "Bearer ENDPOINT-KEY"),),
             body=b"{}",
             extensions={},
+            listed_by=view,
         )
-        kept = [lower for lower in remembered if lower not in (b"host", b"authorization", b"content-length")]
-        assert [lower for _, lower, _ in sent.headers._list] == [b"host", *kept, b"content-length"]
+        kept = [
+            (lower, value)
+            for _, lower, value in request.headers._list
+            if lower not in (b"authorization", b"host", b"content-length")
+        ]
+        assert sent.headers.get_list("authorization") == ["Bearer ENDPOINT-KEY"]
+        assert [(lower, value) for _, lower, value in sent.headers._list][1:-2] == kept
+        # The view still says what came when the call began.
+        assert view.get("x-a") == "a"
+        assert view.get("x-b") == "b"
 
     phases = st.none() | st.floats(min_value=0.001, max_value=1000)
 
@@ -532,7 +564,7 @@ class TestTheCopiedHeaders:
             "POST", "http://caller.example/v1/chat/completions", content=b"{}", extensions={"timeout": timeout}
         )
         step = Send("http://up.example/v1/chat/completions", (), b"{}", bound, "a", headers_bound)
-        first, read = _attempt(request, step)
+        first, read = _attempt(request, step, None)
         expected = dict(timeout)
         if bound is not None:
             for phase in ("connect", "read", "write", "pool"):
@@ -548,7 +580,7 @@ class TestTheCopiedHeaders:
             return
         assert (first.extensions["timeout"], read) == (expected, expected_read)
         first.extensions["timeout"]["read"] = -1.0  # what restore_read_timeout does to one attempt's dict
-        second, _ = _attempt(request, step)
+        second, _ = _attempt(request, step, None)
         assert second.extensions is not first.extensions
         assert second.extensions["timeout"] == expected
         assert request.extensions["timeout"] == timeout  # the caller's own timeouts are never changed

@@ -1052,6 +1052,8 @@ def finish_reason(body: bytes) -> str | None:
     The key is found by ``bytes.find`` (a regular expression's search tries every byte of a large answer, about six
     times slower); the usual shape, ``"finish_reason":"stop"`` with a reason providers send, is read without one.
     """
+    if type(body) is not bytes:  # a bytearray or memoryview, as the pattern's search took them
+        body = bytes(body)
     at = body.find(_FINISH_KEY)
     if at < 0:
         return None

@@ -332,23 +332,18 @@ def catalogue_cost(
     knows (the answered model, then the configured one), in the context the answer reported; ``None`` when none is
     known or the catalogue cannot price this usage."""
     tier = usage.service_tier
-    minute = int(when // 60)
     for model in models:
         # The flattened rates first: they exist only for a model the catalogue knows, so on the usual call one
         # cached lookup answers both "is it known" and "at what rates" (the model is looked up only without them).
-        rates = _rates(provider, base_url, model, tier, minute)
+        rates = _rates(provider, base_url, model, tier, int(when // 60))
         if rates is not None:
             cost = _fast_cost(usage, rates)
             if cost is not None:
                 applied = rates.applied  # the service tier that applied, if any ...
                 if rates.tiered:  # ... and the prompt-size tier reached (most models have none)
                     applied = _tiers(applied, _prompt_tier(rates.input, usage.prompt_tokens))
-                # To 10 decimal places (what events and reports show) by integer rounding: round(cost, 10) finds the
-                # correctly rounded decimal by a slower, exact path. They differ by one in the tenth place at most,
-                # on a value within a rounding error of a half; a cost of $100,000 or more takes round(). Built by
-                # tuple.__new__: a named tuple's own __new__ is a Python function, and this runs on every priced call.
-                cost = round(cost * 1e10) / 1e10 if cost < 1e5 else round(cost, 10)
-                return tuple.__new__(CatalogueCost, (cost, _source or catalogue_source(), applied))
+                # Built by tuple.__new__: a named tuple's own __new__ is a Python function, on every priced call.
+                return tuple.__new__(CatalogueCost, (round(cost, 10), _source or catalogue_source(), applied))
         found = _lookup(provider, base_url, model)
         if found is not None:
             return _general_cost(usage, found, tier, when)

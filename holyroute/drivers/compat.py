@@ -48,38 +48,21 @@ def _probe() -> bool:
 _FAST_HEADERS = _probe()
 
 
-def header_view(headers: httpx2.Headers, *, copy: bool = True) -> Mapping[str, str]:
+def header_view(headers: httpx2.Headers) -> Mapping[str, str]:
     """Lower-case name -> value (repeated names joined by ", "): what the core looks at.
 
     The core reads two of the ~17 headers the SDK sends and five or so of an answer's, so the view decodes only the
     names looked up (:class:`HeaderView`); ``httpx2.Headers.get`` would re-derive the encoding and re-normalise the
     key on every call, and decoding every header up front costs more than all the lookups together.
-
-    ``copy=False`` views the list itself: for a caller's request, which nothing changes while its call runs. The
-    names that view lists are then kept for the copy of those headers each attempt makes (:func:`attempt_request`).
     """
     if _FAST_HEADERS if type(headers) is httpx2.Headers else fast_headers_supported(headers):
-        if not copy:
-            return HeaderView(headers._list, True)
         # A copy of the list (a C copy of its pointers): the driver later deletes headers from the answer it hands
-        # on (a decoded body's content-encoding), and the view says what came, with its indexes kept valid.
+        # on (a decoded body's content-encoding), and a caller may change its request's; the view says what came.
         return HeaderView(list(headers._list))
     return {name.lower(): value for name, value in headers.items()}
 
 
 _LOWER_NAME: Final = operator.itemgetter(1)
-
-#: The last request header list a view listed the names of, and those names: the attempt that copies the same
-#: list's headers finds them here (a list of ~17 names costs about 6k instructions to make). One slot, replaced by
-#: every request; a miss (another call's request in between) lists them again.
-_LAST_NAMES: tuple[list[Any], tuple[bytes, ...]] = ([], ())
-
-
-def _names_of(items: list[Any]) -> tuple[bytes, ...]:
-    """The lower-case names of a header list, in order: from the view that listed them, else listed now."""
-    last = _LAST_NAMES
-    return last[1] if last[0] is items else tuple(map(_LOWER_NAME, items))
-
 
 #: The names the core looks up (a handful), as bytes: encoded once, their hashes kept.
 _ENCODED: dict[str, bytes] = {}
@@ -98,18 +81,22 @@ class HeaderView(Mapping[str, str]):
     few lookups among a few dozen names than hashing them all into a set), and a name found once is found by index
     and only its value decoded. Only a name that occurs more than once (``set-cookie``, say) is looked for by a
     Python loop, which joins its values. ``items`` must not change while the view is in use (:func:`header_view`
-    copies it, or is told the list does not change); ``remember`` (by position: keywords to a class cost a dict)
-    keeps the names listed for the attempt's copy."""
+    copies it). The names listed also serve the attempts that copy the same headers (:meth:`names_for`)."""
 
-    __slots__ = ("_items", "_names", "_remember")
+    __slots__ = ("_items", "_names")
 
-    def __init__(self, items: list[tuple[bytes, bytes, bytes]], remember: bool = False) -> None:
+    def __init__(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
         self._items = items
         self._names: tuple[bytes, ...] | None = None
-        self._remember = remember
+
+    def names_for(self, items: list[Any]) -> tuple[bytes, ...] | None:
+        """The lower-case names of ``items``, as this view listed them, when ``items`` holds what the view was made
+        from (the same triples in the same order: a C comparison that finds each identical); ``None`` when it does
+        not (changed since, or another list) or the view has listed none."""
+        names = self._names
+        return names if names is not None and self._items == items else None
 
     def get(self, key: str, default: Any = None) -> Any:
-        global _LAST_NAMES
         name = _ENCODED.get(key)
         if name is None:
             if not key.isascii():
@@ -119,8 +106,6 @@ class HeaderView(Mapping[str, str]):
         if names is None:
             items = self._items
             names = self._names = tuple(map(_LOWER_NAME, items))
-            if self._remember:
-                _LAST_NAMES = (items, names)
         found = names.count(name)
         if not found:
             return default
@@ -295,15 +280,20 @@ def attempt_request(
     body: bytes,
     extensions: dict[str, Any],
     fast: bool = True,
+    listed_by: HeaderView | None = None,
 ) -> httpx2.Request:
     """A copy of ``request`` sent to ``url`` with ``body``: headers named in ``drop`` or in ``add`` removed, ``add``
     appended, ``Host`` and ``Content-Length`` set for the new target. The caller's request is not modified.
-    ``extensions`` becomes the new request's own (not copied): give a dict no other request holds."""
+    ``extensions`` becomes the new request's own (not copied): give a dict no other request holds. ``listed_by``, the
+    view of the request's headers, lends the names it listed while the headers are still what it saw."""
     target = _target(url, drop, add)
     framing = ((b"Host", target.host), (b"Content-Length", str(len(body)).encode("ascii")))
     caller = request.headers
     if fast and (_FAST_HEADERS if type(caller) is httpx2.Headers else fast_headers_supported(caller)):
         listed = caller._list
+        names = listed_by.names_for(listed) if listed_by is not None else None
+        if names is None:
+            names = tuple(map(_LOWER_NAME, listed))
         if _FAST_REQUEST:  # what Headers() and ByteStream(body) set, without their __init__ (probed at import)
             headers = object.__new__(httpx2.Headers)
             headers._encoding = None
@@ -313,7 +303,7 @@ def attempt_request(
             headers, stream = httpx2.Headers(), httpx2.ByteStream(body)
         headers._list = [
             (b"Host", b"host", framing[0][1]),
-            *_kept(_names_of(listed), target.dropped)(listed),
+            *_kept(names, target.dropped)(listed),
             *target.added,
             (b"Content-Length", b"content-length", framing[1][1]),
         ]

@@ -33,7 +33,13 @@ from holyroute.boundary.parse import StreamDecoder, decode_content
 from holyroute.config.schema import Config, load_config
 from holyroute.core.call import Call, EventSink, QualityCheck, Router
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, ShadowDropped, Wait
-from holyroute.drivers.compat import attempt_request, header_view, path_and_query, restore_read_timeout
+from holyroute.drivers.compat import (
+    HeaderView,
+    attempt_request,
+    header_view,
+    path_and_query,
+    restore_read_timeout,
+)
 from holyroute.drivers.stream import AsyncTap, BodyWatch, SyncTap
 
 if TYPE_CHECKING:
@@ -104,9 +110,10 @@ class Transport(httpx2.BaseTransport):
         self._shadows_lock = threading.Lock()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        call = _begin(self.router, request)
-        if call is None:
+        begun = _begin(self.router, request)
+        if begun is None:
             return self._inner.handle_request(request)
+        call, headers = begun
         if self._cache is not None:  # a hit sends nothing upstream: its call has no shadow (Router.dispatch)
             with call.owned():
                 cached = self._cache.lookup(call, request)
@@ -115,7 +122,7 @@ class Transport(httpx2.BaseTransport):
         if call.shadow is not None:
             self._mirror(request, call.shadow)
         with call.owned():  # _drive's block, inline: one call less on every routed call
-            return self._steps(request, call)
+            return self._steps(request, call, headers)
 
     def _mirror(self, request: httpx2.Request, shadow: Call) -> None:
         """Run the shadow copy on a small background pool; when the pool is saturated or shut down, the copy is
@@ -164,13 +171,13 @@ class Transport(httpx2.BaseTransport):
 
     def _drive(self, request: httpx2.Request, call: Call) -> httpx2.Response:
         with call.owned():  # whatever escapes (a cancel, KeyboardInterrupt, a bug) ends the attempt and the call
-            return self._steps(request, call)
+            return self._steps(request, call, None)
 
-    def _steps(self, request: httpx2.Request, call: Call) -> httpx2.Response:
+    def _steps(self, request: httpx2.Request, call: Call, headers: Mapping[str, str] | None) -> httpx2.Response:
         while True:
             step = call.next_step()
             if isinstance(step, Send):
-                sent, body_read = _attempt(request, step)
+                sent, body_read = _attempt(request, step, headers)
                 try:
                     response = _in_memory(self._inner.handle_request(sent))
                 except _ATTEMPT_ERRORS as error:
@@ -250,9 +257,10 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if self._checker is not None:
             self._checker.ensure_started()
-        call = _begin(self.router, request)
-        if call is None:
+        begun = _begin(self.router, request)
+        if begun is None:
             return await self._inner.handle_async_request(request)
+        call, headers = begun
         if self._cache is not None:  # a hit sends nothing upstream: its call has no shadow (Router.dispatch)
             with call.owned():
                 cached = await self._cache.alookup(call, request)
@@ -268,7 +276,7 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
             if not spawned:  # too many in flight, closed, or no loop to run it on: it still ends, with its event
                 shadow.abandon(ShadowDropped())
         with call.owned():  # _drive's block, inline: one coroutine less on every routed call
-            return await self._steps(request, call)
+            return await self._steps(request, call, headers)
 
     async def _run_shadow(self, request: httpx2.Request, shadow: Call) -> None:
         response = await self._drive(request, shadow)
@@ -279,13 +287,13 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
 
     async def _drive(self, request: httpx2.Request, call: Call) -> httpx2.Response:
         with call.owned():  # the same owner as the sync driver's: cancellation included
-            return await self._steps(request, call)
+            return await self._steps(request, call, None)
 
-    async def _steps(self, request: httpx2.Request, call: Call) -> httpx2.Response:
+    async def _steps(self, request: httpx2.Request, call: Call, headers: Mapping[str, str] | None) -> httpx2.Response:
         while True:
             step = call.next_step()
             if isinstance(step, Send):
-                sent, body_read = _attempt(request, step)
+                sent, body_read = _attempt(request, step, headers)
                 try:
                     response = _in_memory(await self._inner.handle_async_request(sent))
                 except self._errors as error:
@@ -501,7 +509,9 @@ async def _shadow(run: Callable[[], Awaitable[None]]) -> None:
 # ---- what both drivers share: translating between httpx2 objects and the core's plain data ---------------------
 
 
-def _begin(router: Router, request: httpx2.Request) -> Call | None:
+def _begin(router: Router, request: httpx2.Request) -> tuple[Call, Mapping[str, str]] | None:
+    """The routed call for ``request`` and the view of its headers the core reads (its attempts copy the headers
+    with the names that view listed); ``None`` for a request holyroute passes through."""
     try:
         body = request.content
     except httpx2.RequestNotRead:
@@ -510,13 +520,16 @@ def _begin(router: Router, request: httpx2.Request) -> Call | None:
     timeout = request.extensions.get("timeout")
     read = timeout.get("read") if isinstance(timeout, dict) else None
     # A view the core reads a few request headers from (pin, rules, tags, ceilings, sticky), decoding only those.
-    # Not a copy: nothing changes the caller's request while its call runs (attempts send copies of it).
-    headers = header_view(request.headers, copy=False)
-    return router.begin(request.method, path, query, headers, body, timeout=read)
+    headers = header_view(request.headers)
+    call = router.begin(request.method, path, query, headers, body, timeout=read)
+    return None if call is None else (call, headers)
 
 
-def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float | None]:
-    """The request for one attempt, and the read timeout its body should get once the headers are in."""
+def _attempt(
+    request: httpx2.Request, step: Send, headers: Mapping[str, str] | None
+) -> tuple[httpx2.Request, float | None]:
+    """The request for one attempt, and the read timeout its body should get once the headers are in. ``headers``:
+    the view of the request's headers made when the call began (a shadow copy, which runs later, has none)."""
     caller: Mapping[str, Any] = request.extensions
     body_read: float | None = None
     bound, headers_bound = step.timeout, step.headers_timeout
@@ -542,7 +555,15 @@ def _attempt(request: httpx2.Request, step: Send) -> tuple[httpx2.Request, float
             body_read = current = limits.get("read")
             limits["read"] = headers_bound if current is None or current > headers_bound else current
         extensions = {**caller, "timeout": limits}
-    sent = attempt_request(request, step.url, drop=step.drop, add=step.headers, body=step.body, extensions=extensions)
+    sent = attempt_request(
+        request,
+        step.url,
+        drop=step.drop,
+        add=step.headers,
+        body=step.body,
+        extensions=extensions,
+        listed_by=headers if type(headers) is HeaderView else None,
+    )
     return sent, body_read
 
 
