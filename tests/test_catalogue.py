@@ -519,6 +519,8 @@ def test_a_cost_is_rounded_exactly_to_ten_decimal_places(prompt: int, cached: in
     rates = _rates("avian", "", "xiaomi/mimo-v2.5-pro", None, int(NOW // 60))
     assert found is not None
     assert rates is not None
+    assert isinstance(rates.input, float)
+    assert round(rates.input, 4) != rates.input  # a rate with five decimals: else this test could not fail
     exact = _fast_cost(usage, rates)
     assert exact is not None
     assert found.cost_usd == round(exact, 10)

@@ -230,3 +230,47 @@ def test_the_shadow_of_a_stream_streams(ups: dict[str, FakeUpstream]) -> None:
             call.abandon(asyncio.CancelledError())
     finally:
         router.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_the_call_lends_its_header_names_to_its_own_attempts_only(
+    ups: dict[str, FakeUpstream], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The driver hands the view of the request's headers to its own call's attempts, which copy the headers with
+    the names the view listed; a shadow copy, which sends later, gets none and lists them itself."""
+    from holyroute.drivers import transport as driver
+    from holyroute.drivers.compat import HeaderView
+
+    seen: list[tuple[str, bool]] = []  # (endpoint host, names lent)
+    lock = threading.Lock()
+    real = driver.attempt_request
+
+    def spy(request: httpx2.Request, url: str, **kwargs: Any) -> httpx2.Request:
+        view = kwargs.get("listed_by")
+        lent = isinstance(view, HeaderView) and view.names_for(request.headers._list) is not None
+        with lock:
+            seen.append((url, lent))
+        return real(request, url, **kwargs)
+
+    monkeypatch.setattr(driver, "attempt_request", spy)
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"Authorization": "Bearer caller-key", "X-Trace": "t1"}
+    if mode == "sync":
+        with httpx2.Client(transport=holyroute.Transport(config(ups))) as client:
+            assert client.post("http://caller.invalid/v1/chat/completions", json=body, headers=headers).is_success
+            wait_for(lambda: len(seen) == 2)
+    else:
+
+        async def run() -> None:
+            async with httpx2.AsyncClient(transport=holyroute.AsyncTransport(config(ups))) as client:
+                sent = await client.post("http://caller.invalid/v1/chat/completions", json=body, headers=headers)
+                assert sent.is_success
+                for _ in range(500):
+                    if len(seen) == 2:
+                        break
+                    await asyncio.sleep(0.01)
+
+        asyncio.run(run())
+    assert sorted(seen) == sorted([(f"{ups['served'].base_url}/chat/completions", True),
+                                   (f"{ups['shadow'].base_url}/chat/completions", False)])  # fmt: skip
+    assert ups["served"].requests[0].headers.get("x-trace") == ups["shadow"].requests[0].headers.get("x-trace") == "t1"
