@@ -280,18 +280,19 @@ def attempt_request(
     body: bytes,
     extensions: dict[str, Any],
     fast: bool = True,
-    listed_by: HeaderView | None = None,
+    listed_by: Mapping[str, str] | None = None,
 ) -> httpx2.Request:
     """A copy of ``request`` sent to ``url`` with ``body``: headers named in ``drop`` or in ``add`` removed, ``add``
     appended, ``Host`` and ``Content-Length`` set for the new target. The caller's request is not modified.
     ``extensions`` becomes the new request's own (not copied): give a dict no other request holds. ``listed_by``, the
-    view of the request's headers, lends the names it listed while the headers are still what it saw."""
+    view of the request's headers (:func:`header_view`), lends the names it listed while the headers are still what it
+    saw."""
     target = _target(url, drop, add)
     framing = ((b"Host", target.host), (b"Content-Length", str(len(body)).encode("ascii")))
     caller = request.headers
     if fast and (_FAST_HEADERS if type(caller) is httpx2.Headers else fast_headers_supported(caller)):
         listed = caller._list
-        names = listed_by.names_for(listed) if listed_by is not None else None
+        names = listed_by.names_for(listed) if type(listed_by) is HeaderView else None
         if names is None:
             names = tuple(map(_LOWER_NAME, listed))
         if _FAST_REQUEST:  # what Headers() and ByteStream(body) set, without their __init__ (probed at import)

@@ -33,13 +33,7 @@ from holyroute.boundary.parse import StreamDecoder, decode_content
 from holyroute.config.schema import Config, load_config
 from holyroute.core.call import Call, EventSink, QualityCheck, Router
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, ShadowDropped, Wait
-from holyroute.drivers.compat import (
-    HeaderView,
-    attempt_request,
-    header_view,
-    path_and_query,
-    restore_read_timeout,
-)
+from holyroute.drivers.compat import attempt_request, header_view, path_and_query, restore_read_timeout
 from holyroute.drivers.stream import AsyncTap, BodyWatch, SyncTap
 
 if TYPE_CHECKING:
@@ -562,7 +556,7 @@ def _attempt(
         add=step.headers,
         body=step.body,
         extensions=extensions,
-        listed_by=headers if type(headers) is HeaderView else None,
+        listed_by=headers,
     )
     return sent, body_read
 
