@@ -758,12 +758,16 @@ class FakeUpstream:
             await self._stopping.wait()
         finally:
             server.close()
+            # A connection accepted just before the close has a handler task that has not taken its first step;
+            # cancelled now it would never run its cleanup, and its socket would stay open. One step lists it.
+            await asyncio.sleep(0)
             open_now = list(self._open.items())
             for task, writer in open_now:
                 writer.transport.abort()
                 task.cancel()
             await asyncio.gather(*(task for task, _ in open_now), return_exceptions=True)
             await server.wait_closed()
+            await asyncio.sleep(0)  # the transports' scheduled connection_lost callbacks close their sockets
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

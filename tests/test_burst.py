@@ -57,6 +57,7 @@ class Burst:
         self.loop = asyncio.new_event_loop()
         self.arrived = asyncio.Event()
         self.port = 0
+        self.open: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
         self.thread.start()
@@ -74,13 +75,34 @@ class Burst:
             self.port = server.sockets[0].getsockname()[1]
             self.stopping = asyncio.Event()
             ready.set()
-            async with server:
+            try:
                 await self.stopping.wait()
+            finally:
+                await self._shut(server)
 
         self.loop.run_until_complete(main())
         self.loop.close()
 
+    async def _shut(self, server: asyncio.Server) -> None:
+        """Close the listener and every connection, and let each transport finish closing before the loop does.
+
+        Closing the loop while a transport's close is still scheduled leaves its socket open, and the garbage
+        collector reports it later, in whichever test happens to be running.
+        """
+        server.close()
+        await asyncio.sleep(0)  # a connection accepted just now gets its handler's first step, and is listed
+        open_now = list(self.open.items())
+        for task, writer in open_now:
+            writer.transport.abort()
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in open_now), return_exceptions=True)
+        await server.wait_closed()
+        await asyncio.sleep(0)  # the transports' scheduled connection_lost callbacks run, closing their sockets
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.open[task] = writer
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
@@ -109,9 +131,10 @@ class Burst:
                     conn.start_next_cycle()
                 elif isinstance(event, h11.ConnectionClosed):
                     return
-        except (ConnectionError, h11.ProtocolError):
-            return
+        except (ConnectionError, h11.ProtocolError, asyncio.CancelledError):
+            return  # the client went away, or _shut cancelled this connection
         finally:
+            del self.open[task]
             writer.close()
 
     def stop(self) -> None:
