@@ -25,6 +25,13 @@ header, and its body is not compressed. "added" is holyroute's instructions minu
 the raw SDK's, per call; the per-KB columns divide what holyroute adds beyond the small chat call by the request's
 (or the answer's) extra size.
 
+"own" counts holyroute's own work alone, in a third process for the small chat call and the sized cases: callgrind
+collects inside holyroute's transport and stops inside its inner transport (a toggle around each,
+:class:`_Toggled`), so neither the SDK's work nor the upstream's is in it. The sized cases' per-KB figures are judged
+on it: at 128 KB of messages the SDK itself spends about 190 M instructions a call, and where the allocator puts its
+objects (which holyroute's own allocations move) changes that by a few hundred thousand, run to run of the two
+processes, which "added", a difference of whole calls, carries and "own" does not.
+
     python benchmarks/bench_instructions.py               # all cases, 40 measured calls each (the largest fewer)
     python benchmarks/bench_instructions.py --calls 100 --cases chat,chat-128k --json
 """
@@ -43,6 +50,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import httpx2
 
 #: Instructions per microsecond on the machine the README's figures come from (about 4 G instructions/s in CPython).
 _NOMINAL_PER_US = 4000
@@ -83,6 +92,11 @@ CASES: dict[str, tuple[str, float, float]] = {
 }
 #: The cases whose size the per-KB columns are about (the others differ from "chat" in kind, not in size).
 _SIZED = ("chat-32k", "chat-128k", "embeddings-1.6m")
+#: ... and the ones counted a third time, for holyroute's own work alone ("own": the instructions inside holyroute's
+#: transport, less its inner transport's). The SDK's own work on 128 KB of messages is about 190 M instructions a
+#: call, and where the allocator happens to put its objects (which holyroute's allocations move) changes that by a
+#: few hundred thousand: a difference of whole calls ("added") carries that noise, the own count does not.
+_OWN = ("chat", *_SIZED)
 _CASSETTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cassettes", "chat_completion.yaml")
 
 
@@ -133,7 +147,6 @@ def _stream_events() -> list[bytes]:
 
 def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     """Build one client, warm it up, then make ``calls`` calls inside a ctypes callback (all callgrind counts)."""
-    import httpx2
     import openai
     import structlog
 
@@ -177,7 +190,10 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
             cache_logger_on_first_use=True,
         )
     base_url = "http://127.0.0.1:9/v1"
-    mock = httpx2.MockTransport(canned)
+    mock: Any = httpx2.MockTransport(canned)
+    counting = [False]  # "own": the two toggles below count only the measured calls, not the warm-up
+    if client_kind == "own":
+        mock = _Toggled(mock, counting, "inner")
     # Both clients are built in both processes, so the imports and the set-up are the same outside the count.
     config = {
         "endpoints": {"bench": {"base_url": base_url, "api_key": "bench-key"}},
@@ -188,13 +204,14 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     }
     if operation == "cache-hit":  # only in this case: a route with a cache makes the client hold one
         config["routes"]["chat-cached"] = {"targets": [{"model": "gpt-4.1", "endpoints": ["bench"]}], "cache": {}}
-    routed = httpx2.Client(transport=holyroute.Transport(config, transport=mock))
+    transport: Any = holyroute.Transport(config, transport=mock)
+    if client_kind == "own":
+        transport = _Toggled(transport, counting, "holyroute")
+    routed = httpx2.Client(transport=transport)
     raw = httpx2.Client(transport=mock)
-    sdk = openai.OpenAI(
-        base_url=base_url, api_key="bench-key", http_client=routed if client_kind == "holyroute" else raw
-    )
+    sdk = openai.OpenAI(base_url=base_url, api_key="bench-key", http_client=raw if client_kind == "raw" else routed)
     model = "text-embedding-3-small" if operation == "embeddings" else "gpt-4.1"
-    if client_kind == "holyroute":
+    if client_kind != "raw":
         model = {"embeddings": "embed-default", "cache-hit": "chat-cached"}.get(operation, "chat-default")
     call: Callable[[], Any]
     messages: Any = _messages(request_kb)
@@ -234,19 +251,54 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
             call()
         return 0
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(measured)
-    pair = (ctypes.c_int * 2)(1, 2)
-    # Two elements: exactly one comparison. A stream's rest is read between comparisons, outside the count.
-    for _ in range(calls if operation == "stream" else 1):
-        libc.qsort(pair, 2, ctypes.sizeof(ctypes.c_int), compare)
-        drain()
+    if client_kind == "own":  # the toggles in the two transports count; the calls themselves run outside any
+        counting[0] = True
+        measured(0, 0)
+        counting[0] = False
+    else:
+        compare = _CALLBACK(measured)
+        # Two elements: exactly one comparison. A stream's rest is read between comparisons, outside the count.
+        for _ in range(calls if operation == "stream" else 1):
+            _LIBC.qsort(_PAIR, 2, ctypes.sizeof(ctypes.c_int), compare)
+            drain()
     if operation == "cache-hit" and client_kind == "holyroute" and upstream_calls[0] != 1:
         raise RuntimeError(f"chat-cache-hit: the upstream was called {upstream_calls[0]} times, not once: not all hits")
     sdk.close()
     routed.close()
     raw.close()
     devnull.close()
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_PAIR = (ctypes.c_int * 2)(1, 2)
+
+
+class _Toggled(httpx2.BaseTransport):
+    """A transport whose ``handle_request`` runs inside a ctypes callback while ``counting[0]`` is set, so each of
+    its calls toggles callgrind's collection on as it starts and off as it ends. Two of them, one around
+    holyroute's transport and one around its inner transport, count holyroute's own work: on in holyroute's
+    transport, off in the inner one, on again when the inner one has answered."""
+
+    def __init__(self, transport: Any, counting: list[bool], name: str) -> None:
+        self._transport, self._counting, self.name = transport, counting, name
+        self._call: list[Any] = []
+        self._compare = _CALLBACK(self._inside)
+
+    def _inside(self, _a: int, _b: int) -> int:
+        self._call.append(self._transport.handle_request(self._call.pop()))
+        return 0
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if not self._counting[0]:
+            return self._transport.handle_request(request)
+        self._call.append(request)
+        _LIBC.qsort(_PAIR, 2, ctypes.sizeof(ctypes.c_int), self._compare)
+        response: httpx2.Response = self._call.pop()
+        return response
+
+    def close(self) -> None:
+        self._transport.close()
 
 
 #: Cases whose one call costs hundreds of millions of instructions run a share of ``--calls`` (at least 3) after
@@ -297,11 +349,14 @@ def add_per_kb(results: list[dict[str, Any]]) -> None:
     """Give each case of :data:`_SIZED` its ``added_per_kb``: what it adds beyond the small chat call, per KB of
     extra request (or answer). Only with a "chat" result to subtract; every other case differs in kind, not size."""
     base = next((r["added"] for r in results if r["case"] == "chat"), None)
+    own = next((r.get("own") for r in results if r["case"] == "chat"), None)
     for r in results:
         _, request_kb, answer_kb = CASES[r["case"]]
         extra_kb = max(request_kb - CASES["chat"][1], answer_kb - CASES["chat"][2])
         if base is not None and r["case"] in _SIZED and extra_kb > 0:
             r["added_per_kb"] = round((r["added"] - base) / extra_kb)
+            if own is not None and "own" in r:
+                r["own_per_kb"] = round((r["own"] - own) / extra_kb)
 
 
 def main() -> int:
@@ -329,9 +384,16 @@ def main() -> int:
         warmup = min(args.warmup, _WARMUP_CAP.get(case, args.warmup))
         raw = _count("raw", case, calls, warmup) / calls
         routed = _count("holyroute", case, calls, warmup) / calls
-        results.append(
-            {"case": case, "calls": calls, "raw": round(raw), "holyroute": round(routed), "added": round(routed - raw)}
-        )
+        result = {
+            "case": case,
+            "calls": calls,
+            "raw": round(raw),
+            "holyroute": round(routed),
+            "added": round(routed - raw),
+        }
+        if case in _OWN:
+            result["own"] = round(_count("own", case, calls, warmup) / calls)
+        results.append(result)
     add_per_kb(results)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -345,12 +407,16 @@ def main() -> int:
         f"instructions per call, {args.calls} calls per process under callgrind (fewer for the largest cases: "
         f"{', '.join(f'{c} {_calls_for(c, args.calls)}' for c in _CALLS_SHARE)}); added = holyroute - raw\n"
     )
-    print(f"{'case':<18}{'raw':>12}{'holyroute':>12}{'added':>10}{'added %':>9}{'per extra KB':>14}{'~µs/KB':>8}")
+    print(
+        f"{'case':<18}{'raw':>12}{'holyroute':>12}{'added':>10}{'added %':>9}{'per extra KB':>14}{'~µs/KB':>8}"
+        f"{'own/KB':>8}{'~µs/KB':>8}"
+    )
     for r in results:
-        per_kb = r.get("added_per_kb")
+        per_kb, own_kb = r.get("added_per_kb"), r.get("own_per_kb")
         print(
             f"{r['case']:<18}{r['raw']:>12,}{r['holyroute']:>12,}{r['added']:>10,}{100 * r['added'] / r['raw']:>8.1f}%"
             + (f"{per_kb:>14,}{per_kb / _NOMINAL_PER_US:>8.2f}" if per_kb is not None else "")
+            + (f"{own_kb:>8,}{own_kb / _NOMINAL_PER_US:>8.2f}" if own_kb is not None else "")
         )
     return 0
 

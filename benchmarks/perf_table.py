@@ -152,8 +152,17 @@ def instruction_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
         if r is None or "added_per_kb" not in r:
             rows.append(_missing(label, target, "case not run" if r is None else "no chat case to subtract"))
             continue
-        per_us = r["added_per_kb"] / NOMINAL_PER_US
-        shown = f"{r['added_per_kb']:,} instructions/KB ≈ {per_us:.3f} µs/KB ({r['added']:,} added per call)"
+        if "own_per_kb" in r:
+            # Judged on holyroute's own work, which no layout of the SDK's objects moves; the whole call's figure
+            # is shown beside it.
+            per_us = r["own_per_kb"] / NOMINAL_PER_US
+            shown = (
+                f"{r['own_per_kb']:,} instructions/KB of holyroute's own work ≈ {per_us:.3f} µs/KB "
+                f"(whole call: {r['added_per_kb']:,}/KB, {r['added']:,} added per call)"
+            )
+        else:
+            per_us = r["added_per_kb"] / NOMINAL_PER_US
+            shown = f"{r['added_per_kb']:,} instructions/KB ≈ {per_us:.3f} µs/KB ({r['added']:,} added per call)"
         rows.append(Row(label, target, shown, per_us))
     stream = by_case.get("stream-ttft")
     measure = "stream, call to first chunk: instructions added"

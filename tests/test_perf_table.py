@@ -467,6 +467,83 @@ class TestTheRecordedCase:
         bench.add_per_kb(results)
         assert [r.get("added_per_kb") for r in results] == [None, 5_000, None, None]  # 159,500 over 31.9 KB
 
+    def test_the_own_count_gets_its_per_kb_figure_beside_the_whole_calls(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        bench: Any = _bench("bench_instructions", monkeypatch)
+        results = [
+            {"case": "chat", "added": 400_000, "own": 390_000},
+            {"case": "chat-32k", "added": 400_000 + 31_900 * 5, "own": 390_000 + 31_900 * 4},
+            {"case": "chat-128k", "added": 400_000 + 127_900 * 5},  # no own count: the whole call's figure only
+        ]
+        bench.add_per_kb(results)
+        assert [(r.get("added_per_kb"), r.get("own_per_kb")) for r in results] == [
+            (None, None),
+            (5_000, 4_000),
+            (5_000, None),
+        ]
+
+    def test_the_toggled_transports_nest_and_count_only_when_asked(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """What the "own" count relies on, short of callgrind itself: with counting on, holyroute's transport runs
+        inside its toggle's callback and the inner transport inside another, nested in it; with it off, neither
+        callback runs (the warm-up is not counted)."""
+        import httpx2
+
+        import holyroute
+
+        bench: Any = _bench("bench_instructions", monkeypatch)
+        seen: list[str] = []
+
+        def answer(request: httpx2.Request) -> httpx2.Response:
+            seen.append("inner answers")
+            return httpx2.Response(200, json={"id": "x", "choices": [], "usage": None})
+
+        counting = [False]
+        inner = bench._Toggled(httpx2.MockTransport(answer), counting, "inner")
+        config = {
+            "endpoints": {"e": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k"}},
+            "routes": {"chat": {"targets": [{"model": "gpt-4.1", "endpoints": ["e"]}]}},
+        }
+        outer = bench._Toggled(holyroute.Transport(config, transport=inner, log=False), counting, "holyroute")
+        entered: list[str] = []
+        for toggled in (inner, outer):
+            inside = toggled._inside
+
+            def spy(a: int, b: int, inside: Any = inside, name: str = toggled.name) -> int:
+                entered.append(f"{name} in")
+                done = int(inside(a, b))
+                entered.append(f"{name} out")
+                return done
+
+            toggled._compare = bench._CALLBACK(spy)
+        request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions", json={"model": "chat"})
+        with httpx2.Client(transport=outer) as client:
+            assert client.send(request).status_code == 200
+            assert entered == []  # not counting: straight through
+            counting[0] = True
+            assert client.send(request).status_code == 200
+        assert entered == ["holyroute in", "inner in", "inner out", "holyroute out"]
+        assert seen == ["inner answers", "inner answers"]
+
+    def test_a_per_kb_row_is_judged_on_the_own_count_when_there_is_one(self) -> None:
+        results = [
+            {"case": "chat", "raw": 4_900_000, "holyroute": 5_300_000, "added": 400_000, "own": 390_000},
+            {
+                "case": "chat-32k",
+                "raw": 52_000_000,
+                "holyroute": 52_559_500,
+                "added": 559_500,
+                "own": 517_600,
+                "added_per_kb": 5_000,
+                "own_per_kb": 4_000,
+            },
+        ]
+        rows = perf_table.instruction_rows(results)
+        (row,) = [row for row in rows if row.measure.startswith("chat, 32 KB")]
+        assert row.cells() == (
+            "| chat, 32 KB of messages: added per KB of request | ≤ 0.5 µs/KB "
+            "| 4,000 instructions/KB of holyroute's own work ≈ 1.000 µs/KB "
+            "(whole call: 5,000/KB, 559,500 added per call) | **not met** |"
+        )
+
     def test_its_row_is_shown_without_a_target(self) -> None:
         rows = perf_table.instruction_rows(RESULTS["runs"]["instructions"]["result"])
         (row,) = [row for row in rows if row.measure.startswith("chat answered as the cassette's")]
