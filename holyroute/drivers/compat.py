@@ -239,19 +239,16 @@ def _kept(names: tuple[bytes, ...], dropped: frozenset[bytes]) -> Callable[[list
     return found
 
 
-#: The attributes ``httpx2.Request.__init__`` sets when it is given its body as bytes (``content=``): a request built
-#: with exactly these (without re-parsing the URL or copying the headers again) is the same request, its body already
-#: read (``request.content`` answers without joining the stream, as it does for the SDK's own request). The same holds
-#: for the attributes an empty ``Headers()`` and a ``ByteStream(body)`` have.
-_REQUEST_FIELDS: Final = frozenset({"method", "url", "headers", "extensions", "stream", "_content"})
+#: The attributes ``httpx2.Request.__init__`` sets when it is given a ready ``stream``: a request built with exactly
+#: these (without re-parsing the URL or copying the headers again) is the same request. The same holds for the
+#: attributes an empty ``Headers()`` and a ``ByteStream(body)`` have.
+_REQUEST_FIELDS: Final = frozenset({"method", "url", "headers", "extensions", "stream"})
 
 
 def _probe_request() -> bool:
-    built = httpx2.Request("POST", "http://probe.invalid/", headers=[(b"A", b"1")], content=b"probe")
+    built = httpx2.Request("POST", "http://probe.invalid/", headers=[(b"A", b"1")], stream=httpx2.ByteStream(b""))
     return (
         set(vars(built)) == _REQUEST_FIELDS
-        and type(built.stream) is httpx2.ByteStream
-        and built._content == b"probe"
         and vars(httpx2.Headers()) == {"_list": [], "_encoding": None}
         and vars(httpx2.ByteStream(b"probe")) == {"_stream": b"probe"}
     )
@@ -270,11 +267,8 @@ def _new_request(
         request.headers = headers
         request.extensions = extensions
         request.stream = stream
-        request._content = stream._stream
         return request
-    request = httpx2.Request(method, url, headers=headers, stream=stream, extensions=extensions)
-    request.read()  # the body in memory already (one part, joined without a copy): as the fast path leaves it
-    return request
+    return httpx2.Request(method, url, headers=headers, stream=stream, extensions=extensions)
 
 
 def attempt_request(
