@@ -27,10 +27,10 @@ the raw SDK's, per call; the per-KB columns divide what holyroute adds beyond th
 
 "own" counts holyroute's own work alone, in a third process for the small chat call and the sized cases: callgrind
 collects inside holyroute's transport and stops inside its inner transport (a toggle around each,
-:class:`_Toggled`), so neither the SDK's work nor the upstream's is in it. The sized cases' per-KB figures are judged
-on it: at 128 KB of messages the SDK itself spends about 190 M instructions a call, and where the allocator puts its
-objects (which holyroute's own allocations move) changes that by a few hundred thousand, run to run of the two
-processes, which "added", a difference of whole calls, carries and "own" does not.
+:class:`_Toggled`), so neither the SDK's work nor the upstream's is in it (``--check-own`` checks that an upstream
+spending tens of millions of instructions per answer leaves it within 1%). The sized cases' per-KB figures are
+judged on it: "added", a difference of whole calls, also carries the SDK's own work on the larger request (about
+190 M instructions a call at 128 KB of messages), which moves with where the allocator puts the SDK's objects.
 
     python benchmarks/bench_instructions.py               # all cases, 40 measured calls each (the largest fewer)
     python benchmarks/bench_instructions.py --calls 100 --cases chat,chat-128k --json
@@ -43,6 +43,7 @@ import ctypes
 import ctypes.util
 import json
 import logging
+import operator
 import os
 import re
 import shutil
@@ -153,6 +154,9 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     import holyroute
 
     operation, request_kb, answer_kb = CASES[case]
+    if client_kind == "own" and operation not in ("chat", "embeddings"):
+        # A stream's tap reads its body after handle_request has returned, and a cache hit has no inner transport.
+        raise SystemExit(f"own: only the chat and embeddings cases, not {case}")
     answer = _embeddings_answer(answer_kb) if operation == "embeddings" else json.dumps(CHAT_ANSWER).encode()
     headers = [("content-type", "application/json"), ("x-request-id", "req_bench")]
     if case == "chat-recorded":
@@ -165,8 +169,12 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
 
     upstream_calls = [0]
 
+    burn = int(os.environ.get("BENCH_INNER_BURN", "0"))  # --check-own: work in the upstream, which own must not see
+
     def canned(request: httpx2.Request) -> httpx2.Response:
         upstream_calls[0] += 1
+        if burn:
+            sum(range(burn))
         if operation == "stream":
             return httpx2.Response(200, headers=[("content-type", "text/event-stream")], stream=Events())
         return httpx2.Response(200, headers=headers, stream=httpx2.ByteStream(answer))
@@ -193,7 +201,7 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     mock: Any = httpx2.MockTransport(canned)
     counting = [False]  # "own": the two toggles below count only the measured calls, not the warm-up
     if client_kind == "own":
-        mock = _Toggled(mock, counting, "inner")
+        mock = _Toggled(mock, counting, "inner", "call")
     # Both clients are built in both processes, so the imports and the set-up are the same outside the count.
     config = {
         "endpoints": {"bench": {"base_url": base_url, "api_key": "bench-key"}},
@@ -206,7 +214,7 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
         config["routes"]["chat-cached"] = {"targets": [{"model": "gpt-4.1", "endpoints": ["bench"]}], "cache": {}}
     transport: Any = holyroute.Transport(config, transport=mock)
     if client_kind == "own":
-        transport = _Toggled(transport, counting, "holyroute")
+        transport = _Toggled(transport, counting, "holyroute", "qsort")
     routed = httpx2.Client(transport=transport)
     raw = httpx2.Client(transport=mock)
     sdk = openai.OpenAI(base_url=base_url, api_key="bench-key", http_client=raw if client_kind == "raw" else routed)
@@ -275,27 +283,42 @@ _PAIR = (ctypes.c_int * 2)(1, 2)
 
 
 class _Toggled(httpx2.BaseTransport):
-    """A transport whose ``handle_request`` runs inside a ctypes callback while ``counting[0]`` is set, so each of
-    its calls toggles callgrind's collection on as it starts and off as it ends. Two of them, one around
-    holyroute's transport and one around its inner transport, count holyroute's own work: on in holyroute's
-    transport, off in the inner one, on again when the inner one has answered."""
+    """A transport whose ``handle_request`` runs inside a C function callgrind toggles its collection on (named by
+    ``--toggle-collect``: toggled as it is entered and as it returns), while ``counting[0]`` is set. Callgrind
+    toggles on a function's outermost entry only, not on an entry nested in another's, so the two transports of the
+    "own" count go through different functions: holyroute's through ``qsort``'s callback (ctypes'
+    ``_CallPythonObject``, as every other count: collection on), its inner transport's through ``operator.call``
+    (``_operator_call``: off until the inner transport has answered, then on again). Neither is entered anywhere
+    else on the call path. (libc's ``qsort`` and ``lfind`` would not do as toggles: callgrind does not see the first
+    entered, as it jumps to ``qsort_r``, nor the second by name, and ``qsort_r`` also runs at Python's start.)"""
 
-    def __init__(self, transport: Any, counting: list[bool], name: str) -> None:
-        self._transport, self._counting, self.name = transport, counting, name
+    def __init__(self, transport: Any, counting: list[bool], name: str, via: str) -> None:
+        self._transport, self._counting, self.name, self._via = transport, counting, name, via
         self._call: list[Any] = []
         self._compare = _CALLBACK(self._inside)
 
     def _inside(self, _a: int, _b: int) -> int:
-        self._call.append(self._transport.handle_request(self._call.pop()))
+        # ctypes prints and drops what a callback raises: it is carried out and raised where it belongs.
+        request = self._call.pop()
+        try:
+            self._call.append((self._transport.handle_request(request), None))
+        except BaseException as error:
+            self._call.append((None, error))
         return 0
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         if not self._counting[0]:
             return self._transport.handle_request(request)
+        if self._via == "call":
+            called: httpx2.Response = operator.call(self._transport.handle_request, request)
+            return called
         self._call.append(request)
         _LIBC.qsort(_PAIR, 2, ctypes.sizeof(ctypes.c_int), self._compare)
-        response: httpx2.Response = self._call.pop()
-        return response
+        response, error = self._call.pop()
+        if error is not None:
+            raise error
+        result: httpx2.Response = response
+        return result
 
     def close(self) -> None:
         self._transport.close()
@@ -319,13 +342,16 @@ def _calls_for(case: str, calls: int) -> int:
     return calls if share is None else max(3, min(calls, round(calls * share)))
 
 
-def _count(client_kind: str, case: str, calls: int, warmup: int) -> int:
-    """Instructions callgrind counted inside the ctypes callback for one worker process."""
+def _count(client_kind: str, case: str, calls: int, warmup: int, *, burn: int = 0) -> int:
+    """Instructions callgrind counted inside the ctypes callback for one worker process (for "own", inside
+    holyroute's transport and outside its inner one: :class:`_Toggled`)."""
     command = [
         "valgrind",
         "--tool=callgrind",
         "--collect-atstart=no",
         "--toggle-collect=_CallPythonObject",
+        # "own": off again inside its inner transport (_Toggled).
+        *(["--toggle-collect=_operator_call"] if client_kind == "own" else []),
         "--callgrind-out-file=/dev/null",
         sys.executable,
         os.path.abspath(__file__),
@@ -337,12 +363,34 @@ def _count(client_kind: str, case: str, calls: int, warmup: int) -> int:
     ]
     # A fixed hash seed: with a random one, dict and set layouts (so probes and collisions) change from process to
     # process, and the same call's count moves by about 5k instructions; with this one it moves by under 100.
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = {**os.environ, "PYTHONHASHSEED": "0", "BENCH_INNER_BURN": str(burn)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False, env=env)
     match = re.search(r"Collected : ([0-9]+)", done.stderr)
     if done.returncode != 0 or match is None:
         raise RuntimeError(f"callgrind run failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
     return int(match.group(1))
+
+
+def _check_own(calls: int, warmup: int) -> int:
+    """The own count of the chat call with a plain upstream and with one that works hard per answer: equal when the
+    inner transport's work is left out, as it must be. Prints both and the upstream's own cost."""
+    plain = _count("own", "chat", calls, warmup) / calls
+    busy = _count("own", "chat", calls, warmup, burn=_CHECK_BURN) / calls
+    upstream = (
+        _count("holyroute", "chat", calls, warmup, burn=_CHECK_BURN) - _count("holyroute", "chat", calls, warmup)
+    ) / calls
+    print(f"own, plain upstream: {plain:,.0f}; own, busy upstream: {busy:,.0f}")
+    print(f"(the busy upstream adds {upstream:,.0f} instructions to the whole call)")
+    # Within 1% (a garbage collection falls a little differently): the busy upstream's tens of millions are out.
+    same = abs(busy - plain) <= 0.01 * plain
+    print(
+        "ok: the upstream's work is not in the own count" if same else "FAILED: the upstream's work is in the own count"
+    )
+    return 0 if same else 1
+
+
+#: The busy upstream of --check-own: ``sum(range(n))`` per answer, a few million instructions.
+_CHECK_BURN = 200_000
 
 
 def add_per_kb(results: list[dict[str, Any]]) -> None:
@@ -365,6 +413,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=_DEFAULT_WARMUP)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument(
+        "--check-own",
+        action="store_true",
+        help="check that the own count leaves the upstream out: the chat call's own count with an upstream that "
+        "spends a few million instructions per answer must equal the one without",
+    )
     parser.add_argument("--worker", nargs=4, metavar=("CLIENT", "CASE", "CALLS", "WARMUP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -374,6 +428,8 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian/Ubuntu: apt-get install valgrind)", file=sys.stderr)
         return 2
+    if args.check_own:
+        return _check_own(_calls_for("chat", args.calls), args.warmup)
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
     if unknown:

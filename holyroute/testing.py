@@ -43,6 +43,41 @@ import h11
 __all__ = ["FakeUpstream", "RecordedRequest", "Reply"]
 
 _HOST = "127.0.0.1"
+
+
+async def close_all(server: asyncio.Server, handlers: Mapping[asyncio.Task[Any], asyncio.StreamWriter]) -> None:
+    """Close ``server`` and every connection it accepted, each transport closed before this returns (so before the
+    loop closes: a socket left to the garbage collector is reported in whatever runs next). ``handlers``: the
+    connection handlers running, each listing itself at its first step and delisting itself once :func:`closed`.
+
+    A connection accepted just before the close reaches its handler's first step three loop steps later (the accept
+    task, ``connection_made``, the handler); cancelled before that step, a handler would never close its transport
+    (and Python 3.12's ``wait_closed`` would wait for it). So the list is read again three steps after each round
+    of aborting, until it stays empty.
+    """
+    server.close()
+    while True:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        listed = list(handlers.items())
+        if not listed:
+            break
+        for task, writer in listed:
+            writer.transport.abort()
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in listed), return_exceptions=True)
+    await server.wait_closed()
+
+
+async def closed(writer: asyncio.StreamWriter) -> None:
+    """Close a connection and wait until its transport is closed (a close with unsent data waits for it to go, or
+    for :func:`close_all`'s abort). Ends quietly: a reset peer, or a cancel from :func:`close_all` (asyncio's stream
+    callback logs a handler that ends cancelled as an error)."""
+    writer.close()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await writer.wait_closed()
+
+
 _STOP_TIMEOUT_S = 5.0
 _START_TIMEOUT_S = 5.0
 _GATE_POLL_S = 0.001
@@ -757,17 +792,7 @@ class FakeUpstream:
         try:
             await self._stopping.wait()
         finally:
-            server.close()
-            # A connection accepted just before the close has a handler task that has not taken its first step;
-            # cancelled now it would never run its cleanup, and its socket would stay open. One step lists it.
-            await asyncio.sleep(0)
-            open_now = list(self._open.items())
-            for task, writer in open_now:
-                writer.transport.abort()
-                task.cancel()
-            await asyncio.gather(*(task for task, _ in open_now), return_exceptions=True)
-            await server.wait_closed()
-            await asyncio.sleep(0)  # the transports' scheduled connection_lost callbacks close their sockets
+            await close_all(server, self._open)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -786,8 +811,8 @@ class FakeUpstream:
             # cancelled handler for its exception and logs the CancelledError as an error.
             pass
         finally:
+            await closed(writer)
             del self._open[task]
-            writer.close()
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)

@@ -27,6 +27,7 @@ import openai
 import pytest
 
 import holyroute
+from holyroute.testing import close_all, closed
 
 from .conftest import Events
 
@@ -78,26 +79,10 @@ class Burst:
             try:
                 await self.stopping.wait()
             finally:
-                await self._shut(server)
+                await close_all(server, self.open)
 
         self.loop.run_until_complete(main())
         self.loop.close()
-
-    async def _shut(self, server: asyncio.Server) -> None:
-        """Close the listener and every connection, and let each transport finish closing before the loop does.
-
-        Closing the loop while a transport's close is still scheduled leaves its socket open, and the garbage
-        collector reports it later, in whichever test happens to be running.
-        """
-        server.close()
-        await asyncio.sleep(0)  # a connection accepted just now gets its handler's first step, and is listed
-        open_now = list(self.open.items())
-        for task, writer in open_now:
-            writer.transport.abort()
-            task.cancel()
-        await asyncio.gather(*(task for task, _ in open_now), return_exceptions=True)
-        await server.wait_closed()
-        await asyncio.sleep(0)  # the transports' scheduled connection_lost callbacks run, closing their sockets
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -132,10 +117,10 @@ class Burst:
                 elif isinstance(event, h11.ConnectionClosed):
                     return
         except (ConnectionError, h11.ProtocolError, asyncio.CancelledError):
-            return  # the client went away, or _shut cancelled this connection
+            return  # the client went away, or close_all cancelled this connection
         finally:
+            await closed(writer)
             del self.open[task]
-            writer.close()
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.stopping.set)

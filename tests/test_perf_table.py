@@ -482,9 +482,12 @@ class TestTheRecordedCase:
         ]
 
     def test_the_toggled_transports_nest_and_count_only_when_asked(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """What the "own" count relies on, short of callgrind itself: with counting on, holyroute's transport runs
-        inside its toggle's callback and the inner transport inside another, nested in it; with it off, neither
-        callback runs (the warm-up is not counted)."""
+        """What the "own" count relies on in Python (that callgrind then toggles on those two functions is what
+        ``bench_instructions.py --check-own`` shows): with counting on, holyroute's transport runs inside the qsort
+        callback and the inner transport inside ``operator.call``, nested in it; with it off, neither (the warm-up
+        is not counted); an error the inner transport raises comes out as itself."""
+        import types
+
         import httpx2
 
         import holyroute
@@ -497,23 +500,30 @@ class TestTheRecordedCase:
             return httpx2.Response(200, json={"id": "x", "choices": [], "usage": None})
 
         counting = [False]
-        inner = bench._Toggled(httpx2.MockTransport(answer), counting, "inner")
+        inner = bench._Toggled(httpx2.MockTransport(answer), counting, "inner", "call")
         config = {
             "endpoints": {"e": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k"}},
             "routes": {"chat": {"targets": [{"model": "gpt-4.1", "endpoints": ["e"]}]}},
         }
-        outer = bench._Toggled(holyroute.Transport(config, transport=inner, log=False), counting, "holyroute")
+        outer = bench._Toggled(holyroute.Transport(config, transport=inner, log=False), counting, "holyroute", "qsort")
         entered: list[str] = []
-        for toggled in (inner, outer):
-            inside = toggled._inside
+        inside = outer._inside
 
-            def spy(a: int, b: int, inside: Any = inside, name: str = toggled.name) -> int:
-                entered.append(f"{name} in")
-                done = int(inside(a, b))
-                entered.append(f"{name} out")
-                return done
+        def spy(a: int, b: int) -> int:
+            entered.append("holyroute in")
+            done = int(inside(a, b))
+            entered.append("holyroute out")
+            return done
 
-            toggled._compare = bench._CALLBACK(spy)
+        def call(function: Any, *args: Any) -> Any:
+            entered.append("inner in")
+            try:
+                return function(*args)
+            finally:
+                entered.append("inner out")
+
+        outer._compare = bench._CALLBACK(spy)
+        monkeypatch.setattr(bench, "operator", types.SimpleNamespace(call=call))
         request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions", json={"model": "chat"})
         with httpx2.Client(transport=outer) as client:
             assert client.send(request).status_code == 200
@@ -522,6 +532,13 @@ class TestTheRecordedCase:
             assert client.send(request).status_code == 200
         assert entered == ["holyroute in", "inner in", "inner out", "holyroute out"]
         assert seen == ["inner answers", "inner answers"]
+
+        def refuse(request: httpx2.Request) -> httpx2.Response:
+            raise httpx2.ConnectError("refused", request=request)
+
+        counting[0] = True
+        with pytest.raises(httpx2.ConnectError, match="refused"):
+            bench._Toggled(httpx2.MockTransport(refuse), counting, "holyroute", "qsort").handle_request(request)
 
     def test_a_per_kb_row_is_judged_on_the_own_count_when_there_is_one(self) -> None:
         results = [
