@@ -45,7 +45,7 @@ __all__ = ["FakeUpstream", "RecordedRequest", "Reply"]
 _HOST = "127.0.0.1"
 
 
-async def close_all(server: asyncio.Server, handlers: Mapping[asyncio.Task[Any], asyncio.StreamWriter]) -> None:
+async def close_all(server: asyncio.Server, handlers: dict[asyncio.Task[Any], asyncio.StreamWriter]) -> None:
     """Close ``server`` and every connection it accepted, each transport closed before this returns (so before the
     loop closes: a socket left to the garbage collector is reported in whatever runs next). ``handlers``: the
     connection handlers running, each listing itself at its first step and delisting itself once :func:`closed`.
@@ -66,6 +66,8 @@ async def close_all(server: asyncio.Server, handlers: Mapping[asyncio.Task[Any],
             writer.transport.abort()
             task.cancel()
         await asyncio.gather(*(task for task, _ in listed), return_exceptions=True)
+        for task, _ in listed:  # delisted by itself as it ended; this only makes sure every round ends some
+            handlers.pop(task, None)
     await server.wait_closed()
 
 

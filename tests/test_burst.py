@@ -116,8 +116,8 @@ class Burst:
                     conn.start_next_cycle()
                 elif isinstance(event, h11.ConnectionClosed):
                     return
-        except (ConnectionError, h11.ProtocolError, asyncio.CancelledError):
-            return  # the client went away, or close_all cancelled this connection
+        except (OSError, h11.ProtocolError, asyncio.CancelledError):
+            return  # the client went away (or its socket did), or close_all cancelled this connection
         finally:
             await closed(writer)
             del self.open[task]
@@ -125,6 +125,7 @@ class Burst:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.stopping.set)
         self.thread.join(5)
+        assert not self.thread.is_alive(), "the burst server did not stop within 5 s"
 
 
 @pytest.fixture
