@@ -540,6 +540,38 @@ class TestTheRecordedCase:
         with pytest.raises(httpx2.ConnectError, match="refused"):
             bench._Toggled(httpx2.MockTransport(refuse), counting, "holyroute", "qsort").handle_request(request)
 
+    @pytest.mark.parametrize(("busy", "holds"), [(363_000, True), (35_000_000, False)])
+    def test_every_run_checks_its_own_count_against_a_busy_upstream(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], busy: int, holds: bool
+    ) -> None:
+        """The chat call's own count is taken again with an upstream that spends tens of millions of instructions
+        per answer: the run records it, and stops when the upstream's work shows in it (a toggle that no longer
+        fires). Counted by a stand-in for callgrind: the figures are the ones given."""
+        bench: Any = _bench("bench_instructions", monkeypatch)
+        counted: list[tuple[str, str, int]] = []
+
+        def count(kind: str, case: str, calls: int, warmup: int, *, burn: int = 0) -> int:
+            counted.append((kind, case, burn))
+            per_call = {"raw": 4_840_000, "holyroute": 5_212_000, "own": busy if burn else 362_000}[kind]
+            return per_call * calls
+
+        monkeypatch.setattr(bench, "_count", count)
+        monkeypatch.setattr(bench.shutil, "which", lambda _: "/usr/bin/valgrind")
+        monkeypatch.setattr(sys, "argv", ["bench_instructions.py", "--cases", "chat", "--calls", "2", "--json"])
+        if holds:
+            assert bench.main() == 0
+            (result,) = json.loads(capsys.readouterr().out)
+            assert (result["own"], result["own_busy_upstream"]) == (362_000, 363_000)
+        else:
+            with pytest.raises(RuntimeError, match="includes the upstream's work"):
+                bench.main()
+        assert counted == [
+            ("raw", "chat", 0),
+            ("holyroute", "chat", 0),
+            ("own", "chat", 0),
+            ("own", "chat", bench._CHECK_BURN),
+        ]
+
     def test_a_per_kb_row_is_judged_on_the_own_count_when_there_is_one(self) -> None:
         results = [
             {"case": "chat", "raw": 4_900_000, "holyroute": 5_300_000, "added": 400_000, "own": 390_000},
