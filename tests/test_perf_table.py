@@ -483,7 +483,7 @@ class TestTheRecordedCase:
 
     def test_the_toggled_transports_nest_and_count_only_when_asked(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """What the "own" count relies on in Python (that callgrind then toggles on those two functions is what
-        ``bench_instructions.py --check-own`` shows): with counting on, holyroute's transport runs inside the qsort
+        every run checks against a busy upstream): with counting on, holyroute's transport runs inside the qsort
         callback and the inner transport inside ``operator.call``, nested in it; with it off, neither (the warm-up
         is not counted); an error the inner transport raises comes out as itself."""
         import types
@@ -500,12 +500,12 @@ class TestTheRecordedCase:
             return httpx2.Response(200, json={"id": "x", "choices": [], "usage": None})
 
         counting = [False]
-        inner = bench._Toggled(httpx2.MockTransport(answer), counting, "inner", "call")
+        inner = bench._Toggled(httpx2.MockTransport(answer), counting, "call")
         config = {
             "endpoints": {"e": {"base_url": "http://127.0.0.1:9/v1", "api_key": "k"}},
             "routes": {"chat": {"targets": [{"model": "gpt-4.1", "endpoints": ["e"]}]}},
         }
-        outer = bench._Toggled(holyroute.Transport(config, transport=inner, log=False), counting, "holyroute", "qsort")
+        outer = bench._Toggled(holyroute.Transport(config, transport=inner, log=False), counting, "qsort")
         entered: list[str] = []
         inside = outer._inside
 
@@ -538,7 +538,7 @@ class TestTheRecordedCase:
 
         counting[0] = True
         with pytest.raises(httpx2.ConnectError, match="refused"):
-            bench._Toggled(httpx2.MockTransport(refuse), counting, "holyroute", "qsort").handle_request(request)
+            bench._Toggled(httpx2.MockTransport(refuse), counting, "qsort").handle_request(request)
 
     @pytest.mark.parametrize(("busy", "holds"), [(363_000, True), (35_000_000, False)])
     def test_every_run_checks_its_own_count_against_a_busy_upstream(
