@@ -8,6 +8,10 @@ median of the paired differences, which is what survives a noisy shared machine:
   ``holyroute.client`` (alias routed to the same upstream). This is what an application sees.
 * ``in-memory``: the same SDK calls with an in-memory inner transport that answers instantly, so the difference is
   holyroute's own work (parse, pick, rewrite, tap, usage, cost event) without socket noise.
+* ``transport alone``: the request the SDK built for that call, handed straight to the in-memory transport and to
+  holyroute's transport over it, with no SDK call around either: holyroute's work timed on its own. What the
+  ``in-memory`` difference adds to it is the SDK's own code running slower beside holyroute's, on a core whose caches
+  and branch predictors the two share.
 
 Each comparison runs with holyroute's events rendered by structlog's JSONRenderer to /dev/null (a production JSON
 pipeline) and with its info-level events dropped by a level filter, to show what the routing itself costs and what
@@ -105,6 +109,32 @@ def canned(request: httpx2.Request) -> httpx2.Response:
     )
 
 
+def sdk_request(body: dict[str, Any]) -> httpx2.Request:
+    """The request the SDK builds for ``body``, read: what a transport is handed, kept to hand over again."""
+    seen: list[httpx2.Request] = []
+
+    def keep(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        return canned(request)
+
+    with openai.OpenAI(
+        base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=httpx2.MockTransport(keep))
+    ) as sdk:
+        sdk.chat.completions.create(**body)
+    request = seen[0]
+    request.read()
+    return request
+
+
+def answered(transport: httpx2.BaseTransport, request: httpx2.Request) -> bytes:
+    """One request handed straight to ``transport``, its answer read and closed, as the client would."""
+    response = transport.handle_request(request)
+    try:
+        return response.read()
+    finally:
+        response.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=2000)
@@ -176,6 +206,17 @@ def main() -> int:
                     args.warmup,
                 )
             )
+            if rendered:
+                request = sdk_request(alias)
+                results.append(
+                    paired(
+                        "transport alone, events json",
+                        lambda t=mock, r=request: answered(t, r),
+                        lambda t=routed_transport, r=request: answered(t, r),
+                        args.pairs,
+                        args.warmup,
+                    )
+                )
     devnull.close()
 
     if args.json:

@@ -89,6 +89,28 @@ RESULTS: dict[str, Any] = {
                     "ratio_p50": 1.12,
                 },
                 {
+                    "comparison": "in-memory chat, events json",
+                    "pairs": 200,
+                    "raw_p50_us": 544.0,
+                    "raw_p99_us": 1143.0,
+                    "holyroute_p50_us": 644.0,
+                    "holyroute_p99_us": 1335.0,
+                    "overhead_p50_us": 94.0,
+                    "overhead_p99_us": 400.0,
+                    "ratio_p50": 1.18,
+                },
+                {
+                    "comparison": "transport alone, events json",
+                    "pairs": 200,
+                    "raw_p50_us": 17.0,
+                    "raw_p99_us": 21.0,
+                    "holyroute_p50_us": 72.0,
+                    "holyroute_p99_us": 115.0,
+                    "overhead_p50_us": 55.0,
+                    "overhead_p99_us": 98.0,
+                    "ratio_p50": 4.22,
+                },
+                {
                     "comparison": "in-memory chat, events off",
                     "pairs": 200,
                     "raw_p50_us": 537.0,
@@ -254,6 +276,10 @@ class TestRender:
         assert "| loopback chat, events as JSON: added p99 | ≤ 150 µs | 150.0 µs | met |" in lines
         assert "| in-memory chat, events filtered: added p50 / p99 | — | 68.0 µs / 227.0 µs | — |" in lines
         assert not any(line.startswith("| loopback stream") for line in lines)  # not in the canned results
+        assert (
+            "| holyroute's transport alone, no SDK call around it: added p50 / p99 | — "
+            "| 55.0 µs / 98.0 µs (inside the SDK call, in-memory: 94.0 µs at p50) | — |"
+        ) in lines
 
     def test_stream_rows_judge_first_chunk_and_memory_growth(self) -> None:
         lines = _lines(RESULTS)
@@ -442,6 +468,38 @@ class TestThePeerBenchmarksPairs:
         assert rows["LiteLLM Router"]["added_p50_us"] == pytest.approx(2000.0)  # not 2,500: against 1.5 ms
         assert rows["LiteLLM Router"]["added_cpu_us"] == pytest.approx(2000.0)
         assert rows[peers.LITELLM_RAW]["added_p50_us"] == pytest.approx(0.0)
+
+
+class TestTheTransportAloneComparison:
+    """bench_overhead.py's "transport alone": the request the SDK built for the routed call, handed again and again
+    to the inner transport and to holyroute's transport over it, with no SDK call around either."""
+
+    def test_it_hands_the_sdks_own_request_to_both_and_reads_the_same_answer(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import httpx2
+
+        import holyroute
+
+        overhead: Any = _bench("bench_overhead", monkeypatch)
+        request = overhead.sdk_request({"model": "chat-default", "messages": overhead.MESSAGES})
+        assert json.loads(request.content)["model"] == "chat-default"  # the alias, as the caller named it
+        assert request.headers["authorization"] == "Bearer k"  # what the SDK sends: a whole request
+        seen: list[httpx2.Request] = []
+
+        def upstream(sent: httpx2.Request) -> httpx2.Response:
+            seen.append(sent)
+            return overhead.canned(sent)
+
+        inner = httpx2.MockTransport(upstream)
+        routed = holyroute.Transport(overhead.config_for("http://127.0.0.1:9/v1"), transport=inner, log=False)
+        try:
+            for _ in range(2):  # the same request, handed over again: routed each time
+                assert overhead.answered(routed, request) == overhead.answered(inner, request)
+        finally:
+            routed.close()
+        assert [json.loads(sent.content)["model"] for sent in seen] == ["gpt-4.1", "chat-default"] * 2
+        assert seen[0].headers["authorization"] == "Bearer bench-key"  # the endpoint's key, not the caller's
 
 
 class TestTheRecordedCase:
