@@ -1,6 +1,6 @@
 """Per-call overhead of holyroute against the raw OpenAI SDK, measured side by side in one run.
 
-Two comparisons, each alternating the two clients call by call (the order flips every pair) and reporting the
+Three comparisons, each alternating the two clients call by call (the order flips every pair) and reporting the
 median of the paired differences, which is what survives a noisy shared machine:
 
 * ``loopback``: the official SDK against a local fake upstream on 127.0.0.1 in its own process (as a provider would
@@ -9,9 +9,9 @@ median of the paired differences, which is what survives a noisy shared machine:
 * ``in-memory``: the same SDK calls with an in-memory inner transport that answers instantly, so the difference is
   holyroute's own work (parse, pick, rewrite, tap, usage, cost event) without socket noise.
 * ``transport alone``: the request the SDK built for that call, handed straight to the in-memory transport and to
-  holyroute's transport over it, with no SDK call around either: holyroute's work timed on its own. What the
-  ``in-memory`` difference adds to it is the SDK's own code running slower beside holyroute's, on a core whose caches
-  and branch predictors the two share.
+  holyroute's transport over it, with no SDK call around either: holyroute's work in a tight loop, where its code
+  and data stay in the CPU's caches. Inside an SDK call (``in-memory``) the same work takes longer: between two of
+  holyroute's calls, the SDK's own code has run through those caches. Run with events as JSON only.
 
 Each comparison runs with holyroute's events rendered by structlog's JSONRenderer to /dev/null (a production JSON
 pipeline) and with its info-level events dropped by a level filter, to show what the routing itself costs and what
@@ -110,7 +110,7 @@ def canned(request: httpx2.Request) -> httpx2.Response:
 
 
 def sdk_request(body: dict[str, Any]) -> httpx2.Request:
-    """The request the SDK builds for ``body``, read: what a transport is handed, kept to hand over again."""
+    """The request the SDK builds for ``body`` (what its client hands a transport), kept to be handed over again."""
     seen: list[httpx2.Request] = []
 
     def keep(request: httpx2.Request) -> httpx2.Response:
@@ -122,7 +122,7 @@ def sdk_request(body: dict[str, Any]) -> httpx2.Request:
     ) as sdk:
         sdk.chat.completions.create(**body)
     request = seen[0]
-    request.read()
+    request.read()  # the SDK sends bytes, so this is already read; an unread body would not be routed at all
     return request
 
 

@@ -277,9 +277,17 @@ class TestRender:
         assert "| in-memory chat, events filtered: added p50 / p99 | — | 68.0 µs / 227.0 µs | — |" in lines
         assert not any(line.startswith("| loopback stream") for line in lines)  # not in the canned results
         assert (
-            "| holyroute's transport alone, no SDK call around it: added p50 / p99 | — "
-            "| 55.0 µs / 98.0 µs (inside the SDK call, in-memory: 94.0 µs at p50) | — |"
+            "| holyroute's transport alone, no SDK call around it, events as JSON: added p50 / p99 | — "
+            "| 55.0 µs / 98.0 µs (the same inside an in-memory SDK call: 94.0 µs p50) | — |"
         ) in lines
+        alone_only = copy.deepcopy(RESULTS)
+        alone_only["runs"]["overhead"]["result"] = [
+            r for r in alone_only["runs"]["overhead"]["result"] if r["comparison"] != "in-memory chat, events json"
+        ]
+        assert (
+            "| holyroute's transport alone, no SDK call around it, events as JSON: added p50 / p99 | — "
+            "| 55.0 µs / 98.0 µs | — |"
+        ) in _lines(alone_only)
 
     def test_stream_rows_judge_first_chunk_and_memory_growth(self) -> None:
         lines = _lines(RESULTS)
@@ -491,6 +499,7 @@ class TestTheTransportAloneComparison:
             seen.append(sent)
             return overhead.canned(sent)
 
+        before = (list(request.headers.raw), dict(request.extensions), request.content)
         inner = httpx2.MockTransport(upstream)
         routed = holyroute.Transport(overhead.config_for("http://127.0.0.1:9/v1"), transport=inner, log=False)
         try:
@@ -500,6 +509,8 @@ class TestTheTransportAloneComparison:
             routed.close()
         assert [json.loads(sent.content)["model"] for sent in seen] == ["gpt-4.1", "chat-default"] * 2
         assert seen[0].headers["authorization"] == "Bearer bench-key"  # the endpoint's key, not the caller's
+        # Handed over again and again, the request must stay as the SDK built it: each call sees a fresh one.
+        assert (list(request.headers.raw), dict(request.extensions), request.content) == before
 
 
 class TestTheRecordedCase:
