@@ -540,6 +540,47 @@ class TestSharedLimits:
         assert sent_by(backup) == {"A": 2}
         assert float(store.hget(Keys(prefix).limits("limited"), "r") or -1) < 1
 
+    def test_requests_spared_as_the_backend_degraded_do_not_cost_the_first_one_back_its_hold(
+        self, prefix: str, store: redis.Redis, deployment: Deployment
+    ) -> None:
+        """A grant request fails in one thread while another degrades the backend: the request is given out on this
+        process's share (``Grants.spare``) after the degrading thread took what was spared so far. Charged by the
+        first flush back, before the charge that holds the other processes' presumed use, it wrote the bucket just
+        then, which reads as "some process never left" and made no hold: the first process back took again what
+        the others had given out (the Sentinel failover test's bursts, 5 to 8 above the line). It goes with that
+        charge instead."""
+        limited = deployment.upstream("limited")
+        cfg = config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited"))
+        a, b = deployment.client(cfg, "A"), deployment.client(cfg, "B")
+        a.chat()
+        b.chat()
+        backend = a.router.state
+        assert isinstance(backend, RedisBackend)
+        wait_until(lambda: backend.sync.members == 2, 2.0, "both processes to be counted")
+        bucket = Keys(prefix).limits("limited")
+        ping = backend.redis.ping
+
+        def down() -> Any:
+            raise redis.ConnectionError("Connection refused")  # Redis away: no recovery until it is back
+
+        backend.redis.ping = down  # type: ignore[method-assign]
+        try:
+            backend.failures = 3
+            backend.failed(redis.ConnectionError("Connection refused"))
+            assert not backend.live
+            # The outage began 2 s ago with an empty bucket, as A last saw it (Redis's clock and A's).
+            seconds, micros = store.time()
+            store.hset(bucket, mapping={"r": "0", "rt": f"{seconds + micros / 1e6 - 2.0:.6f}"})
+            backend.grants.levels["limited"] = (0, 0, backend.clock() - 2.0)
+            backend._down_since = backend.clock() - 2.0
+            backend.grants.spared["limited"] = (600, 1)  # the racing thread's request, after failed() took the rest
+        finally:
+            backend.redis.ping = ping  # type: ignore[method-assign]
+        wait_until(lambda: backend.live, 3.0, "A to be back on Redis")
+        held = float(store.hget(bucket, "h") or 0)
+        assert held == pytest.approx(10, abs=1), "B's share of the 20 the bucket refilled is held for B"
+        assert float(store.hget(bucket, "r") or 0) == pytest.approx(9, abs=1), "A's own request charged, B's held"
+
     def test_tpm(self, prefix: str, deployment: Deployment) -> None:
         """tpm 3500 across two routers, calls of about 1020 estimated tokens that use 1100: 3 fit, the rest fail
         over."""
