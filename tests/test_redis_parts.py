@@ -311,6 +311,7 @@ class Owner:
     def __init__(self, client: redis.Redis, keys: Keys, *, kind: str = "single") -> None:
         self.read_only = False
         self.live = True
+        self.recovering = False
         self.failures = 0
         self.origin = "me"
         self.interval = 0.05

@@ -540,15 +540,12 @@ class TestSharedLimits:
         assert sent_by(backup) == {"A": 2}
         assert float(store.hget(Keys(prefix).limits("limited"), "r") or -1) < 1
 
-    def test_requests_spared_as_the_backend_degraded_do_not_cost_the_first_one_back_its_hold(
-        self, prefix: str, store: redis.Redis, deployment: Deployment
-    ) -> None:
-        """A grant request fails in one thread while another degrades the backend: the request is given out on this
-        process's share (``Grants.spare``) after the degrading thread took what was spared so far. Charged by the
-        first flush back, before the charge that holds the other processes' presumed use, it wrote the bucket just
-        then, which reads as "some process never left" and made no hold: the first process back took again what
-        the others had given out (the Sentinel failover test's bursts, 5 to 8 above the line). It goes with that
-        charge instead."""
+    def _back_after_two_seconds(
+        self, prefix: str, store: redis.Redis, deployment: Deployment, meanwhile: Callable[[RedisBackend], None]
+    ) -> tuple[float, float]:
+        """Two processes share rpm 600; A loses Redis for 2 s, with the bucket empty as it last saw it, while B is
+        presumed away as long. ``meanwhile`` sets up what else A carries back; A comes back on its own. The bucket's
+        hold for B and its level once A is back."""
         limited = deployment.upstream("limited")
         cfg = config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited"))
         a, b = deployment.client(cfg, "A"), deployment.client(cfg, "B")
@@ -573,13 +570,44 @@ class TestSharedLimits:
             store.hset(bucket, mapping={"r": "0", "rt": f"{seconds + micros / 1e6 - 2.0:.6f}"})
             backend.grants.levels["limited"] = (0, 0, backend.clock() - 2.0)
             backend._down_since = backend.clock() - 2.0
-            backend.grants.spared["limited"] = (600, 1)  # the racing thread's request, after failed() took the rest
+            meanwhile(backend)
         finally:
             backend.redis.ping = ping  # type: ignore[method-assign]
-        wait_until(lambda: backend.live, 3.0, "A to be back on Redis")
-        held = float(store.hget(bucket, "h") or 0)
-        assert held == pytest.approx(10, abs=1), "B's share of the 20 the bucket refilled is held for B"
-        assert float(store.hget(bucket, "r") or 0) == pytest.approx(9, abs=1), "A's own request charged, B's held"
+        wait_until(lambda: backend.live and not backend.recovering, 5.0, "A to be back on Redis")
+        return float(store.hget(bucket, "h") or 0), float(store.hget(bucket, "r") or 0)
+
+    def test_requests_spared_as_the_backend_degraded_do_not_cost_the_first_one_back_its_hold(
+        self, prefix: str, store: redis.Redis, deployment: Deployment
+    ) -> None:
+        """A grant request fails in one thread while another degrades the backend: the request is given out on this
+        process's share (``Grants.spare``) after the degrading thread took what was spared so far. Charged by the
+        first flush back, before the charge that holds the other processes' presumed use, it wrote the bucket just
+        then, which reads as "some process never left": no hold was made, and the first process back could take
+        again what the others had given out (the Sentinel failover test's excursions above the line). It goes with
+        that charge instead."""
+
+        def spared(backend: RedisBackend) -> None:
+            backend.grants.spared["limited"] = (600, 1)  # the racing thread's request, after failed() took the rest
+
+        held, level = self._back_after_two_seconds(prefix, store, deployment, spared)
+        assert held >= 9, "B's share of the 20 or so the bucket refilled is held for B (nothing was, before)"
+        assert level <= 14, "A's own request charged and B's share held, not left in the bucket for A to take"
+
+    def test_a_new_master_is_reconciled_after_the_way_back_charge(
+        self, prefix: str, store: redis.Redis, deployment: Deployment
+    ) -> None:
+        """Back after a failover, A tells the new master what its old one granted A and never passed on. The first
+        flush back did so as soon as it saw the new master, writing the bucket before the charge that holds the
+        other processes' presumed use, which then held nothing; the way back reconciles after that charge."""
+
+        def granted_elsewhere(backend: RedisBackend) -> None:
+            rpm, total = backend.grants.granted["limited"]
+            backend.grants.granted["limited"] = (rpm, total + 3)  # 3 more, granted by a master since replaced
+            backend.sync._master = "the old master"
+
+        held, level = self._back_after_two_seconds(prefix, store, deployment, granted_elsewhere)
+        assert held >= 9, "B's share is held for B (nothing was, before)"
+        assert level <= 14 - 3, "and the 3 the new master did not know of are taken too"
 
     def test_tpm(self, prefix: str, deployment: Deployment) -> None:
         """tpm 3500 across two routers, calls of about 1020 estimated tokens that use 1100: 3 fit, the rest fail

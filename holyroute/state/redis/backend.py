@@ -382,6 +382,11 @@ class RedisBackend:
             except FAILURES as error:
                 self.reports.background_error("sync", error)
 
+    @property
+    def recovering(self) -> bool:
+        """On the way back from an outage (:meth:`_resync` is running)."""
+        return self._recovering
+
     def _keep_spared(self) -> None:
         """What :meth:`Grants.spare` gave out on the share of the last level, kept to be charged on the way back with
         what the local buckets gave out (:meth:`_resync`), not by a flush."""
