@@ -273,6 +273,20 @@ class TestGrants:
         assert store.hget(keys.limits("a"), "h") is None
         assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(600 - 1 - 10, abs=1)
 
+    def test_a_charge_just_before_coming_back_is_no_grant(self, store: redis.Redis, keys: Keys) -> None:
+        """What decides that some process never left is a grant from the bucket in the latter half of the outage, not
+        any write: the first process back may charge its spared requests, or reconcile with a new master, just
+        before the charge that holds the others' share. Judged by the last write, it held nothing, and took again
+        what the others had given out (the Sentinel failover test's excursions)."""
+        made = grants(store, keys, Clock(), Events(), Link())
+        seconds, micros = store.time()
+        ago = f"{seconds + micros / 1e6 - 2.0:.6f}"  # granted from 2 s ago, as the outage began; empty since
+        store.hset(keys.limits("a"), mapping={"r": "0", "rt": ago, "gs": ago})
+        made.charge("a", 600, None, requests=1, tokens=0)  # its spared request, charged just now
+        made.charge("a", 600, None, requests=10, tokens=0, away=10, away_s=2.0)
+        assert float(store.hget(keys.limits("a"), "h") or 0) == 10, "the other's share is held all the same"
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(20 - 1 - 10 - 10, abs=1)
+
     def test_a_hold_nobody_claims_goes_back_to_the_bucket(self, store: redis.Redis, keys: Keys) -> None:
         """A process that was never away never claims what the first back held for it: after ``AWAY_HOLD_S`` the
         hold goes back to the bucket (the fleet gets it later, never twice)."""
@@ -311,7 +325,6 @@ class Owner:
     def __init__(self, client: redis.Redis, keys: Keys, *, kind: str = "single") -> None:
         self.read_only = False
         self.live = True
-        self.recovering = False
         self.failures = 0
         self.origin = "me"
         self.interval = 0.05

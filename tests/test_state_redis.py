@@ -565,15 +565,17 @@ class TestSharedLimits:
             backend.failures = 3
             backend.failed(redis.ConnectionError("Connection refused"))
             assert not backend.live
-            # The outage began 2 s ago with an empty bucket, as A last saw it (Redis's clock and A's).
+            # The outage began 2 s ago with an empty bucket, as A last saw it, last granted from then (Redis's clock
+            # and A's).
             seconds, micros = store.time()
-            store.hset(bucket, mapping={"r": "0", "rt": f"{seconds + micros / 1e6 - 2.0:.6f}"})
+            ago = f"{seconds + micros / 1e6 - 2.0:.6f}"
+            store.hset(bucket, mapping={"r": "0", "rt": ago, "gs": ago})
             backend.grants.levels["limited"] = (0, 0, backend.clock() - 2.0)
             backend._down_since = backend.clock() - 2.0
             meanwhile(backend)
         finally:
             backend.redis.ping = ping  # type: ignore[method-assign]
-        wait_until(lambda: backend.live and not backend.recovering, 5.0, "A to be back on Redis")
+        wait_until(lambda: backend.live and not backend._recovering, 5.0, "A to be back on Redis")
         return float(store.hget(bucket, "h") or 0), float(store.hget(bucket, "r") or 0)
 
     def test_requests_spared_as_the_backend_degraded_do_not_cost_the_first_one_back_its_hold(
@@ -582,9 +584,9 @@ class TestSharedLimits:
         """A grant request fails in one thread while another degrades the backend: the request is given out on this
         process's share (``Grants.spare``) after the degrading thread took what was spared so far. Charged by the
         first flush back, before the charge that holds the other processes' presumed use, it wrote the bucket just
-        then, which reads as "some process never left": no hold was made, and the first process back could take
-        again what the others had given out (the Sentinel failover test's excursions above the line). It goes with
-        that charge instead."""
+        then, which read as "some process never left" (the bucket was judged by its last write, not its last grant):
+        no hold was made, and the first process back could take again what the others had given out (the Sentinel
+        failover test's excursions above the line)."""
 
         def spared(backend: RedisBackend) -> None:
             backend.grants.spared["limited"] = (600, 1)  # the racing thread's request, after failed() took the rest
@@ -597,8 +599,8 @@ class TestSharedLimits:
         self, prefix: str, store: redis.Redis, deployment: Deployment
     ) -> None:
         """Back after a failover, A tells the new master what its old one granted A and never passed on. The first
-        flush back did so as soon as it saw the new master, writing the bucket before the charge that holds the
-        other processes' presumed use, which then held nothing; the way back reconciles after that charge."""
+        flush back does so as soon as it sees the new master, writing the bucket before the charge that holds the
+        other processes' presumed use; that write is no grant, so the charge still holds their share."""
 
         def granted_elsewhere(backend: RedisBackend) -> None:
             rpm, total = backend.grants.granted["limited"]

@@ -338,7 +338,10 @@ class RedisBackend:
             levels = self.grants.spared_levels(self.grants.levels_at(now, router.health.limits), self.sync.members)
             router.health.share_limits(False, self.sync.members, now, levels)
         self.leases.clear()
-        self._keep_spared()
+        spared = self.grants.take_spared()  # given out on the share of the last level: charged on the way back
+        with self._lock:
+            for endpoint, (_rpm, requests) in spared.items():
+                self._spared_down[endpoint] = self._spared_down.get(endpoint, 0) + requests
         reason = self.scrub(f"{type(error).__name__}: {error}")[:300]
         self._emit(
             "holyroute.state_degraded",
@@ -382,26 +385,9 @@ class RedisBackend:
             except FAILURES as error:
                 self.reports.background_error("sync", error)
 
-    @property
-    def recovering(self) -> bool:
-        """On the way back from an outage (:meth:`_resync` is running)."""
-        return self._recovering
-
-    def _keep_spared(self) -> None:
-        """What :meth:`Grants.spare` gave out on the share of the last level, kept to be charged on the way back with
-        what the local buckets gave out (:meth:`_resync`), not by a flush."""
-        spared = self.grants.take_spared()
-        with self._lock:
-            for endpoint, (_rpm, requests) in spared.items():
-                self._spared_down[endpoint] = self._spared_down.get(endpoint, 0) + requests
-
     def _resync(self) -> bool:
         router = self.router
         pushed = 0
-        # A request spared while the backend degraded (its grant request failed in one thread as another degraded
-        # it) is still with the grants: charged by the flush below, it would write the buckets just before the
-        # charge that holds the others' presumed use, which then reads them as granted from lately and holds nothing.
-        self._keep_spared()
         if router is not None:
             changes = router.health.live_changes(self.clock(), self.wall())
             with self._lock:

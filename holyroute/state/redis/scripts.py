@@ -17,7 +17,8 @@ AWAY_HOLD_S = 10
 # up to ARGV[5] requests and ARGV[6] tokens in all for the process's lease, taken only from what the bucket holds (see
 # holyroute.state.base.Leases). Either reply ends with what the buckets hold after it (requests, tokens): a process
 # that loses Redis starts its local share of each limit from there. The requests granted are also added up per process
-# (field g:<ARGV[8]>), so that a new master can be told what its old one granted and never passed on (RECONCILE).
+# (field g:<ARGV[8]>), so that a new master can be told what its old one granted and never passed on (RECONCILE), and
+# the time of the last grant is kept (field gs): DEBT tells from it whether some process never left during an outage.
 # A hold for processes away (see DEBT) that nobody claimed within ARGV[9] seconds goes back to the bucket first.
 ACQUIRE = """
 local t = redis.call('TIME')
@@ -53,7 +54,7 @@ local want_r, want_t = tonumber(ARGV[5]), tonumber(ARGV[6])
 local gr, gt = want_r, want_t
 if rpm > 0 then
   gr = math.max(1, math.min(want_r, math.floor(r)))
-  redis.call('HSET', KEYS[1], 'r', tostring(r - gr), 'rt', tostring(now))
+  redis.call('HSET', KEYS[1], 'r', tostring(r - gr), 'rt', tostring(now), 'gs', tostring(now))
   if ARGV[8] and ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[1], 'g:' .. ARGV[8], gr) end
 end
 if tpm > 0 then
@@ -160,9 +161,11 @@ return 1
 # bucket refilled for the whole fleet meanwhile, so without it the first process back would take again what the
 # others already gave out. The first process back takes ARGV[4] requests from the bucket into a hold (fields h, ht);
 # each one back after it (a hold made during its own outage) charges its own requests against the hold first, and
-# only what exceeds it to the bucket. No hold is made when the bucket was written in the latter half of this
-# process's outage (some process was not away and granted from it; one that only noticed the outage a little later
-# than this one could write in its first half), and what nobody claims within ARGV[6] seconds goes back.
+# only what exceeds it to the bucket. No hold is made when the bucket granted in the latter half of this process's
+# outage (field gs: some process was not away; one that only noticed the outage a little later than this one could
+# be granted in its first half); a charge (this one's own spared requests, a reconcile) is no grant and does not
+# count. What nobody claims within ARGV[6] seconds goes back. A bucket with no gs (written before it was kept) is
+# judged by its last write (rt).
 DEBT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -171,8 +174,9 @@ local away, away_s, hold_s = tonumber(ARGV[4]) or -1, tonumber(ARGV[5]) or 0, to
 if rpm == nil or taken == nil or rpm <= 0 then return 0 end
 taken = math.max(0, taken)
 if taken <= 0 and away < 0 then return 0 end
-local s = redis.call('HMGET', KEYS[1], 'r', 'rt', 'h', 'ht')
+local s = redis.call('HMGET', KEYS[1], 'r', 'rt', 'h', 'ht', 'gs')
 local l, at = tonumber(s[1]), tonumber(s[2])
+local granted = tonumber(s[5]) or at
 if l == nil or at == nil then l = rpm else l = math.min(rpm, l + math.max(0, now - at) * rpm / 60) end
 local h, ht = tonumber(s[3]) or 0, tonumber(s[4])
 if h > 0 and (ht == nil or now - ht > hold_s) then
@@ -187,7 +191,7 @@ if away >= 0 then
   else
     l = math.min(rpm, l + h)  -- what is left of another outage's hold goes back first
     h = 0
-    if away > 0 and (at == nil or at < now - away_s / 2) then  -- untouched lately: the others are away too
+    if away > 0 and (granted == nil or granted < now - away_s / 2) then  -- no grant lately: the others are away too
       h, ht = away, now
       taken = taken + away
     end

@@ -78,9 +78,6 @@ class SyncOwner(Protocol):
     wake: threading.Event
     stop: threading.Event
 
-    @property
-    def recovering(self) -> bool: ...
-
     def failed(self, error: BaseException) -> None: ...
 
     def recover(self) -> bool: ...
@@ -180,9 +177,7 @@ class Sync:
             owner.failures = 3
             owner.failed(error)
             return False
-        # On the way back from an outage the backend reconciles after its own charge: reconciling here first would
-        # write the buckets just before that charge, which would then hold nothing for the processes still away.
-        if self._master is not None and master != self._master and owner.live and not owner.recovering:
+        if self._master is not None and master != self._master and owner.live:
             try:  # a new master: tell the shared rpm buckets what the old one granted here and never passed on
                 owner.grants.reconcile()
             except FAILURES as error:
