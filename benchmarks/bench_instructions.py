@@ -29,7 +29,7 @@ the raw SDK's, per call; the per-KB columns divide what holyroute adds beyond th
 collects inside holyroute's transport and stops inside its inner transport (a toggle around each,
 :class:`_Toggled`), so neither the SDK's work nor the upstream's is in it (each run that counts the chat call's own work
 counts it again against an upstream spending tens of millions of instructions per answer, and stops unless the two
-agree within 1%). The sized cases' per-KB figures are
+agree within 5%). The sized cases' per-KB figures are
 judged on it: "added", a difference of whole calls, also carries the SDK's own work on the larger request (about
 190 M instructions a call at 128 KB of messages), which moves with where the allocator puts the SDK's objects.
 
@@ -378,9 +378,11 @@ _CHECK_BURN = 200_000
 
 
 def _own_holds(plain: float, busy: float) -> bool:
-    """The own count with a busy upstream within 1% of the one with a plain upstream (a garbage collection falls a
-    little differently): the busy upstream's tens of millions of instructions are out of it."""
-    return abs(busy - plain) <= 0.01 * plain
+    """The own count with a busy upstream within 5% of the one with a plain upstream: the busy upstream's tens of
+    millions of instructions per answer (some thirty times the own count) are out of it. The two are not equal: a
+    garbage collection falls in one run's counted part and not in the other's (362,094 against 376,414 per call,
+    4%, in one run of 20 calls on 2026-12-06; 362,412 against 364,072 in the next)."""
+    return abs(busy - plain) <= 0.05 * plain
 
 
 def add_per_kb(results: list[dict[str, Any]]) -> None:
