@@ -99,7 +99,10 @@ _SIZED = ("chat-32k", "chat-128k", "embeddings-1.6m")
 #: call, and where the allocator happens to put its objects (which holyroute's allocations move) changes that (two
 #: checkouts of the same code once gave 519,560 and 569,008 added at 32 KB): a difference of whole calls ("added")
 #: carries that noise, the own count does not.
-_OWN = ("chat", *_SIZED)
+_OWN = ("chat", "chat-no-event", *_SIZED)
+#: ... and the cases counted a fourth time, for the floor's own work (``_floor.py``: the same call written as plainly
+#: as we know how, without holyroute's failover and limit bookkeeping), counted as "own" is.
+_FLOORED = ("chat", "chat-no-event")
 _CASSETTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cassettes", "chat_completion.yaml")
 
 
@@ -156,9 +159,12 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     import holyroute
 
     operation, request_kb, answer_kb = CASES[case]
+    toggled = client_kind in ("own", "floor")  # counted inside the outer transport, less its inner one
     if client_kind == "own" and operation not in ("chat", "embeddings"):
         # A stream's tap reads its body after handle_request has returned, and a cache hit has no inner transport.
         raise SystemExit(f"own: only the chat and embeddings cases, not {case}")
+    if client_kind == "floor" and case not in _FLOORED:
+        raise SystemExit(f"floor: only {', '.join(_FLOORED)}, not {case}")
     answer = _embeddings_answer(answer_kb) if operation == "embeddings" else json.dumps(CHAT_ANSWER).encode()
     headers = [("content-type", "application/json"), ("x-request-id", "req_bench")]
     if case == "chat-recorded":
@@ -201,8 +207,8 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
         )
     base_url = "http://127.0.0.1:9/v1"
     mock: Any = httpx2.MockTransport(canned)
-    counting = [False]  # "own": the two toggles below count only the measured calls, not the warm-up
-    if client_kind == "own":
+    counting = [False]  # "own", "floor": the two toggles below count only the measured calls, not the warm-up
+    if toggled:
         mock = _Toggled(mock, counting, "call")
     # Both clients are built in both processes, so the imports and the set-up are the same outside the count.
     config = {
@@ -215,7 +221,11 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     if operation == "cache-hit":  # only in this case: a route with a cache makes the client hold one
         config["routes"]["chat-cached"] = {"targets": [{"model": "gpt-4.1", "endpoints": ["bench"]}], "cache": {}}
     transport: Any = holyroute.Transport(config, transport=mock)
-    if client_kind == "own":
+    if client_kind == "floor":
+        from _floor import floor_for  # this script's directory is on sys.path
+
+        transport = floor_for(mock, base_url)
+    if toggled:
         transport = _Toggled(transport, counting, "qsort")
     routed = httpx2.Client(transport=transport)
     raw = httpx2.Client(transport=mock)
@@ -261,7 +271,7 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
             call()
         return 0
 
-    if client_kind == "own":  # the toggles in the two transports count; the calls themselves run outside any
+    if toggled:  # the toggles in the two transports count; the calls themselves run outside any
         counting[0] = True
         measured(0, 0)
         counting[0] = False
@@ -353,7 +363,7 @@ def _count(client_kind: str, case: str, calls: int, warmup: int, *, burn: int = 
         "--collect-atstart=no",
         "--toggle-collect=_CallPythonObject",
         # "own": off again inside its inner transport (_Toggled).
-        *(["--toggle-collect=_operator_call"] if client_kind == "own" else []),
+        *(["--toggle-collect=_operator_call"] if client_kind in ("own", "floor") else []),
         "--callgrind-out-file=/dev/null",
         sys.executable,
         os.path.abspath(__file__),
@@ -441,6 +451,8 @@ def main() -> int:
                         f"the own count includes the upstream's work ({result['own']:,} with a plain upstream, "
                         f"{busy:,} with a busy one): callgrind no longer toggles on _operator_call"
                     )
+        if case in _FLOORED:
+            result["floor"] = round(_count("floor", case, calls, warmup) / calls)
         results.append(result)
     add_per_kb(results)
     if args.json:

@@ -513,6 +513,108 @@ class TestTheTransportAloneComparison:
         assert (list(request.headers.raw), dict(request.extensions), request.content) == before
 
 
+class TestTheFloor:
+    """benchmarks/_floor.py: the benchmarks' routed chat call written as plainly as we know how, without holyroute's
+    failover and limit bookkeeping. It is compared with holyroute's own work, so it must do the same work: send
+    the same request and emit the same event."""
+
+    def _both(self, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[dict[str, Any]], list[bytes]]:
+        """The SDK's request for the routed call, answered by holyroute's transport and then by the floor, over one
+        in-memory upstream: what reached the upstream, the events, the answers."""
+        import httpx2
+        from structlog.testing import capture_logs
+
+        import holyroute
+
+        overhead: Any = _bench("bench_overhead", monkeypatch)
+        floor: Any = _bench("_floor", monkeypatch)
+        request = overhead.sdk_request({"model": "chat-default", "messages": overhead.MESSAGES})
+        seen: list[httpx2.Request] = []
+
+        def upstream(sent: httpx2.Request) -> httpx2.Response:
+            seen.append(sent)
+            return overhead.canned(sent)
+
+        inner = httpx2.MockTransport(upstream)
+        routed = holyroute.Transport(overhead.config_for("http://127.0.0.1:9/v1"), transport=inner)
+        plain = floor.floor_for(inner, "http://127.0.0.1:9/v1")
+        try:
+            with capture_logs() as logs:
+                answers = [overhead.answered(routed, request), overhead.answered(plain, request)]
+        finally:
+            routed.close()
+        return seen, logs, answers
+
+    def test_it_sends_what_holyroute_sends_and_hands_on_the_same_answer(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        seen, _, answers = self._both(monkeypatch)
+        by_holyroute, by_floor = seen
+        assert json.loads(by_floor.content)["model"] == "gpt-4.1"
+        assert (by_floor.method, by_floor.url, by_floor.content) == (
+            by_holyroute.method,
+            by_holyroute.url,
+            by_holyroute.content,
+        )
+        assert by_floor.headers.raw == by_holyroute.headers.raw  # the endpoint's key, the framing, in holyroute's order
+        assert by_floor.extensions == by_holyroute.extensions
+        assert answers[0] == answers[1] == json.dumps(_bench("bench_overhead", monkeypatch).CHAT_BODY).encode()
+
+    def test_its_event_has_holyroutes_fields_and_values(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        _, logs, _ = self._both(monkeypatch)
+        by_holyroute, by_floor = logs
+        assert list(by_floor) == list(by_holyroute)  # the same fields, in the same order
+        timings = ("attempt_ms", "latency_ms")
+        assert {k: v for k, v in by_floor.items() if k not in timings} == {
+            k: v for k, v in by_holyroute.items() if k not in timings
+        }
+        assert by_floor["cost_usd"] == 7e-05
+        assert by_floor["finish_reason"] == "stop"
+        assert all(type(by_floor[k]) is float and by_floor[k] >= 0 for k in timings)
+
+    def test_it_serves_only_the_routes_plain_chat_call(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import httpx2
+
+        overhead: Any = _bench("bench_overhead", monkeypatch)
+        floor: Any = _bench("_floor", monkeypatch)
+        plain = floor.floor_for(httpx2.MockTransport(overhead.canned), "http://127.0.0.1:9/v1")
+        for body in ({"model": "gpt-4.1", "messages": []}, {"model": "chat-default", "messages": [], "stream": True}):
+            with pytest.raises(ValueError, match="the floor serves one route"):
+                plain.handle_request(overhead.sdk_request(body))
+        bench: Any = _bench("bench_instructions", monkeypatch)
+        with pytest.raises(SystemExit, match="floor: only chat, chat-no-event"):
+            bench._worker("floor", "chat-32k", 1, 0)
+
+    def test_the_run_counts_the_floor_beside_holyroutes_own_work(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Counted by a stand-in for callgrind: the figures are the ones given."""
+        bench: Any = _bench("bench_instructions", monkeypatch)
+        counted: list[tuple[str, str]] = []
+
+        def count(kind: str, case: str, calls: int, warmup: int, *, burn: int = 0) -> int:
+            counted.append((kind, case))
+            per_call = {"raw": 4_840_000, "holyroute": 5_200_000, "own": 358_000, "floor": 222_000}[kind]
+            return per_call * calls
+
+        monkeypatch.setattr(bench, "_count", count)
+        monkeypatch.setattr(bench.shutil, "which", lambda _: "/usr/bin/valgrind")
+        monkeypatch.setattr(
+            sys, "argv", ["bench_instructions.py", "--cases", "chat-no-event,chat-orjson", "--calls", "2", "--json"]
+        )
+        assert bench.main() == 0
+        no_event, orjson = json.loads(capsys.readouterr().out)
+        assert (no_event["own"], no_event["floor"]) == (358_000, 222_000)
+        assert "floor" not in orjson
+        assert "own" not in orjson
+        assert counted == [
+            ("raw", "chat-no-event"),
+            ("holyroute", "chat-no-event"),
+            ("own", "chat-no-event"),
+            ("floor", "chat-no-event"),
+            ("raw", "chat-orjson"),
+            ("holyroute", "chat-orjson"),
+        ]
+
+
 class TestTheRecordedCase:
     """bench_instructions.py's chat-recorded case: the cassette's answer, shown in the table, not in the per-KB
     arithmetic (it differs from the small chat call in kind, not in size)."""
@@ -624,7 +726,9 @@ class TestTheRecordedCase:
 
         def count(kind: str, case: str, calls: int, warmup: int, *, burn: int = 0) -> int:
             counted.append((kind, case, burn))
-            per_call = {"raw": 4_840_000, "holyroute": 5_212_000, "own": busy if burn else 362_000}[kind]
+            per_call = {"raw": 4_840_000, "holyroute": 5_212_000, "own": busy if burn else 362_000, "floor": 222_000}[
+                kind
+            ]
             return per_call * calls
 
         monkeypatch.setattr(bench, "_count", count)
@@ -642,6 +746,7 @@ class TestTheRecordedCase:
             ("holyroute", "chat", 0),
             ("own", "chat", 0),
             ("own", "chat", bench._CHECK_BURN),
+            *([("floor", "chat", 0)] if holds else []),
         ]
 
     def test_a_per_kb_row_is_judged_on_the_own_count_when_there_is_one(self) -> None:
