@@ -33,6 +33,11 @@ agree within 5%). The sized cases' per-KB figures are
 judged on it: "added", a difference of whole calls, also carries the SDK's own work on the larger request (about
 190 M instructions a call at 128 KB of messages), which moves with where the allocator puts the SDK's objects.
 
+"floor" counts, as "own" is counted, the same small chat call (with and without the event) through
+``_floor.py``'s transport instead of holyroute's: the call written as plainly as we know how, sending the same
+request and emitting the same event, without holyroute's failover and limit bookkeeping. It is what this call's
+work costs at the least, against which holyroute's own count (and the targets) can be read.
+
     python benchmarks/bench_instructions.py               # all cases, 40 measured calls each (the largest fewer)
     python benchmarks/bench_instructions.py --calls 100 --cases chat,chat-128k --json
 """
@@ -478,6 +483,9 @@ def main() -> int:
             + (f"{per_kb:>14,}{per_kb / _NOMINAL_PER_US:>8.2f}" if per_kb is not None else "")
             + (f"{own_kb:>8,}{own_kb / _NOMINAL_PER_US:>8.2f}" if own_kb is not None else "")
         )
+    for r in results:
+        if "floor" in r:
+            print(f"{r['case']}: own work {r['own']:,} instructions per call, the floor's {r['floor']:,}")
     return 0
 
 

@@ -614,6 +614,26 @@ class TestTheFloor:
             ("holyroute", "chat-orjson"),
         ]
 
+    def test_its_rows_show_the_own_work_beside_the_floor_without_a_verdict(self) -> None:
+        results = [
+            {
+                "case": "chat",
+                "raw": 4_840_000,
+                "holyroute": 5_200_000,
+                "added": 360_000,
+                "own": 358_716,
+                "floor": 221_671,
+            },
+            {"case": "chat-no-event", "raw": 4_840_000, "holyroute": 5_090_000, "added": 250_000, "own": 248_234},
+        ]
+        rows = perf_table.instruction_rows(results)
+        (row,) = [row for row in rows if "the floor" in row.measure]  # no floor counted for the second: no row
+        assert row.cells() == (
+            "| chat, own work only: holyroute / the floor (the same call written plainly, no failover bookkeeping) "
+            "| — | 358,716 / 221,671 (+137,045, 1.62 times) | — |"
+        )
+        assert row.met is None
+
 
 class TestTheRecordedCase:
     """bench_instructions.py's chat-recorded case: the cassette's answer, shown in the table, not in the per-KB
