@@ -13,6 +13,11 @@ median of the paired differences, which is what survives a noisy shared machine:
   and data stay in the CPU's caches. Inside an SDK call (``in-memory``) the same work takes longer: between two of
   holyroute's calls, the SDK's own code has run through those caches. Run with events as JSON only.
 
+With events as JSON, each of the three is run a second time with ``_floor.py``'s transport in holyroute's place (the
+same call written as plainly as we know how, sending the same request and emitting the same event, without
+holyroute's failover and limit bookkeeping): what that work costs at the least, to read holyroute's figures and the
+targets against.
+
 Each comparison runs with holyroute's events rendered by structlog's JSONRenderer to /dev/null (a production JSON
 pipeline) and with its info-level events dropped by a level filter, to show what the routing itself costs and what
 rendering one cost event per call adds.
@@ -37,6 +42,7 @@ import httpx2
 import openai
 import structlog
 from _common import percentile, upstream_process  # benchmarks/_common.py
+from _floor import floor_for
 
 import holyroute
 
@@ -174,6 +180,21 @@ def main() -> int:
                 )
             )
             if rendered:
+                # The floor over a connection pool like holyroute's own (and the SDK's): the same sockets' reuse.
+                pool = httpx2.HTTPTransport(limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+                floor = openai.OpenAI(
+                    base_url=base_url, api_key="unused", http_client=httpx2.Client(transport=floor_for(pool, base_url))
+                )
+                with floor:
+                    results.append(
+                        paired(
+                            f"loopback chat, {label}, the floor",
+                            lambda: raw.chat.completions.create(**chat),
+                            lambda f=floor: f.chat.completions.create(**alias),
+                            args.pairs,
+                            args.warmup,
+                        )
+                    )
                 results.append(
                     paired(
                         f"loopback stream, {label}",
@@ -217,6 +238,29 @@ def main() -> int:
                         args.warmup,
                     )
                 )
+                floor_transport = floor_for(mock, "http://127.0.0.1:9/v1")
+                floor_mem = openai.OpenAI(
+                    base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=floor_transport)
+                )
+                with floor_mem:
+                    results.append(
+                        paired(
+                            "in-memory chat, events json, the floor",
+                            lambda c=raw_mem: c.chat.completions.create(**chat),
+                            lambda c=floor_mem: c.chat.completions.create(**alias),
+                            args.pairs,
+                            args.warmup,
+                        )
+                    )
+                results.append(
+                    paired(
+                        "transport alone, events json, the floor",
+                        lambda t=mock, r=request: answered(t, r),
+                        lambda t=floor_transport, r=request: answered(t, r),
+                        args.pairs,
+                        args.warmup,
+                    )
+                )
     devnull.close()
 
     if args.json:
@@ -224,12 +268,12 @@ def main() -> int:
         return 0
     print(f"holyroute {holyroute.__version__}, openai {openai.__version__}, python {sys.version.split()[0]}")
     print("per-call times in microseconds; overhead = median of paired differences (holyroute - raw)\n")
-    header = f"{'comparison':<32}{'pairs':>7}{'raw p50':>10}{'raw p99':>10}{'hr p50':>10}{'hr p99':>10}"
+    header = f"{'comparison':<44}{'pairs':>7}{'raw p50':>10}{'raw p99':>10}{'hr p50':>10}{'hr p99':>10}"
     header += f"{'ovh p50':>10}{'ovh p99':>10}{'ratio':>8}"
     print(header)
     for r in results:
         print(
-            f"{r['comparison']:<32}{r['pairs']:>7}{r['raw_p50_us']:>10.0f}{r['raw_p99_us']:>10.0f}"
+            f"{r['comparison']:<44}{r['pairs']:>7}{r['raw_p50_us']:>10.0f}{r['raw_p99_us']:>10.0f}"
             f"{r['holyroute_p50_us']:>10.0f}{r['holyroute_p99_us']:>10.0f}{r['overhead_p50_us']:>10.0f}"
             f"{r['overhead_p99_us']:>10.0f}{r['ratio_p50']:>8.2f}"
         )

@@ -217,6 +217,16 @@ def overhead_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
             shown += f" (the same inside an in-memory SDK call: {_us(in_sdk['overhead_p50_us'])} p50)"
         label = "holyroute's transport alone, no SDK call around it, events as JSON: added p50 / p99"
         rows.append(Row(label, None, shown))
+    # The floor (benchmarks/_floor.py) in holyroute's place: the same request sent, the same event emitted, without
+    # holyroute's bookkeeping. What the targets can be read against; shown, not judged.
+    for name, label in (
+        ("loopback chat, events json, the floor", "the floor: loopback chat, events as JSON: added p50 / p99"),
+        ("in-memory chat, events json, the floor", "the floor: in-memory chat, events as JSON: added p50 / p99"),
+        ("transport alone, events json, the floor", "the floor's transport alone, events as JSON: added p50 / p99"),
+    ):
+        r = by_name.get(name)
+        if r is not None:
+            rows.append(Row(label, None, f"{_us(r['overhead_p50_us'])} / {_us(r['overhead_p99_us'])}"))
     return rows
 
 

@@ -634,6 +634,25 @@ class TestTheFloor:
         )
         assert row.met is None
 
+    def test_its_timing_rows_are_shown_after_holyroutes_without_a_verdict(self) -> None:
+        def compared(name: str, p50: float, p99: float) -> dict[str, Any]:
+            return {"comparison": name, "overhead_p50_us": p50, "overhead_p99_us": p99}
+
+        rows = perf_table.overhead_rows(
+            [
+                compared("loopback chat, events json, the floor", 52.0, 347.0),
+                compared("transport alone, events json, the floor", 20.04, 25.0),
+                compared("in-memory chat, events json, the floor", 31.0, 103.0),
+            ]
+        )
+        floor = [row.cells() for row in rows if "floor" in row.measure]
+        assert floor == [
+            "| the floor: loopback chat, events as JSON: added p50 / p99 | — | 52.0 µs / 347.0 µs | — |",
+            "| the floor: in-memory chat, events as JSON: added p50 / p99 | — | 31.0 µs / 103.0 µs | — |",
+            "| the floor's transport alone, events as JSON: added p50 / p99 | — | 20.0 µs / 25.0 µs | — |",
+        ]
+        assert [row.met for row in rows if "floor" in row.measure] == [None] * 3
+
 
 class TestTheRecordedCase:
     """bench_instructions.py's chat-recorded case: the cassette's answer, shown in the table, not in the per-KB
