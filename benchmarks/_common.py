@@ -1,4 +1,4 @@
-"""What the paired benchmarks share: the fake upstream in its own process, and percentiles."""
+"""What the benchmarks share: the fake upstream in its own process, percentiles, and conversations of a given size."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from holyroute.testing import FakeUpstream
+
+
+def conversation(kilobytes: float) -> list[dict[str, str]]:
+    """A conversation of about ``kilobytes`` KB: alternating turns of about 1 KB (or one short question)."""
+    if kilobytes < 1:
+        return [{"role": "user", "content": "Summarise the plot of Hamlet in one sentence."}]
+    turn = "The quick brown fox jumps over the lazy dog, and then it reads a chapter of Hamlet. " * 12
+    count = round(kilobytes * 1024 / (len(turn) + 30))
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": turn} for i in range(count)]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx2
+from _common import conversation  # benchmarks/_common.py
 
 #: Instructions per microsecond on the machine the README's figures come from (about 4 G instructions/s in CPython).
 _NOMINAL_PER_US = 4000
@@ -119,15 +120,6 @@ def _recorded_answer() -> tuple[bytes, list[tuple[str, str]]]:
         response = yaml.safe_load(file)["interactions"][0]["response"]
     headers = [(name, str(value)) for name, values in response["headers"].items() for value in values]
     return response["body"]["string"].encode(), headers
-
-
-def _messages(kilobytes: float) -> list[dict[str, str]]:
-    """A conversation of about ``kilobytes`` KB: alternating turns of about 1 KB (or one short question)."""
-    if kilobytes < 1:
-        return [{"role": "user", "content": "Summarise the plot of Hamlet in one sentence."}]
-    turn = "The quick brown fox jumps over the lazy dog, and then it reads a chapter of Hamlet. " * 12
-    count = round(kilobytes * 1024 / (len(turn) + 30))
-    return [{"role": "user" if i % 2 == 0 else "assistant", "content": turn} for i in range(count)]
 
 
 def _embeddings_answer(kilobytes: float) -> bytes:
@@ -239,7 +231,7 @@ def _worker(client_kind: str, case: str, calls: int, warmup: int) -> None:
     if client_kind != "raw":
         model = {"embeddings": "embed-default", "cache-hit": "chat-cached"}.get(operation, "chat-default")
     call: Callable[[], Any]
-    messages: Any = _messages(request_kb)
+    messages: Any = conversation(request_kb)
     rest: list[Iterator[Any]] = []
     if operation == "chat":
 

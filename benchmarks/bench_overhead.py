@@ -11,7 +11,9 @@ median of the paired differences, which is what survives a noisy shared machine:
 * ``transport alone``: the request the SDK built for that call, handed straight to the in-memory transport and to
   holyroute's transport over it, with no SDK call around either: holyroute's work in a tight loop, where its code
   and data stay in the CPU's caches. Inside an SDK call (``in-memory``) the same work takes longer: between two of
-  holyroute's calls, the SDK's own code has run through those caches. Run with events as JSON only.
+  holyroute's calls, the SDK's own code has run through those caches. Run with events as JSON only, and again with
+  32 KB and 128 KB of messages: what holyroute's own time grows by per KB of request, away from the SDK's own work
+  on a large request (tens of milliseconds, whose noise would hide the difference inside an SDK call).
 
 With events as JSON, each of the three is run a second time with ``_floor.py``'s transport in holyroute's place (the
 same call written as plainly as we know how, sending the same request and emitting the same event, without
@@ -41,7 +43,7 @@ from typing import Any
 import httpx2
 import openai
 import structlog
-from _common import percentile, upstream_process  # benchmarks/_common.py
+from _common import conversation, percentile, upstream_process  # benchmarks/_common.py
 from _floor import floor_for
 
 import holyroute
@@ -229,15 +231,17 @@ def main() -> int:
             )
             if rendered:
                 request = sdk_request(alias)
-                results.append(
-                    paired(
-                        "transport alone, events json",
-                        lambda t=mock, r=request: answered(t, r),
-                        lambda t=routed_transport, r=request: answered(t, r),
+                for kilobytes in (0.1, 32, 128):
+                    sized = request if kilobytes < 1 else sdk_request({**alias, "messages": conversation(kilobytes)})
+                    size = "" if kilobytes < 1 else f", {kilobytes} KB of messages"
+                    result = paired(
+                        f"transport alone, events json{size}",
+                        lambda t=mock, r=sized: answered(t, r),
+                        lambda t=routed_transport, r=sized: answered(t, r),
                         args.pairs,
                         args.warmup,
                     )
-                )
+                    results.append({**result, "request_bytes": len(sized.content)})
                 floor_transport = floor_for(mock, "http://127.0.0.1:9/v1")
                 floor_mem = openai.OpenAI(
                     base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=floor_transport)
@@ -268,12 +272,12 @@ def main() -> int:
         return 0
     print(f"holyroute {holyroute.__version__}, openai {openai.__version__}, python {sys.version.split()[0]}")
     print("per-call times in microseconds; overhead = median of paired differences (holyroute - raw)\n")
-    header = f"{'comparison':<44}{'pairs':>7}{'raw p50':>10}{'raw p99':>10}{'hr p50':>10}{'hr p99':>10}"
+    header = f"{'comparison':<52}{'pairs':>7}{'raw p50':>10}{'raw p99':>10}{'hr p50':>10}{'hr p99':>10}"
     header += f"{'ovh p50':>10}{'ovh p99':>10}{'ratio':>8}"
     print(header)
     for r in results:
         print(
-            f"{r['comparison']:<44}{r['pairs']:>7}{r['raw_p50_us']:>10.0f}{r['raw_p99_us']:>10.0f}"
+            f"{r['comparison']:<52}{r['pairs']:>7}{r['raw_p50_us']:>10.0f}{r['raw_p99_us']:>10.0f}"
             f"{r['holyroute_p50_us']:>10.0f}{r['holyroute_p99_us']:>10.0f}{r['overhead_p50_us']:>10.0f}"
             f"{r['overhead_p99_us']:>10.0f}{r['ratio_p50']:>8.2f}"
         )
