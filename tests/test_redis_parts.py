@@ -191,6 +191,65 @@ class TestGrants:
         assert made.reconcile() == 0
         assert not store.exists(keys.limits("a"))
 
+    def test_the_first_process_to_find_grants_lost_in_a_promotion_holds_the_others_share(
+        self, store: redis.Redis, keys: Keys
+    ) -> None:
+        """The old master lost the last grants of every process, and each tells the new master only when its own sync
+        sees it. The first to find some missing also holds a like share for each other process, which each one
+        after it takes its own missing grants from first: the bucket does not grant them again meanwhile."""
+        me, you = (grants(store, keys, Clock(), Events(), Link()) for _ in range(2))
+        me.origin, you.origin = "me", "you"
+        for made, times in ((me, 3), (you, 2)):
+            for _ in range(times):
+                made._leases.take("a", 600, None, 1)
+                assert made.ask("a", 600, None, 1, (2, 2)) == 0.0
+        assert (me.granted, you.granted) == ({"a": (600, 6)}, {"a": (600, 4)})
+        # A new master that saw two of mine and one of yours, and whose bucket refilled meanwhile.
+        store.hset(keys.limits("a"), mapping={"g:me": "2", "g:you": "1", "r": "100"})
+        assert me.reconcile(2) == 4
+        bucket = store.hgetall(keys.limits("a"))
+        assert float(bucket[b"r"]) == pytest.approx(100 - 4 - 4, abs=1), "mine taken, and a like share held for you"
+        assert bucket[b"p"] == b"4"
+        assert you.reconcile(2) == 3
+        bucket = store.hgetall(keys.limits("a"))
+        assert float(bucket[b"r"]) == pytest.approx(92, abs=1), "yours came out of the hold, not the bucket again"
+        assert bucket[b"p"] == b"1"
+        assert you.reconcile(2) == 0, "told once"
+
+    def test_a_promotion_hold_nobody_claims_goes_back(self, store: redis.Redis, keys: Keys) -> None:
+        made = grants(store, keys, Clock(), Events(), Link())
+        made.origin = "me"
+        for _ in range(3):
+            made._leases.take("a", 600, None, 1)
+            assert made.ask("a", 600, None, 1, (2, 2)) == 0.0
+        store.hset(keys.limits("a"), mapping={"g:me": "2", "r": "100"})
+        assert made.reconcile(3) == 4
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(100 - 4 - 8, abs=1)
+        stale = "0"  # held long ago: longer than the others had to claim it
+        store.hset(keys.limits("a"), mapping={"pt": stale})
+        made._leases.take("a", 600, None, 1)
+        assert made.ask("a", 600, None, 1, (1, 1)) == 0.0
+        bucket = store.hgetall(keys.limits("a"))
+        assert float(bucket[b"r"]) == pytest.approx(100 - 4 - 1, abs=1), "the hold went back before the grant"
+        assert bucket[b"p"] == b"0"
+        # A reconcile after the hold lapsed is the first of a new promotion: an older hold's rest goes back first.
+        store.hset(keys.limits("a"), mapping={"g:me": "5", "p": "3", "pt": stale, "r": "50"})
+        assert made.reconcile(2) == 2
+        bucket = store.hgetall(keys.limits("a"))
+        assert float(bucket[b"r"]) == pytest.approx(50 + 3 - 2 - 2, abs=1)
+        assert bucket[b"p"] == b"2"
+
+    def test_alone_a_reconcile_holds_nothing(self, store: redis.Redis, keys: Keys) -> None:
+        made = grants(store, keys, Clock(), Events(), Link())
+        made.origin = "me"
+        for _ in range(3):
+            made._leases.take("a", 600, None, 1)
+            assert made.ask("a", 600, None, 1, (2, 2)) == 0.0
+        store.hset(keys.limits("a"), mapping={"g:me": "2", "r": "100"})
+        assert made.reconcile(1) == 4
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(96, abs=1)
+        assert store.hget(keys.limits("a"), "p") == b"0"
+
     def test_charge_takes_requests_given_out_alone_from_the_shared_bucket(self, store: redis.Redis, keys: Keys) -> None:
         made = grants(store, keys, Clock(), Events(), Link())
         made.charge("a", 600, 6000, requests=100, tokens=2000)

@@ -409,7 +409,7 @@ class RedisBackend:
             before.update({e: (n, 0) for e, n in spared.items() if e not in charged})
             self._charge(router, before, back=True)
             try:  # and what a replaced master granted it and never passed on
-                self.grants.reconcile()
+                self.grants.reconcile(self.sync.members)
             except FAILURES as error:
                 self.reports.background_error("sync", error)
             taken = router.health.share_limits(True, self.sync.members, self.clock())

@@ -331,16 +331,19 @@ class Grants:
         level = min(rpm, max(0, requests) + max(0.0, now - at) * rpm / 60)
         return math.ceil(level * (processes - 1) / processes)
 
-    def reconcile(self) -> int:
+    def reconcile(self, processes: int = 1) -> int:
         """After a failover or an outage: tell each shared rpm bucket how many requests it granted this process in
         all; whatever its master does not know of (granted by a master replaced before passing it on) is taken now.
-        Returns the requests taken. Raises what Redis raises."""
+        The first of the ``processes`` to find some missing also holds a like share for each of the others, whose
+        last grants the old master lost too, until they tell the bucket theirs (the RECONCILE script). Returns this
+        process's requests taken. Raises what Redis raises."""
         with self._lock:
             granted = dict(self.granted)
         taken = 0
         for endpoint, (rpm, total) in granted.items():
             found = self.reconcile_script(
-                keys=[self._keys.limits(endpoint)], args=[rpm, self.origin, total, LIMITS_TTL_MS]
+                keys=[self._keys.limits(endpoint)],
+                args=[rpm, self.origin, total, LIMITS_TTL_MS, max(1, processes), AWAY_HOLD_S],
             )
             taken += int(found) if isinstance(found, int) else 0
         return taken

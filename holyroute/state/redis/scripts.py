@@ -19,12 +19,13 @@ AWAY_HOLD_S = 10
 # that loses Redis starts its local share of each limit from there. The requests granted are also added up per process
 # (field g:<ARGV[8]>), so that a new master can be told what its old one granted and never passed on (RECONCILE), and
 # the time of the last grant is kept (field gs): DEBT tells from it whether some process never left during an outage.
-# A hold for processes away (see DEBT) that nobody claimed within ARGV[9] seconds goes back to the bucket first.
+# A hold for processes away (see DEBT) or for the others' lost grants after a promotion (fields p and pt, see
+# RECONCILE) that nobody claimed within ARGV[9] seconds goes back to the bucket first.
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local s = redis.call('HMGET', KEYS[1], 'r', 'rt', 't', 'tt', 'h', 'ht')
+local s = redis.call('HMGET', KEYS[1], 'r', 'rt', 't', 'tt', 'h', 'ht', 'p', 'pt')
 local function level(cap, value, stamp)
   if cap <= 0 then return 0 end
   local l, at = tonumber(value), tonumber(stamp)
@@ -36,6 +37,11 @@ local held = tonumber(s[5]) or 0
 if rpm > 0 and held > 0 and now - (tonumber(s[6]) or 0) > tonumber(ARGV[9] or 0) then
   r = math.min(rpm, r + held)  -- a hold for processes away (see DEBT) that nobody came back to claim
   redis.call('HSET', KEYS[1], 'r', tostring(r), 'rt', tostring(now), 'h', '0')
+end
+local lost = tonumber(s[7]) or 0
+if rpm > 0 and lost > 0 and now - (tonumber(s[8]) or 0) > tonumber(ARGV[9] or 0) then
+  r = math.min(rpm, r + lost)  -- a hold for the others' lost grants (see RECONCILE) that nobody claimed
+  redis.call('HSET', KEYS[1], 'r', tostring(r), 'rt', tostring(now), 'p', '0')
 end
 local owed = tonumber(ARGV[7]) or 0
 if tpm > 0 and owed ~= 0 then
@@ -208,11 +214,16 @@ return 1
 # limit) in all; the bucket's g:<process> field says how many of them this master knows of. Those it does not (its
 # old master granted them and was replaced before passing them on) are taken from the bucket now, refilled first and
 # kept within [-rpm, rpm]. A bucket or field this master never had (it started afresh) is only told the count.
-# Returns the requests taken.
+# The old master lost the other processes' last grants too, and each tells the bucket only when its own sync sees
+# the new master: until then the bucket would grant them again. So the first process to find grants missing also
+# holds what the other ARGV[5] - 1 processes presumably lost, a like share each (fields p and pt); each one after it
+# within ARGV[6] seconds takes its own missing grants from that hold first, and only what exceeds it from the
+# bucket. What nobody claims within ARGV[6] seconds goes back (here or in ACQUIRE). Returns the requests taken.
 RECONCILE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rpm, mine = tonumber(ARGV[1]), tonumber(ARGV[3])
+local others, hold_s = math.max(0, (tonumber(ARGV[5]) or 1) - 1), tonumber(ARGV[6]) or 0
 if rpm == nil or mine == nil or rpm <= 0 then return 0 end
 local field = 'g:' .. ARGV[2]
 local seen = tonumber(redis.call('HGET', KEYS[1], field))
@@ -222,11 +233,22 @@ if seen == nil then
 end
 local missing = mine - seen
 if missing <= 0 then return 0 end
-local s = redis.call('HMGET', KEYS[1], 'r', 'rt')
+local s = redis.call('HMGET', KEYS[1], 'r', 'rt', 'p', 'pt')
 local l, at = tonumber(s[1]), tonumber(s[2])
 if l == nil or at == nil then l = rpm else l = math.min(rpm, l + math.max(0, now - at) * rpm / 60) end
-l = math.max(-rpm, l - missing)
-redis.call('HSET', KEYS[1], 'r', tostring(l), 'rt', tostring(now), field, ARGV[3])
+local p, pt = tonumber(s[3]) or 0, tonumber(s[4])
+local taken = missing
+if pt ~= nil and now - pt <= hold_s then  -- another process found this promotion first: claim from its hold
+  local claimed = math.min(p, missing)
+  p = p - claimed
+  taken = missing - claimed
+else
+  l = math.min(rpm, l + p)  -- what is left of an older hold goes back first
+  p, pt = missing * others, now
+  taken = missing + p
+end
+l = math.max(-rpm, l - taken)
+redis.call('HSET', KEYS[1], 'r', tostring(l), 'rt', tostring(now), field, ARGV[3], 'p', tostring(p), 'pt', tostring(pt))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return missing
 """

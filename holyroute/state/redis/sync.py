@@ -179,7 +179,7 @@ class Sync:
             return False
         if self._master is not None and master != self._master and owner.live:
             try:  # a new master: tell the shared rpm buckets what the old one granted here and never passed on
-                owner.grants.reconcile()
+                owner.grants.reconcile(self.members)
             except FAILURES as error:
                 owner.failures = 3
                 owner.failed(error)
