@@ -15,9 +15,10 @@ structure:
 - it hands the answer on in memory.
 
 What it leaves out is holyroute's bookkeeping for failover and limits: no health, cooldown or ejection book, no retry
-budget, no deadline, no second attempt, no rate-limit headroom, no plan of legs, no rules, and no guard against a
-body that is not what the SDK sends (:func:`json.loads` of the whole body, which is cheap only for a short prompt).
-It serves exactly one route and answers only the non-streaming chat call.
+budget, no deadline, no second attempt, no rate-limit headroom, no plan of legs, no rules, no check that the alias
+occurs once in the body, and no bound on what a body may hold: it reads the body with :func:`json.loads` (cheap only
+for a short prompt, and not flat in its size). It serves exactly one route and answers only the non-streaming chat
+call, and reads ``finish_reason`` only when it is a string.
 So it is a floor for what any router must spend on this call, not a router. Benchmark-only: nothing in
 ``holyroute`` imports it.
 """

@@ -146,6 +146,7 @@ def instruction_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
     for case, label in (
         ("chat", "chat, own work only: holyroute / the floor (the same call written plainly, no failover bookkeeping)"),
         ("chat-no-event", "chat, event filtered out, own work only: holyroute / the floor"),
+        ("chat-orjson", "chat, event by orjson, own work only: holyroute / the floor"),
     ):
         r = by_case.get(case)
         if r is not None and "own" in r and "floor" in r:
@@ -153,9 +154,10 @@ def instruction_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
             # work costs at the least we know how to write it, against which the targets can be read.
             shown = f"{r['own']:,} / {r['floor']:,} ({r['own'] - r['floor']:+,}, {r['own'] / r['floor']:.2f} times)"
             rows.append(Row(label, None, shown))
-    # The request's per-KB target is judged on time (overhead_rows): most of what holyroute does per KB of request
-    # is copying the body once (the new model in it) and searching it, and callgrind counts each byte a copy moves
-    # (``rep movsb``) as an instruction: a 128 KB copy counts 133k, about 33 µs at 4,000 per µs, and takes 1.2 µs.
+    # The request's per-KB target is judged on time (overhead_rows): a quarter of what callgrind counts per KB of
+    # request is copying the body once (the new model in it), and it counts each byte a copy moves (``rep movsb``)
+    # as an instruction: a 128 KB copy counts 133k, about 33 µs at 4,000 per µs, and takes 1.2 µs. The rest (the
+    # body's check and a search of it) also runs faster than that rate (docs/benchmarks.md).
     for case, label, target in (
         ("chat-32k", "chat, 32 KB of messages: instructions added per KB of request (judged on time)", None),
         ("chat-128k", "chat, 128 KB of messages: instructions added per KB of request (judged on time)", None),
@@ -234,7 +236,10 @@ def overhead_rows(results: Sequence[Mapping[str, Any]]) -> list[Row]:
             f"{per_kb:.3f} µs/KB (added p50 {_us(sized['overhead_p50_us'])} at {sized['request_bytes']:,} bytes, "
             f"{_us(alone['overhead_p50_us'])} at {alone['request_bytes']:,})"
         )
-        rows.append(Row(label, REQUEST_PER_KB, shown, per_kb))
+        if per_kb < 0:  # the small call's median came out above the large one's: noise, which says nothing
+            rows.append(Row(label, REQUEST_PER_KB, f"{shown}; not judged: less than nothing added (noise)"))
+        else:
+            rows.append(Row(label, REQUEST_PER_KB, shown, per_kb))
     # The floor (benchmarks/_floor.py) in holyroute's place: the same request sent, the same event emitted, without
     # holyroute's bookkeeping. What the targets can be read against; shown, not judged.
     for name, label in (

@@ -191,64 +191,87 @@ class TestGrants:
         assert made.reconcile() == 0
         assert not store.exists(keys.limits("a"))
 
+    @staticmethod
+    def _granted_six(store: redis.Redis, keys: Keys, origin: str, times: int = 3) -> Grants:
+        """A process granted ``2 * times`` requests from bucket ``a`` at 600 rpm, two at a time."""
+        made = grants(store, keys, Clock(), Events(), Link())
+        made.origin = origin
+        for _ in range(times):
+            made._leases.take("a", 600, None, 1)
+            assert made.ask("a", 600, None, 1, (2, 2)) == 0.0
+        return made
+
+    @staticmethod
+    def _promoted(store: redis.Redis, keys: Keys, level: float, **fields: str) -> None:
+        """Bucket ``a`` as a new master has it: holding ``level`` now (refilled from now on), with ``fields``."""
+        seconds, micros = store.time()
+        store.hset(keys.limits("a"), mapping={"r": str(level), "rt": str(seconds + micros / 1e6), **fields})
+
     def test_the_first_process_to_find_grants_lost_in_a_promotion_holds_the_others_share(
         self, store: redis.Redis, keys: Keys
     ) -> None:
         """The old master lost the last grants of every process, and each tells the new master only when its own sync
         sees it. The first to find some missing also holds a like share for each other process, which each one
         after it takes its own missing grants from first: the bucket does not grant them again meanwhile."""
-        me, you = (grants(store, keys, Clock(), Events(), Link()) for _ in range(2))
-        me.origin, you.origin = "me", "you"
-        for made, times in ((me, 3), (you, 2)):
-            for _ in range(times):
-                made._leases.take("a", 600, None, 1)
-                assert made.ask("a", 600, None, 1, (2, 2)) == 0.0
+        me, you = self._granted_six(store, keys, "me"), self._granted_six(store, keys, "you", times=2)
         assert (me.granted, you.granted) == ({"a": (600, 6)}, {"a": (600, 4)})
         # A new master that saw two of mine and one of yours, and whose bucket refilled meanwhile.
-        store.hset(keys.limits("a"), mapping={"g:me": "2", "g:you": "1", "r": "100"})
+        self._promoted(store, keys, 100, **{"g:me": "2", "g:you": "1"})
         assert me.reconcile(2) == 4
         bucket = store.hgetall(keys.limits("a"))
         assert float(bucket[b"r"]) == pytest.approx(100 - 4 - 4, abs=1), "mine taken, and a like share held for you"
-        assert bucket[b"p"] == b"4"
+        assert float(bucket[b"p"]) == pytest.approx(4)
+        assert bucket[b"pm"] == store.info("server")["run_id"].encode(), "held on this master"
+        made = you.ask("a", 600, None, 1, (1, 1))  # a grant meanwhile leaves the hold alone
+        assert made == 0.0
+        assert float(store.hget(keys.limits("a"), "p") or 0) == pytest.approx(4)
         assert you.reconcile(2) == 3
         bucket = store.hgetall(keys.limits("a"))
-        assert float(bucket[b"r"]) == pytest.approx(92, abs=1), "yours came out of the hold, not the bucket again"
-        assert bucket[b"p"] == b"1"
+        assert float(bucket[b"r"]) == pytest.approx(92 - 1, abs=1), "yours came out of the hold, not the bucket again"
+        assert float(bucket[b"p"]) == pytest.approx(1)
         assert you.reconcile(2) == 0, "told once"
 
-    def test_a_promotion_hold_nobody_claims_goes_back(self, store: redis.Redis, keys: Keys) -> None:
-        made = grants(store, keys, Clock(), Events(), Link())
-        made.origin = "me"
-        for _ in range(3):
-            made._leases.take("a", 600, None, 1)
-            assert made.ask("a", 600, None, 1, (2, 2)) == 0.0
-        store.hset(keys.limits("a"), mapping={"g:me": "2", "r": "100"})
+    def test_a_promotion_hold_nobody_claims_goes_back_and_is_made_once_per_master(
+        self, store: redis.Redis, keys: Keys
+    ) -> None:
+        made = self._granted_six(store, keys, "me")
+        self._promoted(store, keys, 100, **{"g:me": "2"})
         assert made.reconcile(3) == 4
         assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(100 - 4 - 8, abs=1)
-        stale = "0"  # held long ago: longer than the others had to claim it
-        store.hset(keys.limits("a"), mapping={"pt": stale})
+        store.hset(keys.limits("a"), "pt", "0")  # held long ago: longer than the others had to claim it
         made._leases.take("a", 600, None, 1)
         assert made.ask("a", 600, None, 1, (1, 1)) == 0.0
         bucket = store.hgetall(keys.limits("a"))
         assert float(bucket[b"r"]) == pytest.approx(100 - 4 - 1, abs=1), "the hold went back before the grant"
-        assert bucket[b"p"] == b"0"
-        # A reconcile after the hold lapsed is the first of a new promotion: an older hold's rest goes back first.
-        store.hset(keys.limits("a"), mapping={"g:me": "5", "p": "3", "pt": stale, "r": "50"})
+        assert float(bucket[b"p"]) == 0
+        # Grants found missing later on the same master (a process back from a long outage): its own, nothing held.
+        self._promoted(store, keys, 50, **{"g:me": "5"})
+        assert made.reconcile(3) == 2
+        assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(48, abs=1)
+        assert float(store.hget(keys.limits("a"), "p") or 0) == 0
+        # Another master (another run_id): its first reconcile holds again, an older hold's rest going back first.
+        self._promoted(store, keys, 50, **{"g:me": "5", "p": "3", "pt": "0", "pm": "an-older-master"})
         assert made.reconcile(2) == 2
         bucket = store.hgetall(keys.limits("a"))
         assert float(bucket[b"r"]) == pytest.approx(50 + 3 - 2 - 2, abs=1)
-        assert bucket[b"p"] == b"2"
+        assert float(bucket[b"p"]) == pytest.approx(2)
+
+    def test_a_promotion_hold_is_only_what_the_bucket_had_for_the_others(self, store: redis.Redis, keys: Keys) -> None:
+        """Held from a bucket kept within [-rpm, rpm]: when the others' presumed share is more than the bucket has
+        (many processes, a low level), the hold is what left the bucket, never more (else it would go back as more)."""
+        made = self._granted_six(store, keys, "me")
+        self._promoted(store, keys, -590, **{"g:me": "2"})
+        assert made.reconcile(20) == 4
+        bucket = store.hgetall(keys.limits("a"))
+        assert float(bucket[b"r"]) == pytest.approx(-600, abs=1), "at most one limit owed"
+        assert float(bucket[b"p"]) == pytest.approx(6, abs=1), "10 left the bucket: 4 mine, 6 held of the 76 wanted"
 
     def test_alone_a_reconcile_holds_nothing(self, store: redis.Redis, keys: Keys) -> None:
-        made = grants(store, keys, Clock(), Events(), Link())
-        made.origin = "me"
-        for _ in range(3):
-            made._leases.take("a", 600, None, 1)
-            assert made.ask("a", 600, None, 1, (2, 2)) == 0.0
-        store.hset(keys.limits("a"), mapping={"g:me": "2", "r": "100"})
+        made = self._granted_six(store, keys, "me")
+        self._promoted(store, keys, 100, **{"g:me": "2"})
         assert made.reconcile(1) == 4
         assert float(store.hget(keys.limits("a"), "r") or 0) == pytest.approx(96, abs=1)
-        assert store.hget(keys.limits("a"), "p") == b"0"
+        assert float(store.hget(keys.limits("a"), "p") or 0) == 0
 
     def test_charge_takes_requests_given_out_alone_from_the_shared_bucket(self, store: redis.Redis, keys: Keys) -> None:
         made = grants(store, keys, Clock(), Events(), Link())

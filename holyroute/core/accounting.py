@@ -140,8 +140,8 @@ class Accounting(Waiting):
             self._settle(status, usage, now)
         leg = self._last_leg if upstream is not None else self._legs[0]
         cost, price_source, price_tier = _cost(upstream, usage, router.wall_clock)
-        # Milliseconds to three places as a whole number of microseconds over 1000: the float that prints as those
-        # three places, as round(ms, 3) gives, at a quarter of its cost (round with places formats the number).
+        # Milliseconds to three places as a whole number of microseconds over 1000: what round(ms, 3) gives (it may
+        # differ by a microsecond at a near-tie), at a quarter of its cost (round with places formats the number).
         latency_ms = round((now - self.started) * 1e6) / 1000
         first = self._first_byte if self.stream else None
         ttft_ms = round((first - self.started) * 1e6) / 1000 if first is not None else None

@@ -215,10 +215,12 @@ return 1
 # old master granted them and was replaced before passing them on) are taken from the bucket now, refilled first and
 # kept within [-rpm, rpm]. A bucket or field this master never had (it started afresh) is only told the count.
 # The old master lost the other processes' last grants too, and each tells the bucket only when its own sync sees
-# the new master: until then the bucket would grant them again. So the first process to find grants missing also
-# holds what the other ARGV[5] - 1 processes presumably lost, a like share each (fields p and pt); each one after it
-# within ARGV[6] seconds takes its own missing grants from that hold first, and only what exceeds it from the
-# bucket. What nobody claims within ARGV[6] seconds goes back (here or in ACQUIRE). Returns the requests taken.
+# the new master: until then the bucket would grant them again. So the first process to find grants missing on this
+# master (named by its run_id, field pm) also holds what the other ARGV[5] - 1 processes presumably lost, a like share
+# each, as far as the bucket has it (fields p and pt); each one after it within ARGV[6] seconds takes its own missing
+# grants from that hold first, and only what exceeds it from the bucket. What nobody claims within ARGV[6] seconds
+# goes back (here or in ACQUIRE); later reconciles with the same master hold nothing more. Where INFO is refused, a
+# master is told apart by the window alone. Returns this process's requests the master did not know of.
 RECONCILE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -233,22 +235,25 @@ if seen == nil then
 end
 local missing = mine - seen
 if missing <= 0 then return 0 end
-local s = redis.call('HMGET', KEYS[1], 'r', 'rt', 'p', 'pt')
+local info = redis.pcall('INFO', 'server')
+local master = type(info) == 'string' and string.match(info, 'run_id:(%w+)') or ''
+local s = redis.call('HMGET', KEYS[1], 'r', 'rt', 'p', 'pt', 'pm')
 local l, at = tonumber(s[1]), tonumber(s[2])
 if l == nil or at == nil then l = rpm else l = math.min(rpm, l + math.max(0, now - at) * rpm / 60) end
-local p, pt = tonumber(s[3]) or 0, tonumber(s[4])
-local taken = missing
-if pt ~= nil and now - pt <= hold_s then  -- another process found this promotion first: claim from its hold
-  local claimed = math.min(p, missing)
+local p, pt, pm = tonumber(s[3]) or 0, tonumber(s[4]), s[5] or ''
+local recent = pt ~= nil and now - pt <= hold_s
+if pm == master and (master ~= '' or recent) then  -- this master's hold: claim from it while it lasts
+  local claimed = recent and math.min(p, missing) or 0
   p = p - claimed
-  taken = missing - claimed
-else
+  l = math.max(-rpm, l - (missing - claimed))
+else  -- the first to find grants missing on this master
   l = math.min(rpm, l + p)  -- what is left of an older hold goes back first
-  p, pt = missing * others, now
-  taken = missing + p
+  local before = l
+  l = math.max(-rpm, l - missing - missing * others)
+  p, pt, pm = math.max(0, before - l - missing), now, master  -- held: only what left the bucket for the others
 end
-l = math.max(-rpm, l - taken)
-redis.call('HSET', KEYS[1], 'r', tostring(l), 'rt', tostring(now), field, ARGV[3], 'p', tostring(p), 'pt', tostring(pt))
+redis.call('HSET', KEYS[1], 'r', tostring(l), 'rt', tostring(now), field, ARGV[3], 'p', tostring(p),
+  'pt', tostring(pt or 0), 'pm', pm)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return missing
 """
