@@ -12,8 +12,9 @@ median of the paired differences, which is what survives a noisy shared machine:
   holyroute's transport over it, with no SDK call around either: holyroute's work in a tight loop, where its code
   and data stay in the CPU's caches. Inside an SDK call (``in-memory``) the same work takes longer: between two of
   holyroute's calls, the SDK's own code has run through those caches. Run with events as JSON only, and again with
-  32 KB and 128 KB of messages: what holyroute's own time grows by per KB of request, away from the SDK's own work
-  on a large request (tens of milliseconds, whose noise would hide the difference inside an SDK call).
+  32 KB and 128 KB of messages, each in one loop with the small call (:func:`paired_growth`): what holyroute's own
+  time grows by per KB of request, away from the SDK's own work on a large request (tens of milliseconds, whose
+  noise would hide the difference inside an SDK call).
 
 With events as JSON, each of the three is run a second time with ``_floor.py``'s transport in holyroute's place (the
 same call written as plainly as we know how, sending the same request and emitting the same event, without
@@ -99,6 +100,47 @@ def paired(
         "overhead_p50_us": statistics.median(diffs),
         "overhead_p99_us": percentile(diffs, 99),
         "ratio_p50": percentile(routed_t, 50) / percentile(raw_t, 50),
+    }
+
+
+def paired_growth(
+    name: str,
+    small: tuple[Callable[[], Any], Callable[[], Any]],
+    large: tuple[Callable[[], Any], Callable[[], Any]],
+    pairs: int,
+    warmup: int,
+) -> dict[str, float | str | int]:
+    """What holyroute adds on a large request beyond what it adds on a small one, measured in one loop: each round
+    makes the four calls (raw and routed, small and large; the order turns every round), and the growth is the median
+    over rounds of (routed - raw on the large) - (routed - raw on the small). Two comparisons run one after the other
+    would each be paired, but the machine's speed can drift between them, and their difference carries that drift."""
+    calls = [small[0], small[1], large[0], large[1]]
+    for _ in range(warmup):
+        for fn in calls:
+            fn()
+    clock = time.perf_counter
+    taken: list[list[float]] = [[], [], [], []]
+    for i in range(pairs):
+        turn = i % 4
+        for at in (*range(turn, 4), *range(turn)):
+            start = clock()
+            calls[at]()
+            taken[at].append(clock() - start)
+    growth = [((rl - al) - (rs - as_)) * 1e6 for as_, rs, al, rl in zip(*taken, strict=True)]
+    small_added = [(r - a) * 1e6 for a, r in zip(taken[0], taken[1], strict=True)]
+    large_added = [(r - a) * 1e6 for a, r in zip(taken[2], taken[3], strict=True)]
+    return {
+        "comparison": name,
+        "pairs": pairs,
+        "raw_p50_us": percentile(taken[2], 50) * 1e6,
+        "raw_p99_us": percentile(taken[2], 99) * 1e6,
+        "holyroute_p50_us": percentile(taken[3], 50) * 1e6,
+        "holyroute_p99_us": percentile(taken[3], 99) * 1e6,
+        "overhead_p50_us": statistics.median(large_added),
+        "overhead_p99_us": percentile(large_added, 99),
+        "ratio_p50": percentile(taken[3], 50) / percentile(taken[2], 50),
+        "small_overhead_p50_us": statistics.median(small_added),
+        "growth_p50_us": statistics.median(growth),
     }
 
 
@@ -231,17 +273,29 @@ def main() -> int:
             )
             if rendered:
                 request = sdk_request(alias)
-                for kilobytes in (0.1, 32, 128):
-                    sized = request if kilobytes < 1 else sdk_request({**alias, "messages": conversation(kilobytes)})
-                    size = "" if kilobytes < 1 else f", {kilobytes} KB of messages"
-                    result = paired(
-                        f"transport alone, events json{size}",
-                        lambda t=mock, r=sized: answered(t, r),
-                        lambda t=routed_transport, r=sized: answered(t, r),
+                results.append(
+                    paired(
+                        "transport alone, events json",
+                        lambda t=mock, r=request: answered(t, r),
+                        lambda t=routed_transport, r=request: answered(t, r),
                         args.pairs,
                         args.warmup,
                     )
-                    results.append({**result, "request_bytes": len(sized.content)})
+                )
+                for kilobytes in (32, 128):  # what it grows by with the request, against the small call in one loop
+                    sized = sdk_request({**alias, "messages": conversation(kilobytes)})
+                    result = paired_growth(
+                        f"transport alone, events json, {kilobytes} KB of messages",
+                        (
+                            lambda t=mock, r=request: answered(t, r),
+                            lambda t=routed_transport, r=request: answered(t, r),
+                        ),
+                        (lambda t=mock, r=sized: answered(t, r), lambda t=routed_transport, r=sized: answered(t, r)),
+                        args.pairs,
+                        args.warmup,
+                    )
+                    result.update(request_bytes=len(sized.content), small_request_bytes=len(request.content))
+                    results.append(result)
                 floor_transport = floor_for(mock, "http://127.0.0.1:9/v1")
                 floor_mem = openai.OpenAI(
                     base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=floor_transport)
