@@ -49,13 +49,14 @@ _FINISH_KEY = b'"finish_reason":'
 _REPLACED = frozenset((b"host", b"authorization", b"content-length", b"connection", b"accept-encoding"))
 
 
-class FloorTransport(httpx2.BaseTransport):
+class _Floor:
     """One route (``alias`` → ``model`` at ``base_url`` with ``api_key``), priced at ``prices`` (USD per million
-    input, cached input and output tokens), named ``price_source`` in its event."""
+    input, cached input and output tokens), named ``price_source`` in its event: the work before the request is sent
+    (:meth:`_sent`) and after its answer is read (:meth:`_answered`), which the sync and async transports share."""
 
     def __init__(
         self,
-        inner: httpx2.BaseTransport,
+        inner: Any,
         *,
         alias: str,
         model: str,
@@ -77,7 +78,8 @@ class FloorTransport(httpx2.BaseTransport):
         self._logger: Any = None
         self._info_on = True
 
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+    def _sent(self, request: httpx2.Request) -> tuple[httpx2.Request, float, float]:
+        """The request to send for ``request``, when the call started, and when the request was ready."""
         started = time.monotonic()
         body = request.content
         data = json.loads(body)
@@ -100,14 +102,10 @@ class FloorTransport(httpx2.BaseTransport):
         sent = object.__new__(httpx2.Request)
         sent.method, sent.url, sent.headers, sent.stream = request.method, self._url, headers, stream
         sent.extensions = dict(request.extensions)
-        sent_at = time.monotonic()
-        response = self._inner.handle_request(sent)
-        answer = response.stream
-        assert isinstance(answer, httpx2.SyncByteStream)
-        try:
-            raw = b"".join(answer)
-        finally:
-            answer.close()
+        return sent, started, time.monotonic()
+
+    def _answered(self, response: httpx2.Response, raw: bytes, started: float, sent_at: float) -> httpx2.Response:
+        """``response``, whose body ``raw`` was read, checked, priced and reported, handed on in memory."""
         if response.status_code != 200:
             raise ValueError("the floor answers only the call that succeeds")
         top = _ANSWER.validate_json(raw)
@@ -173,25 +171,64 @@ class FloorTransport(httpx2.BaseTransport):
         except structlog.DropEvent:
             pass
 
+
+class FloorTransport(_Floor, httpx2.BaseTransport):
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        sent, started, sent_at = self._sent(request)
+        response = self._inner.handle_request(sent)
+        answer = response.stream
+        assert isinstance(answer, httpx2.SyncByteStream)
+        try:
+            raw = b"".join(answer)
+        finally:
+            answer.close()
+        return self._answered(response, raw, started, sent_at)
+
     def close(self) -> None:
         self._inner.close()
+
+
+class AsyncFloorTransport(_Floor, httpx2.AsyncBaseTransport):
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        sent, started, sent_at = self._sent(request)
+        response = await self._inner.handle_async_request(sent)
+        answer = response.stream
+        assert isinstance(answer, httpx2.AsyncByteStream)
+        try:
+            raw = b"".join([chunk async for chunk in answer])
+        finally:
+            await answer.aclose()
+        return self._answered(response, raw, started, sent_at)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def floor_for(inner: httpx2.BaseTransport, base_url: str, *, api_key: str = "bench-key") -> FloorTransport:
     """The floor for the benchmarks' route (``chat-default`` → ``gpt-4.1`` at endpoint ``bench``), priced as
     holyroute's catalogue prices ``gpt-4.1``, so both emit the same event for the same call."""
+    return FloorTransport(inner, **_route(base_url, api_key))
+
+
+def async_floor_for(
+    inner: httpx2.AsyncBaseTransport, base_url: str, *, api_key: str = "bench-key"
+) -> AsyncFloorTransport:
+    """:func:`floor_for` over an async inner transport."""
+    return AsyncFloorTransport(inner, **_route(base_url, api_key))
+
+
+def _route(base_url: str, api_key: str) -> dict[str, Any]:
     from holyroute.config.catalogue import catalogue_source
 
-    return FloorTransport(
-        inner,
-        alias="chat-default",
-        model="gpt-4.1",
-        endpoint="bench",
-        base_url=base_url,
-        api_key=api_key,
-        prices=(2.0, 0.5, 8.0),  # the catalogue's gpt-4.1 (per million input, cached input, output tokens)
-        price_source=catalogue_source(),
-    )
+    return {
+        "alias": "chat-default",
+        "model": "gpt-4.1",
+        "endpoint": "bench",
+        "base_url": base_url,
+        "api_key": api_key,
+        "prices": (2.0, 0.5, 8.0),  # the catalogue's gpt-4.1 (per million input, cached input, output tokens)
+        "price_source": catalogue_source(),
+    }
 
 
 def _header(response: httpx2.Response, name: bytes) -> str | None:

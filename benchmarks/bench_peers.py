@@ -61,6 +61,7 @@ import httpx2
 import openai
 import structlog
 from _common import percentile, upstream_process  # benchmarks/_common.py
+from _floor import async_floor_for
 
 import holyroute
 
@@ -345,10 +346,18 @@ def main() -> int:
                 )
                 clients["raw SDK" + MEM] = lambda: mraw.chat.completions.create(**direct)
                 clients["holyroute" + MEM] = lambda: mrouted.chat.completions.create(**alias)
+                # The floor (benchmarks/_floor.py) in holyroute's place: what the same work costs at the least.
+                mfloor = openai.AsyncOpenAI(
+                    base_url=fake_url,
+                    api_key="k",
+                    max_retries=0,
+                    http_client=httpx2.AsyncClient(transport=async_floor_for(mock, fake_url)),
+                )
+                clients["the floor" + MEM] = lambda: mfloor.chat.completions.create(**alias)
                 try:
                     await concurrent(clients, args.async_rounds, args.async_calls, samples)
                 finally:
-                    for client in (araw, arouted, alimited, mraw, mrouted):
+                    for client in (araw, arouted, alimited, mraw, mrouted, mfloor):
                         if client is not None:
                             await client.close()
 

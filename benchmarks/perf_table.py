@@ -303,6 +303,10 @@ def peer_rows(results: Mapping[str, Any]) -> list[Row]:
     else:
         shown = f"{mem['ratio_to_raw']:.3f} ({mem['calls_per_s']:,.0f} calls/s)"
         rows.append(Row(measure, ASYNC_RATIO, shown, mem["ratio_to_raw"]))
+    floor = by_client.get("the floor [mem]")
+    if floor is not None and "ratio_to_raw" in floor:  # the floor (benchmarks/_floor.py) in holyroute's place
+        shown = f"{floor['ratio_to_raw']:.3f} ({floor['calls_per_s']:,.0f} calls/s)"
+        rows.append(Row("the floor: async c=64, in-memory transport: throughput / raw SDK's", None, shown))
     measure = "holyroute + Redis rpm limit: added p50 per call"
     redis = by_client.get("holyroute + redis rpm")
     if redis is None:

@@ -701,6 +701,52 @@ class TestTheFloor:
         assert [row.met for row in rows if "floor" in row.measure] == [None] * 3
 
 
+class TestTheAsyncFloor:
+    def test_it_sends_what_the_sync_floor_sends_and_emits_the_same_event(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import anyio
+        import httpx2
+        from structlog.testing import capture_logs
+
+        overhead: Any = _bench("bench_overhead", monkeypatch)
+        floor: Any = _bench("_floor", monkeypatch)
+        request = overhead.sdk_request({"model": "chat-default", "messages": overhead.MESSAGES})
+        seen: list[httpx2.Request] = []
+
+        def upstream(sent: httpx2.Request) -> httpx2.Response:
+            seen.append(sent)
+            return overhead.canned(sent)
+
+        inner = httpx2.MockTransport(upstream)
+
+        async def both() -> tuple[bytes, bytes]:
+            answer = await floor.async_floor_for(inner, "http://127.0.0.1:9/v1").handle_async_request(request)
+            return await answer.aread(), overhead.answered(floor.floor_for(inner, "http://127.0.0.1:9/v1"), request)
+
+        with capture_logs() as logs:
+            by_async, by_sync = anyio.run(both)
+        assert by_async == by_sync
+        assert seen[0].headers.raw == seen[1].headers.raw
+        assert seen[0].content == seen[1].content
+        timings = ("attempt_ms", "latency_ms")
+        assert [{k: v for k, v in e.items() if k not in timings} for e in logs] == [
+            {k: v for k, v in logs[1].items() if k not in timings}
+        ] * 2
+
+    def test_its_async_row_is_shown_without_a_verdict(self) -> None:
+        results = {
+            "rows": [
+                {"client": "holyroute [mem]", "calls_per_s": 1700.0, "ratio_to_raw": 0.876},
+                {"client": "the floor [mem]", "calls_per_s": 1800.0, "ratio_to_raw": 0.921},
+            ],
+            "warnings": {},
+        }
+        rows = perf_table.peer_rows(results)
+        (row,) = [row for row in rows if row.measure.startswith("the floor")]
+        assert row.cells() == (
+            "| the floor: async c=64, in-memory transport: throughput / raw SDK's | — | 0.921 (1,800 calls/s) | — |"
+        )
+
+
 class TestTheGrowthComparison:
     def test_it_makes_the_four_calls_in_each_round_in_turn_and_takes_the_median_growth(
         self, monkeypatch: pytest.MonkeyPatch
