@@ -560,6 +560,23 @@ class TestTheTransportAloneComparison:
         assert (list(request.headers.raw), dict(request.extensions), request.content) == before
 
 
+def _recording_upstream(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, Any, list[Any], Any]:
+    """bench_overhead and _floor loaded, the SDK's request for the routed call, and an in-memory upstream answering
+    as the benchmarks' does, keeping what reached it (the list)."""
+    import httpx2
+
+    overhead: Any = _bench("bench_overhead", monkeypatch)
+    floor: Any = _bench("_floor", monkeypatch)
+    request = overhead.sdk_request({"model": "chat-default", "messages": overhead.MESSAGES})
+    seen: list[httpx2.Request] = []
+
+    def upstream(sent: httpx2.Request) -> httpx2.Response:
+        seen.append(sent)
+        return overhead.canned(sent)
+
+    return overhead, floor, request, seen, httpx2.MockTransport(upstream)
+
+
 class TestTheFloor:
     """benchmarks/_floor.py: the benchmarks' routed chat call written as plainly as we know how, without holyroute's
     failover and limit bookkeeping. It is compared with holyroute's own work, so it must do the same work: send
@@ -568,21 +585,11 @@ class TestTheFloor:
     def _both(self, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[dict[str, Any]], list[bytes]]:
         """The SDK's request for the routed call, answered by holyroute's transport and then by the floor, over one
         in-memory upstream: what reached the upstream, the events, the answers."""
-        import httpx2
         from structlog.testing import capture_logs
 
         import holyroute
 
-        overhead: Any = _bench("bench_overhead", monkeypatch)
-        floor: Any = _bench("_floor", monkeypatch)
-        request = overhead.sdk_request({"model": "chat-default", "messages": overhead.MESSAGES})
-        seen: list[httpx2.Request] = []
-
-        def upstream(sent: httpx2.Request) -> httpx2.Response:
-            seen.append(sent)
-            return overhead.canned(sent)
-
-        inner = httpx2.MockTransport(upstream)
+        overhead, floor, request, seen, inner = _recording_upstream(monkeypatch)
         routed = holyroute.Transport(overhead.config_for("http://127.0.0.1:9/v1"), transport=inner)
         plain = floor.floor_for(inner, "http://127.0.0.1:9/v1")
         try:
@@ -704,19 +711,9 @@ class TestTheFloor:
 class TestTheAsyncFloor:
     def test_it_sends_what_the_sync_floor_sends_and_emits_the_same_event(self, monkeypatch: pytest.MonkeyPatch) -> None:
         import anyio
-        import httpx2
         from structlog.testing import capture_logs
 
-        overhead: Any = _bench("bench_overhead", monkeypatch)
-        floor: Any = _bench("_floor", monkeypatch)
-        request = overhead.sdk_request({"model": "chat-default", "messages": overhead.MESSAGES})
-        seen: list[httpx2.Request] = []
-
-        def upstream(sent: httpx2.Request) -> httpx2.Response:
-            seen.append(sent)
-            return overhead.canned(sent)
-
-        inner = httpx2.MockTransport(upstream)
+        overhead, floor, request, seen, inner = _recording_upstream(monkeypatch)
 
         async def both() -> tuple[bytes, bytes]:
             answer = await floor.async_floor_for(inner, "http://127.0.0.1:9/v1").handle_async_request(request)
