@@ -206,6 +206,10 @@ def main() -> int:
             cache_logger_on_first_use=True,
         )
 
+    def compare(name: str, baseline: Callable[[], Any], other: Callable[[], Any]) -> None:
+        """One paired comparison at the run's pairs and warm-up, kept with the others."""
+        results.append(paired(name, baseline, other, args.pairs, args.warmup))
+
     with upstream_process() as base_url:
         raw = openai.OpenAI(base_url=base_url, api_key="bench-key")
         for rendered in (True, False):
@@ -214,14 +218,10 @@ def main() -> int:
                 base_url=base_url, api_key="unused", http_client=holyroute.client(config_for(base_url))
             )
             label = "events json" if rendered else "events off"
-            results.append(
-                paired(
-                    f"loopback chat, {label}",
-                    lambda: raw.chat.completions.create(**chat),
-                    lambda r=routed: r.chat.completions.create(**alias),
-                    args.pairs,
-                    args.warmup,
-                )
+            compare(
+                f"loopback chat, {label}",
+                lambda: raw.chat.completions.create(**chat),
+                lambda r=routed: r.chat.completions.create(**alias),
             )
             if rendered:
                 # The floor over a connection pool like holyroute's own (and the SDK's): the same sockets' reuse.
@@ -230,14 +230,10 @@ def main() -> int:
                     base_url=base_url, api_key="unused", http_client=httpx2.Client(transport=floor_for(pool, base_url))
                 )
                 with floor:
-                    results.append(
-                        paired(
-                            f"loopback chat, {label}, the floor",
-                            lambda: raw.chat.completions.create(**chat),
-                            lambda f=floor: f.chat.completions.create(**alias),
-                            args.pairs,
-                            args.warmup,
-                        )
+                    compare(
+                        f"loopback chat, {label}, the floor",
+                        lambda: raw.chat.completions.create(**chat),
+                        lambda f=floor: f.chat.completions.create(**alias),
                     )
                 results.append(
                     paired(
@@ -262,25 +258,17 @@ def main() -> int:
             base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=routed_transport)
         )
         with raw_mem, routed_mem:
-            results.append(
-                paired(
-                    f"in-memory chat, {'events json' if rendered else 'events off'}",
-                    lambda c=raw_mem: c.chat.completions.create(**chat),
-                    lambda c=routed_mem: c.chat.completions.create(**alias),
-                    args.pairs,
-                    args.warmup,
-                )
+            compare(
+                f"in-memory chat, {'events json' if rendered else 'events off'}",
+                lambda c=raw_mem: c.chat.completions.create(**chat),
+                lambda c=routed_mem: c.chat.completions.create(**alias),
             )
             if rendered:
                 request = sdk_request(alias)
-                results.append(
-                    paired(
-                        "transport alone, events json",
-                        lambda t=mock, r=request: answered(t, r),
-                        lambda t=routed_transport, r=request: answered(t, r),
-                        args.pairs,
-                        args.warmup,
-                    )
+                compare(
+                    "transport alone, events json",
+                    lambda t=mock, r=request: answered(t, r),
+                    lambda t=routed_transport, r=request: answered(t, r),
                 )
                 for kilobytes in (32, 128):  # what it grows by with the request, against the small call in one loop
                     sized = sdk_request({**alias, "messages": conversation(kilobytes)})
@@ -301,23 +289,15 @@ def main() -> int:
                     base_url="http://127.0.0.1:9/v1", api_key="k", http_client=httpx2.Client(transport=floor_transport)
                 )
                 with floor_mem:
-                    results.append(
-                        paired(
-                            "in-memory chat, events json, the floor",
-                            lambda c=raw_mem: c.chat.completions.create(**chat),
-                            lambda c=floor_mem: c.chat.completions.create(**alias),
-                            args.pairs,
-                            args.warmup,
-                        )
+                    compare(
+                        "in-memory chat, events json, the floor",
+                        lambda c=raw_mem: c.chat.completions.create(**chat),
+                        lambda c=floor_mem: c.chat.completions.create(**alias),
                     )
-                results.append(
-                    paired(
-                        "transport alone, events json, the floor",
-                        lambda t=mock, r=request: answered(t, r),
-                        lambda t=floor_transport, r=request: answered(t, r),
-                        args.pairs,
-                        args.warmup,
-                    )
+                compare(
+                    "transport alone, events json, the floor",
+                    lambda t=mock, r=request: answered(t, r),
+                    lambda t=floor_transport, r=request: answered(t, r),
                 )
     devnull.close()
 
