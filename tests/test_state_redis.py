@@ -540,6 +540,63 @@ class TestSharedLimits:
         assert sent_by(backup) == {"A": 2}
         assert float(store.hget(Keys(prefix).limits("limited"), "r") or -1) < 1
 
+    def test_redis_lost_again_while_switching_back_leaves_the_limits_on_local_buckets(
+        self, prefix: str, deployment: Deployment
+    ) -> None:
+        """Redis answers the recovery's ping, then a command fails again while the backend is switching back onto it
+        (as a request thread's grant would, between the first flush back and the switch). The backend ends down,
+        its limits on this process's own buckets, and says so: ``state_degraded`` after ``state_restored``. Before,
+        the switch under way swallowed that failure and finished: the backend was down with its limits still marked
+        shared, so the local buckets stood idle and nothing limited its calls until Redis came back."""
+        limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
+        cfg = config(
+            prefix,
+            {"limited": {"base_url": limited.base_url, "rpm": 6}, "backup": {"base_url": backup.base_url}},
+            ordered("limited", "backup"),
+        )
+        client = deployment.client(cfg, "A")
+        assert client.chat() == MODEL
+        backend = client.router.state
+        assert isinstance(backend, RedisBackend)
+        seen: list[str] = []
+        emit = backend._emit
+
+        def recording(event: str, fields: dict[str, Any]) -> None:
+            seen.append(event)
+            emit(event, fields)
+
+        backend._emit = recording  # type: ignore[method-assign]
+        ping, reconcile = backend.redis.ping, backend.grants.reconcile
+        lost_again = threading.Event()
+
+        def down() -> Any:
+            raise redis.ConnectionError("Connection refused")
+
+        def failing_midway(processes: int) -> None:
+            reconcile(processes)
+            backend.redis.ping = down  # type: ignore[method-assign]  # away again: no recovery after this one
+            backend.failed(redis.ConnectionError("Connection refused"))
+            lost_again.set()
+
+        backend.redis.ping = down  # type: ignore[method-assign]
+        try:
+            backend.failed(redis.ConnectionError("Connection refused"))
+            assert not backend.live
+            backend.grants.reconcile = failing_midway  # type: ignore[method-assign]
+            backend.redis.ping = ping  # type: ignore[method-assign]  # back: the sync thread recovers
+            assert lost_again.wait(5.0), "the sync thread to recover and lose Redis again"
+            wait_until(lambda: not backend._recovering, 5.0, "the recovery to end")
+            assert not backend.live
+            assert not client.router.health.rate_limits.shared, "the limits are on this process's buckets"
+            assert seen[-2:] == ["holyroute.state_restored", "holyroute.state_degraded"]
+            for _ in range(10):
+                client.chat()
+        finally:
+            backend.redis.ping = ping  # type: ignore[method-assign]
+            backend.grants.reconcile = reconcile  # type: ignore[method-assign]
+        assert sent_by(limited)["A"] <= 1 + 6, "rpm 6 held by the local bucket (10 more, unlimited, before)"
+        assert sent_by(backup)["A"] >= 4
+
     def _back_after_two_seconds(
         self, prefix: str, store: redis.Redis, deployment: Deployment, meanwhile: Callable[[RedisBackend], None]
     ) -> tuple[float, float]:

@@ -70,7 +70,8 @@ class RedisBackend:
         self.leases = Leases(clock, fraction=state.lease_fraction)
         self.live = True  # optimistic until the first failure: the hot path does not wait to find out
         self.failures = 0
-        self._recovering = False  # failures while recovering are expected: no second degraded event
+        self._recovering = False  # a failure while recovering is kept in _lost: recover() ends the outage or not
+        self._lost: BaseException | None = None
         self._down_since: float | None = None
         self._spared_down: dict[str, int] = {}  # endpoint -> requests Grants.spare gave out before degrading
         self._lock = threading.Lock()
@@ -329,9 +330,14 @@ class RedisBackend:
             if not self.live:
                 return
             self.live = False
-            if self._recovering:
+            if self._recovering:  # recover() decides, once its switch back is over: see there
+                self._lost = error
                 return
             self._down_since = self.clock()
+        self._degrade(error)
+
+    def _degrade(self, error: BaseException) -> None:
+        """Onto this process's own state: each limit's share on local buckets, leases dropped, one event."""
         router = self.router
         if router is not None:
             now = self.clock()
@@ -360,11 +366,23 @@ class RedisBackend:
             self.redis.ping()
         except FAILURES:
             return False
-        self._recovering = True
+        with self._lock:
+            self._recovering, self._lost = True, None
+        back = False
         try:
-            return self._resync()
+            back = self._resync()
         finally:
-            self._recovering = False
+            with self._lock:
+                self._recovering, lost, self._lost = False, self._lost, None
+                if lost is not None and back:
+                    self._down_since = self.clock()
+        # A command failed while switching back (a request's grant, a flush): before the switch, _resync saw it
+        # and stayed down (already said); after it, the limits were handed back to the store, so they come back
+        # to the local buckets here, with their event. Not left shared while down: idle buckets limit nothing.
+        if lost is not None and back:
+            self._degrade(lost)
+            return False
+        return back
 
     def _charge(self, router: AttachedRouter, taken: dict[str, tuple[int, int]], *, back: bool = False) -> None:
         """Charge the shared buckets with what ``taken`` says this process gave out on its own. ``back`` (from an
