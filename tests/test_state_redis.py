@@ -38,6 +38,7 @@ from structlog.testing import capture_logs
 import holyroute
 from holyroute import cli, load_config
 from holyroute.core.call import Router
+from holyroute.core.rate_limits import RateLimits
 from holyroute.rollout.engine import RolloutEngine
 from holyroute.state.base import HealthChange, period_key
 from holyroute.state.redis.backend import RedisBackend
@@ -565,18 +566,19 @@ class TestSharedLimits:
             seen.append(event)
             emit(event, fields)
 
-        backend._emit = recording  # type: ignore[method-assign]
+        backend._emit = recording
         ping, reconcile = backend.redis.ping, backend.grants.reconcile
         lost_again = threading.Event()
 
-        def down() -> Any:
+        def down(**_: Any) -> bool:
             raise redis.ConnectionError("Connection refused")
 
-        def failing_midway(processes: int) -> None:
-            reconcile(processes)
+        def failing_midway(processes: int = 1) -> int:
+            found = reconcile(processes)
             backend.redis.ping = down  # type: ignore[method-assign]  # away again: no recovery after this one
             backend.failed(redis.ConnectionError("Connection refused"))
             lost_again.set()
+            return found
 
         backend.redis.ping = down  # type: ignore[method-assign]
         try:
@@ -596,6 +598,45 @@ class TestSharedLimits:
             backend.grants.reconcile = reconcile  # type: ignore[method-assign]
         assert sent_by(limited)["A"] <= 1 + 6, "rpm 6 held by the local bucket (10 more, unlimited, before)"
         assert sent_by(backup)["A"] >= 4
+
+    def test_a_recovery_waits_for_the_switch_to_local_buckets_to_end(
+        self, prefix: str, deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A call's failing command switches the backend to local buckets while Redis is back already: the sync
+        thread's recovery waits until that switch is over. Before, it could run in the middle of it (the backend is
+        marked down first, its limits switched after): back on Redis, the limits were then switched to local
+        buckets behind it, and the backend stayed live with each limit cut to this process's share on top of the
+        shared one, and its ``state_degraded`` after its ``state_restored``."""
+        limited = deployment.upstream("limited")
+        cfg = config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited"))
+        client = deployment.client(cfg, "A")
+        client.chat()
+        backend = client.router.state
+        assert isinstance(backend, RedisBackend)
+        seen: list[str] = []
+        emit = backend._emit
+
+        def recording(event: str, fields: dict[str, Any]) -> None:
+            seen.append(event)
+            emit(event, fields)
+
+        backend._emit = recording
+        share = RateLimits.share
+
+        def slow_to_switch(self: RateLimits, shared: bool, *args: Any) -> dict[str, tuple[int, int]]:
+            if not shared:  # the degrading thread, between marking the backend down and switching its limits
+                backend.wake.set()  # as a health change another call publishes meanwhile: the sync thread runs
+                deadline = time.monotonic() + 0.5  # time enough for it to recover (it tries every 50 ms)
+                while not backend.live and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            return share(self, shared, *args)
+
+        monkeypatch.setattr(RateLimits, "share", slow_to_switch)
+        backend.failures = 3
+        backend.failed(redis.ConnectionError("Connection refused"))  # Redis itself answers: back at once
+        wait_until(lambda: backend.live and not backend._recovering, 5.0, "A to be back on Redis")
+        assert client.router.health.rate_limits.shared, "back on Redis, the limits are the shared ones"
+        assert seen == ["holyroute.state_degraded", "holyroute.state_restored"]
 
     def _back_after_two_seconds(
         self, prefix: str, store: redis.Redis, deployment: Deployment, meanwhile: Callable[[RedisBackend], None]
@@ -1345,6 +1386,17 @@ def _forked_worker(client: Client, results: Any) -> None:
     results.close()
 
 
+def _forked_mid_switch(client: Client, results: Any) -> None:
+    """Runs in a forked child whose parent was switching to local state: one call, then whether it gets back."""
+    backend = client.router.state
+    client.chat()
+    deadline = time.monotonic() + 5
+    while not getattr(backend, "live", False) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    results.send({"live": getattr(backend, "live", None), "shared": client.router.health.rate_limits.shared})
+    results.close()
+
+
 class TestFork:
     """A client built before a fork (gunicorn --preload) still shares state from the child."""
 
@@ -1377,6 +1429,35 @@ class TestFork:
         # One bucket for both processes: five more reach `limited`, the sixth call of the child fails over.
         assert sent_by(limited) == {"P": 6}
         assert sent_by(backup) == {"P": 1}
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    def test_a_child_forked_mid_switch_gets_back_on_redis(self, prefix: str, deployment: Deployment) -> None:
+        """Forked while a thread of the parent was switching to local state (which a recovery waits for): that
+        thread did not come along to end the switch, and the child's own sync thread still gets it back on Redis."""
+        limited = deployment.upstream("limited")
+        cfg = config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited"))
+        parent = deployment.client(cfg, "P")
+        parent.chat()
+        backend = parent.router.state
+        assert isinstance(backend, RedisBackend)
+        with backend._lock:  # as failed() leaves it while its thread switches the limits
+            backend.live, backend._degrading = False, True
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_forked_mid_switch, args=(parent, sender), daemon=True)
+        try:
+            child.start()
+            sender.close()
+            assert receiver.poll(20), "the forked child did not report within 20 s"
+            report = receiver.recv()
+        finally:
+            with backend._lock:
+                backend._degrading = False  # the parent's own (imagined) switch ends: it recovers too
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+        assert child.exitcode == 0
+        assert report == {"live": True, "shared": True}
 
 
 def synced_twice(store: redis.Redis, client: Client, prefix: str) -> None:

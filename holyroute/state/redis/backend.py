@@ -72,6 +72,7 @@ class RedisBackend:
         self.failures = 0
         self._recovering = False  # a failure while recovering is kept in _lost: recover() ends the outage or not
         self._lost: BaseException | None = None
+        self._degrading = False  # failed() is switching to local state: recover() waits until it is over
         self._down_since: float | None = None
         self._spared_down: dict[str, int] = {}  # endpoint -> requests Grants.spare gave out before degrading
         self._lock = threading.Lock()
@@ -172,6 +173,10 @@ class RedisBackend:
         if os.getpid() != self._pid and self.router is not None:
             self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
             self.grants.origin, self.grants.granted = self.origin, {}
+            # Forked while a parent's thread was degrading or recovering: that thread is not here to finish it, and
+            # a switch left marked under way would keep this child from ever recovering. Its own sync thread does.
+            self._degrading = self._recovering = False
+            self._lost = None
             self._start()
 
     def close(self) -> None:
@@ -334,7 +339,12 @@ class RedisBackend:
                 self._lost = error
                 return
             self._down_since = self.clock()
-        self._degrade(error)
+            self._degrading = True
+        try:
+            self._degrade(error)
+        finally:
+            with self._lock:
+                self._degrading = False
 
     def _degrade(self, error: BaseException) -> None:
         """Onto this process's own state: each limit's share on local buckets, leases dropped, one event."""
@@ -367,6 +377,8 @@ class RedisBackend:
         except FAILURES:
             return False
         with self._lock:
+            if self._degrading:  # the switch to local state is not over: switching back now would be undone by it
+                return False
             self._recovering, self._lost = True, None
         back = False
         try:
