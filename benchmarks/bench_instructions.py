@@ -38,7 +38,14 @@ judged on it: "added", a difference of whole calls, also carries the SDK's own w
 request and emitting the same event, without holyroute's failover and limit bookkeeping. It is what this call's
 work costs at the least, against which holyroute's own count (and the targets) can be read.
 
+``--cache-sim`` adds two runs under callgrind's cache simulation, of the chat case's own work and of the floor's,
+and shows their first-level cache misses per call (instructions, data read, data written): work that touches more
+code and more objects per call misses more. On a loop of calls alone the core's caches hold most of it; between
+an SDK's calls, a local upstream's and other processes', each miss costs more, so a difference in misses shows
+where a call's time can grow by more than its instructions (the loopback and async benchmarks).
+
     python benchmarks/bench_instructions.py               # all cases, 40 measured calls each (the largest fewer)
+    python benchmarks/bench_instructions.py --cases chat --calls 20 --cache-sim
     python benchmarks/bench_instructions.py --calls 100 --cases chat,chat-128k --json
 """
 
@@ -354,9 +361,24 @@ def _calls_for(case: str, calls: int) -> int:
 def _count(client_kind: str, case: str, calls: int, warmup: int, *, burn: int = 0) -> int:
     """Instructions callgrind counted inside the ctypes callback for one worker process (for "own", inside
     holyroute's transport and outside its inner one: :class:`_Toggled`)."""
+    return _callgrind(client_kind, case, calls, warmup, burn=burn)["Ir"]
+
+
+def _l1_misses(client_kind: str, case: str, calls: int, warmup: int) -> dict[str, int]:
+    """What callgrind's cache simulation counts in the same part (``--cache-sim=yes``): first-level cache misses,
+    for instructions (``I1mr``), data read (``D1mr``) and data written (``D1mw``), with the instructions (``Ir``).
+    Each is an access the core's own cache did not hold; none is a count of time."""
+    found = _callgrind(client_kind, case, calls, warmup, cache_sim=True)
+    return {event: found[event] for event in ("Ir", "I1mr", "D1mr", "D1mw")}
+
+
+def _callgrind(
+    client_kind: str, case: str, calls: int, warmup: int, *, burn: int = 0, cache_sim: bool = False
+) -> dict[str, int]:
     command = [
         "valgrind",
         "--tool=callgrind",
+        *(["--cache-sim=yes"] if cache_sim else []),
         "--collect-atstart=no",
         "--toggle-collect=_CallPythonObject",
         # "own": off again inside its inner transport (_Toggled).
@@ -374,10 +396,21 @@ def _count(client_kind: str, case: str, calls: int, warmup: int, *, burn: int = 
     # process, and the same call's count moves by about 5k instructions; with this one it moves by under 100.
     env = {**os.environ, "PYTHONHASHSEED": "0", "BENCH_INNER_BURN": str(burn)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False, env=env)
-    match = re.search(r"Collected : ([0-9]+)", done.stderr)
-    if done.returncode != 0 or match is None:
+    found = collected(done.stderr)
+    if done.returncode != 0 or "Ir" not in found:
         raise RuntimeError(f"callgrind run failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
-    return int(match.group(1))
+    return found
+
+
+def collected(report: str) -> dict[str, int]:
+    """Callgrind's totals from its closing report (``Events : Ir ...`` then ``Collected : 123 ...``), by event
+    name; empty when the report has none or they do not pair up."""
+    events = re.search(r"^==\d+== Events\s*:\s*([A-Za-z0-9 ]+?)\s*$", report, re.MULTILINE)
+    counts = re.search(r"^==\d+== Collected\s*:\s*([0-9 ]+?)\s*$", report, re.MULTILINE)
+    if events is None or counts is None:
+        return {}
+    names, values = events.group(1).split(), counts.group(1).split()
+    return dict(zip(names, map(int, values), strict=True)) if len(names) == len(values) else {}
 
 
 #: The busy upstream of the own count's check: ``sum(range(n))`` per answer, tens of millions of instructions.
@@ -412,6 +445,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=_DEFAULT_WARMUP)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="also count first-level cache misses of the chat case's own work and the floor's (two more runs)",
+    )
     parser.add_argument("--worker", nargs=4, metavar=("CLIENT", "CASE", "CALLS", "WARMUP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -450,6 +488,11 @@ def main() -> int:
                     )
         if case in _FLOORED:
             result["floor"] = round(_count("floor", case, calls, warmup) / calls)
+        if args.cache_sim and case == "chat":
+            result["l1_misses"] = {
+                kind: {event: round(n / calls) for event, n in _l1_misses(kind, case, calls, warmup).items()}
+                for kind in ("own", "floor")
+            }
         results.append(result)
     add_per_kb(results)
     if args.json:
@@ -478,6 +521,14 @@ def main() -> int:
     for r in results:
         if "floor" in r:
             print(f"{r['case']}: own work {r['own']:,} instructions per call, the floor's {r['floor']:,}")
+        misses = r.get("l1_misses")
+        if misses is not None:
+            own, floor = misses["own"], misses["floor"]
+            print(
+                f"{r['case']}: first-level cache misses per call (instructions / data read / data written): own work "
+                f"{own['I1mr']:,} / {own['D1mr']:,} / {own['D1mw']:,}, the floor's "
+                f"{floor['I1mr']:,} / {floor['D1mr']:,} / {floor['D1mw']:,}"
+            )
     return 0
 
 

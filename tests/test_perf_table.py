@@ -668,6 +668,53 @@ class TestTheFloor:
             ("holyroute", "chat-recorded"),
         ]
 
+    def test_callgrinds_totals_are_read_by_event_name(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        bench: Any = _bench("bench_instructions", monkeypatch)
+        plain = "==7== Events    : Ir\n==7== Collected : 126559\n==7== \n==7== I   refs:      126,559\n"
+        assert bench.collected(plain) == {"Ir": 126_559}
+        simulated = (
+            "==9== Events    : Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n"
+            "==9== Collected : 7201304 2020998 1159764 151364 98358 36714 20 0 64\n"
+        )
+        assert bench.collected(simulated) == {
+            "Ir": 7_201_304, "Dr": 2_020_998, "Dw": 1_159_764, "I1mr": 151_364, "D1mr": 98_358, "D1mw": 36_714,
+            "ILmr": 20, "DLmr": 0, "DLmw": 64,
+        }  # fmt: skip
+        assert bench.collected("valgrind: no such file") == {}
+        assert bench.collected("==1== Events : Ir Dr\n==1== Collected : 1\n") == {}, "not paired: nothing"
+
+    def test_a_run_with_the_cache_simulation_shows_the_misses_of_own_work_and_the_floor(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Counted by stand-ins for callgrind: per call, for the chat case only, own work's and the floor's."""
+        bench: Any = _bench("bench_instructions", monkeypatch)
+        simulated: list[tuple[str, str]] = []
+
+        def count(kind: str, case: str, calls: int, warmup: int, *, burn: int = 0) -> int:
+            return {"raw": 4_840_000, "holyroute": 5_200_000, "own": 358_000, "floor": 222_000}[kind] * calls
+
+        def misses(kind: str, case: str, calls: int, warmup: int) -> dict[str, int]:
+            simulated.append((kind, case))
+            per_call = {"own": (358_000, 7_568, 4_918, 1_836), "floor": (222_000, 5_071, 2_501, 1_072)}[kind]
+            return {event: n * calls for event, n in zip(("Ir", "I1mr", "D1mr", "D1mw"), per_call, strict=True)}
+
+        monkeypatch.setattr(bench, "_count", count)
+        monkeypatch.setattr(bench, "_l1_misses", misses)
+        monkeypatch.setattr(bench.shutil, "which", lambda _: "/usr/bin/valgrind")
+        argv = ["bench_instructions.py", "--cases", "chat,chat-no-event", "--calls", "4", "--cache-sim"]
+        monkeypatch.setattr(sys, "argv", argv)
+        assert bench.main() == 0
+        assert simulated == [("own", "chat"), ("floor", "chat")]
+        assert (
+            "chat: first-level cache misses per call (instructions / data read / data written): own work "
+            "7,568 / 4,918 / 1,836, the floor's 5,071 / 2,501 / 1,072"
+        ) in capsys.readouterr().out
+        monkeypatch.setattr(sys, "argv", [*argv[:-1], "--json"])
+        simulated.clear()
+        assert bench.main() == 0
+        assert simulated == [], "without --cache-sim, no simulation"
+        assert all("l1_misses" not in r for r in json.loads(capsys.readouterr().out))
+
     def test_its_rows_show_the_own_work_beside_the_floor_without_a_verdict(self) -> None:
         results = [
             {
