@@ -544,11 +544,13 @@ class TestSharedLimits:
     def test_redis_lost_again_while_switching_back_leaves_the_limits_on_local_buckets(
         self, prefix: str, deployment: Deployment
     ) -> None:
-        """Redis answers the recovery's ping, then a command fails again while the backend is switching back onto it
-        (as a request thread's grant would, between the first flush back and the switch). The backend ends down,
-        its limits on this process's own buckets, and says so: ``state_degraded`` after ``state_restored``. Before,
-        the switch under way swallowed that failure and finished: the backend was down with its limits still marked
-        shared, so the local buckets stood idle and nothing limited its calls until Redis came back."""
+        """Redis answers the recovery's ping and its first flush, then fails again while the backend is switching
+        back onto it (as the listener's command or a charge would, after that flush and before the limits are handed
+        back; a call asks for a grant only after). The switch goes on to hand the limits back, then the backend
+        takes them back to its own buckets, on the processes it counts now, and says so: ``state_degraded`` after
+        ``state_restored``. Before, that failure was swallowed: the backend ended down with its limits still granted
+        by Redis, so its calls were limited by the local buckets as the first outage had left them (full-size for
+        one process of two here, and no event said so) until Redis came back."""
         limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
         cfg = config(
             prefix,
@@ -559,6 +561,7 @@ class TestSharedLimits:
         assert client.chat() == MODEL
         backend = client.router.state
         assert isinstance(backend, RedisBackend)
+        limits = client.router.health.rate_limits
         seen: list[str] = []
         emit = backend._emit
 
@@ -575,6 +578,7 @@ class TestSharedLimits:
 
         def failing_midway(processes: int = 1) -> int:
             found = reconcile(processes)
+            backend.sync.members = 2  # a second process counted by the flush back: each takes half a limit now
             backend.redis.ping = down  # type: ignore[method-assign]  # away again: no recovery after this one
             backend.failed(redis.ConnectionError("Connection refused"))
             lost_again.set()
@@ -584,20 +588,21 @@ class TestSharedLimits:
         try:
             backend.failed(redis.ConnectionError("Connection refused"))
             assert not backend.live
+            assert not limits.shared
             backend.grants.reconcile = failing_midway  # type: ignore[method-assign]
             backend.redis.ping = ping  # type: ignore[method-assign]  # back: the sync thread recovers
             assert lost_again.wait(5.0), "the sync thread to recover and lose Redis again"
-            wait_until(lambda: not backend._recovering, 5.0, "the recovery to end")
+            wait_until(lambda: not backend._recovering and not limits.shared, 5.0, "the limits back on local buckets")
             assert not backend.live
-            assert not client.router.health.rate_limits.shared, "the limits are on this process's buckets"
-            assert seen[-2:] == ["holyroute.state_restored", "holyroute.state_degraded"]
-            for _ in range(10):
+            wait_until(lambda: seen[-1:] == ["holyroute.state_degraded"], 5.0, "the second state_degraded")
+            assert seen == ["holyroute.state_degraded", "holyroute.state_restored", "holyroute.state_degraded"]
+            for _ in range(8):
                 client.chat()
         finally:
             backend.redis.ping = ping  # type: ignore[method-assign]
             backend.grants.reconcile = reconcile  # type: ignore[method-assign]
-        assert sent_by(limited)["A"] <= 1 + 6, "rpm 6 held by the local bucket (10 more, unlimited, before)"
-        assert sent_by(backup)["A"] >= 4
+        assert sent_by(limited)["A"] <= 1 + 3, "half of rpm 6 on this process's bucket (1 + 5 before: all of it)"
+        assert sent_by(backup)["A"] >= 5
 
     def test_a_recovery_waits_for_the_switch_to_local_buckets_to_end(
         self, prefix: str, deployment: Deployment, monkeypatch: pytest.MonkeyPatch
@@ -637,6 +642,125 @@ class TestSharedLimits:
         wait_until(lambda: backend.live and not backend._recovering, 5.0, "A to be back on Redis")
         assert client.router.health.rate_limits.shared, "back on Redis, the limits are the shared ones"
         assert seen == ["holyroute.state_degraded", "holyroute.state_restored"]
+
+    def test_redis_lost_again_at_the_first_flush_back_stays_down_without_another_event(
+        self, prefix: str, deployment: Deployment
+    ) -> None:
+        """The first flush of a switch back fails: the limits were never handed back, the backend stays down as it
+        said, and the next recovery gets it back. One ``state_degraded`` and one ``state_restored`` in all."""
+        limited = deployment.upstream("limited")
+        client = deployment.client(
+            config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited")), "A"
+        )
+        client.chat()
+        backend = client.router.state
+        assert isinstance(backend, RedisBackend)
+        seen: list[str] = []
+        emit = backend._emit
+
+        def recording(event: str, fields: dict[str, Any]) -> None:
+            seen.append(event)
+            emit(event, fields)
+
+        backend._emit = recording
+        flush = backend.sync.flush
+        failed_once = threading.Event()
+
+        def failing_once() -> bool:
+            if backend._recovering and not failed_once.is_set():
+                failed_once.set()
+                backend.failed(redis.ConnectionError("Connection refused"))
+                return False
+            return flush()
+
+        backend.sync.flush = failing_once  # type: ignore[method-assign]
+        try:
+            backend.failures = 3
+            backend.failed(redis.ConnectionError("Connection refused"))  # Redis itself answers: back at once
+            assert failed_once.wait(5.0), "the sync thread to try to switch back"
+            wait_until(lambda: backend.live and client.router.health.rate_limits.shared, 5.0, "A back on Redis")
+        finally:
+            backend.sync.flush = flush  # type: ignore[method-assign]
+        assert seen == ["holyroute.state_degraded", "holyroute.state_restored"]
+
+    def test_a_switch_back_that_raises_before_the_hand_back_leaves_the_backend_down_to_try_again(
+        self, prefix: str, deployment: Deployment
+    ) -> None:
+        """Something other than Redis fails while switching back, before the limits are handed back (a bug, say):
+        the backend stays down, and the sync thread's next recovery gets it back. Before, it was left live with its
+        limits on local buckets, for good: a live backend is never recovered."""
+        limited = deployment.upstream("limited")
+        client = deployment.client(
+            config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited")), "A"
+        )
+        client.chat()
+        backend = client.router.state
+        assert isinstance(backend, RedisBackend)
+        limits = client.router.health.rate_limits
+        reconcile = backend.grants.reconcile
+        raised = threading.Event()
+
+        def broken_once(processes: int = 1) -> int:
+            if not raised.is_set():
+                raised.set()
+                raise RuntimeError("a bug in the switch back")
+            return reconcile(processes)
+
+        backend.grants.reconcile = broken_once  # type: ignore[method-assign]
+        try:
+            backend.failures = 3
+            backend.failed(redis.ConnectionError("Connection refused"))  # Redis itself answers: back at once
+            assert raised.wait(5.0), "the sync thread to try to switch back"
+            wait_until(lambda: backend.live and limits.shared, 5.0, "A back on Redis, its limits granted there")
+        finally:
+            backend.grants.reconcile = reconcile  # type: ignore[method-assign]
+
+    def test_an_interrupted_switch_to_local_buckets_is_ended_by_the_sync_thread(
+        self, prefix: str, deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A KeyboardInterrupt in the thread switching to local state, before the limits moved: the backend is down
+        with its limits still granted by Redis. The sync thread ends that switch (with its event), Redis still away.
+        """
+        limited = deployment.upstream("limited")
+        client = deployment.client(
+            config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited")), "A"
+        )
+        client.chat()
+        backend = client.router.state
+        assert isinstance(backend, RedisBackend)
+        limits = client.router.health.rate_limits
+        seen: list[dict[str, Any]] = []
+        emit = backend._emit
+
+        def recording(event: str, fields: dict[str, Any]) -> None:
+            seen.append({"event": event, **fields})
+            emit(event, fields)
+
+        backend._emit = recording
+        share = RateLimits.share
+        interrupted = [False]
+
+        def interrupting(self: RateLimits, shared: bool, *args: Any) -> dict[str, tuple[int, int]]:
+            if not shared and not interrupted[0]:
+                interrupted[0] = True
+                raise KeyboardInterrupt
+            return share(self, shared, *args)
+
+        def down(**_: Any) -> bool:
+            raise redis.ConnectionError("Connection refused")
+
+        monkeypatch.setattr(RateLimits, "share", interrupting)
+        monkeypatch.setattr(backend.redis, "ping", down)  # Redis stays away: only the switch is ended
+        backend.failures = 3
+        with pytest.raises(KeyboardInterrupt):
+            backend.failed(redis.ConnectionError("Connection refused"))
+        assert not backend.live
+        assert backend._degrading is None, "the interrupted switch is not left marked under way"
+        backend.wake.set()
+        wait_until(lambda: not limits.shared, 5.0, "the sync thread to end the switch")
+        assert not backend.live
+        assert [e["event"] for e in seen] == ["holyroute.state_degraded"]
+        assert seen[0]["reason"].startswith("_Stranded: the switch to this process's own state was not finished")
 
     def _back_after_two_seconds(
         self, prefix: str, store: redis.Redis, deployment: Deployment, meanwhile: Callable[[RedisBackend], None]
@@ -1387,13 +1511,16 @@ def _forked_worker(client: Client, results: Any) -> None:
 
 
 def _forked_mid_switch(client: Client, results: Any) -> None:
-    """Runs in a forked child whose parent was switching to local state: one call, then whether it gets back."""
+    """Runs in a forked child whose parent was switching between Redis and local state: one call, then whether
+    it gets back on Redis (live, with its limits granted there) within 5 s."""
     backend = client.router.state
+    vars(backend.redis).pop("ping", None)  # the parent's test may have kept its own sync thread away: not here
+    limits = client.router.health.rate_limits
     client.chat()
     deadline = time.monotonic() + 5
-    while not getattr(backend, "live", False) and time.monotonic() < deadline:
+    while not (getattr(backend, "live", False) and limits.shared) and time.monotonic() < deadline:
         time.sleep(0.01)
-    results.send({"live": getattr(backend, "live", None), "shared": client.router.health.rate_limits.shared})
+    results.send({"live": getattr(backend, "live", None), "shared": limits.shared})
     results.close()
 
 
@@ -1441,7 +1568,7 @@ class TestFork:
         backend = parent.router.state
         assert isinstance(backend, RedisBackend)
         with backend._lock:  # as failed() leaves it while its thread switches the limits
-            backend.live, backend._degrading = False, True
+            backend.live, backend._degrading = False, redis.ConnectionError("Connection refused")
         context = multiprocessing.get_context("fork")
         receiver, sender = context.Pipe(duplex=False)
         child = context.Process(target=_forked_mid_switch, args=(parent, sender), daemon=True)
@@ -1452,12 +1579,78 @@ class TestFork:
             report = receiver.recv()
         finally:
             with backend._lock:
-                backend._degrading = False  # the parent's own (imagined) switch ends: it recovers too
+                backend._degrading = None  # the parent's own (imagined) switch ends: it recovers too
             child.join(10)
             if child.is_alive():
                 child.kill()
         assert child.exitcode == 0
         assert report == {"live": True, "shared": True}
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    def test_a_child_forked_mid_recovery_gets_its_limits_back_on_redis(
+        self, prefix: str, deployment: Deployment
+    ) -> None:
+        """Forked while the parent's sync thread was switching back onto Redis: marked live, its limits not handed
+        back yet. The child is down until its own sync thread has switched back. Before, it stayed live with its
+        limits on local buckets for good: no thread of its own ever recovers a live backend."""
+        limited = deployment.upstream("limited")
+        cfg = config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited"))
+        parent = deployment.client(cfg, "P")
+        parent.chat()
+        backend = parent.router.state
+        assert isinstance(backend, RedisBackend)
+        ping = backend.redis.ping
+
+        def down(**_: Any) -> bool:
+            raise redis.ConnectionError("Connection refused")
+
+        backend.redis.ping = down  # type: ignore[method-assign]  # the parent's own sync thread stays out of it
+        try:
+            backend.failed(redis.ConnectionError("Connection refused"))
+            assert not parent.router.health.rate_limits.shared
+            with backend._lock:  # as _resync leaves it before the hand-back
+                backend.live, backend._recovering = True, True
+            context = multiprocessing.get_context("fork")
+            receiver, sender = context.Pipe(duplex=False)
+            child = context.Process(target=_forked_mid_switch, args=(parent, sender), daemon=True)
+            try:
+                child.start()
+                sender.close()
+                assert receiver.poll(20), "the forked child did not report within 20 s"
+                report = receiver.recv()
+            finally:
+                child.join(10)
+                if child.is_alive():
+                    child.kill()
+        finally:
+            with backend._lock:
+                backend.live, backend._recovering = False, False
+            backend.redis.ping = ping  # type: ignore[method-assign]
+        assert child.exitcode == 0
+        assert report == {"live": True, "shared": True}
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    def test_a_child_without_rate_limits_gets_its_own_threads(self, prefix: str, deployment: Deployment) -> None:
+        """A route without rpm/tpm limits never asks for a grant, which is where a child used to notice its fork:
+        its threads never started, so it never shared health, rollouts or spend again. Started as it is forked."""
+        plain = deployment.upstream("plain")
+        parent = deployment.client(config(prefix, {"plain": {"base_url": plain.base_url}}, ordered("plain")), "P")
+        parent.chat()
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_forked_worker, args=(parent, sender), daemon=True)
+        try:
+            child.start()
+            sender.close()
+            assert receiver.poll(20), "the forked child did not report within 20 s"
+            report = receiver.recv()
+        finally:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+        assert child.exitcode == 0
+        assert report["pid_seen"] == child.pid != os.getpid()
+        assert sorted(report["threads"]) == ["holyroute-state-listen", "holyroute-state-sync"]
 
 
 def synced_twice(store: redis.Redis, client: Client, prefix: str) -> None:

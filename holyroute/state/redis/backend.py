@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -70,9 +71,11 @@ class RedisBackend:
         self.leases = Leases(clock, fraction=state.lease_fraction)
         self.live = True  # optimistic until the first failure: the hot path does not wait to find out
         self.failures = 0
-        self._recovering = False  # a failure while recovering is kept in _lost: recover() ends the outage or not
+        # One switch at a time between Redis and this process's own state (see "failure and recovery" below).
+        self._recovering = False  # recover() is switching back; a failure meanwhile is kept in _lost
         self._lost: BaseException | None = None
-        self._degrading = False  # failed() is switching to local state: recover() waits until it is over
+        self._degrading: BaseException | None = None  # the failure whose switch to local state is under way
+        self._limits_shared = False  # what this backend last told the health book: limits granted here, or local
         self._down_since: float | None = None
         self._spared_down: dict[str, int] = {}  # endpoint -> requests Grants.spare gave out before degrading
         self._lock = threading.Lock()
@@ -152,6 +155,7 @@ class RedisBackend:
             self.store.cached = True
             return
         router.health.share_limits(self.live, self.sync.members, self.clock())
+        self._limits_shared = self.live
         # One synchronous sync before the first call: a new process must not send to endpoints every other process
         # knows are cooling down or ejected (bounded by timeout_ms; a failure degrades as any other would). Bad
         # entries are skipped by the parsers; anything else is reported and the client is still built.
@@ -161,6 +165,7 @@ class RedisBackend:
     def _start(self) -> None:
         self._pid = os.getpid()
         self.stop.clear()
+        _RUNNING.add(self)
         self.threads = [
             threading.Thread(target=self.sync.loop, name="holyroute-state-sync", daemon=True),
             threading.Thread(target=self.listener.loop, name="holyroute-state-listen", daemon=True),
@@ -170,14 +175,19 @@ class RedisBackend:
 
     def _forked(self) -> None:
         """A forked child (gunicorn --preload): the parent's threads did not come along; start our own."""
-        if os.getpid() != self._pid and self.router is not None:
+        with self._lock:  # two of the child's first calls at once: one starts the threads
+            if os.getpid() == self._pid or self.router is None:
+                return
+            self._pid = os.getpid()
             self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
             self.grants.origin, self.grants.granted = self.origin, {}
-            # Forked while a parent's thread was degrading or recovering: that thread is not here to finish it, and
-            # a switch left marked under way would keep this child from ever recovering. Its own sync thread does.
-            self._degrading = self._recovering = False
-            self._lost = None
-            self._start()
+            # Forked while a parent's thread was switching: that thread is not here to end it. Switching back, the
+            # child may be live without its limits handed back: down, so its sync thread recovers. Switching to
+            # local state, its limits may still be shared: recover() ends that switch first (_end_stranded).
+            if self._recovering:
+                self.live = False
+            self._recovering, self._lost, self._degrading = False, None, None
+        self._start()
 
     def close(self) -> None:
         if self.read_only:
@@ -187,6 +197,7 @@ class RedisBackend:
         if self.stop.is_set():
             return
         self.stop.set()
+        _RUNNING.discard(self)
         self.wake.set()
         if self.threads and self.live:
             # Wake our listener out of its blocking read at once (other processes ignore a "bye").
@@ -331,28 +342,31 @@ class RedisBackend:
         refused = unreachable(error) and not isinstance(error, redis.TimeoutError | TimeoutError)
         if not self.live or (self.failures < 3 and not refused):
             return
-        with self._lock:
-            if not self.live:
-                return
-            self.live = False
-            if self._recovering:  # recover() decides, once its switch back is over: see there
-                self._lost = error
-                return
-            self._down_since = self.clock()
-            self._degrading = True
         try:
+            with self._lock:
+                if not self.live:
+                    return
+                self.live = False
+                if self._recovering:  # recover() decides, once its switch back is over: see there
+                    self._lost = error
+                    return
+                self._down_since = self.clock()
+                self._degrading = error
             self._degrade(error)
         finally:
             with self._lock:
-                self._degrading = False
+                if self._degrading is error:
+                    self._degrading = None
 
     def _degrade(self, error: BaseException) -> None:
-        """Onto this process's own state: each limit's share on local buckets, leases dropped, one event."""
+        """Onto this process's own state: each limit's share on local buckets, leases dropped, one event. Run by
+        the one thread that marked the backend down (:meth:`failed`, :meth:`recover`, :meth:`_end_stranded`)."""
         router = self.router
         if router is not None:
             now = self.clock()
             levels = self.grants.spared_levels(self.grants.levels_at(now, router.health.limits), self.sync.members)
             router.health.share_limits(False, self.sync.members, now, levels)
+            self._limits_shared = False
         self.leases.clear()
         spared = self.grants.take_spared()  # given out on the share of the last level: charged on the way back
         with self._lock:
@@ -371,30 +385,58 @@ class RedisBackend:
         self.wake.set()
 
     def recover(self) -> bool:
-        """Redis answers again: push what was learnt here, re-read everything, then trust the store again."""
+        """Redis answers again: push what was learnt here, re-read everything, then trust the store again.
+
+        Only the sync thread calls it, while the backend is down. Each switch ends here whatever happens during
+        it: a failure before the first flush back keeps the backend down (already said); a failure after it (a
+        call's grant, the listener, a charge) comes after the limits were handed back, so they come back to the
+        local buckets at once, with a second ``state_degraded`` after the ``state_restored``; a switch that ends
+        any other way before the hand-back (an error, an interrupt) leaves the backend down, to try again."""
+        self._end_stranded()
         try:
             self.redis.ping()
         except FAILURES:
             return False
         with self._lock:
-            if self._degrading:  # the switch to local state is not over: switching back now would be undone by it
+            if self._degrading is not None:  # a switch to local state is under way: switching back would be undone
                 return False
             self._recovering, self._lost = True, None
         back = False
+        lost: BaseException | None = None
         try:
             back = self._resync()
         finally:
             with self._lock:
                 self._recovering, lost, self._lost = False, self._lost, None
-                if lost is not None and back:
+                if self.router is not None and not self._limits_shared:
+                    self.live = back = False  # never handed back: still down (as said), whatever ended the switch
+                    lost = None
+                elif not self.live and lost is not None:
                     self._down_since = self.clock()
-        # A command failed while switching back (a request's grant, a flush): before the switch, _resync saw it
-        # and stayed down (already said); after it, the limits were handed back to the store, so they come back
-        # to the local buckets here, with their event. Not left shared while down: idle buckets limit nothing.
-        if lost is not None and back:
-            self._degrade(lost)
-            return False
+                    self._degrading = lost
+                    back = False
+                else:
+                    lost = None
+            if lost is not None:  # lost again after the hand-back (also when the switch then raised)
+                try:
+                    self._degrade(lost)
+                finally:
+                    with self._lock:
+                        self._degrading = None
         return back
+
+    def _end_stranded(self) -> None:
+        """Down with the limits still granted here: a switch to local state that did not end (interrupted, or
+        under way in the parent this process was forked from). Ended now: idle local buckets would limit nothing."""
+        with self._lock:
+            if self.live or not self._limits_shared or self._degrading is not None or self._recovering:
+                return
+            self._degrading = error = _Stranded("the switch to this process's own state was not finished")
+        try:
+            self._degrade(error)
+        finally:
+            with self._lock:
+                self._degrading = None
 
     def _charge(self, router: AttachedRouter, taken: dict[str, tuple[int, int]], *, back: bool = False) -> None:
         """Charge the shared buckets with what ``taken`` says this process gave out on its own. ``back`` (from an
@@ -443,6 +485,7 @@ class RedisBackend:
             except FAILURES as error:
                 self.reports.background_error("sync", error)
             taken = router.health.share_limits(True, self.sync.members, self.clock())
+            self._limits_shared = True
             rest = {e: (r - charged.get(e, (0, 0))[0], t - charged.get(e, (0, 0))[1]) for e, (r, t) in taken.items()}
             self._charge(router, rest)
             self.wake.set()
@@ -458,3 +501,45 @@ class RedisBackend:
             },
         )
         return True
+
+
+class _Stranded(Exception):
+    """Why a backend found down with its limits still granted by Redis switches them now (its event's reason)."""
+
+
+# ---- fork: a child (gunicorn --preload, a multiprocessing worker) gets its own threads at once ------------------
+#
+# A child has none of its parent's threads. It starts its own as it is forked, not on its first grant request: a
+# route without rpm/tpm limits never asks for one, and a child forked while its parent was down never does either
+# (a call asks only while the limits are shared), so neither would ever share health, rollouts or spend again.
+# Each running backend's lock is held across the fork by the forking thread, so no thread of the parent holds it
+# in the child (where nothing would release it).
+
+#: The backends whose threads run in this process.
+_RUNNING: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+#: The backends whose locks the forking thread holds, between the hooks before and after a fork.
+_HELD: list[RedisBackend] = []
+
+
+def _before_fork() -> None:
+    for backend in list(_RUNNING):
+        backend._lock.acquire()
+        _HELD.append(backend)
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD:
+        _HELD.pop()._lock.release()
+
+
+def _after_fork_in_child() -> None:
+    held = _HELD[:]
+    _HELD.clear()
+    for backend in held:
+        backend._lock.release()
+    for backend in held:
+        if backend.router is not None and not backend.stop.is_set():
+            backend.reports.guarded("fork", backend._forked)  # a thread that cannot start: said, not raised
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
