@@ -1524,6 +1524,21 @@ def _forked_mid_switch(client: Client, results: Any) -> None:
     results.close()
 
 
+def _idle_child(client: Client, results: Any) -> None:
+    """Runs in a forked child that never routes (a multiprocessing worker doing other work): half a second."""
+    time.sleep(0.5)
+    results.send({"threads": [t.name for t in getattr(client.router.state, "threads", []) if t.is_alive()]})
+    results.close()
+
+
+def _routing_child(client: Client, results: Any) -> None:
+    """Runs in a forked child that routes one call, then lets its sync thread run a few times."""
+    client.chat()
+    time.sleep(0.3)
+    results.send({"threads": [t.name for t in getattr(client.router.state, "threads", []) if t.is_alive()]})
+    results.close()
+
+
 class TestFork:
     """A client built before a fork (gunicorn --preload) still shares state from the child."""
 
@@ -1651,6 +1666,95 @@ class TestFork:
         assert child.exitcode == 0
         assert report["pid_seen"] == child.pid != os.getpid()
         assert sorted(report["threads"]) == ["holyroute-state-listen", "holyroute-state-sync"]
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    def test_a_fork_while_another_thread_holds_the_backends_lock(self, prefix: str, deployment: Deployment) -> None:
+        """The fork waits until no thread of the parent holds the backend's lock, so the child never inherits it
+        held (nothing in the child would release it: its first request would hang on it)."""
+        up = deployment.upstream("a")
+        parent = deployment.client(config(prefix, {"a": {"base_url": up.base_url}}, ordered("a")), "P")
+        parent.chat()
+        backend = parent.router.state
+        assert isinstance(backend, RedisBackend)
+        holding, release = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with backend._lock:
+                holding.set()
+                release.wait(5.0)
+
+        thread = threading.Thread(target=holder, daemon=True)
+        thread.start()
+        assert holding.wait(5.0)
+        timer = threading.Timer(0.3, release.set)
+        timer.start()
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=_routing_child, args=(parent, sender), daemon=True)
+        started = time.monotonic()
+        try:
+            child.start()  # waits for the holder to let go
+            waited = time.monotonic() - started
+            sender.close()
+            assert receiver.poll(10), "the child hung on a lock it inherited held"
+            report = receiver.recv()
+        finally:
+            release.set()
+            timer.cancel()
+            thread.join(5.0)
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+        assert waited >= 0.2, "the fork waited for the lock"
+        assert sorted(report["threads"]) == ["holyroute-state-listen", "holyroute-state-sync"]
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    @pytest.mark.parametrize("child", [_idle_child, _routing_child], ids=["idle", "routing"])
+    def test_a_child_sends_none_of_its_parents_queue(
+        self, child: Callable[[Client, Any], None], prefix: str, store: redis.Redis, deployment: Deployment
+    ) -> None:
+        """The parent has spend queued for its next sync when it forks. A child that never routes starts no thread
+        and is no member of the fleet; one that routes starts its own; neither sends the parent's queue again (it
+        did, under the child's new origin, so the once-only check let it through: spend counted twice)."""
+        up = deployment.upstream("a")
+        cfg = config(prefix, {"a": {"base_url": up.base_url}}, ordered("a"))
+        cfg["state"]["sync_interval_s"] = 3.0  # the parent's queue waits for the test to wake its sync thread
+        parent = deployment.client(cfg, "P")
+        parent.chat()
+        backend = parent.router.state
+        assert isinstance(backend, RedisBackend)
+        backend.add_spend("team:fork", 1.0)
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=child, args=(parent, sender), daemon=True)
+        try:
+            process.start()
+            sender.close()
+            assert receiver.poll(20), "the forked child did not report within 20 s"
+            report = receiver.recv()
+            members = store.zcard(Keys(prefix).members)
+        finally:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+        assert process.exitcode == 0
+        routed = child is _routing_child
+        assert sorted(report["threads"]) == (["holyroute-state-listen", "holyroute-state-sync"] if routed else [])
+        assert members == (2 if routed else 1)
+
+        def in_redis() -> list[float]:
+            keys = store.scan_iter(match=f"{prefix}:{{spend}}:*")
+            return sorted(float(store.hget(key, "team:fork") or 0) for key in keys)
+
+        backend.wake.set()  # the parent's sync sends its queue
+        wait_until(lambda: len(in_redis()) == 3, 5.0, "the parent's spend in Redis")
+        for _ in range(2):  # two more syncs of the parent: anything else queued anywhere would be in Redis now
+            since = time.time()
+            backend.wake.set()
+            wait_until(
+                lambda s=since: float(store.zscore(Keys(prefix).members, backend.origin) or 0) > s, 5.0, "a sync"
+            )
+        assert in_redis() == [1.0, 1.0, 1.0], "once per period: the parent's, not the child's again"
 
 
 def synced_twice(store: redis.Redis, client: Client, prefix: str) -> None:

@@ -106,6 +106,7 @@ class Router:
         self._sinks_lock = threading.Lock()
         self._failed_sinks: set[int] = set()
         self._call_ids = itertools.count(1)
+        self._next_call: list[Callable[[], None]] | None = None  # see on_next_call
         self.routes = compile_routes(config)
         self._preload_catalogue()
         #: Exact token counts for fit, rules and ceilings (``context.estimate: tiktoken``), when available offline.
@@ -257,6 +258,8 @@ class Router:
         timeout: float | None = None,
     ) -> Call | None:
         """A :class:`Call` for a request to a routed alias, or ``None``: send the request through untouched."""
+        if self._next_call is not None:
+            self._run_next_call_work()
         if method != "POST" or not body:
             return None
         api = operation_of(path)
@@ -288,6 +291,18 @@ class Router:
         if call._plan.alias not in self.caches:  # on a caching route, the response cache dispatches it on a miss
             self.dispatch(call)
         return call
+
+    def on_next_call(self, work: Callable[[], None]) -> None:
+        """Run ``work`` once, at the start of this router's next request, in the thread making it: what a state
+        backend learns it must do where it may not do it (a forked child's threads, which must not start inside
+        the fork). ``work`` reports its own failures; one that raises is dropped, never the request's failure."""
+        self._next_call = [*(self._next_call or ()), work]
+
+    def _run_next_call_work(self) -> None:
+        works, self._next_call = self._next_call or [], None
+        for work in works:
+            with contextlib.suppress(Exception):
+                work()
 
     def dispatch(self, call: Call) -> None:
         """``call`` goes on to be routed: it counts as a call in its route's retry budget, and is mirrored when its

@@ -97,6 +97,9 @@ class AttachedRouter(Protocol):
     @property
     def rollouts(self) -> RolloutIndex | None: ...
 
+    def on_next_call(self, work: Callable[[], None]) -> None:
+        """Run ``work`` once, at the start of the router's next request (see :meth:`Router.on_next_call`)."""
+
 
 class StateBackend(Protocol):
     """What the core asks of a state backend. Every method returns quickly and never raises for its store's sake."""

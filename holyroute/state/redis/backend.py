@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -99,7 +100,8 @@ class RedisBackend:
         self.router: AttachedRouter | None = None
         self.engines: list[RolloutEngine] = []
         self.threads: list[threading.Thread] = []
-        self._pid = os.getpid()
+        self._pid = os.getpid()  # the process this backend's state is for (a forked child adopts it: _adopt)
+        self._running_in = 0  # ... and the one its threads run in (0: not started)
         self.horizons = Horizons()  # the configured maxima, once attached to a router
         self._master_seen: str | None = None  # Sentinel's master, as last named
 
@@ -163,9 +165,10 @@ class RedisBackend:
         self._start()
 
     def _start(self) -> None:
-        self._pid = os.getpid()
+        self._pid = self._running_in = os.getpid()
         self.stop.clear()
-        _RUNNING.add(self)
+        with _FORK_LOCK:
+            _RUNNING.add(self)
         self.threads = [
             threading.Thread(target=self.sync.loop, name="holyroute-state-sync", daemon=True),
             threading.Thread(target=self.listener.loop, name="holyroute-state-listen", daemon=True),
@@ -174,20 +177,56 @@ class RedisBackend:
             thread.start()
 
     def _forked(self) -> None:
-        """A forked child (gunicorn --preload): the parent's threads did not come along; start our own."""
+        """A forked child's first request (gunicorn --preload): the parent's threads did not come along; start our
+        own, once (the child was adopted as it was forked, or is now: :meth:`_adopt`)."""
+        pid = os.getpid()
         with self._lock:  # two of the child's first calls at once: one starts the threads
-            if os.getpid() == self._pid or self.router is None:
+            if self._running_in == pid or self.router is None or self.stop.is_set():
                 return
-            self._pid = os.getpid()
-            self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-            self.grants.origin, self.grants.granted = self.origin, {}
-            # Forked while a parent's thread was switching: that thread is not here to end it. Switching back, the
-            # child may be live without its limits handed back: down, so its sync thread recovers. Switching to
-            # local state, its limits may still be shared: recover() ends that switch first (_end_stranded).
-            if self._recovering:
-                self.live = False
-            self._recovering, self._lost, self._degrading = False, None, None
+            adopted = self._pid == pid
+            if not adopted:  # forked without the fork hooks (a fork from C): adopted now
+                self._adopt(pid)
+            self._running_in = pid
+        if not adopted:
+            self._drop_inherited()
         self._start()
+
+    def _adopt(self, pid: int) -> None:
+        """Make this copy of a parent's backend the child's own (under ``_lock``, no I/O, no thread): a new origin,
+        none of the parent's grants or queues (the parent sends what it queued: sent from here too, spend
+        would count twice and owed tokens be given back twice), and no switch left under way."""
+        self._pid = pid
+        self.threads = []
+        self.origin = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+        grants = self.grants
+        grants.origin, grants.granted, grants.owed, grants.spared = self.origin, {}, {}, {}
+        grants.sending.clear()
+        sync = self.sync
+        sync.outbox, sync.spend_pending, sync.spend_batches = [], {}, []
+        self._spared_down = {}
+        # Forked while a parent's thread was switching: that thread is not here to end it. Switching back, the child
+        # may be live without its limits handed back: down, so its sync thread recovers. Switching to local state,
+        # its limits may still be granted by Redis: recover() ends that switch first (_end_stranded).
+        if self._recovering:
+            self.live = False
+        self._recovering, self._lost, self._degrading = False, None, None
+
+    def _drop_inherited(self) -> None:
+        """What :meth:`_adopt` leaves (outside ``_lock``, as each has its own): the parent's leases, and the rollout
+        measurements it had not sent yet (it sends them)."""
+        self.leases.clear()
+        for engine in self.engines:
+            engine.drain()
+
+    def _child_of_fork(self) -> None:
+        """In a child, as it is forked: adopted at once, threads started on its first request (never inside the
+        fork, where a child that never routes, a multiprocessing worker or a ``preexec_fn``, would join the fleet)."""
+        with self._lock:
+            self._adopt(os.getpid())
+        self._drop_inherited()
+        router = self.router
+        if router is not None:
+            router.on_next_call(functools.partial(self.reports.guarded, "fork", self._forked))
 
     def close(self) -> None:
         if self.read_only:
@@ -197,7 +236,8 @@ class RedisBackend:
         if self.stop.is_set():
             return
         self.stop.set()
-        _RUNNING.discard(self)
+        with _FORK_LOCK:
+            _RUNNING.discard(self)
         self.wake.set()
         if self.threads and self.live:
             # Wake our listener out of its blocking read at once (other processes ignore a "bye").
@@ -227,7 +267,7 @@ class RedisBackend:
         ask the shared buckets for."""
         if self.read_only:
             return None
-        if os.getpid() != self._pid:
+        if os.getpid() != self._running_in:
             self._forked()
         if not self.live:
             return None
@@ -342,6 +382,7 @@ class RedisBackend:
         refused = unreachable(error) and not isinstance(error, redis.TimeoutError | TimeoutError)
         if not self.live or (self.failures < 3 and not refused):
             return
+        switching = False
         try:
             with self._lock:
                 if not self.live:
@@ -351,11 +392,11 @@ class RedisBackend:
                     self._lost = error
                     return
                 self._down_since = self.clock()
-                self._degrading = error
+                self._degrading, switching = error, True
             self._degrade(error)
         finally:
-            with self._lock:
-                if self._degrading is error:
+            if switching:
+                with self._lock:
                     self._degrading = None
 
     def _degrade(self, error: BaseException) -> None:
@@ -507,39 +548,45 @@ class _Stranded(Exception):
     """Why a backend found down with its limits still granted by Redis switches them now (its event's reason)."""
 
 
-# ---- fork: a child (gunicorn --preload, a multiprocessing worker) gets its own threads at once ------------------
+# ---- fork: what a child inherits ---------------------------------------------------------------------------------
 #
-# A child has none of its parent's threads. It starts its own as it is forked, not on its first grant request: a
-# route without rpm/tpm limits never asks for one, and a child forked while its parent was down never does either
-# (a call asks only while the limits are shared), so neither would ever share health, rollouts or spend again.
-# Each running backend's lock is held across the fork by the forking thread, so no thread of the parent holds it
-# in the child (where nothing would release it).
+# A child has none of its parent's threads, and a copy of everything else. Each running backend's lock is held by
+# the forking thread across the fork, so no thread of the parent holds it in the child (where nothing would release
+# it). The child adopts its copy at once (a new origin, none of the parent's queues: _adopt) and starts its threads
+# on its first request (Router.on_next_call): a child that never routes never joins the fleet.
 
-#: The backends whose threads run in this process.
+#: The backends whose threads run in this process (changed and read under _FORK_LOCK).
 _RUNNING: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+#: One fork at a time through the hooks below: two threads forking at once would release each other's holds.
+_FORK_LOCK = threading.Lock()
 #: The backends whose locks the forking thread holds, between the hooks before and after a fork.
 _HELD: list[RedisBackend] = []
 
 
 def _before_fork() -> None:
+    _FORK_LOCK.acquire()
     for backend in list(_RUNNING):
         backend._lock.acquire()
         _HELD.append(backend)
 
 
-def _after_fork_in_parent() -> None:
-    while _HELD:
-        _HELD.pop()._lock.release()
-
-
-def _after_fork_in_child() -> None:
+def _release_held() -> list[RedisBackend]:
     held = _HELD[:]
     _HELD.clear()
     for backend in held:
         backend._lock.release()
-    for backend in held:
+    _FORK_LOCK.release()
+    return held
+
+
+def _after_fork_in_parent() -> None:
+    _release_held()
+
+
+def _after_fork_in_child() -> None:
+    for backend in _release_held():
         if backend.router is not None and not backend.stop.is_set():
-            backend.reports.guarded("fork", backend._forked)  # a thread that cannot start: said, not raised
+            backend.reports.guarded("fork", backend._child_of_fork)
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
