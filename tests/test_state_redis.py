@@ -485,6 +485,35 @@ class TestSharedEjection:
         assert store.pttl(Keys(prefix).health) > 3600 * 1000, "expires after the quota ejection (3600 s), not before"
 
 
+def one_limited_router(prefix: str, deployment: Deployment) -> tuple[Client, RedisBackend]:
+    """Router A over one endpoint limited to 600 rpm, after one call, and its Redis backend."""
+    limited = deployment.upstream("limited")
+    client = deployment.client(
+        config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited")), "A"
+    )
+    client.chat()
+    backend = client.router.state
+    assert isinstance(backend, RedisBackend)
+    return client, backend
+
+
+def events_of(backend: RedisBackend) -> list[dict[str, Any]]:
+    """Every event ``backend`` emits from now on, as ``{"event": name, **fields}``, in order (still emitted)."""
+    seen: list[dict[str, Any]] = []
+    emit = backend._emit
+
+    def recording(event: str, fields: dict[str, Any]) -> None:
+        seen.append({"event": event, **fields})
+        emit(event, fields)
+
+    backend._emit = recording
+    return seen
+
+
+def names(events: list[dict[str, Any]]) -> list[str]:
+    return [event["event"] for event in events]
+
+
 class TestSharedLimits:
     """Client-side rpm / tpm limits are one token bucket in Redis for every router."""
 
@@ -562,14 +591,7 @@ class TestSharedLimits:
         backend = client.router.state
         assert isinstance(backend, RedisBackend)
         limits = client.router.health.rate_limits
-        seen: list[str] = []
-        emit = backend._emit
-
-        def recording(event: str, fields: dict[str, Any]) -> None:
-            seen.append(event)
-            emit(event, fields)
-
-        backend._emit = recording
+        seen = events_of(backend)
         ping, reconcile = backend.redis.ping, backend.grants.reconcile
         lost_again = threading.Event()
 
@@ -594,8 +616,8 @@ class TestSharedLimits:
             assert lost_again.wait(5.0), "the sync thread to recover and lose Redis again"
             wait_until(lambda: not backend._recovering and not limits.shared, 5.0, "the limits back on local buckets")
             assert not backend.live
-            wait_until(lambda: seen[-1:] == ["holyroute.state_degraded"], 5.0, "the second state_degraded")
-            assert seen == ["holyroute.state_degraded", "holyroute.state_restored", "holyroute.state_degraded"]
+            wait_until(lambda: names(seen)[-1:] == ["holyroute.state_degraded"], 5.0, "the second state_degraded")
+            assert names(seen) == ["holyroute.state_degraded", "holyroute.state_restored", "holyroute.state_degraded"]
             for _ in range(8):
                 client.chat()
         finally:
@@ -612,20 +634,8 @@ class TestSharedLimits:
         marked down first, its limits switched after): back on Redis, the limits were then switched to local
         buckets behind it, and the backend stayed live with each limit cut to this process's share on top of the
         shared one, and its ``state_degraded`` after its ``state_restored``."""
-        limited = deployment.upstream("limited")
-        cfg = config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited"))
-        client = deployment.client(cfg, "A")
-        client.chat()
-        backend = client.router.state
-        assert isinstance(backend, RedisBackend)
-        seen: list[str] = []
-        emit = backend._emit
-
-        def recording(event: str, fields: dict[str, Any]) -> None:
-            seen.append(event)
-            emit(event, fields)
-
-        backend._emit = recording
+        client, backend = one_limited_router(prefix, deployment)
+        seen = events_of(backend)
         share = RateLimits.share
 
         def slow_to_switch(self: RateLimits, shared: bool, *args: Any) -> dict[str, tuple[int, int]]:
@@ -641,28 +651,15 @@ class TestSharedLimits:
         backend.failed(redis.ConnectionError("Connection refused"))  # Redis itself answers: back at once
         wait_until(lambda: backend.live and not backend._recovering, 5.0, "A to be back on Redis")
         assert client.router.health.rate_limits.shared, "back on Redis, the limits are the shared ones"
-        assert seen == ["holyroute.state_degraded", "holyroute.state_restored"]
+        assert names(seen) == ["holyroute.state_degraded", "holyroute.state_restored"]
 
     def test_redis_lost_again_at_the_first_flush_back_stays_down_without_another_event(
         self, prefix: str, deployment: Deployment
     ) -> None:
         """The first flush of a switch back fails: the limits were never handed back, the backend stays down as it
         said, and the next recovery gets it back. One ``state_degraded`` and one ``state_restored`` in all."""
-        limited = deployment.upstream("limited")
-        client = deployment.client(
-            config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited")), "A"
-        )
-        client.chat()
-        backend = client.router.state
-        assert isinstance(backend, RedisBackend)
-        seen: list[str] = []
-        emit = backend._emit
-
-        def recording(event: str, fields: dict[str, Any]) -> None:
-            seen.append(event)
-            emit(event, fields)
-
-        backend._emit = recording
+        client, backend = one_limited_router(prefix, deployment)
+        seen = events_of(backend)
         flush = backend.sync.flush
         failed_once = threading.Event()
 
@@ -681,7 +678,7 @@ class TestSharedLimits:
             wait_until(lambda: backend.live and client.router.health.rate_limits.shared, 5.0, "A back on Redis")
         finally:
             backend.sync.flush = flush  # type: ignore[method-assign]
-        assert seen == ["holyroute.state_degraded", "holyroute.state_restored"]
+        assert names(seen) == ["holyroute.state_degraded", "holyroute.state_restored"]
 
     def test_a_switch_back_that_raises_before_the_hand_back_leaves_the_backend_down_to_try_again(
         self, prefix: str, deployment: Deployment
@@ -689,13 +686,7 @@ class TestSharedLimits:
         """Something other than Redis fails while switching back, before the limits are handed back (a bug, say):
         the backend stays down, and the sync thread's next recovery gets it back. Before, it was left live with its
         limits on local buckets, for good: a live backend is never recovered."""
-        limited = deployment.upstream("limited")
-        client = deployment.client(
-            config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited")), "A"
-        )
-        client.chat()
-        backend = client.router.state
-        assert isinstance(backend, RedisBackend)
+        client, backend = one_limited_router(prefix, deployment)
         limits = client.router.health.rate_limits
         reconcile = backend.grants.reconcile
         raised = threading.Event()
@@ -721,22 +712,9 @@ class TestSharedLimits:
         """A KeyboardInterrupt in the thread switching to local state, before the limits moved: the backend is down
         with its limits still granted by Redis. The sync thread ends that switch (with its event), Redis still away.
         """
-        limited = deployment.upstream("limited")
-        client = deployment.client(
-            config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited")), "A"
-        )
-        client.chat()
-        backend = client.router.state
-        assert isinstance(backend, RedisBackend)
+        client, backend = one_limited_router(prefix, deployment)
         limits = client.router.health.rate_limits
-        seen: list[dict[str, Any]] = []
-        emit = backend._emit
-
-        def recording(event: str, fields: dict[str, Any]) -> None:
-            seen.append({"event": event, **fields})
-            emit(event, fields)
-
-        backend._emit = recording
+        seen = events_of(backend)
         share = RateLimits.share
         interrupted = [False]
 
@@ -759,7 +737,7 @@ class TestSharedLimits:
         backend.wake.set()
         wait_until(lambda: not limits.shared, 5.0, "the sync thread to end the switch")
         assert not backend.live
-        assert [e["event"] for e in seen] == ["holyroute.state_degraded"]
+        assert names(seen) == ["holyroute.state_degraded"]
         assert seen[0]["reason"].startswith("_Stranded: the switch to this process's own state was not finished")
 
     def _back_after_two_seconds(
@@ -1539,6 +1517,28 @@ def _routing_child(client: Client, results: Any) -> None:
     results.close()
 
 
+def in_a_forked_child(client: Client, target: Callable[[Client, Any], None]) -> tuple[dict[str, Any], int, float]:
+    """Fork, run ``target(client, pipe)`` in the child, and give what it sent, its pid and how long the fork took
+    (``Process.start``); it must report within 20 s and exit 0."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=target, args=(client, sender), daemon=True)
+    started = time.monotonic()
+    try:
+        child.start()
+        forked_s = time.monotonic() - started
+        sender.close()
+        assert receiver.poll(20), "the forked child did not report within 20 s (hung on an inherited lock?)"
+        report: dict[str, Any] = receiver.recv()
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    assert child.pid is not None
+    return report, child.pid, forked_s
+
+
 class TestFork:
     """A client built before a fork (gunicorn --preload) still shares state from the child."""
 
@@ -1553,20 +1553,8 @@ class TestFork:
         )
         parent = deployment.client(cfg, "P")
         assert parent.chat() == MODEL  # the parent takes one of the six
-        context = multiprocessing.get_context("fork")
-        receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=_forked_worker, args=(parent, sender), daemon=True)
-        child.start()
-        sender.close()
-        try:
-            assert receiver.poll(20), "the forked child did not report within 20 s"
-            report = receiver.recv()
-        finally:
-            child.join(10)
-            if child.is_alive():
-                child.kill()
-        assert child.exitcode == 0
-        assert report["pid_seen"] == child.pid != os.getpid(), "the backend noticed the fork"
+        report, pid, _ = in_a_forked_child(parent, _forked_worker)
+        assert report["pid_seen"] == pid != os.getpid(), "the backend noticed the fork"
         assert sorted(report["threads"]) == ["holyroute-state-listen", "holyroute-state-sync"]
         # One bucket for both processes: five more reach `limited`, the sixth call of the child fails over.
         assert sent_by(limited) == {"P": 6}
@@ -1584,21 +1572,11 @@ class TestFork:
         assert isinstance(backend, RedisBackend)
         with backend._lock:  # as failed() leaves it while its thread switches the limits
             backend.live, backend._degrading = False, redis.ConnectionError("Connection refused")
-        context = multiprocessing.get_context("fork")
-        receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=_forked_mid_switch, args=(parent, sender), daemon=True)
         try:
-            child.start()
-            sender.close()
-            assert receiver.poll(20), "the forked child did not report within 20 s"
-            report = receiver.recv()
+            report, _, _ = in_a_forked_child(parent, _forked_mid_switch)
         finally:
             with backend._lock:
                 backend._degrading = None  # the parent's own (imagined) switch ends: it recovers too
-            child.join(10)
-            if child.is_alive():
-                child.kill()
-        assert child.exitcode == 0
         assert report == {"live": True, "shared": True}
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
@@ -1625,23 +1603,11 @@ class TestFork:
             assert not parent.router.health.rate_limits.shared
             with backend._lock:  # as _resync leaves it before the hand-back
                 backend.live, backend._recovering = True, True
-            context = multiprocessing.get_context("fork")
-            receiver, sender = context.Pipe(duplex=False)
-            child = context.Process(target=_forked_mid_switch, args=(parent, sender), daemon=True)
-            try:
-                child.start()
-                sender.close()
-                assert receiver.poll(20), "the forked child did not report within 20 s"
-                report = receiver.recv()
-            finally:
-                child.join(10)
-                if child.is_alive():
-                    child.kill()
+            report, _, _ = in_a_forked_child(parent, _forked_mid_switch)
         finally:
             with backend._lock:
                 backend.live, backend._recovering = False, False
             backend.redis.ping = ping  # type: ignore[method-assign]
-        assert child.exitcode == 0
         assert report == {"live": True, "shared": True}
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
@@ -1651,20 +1617,8 @@ class TestFork:
         plain = deployment.upstream("plain")
         parent = deployment.client(config(prefix, {"plain": {"base_url": plain.base_url}}, ordered("plain")), "P")
         parent.chat()
-        context = multiprocessing.get_context("fork")
-        receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=_forked_worker, args=(parent, sender), daemon=True)
-        try:
-            child.start()
-            sender.close()
-            assert receiver.poll(20), "the forked child did not report within 20 s"
-            report = receiver.recv()
-        finally:
-            child.join(10)
-            if child.is_alive():
-                child.kill()
-        assert child.exitcode == 0
-        assert report["pid_seen"] == child.pid != os.getpid()
+        report, pid, _ = in_a_forked_child(parent, _forked_worker)
+        assert report["pid_seen"] == pid != os.getpid()
         assert sorted(report["threads"]) == ["holyroute-state-listen", "holyroute-state-sync"]
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
@@ -1688,24 +1642,13 @@ class TestFork:
         assert holding.wait(5.0)
         timer = threading.Timer(0.3, release.set)
         timer.start()
-        context = multiprocessing.get_context("fork")
-        receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=_routing_child, args=(parent, sender), daemon=True)
-        started = time.monotonic()
         try:
-            child.start()  # waits for the holder to let go
-            waited = time.monotonic() - started
-            sender.close()
-            assert receiver.poll(10), "the child hung on a lock it inherited held"
-            report = receiver.recv()
+            report, _, forked_s = in_a_forked_child(parent, _routing_child)
         finally:
             release.set()
             timer.cancel()
             thread.join(5.0)
-            child.join(10)
-            if child.is_alive():
-                child.kill()
-        assert waited >= 0.2, "the fork waited for the lock"
+        assert forked_s >= 0.2, "the fork waited for the lock"
         assert sorted(report["threads"]) == ["holyroute-state-listen", "holyroute-state-sync"]
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
@@ -1724,20 +1667,8 @@ class TestFork:
         backend = parent.router.state
         assert isinstance(backend, RedisBackend)
         backend.add_spend("team:fork", 1.0)
-        context = multiprocessing.get_context("fork")
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(target=child, args=(parent, sender), daemon=True)
-        try:
-            process.start()
-            sender.close()
-            assert receiver.poll(20), "the forked child did not report within 20 s"
-            report = receiver.recv()
-            members = store.zcard(Keys(prefix).members)
-        finally:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-        assert process.exitcode == 0
+        report, _, _ = in_a_forked_child(parent, child)
+        members = store.zcard(Keys(prefix).members)  # the child has exited: a member entry outlives it (10 s)
         routed = child is _routing_child
         assert sorted(report["threads"]) == (["holyroute-state-listen", "holyroute-state-sync"] if routed else [])
         assert members == (2 if routed else 1)
