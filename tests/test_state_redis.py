@@ -1502,6 +1502,18 @@ def _forked_mid_switch(client: Client, results: Any) -> None:
     results.close()
 
 
+def _forked_after_hand_back(client: Client, results: Any) -> None:
+    """Runs in a forked child whose parent had just handed its limits back to Redis: the events of its first half
+    second of routing, and whether it is on Redis."""
+    backend = client.router.state
+    assert isinstance(backend, RedisBackend)
+    seen = events_of(backend)
+    client.chat()
+    time.sleep(0.3)
+    results.send({"events": names(seen), "live": backend.live, "shared": client.router.health.rate_limits.shared})
+    results.close()
+
+
 def _idle_child(client: Client, results: Any) -> None:
     """Runs in a forked child that never routes (a multiprocessing worker doing other work): half a second."""
     time.sleep(0.5)
@@ -1609,6 +1621,21 @@ class TestFork:
                 backend.live, backend._recovering = False, False
             backend.redis.ping = ping  # type: ignore[method-assign]
         assert report == {"live": True, "shared": True}
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    def test_a_child_forked_just_after_the_hand_back_stays_on_redis(self, prefix: str, deployment: Deployment) -> None:
+        """Forked after the parent's switch back handed the limits to Redis, before that switch ended: the child is
+        as consistent as a recovered backend, and stays on Redis. Before, it was marked down, switched to its own
+        state and back (a state_degraded and a state_restored for nothing)."""
+        client, backend = one_limited_router(prefix, deployment)
+        with backend._lock:  # as _resync leaves it between the hand-back and recover()'s end
+            backend._recovering = True
+        try:
+            report, _, _ = in_a_forked_child(client, _forked_after_hand_back)
+        finally:
+            with backend._lock:
+                backend._recovering = False
+        assert report == {"events": [], "live": True, "shared": True}
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
     def test_a_child_without_rate_limits_gets_its_own_threads(self, prefix: str, deployment: Deployment) -> None:

@@ -205,9 +205,10 @@ class RedisBackend:
         sync.outbox, sync.spend_pending, sync.spend_batches = [], {}, []
         self._spared_down = {}
         # Forked while a parent's thread was switching: that thread is not here to end it. Switching back, the child
-        # may be live without its limits handed back: down, so its sync thread recovers. Switching to local state,
-        # its limits may still be granted by Redis: recover() ends that switch first (_end_stranded).
-        if self._recovering:
+        # may be live without its limits handed back: down, so its sync thread recovers (once they were handed back
+        # it is as consistent as a recovered one). Switching to local state, its limits may still be granted by
+        # Redis: recover() ends that switch first (_end_stranded).
+        if self._recovering and not self._limits_shared:
             self.live = False
         self._recovering, self._lost, self._degrading = False, None, None
 
