@@ -1182,6 +1182,9 @@ _FINISH_FRAGMENTS = st.lists(
 
 @given(_FINISH_FRAGMENTS)
 @example(b'{"finish_reason":"stop"}')
+@example(b'{"finish_reason": "stop"}')
+@example(b'{"finish_reason":"stopped"}')
+@example(b'{"finish_reason":"stop')
 @example(b'"finish_reason": "length", "finish_reason":"stop"')
 @example(b'"finish_reason":"' + b"a" * 64 + b'"')
 @example(b'"finish_reason":"' + b"a" * 65 + b'"')

@@ -913,13 +913,13 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
     ins = in_details if type(in_details) is dict else _NO_DETAILS if in_details is None else _details(in_details)
     outs = out_details if type(out_details) is dict else _NO_DETAILS if out_details is None else _details(out_details)
     v = ins.get("cached_tokens")
-    cached = v if type(v) is int and 0 <= v <= MAX_TOKENS else _tokens(v)
+    cached = 0 if v is None else v if type(v) is int and 0 <= v <= MAX_TOKENS else _tokens(v)
     if not cached:
         v = get("prompt_cache_hit_tokens")  # DeepSeek
         if v is not None:
             cached = _tokens(v)
     v = ins.get("cache_write_tokens")
-    written = v if type(v) is int and 0 <= v <= MAX_TOKENS else _tokens(v)
+    written = 0 if v is None else v if type(v) is int and 0 <= v <= MAX_TOKENS else _tokens(v)
     # Anthropic's own names: its input_tokens leave both cache parts out, so they are added to the prompt.
     read_apart, written_apart = get("cache_read_input_tokens"), get("cache_creation_input_tokens")
     if (read_apart is not None or written_apart is not None) and not cached and not written:
@@ -946,8 +946,8 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
             0 if out_audio is None else _part(out_audio, completion),
             0 if in_image is None else _part(in_image, prompt),
             0 if out_image is None else _part(out_image, completion),
-            _name(model) if model is not None else None,
-            _name(service_tier) if service_tier is not None else None,
+            None if model is None else _name(model),
+            None if service_tier is None else _name(service_tier),
         ),
     )
 
@@ -1057,6 +1057,8 @@ def finish_reason(body: bytes) -> str | None:
     at = body.find(_FINISH_KEY)
     if at < 0:
         return None
+    if body.startswith(_STOPPED, at):  # most answers: one C comparison, no slice, no lookup
+        return "stop"
     value = at + len(_FINISH_KEY)
     begin = value + 2 if body[value : value + 2] == b':"' else value + 3 if body[value : value + 3] == b': "' else 0
     if begin:
@@ -1069,6 +1071,8 @@ def finish_reason(body: bytes) -> str | None:
 
 
 _FINISH_KEY: Final = b'"finish_reason"'
+#: ``"finish_reason":"stop"`` as OpenAI writes it, and with a space after the colon (the closing quote included).
+_STOPPED: Final = (b'"finish_reason":"stop"', b'"finish_reason": "stop"')
 #: The reasons OpenAI-compatible providers send, as they appear in a body: looked up, not matched and decoded.
 _FINISH_REASONS: Final = {
     reason.encode(): reason
