@@ -1514,6 +1514,16 @@ def _forked_after_hand_back(client: Client, results: Any) -> None:
     results.close()
 
 
+def _what_the_child_holds(client: Client, results: Any) -> None:
+    """Runs in a forked child: after one call, what it would charge the shared buckets with for its own local
+    takes, and the rollout changes it would push."""
+    backend = client.router.state
+    assert isinstance(backend, RedisBackend)
+    client.chat()
+    results.send({"taken": client.router.health.taken_local(), "unsynced": sorted(backend.store._unsynced)})
+    results.close()
+
+
 def _idle_child(client: Client, results: Any) -> None:
     """Runs in a forked child that never routes (a multiprocessing worker doing other work): half a second."""
     time.sleep(0.5)
@@ -1677,6 +1687,61 @@ class TestFork:
             thread.join(5.0)
         assert forked_s >= 0.2, "the fork waited for the lock"
         assert sorted(report["threads"]) == ["holyroute-state-listen", "holyroute-state-sync"]
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    def test_a_child_takes_no_lock_but_the_backends_inside_the_fork(self, prefix: str, deployment: Deployment) -> None:
+        """A parent's thread holds the leases' lock as the process forks: the child, which never routes, does not
+        hang inside the fork on it (it did when the child dropped its inherited leases there)."""
+        client, backend = one_limited_router(prefix, deployment)
+        holding, release = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with backend.leases._lock:
+                holding.set()
+                release.wait(5.0)
+
+        thread = threading.Thread(target=holder, daemon=True)
+        thread.start()
+        assert holding.wait(5.0)
+        try:
+            report, _, _ = in_a_forked_child(client, _idle_child)
+        finally:
+            release.set()
+            thread.join(5.0)
+        assert report == {"threads": []}
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    def test_a_child_charges_and_pushes_none_of_its_parents_outage(self, prefix: str, deployment: Deployment) -> None:
+        """The parent routed on its own buckets and aborted a rollout while Redis was away: both are the parent's to
+        charge and push when Redis is back. The child's own take is its first call alone, and it has no rollout
+        change to push (it had both: every child would charge the parent's requests again, and write its abort)."""
+        limited = deployment.upstream("limited")
+        cfg = config(
+            prefix,
+            {"limited": {"base_url": limited.base_url, "rpm": 600}},
+            {**ordered("limited"), "canary": rollout_route("limited", [{"set_weight": 50}, {"pause": {}}])},
+        )
+        parent = deployment.client(cfg, "P")
+        parent.chat()
+        backend = parent.router.state
+        assert isinstance(backend, RedisBackend)
+        ping = backend.redis.ping
+
+        def down(**_: Any) -> bool:
+            raise redis.ConnectionError("Connection refused")
+
+        backend.redis.ping = down  # type: ignore[method-assign]  # Redis away, for the parent and the child
+        try:
+            backend.failed(redis.ConnectionError("Connection refused"))
+            parent.chat()
+            parent.chat()
+            parent.engine("canary").abort("broke while Redis was away")
+            assert parent.router.health.taken_local() == {"limited": (2, 0)}
+            assert sorted(backend.store._unsynced) == ["canary"]
+            report, _, _ = in_a_forked_child(parent, _what_the_child_holds)
+        finally:
+            backend.redis.ping = ping  # type: ignore[method-assign]
+        assert report == {"taken": {"limited": (1, 0)}, "unsynced": []}
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
     @pytest.mark.parametrize("child", [_idle_child, _routing_child], ids=["idle", "routing"])

@@ -223,6 +223,10 @@ class HealthBook:
         """What the local buckets gave out since the last switch, without switching (:meth:`RateLimits.taken`)."""
         return self.rate_limits.taken()
 
+    def forget_taken_local(self) -> None:
+        """A forked child's: what the local buckets gave out before the fork is the parent's to charge."""
+        self.rate_limits.forget_taken()
+
     # ---- sharing with other processes ---------------------------------------------------------------------------
 
     def apply(self, change: HealthChange, now: float, wall: float) -> None:

@@ -209,6 +209,12 @@ class RateLimits:
                 state.taken = (0, 0)
             return {}
 
+    def forget_taken(self) -> None:
+        """Forget what the local buckets gave out so far: in a forked child, that was its parent's, to charge."""
+        with self._lock:
+            for state in self._endpoints.values():
+                state.taken = (0, 0)
+
     def taken(self) -> dict[str, tuple[int, int]]:
         """What each endpoint's local buckets gave out since the last switch (requests, tokens), without switching:
         the shared store can be charged with it before it decides again."""

@@ -180,21 +180,27 @@ class RedisBackend:
         """A forked child's first request (gunicorn --preload): the parent's threads did not come along; start our
         own, once (the child was adopted as it was forked, or is now: :meth:`_adopt`)."""
         pid = os.getpid()
-        with self._lock:  # two of the child's first calls at once: one starts the threads
-            if self._running_in == pid or self.router is None or self.stop.is_set():
+        router = self.router
+        with self._lock:  # two of the child's first calls at once: one adopts and starts, the other waits for it
+            if self._running_in == pid or router is None or self.stop.is_set():
                 return
-            adopted = self._pid == pid
-            if not adopted:  # forked without the fork hooks (a fork from C): adopted now
+            if self._pid != pid:  # forked without the fork hooks (a fork from C): adopted now
                 self._adopt(pid)
+            # Taken here, not in the fork (a lock a parent's thread held would hang the child there): neither lock
+            # is ever held while asking for this one.
+            self.leases.clear()
+            router.health.forget_taken_local()
             self._running_in = pid
-        if not adopted:
-            self._drop_inherited()
+        for engine in self.engines:  # the measurements the parent had not sent: it sends them (its lock: outside)
+            engine.drain()
         self._start()
 
     def _adopt(self, pid: int) -> None:
-        """Make this copy of a parent's backend the child's own (under ``_lock``, no I/O, no thread): a new origin,
-        none of the parent's grants or queues (the parent sends what it queued: sent from here too, spend
-        would count twice and owed tokens be given back twice), and no switch left under way."""
+        """Make this copy of a parent's backend the child's own (under ``_lock``, no I/O, no thread, no other lock:
+        it runs inside the fork): a new origin, none of the parent's grants, queues or rollout changes made while
+        Redis was away (the parent sends them: sent from here too, spend would count twice and owed tokens be given
+        back twice), and no switch left under way. Its leases, local takes and unsent measurements are dropped on
+        the child's first request (:meth:`_forked`)."""
         self._pid = pid
         self.threads = []
         self.origin = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
@@ -203,6 +209,7 @@ class RedisBackend:
         grants.sending.clear()
         sync = self.sync
         sync.outbox, sync.spend_pending, sync.spend_batches = [], {}, []
+        self.store.forget_unsynced()
         self._spared_down = {}
         # Forked while a parent's thread was switching: that thread is not here to end it. Switching back, the child
         # may be live without its limits handed back: down, so its sync thread recovers (once they were handed back
@@ -212,19 +219,13 @@ class RedisBackend:
             self.live = False
         self._recovering, self._lost, self._degrading = False, None, None
 
-    def _drop_inherited(self) -> None:
-        """What :meth:`_adopt` leaves (outside ``_lock``, as each has its own): the parent's leases, and the rollout
-        measurements it had not sent yet (it sends them)."""
-        self.leases.clear()
-        for engine in self.engines:
-            engine.drain()
-
     def _child_of_fork(self) -> None:
         """In a child, as it is forked: adopted at once, threads started on its first request (never inside the
-        fork, where a child that never routes, a multiprocessing worker or a ``preexec_fn``, would join the fleet)."""
+        fork, where a child that never routes, a multiprocessing worker or a ``preexec_fn``, would join the fleet).
+        Takes no lock but ``_lock``, which the forking thread held: any other may have been held by a parent's
+        thread, and nothing in the child would release it."""
         with self._lock:
             self._adopt(os.getpid())
-        self._drop_inherited()
         router = self.router
         if router is not None:
             router.on_next_call(functools.partial(self.reports.guarded, "fork", self._forked))

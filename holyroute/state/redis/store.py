@@ -120,6 +120,10 @@ class RedisStore:
             self.cache[route] = new
         return new
 
+    def forget_unsynced(self) -> None:
+        """A forked child's: the changes its parent made while Redis was away are the parent's to push."""
+        self._unsynced = {}
+
     def push_unsynced(self) -> int:
         """After an outage: write what changed here, unless another process moved on meanwhile (then its state
         wins, except that an abort made here is applied on top of it). Returns how many routes were written."""
