@@ -293,9 +293,10 @@ class Router:
         return call
 
     def on_next_call(self, work: Callable[[], None]) -> None:
-        """Run ``work`` once, at the start of this router's next request, in the thread making it: what a state
-        backend learns it must do where it may not do it (a forked child's threads, which must not start inside
-        the fork). ``work`` reports its own failures; one that raises is dropped, never the request's failure."""
+        """Run ``work`` at the start of this router's next request, in the thread making it: what a state backend
+        learns it must do where it may not do it (a forked child's threads, which must not start inside the fork).
+        Two requests starting at once may both run it, so ``work`` must be idempotent. It reports its own failures;
+        one that raises is dropped, never the request's failure."""
         self._next_call = [*(self._next_call or ()), work]
 
     def _run_next_call_work(self) -> None:

@@ -100,7 +100,7 @@ class AttachedRouter(Protocol):
     def rollouts(self) -> RolloutIndex | None: ...
 
     def on_next_call(self, work: Callable[[], None]) -> None:
-        """Run ``work`` once, at the start of the router's next request (see :meth:`Router.on_next_call`)."""
+        """Run idempotent ``work`` at the start of the router's next request (see :meth:`Router.on_next_call`)."""
 
 
 class StateBackend(Protocol):
