@@ -13,6 +13,7 @@ Propagation is real time here, so every wait polls with a deadline and the delay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -485,6 +486,22 @@ class TestSharedEjection:
         assert store.pttl(Keys(prefix).health) > 3600 * 1000, "expires after the quota ejection (3600 s), not before"
 
 
+@contextlib.contextmanager
+def redis_away(backend: RedisBackend) -> Iterator[None]:
+    """Within, ``backend``'s pings are refused as by a Redis that is away: its sync thread cannot recover (a fork's
+    child inherits that too)."""
+    ping = backend.redis.ping
+
+    def refused(**_: Any) -> bool:
+        raise redis.ConnectionError("Connection refused")
+
+    backend.redis.ping = refused  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        backend.redis.ping = ping  # type: ignore[method-assign]
+
+
 def one_limited_router(prefix: str, deployment: Deployment) -> tuple[Client, RedisBackend]:
     """Router A over one endpoint limited to 600 rpm, after one call, and its Redis backend."""
     limited = deployment.upstream("limited")
@@ -755,13 +772,7 @@ class TestSharedLimits:
         assert isinstance(backend, RedisBackend)
         wait_until(lambda: backend.sync.members == 2, 2.0, "both processes to be counted")
         bucket = Keys(prefix).limits("limited")
-        ping = backend.redis.ping
-
-        def down() -> Any:
-            raise redis.ConnectionError("Connection refused")  # Redis away: no recovery until it is back
-
-        backend.redis.ping = down  # type: ignore[method-assign]
-        try:
+        with redis_away(backend):  # no recovery until it is back
             backend.failures = 3
             backend.failed(redis.ConnectionError("Connection refused"))
             assert not backend.live
@@ -773,8 +784,6 @@ class TestSharedLimits:
             backend.grants.levels["limited"] = (0, 0, backend.clock() - 2.0)
             backend._down_since = backend.clock() - 2.0
             meanwhile(backend)
-        finally:
-            backend.redis.ping = ping  # type: ignore[method-assign]
         wait_until(lambda: backend.live and not backend._recovering, 5.0, "A to be back on Redis")
         return float(store.hget(bucket, "h") or 0), float(store.hget(bucket, "r") or 0)
 
@@ -1614,22 +1623,16 @@ class TestFork:
         parent.chat()
         backend = parent.router.state
         assert isinstance(backend, RedisBackend)
-        ping = backend.redis.ping
-
-        def down(**_: Any) -> bool:
-            raise redis.ConnectionError("Connection refused")
-
-        backend.redis.ping = down  # type: ignore[method-assign]  # the parent's own sync thread stays out of it
-        try:
+        with redis_away(backend):  # the parent's own sync thread stays out of it
             backend.failed(redis.ConnectionError("Connection refused"))
             assert not parent.router.health.rate_limits.shared
             with backend._lock:  # as _resync leaves it before the hand-back
                 backend.live, backend._recovering = True, True
-            report, _, _ = in_a_forked_child(parent, _forked_mid_switch)
-        finally:
-            with backend._lock:
-                backend.live, backend._recovering = False, False
-            backend.redis.ping = ping  # type: ignore[method-assign]
+            try:
+                report, _, _ = in_a_forked_child(parent, _forked_mid_switch)
+            finally:
+                with backend._lock:
+                    backend.live, backend._recovering = False, False
         assert report == {"live": True, "shared": True}
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
@@ -1725,13 +1728,7 @@ class TestFork:
         parent.chat()
         backend = parent.router.state
         assert isinstance(backend, RedisBackend)
-        ping = backend.redis.ping
-
-        def down(**_: Any) -> bool:
-            raise redis.ConnectionError("Connection refused")
-
-        backend.redis.ping = down  # type: ignore[method-assign]  # Redis away, for the parent and the child
-        try:
+        with redis_away(backend):  # for the parent and the child
             backend.failed(redis.ConnectionError("Connection refused"))
             parent.chat()
             parent.chat()
@@ -1739,8 +1736,6 @@ class TestFork:
             assert parent.router.health.taken_local() == {"limited": (2, 0)}
             assert sorted(backend.store._unsynced) == ["canary"]
             report, _, _ = in_a_forked_child(parent, _what_the_child_holds)
-        finally:
-            backend.redis.ping = ping  # type: ignore[method-assign]
         assert report == {"taken": {"limited": (1, 0)}, "unsynced": []}
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
