@@ -165,8 +165,8 @@ class RedisBackend:
         self._start()
 
     def _start(self) -> None:
+        # ``stop`` is left as it is: a child's close() between _forked's check and here ends these threads at once.
         self._pid = self._running_in = os.getpid()
-        self.stop.clear()
         with _FORK_LOCK:
             _RUNNING.add(self)
         self.threads = [
