@@ -946,8 +946,8 @@ def usage_from_mapping(usage: Mapping[str, Any], *, model: object = None, servic
             0 if out_audio is None else _part(out_audio, completion),
             0 if in_image is None else _part(in_image, prompt),
             0 if out_image is None else _part(out_image, completion),
-            None if model is None else _name(model),
-            None if service_tier is None else _name(service_tier),
+            _name(model) if model is not None else None,
+            _name(service_tier) if service_tier is not None else None,
         ),
     )
 

@@ -223,6 +223,11 @@ class HealthBook:
         """What the local buckets gave out since the last switch, without switching (:meth:`RateLimits.taken`)."""
         return self.rate_limits.taken()
 
+    @property
+    def limits_shared(self) -> bool:
+        """Whether the rpm/tpm limits are granted by a shared store now (else the local buckets decide)."""
+        return self.rate_limits.shared
+
     def forget_taken_local(self) -> None:
         """A forked child's: what the local buckets gave out before the fork is the parent's to charge."""
         self.rate_limits.forget_taken()

@@ -76,7 +76,6 @@ class RedisBackend:
         self._recovering = False  # recover() is switching back; a failure meanwhile is kept in _lost
         self._lost: BaseException | None = None
         self._degrading: BaseException | None = None  # the failure whose switch to local state is under way
-        self._limits_shared = False  # what this backend last told the health book: limits granted here, or local
         self._down_since: float | None = None
         self._spared_down: dict[str, int] = {}  # endpoint -> requests Grants.spare gave out before degrading
         self._lock = threading.Lock()
@@ -157,7 +156,6 @@ class RedisBackend:
             self.store.cached = True
             return
         router.health.share_limits(self.live, self.sync.members, self.clock())
-        self._limits_shared = self.live
         # One synchronous sync before the first call: a new process must not send to endpoints every other process
         # knows are cooling down or ejected (bounded by timeout_ms; a failure degrades as any other would). Bad
         # entries are skipped by the parsers; anything else is reported and the client is still built.
@@ -215,7 +213,7 @@ class RedisBackend:
         # may be live without its limits handed back: down, so its sync thread recovers (once they were handed back
         # it is as consistent as a recovered one). Switching to local state, its limits may still be granted by
         # Redis: recover() ends that switch first (_end_stranded).
-        if self._recovering and not self._limits_shared:
+        if self._recovering and not self._limits_shared():
             self.live = False
         self._recovering, self._lost, self._degrading = False, None, None
 
@@ -384,32 +382,37 @@ class RedisBackend:
         refused = unreachable(error) and not isinstance(error, redis.TimeoutError | TimeoutError)
         if not self.live or (self.failures < 3 and not refused):
             return
-        switching = False
-        try:
-            with self._lock:
-                if not self.live:
-                    return
-                self.live = False
-                if self._recovering:  # recover() decides, once its switch back is over: see there
-                    self._lost = error
-                    return
-                self._down_since = self.clock()
-                self._degrading, switching = error, True
-            self._degrade(error)
-        finally:
-            if switching:
-                with self._lock:
-                    self._degrading = None
+        with self._lock:
+            if not self.live:
+                return
+            self.live = False
+            if self._recovering:  # recover() decides, once its switch back is over: see there
+                self._lost = error
+                return
+            self._down_since = self.clock()
+            self._degrading = error
+        self._degrade(error)
+
+    def _limits_shared(self) -> bool:
+        router = self.router
+        return router is not None and router.health.limits_shared
 
     def _degrade(self, error: BaseException) -> None:
         """Onto this process's own state: each limit's share on local buckets, leases dropped, one event. Run by
-        the one thread that marked the backend down (:meth:`failed`, :meth:`recover`, :meth:`_end_stranded`)."""
+        the one thread that marked the switch (``_degrading``, under ``_lock``: :meth:`failed`, :meth:`recover`,
+        :meth:`_end_stranded`); the mark ends here, however the switch ends."""
+        try:
+            self._switch_to_local(error)
+        finally:
+            with self._lock:
+                self._degrading = None
+
+    def _switch_to_local(self, error: BaseException) -> None:
         router = self.router
         if router is not None:
             now = self.clock()
             levels = self.grants.spared_levels(self.grants.levels_at(now, router.health.limits), self.sync.members)
             router.health.share_limits(False, self.sync.members, now, levels)
-            self._limits_shared = False
         self.leases.clear()
         spared = self.grants.take_spared()  # given out on the share of the last level: charged on the way back
         with self._lock:
@@ -451,7 +454,7 @@ class RedisBackend:
         finally:
             with self._lock:
                 self._recovering, lost, self._lost = False, self._lost, None
-                if self.router is not None and not self._limits_shared:
+                if self.router is not None and not self._limits_shared():
                     self.live = back = False  # never handed back: still down (as said), whatever ended the switch
                     lost = None
                 elif not self.live and lost is not None:
@@ -461,25 +464,17 @@ class RedisBackend:
                 else:
                     lost = None
             if lost is not None:  # lost again after the hand-back (also when the switch then raised)
-                try:
-                    self._degrade(lost)
-                finally:
-                    with self._lock:
-                        self._degrading = None
+                self._degrade(lost)
         return back
 
     def _end_stranded(self) -> None:
         """Down with the limits still granted here: a switch to local state that did not end (interrupted, or
         under way in the parent this process was forked from). Ended now: idle local buckets would limit nothing."""
         with self._lock:
-            if self.live or not self._limits_shared or self._degrading is not None or self._recovering:
+            if self.live or not self._limits_shared() or self._degrading is not None or self._recovering:
                 return
             self._degrading = error = _Stranded("the switch to this process's own state was not finished")
-        try:
-            self._degrade(error)
-        finally:
-            with self._lock:
-                self._degrading = None
+        self._degrade(error)
 
     def _charge(self, router: AttachedRouter, taken: dict[str, tuple[int, int]], *, back: bool = False) -> None:
         """Charge the shared buckets with what ``taken`` says this process gave out on its own. ``back`` (from an
@@ -528,7 +523,6 @@ class RedisBackend:
             except FAILURES as error:
                 self.reports.background_error("sync", error)
             taken = router.health.share_limits(True, self.sync.members, self.clock())
-            self._limits_shared = True
             rest = {e: (r - charged.get(e, (0, 0))[0], t - charged.get(e, (0, 0))[1]) for e, (r, t) in taken.items()}
             self._charge(router, rest)
             self.wake.set()
