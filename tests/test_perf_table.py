@@ -577,6 +577,20 @@ def _recording_upstream(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, Any,
     return overhead, floor, request, seen, httpx2.MockTransport(upstream)
 
 
+def _counted_by_a_stand_in(bench: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """bench_instructions counting through a stand-in for callgrind (per call: raw SDK 4.84 M, holyroute 5.2 M, own
+    work 358k, the floor 222k); the (client, case) pairs it was asked to count, in order."""
+    counted: list[tuple[str, str]] = []
+
+    def count(kind: str, case: str, calls: int, warmup: int, *, burn: int = 0) -> int:
+        counted.append((kind, case))
+        return {"raw": 4_840_000, "holyroute": 5_200_000, "own": 358_000, "floor": 222_000}[kind] * calls
+
+    monkeypatch.setattr(bench, "_count", count)
+    monkeypatch.setattr(bench.shutil, "which", lambda _: "/usr/bin/valgrind")
+    return counted
+
+
 class TestTheFloor:
     """benchmarks/_floor.py: the benchmarks' routed chat call written as plainly as we know how, without holyroute's
     failover and limit bookkeeping. It is compared with holyroute's own work, so it must do the same work: send
@@ -642,15 +656,7 @@ class TestTheFloor:
     ) -> None:
         """Counted by a stand-in for callgrind: the figures are the ones given."""
         bench: Any = _bench("bench_instructions", monkeypatch)
-        counted: list[tuple[str, str]] = []
-
-        def count(kind: str, case: str, calls: int, warmup: int, *, burn: int = 0) -> int:
-            counted.append((kind, case))
-            per_call = {"raw": 4_840_000, "holyroute": 5_200_000, "own": 358_000, "floor": 222_000}[kind]
-            return per_call * calls
-
-        monkeypatch.setattr(bench, "_count", count)
-        monkeypatch.setattr(bench.shutil, "which", lambda _: "/usr/bin/valgrind")
+        counted = _counted_by_a_stand_in(bench, monkeypatch)
         monkeypatch.setattr(
             sys, "argv", ["bench_instructions.py", "--cases", "chat-orjson,chat-recorded", "--calls", "2", "--json"]
         )
@@ -688,19 +694,15 @@ class TestTheFloor:
     ) -> None:
         """Counted by stand-ins for callgrind: per call, for the chat case only, own work's and the floor's."""
         bench: Any = _bench("bench_instructions", monkeypatch)
+        _counted_by_a_stand_in(bench, monkeypatch)
         simulated: list[tuple[str, str]] = []
-
-        def count(kind: str, case: str, calls: int, warmup: int, *, burn: int = 0) -> int:
-            return {"raw": 4_840_000, "holyroute": 5_200_000, "own": 358_000, "floor": 222_000}[kind] * calls
 
         def misses(kind: str, case: str, calls: int, warmup: int) -> dict[str, int]:
             simulated.append((kind, case))
             per_call = {"own": (358_000, 7_568, 4_918, 1_836), "floor": (222_000, 5_071, 2_501, 1_072)}[kind]
             return {event: n * calls for event, n in zip(("Ir", "I1mr", "D1mr", "D1mw"), per_call, strict=True)}
 
-        monkeypatch.setattr(bench, "_count", count)
         monkeypatch.setattr(bench, "_l1_misses", misses)
-        monkeypatch.setattr(bench.shutil, "which", lambda _: "/usr/bin/valgrind")
         argv = ["bench_instructions.py", "--cases", "chat,chat-no-event", "--calls", "4", "--cache-sim"]
         monkeypatch.setattr(sys, "argv", argv)
         assert bench.main() == 0

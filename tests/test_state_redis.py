@@ -486,6 +486,13 @@ class TestSharedEjection:
         assert store.pttl(Keys(prefix).health) > 3600 * 1000, "expires after the quota ejection (3600 s), not before"
 
 
+def rpm_6_then_backup(prefix: str, deployment: Deployment) -> tuple[FakeUpstream, FakeUpstream, dict[str, Any]]:
+    """Upstreams ``limited`` (rpm 6) and ``backup``, and the configuration of route ``chat`` trying them in order."""
+    limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
+    endpoints = {"limited": {"base_url": limited.base_url, "rpm": 6}, "backup": {"base_url": backup.base_url}}
+    return limited, backup, config(prefix, endpoints, ordered("limited", "backup"))
+
+
 @contextlib.contextmanager
 def redis_away(backend: RedisBackend) -> Iterator[None]:
     """Within, ``backend``'s pings are refused as by a Redis that is away: its sync thread cannot recover (a fork's
@@ -536,12 +543,7 @@ class TestSharedLimits:
 
     def test_rpm(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
         """rpm 6 across two routers: of 10 alternating calls, exactly 6 reach `limited`, the rest fail over."""
-        limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
-        cfg = config(
-            prefix,
-            {"limited": {"base_url": limited.base_url, "rpm": 6}, "backup": {"base_url": backup.base_url}},
-            ordered("limited", "backup"),
-        )
+        limited, backup, cfg = rpm_6_then_backup(prefix, deployment)
         pair = [deployment.client(cfg, "A"), deployment.client(cfg, "B")]
         for n in range(10):
             pair[n % 2].chat()
@@ -558,12 +560,7 @@ class TestSharedLimits:
         """One grant request times out, too few to degrade: the call is decided on this process's share of what the
         shared bucket last held, not on the full-size local bucket (idle while shared, so always full), which let
         each such failure send one more request over the shared limit, never charged."""
-        limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
-        cfg = config(
-            prefix,
-            {"limited": {"base_url": limited.base_url, "rpm": 6}, "backup": {"base_url": backup.base_url}},
-            ordered("limited", "backup"),
-        )
+        limited, backup, cfg = rpm_6_then_backup(prefix, deployment)
         client = deployment.client(cfg, "A")
         for _ in range(6):
             client.chat()
@@ -597,12 +594,7 @@ class TestSharedLimits:
         ``state_restored``. Before, that failure was swallowed: the backend ended down with its limits still granted
         by Redis, so its calls were limited by the local buckets as the first outage had left them (full-size for
         one process of two here, and no event said so) until Redis came back."""
-        limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
-        cfg = config(
-            prefix,
-            {"limited": {"base_url": limited.base_url, "rpm": 6}, "backup": {"base_url": backup.base_url}},
-            ordered("limited", "backup"),
-        )
+        limited, backup, cfg = rpm_6_then_backup(prefix, deployment)
         client = deployment.client(cfg, "A")
         assert client.chat() == MODEL
         backend = client.router.state
@@ -1576,12 +1568,7 @@ class TestFork:
     # Python 3.12+ warns that forking a threaded process may deadlock; that is the scenario under test.
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
     def test_child_shares_the_parents_bucket(self, prefix: str, deployment: Deployment) -> None:
-        limited, backup = deployment.upstream("limited"), deployment.upstream("backup")
-        cfg = config(
-            prefix,
-            {"limited": {"base_url": limited.base_url, "rpm": 6}, "backup": {"base_url": backup.base_url}},
-            ordered("limited", "backup"),
-        )
+        limited, backup, cfg = rpm_6_then_backup(prefix, deployment)
         parent = deployment.client(cfg, "P")
         assert parent.chat() == MODEL  # the parent takes one of the six
         report, pid, _ = in_a_forked_child(parent, _forked_worker)
