@@ -509,11 +509,11 @@ def redis_away(backend: RedisBackend) -> Iterator[None]:
         backend.redis.ping = ping  # type: ignore[method-assign]
 
 
-def one_limited_router(prefix: str, deployment: Deployment) -> tuple[Client, RedisBackend]:
-    """Router A over one endpoint limited to 600 rpm, after one call, and its Redis backend."""
+def one_limited_router(prefix: str, deployment: Deployment, name: str = "A") -> tuple[Client, RedisBackend]:
+    """Router ``name`` over one endpoint limited to 600 rpm, after one call, and its Redis backend."""
     limited = deployment.upstream("limited")
     client = deployment.client(
-        config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited")), "A"
+        config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited")), name
     )
     client.chat()
     backend = client.router.state
@@ -1582,12 +1582,7 @@ class TestFork:
     def test_a_child_forked_mid_switch_gets_back_on_redis(self, prefix: str, deployment: Deployment) -> None:
         """Forked while a thread of the parent was switching to local state (which a recovery waits for): that
         thread did not come along to end the switch, and the child's own sync thread still gets it back on Redis."""
-        limited = deployment.upstream("limited")
-        cfg = config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited"))
-        parent = deployment.client(cfg, "P")
-        parent.chat()
-        backend = parent.router.state
-        assert isinstance(backend, RedisBackend)
+        parent, backend = one_limited_router(prefix, deployment, "P")
         with backend._lock:  # as failed() leaves it while its thread switches the limits
             backend.live, backend._degrading = False, redis.ConnectionError("Connection refused")
         try:
@@ -1604,12 +1599,7 @@ class TestFork:
         """Forked while the parent's sync thread was switching back onto Redis: marked live, its limits not handed
         back yet. The child is down until its own sync thread has switched back. Before, it stayed live with its
         limits on local buckets for good: no thread of its own ever recovers a live backend."""
-        limited = deployment.upstream("limited")
-        cfg = config(prefix, {"limited": {"base_url": limited.base_url, "rpm": 600}}, ordered("limited"))
-        parent = deployment.client(cfg, "P")
-        parent.chat()
-        backend = parent.router.state
-        assert isinstance(backend, RedisBackend)
+        parent, backend = one_limited_router(prefix, deployment, "P")
         with redis_away(backend):  # the parent's own sync thread stays out of it
             backend.failed(redis.ConnectionError("Connection refused"))
             assert not parent.router.health.rate_limits.shared
