@@ -18,11 +18,11 @@ slices, so it slides in steps of a tenth. Alerts are evaluated per process, from
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from holyroute.forking import new_lock
 from holyroute.rollout.stats import LatencySketch
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class Alerts:
         self._clock = clock
         self._hooks: list[AlertHook] = []
         self._windows: dict[tuple[int, str], _Window] = {}
-        self._lock = threading.Lock()
+        self._lock = new_lock()
 
     def add_hook(self, hook: AlertHook) -> None:
         """Call ``hook(alert)`` on every firing and resolution (from the thread that finished the call)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -49,6 +48,7 @@ from holyroute.core.retry_budget import RetryBudget
 from holyroute.core.sending import Sending
 from holyroute.core.spend import SpendBudgets
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, Step, Wait
+from holyroute.forking import after_fork_in_child, new_lock
 
 if TYPE_CHECKING:
     from holyroute.boundary.cache import StoredAnswer
@@ -103,7 +103,7 @@ class Router:
         limits = {name: (e.rpm, e.tpm) for name, e in config.endpoints.items() if e.rpm or e.tpm}
         self.health = HealthBook(clock, config.health, limits, max_cooldown_s=config.retry.max_cooldown_s)
         self.sinks: tuple[EventSink, ...] = ((structlog_sink(),) if log else ()) + tuple(sinks or ())
-        self._sinks_lock = threading.Lock()
+        self._sinks_lock = new_lock()
         self._failed_sinks: set[int] = set()
         self._call_ids = itertools.count(1)
         self._next_call: list[Callable[[], None]] | None = None  # see on_next_call
@@ -148,11 +148,16 @@ class Router:
 
             self.caches = compile_caches(config)
         self.state.attach(self)
+        after_fork_in_child(self, Router._in_forked_child)
         import tenacity
 
         self.backoff: Callable[[Any], float] = tenacity.wait_exponential_jitter(
             multiplier=retry.backoff_initial_s, max=retry.backoff_max_s, jitter=retry.backoff_jitter_s
         )
+
+    def _in_forked_child(self) -> None:
+        """This router's copy in a forked child (``holyroute.forking``): the attempts in flight were its parent's."""
+        self.health.ejections.forget_attempts()
 
     def _retry_budget(self) -> RetryBudget:
         retry = self.config.retry

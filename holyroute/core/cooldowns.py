@@ -10,13 +10,13 @@ duration is within ``[0, max_cooldown_s]``. Time is read only from the ``now`` e
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Final
 
 from holyroute.boundary.parse import MAX_TOKENS, HeaderLookup, header_count, header_seconds, header_text
 from holyroute.config.schema import Retry
 from holyroute.core.ports import HealthChange
+from holyroute.forking import new_lock
 
 __all__ = ["DEFAULT_MAX_COOLDOWN_S", "Cooldown", "Cooldowns", "server_delay"]
 
@@ -85,7 +85,7 @@ class Cooldowns:
         self.max_cooldown_s = max_cooldown_s
         self._cooldowns: dict[tuple[str, str], Cooldown] = {}
         self._headroom: dict[tuple[str, str], _Headroom] = {}
-        self._lock = threading.Lock()
+        self._lock = new_lock()
 
     def blocked(self, endpoint: str, model: str, now: float, tokens: int) -> tuple[str, float] | None:
         """Why the upstream would refuse the pair a request of ``tokens`` estimated tokens now, and until when: a

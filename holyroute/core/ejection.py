@@ -11,12 +11,12 @@ the router to emit and share. Time is read only from the ``now`` each method is 
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from holyroute.config.schema import Health
 from holyroute.core.ports import HealthChange
+from holyroute.forking import new_lock
 
 __all__ = ["Ejections", "Transition"]
 
@@ -62,7 +62,7 @@ class Ejections:
     def __init__(self, policy: Health | None = None) -> None:
         self.policy = policy or Health()
         self._endpoints: dict[str, _Endpoint] = {}
-        self._lock = threading.Lock()
+        self._lock = new_lock()
 
     def _state(self, endpoint: str) -> _Endpoint:
         """The endpoint's state, added on its first report. Called with ``self._lock`` held."""
@@ -200,6 +200,15 @@ class Ejections:
             seconds,
             quota=True,
         )
+
+    def forget_attempts(self) -> None:
+        """In a forked child: every attempt in flight, half-open trials included, was sent by a thread of the parent,
+        which the child does not have; none of them will end here. Forgotten, so that no count stays raised and an
+        endpoint whose trial was in flight gets a trial of the child's own."""
+        with self._lock:
+            for state in self._endpoints.values():
+                state.in_flight = 0
+                state.trial = False
 
     # ---- sharing with other processes ---------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ the clock passed in; this module performs no I/O and never sleeps.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
@@ -23,6 +22,7 @@ from holyroute.core.cooldowns import DEFAULT_MAX_COOLDOWN_S, Cooldown, Cooldowns
 from holyroute.core.ejection import Ejections, Transition
 from holyroute.core.ports import HealthChange
 from holyroute.core.rate_limits import Debit, RateLimits
+from holyroute.forking import new_lock
 
 __all__ = [
     "Cooldown",
@@ -61,7 +61,7 @@ class HealthBook:
         self.cooldowns = Cooldowns(max_cooldown_s)
         self.rate_limits = RateLimits(limits or {}, clock())
         self._probes: dict[str, tuple[ProbeStatus, float, float | None, str | None]] = {}
-        self._lock = threading.Lock()
+        self._lock = new_lock()
 
     @property
     def max_cooldown_s(self) -> float:

@@ -8,9 +8,10 @@ one request more than it holds when full. Time is read only from the ``now`` eac
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from holyroute.forking import new_lock
 
 __all__ = ["Debit", "RateLimits", "TokenBucket"]
 
@@ -79,7 +80,7 @@ class RateLimits:
             name: _Limits((rpm, tpm), TokenBucket(rpm, now) if rpm else None, TokenBucket(tpm, now) if tpm else None)
             for name, (rpm, tpm) in limits.items()
         }
-        self._lock = threading.Lock()
+        self._lock = new_lock()
         #: Whether any endpoint has a limit: when none has, the health book never asks (a call less per step).
         self.any = bool(self._endpoints)
         #: True while a shared backend grants rpm/tpm (the local buckets are then idle).

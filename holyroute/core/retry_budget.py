@@ -10,7 +10,8 @@ retries another needs. It reads time only from the ``now`` they are given and ne
 from __future__ import annotations
 
 import math
-import threading
+
+from holyroute.forking import new_lock
 
 __all__ = ["RetryBudget"]
 
@@ -35,7 +36,7 @@ class RetryBudget:
         self._calls = [0] * self._slots
         self._retries = [0] * self._slots
         self._stamp = [-1] * self._slots  # which whole second each slot holds
-        self._lock = threading.Lock()
+        self._lock = new_lock()
 
     def _slot(self, now: float) -> int:
         second = math.floor(now)

@@ -16,12 +16,12 @@ Tags come from the request header ``x-holyroute-tags`` (comma-separated; never f
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from holyroute.core.ports import period_key
+from holyroute.forking import new_lock
 
 if TYPE_CHECKING:
     from holyroute.config.schema import Budget
@@ -63,7 +63,7 @@ class SpendBudgets:
         self._emit = emit
         self._wall = wall_clock
         self._announced: set[tuple[str, str, str, str]] = set()
-        self._lock = threading.Lock()
+        self._lock = new_lock()
 
     @property
     def has_endpoint_budgets(self) -> bool:

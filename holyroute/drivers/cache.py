@@ -9,7 +9,6 @@ route caches, so an unconfigured client never comes here.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import httpx2
@@ -17,6 +16,7 @@ import httpx2
 from holyroute.boundary.cache import StoredAnswer, parse_stored, stored_bytes
 from holyroute.core.cache import CacheStore
 from holyroute.core.call import Call, Router
+from holyroute.forking import new_lock
 
 __all__ = ["ResponseCache"]
 
@@ -33,7 +33,7 @@ class ResponseCache:
         self._router = router
         self.store = store
         self._failing = False  # in a spell of failures: reported once, at its start
-        self._lock = threading.Lock()
+        self._lock = new_lock()
 
     def lookup(self, call: Call, request: httpx2.Request) -> httpx2.Response | None:
         """The cached answer to ``call``, already accounted (its event emitted), or None: route it (the call is then

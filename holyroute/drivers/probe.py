@@ -31,6 +31,7 @@ import httpx2
 from holyroute.config.schema import Config, EndpointRef, HealthCheck
 from holyroute.core.health import ProbeStatus
 from holyroute.exceptions import ConfigError
+from holyroute.forking import after_fork_in_child, new_lock
 
 if TYPE_CHECKING:
     from holyroute.core.call import Router
@@ -501,9 +502,11 @@ class HealthChecker:
         self._book = _Book(router, clock)
         self._transport = transport
         self._stop = threading.Event()
+        self._given_sleep = sleep
         self._sleep = sleep if sleep is not None else self._stop.wait
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._lock = new_lock()
+        after_fork_in_child(self, HealthChecker._in_forked_child)
 
     @property
     def endpoints(self) -> list[str]:
@@ -517,6 +520,17 @@ class HealthChecker:
                 return
             self._thread = threading.Thread(target=self._run, name="holyroute-health", daemon=True)
             self._thread.start()
+
+    def _in_forked_child(self) -> None:
+        """This checker's copy in a forked child (``holyroute.forking``): its thread was the parent's. One that was
+        probing probes again from a thread of the child's own, started on the child's first request (no thread may
+        start inside the fork); until then the child keeps the verdicts it was forked with."""
+        probing = self._thread is not None and not self._stop.is_set()
+        self._thread = None
+        if probing:
+            self._stop = threading.Event()  # the parent's thread may have held the old one's lock as it forked
+            self._sleep = self._given_sleep if self._given_sleep is not None else self._stop.wait
+            self._book.router.on_next_call(self.start)
 
     def probe_due(self) -> float:
         """Probe, in this thread, every endpoint due now; return the seconds until the next one is due."""

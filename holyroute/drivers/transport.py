@@ -22,7 +22,6 @@ import functools
 import os
 import ssl
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from holyroute.core.call import Call, EventSink, QualityCheck, Router
 from holyroute.core.steps import Accepted, Acquire, GiveUp, Respond, Send, ShadowDropped, Wait
 from holyroute.drivers.compat import attempt_request, header_view, path_and_query, restore_read_timeout
 from holyroute.drivers.stream import AsyncTap, BodyWatch, SyncTap
+from holyroute.forking import after_fork_in_child, new_lock
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -101,7 +101,8 @@ class Transport(httpx2.BaseTransport):
         self._cache = _response_cache(self.router)
         self._shadows: ThreadPoolExecutor | None = None
         self._shadows_pending = 0
-        self._shadows_lock = threading.Lock()
+        self._shadows_lock = new_lock()
+        after_fork_in_child(self, Transport._in_forked_child)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         begun = _begin(self.router, request)
@@ -117,6 +118,12 @@ class Transport(httpx2.BaseTransport):
             self._mirror(request, call.shadow)
         with call.owned():  # _drive's block, inline: one call less on every routed call
             return self._steps(request, call, headers)
+
+    def _in_forked_child(self) -> None:
+        """This transport's copy in a forked child (``holyroute.forking``): the shadow pool's threads, and the copies
+        they ran or had queued, were the parent's. The child's first shadow copy starts a pool of its own."""
+        self._shadows = None
+        self._shadows_pending = 0
 
     def _mirror(self, request: httpx2.Request, shadow: Call) -> None:
         """Run the shadow copy on a small background pool; when the pool is saturated or shut down, the copy is

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from holyroute.drivers.transport import router_of
+from holyroute.forking import new_lock
 
 if TYPE_CHECKING:
     import httpx2
@@ -123,7 +124,7 @@ class Metrics:
         self.registry: CollectorRegistry = registry if registry is not None else prometheus_client.REGISTRY
         self.namespace = namespace
         self._routers: weakref.WeakSet[Router] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        self._lock = new_lock()
         self._create_instruments(latency_buckets, ttft_buckets)
         self._calls: dict[tuple[str, ...], _CallSeries] = {}
         self._event_children: dict[str, Counter] = {}

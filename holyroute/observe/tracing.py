@@ -21,7 +21,6 @@ OpenTelemetry, and it needs only ``opentelemetry-api`` (``pip install 'holyroute
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -40,6 +39,7 @@ except ImportError as error:  # pragma: no cover - exercised in a test with the 
 
 from holyroute import __version__
 from holyroute.drivers.transport import router_of
+from holyroute.forking import new_lock
 
 if TYPE_CHECKING:
     import httpx2
@@ -166,7 +166,7 @@ class Tracer:
         self._no_server = _Server(None, None, None)
         self._routes = router.routes
         self._clock = router.clock
-        self._lock = threading.Lock()
+        self._lock = new_lock()
         # call_id -> its failovers so far, the call whose first failover came earliest first.
         self._waiting: OrderedDict[int, list[_Failed]] = OrderedDict()
         self._held = 0  # failovers in self._waiting

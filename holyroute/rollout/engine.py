@@ -13,7 +13,6 @@ this process's own. Every change emits ``holyroute.rollout`` with a reason. No I
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal, Protocol
@@ -21,6 +20,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from holyroute.config.schema import Analysis, Rollout
+from holyroute.forking import new_lock, new_rlock
 from holyroute.rollout.split import SplitPicker
 from holyroute.rollout.stats import LatencySketch, SequentialNonInferiority, latency_regressed
 
@@ -229,7 +229,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._states: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
+        self._lock = new_lock()
 
     def load(self, route: str) -> RolloutState | None:
         found = self._states.get(route)
@@ -277,7 +277,7 @@ class RolloutEngine:
         self._emit = emit
         self._clock = clock
         self.sync_interval = sync_interval_s  # how often tick() re-reads the store
-        self._lock = threading.RLock()
+        self._lock = new_rlock()
         #: Set by a shared state backend: measurements not yet sent (``_pending``), and every process's totals for
         #: a window as last read (``_totals``); the analysis then judges totals + pending.
         self.shares_measurements = False

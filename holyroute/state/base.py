@@ -24,10 +24,10 @@ module imports no backend.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 from holyroute.core.ports import PERIODS, AttachedRouter, HealthChange, Period, StateBackend, period_key
+from holyroute.forking import new_lock
 from holyroute.rollout.engine import RolloutState, StateStore
 
 __all__ = [
@@ -75,7 +75,7 @@ class Leases:
         self.horizon_s = horizon_s
         self.ttl_s = ttl_s
         self._leases: dict[str, _Lease] = {}
-        self._lock = threading.Lock()
+        self._lock = new_lock()
 
     def take(self, endpoint: str, rpm: int | None, tpm: int | None, tokens: int) -> tuple[int, int] | None:
         """Serve the request from this process's lease (``None``), or say what to ask the store for: ``(requests,

@@ -10,12 +10,12 @@ import fcntl
 import json
 import os
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from holyroute.forking import new_rlock
 from holyroute.rollout.engine import RolloutState, held_state, parse_state_file
 
 __all__ = ["FileStore"]
@@ -56,7 +56,7 @@ class FileStore:
         self._good: dict[str, RolloutState] = {}  # the last state known good per route (read, or written here)
         self._unwritten: dict[str, tuple[RolloutState, int]] = {}  # changed here, not on disk yet: (state, base)
         self._reported: set[tuple[str, str]] = set()
-        self._mutex = threading.RLock()
+        self._mutex = new_rlock()
 
     # ---- reading ---------------------------------------------------------------------------------------------
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
 from holyroute.core.ports import PERIODS, AttachedRouter, HealthChange, Period, period_key
+from holyroute.forking import new_lock
 from holyroute.rollout.engine import MemoryStore, StateStore
 
 __all__ = ["MemoryBackend"]
@@ -26,7 +26,7 @@ class MemoryBackend:
         self._store: StateStore = store if store is not None else MemoryStore()
         self._wall = wall_clock
         self._spend: dict[tuple[str, str, str], float] = {}
-        self._lock = threading.Lock()
+        self._lock = new_lock()
 
     def attach(self, router: AttachedRouter) -> None:
         return None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+
+from holyroute.forking import new_lock
 
 __all__ = ["ENTRY_OVERHEAD", "MemoryCache"]
 
@@ -33,7 +34,7 @@ class MemoryCache:
         self.max_bytes = max_bytes
         self._clock = clock
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = new_lock()
         #: What the entries take, as counted against ``max_bytes``.
         self.size = 0
 

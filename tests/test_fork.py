@@ -1,0 +1,233 @@
+"""A client built before a fork (gunicorn ``--preload``, ``multiprocessing`` with the fork start method) works in the
+child as it did in the parent, whatever the parent's threads were doing at the fork.
+
+A forked child has one thread, the one that forked. Whatever the parent's other threads held (a lock), had under way
+(an attempt in flight, a half-open trial) or were (the health checker, the shadow pool) is copied into the child
+without them: left alone, a lock is never released, an attempt never ends, a thread never runs. Each test puts the
+parent in one such state, forks, and judges what the child does; each child must report within 10 s (a hang is
+what some of these reproduce) and is killed otherwise. The Redis backend's own fork handling is tested in
+``test_state_redis.py`` (``TestFork``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx2
+import pytest
+
+import holyroute
+from holyroute.core.call import Router
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(multiprocessing, "get_context"), reason="no multiprocessing"),
+    # Python 3.12+ warns that forking a threaded process may deadlock: that is the scenario under test.
+    pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning"),
+]
+
+USAGE = b'"usage":{"prompt_tokens":1,"completion_tokens":1}'
+ANSWER = b'{"id":"x","object":"chat.completion","model":"m","choices":[],' + USAGE + b"}"
+BODY = b'{"model":"chat","messages":[{"role":"user","content":"hi"}]}'
+
+
+class Upstreams:
+    """An in-memory inner transport answering 200 for every endpoint; it notes which host each request went to, and
+    which of them were health-check probes (the paths differ: a probe asks for ``/models``)."""
+
+    def __init__(self) -> None:
+        self.hosts: list[str] = []
+        self.probes: list[str] = []
+        self.transport = httpx2.MockTransport(self._answer)
+
+    def _answer(self, request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.endswith("/chat/completions"):
+            self.hosts.append(request.url.host)
+            return httpx2.Response(200, headers={"content-type": "application/json"}, content=ANSWER)
+        self.probes.append(request.url.host)
+        return httpx2.Response(200, headers={"content-type": "application/json"}, content=b'{"data":[]}')
+
+
+def config(*endpoints: str, **route: Any) -> dict[str, Any]:
+    """One route, ``chat``, over ``endpoints`` (hosts a.test, b.test, ...) in that order."""
+    return {
+        "endpoints": {name: {"base_url": f"http://{name}.test/v1", "api_key": f"key-{name}"} for name in endpoints},
+        "routes": {"chat": {"targets": [{"model": "m", "endpoints": list(endpoints)}], **route}},
+    }
+
+
+def chat(client: httpx2.Client) -> int:
+    return client.post("http://sdk.test/v1/chat/completions", content=BODY).status_code
+
+
+def in_a_forked_child(target: Callable[[Any], None]) -> dict[str, Any]:
+    """Fork, run ``target(pipe)`` in the child and return what it sent; it must report within 10 s and exit 0."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=target, args=(sender,), daemon=True)
+    try:
+        child.start()
+        sender.close()
+        assert receiver.poll(10), "the forked child did not report within 10 s: it hung"
+        report: dict[str, Any] = receiver.recv()
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join(5)
+    assert child.exitcode == 0, report
+    return report
+
+
+@contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """``lock`` held by a thread of this process for the duration of the block (so across a fork made in it)."""
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert taken.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(5)
+
+
+def locks_of(router: Router) -> dict[str, Any]:
+    """The locks a routed call takes, by the part of the router that owns them."""
+    health = router.health
+    return {
+        "ejections": health.ejections._lock,
+        "cooldowns": health.cooldowns._lock,
+        "rate limits": health.rate_limits._lock,
+        "health book": health._lock,
+        "retry budget": router.budgets["chat"]._lock,
+        "sinks": router._sinks_lock,
+    }
+
+
+@pytest.mark.parametrize("part", list(locks_of(Router(holyroute.load_config(config("a"))))))
+def test_a_lock_held_by_another_thread_at_the_fork_does_not_hang_the_child(part: str) -> None:
+    """Before: the child's first call waited forever for a lock whose holder was not copied into it."""
+    upstreams = Upstreams()
+    client = holyroute.client(config("a"), transport=upstreams.transport, log=False)
+    assert chat(client) == 200
+
+    def child(pipe: Any) -> None:
+        statuses = [chat(client) for _ in range(3)]
+        router = holyroute.router_of(client)
+        router.add_sink(lambda event, fields: None)  # takes the sinks' lock too
+        pipe.send({"statuses": statuses})
+
+    with held_by_another_thread(locks_of(holyroute.router_of(client))[part]):
+        report = in_a_forked_child(child)
+    assert report == {"statuses": [200, 200, 200]}
+    client.close()
+
+
+def test_a_trial_in_flight_in_the_parent_does_not_keep_the_endpoint_out_of_the_child() -> None:
+    """An endpoint whose ejection ended lets one trial through; the parent's trial was in flight at the fork. Before:
+    the child saw that trial in flight forever, so the endpoint never came back into its rotation."""
+    upstreams = Upstreams()
+    client = holyroute.client(config("a", "b"), transport=upstreams.transport, log=False)
+    router = holyroute.router_of(client)
+    ejections = router.health.ejections
+    now = router.clock()
+    for _ in range(ejections.policy.consecutive_failures):
+        ejections.failure("a", "500", now, ("a", "b"))
+    assert ejections.ejected("a", now) is not None
+    state = ejections._endpoints["a"]
+    state.ejected_until = now  # the ejection is over: the next attempt on a is its half-open trial
+    assert ejections.begin("a", now) is True  # the parent's trial, in flight at the fork (never ended here)
+
+    def child(pipe: Any) -> None:
+        statuses = [chat(client) for _ in range(4)]
+        pipe.send({"statuses": statuses, "hosts": upstreams.hosts, "in_flight": ejections.in_flight("a")})
+
+    report = in_a_forked_child(child)
+    # The child's first call on a is its own trial; it succeeds and restores a, which the ordered arm prefers.
+    assert report == {"statuses": [200] * 4, "hosts": ["a.test"] * 4, "in_flight": 0}
+    client.close()
+
+
+def test_the_parents_attempts_in_flight_are_not_counted_in_the_child() -> None:
+    upstreams = Upstreams()
+    client = holyroute.client(config("a"), transport=upstreams.transport, log=False)
+    router = holyroute.router_of(client)
+    router.health.ejections.begin("a", router.clock())  # an attempt of another thread, in flight at the fork
+    router.health.ejections.begin("a", router.clock())
+
+    def child(pipe: Any) -> None:
+        pipe.send({"before": router.health.ejections.in_flight("a"), "status": chat(client)})
+
+    assert in_a_forked_child(child) == {"before": 0, "status": 200}
+    assert router.health.ejections.in_flight("a") == 2  # the parent's own are still its own
+    client.close()
+
+
+def test_active_health_checks_go_on_in_the_child() -> None:
+    """Before: the parent's probing thread was not copied into the child, and nothing started another, so the child
+    kept the verdicts it was forked with for good."""
+    upstreams = Upstreams()
+    cfg = config("a")
+    cfg["endpoints"]["a"]["health_check"] = {"interval_s": 0.05, "timeout_s": 1}
+    client = holyroute.client(cfg, transport=upstreams.transport, log=False)
+    deadline = time.monotonic() + 5
+    while not upstreams.probes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert upstreams.probes, "the parent probes"
+
+    def child(pipe: Any) -> None:
+        before = len(upstreams.probes)
+        status = chat(client)  # the child's first request starts its own checker
+        deadline = time.monotonic() + 5
+        while len(upstreams.probes) < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        names = sorted(t.name for t in threading.enumerate() if t.name.startswith("holyroute"))
+        pipe.send({"status": status, "probed": len(upstreams.probes) - before, "threads": names})
+        client.close()
+
+    report = in_a_forked_child(child)
+    assert report["status"] == 200
+    assert report["probed"] >= 2
+    assert report["threads"] == ["holyroute-health"]
+    client.close()
+
+
+def test_shadow_copies_run_in_the_child() -> None:
+    """Before: a child forked after the parent's first shadow copy inherited its pool without the pool's threads, so
+    its copies queued and never ran."""
+    upstreams = Upstreams()
+    cfg = config("a", "s")
+    cfg["routes"]["chat"] = {
+        "targets": [{"model": "m", "endpoints": ["a"]}],
+        "shadow": {"model": "m", "endpoints": ["s"], "sample": 1.0},
+    }
+    client = holyroute.client(cfg, transport=upstreams.transport, log=False)
+    assert chat(client) == 200
+    deadline = time.monotonic() + 5
+    while "s.test" not in upstreams.hosts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert upstreams.hosts.count("s.test") == 1, "the parent's shadow copy ran"
+
+    def child(pipe: Any) -> None:
+        del upstreams.hosts[:]
+        status = chat(client)
+        deadline = time.monotonic() + 5
+        while "s.test" not in upstreams.hosts and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pipe.send({"status": status, "hosts": sorted(upstreams.hosts)})
+        client.close()
+
+    assert in_a_forked_child(child) == {"status": 200, "hosts": ["a.test", "s.test"]}
+    client.close()
