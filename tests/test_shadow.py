@@ -258,7 +258,8 @@ def test_the_call_lends_its_header_names_to_its_own_attempts_only(
     if mode == "sync":
         with httpx2.Client(transport=holyroute.Transport(config(ups))) as client:
             assert client.post("http://caller.invalid/v1/chat/completions", json=body, headers=headers).is_success
-            wait_for(lambda: len(seen) == 2)
+            # Until the shadow's upstream has its request: the attempt is built (seen) before it is sent.
+            wait_for(lambda: len(seen) == 2 and len(ups["shadow"].requests) == 1)
     else:
 
         async def run() -> None:
@@ -266,7 +267,7 @@ def test_the_call_lends_its_header_names_to_its_own_attempts_only(
                 sent = await client.post("http://caller.invalid/v1/chat/completions", json=body, headers=headers)
                 assert sent.is_success
                 for _ in range(500):
-                    if len(seen) == 2:
+                    if len(seen) == 2 and len(ups["shadow"].requests) == 1:
                         break
                     await asyncio.sleep(0.01)
 
