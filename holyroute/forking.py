@@ -9,7 +9,9 @@ Everything that begins with the router answers for it here, once:
 
 - :func:`new_lock` / :func:`new_rlock` are ``threading.Lock()`` / ``threading.RLock()``, remembered (weakly) so that
   the child re-creates each in place, unlocked, as :mod:`logging` and :mod:`threading` do for their own. They are the
-  plain C locks: nothing is added to taking or releasing them.
+  plain C locks: nothing is added to taking or releasing them. An RLock the forking thread itself holds is left as
+  it is, since that thread releases it in the child; a plain lock cannot say who holds it, so no code of holyroute
+  calls out (to an event sink, say) while holding one.
 - :func:`after_fork_in_child` registers what an owner must do to the copy it finds in the child (forget the
   parent's attempts in flight, start its threads again on the next request); it runs once the locks are new.
 
@@ -59,6 +61,9 @@ def after_fork_in_child(owner: _Owner, work: Callable[[_Owner], None]) -> None:
 
 def _in_child() -> None:
     for lock in list(_LOCKS):
+        owned = getattr(lock, "_is_owned", None)  # an RLock's: held by this thread, the one that forked
+        if owned is not None and owned():
+            continue  # it goes on to release it itself (a fork from code that holds one: a sink, a signal handler)
         reinit = getattr(lock, "_at_fork_reinit", None)  # what logging and threading call on theirs
         if reinit is not None:
             reinit()

@@ -23,6 +23,7 @@ import pytest
 
 import holyroute
 from holyroute.core.call import Router
+from holyroute.forking import new_lock, new_rlock
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(multiprocessing, "get_context"), reason="no multiprocessing"),
@@ -104,7 +105,7 @@ def held_by_another_thread(lock: Any) -> Iterator[None]:
 
 
 def locks_of(router: Router) -> dict[str, Any]:
-    """The locks a routed call takes, by the part of the router that owns them."""
+    """The router's locks, by the part that owns them; the child in the test below takes each."""
     health = router.health
     return {
         "ejections": health.ejections._lock,
@@ -116,17 +117,23 @@ def locks_of(router: Router) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("part", list(locks_of(Router(holyroute.load_config(config("a"))))))
+@pytest.mark.parametrize("part", list(locks_of(Router(holyroute.load_config(config("a")), log=False))))
 def test_a_lock_held_by_another_thread_at_the_fork_does_not_hang_the_child(part: str) -> None:
-    """Before: the child's first call waited forever for a lock whose holder was not copied into it."""
+    """Before: the child waited forever for a lock whose holder was not copied into it, at its first call for the
+    locks every call takes (ejections, retry budget, rate limits: ``a`` has an rpm), or at the first use of the
+    part that owns it (a cooldown, a health-check verdict, a sink added)."""
     upstreams = Upstreams()
-    client = holyroute.client(config("a"), transport=upstreams.transport, log=False)
+    cfg = config("a")
+    cfg["endpoints"]["a"]["rpm"] = 10_000
+    client = holyroute.client(cfg, transport=upstreams.transport, log=False)
     assert chat(client) == 200
 
     def child(pipe: Any) -> None:
         statuses = [chat(client) for _ in range(3)]
         router = holyroute.router_of(client)
-        router.add_sink(lambda event, fields: None)  # takes the sinks' lock too
+        router.health.cooldowns.cool("a", "m", 0.01, "429 no retry header", router.clock())
+        router.health.record_probe("a", "healthy", router.clock())
+        router.add_sink(lambda event, fields: None)
         pipe.send({"statuses": statuses})
 
     with held_by_another_thread(locks_of(holyroute.router_of(client))[part]):
@@ -231,3 +238,18 @@ def test_shadow_copies_run_in_the_child() -> None:
 
     assert in_a_forked_child(child) == {"status": 200, "hosts": ["a.test", "s.test"]}
     client.close()
+
+
+def test_an_rlock_the_forking_thread_holds_is_still_its_own_in_the_child() -> None:
+    """The thread that forks may hold an RLock (a rollout engine calls event sinks with its lock held): it releases
+    it in the child as it would have in the parent. Every other lock, held by a thread the child has not, is free."""
+    own, others = new_rlock(), (new_rlock(), new_lock())
+
+    def child(pipe: Any) -> None:
+        own.release()  # the block below, still open in the child, holds it once
+        pipe.send({"own": own.acquire(timeout=1), "others": [lock.acquire(timeout=1) for lock in others]})
+        own.release()
+
+    with held_by_another_thread(others[0]), held_by_another_thread(others[1]), own:
+        report = in_a_forked_child(child)
+    assert report == {"own": True, "others": [True, True]}

@@ -1540,6 +1540,17 @@ def _routing_child(client: Client, results: Any) -> None:
     results.close()
 
 
+def _publishing_child(client: Client, results: Any) -> None:
+    """Runs in a forked child: publishes a health change (what a cooldown or an ejection does), then routes one call
+    and lets its sync thread run a few times."""
+    backend = client.router.state
+    backend.publish(HealthChange("cooldown", "other", "m", time.time() + 1, "429 no retry header"))
+    client.chat()
+    time.sleep(0.3)
+    results.send({"threads": [t.name for t in getattr(backend, "threads", []) if t.is_alive()]})
+    results.close()
+
+
 def in_a_forked_child(client: Client, target: Callable[[Client, Any], None]) -> tuple[dict[str, Any], int, float]:
     """Fork, run ``target(client, pipe)`` in the child, and give what it sent, its pid and how long the fork took
     (``Process.start``); it must report within 20 s and exit 0."""
@@ -1666,6 +1677,32 @@ class TestFork:
             timer.cancel()
             thread.join(5.0)
         assert forked_s >= 0.2, "the fork waited for the lock"
+        assert sorted(report["threads"]) == ["holyroute-state-listen", "holyroute-state-sync"]
+
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+    def test_a_fork_while_the_sync_thread_holds_its_wake_events_lock(self, prefix: str, deployment: Deployment) -> None:
+        """The sync thread takes its wake event's inner lock each time it waits for work. Forked then, the child's
+        copy stayed held for good: its first publish (every cooldown and ejection wakes the sync thread) hung."""
+        up = deployment.upstream("a")
+        parent = deployment.client(config(prefix, {"a": {"base_url": up.base_url}}, ordered("a")), "P")
+        parent.chat()
+        backend = parent.router.state
+        assert isinstance(backend, RedisBackend)
+        holding, release = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with backend.wake._cond:  # type: ignore[attr-defined]  # what Event.wait() holds for a moment
+                holding.set()
+                release.wait(30.0)
+
+        thread = threading.Thread(target=holder, daemon=True)
+        thread.start()
+        assert holding.wait(5.0)
+        try:
+            report, _, _ = in_a_forked_child(parent, _publishing_child)
+        finally:
+            release.set()
+            thread.join(5.0)
         assert sorted(report["threads"]) == ["holyroute-state-listen", "holyroute-state-sync"]
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")

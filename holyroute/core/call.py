@@ -148,7 +148,7 @@ class Router:
 
             self.caches = compile_caches(config)
         self.state.attach(self)
-        after_fork_in_child(self, Router._in_forked_child)
+        after_fork_in_child(self, type(self)._in_forked_child)
         import tenacity
 
         self.backoff: Callable[[Any], float] = tenacity.wait_exponential_jitter(

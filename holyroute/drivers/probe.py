@@ -506,7 +506,7 @@ class HealthChecker:
         self._sleep = sleep if sleep is not None else self._stop.wait
         self._thread: threading.Thread | None = None
         self._lock = new_lock()
-        after_fork_in_child(self, HealthChecker._in_forked_child)
+        after_fork_in_child(self, type(self)._in_forked_child)
 
     @property
     def endpoints(self) -> list[str]:

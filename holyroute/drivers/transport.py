@@ -102,7 +102,8 @@ class Transport(httpx2.BaseTransport):
         self._shadows: ThreadPoolExecutor | None = None
         self._shadows_pending = 0
         self._shadows_lock = new_lock()
-        after_fork_in_child(self, Transport._in_forked_child)
+        self._closed = False
+        after_fork_in_child(self, type(self)._in_forked_child)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         begun = _begin(self.router, request)
@@ -122,6 +123,8 @@ class Transport(httpx2.BaseTransport):
     def _in_forked_child(self) -> None:
         """This transport's copy in a forked child (``holyroute.forking``): the shadow pool's threads, and the copies
         they ran or had queued, were the parent's. The child's first shadow copy starts a pool of its own."""
+        if self._closed:  # closed in the parent: its shadow copies stay off in the child
+            return
         self._shadows = None
         self._shadows_pending = 0
 
@@ -214,6 +217,7 @@ class Transport(httpx2.BaseTransport):
                 raise _give_up(request, step)
 
     def close(self) -> None:
+        self._closed = True
         if self._cache is not None:
             self._cache.close()
         if self._checker is not None:

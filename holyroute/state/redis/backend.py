@@ -78,6 +78,9 @@ class RedisBackend:
         self._degrading: BaseException | None = None  # the failure whose switch to local state is under way
         self._down_since: float | None = None
         self._spared_down: dict[str, int] = {}  # endpoint -> requests Grants.spare gave out before degrading
+        # Not holyroute.forking's new_lock: the before-fork hook below holds it across the fork, and the after-fork
+        # hooks release it; re-created in the child first (holyroute.forking's hook runs before these), the release
+        # would raise.
         self._lock = threading.Lock()
         self.wake = threading.Event()
         self.stop = threading.Event()
@@ -201,6 +204,10 @@ class RedisBackend:
         the child's first request (:meth:`_forked`)."""
         self._pid = pid
         self.threads = []
+        for event in (self.wake, self.stop):  # the parent's sync thread takes wake's inner lock at every wait
+            reinit = getattr(event, "_at_fork_reinit", None)  # as threading does for its own events (keeps the flag)
+            if reinit is not None:
+                reinit()
         self.origin = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
         grants = self.grants
         grants.origin, grants.granted, grants.owed, grants.spared = self.origin, {}, {}, {}
