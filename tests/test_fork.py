@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx2
@@ -253,3 +254,74 @@ def test_an_rlock_the_forking_thread_holds_is_still_its_own_in_the_child() -> No
     with held_by_another_thread(others[0]), held_by_another_thread(others[1]), own:
         report = in_a_forked_child(child)
     assert report == {"own": True, "others": [True, True]}
+
+
+class KeepAlive(BaseHTTPRequestHandler):
+    """A local upstream on HTTP/1.1 keep-alive that notes the client port each request came from."""
+
+    protocol_version = "HTTP/1.1"
+    ports: list[int]
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.ports.append(self.client_address[1])
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(ANSWER)))
+        self.end_headers()
+        self.wfile.write(ANSWER)
+
+    def do_GET(self) -> None:  # a health check's probe
+        self.ports.append(self.client_address[1])
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "11")
+        self.end_headers()
+        self.wfile.write(b'{"data":[]}')
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("built_by", ["client", "Transport"])
+def test_the_child_opens_connections_of_its_own(built_by: str) -> None:
+    """The connection pool holyroute built holds the parent's open keep-alive connections: before, the child sent its
+    first call on the parent's socket (the same client port), where an answer can go to either process. Its health
+    checks go through its own pool too."""
+    handler = type("Handler", (KeepAlive,), {"ports": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    cfg = config("a")
+    cfg["endpoints"]["a"]["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    cfg["endpoints"]["a"]["health_check"] = {"interval_s": 60, "timeout_s": 2}
+    if built_by == "client":
+        client = holyroute.client(cfg, log=False)
+    else:
+        client = httpx2.Client(transport=holyroute.Transport(cfg, log=False))
+    try:
+        assert chat(client) == 200
+        assert chat(client) == 200
+
+        transport = client._transport
+        assert isinstance(transport, holyroute.Transport)
+        parents_pool = transport._inner
+        parents = set(handler.ports)  # the connections the parent's pool opened (calls and probes)
+
+        def child(pipe: Any) -> None:
+            statuses = [chat(client), chat(client)]
+            checker = transport._checker
+            assert checker is not None
+            own = transport._inner is not parents_pool and checker._transport is transport._inner
+            pipe.send({"statuses": statuses, "own pool, probed through": own})
+
+        count = len(handler.ports)
+        assert in_a_forked_child(child) == {"statuses": [200, 200], "own pool, probed through": True}
+        childs = set(handler.ports[count:])  # the child's calls and first probe (the parent's next is 60 s away)
+        assert childs
+        assert not childs & parents, "the child's calls go on connections of its own"
+        assert chat(client) == 200
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()

@@ -521,6 +521,10 @@ class HealthChecker:
             self._thread = threading.Thread(target=self._run, name="holyroute-health", daemon=True)
             self._thread.start()
 
+    def use(self, transport: httpx2.BaseTransport) -> None:
+        """Probe through ``transport`` from now on (a forked child's own connection pool)."""
+        self._transport = transport
+
     def _in_forked_child(self) -> None:
         """This checker's copy in a forked child (``holyroute.forking``): its thread was the parent's. One that was
         probing probes again from a thread of the child's own, started on the child's first request (no thread may

@@ -91,7 +91,19 @@ class Transport(httpx2.BaseTransport):
         self.router = _router(config, router, sinks, quality, log=log)
         self._owns_router = router is None  # a router passed in may serve other transports: its owner closes it
         self._inner = transport if transport is not None else httpx2.HTTPTransport(limits=DEFAULT_LIMITS)
+        #: How to build the connection pool again in a forked child, when this transport built it (client() sets
+        #: its own); None for a transport given: the caller's to renew.
+        self._new_pool: Callable[[], httpx2.BaseTransport] | None = (
+            None if transport is not None else functools.partial(httpx2.HTTPTransport, limits=DEFAULT_LIMITS)
+        )
+        self._pool_pid = os.getpid()
         self._sleep = sleep
+        self._shadows: ThreadPoolExecutor | None = None
+        self._shadows_pending = 0
+        self._shadows_lock = new_lock()
+        self._closed = False
+        # Before the health checker's: in a forked child, the pool is renewed before the checker probes again.
+        after_fork_in_child(self, type(self)._in_forked_child)
         self._checker = None
         if self.router.probing:  # active health checks: one background thread, stopped by close()
             from holyroute.drivers.probe import HealthChecker
@@ -99,11 +111,6 @@ class Transport(httpx2.BaseTransport):
             self._checker = HealthChecker(self.router, self._inner)
             self._checker.start()
         self._cache = _response_cache(self.router)
-        self._shadows: ThreadPoolExecutor | None = None
-        self._shadows_pending = 0
-        self._shadows_lock = new_lock()
-        self._closed = False
-        after_fork_in_child(self, type(self)._in_forked_child)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         begun = _begin(self.router, request)
@@ -127,6 +134,21 @@ class Transport(httpx2.BaseTransport):
             return
         self._shadows = None
         self._shadows_pending = 0
+        if self._new_pool is not None:  # the pool's open connections are the parent's sockets
+            self.router.on_next_call(self._renew_pool)
+
+    def _renew_pool(self) -> None:
+        """On a forked child's first request: a connection pool of its own, for its calls and its health checks. The
+        parent's is dropped, not closed (what closing does to a socket both processes hold is the parent's business).
+        Idempotent, as ``Router.on_next_call`` asks: two first requests at once build one pool."""
+        new_pool = self._new_pool
+        with self._shadows_lock:
+            if new_pool is None or self._pool_pid == os.getpid():
+                return
+            self._pool_pid = os.getpid()
+            self._inner = pool = new_pool()
+            if self._checker is not None:
+                self._checker.use(pool)
 
     def _mirror(self, request: httpx2.Request, shadow: Call) -> None:
         """Run the shadow copy on a small background pool; when the pool is saturated or shut down, the copy is
@@ -383,7 +405,10 @@ def client(
     """
     options = _split_options(kwargs, transport)
     inner = transport if transport is not None else httpx2.HTTPTransport(**options)
-    return httpx2.Client(transport=Transport(config, transport=inner, sinks=sinks, log=log), **kwargs)
+    routed = Transport(config, transport=inner, sinks=sinks, log=log)
+    if transport is None:  # the pool is holyroute's: a forked child builds its own, with the same options
+        routed._new_pool = functools.partial(httpx2.HTTPTransport, **options)
+    return httpx2.Client(transport=routed, **kwargs)
 
 
 def async_client(
