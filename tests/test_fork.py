@@ -283,6 +283,92 @@ class KeepAlive(BaseHTTPRequestHandler):
         pass
 
 
+@contextmanager
+def keep_alive_upstream() -> Iterator[tuple[type[KeepAlive], dict[str, Any]]]:
+    """A local keep-alive upstream and a configuration whose endpoint ``a`` is it (with health checks)."""
+    handler = type("Handler", (KeepAlive,), {"ports": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    cfg = config("a")
+    cfg["endpoints"]["a"]["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    cfg["endpoints"]["a"]["health_check"] = {"interval_s": 60, "timeout_s": 2}
+    try:
+        yield handler, cfg
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("first", ["two calls at once", "a streamed upload"])
+def test_no_first_request_of_the_child_goes_out_on_the_parents_connections(first: str) -> None:
+    """Before: the child's pool was renewed by the first routed call alone, so a request made meanwhile (a second
+    thread's) or one holyroute passes through (a streamed upload, what the SDK's files.create sends) went out on its
+    parent's socket."""
+    with keep_alive_upstream() as (handler, cfg):
+        client = holyroute.client(cfg, log=False)
+        upload = f"{cfg['endpoints']['a']['base_url']}/files"
+        try:
+            assert chat(client) == 200
+            parents = set(handler.ports)
+            count = len(handler.ports)
+
+            def child(pipe: Any) -> None:
+                if first == "a streamed upload":
+                    sent = client.post(upload, files={"file": ("x.jsonl", b"{}")})
+                    statuses = [sent.status_code, chat(client)]
+                else:
+                    results: list[int] = []
+                    threads = [threading.Thread(target=lambda: results.append(chat(client))) for _ in range(2)]
+                    for thread in threads:
+                        thread.start()
+                    for thread in threads:
+                        thread.join(5)
+                    statuses = sorted(results)
+                pipe.send({"statuses": statuses})
+
+            assert in_a_forked_child(child) == {"statuses": [200, 200]}
+            childs = set(handler.ports[count:])
+            assert childs
+            assert not childs & parents, "the child's requests go on connections of its own"
+        finally:
+            client.close()
+
+
+def test_a_pool_the_child_cannot_build_leaves_it_on_its_parents_and_says_so() -> None:
+    """A pool that cannot be built in the child (a CA or client-certificate file gone since the client was built, say):
+    the child goes on with its parent's pool, as before this was renewed, with one event naming the problem; no call
+    fails."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    with keep_alive_upstream() as (_, cfg):
+        client = holyroute.client(cfg, log=False, sinks=[lambda name, fields: events.append((name, fields))])
+        transport = client._transport
+        assert isinstance(transport, holyroute.Transport)
+
+        def gone() -> httpx2.BaseTransport:
+            raise FileNotFoundError(2, "No such file or directory", "/etc/holyroute/client.pem")
+
+        transport._new_pool = gone
+        try:
+            assert chat(client) == 200
+
+            def child(pipe: Any) -> None:
+                statuses = [chat(client), chat(client)]
+                failed = [fields for name, fields in events if name == "holyroute.pool_renew_failed"]
+                pipe.send({"statuses": statuses, "failed": failed})
+
+            report = in_a_forked_child(child)
+        finally:
+            client.close()
+    assert report["statuses"] == [200, 200]
+    assert report["failed"] == [
+        {
+            "error": "FileNotFoundError",
+            "reason": "a forked process could not build a connection pool of its own; it uses its parent's",
+        }
+    ]
+
+
 @pytest.mark.parametrize("built_by", ["client", "Transport"])
 def test_the_child_opens_connections_of_its_own(built_by: str) -> None:
     """The connection pool holyroute built holds the parent's open keep-alive connections: before, the child sent its

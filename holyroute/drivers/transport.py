@@ -96,7 +96,8 @@ class Transport(httpx2.BaseTransport):
         self._new_pool: Callable[[], httpx2.BaseTransport] | None = (
             None if transport is not None else functools.partial(httpx2.HTTPTransport, limits=DEFAULT_LIMITS)
         )
-        self._pool_pid = os.getpid()
+        self._forked = False  # a forked child's copy, still on its parent's pool (see _renew_pool)
+        self._pool_lock = new_lock()
         self._sleep = sleep
         self._shadows: ThreadPoolExecutor | None = None
         self._shadows_pending = 0
@@ -113,6 +114,8 @@ class Transport(httpx2.BaseTransport):
         self._cache = _response_cache(self.router)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if self._forked:  # a forked child's first requests, whatever they are: a pool of its own first
+            self._renew_pool()
         begun = _begin(self.router, request)
         if begun is None:
             return self._inner.handle_request(request)
@@ -134,21 +137,30 @@ class Transport(httpx2.BaseTransport):
             return
         self._shadows = None
         self._shadows_pending = 0
-        if self._new_pool is not None:  # the pool's open connections are the parent's sockets
-            self.router.on_next_call(self._renew_pool)
+        # The pool's open connections are the parent's sockets: the child's first request builds one of its own.
+        self._forked = self._new_pool is not None
 
     def _renew_pool(self) -> None:
-        """On a forked child's first request: a connection pool of its own, for its calls and its health checks. The
-        parent's is dropped, not closed (what closing does to a socket both processes hold is the parent's business).
-        Idempotent, as ``Router.on_next_call`` asks: two first requests at once build one pool."""
-        new_pool = self._new_pool
-        with self._shadows_lock:
-            if new_pool is None or self._pool_pid == os.getpid():
+        """A forked child's connection pool of its own, for its calls and its health checks, built by its first
+        request; requests made meanwhile wait for it. The parent's is dropped, not closed (closing takes a lock of the
+        pool's that a parent's thread may have held, and what happens to a socket both processes hold is the
+        parent's business). A pool that cannot be built (a certificate file gone since) leaves the child on its
+        parent's, as before, with one ``holyroute.pool_renew_failed``."""
+        with self._pool_lock:
+            new_pool = self._new_pool
+            if not self._forked or new_pool is None:
                 return
-            self._pool_pid = os.getpid()
-            self._inner = pool = new_pool()
+            try:
+                pool = new_pool()
+            except Exception as exc:
+                self._forked = False
+                reason = "a forked process could not build a connection pool of its own; it uses its parent's"
+                self.router.emit("holyroute.pool_renew_failed", {"error": type(exc).__name__, "reason": reason})
+                return
+            self._inner = pool
             if self._checker is not None:
                 self._checker.use(pool)
+            self._forked = False
 
     def _mirror(self, request: httpx2.Request, shadow: Call) -> None:
         """Run the shadow copy on a small background pool; when the pool is saturated or shut down, the copy is
@@ -248,7 +260,8 @@ class Transport(httpx2.BaseTransport):
             self._shadows.shutdown(wait=False, cancel_futures=True)
         if self._owns_router:
             self.router.close()
-        self._inner.close()
+        if not self._forked:  # a forked child's inherited pool is its parent's to close (see _renew_pool)
+            self._inner.close()
 
 
 class AsyncTransport(httpx2.AsyncBaseTransport):

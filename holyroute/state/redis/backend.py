@@ -204,10 +204,9 @@ class RedisBackend:
         the child's first request (:meth:`_forked`)."""
         self._pid = pid
         self.threads = []
-        for event in (self.wake, self.stop):  # the parent's sync thread takes wake's inner lock at every wait
-            reinit = getattr(event, "_at_fork_reinit", None)  # as threading does for its own events (keeps the flag)
-            if reinit is not None:
-                reinit()
+        # New events with the same flags: the parent's sync thread takes wake's inner lock at every wait, and a copy
+        # of it held there is held for good (read through the backend by every thread, so replacing them is enough).
+        self.wake, self.stop = _renewed(self.wake), _renewed(self.stop)
         self.origin = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
         grants = self.grants
         grants.origin, grants.granted, grants.owed, grants.spared = self.origin, {}, {}, {}
@@ -560,7 +559,17 @@ class _Stranded(Exception):
 
 #: The backends whose threads run in this process (changed and read under _FORK_LOCK).
 _RUNNING: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
+
+
 #: One fork at a time through the hooks below: two threads forking at once would release each other's holds.
+def _renewed(event: threading.Event) -> threading.Event:
+    """A new event, set if ``event`` is."""
+    fresh = threading.Event()
+    if event.is_set():
+        fresh.set()
+    return fresh
+
+
 _FORK_LOCK = threading.Lock()
 #: The backends whose locks the forking thread holds, between the hooks before and after a fork.
 _HELD: list[RedisBackend] = []
