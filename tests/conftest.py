@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,3 +193,48 @@ def _own_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     """Every test runs in a directory of its own: the CLI reads ./holyroute.yaml when no --config is given, and the
     README's first command (holyroute demo) leaves one in the checkout the second command runs the suite from."""
     monkeypatch.chdir(tmp_path)
+
+
+@contextmanager
+def held_by_another_thread(lock: Any) -> Iterator[None]:
+    """``lock`` (a lock, or a condition) held by a thread of this process for the duration of the block, so across
+    a fork made in it: the state a forked child inherits a lock in when its holder was busy."""
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert taken.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(5)
+
+
+def forked(target: Callable[..., None], *args: Any, within_s: float = 10) -> tuple[dict[str, Any], int, float]:
+    """Fork, run ``target(*args, pipe)`` in the child, and give what it sent through the pipe, its pid and how long
+    the fork took (``Process.start``). It must report within ``within_s`` (a child that hangs on an inherited lock
+    does not) and exit 0; one still running after that is killed."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=target, args=(*args, sender), daemon=True)
+    started = time.monotonic()
+    try:
+        child.start()
+        forked_s = time.monotonic() - started
+        sender.close()
+        assert receiver.poll(within_s), f"the forked child did not report within {within_s:g} s: it hung"
+        report: dict[str, Any] = receiver.recv()
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join(5)
+    assert child.exitcode == 0, report
+    assert child.pid is not None
+    return report, child.pid, forked_s

@@ -26,6 +26,8 @@ import holyroute
 from holyroute.core.call import Router
 from holyroute.forking import new_lock, new_rlock
 
+from .conftest import forked, held_by_another_thread
+
 pytestmark = [
     pytest.mark.skipif(not hasattr(multiprocessing, "get_context"), reason="no multiprocessing"),
     # Python 3.12+ warns that forking a threaded process may deadlock: that is the scenario under test.
@@ -67,42 +69,8 @@ def chat(client: httpx2.Client) -> int:
 
 
 def in_a_forked_child(target: Callable[[Any], None]) -> dict[str, Any]:
-    """Fork, run ``target(pipe)`` in the child and return what it sent; it must report within 10 s and exit 0."""
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=target, args=(sender,), daemon=True)
-    try:
-        child.start()
-        sender.close()
-        assert receiver.poll(10), "the forked child did not report within 10 s: it hung"
-        report: dict[str, Any] = receiver.recv()
-    finally:
-        child.join(10)
-        if child.is_alive():
-            child.kill()
-            child.join(5)
-    assert child.exitcode == 0, report
-    return report
-
-
-@contextmanager
-def held_by_another_thread(lock: Any) -> Iterator[None]:
-    """``lock`` held by a thread of this process for the duration of the block (so across a fork made in it)."""
-    taken, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            taken.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    assert taken.wait(5)
-    try:
-        yield
-    finally:
-        release.set()
-        thread.join(5)
+    """Fork, run ``target(pipe)`` in the child and return what it sent (:func:`tests.conftest.forked`, within 10 s)."""
+    return forked(target)[0]
 
 
 def locks_of(router: Router) -> dict[str, Any]:
@@ -374,40 +342,32 @@ def test_the_child_opens_connections_of_its_own(built_by: str) -> None:
     """The connection pool holyroute built holds the parent's open keep-alive connections: before, the child sent its
     first call on the parent's socket (the same client port), where an answer can go to either process. Its health
     checks go through its own pool too."""
-    handler = type("Handler", (KeepAlive,), {"ports": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    serving = threading.Thread(target=server.serve_forever, daemon=True)
-    serving.start()
-    cfg = config("a")
-    cfg["endpoints"]["a"]["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    cfg["endpoints"]["a"]["health_check"] = {"interval_s": 60, "timeout_s": 2}
-    if built_by == "client":
-        client = holyroute.client(cfg, log=False)
-    else:
-        client = httpx2.Client(transport=holyroute.Transport(cfg, log=False))
-    try:
-        assert chat(client) == 200
-        assert chat(client) == 200
+    with keep_alive_upstream() as (handler, cfg):
+        if built_by == "client":
+            client = holyroute.client(cfg, log=False)
+        else:
+            client = httpx2.Client(transport=holyroute.Transport(cfg, log=False))
+        try:
+            assert chat(client) == 200
+            assert chat(client) == 200
 
-        transport = client._transport
-        assert isinstance(transport, holyroute.Transport)
-        parents_pool = transport._inner
-        parents = set(handler.ports)  # the connections the parent's pool opened (calls and probes)
+            transport = client._transport
+            assert isinstance(transport, holyroute.Transport)
+            parents_pool = transport._inner
+            parents = set(handler.ports)  # the connections the parent's pool opened (calls and probes)
 
-        def child(pipe: Any) -> None:
-            statuses = [chat(client), chat(client)]
-            checker = transport._checker
-            assert checker is not None
-            own = transport._inner is not parents_pool and checker._transport is transport._inner
-            pipe.send({"statuses": statuses, "own pool, probed through": own})
+            def child(pipe: Any) -> None:
+                statuses = [chat(client), chat(client)]
+                checker = transport._checker
+                assert checker is not None
+                own = transport._inner is not parents_pool and checker._transport is transport._inner
+                pipe.send({"statuses": statuses, "own pool, probed through": own})
 
-        count = len(handler.ports)
-        assert in_a_forked_child(child) == {"statuses": [200, 200], "own pool, probed through": True}
-        childs = set(handler.ports[count:])  # the child's calls and first probe (the parent's next is 60 s away)
-        assert childs
-        assert not childs & parents, "the child's calls go on connections of its own"
-        assert chat(client) == 200
-    finally:
-        client.close()
-        server.shutdown()
-        server.server_close()
+            count = len(handler.ports)
+            assert in_a_forked_child(child) == {"statuses": [200, 200], "own pool, probed through": True}
+            childs = set(handler.ports[count:])  # the child's calls and first probe (the parent's next is 60 s away)
+            assert childs
+            assert not childs & parents, "the child's calls go on connections of its own"
+            assert chat(client) == 200
+        finally:
+            client.close()

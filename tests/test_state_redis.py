@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
@@ -45,6 +44,8 @@ from holyroute.state.base import HealthChange, period_key
 from holyroute.state.redis.backend import RedisBackend
 from holyroute.state.redis.payloads import Keys
 from holyroute.testing import FakeUpstream, Reply
+
+from .conftest import forked, held_by_another_thread
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 NOWHERE = "http://127.0.0.1:9/v1"  # the SDK's own base_url: routed calls never go there
@@ -1552,25 +1553,8 @@ def _publishing_child(client: Client, results: Any) -> None:
 
 
 def in_a_forked_child(client: Client, target: Callable[[Client, Any], None]) -> tuple[dict[str, Any], int, float]:
-    """Fork, run ``target(client, pipe)`` in the child, and give what it sent, its pid and how long the fork took
-    (``Process.start``); it must report within 20 s and exit 0."""
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=target, args=(client, sender), daemon=True)
-    started = time.monotonic()
-    try:
-        child.start()
-        forked_s = time.monotonic() - started
-        sender.close()
-        assert receiver.poll(20), "the forked child did not report within 20 s (hung on an inherited lock?)"
-        report: dict[str, Any] = receiver.recv()
-    finally:
-        child.join(10)
-        if child.is_alive():
-            child.kill()
-    assert child.exitcode == 0
-    assert child.pid is not None
-    return report, child.pid, forked_s
+    """Fork, run ``target(client, pipe)`` in the child (:func:`tests.conftest.forked`, within 20 s)."""
+    return forked(target, client, within_s=20)
 
 
 class TestFork:
@@ -1688,21 +1672,8 @@ class TestFork:
         parent.chat()
         backend = parent.router.state
         assert isinstance(backend, RedisBackend)
-        holding, release = threading.Event(), threading.Event()
-
-        def holder() -> None:
-            with backend.wake._cond:  # type: ignore[attr-defined]  # what Event.wait() holds for a moment
-                holding.set()
-                release.wait(30.0)
-
-        thread = threading.Thread(target=holder, daemon=True)
-        thread.start()
-        assert holding.wait(5.0)
-        try:
+        with held_by_another_thread(backend.wake._cond):  # type: ignore[attr-defined]  # what Event.wait() takes
             report, _, _ = in_a_forked_child(parent, _publishing_child)
-        finally:
-            release.set()
-            thread.join(5.0)
         assert sorted(report["threads"]) == ["holyroute-state-listen", "holyroute-state-sync"]
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
@@ -1710,21 +1681,8 @@ class TestFork:
         """A parent's thread holds the leases' lock as the process forks: the child, which never routes, does not
         hang inside the fork on it (it did when the child dropped its inherited leases there)."""
         client, backend = one_limited_router(prefix, deployment)
-        holding, release = threading.Event(), threading.Event()
-
-        def holder() -> None:
-            with backend.leases._lock:
-                holding.set()
-                release.wait(5.0)
-
-        thread = threading.Thread(target=holder, daemon=True)
-        thread.start()
-        assert holding.wait(5.0)
-        try:
+        with held_by_another_thread(backend.leases._lock):
             report, _, _ = in_a_forked_child(client, _idle_child)
-        finally:
-            release.set()
-            thread.join(5.0)
         assert report == {"threads": []}
 
     @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
