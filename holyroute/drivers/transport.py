@@ -103,7 +103,8 @@ class Transport(httpx2.BaseTransport):
         self._shadows_pending = 0
         self._shadows_lock = new_lock()
         self._closed = False
-        # Before the health checker's: in a forked child, the pool is renewed before the checker probes again.
+        # In a forked child the pool is renewed at the top of handle_request, before _begin runs the work that
+        # starts the health checker again (Router.on_next_call): its first probe goes through the new pool.
         after_fork_in_child(self, type(self)._in_forked_child)
         self._checker = None
         if self.router.probing:  # active health checks: one background thread, stopped by close()
@@ -146,21 +147,21 @@ class Transport(httpx2.BaseTransport):
         pool's that a parent's thread may have held, and what happens to a socket both processes hold is the
         parent's business). A pool that cannot be built (a certificate file gone since) leaves the child on its
         parent's, as before, with one ``holyroute.pool_renew_failed``."""
+        failed: Exception | None = None
         with self._pool_lock:
             new_pool = self._new_pool
             if not self._forked or new_pool is None:
                 return
             try:
-                pool = new_pool()
+                self._inner = pool = new_pool()
+                if self._checker is not None:
+                    self._checker.use(pool)
             except Exception as exc:
-                self._forked = False
-                reason = "a forked process could not build a connection pool of its own; it uses its parent's"
-                self.router.emit("holyroute.pool_renew_failed", {"error": type(exc).__name__, "reason": reason})
-                return
-            self._inner = pool
-            if self._checker is not None:
-                self._checker.use(pool)
+                failed = exc
             self._forked = False
+        if failed is not None:  # emitted outside the lock: no sink runs while holyroute holds a plain lock
+            reason = "a forked process could not build a connection pool of its own; it uses its parent's"
+            self.router.emit("holyroute.pool_renew_failed", {"error": type(failed).__name__, "reason": reason})
 
     def _mirror(self, request: httpx2.Request, shadow: Call) -> None:
         """Run the shadow copy on a small background pool; when the pool is saturated or shut down, the copy is

@@ -561,7 +561,6 @@ class _Stranded(Exception):
 _RUNNING: weakref.WeakSet[RedisBackend] = weakref.WeakSet()
 
 
-#: One fork at a time through the hooks below: two threads forking at once would release each other's holds.
 def _renewed(event: threading.Event) -> threading.Event:
     """A new event, set if ``event`` is."""
     fresh = threading.Event()
@@ -570,6 +569,7 @@ def _renewed(event: threading.Event) -> threading.Event:
     return fresh
 
 
+#: One fork at a time through the hooks below: two threads forking at once would release each other's holds.
 _FORK_LOCK = threading.Lock()
 #: The backends whose locks the forking thread holds, between the hooks before and after a fork.
 _HELD: list[RedisBackend] = []
