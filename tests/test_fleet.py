@@ -204,7 +204,7 @@ class TestCluster:
     """On Redis Cluster (``redis+cluster://``) every feature works as on one server, its keys over the masters."""
 
     def test_every_feature_with_keys_spread_over_the_masters(
-        self, cluster: Cluster, tmp_path: Path, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+        self, cluster: Cluster, tmp_path: Path, deployment: Deployment, measured: Callable[[str], None]
     ) -> None:
         """Health, rpm and tpm limits with leases, rollout state and measurements, and spend, across two routers."""
         prefix = "feat"
@@ -290,11 +290,10 @@ class TestCluster:
         assert {"health", "members", "spend", "limits:limited", "limits:tokens", "rollout:canary"} <= tags
         masters = {cluster.master_of(key) for key in found}
         assert len(masters) >= 2, f"every key on one master: {found}"
-        with capsys.disabled():
-            print(
-                f"\ncluster features: {len(found)} keys, {len(tags)} hash tags over masters "
-                f"{sorted(masters)} of {cluster.master_ports()}"
-            )
+        measured(
+            f"cluster features: {len(found)} keys, {len(tags)} hash tags over masters "
+            f"{sorted(masters)} of {cluster.master_ports()}"
+        )
 
     def test_async_routers_share_rpm_on_a_cluster(self, cluster: Cluster, deployment: Deployment) -> None:
         """The asyncio grant path (a ``redis.asyncio`` cluster client): rpm 4 across two AsyncOpenAI clients."""
@@ -421,7 +420,7 @@ def through_failover(
     promoted: Callable[[], bool],
     inspect: Callable[[], redis.Redis | redis.cluster.RedisCluster],
     label: str,
-    capsys: pytest.CaptureFixture[str],
+    measured: Callable[[str], None],
     must_notice: bool,
     episodes: int = 1,
     converged: Callable[[], bool] = lambda: True,
@@ -482,17 +481,16 @@ def through_failover(
     costs = [float(e["cost_usd"]) for e in named(logs, "holyroute.request") if e.get("route") == "chat"]
     degraded_events, restored_events = named(logs, "holyroute.state_degraded"), named(logs, "holyroute.state_restored")
     seen = [f"{1000 * (at - killed):.0f} ms" if at else "never" for at in noticed.at]
-    with capsys.disabled():
-        print(
-            f"\n{label}: {len(outcomes)} calls, {len(failed(outcomes))} failed; the routers noticed {seen} after the "
-            f"failure began; the new master took over {took_over - killed:.2f} s after it; B followed A's abort "
-            f"(written {aborted - killed:.2f} s in) {1000 * followed:.0f} ms after that; back on Redis "
-            f"{[f'{1000 * (at - took_over):.0f} ms' for at in noticed.back if at]} after it ({len(degraded_events)} "
-            f"degraded, {len(restored_events)} restored events, down_s {[e['down_s'] for e in restored_events]}); "
-            f"spend {in_redis:.6f} in Redis, {sum(costs):.6f} counted by the routers; shared rpm {RPM}: "
-            f"{len(arrivals)} calls in {ended - emptied:.1f} s = {len(arrivals) / (ended - emptied):.2f}/s (limit "
-            f"{RPM / 60:g}/s), at most {over:.1f} above the limit's line (a lease is {RPM // 100})"
-        )
+    measured(
+        f"{label}: {len(outcomes)} calls, {len(failed(outcomes))} failed; the routers noticed {seen} after the "
+        f"failure began; the new master took over {took_over - killed:.2f} s after it; B followed A's abort "
+        f"(written {aborted - killed:.2f} s in) {1000 * followed:.0f} ms after that; back on Redis "
+        f"{[f'{1000 * (at - took_over):.0f} ms' for at in noticed.back if at]} after it ({len(degraded_events)} "
+        f"degraded, {len(restored_events)} restored events, down_s {[e['down_s'] for e in restored_events]}); "
+        f"spend {in_redis:.6f} in Redis, {sum(costs):.6f} counted by the routers; shared rpm {RPM}: "
+        f"{len(arrivals)} calls in {ended - emptied:.1f} s = {len(arrivals) / (ended - emptied):.2f}/s (limit "
+        f"{RPM / 60:g}/s), at most {over:.1f} above the limit's line (a lease is {RPM // 100})"
+    )
     assert failed(outcomes) == []
     # Within a lease: the first router back from the outage holds the others' presumed local use out of the refilled
     # bucket (it once took it again: 11 above the line, ~1 run in 15; see test_redis_parts, "first process back").
@@ -542,7 +540,7 @@ class Noticed:
 class TestClusterFailover:
     """A cluster master is killed while routers call; a replica takes its slots over."""
 
-    def test_a_master_killed(self, tmp_path: Path, deployment: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_a_master_killed(self, tmp_path: Path, deployment: Deployment, measured: Callable[[str], None]) -> None:
         """The master holding the rollout's state (and so where A's abort must go) dies with SIGKILL."""
         made = Cluster(tmp_path / "cluster")
         with running(made):
@@ -555,7 +553,7 @@ class TestClusterFailover:
                 promoted=lambda: made.promoted(victim),
                 inspect=made.client,
                 label=f"cluster failover (master {victim} killed)",
-                capsys=capsys,
+                measured=measured,
                 must_notice=True,
             )
 
@@ -571,7 +569,7 @@ class TestSentinelFailover:
         ],
     )
     def test_sentinel_failover(
-        self, settings: tuple[str, ...], tmp_path: Path, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+        self, settings: tuple[str, ...], tmp_path: Path, deployment: Deployment, measured: Callable[[str], None]
     ) -> None:
         """A master with two replicas, Redis's defaults or refusing writes without a replica (then the old master
         refuses what it would take after the promotion and drop, and the new one refuses writes until the other
@@ -588,7 +586,7 @@ class TestSentinelFailover:
                 inspect=lambda: redis.Redis(port=made.master(), socket_timeout=2),
                 converged=lambda: made.agree(made.master()),
                 label=f"sentinel failover (SENTINEL FAILOVER, {' '.join(settings) or 'defaults'})",
-                capsys=capsys,
+                measured=measured,
                 must_notice=False,  # the old master drops its clients: they may reconnect to the new one unharmed
                 # With min-replicas-to-write a router may see two short outages: its connection to the old master
                 # dropped as it is demoted, then the new master refusing writes until the other replica follows it.
@@ -700,7 +698,7 @@ class TestFleetSoak:
     KILL_AT_S = 8.0
 
     def test_a_master_killed_mid_soak(
-        self, tmp_path: Path, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+        self, tmp_path: Path, deployment: Deployment, measured: Callable[[str], None]
     ) -> None:
         from tests.test_workers import Workers, follow_lag
 
@@ -768,20 +766,19 @@ class TestFleetSoak:
         restored = [result["events"].get("holyroute.state_restored", 0) for result in results]
         noticed = [result["first"].get("holyroute.state_degraded", float("nan")) - killed for result in results]
         back = [result["first"].get("holyroute.state_restored", float("nan")) - took_over for result in results]
-        with capsys.disabled():
-            print(
-                f"\nfleet soak: {self.WORKERS} workers, {len(calls)} calls ({len(errors)} failed); shared rpm "
-                f"{self.RPM}: {len(counted)} calls in {until - emptied:.1f} s = {measured_rate:.3f}/s (limit "
-                f"{rate:g}/s, {100 * (measured_rate / rate - 1):+.2f}%), at most {over:.1f} above the limit's line "
-                f"(a lease is {self.LEASE}); master {victim} killed at +{killed - (until - self.SOAK_S):.1f} s, "
-                f"replica took over {took_over - killed:.2f} s later; workers noticed in "
-                f"{1000 * min(noticed):.0f}-{1000 * max(noticed):.0f} ms, back on Redis "
-                f"{1000 * min(back):.0f}-{1000 * max(back):.0f} ms after the takeover; abort (written by worker 1 "
-                f"{results[0]['aborted'][0] - killed:.2f} s after the kill) followed by every worker "
-                f"{1000 * max(lags):.0f} ms after the takeover at the latest (every call served by the stable arm "
-                f"{1000 * max(served_lags):.0f} ms after it); spend {in_redis:.6f} USD in Redis, "
-                f"{own:.6f} counted by the workers; degraded/restored events per worker {set(degraded)}/{set(restored)}"
-            )
+        measured(
+            f"fleet soak: {self.WORKERS} workers, {len(calls)} calls ({len(errors)} failed); shared rpm "
+            f"{self.RPM}: {len(counted)} calls in {until - emptied:.1f} s = {measured_rate:.3f}/s (limit "
+            f"{rate:g}/s, {100 * (measured_rate / rate - 1):+.2f}%), at most {over:.1f} above the limit's line "
+            f"(a lease is {self.LEASE}); master {victim} killed at +{killed - (until - self.SOAK_S):.1f} s, "
+            f"replica took over {took_over - killed:.2f} s later; workers noticed in "
+            f"{1000 * min(noticed):.0f}-{1000 * max(noticed):.0f} ms, back on Redis "
+            f"{1000 * min(back):.0f}-{1000 * max(back):.0f} ms after the takeover; abort (written by worker 1 "
+            f"{results[0]['aborted'][0] - killed:.2f} s after the kill) followed by every worker "
+            f"{1000 * max(lags):.0f} ms after the takeover at the latest (every call served by the stable arm "
+            f"{1000 * max(served_lags):.0f} ms after it); spend {in_redis:.6f} USD in Redis, "
+            f"{own:.6f} counted by the workers; degraded/restored events per worker {set(degraded)}/{set(restored)}"
+        )
         assert errors == []
         assert measured_rate == pytest.approx(rate, rel=0.02)
         assert over <= self.LEASE + 1, "never above the limit by more than one lease"

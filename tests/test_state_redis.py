@@ -350,7 +350,7 @@ class TestSharedCooldown:
     """A 429 seen by one router cools the endpoint down in every router sharing the prefix."""
 
     def test_other_routers_and_a_late_joiner_avoid_the_cooled_endpoint(
-        self, prefix: str, store: redis.Redis, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+        self, prefix: str, store: redis.Redis, deployment: Deployment, measured: Callable[[str], None]
     ) -> None:
         """After A's 429 from `a` (retry-after 5), B and a router built later send to `b` only."""
         a, b = deployment.upstream("a"), deployment.upstream("b")
@@ -384,11 +384,10 @@ class TestSharedCooldown:
         assert None not in deadlines
         ends = [cooldown.until for cooldown in deadlines if cooldown is not None]
         assert max(ends) - min(ends) < 0.05, ends
-        with capsys.disabled():
-            print(
-                f"\nshared cooldown (in process): B knew of A's 429 {1000 * propagated:.1f} ms after `a` received the "
-                f"request it answered with it; a router built afterwards knew {1000 * learnt:.1f} ms after construction"
-            )
+        measured(
+            f"shared cooldown (in process): B knew of A's 429 {1000 * propagated:.1f} ms after `a` received the "
+            f"request it answered with it; a router built afterwards knew {1000 * learnt:.1f} ms after construction"
+        )
         assert sent_by(a) == {"A": 1, "B": 1}, "nothing more reached `a` while it cooled down"
         assert sent_by(b) == {"A": 4, "B": 3, "C": 3}
 
@@ -427,7 +426,7 @@ class TestSharedEjection:
     """Ejections, restorations and exhausted quota made by one router hold in every router."""
 
     def test_ejection_then_restoration(
-        self, prefix: str, store: redis.Redis, deployment: Deployment, capsys: pytest.CaptureFixture[str]
+        self, prefix: str, store: redis.Redis, deployment: Deployment, measured: Callable[[str], None]
     ) -> None:
         """A ejects `a` after two 503s; B stops sending to it; A's successful trial restores it in B too."""
         a, b = deployment.upstream("a"), deployment.upstream("b")
@@ -465,11 +464,10 @@ class TestSharedEjection:
         two.chat()
         assert sent_by(a) == {"A": 3, "B": 1}
         assert two.router.health.ejected("a", two.now()) is None, "one 503 after a restoration does not eject"
-        with capsys.disabled():
-            print(
-                f"\nshared ejection: B knew of it {1000 * propagated:.1f} ms after `a` received the second failing "
-                f"request; B applied A's restoration {1000 * restored:.1f} ms after `a` received the trial"
-            )
+        measured(
+            f"shared ejection: B knew of it {1000 * propagated:.1f} ms after `a` received the second failing "
+            f"request; B applied A's restoration {1000 * restored:.1f} ms after `a` received the trial"
+        )
 
     def test_insufficient_quota(self, prefix: str, store: redis.Redis, deployment: Deployment) -> None:
         """A's `insufficient_quota` takes `a` out of B's rotation; the hash lives as long as the quota ejection."""
@@ -960,6 +958,8 @@ class TestRollout:
         tmp_path: Path,
         deployment: Deployment,
         capsys: pytest.CaptureFixture[str],
+        *,
+        measured: Callable[[str], None],
     ) -> None:
         """24 calls at 50% counted once each in `status --json`; promote then abort reach both routers in 1 s."""
         main = deployment.upstream("main")
@@ -1010,15 +1010,14 @@ class TestRollout:
                 assert lags[command][1] < 1.0, f"both routers followed {command} within 1 s of the CLI starting"
                 assert {c.chat() for c in pair for _ in range(3)} == {model}
         capsys.readouterr()
-        with capsys.disabled():
-            print(
-                f"\nrollout (in process): status counted {dict(served)} from two routers; "
-                + "; ".join(
-                    f"{command}: the CLI ran {1000 * ran:.0f} ms, both routers followed {1000 * lag:.0f} ms after it "
-                    "started"
-                    for command, (ran, lag) in lags.items()
-                )
+        measured(
+            f"rollout (in process): status counted {dict(served)} from two routers; "
+            + "; ".join(
+                f"{command}: the CLI ran {1000 * ran:.0f} ms, both routers followed {1000 * lag:.0f} ms after it "
+                "started"
+                for command, (ran, lag) in lags.items()
             )
+        )
 
 
 class TestSharedSpend:
@@ -1180,7 +1179,7 @@ class TestRedisRestart:
         self,
         redis_server: RedisServer,
         deployment: Deployment,
-        capsys: pytest.CaptureFixture[str],
+        measured: Callable[[str], None],
     ) -> None:
         """No call fails; one degraded and one restored event; what was learnt meanwhile is pushed on return."""
         limited, backup, main = (
@@ -1213,9 +1212,9 @@ class TestRedisRestart:
             try:
                 assert inspect.exists(keys.limits("limited")), "the rpm bucket is shared while Redis is up"
                 window = engine.state.window
-                measured = [keys.measurements("canary", window, arm) for arm in (STABLE, CANDIDATE)]
+                measurement_keys = [keys.measurements("canary", window, arm) for arm in (STABLE, CANDIDATE)]
                 wait_until(
-                    lambda: sum(int(inspect.hget(key, "calls") or 0) for key in measured) == 5,
+                    lambda: sum(int(inspect.hget(key, "calls") or 0) for key in measurement_keys) == 5,
                     2.0,
                     "the canary's measurements in Redis",
                 )
@@ -1257,7 +1256,7 @@ class TestRedisRestart:
         try:
             cooldown = inspect.hget(keys.health, f"c|limited|{MODEL}")
             spend = [float(inspect.hget(key, "route:chat") or 0) for key in inspect.scan_iter(f"{prefix}:{{spend}}:*")]
-            outage_measured = sum(int(inspect.hget(key, "calls") or 0) for key in measured)
+            outage_measured = sum(int(inspect.hget(key, "calls") or 0) for key in measurement_keys)
         finally:
             inspect.close()
         assert cooldown is not None, "the cooldown made during the outage was pushed to Redis"
@@ -1270,13 +1269,12 @@ class TestRedisRestart:
         [restored] = named(logs, "holyroute.state_restored")
         assert [e["outcome"] for e in named(logs, "holyroute.request")] == ["ok"] * calls
         assert client.router.health.shared_limits, "back on the shared rpm bucket"
-        with capsys.disabled():
-            print(
-                f"\nredis restart: {calls} calls, none failed; degraded {1000 * degraded_after:.0f} ms after "
-                "redis-server exited, "
-                f"restored {1000 * restored_after:.0f} ms after the restart (down_s {restored['down_s']}); "
-                f"{restored['reason']}"
-            )
+        measured(
+            f"redis restart: {calls} calls, none failed; degraded {1000 * degraded_after:.0f} ms after "
+            "redis-server exited, "
+            f"restored {1000 * restored_after:.0f} ms after the restart (down_s {restored['down_s']}); "
+            f"{restored['reason']}"
+        )
 
     def test_rollout_state_survives_an_empty_restart(
         self, redis_server: RedisServer, tmp_path: Path, deployment: Deployment

@@ -221,7 +221,7 @@ class TestSharedCooldown:
     """A 429 seen by one worker process cools the endpoint down in every other worker within 100 ms."""
 
     def test_other_workers_stop_sending_to_the_cooled_endpoint(
-        self, prefix: str, tmp_path: Path, workers: Workers, capsys: pytest.CaptureFixture[str]
+        self, prefix: str, tmp_path: Path, workers: Workers, measured: Callable[[str], None]
     ) -> None:
         """Three workers send nothing to `a` later than 100 ms after the 429 and keep succeeding through `b`."""
         with FakeUpstream("a") as a, FakeUpstream("b") as b:
@@ -276,13 +276,12 @@ class TestSharedCooldown:
             n: min(r.received_at for r in at_b if worker_of(r) == n and r.received_at > served) - served for n in others
         }
         through_b = {n: sum(served + 0.1 < r.received_at < window and worker_of(r) == n for r in at_b) for n in others}
-        with capsys.disabled():
-            print(
-                f"\nshared cooldown: worker {by} got the 429; other workers' last request to a at "
-                f"{', '.join(f'{1000 * (t - served):+.1f}' for t in last_at_a.values())} ms, first to b at "
-                f"{', '.join(f'{1000 * s:+.1f}' for s in first_at_b.values())} ms after it; "
-                f"calls through b after it: {through_b}; calls per worker: {[len(r['calls']) for r in results]}"
-            )
+        measured(
+            f"shared cooldown: worker {by} got the 429; other workers' last request to a at "
+            f"{', '.join(f'{1000 * (t - served):+.1f}' for t in last_at_a.values())} ms, first to b at "
+            f"{', '.join(f'{1000 * s:+.1f}' for s in first_at_b.values())} ms after it; "
+            f"calls through b after it: {through_b}; calls per worker: {[len(r['calls']) for r in results]}"
+        )
         assert late == [], "no other worker sends to a more than 100 ms after the 429"
         assert own == [], "the worker that got the 429 never sends to a again while it cools down"
         assert all(count >= 30 for count in through_b.values()), through_b
@@ -296,7 +295,7 @@ class TestSharedRpm:
     DURATION_S = 12.0
 
     def test_four_processes_share_one_bucket(
-        self, prefix: str, tmp_path: Path, workers: Workers, capsys: pytest.CaptureFixture[str]
+        self, prefix: str, tmp_path: Path, workers: Workers, measured: Callable[[str], None]
     ) -> None:
         """A burst of the bucket's 600, then 10 calls a second across all workers, never 4x; no call fails."""
         rate = self.RPM / 60
@@ -320,13 +319,12 @@ class TestSharedRpm:
         start = max(first + 3.0, drained + 1.0)
         steady = sum(start <= t < until for t in arrivals) / (until - start)
         allowed = self.RPM + rate * (last - first)
-        with capsys.disabled():
-            print(
-                f"\nshared rpm {self.RPM}: {len(arrivals)} calls in {last - first:.2f} s "
-                f"(at most {allowed:.0f} allowed, {len(arrivals) / allowed:.3f} of it); burst of {self.RPM} in "
-                f"{drained - first:.2f} s; steady {steady:.2f}/s from +{start - first:.1f} s to "
-                f"+{until - first:.1f} s (limit {rate:g}/s); calls per worker: {[len(r['calls']) for r in results]}"
-            )
+        measured(
+            f"shared rpm {self.RPM}: {len(arrivals)} calls in {last - first:.2f} s "
+            f"(at most {allowed:.0f} allowed, {len(arrivals) / allowed:.3f} of it); burst of {self.RPM} in "
+            f"{drained - first:.2f} s; steady {steady:.2f}/s from +{start - first:.1f} s to "
+            f"+{until - first:.1f} s (limit {rate:g}/s); calls per worker: {[len(r['calls']) for r in results]}"
+        )
         assert failures(results) == []
         assert steady == pytest.approx(rate, rel=0.05)
         assert len(arrivals) <= 1.05 * allowed
@@ -367,7 +365,7 @@ class TestRolloutFollowsTheCli:
         tmp_path: Path,
         workers: Workers,
         rollout_changes: RolloutChanges,
-        capsys: pytest.CaptureFixture[str],
+        measured: Callable[[str], None],
     ) -> None:
         """From 50% to 100% on `promote --full`, then to 0% on `abort`: every call started a second later agrees."""
         with FakeUpstream("main") as up:
@@ -412,13 +410,12 @@ class TestRolloutFollowsTheCli:
             [{**r, "calls": [c for c in r["calls"] if c["end"] < aborted]} for r in results], promoted, CANDIDATE
         )
         abort_lags = follow_lag(results, aborted, STABLE)
-        with capsys.disabled():
-            print(
-                f"\nrollout follows the CLI: promote written {promoted - launched_1:.2f} s after the CLI started, "
-                f"workers followed in {', '.join(f'{1000 * lag:.0f}' for lag in promote_lags)} ms; abort written "
-                f"{aborted - launched_2:.2f} s after the CLI started, workers followed in "
-                f"{', '.join(f'{1000 * lag:.0f}' for lag in abort_lags)} ms"
-            )
+        measured(
+            f"rollout follows the CLI: promote written {promoted - launched_1:.2f} s after the CLI started, "
+            f"workers followed in {', '.join(f'{1000 * lag:.0f}' for lag in promote_lags)} ms; abort written "
+            f"{aborted - launched_2:.2f} s after the CLI started, workers followed in "
+            f"{', '.join(f'{1000 * lag:.0f}' for lag in abort_lags)} ms"
+        )
         for result in results:
             promoted_window = [
                 c.get("model") for c in result["calls"] if promoted + 1 <= c["start"] and c["end"] < aborted
@@ -436,7 +433,7 @@ class TestAnalysisSeesEveryProcess:
     MIN_CALLS = 260  # per arm; all four workers together give each arm about 400
 
     def test_min_calls_reached_only_by_all_workers_together(
-        self, prefix: str, tmp_path: Path, workers: Workers, capsys: pytest.CaptureFixture[str]
+        self, prefix: str, tmp_path: Path, workers: Workers, measured: Callable[[str], None]
     ) -> None:
         """The analysis step passes once, and the status counts exactly the calls the workers made on each arm."""
         assert self.CALLS < self.MIN_CALLS < WORKERS * self.CALLS / 2
@@ -467,11 +464,10 @@ class TestAnalysisSeesEveryProcess:
             for result in results
             for _ in range(result["events"].get("holyroute.rollout:analysis_passed", 0))
         ]
-        with capsys.disabled():
-            print(
-                f"\nshared analysis: min_calls {self.MIN_CALLS} per arm; per worker {[dict(c) for c in per_worker]}; "
-                f"all workers {dict(made)}; status arms {status['arms']}; passed by worker(s) {passed}"
-            )
+        measured(
+            f"shared analysis: min_calls {self.MIN_CALLS} per arm; per worker {[dict(c) for c in per_worker]}; "
+            f"all workers {dict(made)}; status arms {status['arms']}; passed by worker(s) {passed}"
+        )
         assert failures(results) == []
         # paused on the third configured step (the pause), counted from 1 as status, events and README count
         assert (status["step"], status["status"]) == (3, "paused"), status["reason"]
