@@ -23,7 +23,7 @@ import shutil
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,7 @@ class Tally:
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary on PATH")
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
-def test_chaos_soak(upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
+def test_chaos_soak(upstreams: dict[str, FakeUpstream], tmp_path: Path, measured: Callable[[str], None]) -> None:
     rng = random.Random(SEED)
     for up in upstreams.values():
         up.push(*script(rng, 4 * CALLS))
@@ -316,8 +316,8 @@ def test_chaos_soak(upstreams: dict[str, FakeUpstream], tmp_path: Path) -> None:
             "degraded": tally.events["holyroute.state_degraded"],
             "restored": tally.events["holyroute.state_restored"],
         }
-    print(
-        f"\nchaos soak: {CALLS} calls at concurrency {CONCURRENCY}, seed {SEED}; outcomes {dict(outcomes)}; "
+    measured(
+        f"chaos soak: {CALLS} calls at concurrency {CONCURRENCY}, seed {SEED}; outcomes {dict(outcomes)}; "
         f"milestones (s) { {k: round(v, 2) for k, v in milestones.items()} }; per client {per_client}; "
         f"upstream attempts { {n: up.received for n, up in upstreams.items()} }; "
         f"failed calls {len(failures)}, unexplained {len(unexplained)}; "

@@ -10,7 +10,7 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ def config(ups: dict[str, FakeUpstream], **retry: Any) -> dict[str, Any]:
     }
 
 
-def test_load_with_429s_and_a_dying_endpoint(three: dict[str, FakeUpstream]) -> None:
+def test_load_with_429s_and_a_dying_endpoint(three: dict[str, FakeUpstream], measured: Callable[[str], None]) -> None:
     flaky, dying = three["flaky"], three["dying"]
     # 30% of the flaky endpoint's answers are 429s (deterministic pattern), with a short server-given cooldown.
     flaky.push(*[Reply.rate_limited(0.02) if i % 10 in (0, 3, 6) else Reply() for i in range(2 * CALLS)])
@@ -104,8 +104,8 @@ def test_load_with_429s_and_a_dying_endpoint(three: dict[str, FakeUpstream]) -> 
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(0.99 * len(latencies)) - 1] * 1000
-    print(
-        f"\nload: {CALLS} calls at concurrency {CONCURRENCY} in {elapsed:.1f} s; {len(errors)} errors; "
+    measured(
+        f"load: {CALLS} calls at concurrency {CONCURRENCY} in {elapsed:.1f} s; {len(errors)} errors; "
         f"{attempts} upstream attempts ({attempts / CALLS:.3f} per call); p50 {p50:.1f} ms, p99 {p99:.1f} ms; "
         f"RSS {before:.1f} MB -> {after:.1f} MB; events: {dict(sorted(counts.items()))}"
     )
@@ -116,7 +116,7 @@ def test_load_with_429s_and_a_dying_endpoint(three: dict[str, FakeUpstream]) -> 
     assert after - before < 20, "memory stays flat"
 
 
-def test_total_outage_costs_about_one_attempt(three: dict[str, FakeUpstream]) -> None:
+def test_total_outage_costs_about_one_attempt(three: dict[str, FakeUpstream], measured: Callable[[str], None]) -> None:
     """Every endpoint 503: the retry budget holds upstream attempts to about 1.2 per call, not max_attempts.
 
     The budget limits the retries beyond the persistence floor (retry.min_attempts, by default the SDK's 3
@@ -147,6 +147,6 @@ def test_total_outage_costs_about_one_attempt(three: dict[str, FakeUpstream]) ->
 
     failed = asyncio.run(asyncio.wait_for(main(), timeout=60))
     attempts = sum(up.received for up in three.values())
-    print(f"\noutage: {calls} calls, {attempts} upstream attempts ({attempts / calls:.2f} per call)")
+    measured(f"outage: {calls} calls, {attempts} upstream attempts ({attempts / calls:.2f} per call)")
     assert failed == calls
     assert calls < attempts <= 1.2 * calls + 10 * 1 + 1
